@@ -1,0 +1,45 @@
+"""The vocabulary shared by every part of vramplan (pydantic v2, frozen, extra='forbid')."""
+
+from .base import Spec
+from .calibration import Calibration
+from .estimate import Estimate, GpuVerdict, MemoryBreakdown, ParamCounts
+from .gpu import GpuSpec
+from .model import SUPPORTED_MODEL_TYPES, LinearShape, ModelSpec, MoeSpec
+from .run import RUN_SCHEMA_VERSION, MeasuredRun, Measurements, PhasePeaks, RunEnvironment
+from .setup import (
+    ATTNS,
+    DTYPES,
+    METHODS,
+    OPTIMIZERS,
+    PARALLELS,
+    QUANTS,
+    LoraSpec,
+    TrainingSetup,
+)
+
+__all__ = [
+    "ATTNS",
+    "DTYPES",
+    "METHODS",
+    "OPTIMIZERS",
+    "PARALLELS",
+    "QUANTS",
+    "RUN_SCHEMA_VERSION",
+    "SUPPORTED_MODEL_TYPES",
+    "Calibration",
+    "Estimate",
+    "GpuSpec",
+    "GpuVerdict",
+    "LinearShape",
+    "LoraSpec",
+    "MeasuredRun",
+    "Measurements",
+    "MemoryBreakdown",
+    "ModelSpec",
+    "MoeSpec",
+    "ParamCounts",
+    "PhasePeaks",
+    "RunEnvironment",
+    "Spec",
+    "TrainingSetup",
+]

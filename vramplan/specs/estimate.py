@@ -1,0 +1,54 @@
+"""Estimate: what the analytic model predicts for one model + setup (+ optional GPU)."""
+
+from pydantic import Field
+
+from .base import Spec
+
+
+class ParamCounts(Spec):
+    """Parameter counts; `by_role` sums to `total` (adapters excluded from total, counted in trainable)."""
+
+    total: int
+    trainable: int
+    adapters: int = 0
+    by_role: dict[str, int] = Field(default_factory=dict)
+
+
+class MemoryBreakdown(Spec):
+    """Bytes per term at the peak phase, plus each phase's allocated total."""
+
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    device_peak_bytes: int
+    peak_phase: str
+    #: term -> bytes alive at the peak phase (sums to peak_allocated_bytes)
+    breakdown: dict[str, int]
+    #: phase -> allocated bytes at that phase's own peak
+    phases: dict[str, int]
+    #: bytes outside allocated: fragmentation (reserved - allocated) and CUDA context
+    fragmentation_bytes: int
+    cuda_context_bytes: int
+    #: resident managed memory (paged optimizers) counted in device peak only
+    outside_allocator_bytes: int = 0
+
+
+class GpuVerdict(Spec):
+    gpu: str
+    gpu_name: str
+    capacity_bytes: int
+    usable_bytes: int
+    headroom_fraction: float
+    fits: bool
+    headroom_bytes: int
+
+
+class Estimate(Spec):
+    model: str
+    method: str
+    params: ParamCounts
+    memory: MemoryBreakdown
+    #: memory after applying the calibration file (None when no calibration applies)
+    calibrated: MemoryBreakdown | None = None
+    calibration_version: str | None = None
+    assumptions: tuple[str, ...] = ()
+    verdict: GpuVerdict | None = None

@@ -1,0 +1,97 @@
+"""TrainingSetup: how the model is trained (method, LoRA, batch, optimizer, runtime)."""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import Spec
+
+Method = Literal["full", "lora", "qlora"]
+Quant = Literal["nf4", "fp4", "int8"]
+Optimizer = Literal[
+    "adamw_torch_fused",
+    "adamw_torch",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adafactor",
+    "sgd",
+]
+Dtype = Literal["bf16", "fp16", "fp32"]
+Attn = Literal["sdpa", "flash", "eager"]
+Parallel = Literal["ddp", "fsdp", "zero2", "zero3"]
+
+OPTIMIZERS: tuple[str, ...] = Optimizer.__args__  # type: ignore[attr-defined]
+METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
+ATTNS: tuple[str, ...] = Attn.__args__  # type: ignore[attr-defined]
+DTYPES: tuple[str, ...] = Dtype.__args__  # type: ignore[attr-defined]
+QUANTS: tuple[str, ...] = Quant.__args__  # type: ignore[attr-defined]
+PARALLELS: tuple[str, ...] = Parallel.__args__  # type: ignore[attr-defined]
+
+#: sizes beyond these are refused as absurd (one clear error instead of a silly number)
+MAX_SEQ_LEN = 1_048_576
+MAX_BATCH_SIZE = 4096
+MAX_LORA_RANK = 16384
+MAX_GPUS = 1024
+
+
+class LoraSpec(Spec):
+    """PEFT LoraConfig fields that change memory."""
+
+    rank: int = Field(default=16, gt=0, le=MAX_LORA_RANK)
+    #: None means PEFT's scaling default used by vramplan: 2 * rank (alpha does not change memory)
+    alpha: float | None = None
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    #: "all-linear" or explicit module names such as ("q_proj", "v_proj")
+    targets: tuple[str, ...] = ("all-linear",)
+
+    @property
+    def effective_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+    @property
+    def all_linear(self) -> bool:
+        return self.targets == ("all-linear",)
+
+
+class TrainingSetup(Spec):
+    """One fine-tuning job's settings, as the CLI flags name them."""
+
+    method: Method
+    lora: LoraSpec | None = None
+    quant: Quant | None = None
+    double_quant: bool = True
+    seq_len: int = Field(default=2048, gt=0, le=MAX_SEQ_LEN)
+    batch_size: int = Field(default=1, gt=0, le=MAX_BATCH_SIZE)
+    grad_accum: int = Field(default=1, gt=0, le=65536)
+    grad_ckpt: bool = False
+    optimizer: Optimizer = "adamw_torch_fused"
+    #: dtype the weights are loaded in; compute runs under bf16 autocast (fp16 when dtype is fp16)
+    dtype: Dtype = "bf16"
+    attn: Attn = "sdpa"
+    expandable_segments: bool = False
+    stack: Literal["hf"] = "hf"
+    num_gpus: int = Field(default=1, gt=0, le=MAX_GPUS)
+    parallel: Parallel | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainingSetup":
+        if self.method == "full":
+            if self.lora is not None:
+                raise ValueError("LoRA settings given with --method full; use --method lora or qlora")
+            if self.quant is not None:
+                raise ValueError("--quant applies to --method qlora only")
+        else:
+            if self.lora is None:
+                raise ValueError(f"--method {self.method} needs LoRA settings")
+        if self.method == "lora" and self.quant is not None:
+            raise ValueError("--quant applies to --method qlora only (use --method qlora)")
+        if self.method == "qlora" and self.quant is None:
+            raise ValueError("--method qlora needs --quant nf4|fp4|int8")
+        if self.num_gpus > 1 and self.parallel is None:
+            raise ValueError("--num-gpus > 1 needs --parallel ddp|fsdp|zero2|zero3")
+        return self
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.batch_size * self.seq_len
