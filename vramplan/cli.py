@@ -1,0 +1,139 @@
+"""The `vramplan` command: thin typer wiring over plain functions.
+
+Every domain error becomes one line on stderr and exit code 2 (no traceback).
+"""
+
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from . import cli_options as o
+from .errors import VramplanError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Will this fine-tuning job fit, on which GPUs, how fast and at what cost?",
+)
+
+
+def _console() -> Console:
+    return Console(width=max(100, Console().width))
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in ("table", "json"):
+        _fail(f"--format {fmt}: accepted: table | json")
+
+
+@app.command()
+def estimate(
+    model: o.Model,
+    method: o.MethodOpt,
+    lora_rank: o.LoraRank = 16,
+    lora_alpha: o.LoraAlpha = None,
+    lora_dropout: o.LoraDropout = 0.05,
+    lora_targets: o.LoraTargets = "all-linear",
+    quant: o.QuantOpt = None,
+    double_quant: o.DoubleQuant = True,
+    seq_len: o.SeqLen = 2048,
+    batch_size: o.BatchSize = 1,
+    grad_accum: o.GradAccum = 1,
+    grad_ckpt: o.GradCkpt = False,
+    optimizer: o.OptimizerOpt = "adamw_torch_fused",
+    dtype: o.DtypeOpt = "bf16",
+    attn: o.AttnOpt = "sdpa",
+    expandable_segments: o.Expandable = False,
+    stack: o.StackOpt = "hf",
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="GPU id (vramplan gpus) for a fit verdict")] = None,
+    headroom: o.Headroom = 0.05,
+    num_gpus: o.NumGpus = 1,
+    parallel: o.ParallelOpt = None,
+    fmt: o.FormatOpt = "table",
+) -> None:
+    """Predict peak GPU memory of one fine-tuning setup, with a breakdown and a verdict per GPU."""
+    from .api import estimate_for
+    from .report.estimate_view import estimate_doc, estimate_renderable
+
+    _check_format(fmt)
+    try:
+        setup = o.build_setup(
+            method=method, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            lora_targets=lora_targets, quant=quant, double_quant=double_quant, seq_len=seq_len,
+            batch_size=batch_size, grad_accum=grad_accum, grad_ckpt=grad_ckpt, optimizer=optimizer,
+            dtype=dtype, attn=attn, expandable_segments=expandable_segments, stack=stack,
+            num_gpus=num_gpus, parallel=parallel,
+        )  # fmt: skip
+        result = estimate_for(model, setup, gpu=gpu, headroom=headroom)
+    except VramplanError as exc:
+        _fail(str(exc))
+    if fmt == "json":
+        typer.echo(json.dumps(estimate_doc(result), indent=2))
+        return
+    title = f"{result.model} · {setup.method}" + (f" r{setup.lora.rank}" if setup.lora else "")
+    title += f" · b{setup.batch_size} × s{setup.seq_len}" + (" · grad-ckpt" if setup.grad_ckpt else "")
+    _console().print(estimate_renderable(result, title))
+
+
+@app.command()
+def models(fmt: o.FormatOpt = "table") -> None:
+    """List the shipped model catalog (architectures ship with the package; no downloads)."""
+    from rich.table import Table
+
+    from .models import list_models
+
+    _check_format(fmt)
+    entries = list_models()
+    if fmt == "json":
+        typer.echo(json.dumps([e.model_dump() if hasattr(e, "model_dump") else vars(e) for e in entries], indent=2))
+        return
+    table = Table(title=f"{len(entries)} shipped models")
+    table.add_column("name")
+    table.add_column("Hugging Face id")
+    table.add_column("params", justify="right")
+    for e in entries:
+        table.add_row(e.name, e.hf_id, f"{e.params / 1e9:.2f} B")
+    _console().print(table)
+
+
+@app.command()
+def gpus(fmt: o.FormatOpt = "table") -> None:
+    """List the GPU catalog: CUDA-visible memory, bandwidth, dense bf16 TFLOPS, price."""
+    from rich.table import Table
+
+    from gpu_catalog import list_gpus
+
+    from .report.units import gib
+
+    _check_format(fmt)
+    entries = list_gpus()
+    if fmt == "json":
+        typer.echo(json.dumps([g.model_dump() for g in entries], indent=2))
+        return
+    table = Table(title=f"{len(entries)} GPUs")
+    for col, just in [("id", "left"), ("name", "left"), ("memory (CUDA)", "right"), ("GB/s", "right"),
+                      ("bf16 TFLOPS", "right"), ("$/GPU-h", "right")]:  # fmt: skip
+        table.add_column(col, justify=just)
+    for g in entries:
+        mem = gib(g.memory_bytes) + ("*" if g.memory_bytes_estimated else "")
+        tflops = f"{g.bf16_tflops:g}" if g.bf16_tflops else "—"
+        price = f"{g.price_usd_per_hour:.2f}" if g.price_usd_per_hour is not None else "—"
+        table.add_row(g.id, g.name, mem, f"{g.bandwidth_gbps:g}", tflops, price)
+    _console().print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except VramplanError as exc:  # pragma: no cover - commands catch their own
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

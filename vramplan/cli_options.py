@@ -1,0 +1,113 @@
+"""The setup flags shared by estimate, plan, fit and measure (one definition, reused by every command)."""
+
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+
+from .errors import VramplanError
+from .specs import LoraSpec, TrainingSetup
+
+Model = Annotated[str, typer.Option("--model", "-m", help="catalog name (vramplan models), HF id in the local cache, or a config.json path")]
+MethodOpt = Annotated[str, typer.Option("--method", help="full | lora | qlora")]
+LoraRank = Annotated[int, typer.Option("--lora-rank", help="LoRA rank r")]
+LoraAlpha = Annotated[Optional[float], typer.Option("--lora-alpha", help="LoRA alpha (default 2*rank; no memory effect)")]
+LoraDropout = Annotated[float, typer.Option("--lora-dropout", help="LoRA dropout (0 removes the dropout masks)")]
+LoraTargets = Annotated[str, typer.Option("--lora-targets", help="all-linear or a comma list such as q_proj,v_proj")]
+QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="qlora: nf4 | fp4 | int8 (default nf4)")]
+DoubleQuant = Annotated[bool, typer.Option("--double-quant/--no-double-quant", help="qlora: nested quantization of absmax")]
+SeqLen = Annotated[int, typer.Option("--seq-len", help="tokens per sample")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="micro-batch size per GPU")]
+GradAccum = Annotated[int, typer.Option("--grad-accum", help="gradient accumulation steps")]
+GradCkpt = Annotated[bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="gradient checkpointing")]
+OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="adamw_torch_fused | adamw_torch | adamw_8bit | paged_adamw_8bit | paged_adamw_32bit | adafactor | sgd")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="dtype the weights are loaded in: bf16 | fp16 | fp32")]
+AttnOpt = Annotated[str, typer.Option("--attn", help="sdpa | flash | eager")]
+Expandable = Annotated[bool, typer.Option("--expandable-segments", help="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")]
+StackOpt = Annotated[str, typer.Option("--stack", help="software stack profile (hf)")]
+NumGpus = Annotated[int, typer.Option("--num-gpus", help="GPUs in the job")]
+ParallelOpt = Annotated[Optional[str], typer.Option("--parallel", help="ddp | fsdp | zero2 | zero3")]
+Headroom = Annotated[float, typer.Option("--headroom", help="fraction of GPU memory kept free")]
+FormatOpt = Annotated[str, typer.Option("--format", help="table | json")]
+
+#: TrainingSetup / LoraSpec field -> CLI flag, for error messages
+FIELD_FLAGS = {
+    "method": "--method",
+    "rank": "--lora-rank",
+    "alpha": "--lora-alpha",
+    "dropout": "--lora-dropout",
+    "targets": "--lora-targets",
+    "quant": "--quant",
+    "seq_len": "--seq-len",
+    "batch_size": "--batch-size",
+    "grad_accum": "--grad-accum",
+    "optimizer": "--optimizer",
+    "dtype": "--dtype",
+    "attn": "--attn",
+    "stack": "--stack",
+    "num_gpus": "--num-gpus",
+    "parallel": "--parallel",
+}
+
+
+def build_setup(
+    *,
+    method: str,
+    lora_rank: int,
+    lora_alpha: float | None,
+    lora_dropout: float,
+    lora_targets: str,
+    quant: str | None,
+    double_quant: bool,
+    seq_len: int,
+    batch_size: int,
+    grad_accum: int,
+    grad_ckpt: bool,
+    optimizer: str,
+    dtype: str,
+    attn: str,
+    expandable_segments: bool,
+    stack: str,
+    num_gpus: int,
+    parallel: str | None,
+) -> TrainingSetup:
+    """Flags -> validated TrainingSetup. Raises VramplanError with a one-line message naming the flag."""
+    try:
+        lora = None
+        if method in ("lora", "qlora"):
+            targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip()) or ("all-linear",)
+            lora = LoraSpec(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=targets)
+        if method == "qlora" and quant is None:
+            quant = "nf4"
+        return TrainingSetup(
+            method=method,
+            lora=lora,
+            quant=quant,
+            double_quant=double_quant,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            grad_ckpt=grad_ckpt,
+            optimizer=optimizer,
+            dtype=dtype,
+            attn=attn,
+            expandable_segments=expandable_segments,
+            stack=stack,
+            num_gpus=num_gpus,
+            parallel=parallel,
+        )
+    except ValidationError as exc:
+        raise VramplanError(validation_message(exc)) from None
+
+
+def validation_message(exc: ValidationError) -> str:
+    """First pydantic error as one line: '--seq-len 0: Input should be greater than 0'."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ()) if not str(p).isdigit()]
+    field = loc[-1] if loc else ""
+    flag = FIELD_FLAGS.get(field, field)
+    value = err.get("input")
+    msg = err.get("msg", "invalid value")
+    if flag and not isinstance(value, dict):
+        return f"{flag} {value!s}: {msg}"
+    return msg.removeprefix("Value error, ")

@@ -1,0 +1,291 @@
+"""estimate(model, setup) -> Estimate: sum the terms per phase and take the peak.
+
+Phases (steady state: optimizer states exist from the first step on; memory_model.md section 8):
+* forward      weights + states (+ grads when accumulating) + saved activations + loss buffers
+* loss_backward  the same with the 12 N V loss-gradient buffers instead of the 10 N V forward ones
+* layer_backward the last layer's recompute (checkpointing) or the first layer's grads, plus transients
+* grads_complete full FT: every gradient exists while the first layer's backward finishes
+* optimizer    weights + states + gradients + optimizer-step temporaries
+The step-0 optimizer step creates the states while gradients exist; its total equals `optimizer`.
+"""
+
+from dataclasses import dataclass
+
+from .errors import VramplanError
+from .memory.activations import layer_activations
+from .memory.adapters import adapter_bytes, lora_param_count
+from .memory.allocator import block_bytes, reserved_from_allocated, workspace_bytes
+from .memory.constants import (
+    BYTES_PER_DTYPE,
+    PRIOR_CUDA_CONTEXT_BYTES,
+    PRIOR_FRAGMENTATION,
+    PRIOR_FRAGMENTATION_EXPANDABLE,
+    PRIOR_T_BWD_CONST_UNITS,
+    PRIOR_T_BWD_I_FACTOR,
+    STACK_VERSIONS,
+)
+from .memory.loss import loss_backward_bytes, loss_forward_bytes
+from .memory.optimizer import gradient_bytes, optimizer_state_bytes, optimizer_step_transient_bytes
+from .memory.trainable import trainable_groups, trainable_params
+from .memory.transients import dequant_transient_bytes, expert_grad_transient_bytes
+from .memory.weights import lm_head_params, weight_bytes
+from .models.params import linear_shapes, param_counts, total_params
+from .specs import (
+    Calibration,
+    Estimate,
+    GpuSpec,
+    GpuVerdict,
+    MemoryBreakdown,
+    ModelSpec,
+    ParamCounts,
+    TrainingSetup,
+)
+
+DEFAULT_HEADROOM = 0.05
+
+#: constants the calibration file may override, with their priors
+CALIBRATED_DEFAULTS: dict[str, float] = {
+    "cuda_context_bytes": float(PRIOR_CUDA_CONTEXT_BYTES),
+    "fragmentation": PRIOR_FRAGMENTATION,
+    "fragmentation_expandable": PRIOR_FRAGMENTATION_EXPANDABLE,
+    "t_bwd_i_factor": PRIOR_T_BWD_I_FACTOR,
+    "t_bwd_const_units": PRIOR_T_BWD_CONST_UNITS,
+}
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """Every term in bytes, before they are combined into phases."""
+
+    weights: dict[str, int]
+    states: int
+    managed_states: int
+    grads: int
+    opt_transient: int
+    workspace: int
+    saved_layers: int
+    one_layer: int
+    one_checkpoint: int
+    final: int
+    loss_fwd: int
+    loss_bwd: int
+    t_bwd: int
+    autocast_cache_fwd: int
+    autocast_cache_bwd: int
+
+
+def estimate(
+    model: ModelSpec,
+    setup: TrainingSetup,
+    gpu: GpuSpec | None = None,
+    *,
+    headroom: float = DEFAULT_HEADROOM,
+    calibration: Calibration | None = None,
+    assumptions: tuple[str, ...] = (),
+) -> Estimate:
+    """Predict peak memory of one training step on one GPU. Raises VramplanError for unsupported setups."""
+    _check_supported(model, setup, headroom)
+    constants = dict(CALIBRATED_DEFAULTS)
+    terms = _terms(model, setup, gpu, constants)
+    raw = _memory(terms, setup, constants)
+    calibrated = None
+    if calibration is not None:
+        constants.update({k: v for k, v in calibration.constants.items() if k in constants})
+        calibrated = _memory(_terms(model, setup, gpu, constants), setup, constants)
+    shown = calibrated or raw
+    verdict = _verdict(gpu, shown.device_peak_bytes, headroom) if gpu else None
+    return Estimate(
+        model=model.name,
+        method=setup.method,
+        params=_params(model, setup),
+        memory=raw,
+        calibrated=calibrated,
+        calibration_version=calibration.version if calibration else None,
+        assumptions=tuple(assumptions) + _assumptions(model, setup, gpu),
+        verdict=verdict,
+    )
+
+
+def _check_supported(model: ModelSpec, setup: TrainingSetup, headroom: float) -> None:
+    if not 0.0 <= headroom < 1.0:
+        raise VramplanError(f"--headroom {headroom} is out of range; accepted: 0 <= headroom < 1 (e.g. 0.05)")
+    if setup.num_gpus > 1:
+        raise VramplanError(
+            f"--num-gpus {setup.num_gpus}: per-GPU estimates for multi-GPU runs are not implemented yet; "
+            "accepted: --num-gpus 1"
+        )
+    if setup.method == "qlora" and setup.dtype == "fp32":
+        raise VramplanError("--method qlora with --dtype fp32 is not a supported combination; accepted: --dtype bf16|fp16")
+
+
+def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constants: dict[str, float]) -> _Terms:
+    weights = weight_bytes(model, setup)
+    if setup.lora is not None:
+        weights["weights.adapters"] = adapter_bytes(model, setup.lora)
+    groups = trainable_groups(model, setup)
+    states, managed = optimizer_state_bytes(groups, setup)
+    unit = setup.batch_size * setup.seq_len * model.hidden_size  # bytes per "unit"
+    act = layer_activations(model, setup)
+    layer = int(act.layer_units * unit)
+    ckpt = int(act.checkpoint_units * unit)
+    saved_layers = model.num_layers * (ckpt if setup.grad_ckpt else layer)
+    i_ratio = model.intermediate_size / model.hidden_size
+    t_bwd_units = constants["t_bwd_i_factor"] * i_ratio + constants["t_bwd_const_units"]
+    itemsize = BYTES_PER_DTYPE[setup.dtype]
+    t_bwd = (
+        int(t_bwd_units * unit)
+        + dequant_transient_bytes(model, setup)
+        + expert_grad_transient_bytes(model, setup, itemsize)
+    )
+    cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup)
+    return _Terms(
+        weights=weights,
+        states=states,
+        managed_states=managed,
+        grads=gradient_bytes(groups),
+        opt_transient=optimizer_step_transient_bytes(groups, setup),
+        workspace=workspace_bytes(gpu.compute_capability if gpu else None),
+        saved_layers=saved_layers,
+        one_layer=layer,
+        one_checkpoint=ckpt,
+        final=int(act.final_units * unit),
+        loss_fwd=loss_forward_bytes(model, setup),
+        loss_bwd=loss_backward_bytes(model, setup),
+        t_bwd=t_bwd,
+        autocast_cache_fwd=cache_fwd,
+        autocast_cache_bwd=cache_bwd,
+    )
+
+
+def _autocast_cache_bytes(model: ModelSpec, setup: TrainingSetup) -> tuple[int, int]:
+    """bf16 copies autocast makes of fp32 weights, held by saved tensors (forward end, backward start).
+
+    fp32 weights (full/LoRA): every Linear weight is cast once per forward and cached until autocast exits;
+    without checkpointing the copies stay saved for backward. QLoRA: prepare_model_for_kbit_training makes
+    lm_head fp32, and its bf16 copy is saved for backward (memory_model.md 1.3: V*h*2 bytes).
+    """
+    lm_head_copy = block_bytes(lm_head_params(model) * 2)
+    if setup.method == "qlora":
+        return lm_head_copy, lm_head_copy
+    if setup.dtype != "fp32":
+        return 0, 0
+    linear_params = sum(s.count * s.in_features * s.out_features for s in linear_shapes(model) if s.role != "lm_head")
+    cache = linear_params * 2 + lm_head_copy
+    return cache, (lm_head_copy if setup.grad_ckpt else cache)
+
+
+def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> MemoryBreakdown:
+    accum_grads = t.grads if setup.grad_accum > 1 else 0
+    full = setup.method == "full"
+    common = {**t.weights, "optimizer_states": t.states, "cuda_workspace": t.workspace}
+    if accum_grads:
+        common["gradients"] = accum_grads
+    activations = "activations.checkpoints" if setup.grad_ckpt else "activations.layers"
+    phase_terms: dict[str, dict[str, int]] = {
+        "forward": {
+            **common,
+            activations: t.saved_layers,
+            "activations.final": t.final,
+            "logits_loss": t.loss_fwd,
+            "autocast_weight_copies": t.autocast_cache_fwd,
+        },
+        "loss_backward": {
+            **common,
+            activations: t.saved_layers,
+            "activations.final": t.final,
+            "logits_loss": t.loss_bwd,
+            "autocast_weight_copies": t.autocast_cache_bwd,
+        },
+        "layer_backward": {
+            **common,
+            activations: t.saved_layers,
+            "activations.recompute": t.one_layer if setup.grad_ckpt else 0,
+            "backward_transients": t.t_bwd,
+            "gradients": t.grads if not full else accum_grads,
+            "autocast_weight_copies": t.autocast_cache_bwd if not setup.grad_ckpt else 0,
+        },
+        "optimizer": {**common, "gradients": t.grads, "optimizer_step_temporaries": t.opt_transient},
+    }
+    if full:
+        first_layer = t.one_checkpoint + t.one_layer if setup.grad_ckpt else 0
+        phase_terms["grads_complete"] = {
+            **common,
+            "gradients": t.grads,
+            "activations.recompute": first_layer,
+            "backward_transients": t.t_bwd,
+        }
+    phases = {name: sum(v for v in terms.values()) for name, terms in phase_terms.items()}
+    peak_phase = max(phases, key=lambda p: phases[p])
+    breakdown = {k: v for k, v in phase_terms[peak_phase].items() if v}
+    peak_alloc = phases[peak_phase]
+    frag = constants["fragmentation_expandable"] if setup.expandable_segments else constants["fragmentation"]
+    reserved = max(reserved_from_allocated(peak_alloc, frag), peak_alloc)
+    context = int(constants["cuda_context_bytes"])
+    device = reserved + context + t.managed_states
+    return MemoryBreakdown(
+        peak_allocated_bytes=peak_alloc,
+        peak_reserved_bytes=reserved,
+        device_peak_bytes=device,
+        peak_phase=peak_phase,
+        breakdown=breakdown,
+        phases=phases,
+        fragmentation_bytes=reserved - peak_alloc,
+        cuda_context_bytes=context,
+        outside_allocator_bytes=t.managed_states,
+    )
+
+
+def _params(model: ModelSpec, setup: TrainingSetup) -> ParamCounts:
+    counts = param_counts(model)
+    by_role = {k: v for k, v in counts.items() if v}
+    adapters = lora_param_count(model, setup.lora) if setup.lora is not None else 0
+    total = total_params(model)
+    trainable = total if setup.method == "full" else adapters
+    assert setup.method != "full" or trainable == trainable_params(trainable_groups(model, setup))
+    return ParamCounts(total=total, trainable=trainable, adapters=adapters, by_role=by_role)
+
+
+def _verdict(gpu: GpuSpec, device_peak_bytes: int, headroom: float) -> GpuVerdict:
+    usable = int(gpu.memory_bytes * (1.0 - headroom))
+    return GpuVerdict(
+        gpu=gpu.id,
+        gpu_name=gpu.name,
+        capacity_bytes=gpu.memory_bytes,
+        usable_bytes=usable,
+        headroom_fraction=headroom,
+        fits=device_peak_bytes <= usable,
+        headroom_bytes=gpu.memory_bytes - device_peak_bytes,
+    )
+
+
+def _assumptions(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None) -> tuple[str, ...]:
+    versions = ", ".join(f"{k} {v}" for k, v in STACK_VERSIONS.items())
+    out = [
+        f"stack 'hf': transformers Trainer with {'fp16' if setup.dtype == 'fp16' else 'bf16'} autocast, "
+        f"HF cross-entropy loss on fp32 logits; constants read from {versions}",
+        "fixed-length batches without padding (attention_mask=None, packed or synthetic data)",
+        f"weights loaded in {setup.dtype}; no separate fp32 master copy (HF Trainer/accelerate keep none)",
+    ]
+    if setup.attn == "flash":
+        out.append("attn 'flash' = flash_attention_2 (flash-attn installed); same saved bytes as SDPA-flash")
+    if setup.attn == "sdpa":
+        out.append("SDPA picks the flash kernel (bf16/fp16, head_dim <= 256, no mask)")
+    if setup.grad_ckpt:
+        out.append("non-reentrant gradient checkpointing of every decoder layer (Trainer default)")
+    if setup.method == "qlora":
+        out.append(
+            "QLoRA: every nn.Linear except lm_head quantized; prepare_model_for_kbit_training upcasts all other "
+            "weights (embeddings, lm_head, norms, biases) to fp32, making the residual stream fp32"
+        )
+    if setup.lora is not None:
+        out.append("LoRA adapters in fp32 (PEFT autocast_adapter_dtype=True)")
+    if model.moe is not None:
+        out.append(
+            "MoE on transformers v5: experts are fused 3-D parameters, not nn.Linear: bitsandbytes does not "
+            "quantize them and LoRA all-linear does not wrap them"
+        )
+    if setup.optimizer.startswith("paged_"):
+        out.append("paged optimizer states live in CUDA managed memory: outside torch's counters, counted in device peak")
+    if gpu is None:
+        out.append("no --gpu given: cuBLAS workspace sized for Hopper (2 x 32 MiB)")
+    return tuple(out)

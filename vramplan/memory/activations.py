@@ -1,0 +1,128 @@
+"""Activations saved for backward, in units of b*s*h bytes per decoder layer.
+
+Derived from what autograd keeps in transformers v5 decoder layers (memory_model.md section 5:
+E1/E2 saved-tensor counts on CPU with the CUDA mask correction). Symbols: qw = q_width/h,
+kw = kv_width/h, i = intermediate/h, f_t = in_features/h of a LoRA target, r = LoRA rank.
+
+Modes:
+* full FT, bf16 weights: norms 2 x (4 fp32 input + 2 normalised) + 2 x 2 linear inputs,
+  attention 4qw + 4kw (flash/SDPA: q, k, v, out), MLP 8i (SwiGLU: gate out, act out, up out, product).
+* full FT, fp32 weights under bf16 autocast: fp32 residual stream, norms 2 x (4 + 4), autocast casts the
+  norm output separately for each consumer (q, k, v: 3 x 2; gate, up: 2 x 2).
+* LoRA / QLoRA (frozen base and norms): norms 4 each (only the fp32 input), attention 4qw + 4kw,
+  MLP 6i (12i in fp32 when prepare_model_for_kbit_training made the residual stream fp32), plus per
+  target: bf16 autocast copy of its input 2 f_t, dropout mask 1 f_t (bool) when dropout > 0, lora_B input 2r/h.
+* eager attention: q, repeated K and V, and the output copy 8qw, plus fp32 softmax and bf16 probabilities
+  6 * nh * s / h (quadratic in s).
+"""
+
+from dataclasses import dataclass, field
+
+from ..specs import ModelSpec, TrainingSetup
+from .adapters import lora_targets
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """Per decoder layer: saved units by component (no checkpointing), checkpoint units, transients."""
+
+    saved_units: dict[str, float] = field(default_factory=dict)
+    #: what a checkpointed layer keeps: its input hidden state
+    checkpoint_units: float = 2.0
+    #: outside the layers: final norm and lm_head input
+    final_units: float = 0.0
+
+    @property
+    def layer_units(self) -> float:
+        return sum(self.saved_units.values())
+
+
+def residual_bytes_per_element(setup: TrainingSetup) -> int:
+    """fp32 residual stream for fp32 weights and for QLoRA (prepare_model_for_kbit_training upcasts embeddings)."""
+    if setup.method == "qlora" or setup.dtype == "fp32":
+        return 4
+    return 2
+
+
+def layer_activations(spec: ModelSpec, setup: TrainingSetup) -> LayerActivations:
+    """Saved activation units of one average decoder layer for this model and setup."""
+    h = spec.hidden_size
+    qw, kw = spec.q_width / h, spec.kv_width / h
+    residual = residual_bytes_per_element(setup)
+    full = setup.method == "full"
+    units: dict[str, float] = {}
+
+    units["norms"] = _norm_units(spec, setup)
+    units["attention"] = _attention_units(spec, setup, qw, kw)
+    if spec.qk_norm:
+        units["qk_norm"] = (6.0 if full else 4.0) * (qw + kw)
+    units["mlp"] = _mlp_units(spec, setup)
+    if not full:
+        units["lora"] = _lora_units(spec, setup)
+    final = (6.0 + 2.0) if full else 4.0
+    return LayerActivations(saved_units=units, checkpoint_units=float(residual), final_units=final)
+
+
+def _norm_units(spec: ModelSpec, setup: TrainingSetup) -> float:
+    pre_norms = 2
+    gemma = spec.model_type in ("gemma2", "gemma3_text")
+    if setup.method != "full":
+        # frozen weight: only the fp32 input survives (Gemma computes in fp32 too)
+        return 4.0 * spec.norms_per_layer
+    if setup.dtype == "fp32":
+        # fp32 input + fp32 normalised per norm; autocast casts the output once per consumer linear
+        consumers = (1 if spec.fused_qkv else 3) + (1 if spec.fused_gate_up else 2)
+        return 8.0 * spec.norms_per_layer + 2.0 * consumers
+    normalised = 4.0 if gemma else 2.0  # Gemma RMSNorm keeps x.float() * (1 + w) in fp32
+    per_norm = 4.0 + normalised
+    return per_norm * spec.norms_per_layer + 2.0 * pre_norms
+
+
+def _attention_units(spec: ModelSpec, setup: TrainingSetup, qw: float, kw: float) -> float:
+    if setup.attn == "eager":
+        quadratic = 6.0 * spec.num_heads * _attended_len(spec, setup) / spec.hidden_size
+        if spec.attn_logit_softcapping:
+            quadratic += 2.0 * spec.num_heads * _attended_len(spec, setup) / spec.hidden_size
+        return 8.0 * qw + quadratic
+    # flash / SDPA-flash: q, k, v, out (+ fp32 logsumexp per head, 4*nh/h)
+    units = 4.0 * qw + 4.0 * kw + 4.0 * spec.num_heads / spec.hidden_size
+    if spec.fused_qkv:
+        # chunk() views keep the whole fused qkv output alive (memory_model.md 5.5: Phi-3 +2 units)
+        units += 2.0 * (qw + 2 * kw) - 2.0 * kw
+    return units
+
+
+def _attended_len(spec: ModelSpec, setup: TrainingSetup) -> int:
+    # eager materialises the full [s, s] score matrix even for sliding-window layers
+    return setup.seq_len
+
+
+def _mlp_units(spec: ModelSpec, setup: TrainingSetup) -> float:
+    h = spec.hidden_size
+    full = setup.method == "full"
+    # bytes per saved MLP element: bf16 under autocast; fp32 when QLoRA's Linear4bit returns the fp32 input dtype
+    elem = 4.0 if setup.method == "qlora" else 2.0
+    per_width = 4.0 if full else 3.0  # full: gate out, act out, up out, product; frozen: product not saved
+    if spec.moe is None:
+        return per_width * elem * spec.intermediate_size / h
+    moe = spec.moe
+    n_moe = spec.num_layers - len(moe.dense_layers)
+    dense_i = (moe.dense_intermediate_size or spec.intermediate_size) / h
+    # routed experts: each token visits top_k experts; gathered input and weighted output saved per visit
+    routed = 2.0 + moe.top_k * (per_width * elem * moe.expert_intermediate_size / h + 4.0)
+    router = 4.0 * moe.num_experts / h * 2  # fp32 router logits and softmax [N, E]
+    shared = per_width * elem * (moe.shared_expert_intermediate_size or 0) / h
+    moe_units = routed + router + shared
+    dense_units = per_width * elem * dense_i
+    return (n_moe * moe_units + len(moe.dense_layers) * dense_units) / spec.num_layers
+
+
+def _lora_units(spec: ModelSpec, setup: TrainingSetup) -> float:
+    assert setup.lora is not None
+    h = spec.hidden_size
+    per_input = 2.0 + (1.0 if setup.lora.dropout > 0 else 0.0)
+    total = 0.0
+    for s in lora_targets(spec, setup.lora):
+        per_layer = s.count / spec.num_layers
+        total += per_layer * (per_input * s.in_features / h + 2.0 * setup.lora.rank / h)
+    return total

@@ -1,0 +1,64 @@
+"""The trainable tensors of a setup: what gradients and optimizer states are sized by."""
+
+from dataclasses import dataclass
+
+from ..models.params import linear_shapes, param_counts, total_params
+from ..specs import ModelSpec, TrainingSetup
+from .adapters import ADAPTER_BYTES_PER_PARAM, lora_targets
+from .constants import BYTES_PER_DTYPE
+
+
+@dataclass(frozen=True)
+class TensorGroup:
+    """`count` trainable tensors of shape (rows, cols) (cols = 1 for vectors), `itemsize` bytes each element."""
+
+    name: str
+    count: int
+    rows: int
+    cols: int
+    itemsize: int
+    is_embedding: bool = False
+
+    @property
+    def numel(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def params(self) -> int:
+        return self.count * self.numel
+
+
+def trainable_groups(spec: ModelSpec, setup: TrainingSetup) -> list[TensorGroup]:
+    """Full FT: every parameter in the load dtype. LoRA/QLoRA: the fp32 adapters only."""
+    if setup.method != "full":
+        assert setup.lora is not None
+        r = setup.lora.rank
+        groups = []
+        for s in lora_targets(spec, setup.lora):
+            groups.append(TensorGroup(f"lora_A.{s.name}", s.count, r, s.in_features, ADAPTER_BYTES_PER_PARAM))
+            groups.append(TensorGroup(f"lora_B.{s.name}", s.count, s.out_features, r, ADAPTER_BYTES_PER_PARAM))
+        return groups
+    itemsize = BYTES_PER_DTYPE[setup.dtype]
+    counts = param_counts(spec)
+    h, v = spec.hidden_size, spec.vocab_size
+    groups = [TensorGroup("embed_tokens", 1, v, h, itemsize, is_embedding=True)]
+    if counts["lm_head"]:
+        groups.append(TensorGroup("lm_head", 1, v, h, itemsize))
+    for s in linear_shapes(spec):
+        if s.role == "lm_head":
+            continue
+        groups.append(TensorGroup(s.name, s.count, s.out_features, s.in_features, itemsize))
+        if s.bias:
+            groups.append(TensorGroup(f"{s.name}.bias", s.count, s.out_features, 1, itemsize))
+    norm_count = spec.num_layers * spec.norms_per_layer + 1
+    groups.append(TensorGroup("norms", norm_count, h, 1, itemsize))
+    listed = sum(g.params for g in groups)
+    rest = total_params(spec) - listed
+    if rest > 0:
+        # q/k norms, fused MoE experts and bare-parameter routers: sized as one 2-D tensor per layer
+        groups.append(TensorGroup("other", spec.num_layers, -(-rest // spec.num_layers), 1, itemsize))
+    return groups
+
+
+def trainable_params(groups: list[TensorGroup]) -> int:
+    return sum(g.params for g in groups)

@@ -1,0 +1,84 @@
+"""Weights after load (and after PEFT's prepare_model_for_kbit_training for QLoRA).
+
+Bytes per role. Full and LoRA keep every parameter in the load dtype. QLoRA quantizes every
+nn.Linear except lm_head (transformers integrations/bitsandbytes.py::replace_with_bnb_linear,
+quantizers/base.py::get_keys_to_not_convert) and prepare_model_for_kbit_training casts every
+other fp16/bf16 parameter to fp32 (peft utils/other.py): embeddings, lm_head, norms, biases and,
+in transformers v5, the fused 3-D MoE expert tensors, which are not nn.Linear.
+"""
+
+from ..models.params import linear_shapes, param_counts, total_params
+from ..specs import ModelSpec, TrainingSetup
+from .allocator import block_bytes, tensors_bytes
+from .constants import (
+    BYTES_PER_DTYPE,
+    NF4_BLOCKSIZE,
+    NF4_CODE_BYTES,
+    NF4_DQ_BLOCKSIZE,
+    NF4_DQ_CODE_BYTES,
+    NF4_DQ_OFFSET_BYTES,
+)
+
+FP32 = 4
+
+
+def nf4_matrix_bytes(n_elements: int, double_quant: bool) -> int:
+    """Allocated bytes of one 4-bit (NF4/FP4) matrix with its QuantState.
+
+    packed data ceil(n/2) uint8; absmax per 64-block: fp32, or with double quantization uint8 plus
+    an fp32 absmax per 256 of those, the 256-entry fp32 dynamic code and a 0-d fp32 offset;
+    plus the fp32[16] 4-bit code. Each tensor is rounded to 512-byte allocator blocks.
+    """
+    nblocks = -(-n_elements // NF4_BLOCKSIZE)
+    total = block_bytes(-(-n_elements // 2)) + block_bytes(NF4_CODE_BYTES)
+    if double_quant:
+        total += block_bytes(nblocks)  # uint8 absmax
+        total += block_bytes(-(-nblocks // NF4_DQ_BLOCKSIZE) * FP32)  # state2.absmax
+        total += block_bytes(NF4_DQ_CODE_BYTES) + block_bytes(NF4_DQ_OFFSET_BYTES)
+    else:
+        total += block_bytes(nblocks * FP32)
+    return total
+
+
+def int8_matrix_bytes(out_features: int, in_features: int) -> int:
+    """LLM.int8 Int8Params: int8 CB [out, in] + fp32 SCB row scales [out]."""
+    return block_bytes(out_features * in_features) + block_bytes(out_features * FP32)
+
+
+def weight_bytes(spec: ModelSpec, setup: TrainingSetup) -> dict[str, int]:
+    """Bytes of the base model's parameters by role, as resident during training."""
+    counts = param_counts(spec)
+    linears = [s for s in linear_shapes(spec) if s.role != "lm_head"]
+    if setup.method == "qlora":
+        return _quantized_weight_bytes(spec, setup, counts, linears)
+    nbytes = BYTES_PER_DTYPE[setup.dtype]
+    linear_weight_params = sum(s.count * s.in_features * s.out_features for s in linears)
+    linear_weight_bytes = sum(tensors_bytes(s.count, s.in_features * s.out_features * nbytes) for s in linears)
+    other_params = total_params(spec) - counts["embed_tokens"] - counts["lm_head"] - linear_weight_params
+    return {
+        "weights.linear": linear_weight_bytes,
+        "weights.embeddings": block_bytes(counts["embed_tokens"] * nbytes),
+        "weights.lm_head": block_bytes(counts["lm_head"] * nbytes),
+        "weights.other": other_params * nbytes,
+    }
+
+
+def _quantized_weight_bytes(spec, setup, counts, linears) -> dict[str, int]:
+    if setup.quant == "int8":
+        quantized = sum(s.count * int8_matrix_bytes(s.out_features, s.in_features) for s in linears)
+    else:
+        quantized = sum(s.count * nf4_matrix_bytes(s.in_features * s.out_features, setup.double_quant) for s in linears)
+    linear_weight_params = sum(s.count * s.in_features * s.out_features for s in linears)
+    other_params = total_params(spec) - counts["embed_tokens"] - counts["lm_head"] - linear_weight_params
+    return {
+        "weights.quantized": quantized,
+        # prepare_model_for_kbit_training: every non-quantized bf16 parameter -> fp32
+        "weights.embeddings": block_bytes(counts["embed_tokens"] * FP32),
+        "weights.lm_head": block_bytes(counts["lm_head"] * FP32),
+        "weights.other": other_params * FP32,
+    }
+
+
+def lm_head_params(spec: ModelSpec) -> int:
+    """Parameters of the output projection (shared with embeddings when tied)."""
+    return spec.vocab_size * spec.hidden_size
