@@ -207,11 +207,12 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
         "optimizer": {**common, "gradients": t.grads, "optimizer_step_temporaries": t.opt_transient},
     }
     if full:
-        first_layer = t.one_checkpoint + t.one_layer if setup.grad_ckpt else 0
+        # the first layer's saved (or recomputed) activations are still alive while its grads are made
+        first_layer = t.one_layer + (t.one_checkpoint if setup.grad_ckpt else 0)
         phase_terms["grads_complete"] = {
             **common,
             "gradients": t.grads,
-            "activations.recompute": first_layer,
+            "activations.first_layer": first_layer,
             "backward_transients": t.t_bwd,
         }
     phases = {name: sum(v for v in terms.values()) for name, terms in phase_terms.items()}
