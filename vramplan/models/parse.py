@@ -1,0 +1,244 @@
+"""Hugging Face config.json (a dict) -> ModelSpec. Shapes only: nothing is imported or executed.
+
+Keys that do not change shapes (torch_dtype, quantization keys, auto_map, _attn_implementation,
+rope settings ...) are never followed; `config_notes` lists the noteworthy ones so an estimate
+can say it ignored them.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import ConfigError
+from ..specs.model import SUPPORTED_MODEL_TYPES, ModelSpec, MoeSpec
+from .families import DEFAULTS, FAMILIES, GEMMA3_TEXT_DEFAULTS, IGNORED_KEY_NOTES, REQUIRED_KEYS, Family
+
+#: keys a trainer must not hand to transformers: they describe a copy, not the architecture
+_COPY_KEYS = ("auto_map", "quantization", "quantization_config", "_attn_implementation", "_attn_implementation_autoset")
+
+
+def text_config(config: Any) -> dict:
+    """The decoder-only config inside `config`: a Gemma 3 multimodal config's `text_config` with
+    transformers' Gemma3TextConfig defaults filled in and model_type `gemma3_text`; otherwise the
+    config itself. Keys that describe a copy (auto_map, quantization, _attn_implementation) are dropped.
+
+    Raises ConfigError when `config` is not a JSON object or has no usable model_type.
+    """
+    if not isinstance(config, dict):
+        raise ConfigError(f"config.json must hold a JSON object, got {type(config).__name__}")
+    model_type = config.get("model_type")
+    if model_type == "gemma3":
+        inner = config.get("text_config") or {}
+        if not isinstance(inner, dict):
+            raise ConfigError("gemma3 config: text_config must be a JSON object")
+        config = {**GEMMA3_TEXT_DEFAULTS, **inner, "model_type": "gemma3_text"}
+        model_type = "gemma3_text"
+    if model_type is None:
+        raise ConfigError("config.json has no model_type; supported: " + ", ".join(_supported()))
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(f"unsupported model_type {model_type!r}; supported: {', '.join(_supported())}")
+    return {k: v for k, v in config.items() if k not in _COPY_KEYS}
+
+
+def parse_config(config: Any, *, name: str, source: str, hf_id: str | None = None) -> ModelSpec:
+    """Read the shapes of a supported causal LM from its config.json dict.
+
+    Missing optional keys take the transformers config-class defaults of the family (families.py);
+    `head_dim` is honoured when present (Mistral-Nemo: 128, not 5120 // 32).
+
+    Raises ConfigError (one line naming the key) for: a non-dict, an unsupported model_type,
+    missing required keys, non-integer or non-positive sizes, heads that do not divide.
+    """
+    cfg = _with_expert_alias(text_config(config))
+    model_type = cfg["model_type"]
+    family = FAMILIES[model_type]
+    get = _getter(cfg, DEFAULTS[model_type])
+    missing = [k for k in REQUIRED_KEYS if get(k) is None]
+    if missing:
+        raise ConfigError(f"{model_type} config is missing required key(s): {', '.join(missing)}")
+
+    hidden = _positive_int(get, "hidden_size")
+    layers = _positive_int(get, "num_hidden_layers")
+    heads = _positive_int(get, "num_attention_heads")
+    kv_heads = _positive_int(get, "num_key_value_heads") if get("num_key_value_heads") is not None else heads
+    if heads % kv_heads:
+        raise ConfigError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+    if get("head_dim") is not None:
+        head_dim = _positive_int(get, "head_dim")
+    elif hidden % heads:
+        raise ConfigError(f"hidden_size={hidden} is not divisible by num_attention_heads={heads}; set head_dim")
+    else:
+        head_dim = hidden // heads
+    intermediate = _positive_int(get, "intermediate_size")
+
+    try:
+        return ModelSpec(
+            name=name,
+            model_type=model_type,
+            hidden_size=hidden,
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            intermediate_size=intermediate,
+            vocab_size=_positive_int(get, "vocab_size"),
+            tie_word_embeddings=_flag(get, "tie_word_embeddings"),
+            attention_bias=_switch(get, family.qkv_bias),
+            attention_out_bias=_switch(get, family.o_bias),
+            mlp_bias=_switch(get, family.mlp_bias),
+            qk_norm=family.qk_norm is not None,
+            qk_norm_per_head=family.qk_norm != "full",
+            norms_per_layer=family.norms_per_layer,
+            fused_qkv=family.fused,
+            fused_gate_up=family.fused,
+            hidden_act=str(get(family.act_key) or get("hidden_act") or "silu"),
+            moe=_moe(get, family, layers, intermediate),
+            sliding_window=_sliding_window(get, family),
+            attn_logit_softcapping=_number(get, "attn_logit_softcapping"),
+            final_logit_softcapping=_number(get, "final_logit_softcapping"),
+            max_position_embeddings=_optional_int(get, "max_position_embeddings"),
+            checkpoint_dtype=_dtype(config, cfg),
+            source=source,
+            hf_id=hf_id,
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid {model_type} config: {where + ': ' if where else ''}{first['msg']}") from None
+
+
+def config_notes(config: Any) -> list[str]:
+    """Assumptions worth showing for this config: Gemma 3 defaults filled in, ignored keys."""
+    if not isinstance(config, dict):
+        return []
+    notes = []
+    inner = config.get("text_config") if config.get("model_type") == "gemma3" else config
+    if config.get("model_type") == "gemma3":
+        notes.append("gemma3 multimodal config: text decoder only (Gemma3ForCausalLM); the vision tower is not counted")
+    if config.get("model_type") in ("gemma3", "gemma3_text") and isinstance(inner, dict):
+        filled = [f"{k}={GEMMA3_TEXT_DEFAULTS[k]}" for k in _SHAPE_KEYS if k not in inner]
+        if filled:
+            notes.append("transformers Gemma3TextConfig defaults used for " + ", ".join(filled))
+    keys = set(config) | (set(inner) if isinstance(inner, dict) else set())
+    return notes + [note for key, note in IGNORED_KEY_NOTES.items() if key in keys]
+
+
+#: transformers attribute_map: the expert-count key each MoE family reads, and its accepted alias
+_EXPERT_ALIASES = {
+    "mixtral": ("num_local_experts", "num_experts"),
+    "olmoe": ("num_experts", "num_local_experts"),
+    "qwen3_moe": ("num_experts", "num_local_experts"),
+}
+
+
+def _with_expert_alias(cfg: dict) -> dict:
+    key, alias = _EXPERT_ALIASES.get(cfg["model_type"], (None, None))
+    return {**cfg, key: cfg[alias]} if alias in cfg and key not in cfg else cfg
+
+
+_SHAPE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "tie_word_embeddings",
+)
+
+
+def _supported() -> list[str]:
+    return [*SUPPORTED_MODEL_TYPES, "gemma3 (text decoder)"]
+
+
+Getter = Callable[[str], Any]
+
+
+def _getter(cfg: dict, defaults: dict) -> Getter:
+    """cfg[key] when present, else the family default (None when the family has no such field)."""
+    return lambda key: cfg[key] if key in cfg else defaults.get(key)
+
+
+def _positive_int(get: Getter, key: str) -> int:
+    value = get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"config key {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _optional_int(get: Getter, key: str) -> int | None:
+    return None if get(key) is None else _positive_int(get, key)
+
+
+def _flag(get: Getter, key: str) -> bool:
+    value = get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigError(f"config key {key} must be true or false, got {value!r}")
+    return value
+
+
+def _switch(get: Getter, rule: str | bool) -> bool:
+    """A hard-wired bias (True/False) or the value of the config key that controls it."""
+    return rule if isinstance(rule, bool) else _flag(get, rule)
+
+
+def _number(get: Getter, key: str) -> float | None:
+    value = get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"config key {key} must be a number or null, got {value!r}")
+    return float(value)
+
+
+def _sliding_window(get: Getter, family: Family) -> int | None:
+    if family.sliding_ignored or (family.sliding_gated and not get("use_sliding_window")):
+        return None
+    value = get("sliding_window")
+    if value is None or value == 0:  # qwen2_moe stores 0 for "off"
+        return None
+    return _positive_int(get, "sliding_window")
+
+
+def _dtype(outer: Any, cfg: dict) -> str | None:
+    for source in (cfg, outer):
+        value = source.get("torch_dtype") or source.get("dtype")
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _moe(get: Getter, family: Family, layers: int, intermediate: int) -> MoeSpec | None:
+    """MoE shapes per family (Mixtral/OLMoE: every layer sparse, experts of intermediate_size;
+    Qwen2/3-MoE: layer i is dense when i is in mlp_only_layers or (i+1) % decoder_sparse_step != 0)."""
+    if family.moe is None:
+        return None
+    key = "num_local_experts" if family.moe == "mixtral" else "num_experts"
+    if get(key) == 0 and family.moe in ("qwen2_moe", "qwen3_moe"):
+        return None  # num_experts=0 builds a dense MLP in every layer
+    experts = _positive_int(get, key)
+    top_k = _positive_int(get, "num_experts_per_tok")
+    if family.moe in ("mixtral", "olmoe"):
+        return MoeSpec(num_experts=experts, top_k=top_k, expert_intermediate_size=intermediate)
+    step = _positive_int(get, "decoder_sparse_step")
+    only = get("mlp_only_layers") or []
+    if not isinstance(only, list) or not all(isinstance(i, int) for i in only):
+        raise ConfigError(f"config key mlp_only_layers must be a list of layer indices, got {only!r}")
+    dense = tuple(i for i in range(layers) if i in only or (i + 1) % step)
+    if len(dense) == layers:
+        return None  # no sparse layer at all
+    return MoeSpec(
+        num_experts=experts,
+        top_k=top_k,
+        expert_intermediate_size=_positive_int(get, "moe_intermediate_size"),
+        shared_expert_intermediate_size=(
+            _positive_int(get, "shared_expert_intermediate_size") if family.moe == "qwen2_moe" else None
+        ),
+        shared_expert_gate=family.moe == "qwen2_moe",
+        dense_layers=dense,
+        dense_intermediate_size=intermediate if dense else None,
+    )
