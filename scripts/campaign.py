@@ -1,0 +1,587 @@
+#!/usr/bin/env python3
+"""Measurement campaign: run a grid of short training runs, one fresh process each, on this GPU.
+
+Usage (from the repository root; runs on any single NVIDIA GPU):
+
+    python scripts/campaign.py --list                       # the grid with indices, nothing run
+    python scripts/campaign.py --out out/campaign-h100 --budget-s 540
+    python scripts/campaign.py --only l8-lora-gc,l1-full    # names (comma list, fnmatch globs ok)
+    python scripts/campaign.py --start 10 --limit 5
+
+Each run is ``vramplan.trainer.measure_in_subprocess``: a fresh Python process with
+PYTORCH_CUDA_ALLOC_CONF set for the run (so allocator options and memory statistics start clean),
+a per-run timeout, and the record saved as ``<out>/<gpu-id>/<run_id>.json``. The grid is ordered
+by priority, so a campaign cut short by ``--budget-s`` still has the core runs. Progress goes to
+``<out>/campaign-progress.jsonl``; running again with the same ``--out`` resumes (runs already
+done are not repeated) and the summary (``<out>/campaign-summary.txt``, also printed) covers
+every run of that directory. Runs whose parameters alone cannot fit the GPU are skipped.
+QLoRA runs first build a random bf16 checkpoint of the model (once, cached in
+``--checkpoint-cache``) and the cache entry is deleted after the model's last QLoRA run.
+
+The driver never imports torch, so it holds no GPU memory while a run measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from vramplan.runs import read_run
+from vramplan.specs import LoraSpec, TrainingSetup
+from vramplan.trainer.errors import MeasurementError
+from vramplan.trainer.gpu_memory import nvml_device_index
+from vramplan.trainer.worker import default_checkpoint_cache, measure_in_subprocess
+
+GIB = 2**30
+DEFAULT_STEPS = 3
+QV = ("q_proj", "v_proj")
+
+
+# ============================================================================ the grid
+@dataclass(frozen=True)
+class CapFrom:
+    """A memory cap derived from an earlier run of the same campaign:
+    ``cap = factor * <ref run's measurement field> + add_mib``."""
+
+    ref: str
+    measurement: str  # "max_allocated_bytes" or "max_reserved_bytes"
+    factor: float
+    add_mib: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    model: str
+    setup: TrainingSetup
+    why: str = ""
+    cap_gib: float | None = None
+    cap_from: CapFrom | None = None
+    steps: int = DEFAULT_STEPS
+
+
+def _spec(name: str, model: str, method: str, why: str = "", *, cap_from=None, steps=DEFAULT_STEPS, **kw) -> RunSpec:
+    lora_kw = {k[5:]: kw.pop(k) for k in list(kw) if k.startswith("lora_")}
+    if method in ("lora", "qlora"):
+        lora_kw.setdefault("rank", 16)
+        kw["lora"] = LoraSpec(**lora_kw)
+    if method == "qlora":
+        kw.setdefault("quant", "nf4")
+    kw.setdefault("seq_len", 2048)
+    return RunSpec(name, model, TrainingSetup(method=method, **kw), why, cap_from=cap_from, steps=steps)
+
+
+def full(name, model, why="", **kw):
+    return _spec(name, model, "full", why, **kw)
+
+
+def lora(name, model, why="", **kw):
+    return _spec(name, model, "lora", why, **kw)
+
+
+def qlora(name, model, why="", **kw):
+    return _spec(name, model, "qlora", why, **kw)
+
+
+L8, L1, L3 = "llama-3.1-8b", "llama-3.2-1b", "llama-3.2-3b"
+Q05, Q7, Q3_8 = "qwen2.5-0.5b", "qwen2.5-7b", "qwen3-8b"
+M7, G2, PHI3 = "mistral-7b-v0.3", "gemma-2-2b", "phi-3-mini-4k-instruct"
+OLMOE, Q3_MOE = "olmoe-1b-7b-0924", "qwen3-30b-a3b"
+
+
+def issue3_grid() -> list[RunSpec]:
+    """The issue-3 calibration grid, most important first. Defaults: seq 2048, batch 1, rank 16,
+    all-linear, nf4 + double quant, adamw_torch_fused, bf16 weights, sdpa, no GC, default allocator."""
+    return [
+        # -- core: one run per family and method (M1.1, M5.1, M8.1) --------------------------------
+        qlora("l8-qlora-gc", L8, "canonical QLoRA 8B", grad_ckpt=True),
+        lora("l8-lora-gc", L8, "canonical LoRA 8B", grad_ckpt=True),
+        full("l1-full", L1, "full FT 1B, no GC (phase peaks)"),
+        lora("l8-lora", L8, "LoRA 8B without GC"),
+        qlora("l8-qlora", L8, "QLoRA 8B without GC"),
+        full("l1-full-gc", L1, "full FT 1B with GC", grad_ckpt=True),
+        qlora("q7-qlora-gc", Q7, "Qwen2.5 QLoRA (vocab 152k)", grad_ckpt=True),
+        lora("m7-lora-gc", M7, "Mistral LoRA", grad_ckpt=True),
+        lora("q3-8-lora-gc", Q3_8, "Qwen3 LoRA (qk-norm)", grad_ckpt=True),
+        lora(
+            "g2-lora-eager",
+            G2,
+            "Gemma-2 LoRA (vocab 256k, softcapping; transformers has no SDPA for it)",
+            seq_len=1024,
+            attn="eager",
+        ),
+        lora("phi3-lora-gc", PHI3, "Phi-3 LoRA (fused qkv / gate_up)", grad_ckpt=True),
+        full("q05-full-b4", Q05, "full FT 0.5B, batch 4", seq_len=1024, batch_size=4),
+        full("l3-full-gc", L3, "full FT 3B with GC", grad_ckpt=True),
+        lora(
+            "olmoe-lora-gc",
+            OLMOE,
+            "MoE LoRA (64 experts; PEFT >= 0.18 puts LoRA on the fused experts, which needs dropout 0)",
+            grad_ckpt=True,
+            lora_dropout=0.0,
+        ),
+        lora("l8-lora-gc-es", L8, "expandable_segments vs l8-lora-gc", grad_ckpt=True, expandable_segments=True),
+        full("l1-full-es", L1, "expandable_segments vs l1-full", expandable_segments=True),
+        # -- sequence sweep (M5.1 / M6) ---------------------------------------------------------
+        lora("l8-lora-gc-s512", L8, "seq sweep", grad_ckpt=True, seq_len=512),
+        lora("l8-lora-gc-s4096", L8, "seq sweep", grad_ckpt=True, seq_len=4096),
+        lora("l8-lora-gc-s8192", L8, "seq sweep (loss term 12*N*V)", grad_ckpt=True, seq_len=8192),
+        qlora("l8-qlora-gc-s4096", L8, "seq sweep", grad_ckpt=True, seq_len=4096),
+        qlora("l8-qlora-gc-s8192", L8, "seq sweep", grad_ckpt=True, seq_len=8192),
+        lora("l8-lora-s4096", L8, "activations without GC", seq_len=4096),
+        # -- memory caps bracketing the smallest memory l1-full runs in ---------------------------
+        full(
+            "l1-full-cap-under",
+            L1,
+            "cap 3% under max_allocated: expect OOM",
+            cap_from=CapFrom("l1-full", "max_allocated_bytes", 0.97),
+        ),
+        full(
+            "l1-full-cap-between",
+            L1,
+            "cap between allocated and reserved",
+            cap_from=CapFrom("l1-full", "max_allocated_bytes", 1.0, add_mib=256),
+        ),
+        full(
+            "l1-full-cap-over",
+            L1,
+            "cap 2% over max_reserved: expect fit",
+            cap_from=CapFrom("l1-full", "max_reserved_bytes", 1.02),
+        ),
+        # -- batch sweep ------------------------------------------------------------------------
+        lora("l1-lora-b1", L1, "batch sweep", seq_len=1024, batch_size=1),
+        lora("l1-lora-b2", L1, "batch sweep", seq_len=1024, batch_size=2),
+        lora("l1-lora-b4", L1, "batch sweep", seq_len=1024, batch_size=4),
+        lora("l1-lora-b8", L1, "batch sweep", seq_len=1024, batch_size=8),
+        # -- rank and targets -------------------------------------------------------------------
+        lora("l8-lora-gc-r8", L8, "rank sweep", grad_ckpt=True, lora_rank=8),
+        lora("l8-lora-gc-r64", L8, "rank sweep", grad_ckpt=True, lora_rank=64),
+        lora("l8-lora-gc-qv", L8, "q_proj,v_proj targets", grad_ckpt=True, lora_targets=QV),
+        qlora("l8-qlora-gc-r64", L8, "rank sweep", grad_ckpt=True, lora_rank=64),
+        qlora("l8-qlora-gc-qv", L8, "q_proj,v_proj targets", grad_ckpt=True, lora_targets=QV),
+        # -- optimizers (full FT, where states matter) --------------------------------------------
+        full("l1-full-gc-s1024", L1, "optimizer baseline (fused)", grad_ckpt=True, seq_len=1024),
+        full(
+            "l1-full-gc-s1024-foreach",
+            L1,
+            "foreach AdamW sqrt transient",
+            grad_ckpt=True,
+            seq_len=1024,
+            optimizer="adamw_torch",
+        ),
+        full(
+            "l1-full-gc-s1024-8bit",
+            L1,
+            "bnb 8-bit (embeddings 32-bit)",
+            grad_ckpt=True,
+            seq_len=1024,
+            optimizer="adamw_8bit",
+        ),
+        full(
+            "l1-full-gc-s1024-paged8bit",
+            L1,
+            "paged states outside torch",
+            grad_ckpt=True,
+            seq_len=1024,
+            optimizer="paged_adamw_8bit",
+        ),
+        full("l3-full-gc-8bit", L3, "8-bit Adam at 3B", grad_ckpt=True, optimizer="adamw_8bit"),
+        # -- gradient accumulation -----------------------------------------------------------------
+        full("l1-full-gc-s1024-ga4", L1, "GA keeps grads during fwd/bwd", grad_ckpt=True, seq_len=1024, grad_accum=4),
+        lora("l8-lora-gc-ga4", L8, "GA with LoRA", grad_ckpt=True, grad_accum=4),
+        # -- fp32 weights (small models only) -------------------------------------------------------
+        full("l1-full-fp32-gc", L1, "fp32 weights + bf16 autocast", grad_ckpt=True, seq_len=1024, dtype="fp32"),
+        full("q05-full-fp32", Q05, "fp32 weights, no GC", seq_len=1024, dtype="fp32"),
+        lora("q05-lora-fp32", Q05, "fp32 base + LoRA", seq_len=1024, dtype="fp32"),
+        # -- eager attention (short sequences only) -------------------------------------------------
+        lora("l1-lora-s512", L1, "sdpa reference for eager", seq_len=512),
+        lora("l1-lora-s512-eager", L1, "eager attention scores", seq_len=512, attn="eager"),
+        full("q05-full-s512-eager", Q05, "eager, full FT", seq_len=512, batch_size=2, attn="eager"),
+        # -- quantization variants ----------------------------------------------------------------
+        qlora("l8-qlora-gc-fp4", L8, "fp4", grad_ckpt=True, quant="fp4"),
+        qlora("l8-qlora-gc-nodq", L8, "nf4 without double quant", grad_ckpt=True, double_quant=False),
+        qlora("l8-qlora-gc-int8", L8, "LLM.int8 weights", grad_ckpt=True, quant="int8"),
+        qlora("l1-qlora", L1, "QLoRA small model, no GC"),
+        # -- more allocator / dropout / bigger models ---------------------------------------------
+        qlora("l8-qlora-gc-es", L8, "expandable_segments with QLoRA", grad_ckpt=True, expandable_segments=True),
+        full(
+            "q05-full-b4-es",
+            Q05,
+            "expandable_segments vs q05-full-b4",
+            seq_len=1024,
+            batch_size=4,
+            expandable_segments=True,
+        ),
+        lora("l8-lora-gc-drop0", L8, "dropout 0 vs 0.05", grad_ckpt=True, lora_dropout=0.0),
+        lora("q7-lora-b2", Q7, "Qwen2.5 LoRA batch 2, no GC", batch_size=2),
+        full("l8-full-gc-8bit", L8, "8B full FT with 8-bit Adam (fits 80 GB?)", grad_ckpt=True, optimizer="adamw_8bit"),
+        full("l8-full-gc", L8, "8B full FT fused AdamW (OOM on 80 GB expected)", grad_ckpt=True),
+        lora(
+            "q3moe-lora-gc-s1024-qv",
+            Q3_MOE,
+            "30B MoE, attention-only LoRA (weights 61 GB)",
+            grad_ckpt=True,
+            seq_len=1024,
+            lora_targets=QV,
+        ),
+    ]
+
+
+# ============================================================================ GPU and size checks
+def gpu_info() -> dict[str, Any] | None:
+    """Name and total bytes of CUDA device 0 through NVML (creates no CUDA context); None if unknown."""
+    try:
+        import pynvml
+    except ImportError:
+        print("warning: nvidia-ml-py not installed: no size check, records under 'cpu' if no GPU", file=sys.stderr)
+        return None
+    try:
+        pynvml.nvmlInit()
+        index = nvml_device_index(0)
+        if index is None:
+            return None
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name = pynvml.nvmlDeviceGetName(handle)
+        name = name.decode() if isinstance(name, bytes) else name
+        return {"name": name, "total_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)}
+    except pynvml.NVMLError as exc:
+        print(f"warning: no GPU through NVML ({exc})", file=sys.stderr)
+        return None
+
+
+def param_counts(models: list[str]) -> dict[str, int]:
+    """Exact parameter counts (meta-device build) from one worker process without a GPU."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "vramplan.trainer.worker", "params", *models],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        print(f"warning: parameter counts unavailable ({proc.stderr.strip()[-300:]})", file=sys.stderr)
+        return {}
+    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, value in raw.items():
+        if not isinstance(value, int):
+            print(f"warning: {name}: {value}", file=sys.stderr)
+    return {k: v for k, v in raw.items() if isinstance(v, int)}
+
+
+def lower_bound_bytes(params: int, setup: TrainingSetup) -> int:
+    """Bytes that must be on the GPU whatever the activations: a skip filter, not an estimate.
+
+    Weights at their stored width (nf4 0.5 B, int8 1 B); for full FT also gradients (same dtype)
+    and resident optimizer states (AdamW 2x param dtype, bnb 8-bit 2 B; paged states can leave
+    the GPU so count 0; SGD momentum 1x).
+    """
+    width = {"bf16": 2, "fp16": 2, "fp32": 4}[setup.dtype]
+    if setup.method == "qlora":
+        return int(params * (1.0 if setup.quant == "int8" else 0.5))
+    if setup.method == "lora":
+        return params * width
+    states = {
+        "adamw_torch_fused": 2 * width,
+        "adamw_torch": 2 * width,
+        "adamw_8bit": 2,
+        "paged_adamw_8bit": 0,
+        "paged_adamw_32bit": 0,
+        "adafactor": 0,
+        "sgd": width,
+    }[setup.optimizer]
+    return params * (2 * width + states)
+
+
+def estimate_seconds(spec: RunSpec, params: int | None, first_qlora_of_model: bool) -> float:
+    """Rough wall time of one run on an H100 (for planning only): process start and imports
+    ~10 s, model build ~1 s/B params, QLoRA load+quantize ~2.5 s/B, checkpoint write ~4 s/B once,
+    training ~(steps) x tokens x 6 x params / 300 TFLOP/s (x1.33 with GC)."""
+    b = (params or 1e9) / 1e9
+    s = spec.setup
+    t = 10.0 + (2.5 * b if s.method == "qlora" else 1.0 * b)
+    if s.method == "qlora" and first_qlora_of_model:
+        t += 10.0 + 4.0 * b
+    tokens = s.seq_len * s.batch_size * s.grad_accum * spec.steps
+    t += tokens * 6 * (params or 1e9) * (1.33 if s.grad_ckpt else 1.0) / 300e12
+    return t
+
+
+def estimate_total_seconds(runs: list[RunSpec], params: dict[str, int]) -> float:
+    seen: set[str] = set()
+    total = 0.0
+    for r in runs:
+        first = r.setup.method == "qlora" and r.model not in seen
+        if r.setup.method == "qlora":
+            seen.add(r.model)
+        total += estimate_seconds(r, params.get(r.model), first)
+    return total
+
+
+# ============================================================================ driver
+def select(grid: list[RunSpec], only: str | None, start: int, limit: int | None) -> list[RunSpec]:
+    chosen = grid
+    if only:
+        patterns = [p.strip() for p in only.split(",") if p.strip()]
+        chosen = [r for r in grid if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+        unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(r.name, p) for r in grid)]
+        if unknown:
+            raise SystemExit(f"--only: no run named {', '.join(unknown)} (see --list)")
+    chosen = chosen[start:]
+    return chosen[:limit] if limit is not None else chosen
+
+
+def settings(spec: RunSpec) -> str:
+    s = spec.setup
+    parts = [s.method]
+    if s.quant:
+        parts.append(s.quant + ("" if s.double_quant or s.quant == "int8" else "-nodq"))
+    if s.lora:
+        parts.append(f"r{s.lora.rank}" + ("" if s.lora.all_linear else ":" + "+".join(s.lora.targets)))
+    parts += [f"s{s.seq_len}", f"b{s.batch_size}"]
+    if s.grad_accum > 1:
+        parts.append(f"ga{s.grad_accum}")
+    parts += ["gc" if s.grad_ckpt else "nogc", s.optimizer, s.dtype, s.attn]
+    if s.expandable_segments:
+        parts.append("es")
+    return " ".join(parts)
+
+
+def load_progress(path: Path) -> dict[str, dict[str, Any]]:
+    """name -> last progress entry (later lines win)."""
+    entries: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: that run is simply redone
+            entries[entry["name"]] = entry
+    return entries
+
+
+def append_progress(path: Path, entry: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def resolve_cap(spec: RunSpec, progress: dict[str, dict[str, Any]]) -> tuple[float | None, str | None]:
+    """(cap in GiB, reason when it cannot be resolved)."""
+    if spec.cap_from is None:
+        return spec.cap_gib, None
+    ref = progress.get(spec.cap_from.ref)
+    if not ref or ref.get("status") != "ok" or not ref.get("record"):
+        return None, f"reference run {spec.cap_from.ref} has no successful record"
+    value = getattr(read_run(ref["record"]).measurements, spec.cap_from.measurement)
+    if value is None:
+        return None, f"reference run {spec.cap_from.ref} has no {spec.cap_from.measurement}"
+    return (value * spec.cap_from.factor + spec.cap_from.add_mib * 2**20) / GIB, None
+
+
+def _gib(value: int | None) -> str:
+    return "-" if value is None else f"{value / GIB:.2f}"
+
+
+def entry_from_run(spec: RunSpec, run, record: Path, wall_s: float, cap_gib: float | None) -> dict[str, Any]:
+    m = run.measurements
+    return {
+        "name": spec.name,
+        "status": "oom" if m.oom else "ok",
+        "model": spec.model,
+        "settings": settings(spec),
+        "cap_gib": cap_gib,
+        "run_id": run.run_id,
+        "record": str(record),
+        "max_allocated_bytes": m.max_allocated_bytes,
+        "max_reserved_bytes": m.max_reserved_bytes,
+        "device_peak_bytes": m.device_peak_bytes,
+        "tokens_per_s": m.tokens_per_s,
+        "oom": m.oom,
+        "oom_phase": m.oom_phase,
+        "wall_s": round(wall_s, 1),
+    }
+
+
+def summary_lines(grid: list[RunSpec], progress: dict[str, dict[str, Any]]) -> list[str]:
+    order = {r.name: i for i, r in enumerate(grid)}
+    header = (
+        f"{'#':>3} {'run':<28} {'model':<24} {'settings':<58} {'alloc':>7} {'resv':>7} {'device':>7} "
+        f"{'tok/s':>8} {'oom':<10} {'wall':>6} status"
+    )
+    lines = [header + "   (GiB)", "-" * len(header)]
+    for name, e in sorted(progress.items(), key=lambda kv: order.get(kv[0], 10**6)):
+        tps = e.get("tokens_per_s")
+        oom = (
+            ("yes:" + (e.get("oom_phase") or "?"))
+            if e.get("oom")
+            else "no"
+            if e.get("status") in ("ok", "oom")
+            else "-"
+        )
+        settings_text = e.get("settings", "") + (f" cap{e['cap_gib']:.2f}g" if e.get("cap_gib") else "")
+        status = e.get("status", "?") + (f" ({e['error'][:80]})" if e.get("error") else "")
+        lines.append(
+            f"{order.get(name, -1):>3} {name:<28} {e.get('model', ''):<24} {settings_text:<58} "
+            f"{_gib(e.get('max_allocated_bytes')):>7} {_gib(e.get('max_reserved_bytes')):>7} "
+            f"{_gib(e.get('device_peak_bytes')):>7} {('-' if tps is None else f'{tps:.0f}'):>8} {oom:<10} "
+            f"{e.get('wall_s', 0):>6} {status}"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="output dir (default out/campaign-<gpu>)")
+    parser.add_argument("--only", help="comma list of run names or globs")
+    parser.add_argument("--start", type=int, default=0, help="skip the first N selected runs")
+    parser.add_argument("--limit", type=int, default=None, help="run at most N selected runs")
+    parser.add_argument("--budget-s", type=float, default=None, help="stop starting runs after this many seconds")
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="per run (each child process)")
+    parser.add_argument("--steps", type=int, default=None, help="override the optimizer steps of every run")
+    parser.add_argument("--checkpoint-cache", type=Path, default=None, help="QLoRA random checkpoints")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="do not delete cached QLoRA checkpoints")
+    parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed or timed out")
+    parser.add_argument("--no-size-check", action="store_true", help="do not skip runs too big for the GPU")
+    parser.add_argument("--list", action="store_true", help="print the selected grid and exit")
+    args = parser.parse_args(argv)
+
+    grid = issue3_grid()
+    chosen = select(grid, args.only, args.start, args.limit)
+    if args.list:
+        for r in chosen:
+            print(f"{grid.index(r):>3} {r.name:<28} {r.model:<24} {settings(r):<58} {r.why}")
+        print(f"{len(chosen)} runs, {len({r.model for r in chosen})} models")
+        return 0
+
+    t0 = time.monotonic()
+    gpu = gpu_info()
+    slug = "cpu" if gpu is None else "".join(c if c.isalnum() else "-" for c in gpu["name"].lower()).strip("-")
+    out: Path = args.out or ROOT / "out" / f"campaign-{slug}"
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    progress_path = out / "campaign-progress.jsonl"
+    progress = load_progress(progress_path)
+    cache = args.checkpoint_cache or default_checkpoint_cache()
+    print(f"gpu: {gpu or 'none (CPU run)'}; out: {out}; checkpoint cache: {cache}", flush=True)
+
+    done_status = {"ok", "oom", "skipped"} | (set() if args.retry_failed else {"failed", "timeout"})
+    todo = [r for r in chosen if progress.get(r.name, {}).get("status") not in done_status]
+    params = param_counts(sorted({r.model for r in todo})) if todo else {}
+    last_qlora_use = {r.model: i for i, r in enumerate(todo) if r.setup.method == "qlora"}
+    estimate = estimate_total_seconds(todo, params)
+    print(
+        f"{len(todo)} runs to do ({len(chosen) - len(todo)} already done); rough estimate {estimate / 60:.1f} min",
+        flush=True,
+    )
+
+    stopped = None
+    try:
+        for i, spec in enumerate(todo):
+            elapsed = time.monotonic() - t0
+            if args.budget_s is not None and elapsed >= args.budget_s - 15:
+                stopped = f"budget of {args.budget_s:.0f} s reached; {len(todo) - i} runs left"
+                break
+            base = {"name": spec.name, "model": spec.model, "settings": settings(spec)}
+            cap_gib, cap_problem = resolve_cap(spec, progress)
+            n_params = params.get(spec.model)
+            if cap_problem:
+                entry = {**base, "status": "skipped", "error": cap_problem}
+            elif (
+                gpu
+                and n_params
+                and not args.no_size_check
+                and (lower_bound_bytes(n_params, spec.setup) > 0.97 * gpu["total_bytes"])
+            ):
+                need = lower_bound_bytes(n_params, spec.setup) / GIB
+                entry = {**base, "status": "skipped", "error": f"needs >= {need:.0f} GiB before activations"}
+            else:
+                steps = args.steps or spec.steps
+                timeout = args.timeout_s
+                budget_bound = False
+                if args.budget_s is not None:
+                    left = args.budget_s - (time.monotonic() - t0)
+                    if left < timeout:
+                        timeout, budget_bound = max(left, 1.0), True
+                print(
+                    f"[{i + 1}/{len(todo)}] {spec.name}: {spec.model} {settings(spec)}"
+                    + (f" cap {cap_gib:.2f} GiB" if cap_gib else ""),
+                    flush=True,
+                )
+                started = time.monotonic()
+                try:
+                    run = measure_in_subprocess(
+                        spec.model,
+                        spec.setup,
+                        steps,
+                        memory_cap_gib=cap_gib,
+                        checkpoint_cache=cache,
+                        runs_dir=out,
+                        timeout_s=timeout,
+                        notes=f"campaign issue3: {spec.name}",
+                        progress=lambda msg: print(f"    {msg}", flush=True),
+                        log_path=out / "logs" / f"{spec.name}.log",
+                    )
+                    record = _record_path(out, run)
+                    entry = entry_from_run(spec, run, record, time.monotonic() - started, cap_gib)
+                except MeasurementError as exc:
+                    timed_out = "timed out" in str(exc)
+                    status = "budget" if timed_out and budget_bound else "timeout" if timed_out else "failed"
+                    entry = {
+                        **base,
+                        "status": status,
+                        "error": str(exc).splitlines()[0][:300],
+                        "wall_s": round(time.monotonic() - started, 1),
+                    }
+            append_progress(progress_path, entry)
+            progress[spec.name] = entry
+            print(f"    -> {entry['status']}" + (f": {entry['error']}" if entry.get("error") else ""), flush=True)
+            if spec.setup.method == "qlora" and last_qlora_use.get(spec.model) == i and not args.keep_checkpoints:
+                _drop_checkpoints(cache, spec.model)
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    finally:
+        lines = summary_lines(grid, progress)
+        if stopped:
+            lines.append(f"stopped: {stopped}")
+        lines.append(f"wall time this call: {time.monotonic() - t0:.0f} s")
+        text = "\n".join(lines) + "\n"
+        (out / "campaign-summary.txt").write_text(text, encoding="utf-8")
+        print(text, flush=True)
+    return 0
+
+
+def _record_path(out: Path, run) -> Path:
+    """The file save_run wrote for ``run`` (a suffix is possible, so look it up by run_id)."""
+    from vramplan.runs import run_path
+
+    path = run_path(run, out)
+    candidates = sorted(path.parent.glob(f"{path.stem}*.json"))
+    return candidates[-1] if candidates else path
+
+
+def _drop_checkpoints(cache: Path, model: str) -> None:
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in model)
+    for folder in Path(cache).glob(f"{safe}-*"):
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"    removed cached checkpoint {folder}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

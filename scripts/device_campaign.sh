@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Run (part of) the measurement campaign on a GPU machine, from the repository root:
+#
+#   bash scripts/device_campaign.sh --budget-s 540 [more scripts/campaign.py options]
+#
+# 1. installs the carried wheels (.whl/*.whl: pydantic, pydantic-core, annotated-types,
+#    typing-inspection, bitsandbytes) into /tmp/site once per machine and puts it on PYTHONPATH;
+# 2. runs scripts/campaign.py (resumable: a second call with the same --out continues);
+# 3. when $OUT is set (device tool), packs the output folder into $OUT/campaign.tgz and copies
+#    the summary next to it, since only a few files come back per call.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -f /tmp/site/.vramplan-installed ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed" >&2; exit 1; }
+  touch /tmp/site/.vramplan-installed
+fi
+[ -d /tmp/site ] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# checkpoints for QLoRA live on local disk; override with VRAMPLAN_CHECKPOINT_CACHE
+export VRAMPLAN_CHECKPOINT_CACHE="${VRAMPLAN_CHECKPOINT_CACHE:-/tmp/vramplan-checkpoints}"
+
+python3 -c "import torch, transformers, peft, bitsandbytes, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| peft', peft.__version__, '| bnb', bitsandbytes.__version__, '| pydantic', pydantic.VERSION)" \
+  || { echo "environment check failed" >&2; exit 1; }
+
+OUTDIR="${CAMPAIGN_OUT:-out/campaign}"
+mkdir -p "$OUTDIR"
+python3 scripts/campaign.py --out "$OUTDIR" "$@" 2>&1 | tee -a "$OUTDIR.log"
+rc=${PIPESTATUS[0]}
+
+if [ -n "${OUT:-}" ]; then
+  cp "$OUTDIR/campaign-summary.txt" "$OUT/" 2>/dev/null
+  cp "$OUTDIR.log" "$OUT/campaign.log" 2>/dev/null
+  tar czf "$OUT/campaign.tgz" "$OUTDIR" 2>/dev/null
+fi
+exit "$rc"

@@ -1,0 +1,306 @@
+"""Build the model a measurement trains: random weights from a config, or a local checkpoint.
+
+* full / LoRA: ``AutoModelForCausalLM.from_config(config, dtype=..., attn_implementation=...)``
+  created directly on the target device (``with torch.device(...)``), random init in the
+  requested dtype. Full fine-tuning trains every parameter in that dtype; LoRA wraps the model
+  with PEFT (adapters in fp32: ``get_peft_model(..., autocast_adapter_dtype=True)``, PEFT's default).
+* QLoRA: bitsandbytes quantizes while loading a checkpoint, so a random-init bf16 model is saved
+  once (safetensors, cached per config, see ``ensure_checkpoint``) and loaded back with a
+  ``BitsAndBytesConfig`` on device 0, then ``peft.prepare_model_for_kbit_training`` and LoRA,
+  as QLoRA recipes do.
+
+Remote code is never run: configs are built from transformers' own classes
+(``CONFIG_MAPPING[model_type]``), ``auto_map`` is dropped and ``trust_remote_code`` stays False.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vramplan.specs import TrainingSetup
+
+from .environment import default_checkpoint_cache
+from .errors import MeasurementError
+
+#: CLI attention name -> transformers ``attn_implementation``
+ATTN_IMPLEMENTATIONS = {"sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2"}
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+#: config keys that are not the architecture and must not steer loading (see design.md,
+#: "Practicalities": shipped configs may carry MLX quantization keys, _attn_implementation,
+#: auto_map, a dtype)
+_NON_ARCH_KEYS = (
+    "auto_map",
+    "quantization_config",
+    "quantization",
+    "_attn_implementation",
+    "attn_implementation",
+    "torch_dtype",
+    "dtype",
+    "_name_or_path",
+    "transformers_version",
+)
+#: GC mode used everywhere (Trainer and prepare_model_for_kbit_training): non-reentrant
+GC_KWARGS = {"use_reentrant": False}
+#: marker written last into a cached checkpoint folder; its presence means "complete"
+_CHECKPOINT_MARKER = "vramplan-checkpoint.json"
+#: the dtype QLoRA checkpoints are saved in (quantization reads them; other modules are then cast)
+CHECKPOINT_DTYPE = torch.bfloat16
+
+
+@dataclass
+class BuiltModel:
+    model: Any
+    params_total: int
+    params_trainable: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def clean_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """The architecture part of an HF config dict (non-architecture keys dropped).
+
+    A multimodal Gemma-3 config (``text_config`` inside) becomes its ``gemma3_text`` part.
+    """
+    cfg = {k: v for k, v in raw.items() if k not in _NON_ARCH_KEYS}
+    if cfg.get("model_type") == "gemma3" and isinstance(cfg.get("text_config"), dict):
+        text = {k: v for k, v in cfg["text_config"].items() if k not in _NON_ARCH_KEYS}
+        text["model_type"] = "gemma3_text"
+        cfg = text
+    return cfg
+
+
+def hf_config(raw: dict[str, Any]):
+    """A transformers ``PretrainedConfig`` from a raw config dict, with ``use_cache=False``.
+
+    Raises:
+        MeasurementError: no ``model_type`` or one this transformers does not know.
+    """
+    from transformers import CONFIG_MAPPING
+
+    cfg = clean_config(raw)
+    model_type = cfg.pop("model_type", None)
+    if model_type is None:
+        raise MeasurementError("model config has no 'model_type'")
+    if model_type not in CONFIG_MAPPING:
+        raise MeasurementError(f"model_type {model_type!r} is not known to the installed transformers")
+    config = CONFIG_MAPPING[model_type].from_dict(cfg)
+    # training never uses the KV cache; recipes set this off (a cache would keep K/V referenced)
+    config.use_cache = False
+    return config
+
+
+def attn_implementation(attn: str) -> str:
+    """transformers' name for ``attn``.
+
+    Raises:
+        MeasurementError: unknown name, or "flash" without the flash_attn package.
+    """
+    if attn not in ATTN_IMPLEMENTATIONS:
+        raise MeasurementError(f"unknown attention {attn!r}; accepted: {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if attn == "flash" and importlib.util.find_spec("flash_attn") is None:
+        raise MeasurementError("--attn flash needs the flash-attn package (pip install flash-attn); use --attn sdpa")
+    return ATTN_IMPLEMENTATIONS[attn]
+
+
+def config_key(raw: dict[str, Any]) -> str:
+    """A short stable hash of the architecture part of a config (names cached checkpoints)."""
+    text = json.dumps(clean_config(raw), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def count_params(raw: dict[str, Any]) -> int:
+    """Exact parameter count of the architecture (built on the meta device, tied weights once)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config(raw))
+    return sum(p.numel() for p in model.parameters())
+
+
+def ensure_checkpoint(raw: dict[str, Any], cache_dir: str | Path, *, name: str = "model", device: str = "cpu") -> Path:
+    """A folder holding a random-init bf16 checkpoint (safetensors) of ``raw``; built once.
+
+    The checkpoint is written to a temporary folder beside the final one and renamed into place
+    with a marker file last, so a crash never leaves a folder that looks complete. ``device``
+    is where the random init runs ("cuda" is much faster for 7B+ models; use it only in a
+    process that does not measure memory).
+
+    Raises:
+        MeasurementError: not enough free disk space for the checkpoint.
+    """
+    from transformers import AutoModelForCausalLM
+
+    cache_dir = Path(cache_dir)
+    safe_name = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+    final = cache_dir / f"{safe_name}-{config_key(raw)}"
+    if (final / _CHECKPOINT_MARKER).is_file():
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    need = count_params(raw) * 2  # bf16
+    free = shutil.disk_usage(cache_dir).free
+    if free < need * 1.05 + (1 << 30):
+        raise MeasurementError(
+            f"QLoRA checkpoint for {name} needs ~{need / 2**30:.1f} GiB in {cache_dir}, "
+            f"only {free / 2**30:.1f} GiB free; free space or set another checkpoint cache"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{safe_name}.", dir=cache_dir))
+    try:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(hf_config(raw), dtype=CHECKPOINT_DTYPE)
+        model.save_pretrained(tmp)
+        del model
+        (tmp / _CHECKPOINT_MARKER).write_text(json.dumps({"name": name, "config_key": config_key(raw)}))
+        if final.exists():  # an incomplete leftover from a crashed build: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def bnb_config(setup: TrainingSetup):
+    """The ``BitsAndBytesConfig`` for a QLoRA setup (compute dtype bf16; fp16 for fp16 weights)."""
+    from transformers import BitsAndBytesConfig
+
+    if setup.quant == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=setup.quant,
+        bnb_4bit_use_double_quant=setup.double_quant,
+        bnb_4bit_compute_dtype=torch.float16 if setup.dtype == "fp16" else torch.bfloat16,
+    )
+
+
+def lora_config(setup: TrainingSetup):
+    from peft import LoraConfig
+
+    lora = setup.lora
+    assert lora is not None  # TrainingSetup guarantees it for lora/qlora
+    targets: str | list[str] = "all-linear" if lora.all_linear else list(lora.targets)
+    return LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.effective_alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _param_counts(model) -> tuple[int, int]:
+    """(base parameters, trainable parameters); 4-bit packed weights counted as their logical size
+    (the rule of ``peft.PeftModel.get_nb_trainable_parameters``); adapters excluded from the base."""
+    total = trainable = adapters = 0
+    for name, p in model.named_parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n = n * 2 * p.element_size()
+        if "lora_" in name:
+            adapters += n
+        else:
+            total += n
+        if p.requires_grad:
+            trainable += n
+    return total, trainable
+
+
+@contextlib.contextmanager
+def _attn_support(attn: str):
+    """Turn transformers' "X does not support an attention implementation through ..." into a
+    clear MeasurementError (e.g. Gemma-2 has no SDPA path in transformers 5.x: use eager)."""
+    try:
+        yield
+    except ValueError as exc:
+        if "does not support" in str(exc) and "attention" in str(exc):
+            model = str(exc).split(" does not support")[0]
+            raise MeasurementError(
+                f"{model} cannot run --attn {attn} with the installed transformers; use --attn eager (or flash)"
+            ) from exc
+        raise
+
+
+def _require_bitsandbytes() -> None:
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MeasurementError("--method qlora and 8-bit/paged optimizers need bitsandbytes (pip install bitsandbytes)")
+
+
+def build_model(
+    raw_config: dict[str, Any] | None,
+    setup: TrainingSetup,
+    *,
+    model_path: str | Path | None = None,
+    checkpoint_cache: str | Path | None = None,
+    name: str = "model",
+    device: str = "cpu",
+) -> BuiltModel:
+    """Build, quantize (QLoRA) and wrap (LoRA) the model for ``setup`` on ``device``.
+
+    ``raw_config`` is the HF config dict (random weights); ``model_path`` a local checkpoint
+    folder used instead. QLoRA without ``model_path`` saves/reuses a random checkpoint under
+    ``checkpoint_cache`` (built on the CPU in this process).
+
+    Raises:
+        MeasurementError: missing package (flash-attn, bitsandbytes), bad config, no disk space.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if raw_config is None and model_path is None:
+        raise MeasurementError("build_model needs a config dict or a model_path")
+    dtype = TORCH_DTYPES[setup.dtype]
+    attn = attn_implementation(setup.attn)
+    extra: dict[str, Any] = {"attn_implementation": attn}
+    on_cuda = device.startswith("cuda")
+    device_map = {"": torch.device(device).index or 0} if on_cuda else None
+
+    if setup.method == "qlora":
+        _require_bitsandbytes()
+        from peft import prepare_model_for_kbit_training
+
+        if model_path is None:
+            cache = checkpoint_cache if checkpoint_cache is not None else default_checkpoint_cache()
+            model_path = ensure_checkpoint(raw_config, cache, name=name)
+        extra["checkpoint"] = str(model_path)
+        with _attn_support(setup.attn):
+            model = AutoModelForCausalLM.from_pretrained(
+                str(model_path),
+                quantization_config=bnb_config(setup),
+                dtype=dtype,
+                attn_implementation=attn,
+                device_map=device_map,
+                local_files_only=True,
+            )
+        model.config.use_cache = False
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=setup.grad_ckpt, gradient_checkpointing_kwargs=dict(GC_KWARGS)
+        )
+    elif model_path is not None:
+        with _attn_support(setup.attn):
+            model = AutoModelForCausalLM.from_pretrained(
+                str(model_path), dtype=dtype, attn_implementation=attn, device_map=device_map, local_files_only=True
+            )
+        model.config.use_cache = False
+    else:
+        with torch.device(device), _attn_support(setup.attn):
+            model = AutoModelForCausalLM.from_config(hf_config(raw_config), dtype=dtype, attn_implementation=attn)
+
+    if setup.method in ("lora", "qlora"):
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(setup))
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    total, trainable = _param_counts(model)
+    return BuiltModel(model=model, params_total=total, params_trainable=trainable, extra=extra)

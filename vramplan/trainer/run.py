@@ -1,0 +1,308 @@
+"""run_measurement: one short real training run with the transformers Trainer -> a MeasuredRun.
+
+The recipe is the stack the estimator models (design.md "Stack profiles"): transformers Trainer +
+PEFT + bitsandbytes with their defaults, synthetic fixed-length batches, learning rate 1e-5,
+no eval, no saving, no logging. An out-of-memory anywhere (load, forward, backward, optimizer)
+is a result, not a crash: the record says ``oom=True``, the phase, and the peaks so far.
+
+Allocator options (``PYTORCH_CUDA_ALLOC_CONF``) are read by PyTorch once, when CUDA initializes,
+so this function only *checks* them against the setup; ``measure_in_subprocess`` (worker.py)
+starts a fresh process with the right variable for each run.
+
+Mixed precision (``TrainingArguments.bf16/fp16``):
+* weights bf16 or fp32 -> ``bf16=True`` (bf16 autocast; fp32 weights stay fp32 masters).
+* weights fp16 -> ``fp16=True`` only when every trainable parameter is fp32 (LoRA/QLoRA
+  adapters are fp32 by PEFT default); fp16 autocast needs the GradScaler, whose ``unscale_``
+  refuses fp16 gradients (torch/amp/grad_scaler.py L275 "Attempting to unscale FP16
+  gradients."). Full fine-tuning of fp16 weights therefore runs in plain fp16 without autocast
+  (``mixed_precision = "none"`` in the record's ``extra``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vramplan import __version__
+from vramplan.specs import MeasuredRun, Measurements, TrainingSetup
+
+from .environment import (
+    check_allocator_env,
+    collect_environment,
+    expandable_segments_active,
+    make_run_id,
+    package_version,
+)
+from .errors import MeasurementError
+
+#: CLI optimizer name -> transformers ``TrainingArguments.optim`` (training_args.py OptimizerNames)
+HF_OPTIM = {
+    "adamw_torch_fused": "adamw_torch_fused",
+    "adamw_torch": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "paged_adamw_32bit": "paged_adamw_32bit",
+    "adafactor": "adafactor",
+    "sgd": "sgd",
+}
+BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+#: the Trainer's learning rate for measurement runs (memory does not depend on it)
+LEARNING_RATE = 1e-5
+#: substrings of out-of-memory errors that are not torch.OutOfMemoryError (bitsandbytes, cuBLAS,
+#: CUDA runtime errors surfacing as RuntimeError)
+_OOM_MARKERS = ("out of memory", "cublas_status_alloc_failed", "cuda_error_out_of_memory")
+
+Progress = Callable[[str], None]
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for torch.OutOfMemoryError and for RuntimeErrors whose message says out of memory."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
+
+
+def mixed_precision(setup: TrainingSetup, trainable_dtypes: set, *, on_cuda: bool) -> str:
+    """The Trainer's autocast mode for this setup: "bf16", "fp16" or "none" (module docstring)."""
+    import torch
+
+    if setup.dtype != "fp16":
+        return "bf16"
+    if on_cuda and trainable_dtypes and trainable_dtypes <= {torch.float32}:
+        return "fp16"
+    return "none"
+
+
+def training_arguments(setup: TrainingSetup, steps: int, *, output_dir: str, precision: str, use_cpu: bool):
+    """The TrainingArguments of a measurement run."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    # transformers 5.2x renamed gradient_checkpointing* to activation_checkpointing* (old names
+    # deprecated aliases, training_args.py ~L1533); older 5.x only has the old names
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    checkpointing = {prefix: setup.grad_ckpt}
+    if setup.grad_ckpt:
+        checkpointing[f"{prefix}_kwargs"] = {"use_reentrant": False}
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=setup.batch_size,
+        gradient_accumulation_steps=setup.grad_accum,
+        max_steps=steps,
+        learning_rate=LEARNING_RATE,
+        optim=HF_OPTIM[setup.optimizer],
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        **checkpointing,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        use_cpu=use_cpu,
+        seed=0,
+    )
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _raw_config(model: str, config: dict | None, model_path: str | Path | None) -> tuple[dict | None, str]:
+    """(HF config dict or None, model_source) for the run."""
+    if config is not None:
+        return config, "config dict"
+    if model_path is not None:
+        return None, f"checkpoint:{model_path}"
+    from vramplan.models import load_raw_config
+
+    return load_raw_config(model), model
+
+
+def _vocab_rows(model) -> int:
+    return int(model.get_input_embeddings().weight.shape[0])
+
+
+def _check_request(setup: TrainingSetup, steps: int, memory_cap_gib: float | None) -> None:
+    if steps < 1:
+        raise MeasurementError(f"steps must be >= 1, got {steps}")
+    if setup.num_gpus != 1 or setup.parallel is not None:
+        raise MeasurementError("measurements run on one GPU; --num-gpus/--parallel are not supported by measure")
+    if memory_cap_gib is not None and memory_cap_gib <= 0:
+        raise MeasurementError(f"memory cap must be > 0 GiB, got {memory_cap_gib}")
+    if setup.optimizer in BNB_OPTIMIZERS and importlib.util.find_spec("bitsandbytes") is None:
+        raise MeasurementError(f"--optimizer {setup.optimizer} needs bitsandbytes (pip install bitsandbytes)")
+    check_allocator_env(setup)
+
+
+def run_measurement(
+    model: str,
+    setup: TrainingSetup,
+    *,
+    steps: int,
+    model_path: str | Path | None = None,
+    config: dict[str, Any] | None = None,
+    data: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    memory_cap_gib: float | None = None,
+    checkpoint_cache: str | Path | None = None,
+    progress: Progress | None = None,
+    notes: str = "",
+) -> MeasuredRun:
+    """Train ``model`` for ``steps`` optimizer steps with ``setup`` and return the measured record.
+
+    ``model`` is a catalog name or config path (resolved with ``vramplan.models.load_raw_config``);
+    ``config`` (an HF config dict) or ``model_path`` (a local checkpoint folder) replace that
+    lookup, ``model`` then only names the run. ``memory_cap_gib`` limits PyTorch's allocator to
+    that much (``torch.cuda.set_per_process_memory_fraction``) to stand in for a smaller card.
+    On a machine without CUDA the run trains on the CPU and every memory value is None.
+
+    Raises:
+        MeasurementError: the request cannot be measured as asked (allocator env mismatch,
+            missing package, several GPUs); UnknownModelError/ConfigError from the model lookup.
+        Any non-OOM exception of the training stack propagates unchanged.
+    """
+    say = progress or (lambda message: None)
+    _check_request(setup, steps, memory_cap_gib)
+    import torch
+    import transformers
+    from transformers import PrinterCallback, Trainer
+
+    from .build import build_model
+    from .data import make_dataset
+    from .gpu_memory import CudaMemoryReader, DeviceMonitor, NullMemoryReader
+    from .probe import MemoryProbe
+
+    created = _utc_now()
+    raw, model_source = _raw_config(model, config, model_path)
+    on_cuda = torch.cuda.is_available()
+    extra: dict[str, Any] = {
+        "cuda_module_loading": os.environ.get("CUDA_MODULE_LOADING"),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "flash_attn": package_version("flash-attn") or package_version("flash_attn"),
+        "gradient_checkpointing_use_reentrant": "false" if setup.grad_ckpt else None,
+        "learning_rate": LEARNING_RATE,
+    }
+    run_notes = [notes] if notes else []
+
+    monitor = baseline = context_bytes = cap_bytes = None
+    driver = None
+    if on_cuda:
+        was_initialized = torch.cuda.is_initialized()
+        monitor = DeviceMonitor.open(0)
+        if monitor is not None:
+            driver = monitor.driver_version()
+            if not was_initialized:
+                baseline = monitor.used()
+        torch.cuda.init()
+        torch.cuda.set_device(0)
+        tiny = torch.empty(1, device="cuda")
+        torch.cuda.synchronize()
+        if baseline is not None:
+            context_bytes = monitor.used() - baseline - torch.cuda.memory_reserved(0)
+        active = expandable_segments_active()
+        del tiny
+        extra["expandable_segments_active"] = None if active is None else str(active).lower()
+        if active is not None and active != setup.expandable_segments:
+            raise MeasurementError(
+                f"the CUDA allocator has expandable_segments={active} but the setup asks for "
+                f"{setup.expandable_segments}: set PYTORCH_CUDA_ALLOC_CONF before the process starts"
+            )
+        if was_initialized:
+            run_notes.append("CUDA was initialized before this run: device-level numbers omitted")
+        if memory_cap_gib is not None:
+            total = torch.cuda.get_device_properties(0).total_memory
+            cap_bytes = int(memory_cap_gib * 2**30)
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total), 0)
+        extra["device_baseline_used_bytes"] = baseline
+        torch.cuda.reset_peak_memory_stats(0)
+        reader = CudaMemoryReader(0)
+        if monitor is not None:
+            monitor.start()
+    else:
+        reader = NullMemoryReader()
+        if memory_cap_gib is not None:
+            run_notes.append(f"memory cap {memory_cap_gib} GiB ignored: no CUDA device")
+
+    probe = MemoryProbe(reader, monitor, device_baseline_bytes=baseline)
+    built = None
+    oom, oom_phase = False, None
+    t_start = time.perf_counter()
+    t_loaded = None
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        with tempfile.TemporaryDirectory(prefix="vramplan-trainer-") as output_dir:
+            say(f"building {model} ({setup.method}) on {'cuda' if on_cuda else 'cpu'}")
+            built = build_model(
+                raw,
+                setup,
+                model_path=model_path,
+                checkpoint_cache=checkpoint_cache,
+                name=model,
+                device="cuda:0" if on_cuda else "cpu",
+            )
+            extra.update(built.extra)
+            t_loaded = time.perf_counter()
+            trainable_dtypes = {p.dtype for p in built.model.parameters() if p.requires_grad}
+            precision = mixed_precision(setup, trainable_dtypes, on_cuda=on_cuda)
+            extra["mixed_precision"] = precision
+            samples = setup.batch_size * setup.grad_accum * steps
+            dataset = make_dataset(_vocab_rows(built.model), setup.seq_len, samples, data=data, tokenizer=tokenizer)
+            args = training_arguments(setup, steps, output_dir=output_dir, precision=precision, use_cpu=not on_cuda)
+            trainer = Trainer(model=built.model, args=args, train_dataset=dataset, callbacks=[probe])
+            trainer.remove_callback(PrinterCallback)  # no metrics printout: the record is the output
+            say(f"training {steps} steps")
+            trainer.train()
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        oom = True
+        oom_phase = probe.record_failure()
+        extra["oom_message"] = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        say(f"out of memory during {oom_phase}")
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if monitor is not None:
+            monitor.stop()
+            extra["nvml_samples"] = monitor.samples
+            extra["nvml_interval_s"] = monitor.interval_s
+    t_end = time.perf_counter()
+    extra["load_s"] = round((t_loaded or t_end) - t_start, 3)
+    extra["train_s"] = round(t_end - t_loaded, 3) if t_loaded else None
+    extra["load_peak_allocated_bytes"] = probe.load_peak_allocated_bytes
+    extra["load_peak_reserved_bytes"] = probe.load_peak_reserved_bytes
+
+    measurements = Measurements(
+        params_total=built.params_total if built else None,
+        params_trainable=built.params_trainable if built else None,
+        **probe.summary(),
+        cuda_context_bytes=context_bytes,
+        oom=oom,
+        oom_phase=oom_phase,
+        memory_cap_bytes=cap_bytes,
+    )
+    return MeasuredRun(
+        run_id=make_run_id(model, setup, created_utc=created, memory_cap_bytes=cap_bytes),
+        created_utc=created,
+        model=model,
+        model_source=model_source,
+        setup=setup,
+        environment=collect_environment(driver=driver, device=0 if on_cuda else None),
+        measurements=measurements,
+        tool_version=__version__,
+        notes="; ".join(run_notes),
+        extra={k: v for k, v in extra.items() if v is not None},
+    )

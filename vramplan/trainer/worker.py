@@ -1,0 +1,299 @@
+"""Run measurements in fresh processes: ``measure_in_subprocess`` and the worker entry point.
+
+A fresh process per measurement is needed because PyTorch reads its allocator options
+(``PYTORCH_CUDA_ALLOC_CONF``) once, at CUDA initialization, and because memory statistics,
+the CUDA context and the NVML baseline must start clean. The parent never imports torch, so
+it holds no GPU memory while the child measures.
+
+Entry point (used by ``measure_in_subprocess`` and scripts/campaign.py)::
+
+    python -m vramplan.trainer.worker measure --request REQ.json --out RECORD.json
+    python -m vramplan.trainer.worker checkpoint --request REQ.json   # QLoRA random checkpoint
+    python -m vramplan.trainer.worker params MODEL [MODEL ...]         # exact parameter counts (JSON)
+
+Exit codes: 0 done (an OOM is a successful measurement), 2 a request that cannot be measured
+(message on stderr), 1 anything else (traceback on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+import vramplan
+from vramplan.errors import VramplanError
+from vramplan.specs import MeasuredRun, Spec, TrainingSetup
+
+from .environment import allocator_env_for, default_checkpoint_cache
+from .errors import MeasurementError
+
+#: lines of worker output kept for error messages
+_TAIL_LINES = 40
+
+
+class MeasureRequest(Spec):
+    """Everything a worker process needs for one measurement (the JSON it reads)."""
+
+    model: str
+    setup: TrainingSetup
+    steps: int = Field(default=3, gt=0, le=10_000)
+    model_path: str | None = None
+    config: dict[str, Any] | None = None
+    data: str | None = None
+    tokenizer: str | None = None
+    memory_cap_gib: float | None = Field(default=None, gt=0)
+    checkpoint_cache: str | None = None
+    notes: str = ""
+
+
+# ---------------------------------------------------------------------------- child side
+def _cmd_measure(request_path: str, out_path: str) -> int:
+    from .run import run_measurement
+
+    req = MeasureRequest.model_validate_json(Path(request_path).read_text(encoding="utf-8"))
+    run = run_measurement(
+        req.model,
+        req.setup,
+        steps=req.steps,
+        model_path=req.model_path,
+        config=req.config,
+        data=req.data,
+        tokenizer=req.tokenizer,
+        memory_cap_gib=req.memory_cap_gib,
+        checkpoint_cache=req.checkpoint_cache,
+        progress=lambda message: print(f"[vramplan] {message}", file=sys.stderr, flush=True),
+        notes=req.notes,
+    )
+    out = Path(out_path)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(run.model_dump_json(indent=2), encoding="utf-8")
+    os.replace(tmp, out)
+    m = run.measurements
+    print(f"[vramplan] done: oom={m.oom} max_allocated={m.max_allocated_bytes}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _raw_config_for(req: MeasureRequest) -> dict[str, Any]:
+    if req.config is not None:
+        return req.config
+    from vramplan.models import load_raw_config
+
+    return load_raw_config(req.model)
+
+
+def _cmd_checkpoint(request_path: str) -> int:
+    import torch
+
+    from .build import ensure_checkpoint
+
+    req = MeasureRequest.model_validate_json(Path(request_path).read_text(encoding="utf-8"))
+    cache = req.checkpoint_cache or str(default_checkpoint_cache())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = ensure_checkpoint(_raw_config_for(req), cache, name=req.model, device=device)
+    print(str(path))
+    return 0
+
+
+def _cmd_params(models: Sequence[str]) -> int:
+    from vramplan.models import load_raw_config
+
+    from .build import count_params
+
+    counts: dict[str, int | str] = {}
+    for name in models:
+        try:
+            counts[name] = count_params(load_raw_config(name))
+        except (VramplanError, ValueError, KeyError) as exc:  # report per model; the caller decides
+            counts[name] = f"error: {exc}"
+    print(json.dumps(counts))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vramplan.trainer.worker", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_measure = sub.add_parser("measure", help="run one measurement and write its record")
+    p_measure.add_argument("--request", required=True)
+    p_measure.add_argument("--out", required=True)
+    p_ckpt = sub.add_parser("checkpoint", help="build (once) the random QLoRA checkpoint of a request")
+    p_ckpt.add_argument("--request", required=True)
+    p_params = sub.add_parser("params", help="print exact parameter counts of catalog models as JSON")
+    p_params.add_argument("models", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "measure":
+            return _cmd_measure(args.request, args.out)
+        if args.command == "checkpoint":
+            return _cmd_checkpoint(args.request)
+        return _cmd_params(args.models)
+    except VramplanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------------- parent side
+def _child_env(base: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    root = str(Path(vramplan.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    return env
+
+
+def _run_child(
+    args: list[str],
+    *,
+    env: dict[str, str],
+    timeout_s: float | None,
+    progress: Callable[[str], None] | None,
+    log_path: Path | None,
+) -> tuple[int, list[str]]:
+    """Run a child process, streaming its output lines to ``progress`` and ``log_path``.
+
+    Returns (exit code, last lines). On timeout the child's whole process group is killed and
+    MeasurementError raised.
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(open(log_path, "a", encoding="utf-8")) if log_path else None
+        return _supervise(args, env=env, timeout_s=timeout_s, progress=progress, log=log, tail=tail)
+
+
+def _supervise(args, *, env, timeout_s, progress, log, tail) -> tuple[int, list[str]]:
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # own process group: a timeout kills the child and its children
+    )
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if log:
+                log.write(line + "\n")
+                log.flush()
+            if progress and line.startswith("[vramplan]"):
+                progress(line.removeprefix("[vramplan] "))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        reader.join(timeout=5)
+        raise MeasurementError(
+            f"measurement timed out after {timeout_s:.0f} s; last output:\n" + "\n".join(list(tail)[-10:])
+        ) from None
+    reader.join(timeout=5)
+    return code, list(tail)
+
+
+def measure_in_subprocess(
+    model: str,
+    setup: TrainingSetup,
+    steps: int = 3,
+    *,
+    model_path: str | Path | None = None,
+    config: dict[str, Any] | None = None,
+    data: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    memory_cap_gib: float | None = None,
+    checkpoint_cache: str | Path | None = None,
+    runs_dir: str | Path | None = None,
+    timeout_s: float | None = None,
+    python: str | None = None,
+    env: dict[str, str] | None = None,
+    notes: str = "",
+    progress: Callable[[str], None] | None = None,
+    log_path: str | Path | None = None,
+) -> MeasuredRun:
+    """Measure in a fresh Python process with the allocator config of ``setup``; return the record
+    (and save it under ``runs_dir`` when given, via ``vramplan.runs.save_run``).
+
+    For QLoRA without ``model_path`` a random bf16 checkpoint is first built in a separate child
+    (on the GPU, fast) and cached under ``checkpoint_cache`` (default
+    ``default_checkpoint_cache()``), so the measuring child only loads and quantizes it.
+    ``timeout_s`` bounds each child.
+
+    Raises:
+        MeasurementError: the child could not measure (its message, or the tail of its output),
+            or it ran past ``timeout_s``.
+    """
+    request = MeasureRequest(
+        model=model,
+        setup=setup,
+        steps=steps,
+        model_path=str(model_path) if model_path is not None else None,
+        config=config,
+        data=str(data) if data is not None else None,
+        tokenizer=str(tokenizer) if tokenizer is not None else None,
+        memory_cap_gib=memory_cap_gib,
+        checkpoint_cache=str(checkpoint_cache or default_checkpoint_cache()),
+        notes=notes,
+    )
+    exe = python or sys.executable
+    log = Path(log_path) if log_path else None
+    with tempfile.TemporaryDirectory(prefix="vramplan-measure-") as tmp:
+        req_path = Path(tmp) / "request.json"
+        out_path = Path(tmp) / "record.json"
+        req_path.write_text(request.model_dump_json(), encoding="utf-8")
+        base_env = _child_env(env)
+        if setup.method == "qlora" and model_path is None:
+            if progress:
+                progress("preparing the random QLoRA checkpoint")
+            code, tail = _run_child(
+                [exe, "-m", "vramplan.trainer.worker", "checkpoint", "--request", str(req_path)],
+                env=base_env,
+                timeout_s=timeout_s,
+                progress=progress,
+                log_path=log,
+            )
+            if code != 0:
+                raise MeasurementError("building the QLoRA checkpoint failed:\n" + "\n".join(tail[-15:]))
+        code, tail = _run_child(
+            [exe, "-m", "vramplan.trainer.worker", "measure", "--request", str(req_path), "--out", str(out_path)],
+            env=allocator_env_for(setup, base_env),
+            timeout_s=timeout_s,
+            progress=progress,
+            log_path=log,
+        )
+        if code != 0 or not out_path.is_file():
+            errors = [line for line in tail if line.startswith("error: ")]
+            detail = errors[-1].removeprefix("error: ") if code == 2 and errors else "\n".join(tail[-15:])
+            raise MeasurementError(f"measurement failed (exit {code}): {detail}")
+        run = MeasuredRun.model_validate_json(out_path.read_text(encoding="utf-8"))
+    if runs_dir is not None:
+        from vramplan.runs import save_run
+
+        save_run(run, runs_dir)
+    return run
+
+
+if __name__ == "__main__":
+    sys.exit(main())
