@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
 from vramplan.runs import read_run
 from vramplan.specs import LoraSpec, TrainingSetup
 from vramplan.trainer.errors import MeasurementError
+from vramplan.trainer.forkserver import ForkServer, ForkServerError
 from vramplan.trainer.gpu_memory import nvml_device_index
 from vramplan.trainer.worker import default_checkpoint_cache, measure_in_subprocess
 
@@ -308,28 +309,31 @@ def lower_bound_bytes(params: int, setup: TrainingSetup) -> int:
     return params * (2 * width + states)
 
 
-def estimate_seconds(spec: RunSpec, params: int | None, first_qlora_of_model: bool) -> float:
-    """Rough wall time of one run on an H100 (for planning only): process start and imports
-    ~10 s, model build ~1 s/B params, QLoRA load+quantize ~2.5 s/B, checkpoint write ~4 s/B once,
-    training ~(steps) x tokens x 6 x params / 300 TFLOP/s (x1.33 with GC)."""
+def estimate_seconds(spec: RunSpec, params: int | None, *, first_qlora_of_model: bool, forked: bool) -> float:
+    """Rough wall time of one run on an H100, for planning only. From the smoke runs of
+    2026-11-23 (H100, torch 2.11): a new interpreter spends ~17 s importing the stack (a fork of
+    the warm server ~1 s), CUDA init + step-0 warm-up ~3 s, build from config ~0.25 s/B params,
+    QLoRA load+quantize ~1 s/B, the random checkpoint (once per model) ~10 s + 2.5 s/B, and
+    training ~(steps x tokens x 6 x params) / 200 TFLOP/s (x1.33 with GC)."""
     b = (params or 1e9) / 1e9
     s = spec.setup
-    t = 10.0 + (2.5 * b if s.method == "qlora" else 1.0 * b)
+    new_process = not forked or s.expandable_segments
+    t = (17.0 if new_process else 1.0) + 3.0 + (1.0 * b if s.method == "qlora" else 0.25 * b)
     if s.method == "qlora" and first_qlora_of_model:
-        t += 10.0 + 4.0 * b
+        t += 10.0 + 2.5 * b + (0.0 if forked else 17.0)
     tokens = s.seq_len * s.batch_size * s.grad_accum * spec.steps
-    t += tokens * 6 * (params or 1e9) * (1.33 if s.grad_ckpt else 1.0) / 300e12
+    t += tokens * 6 * (params or 1e9) * (1.33 if s.grad_ckpt else 1.0) / 200e12
     return t
 
 
-def estimate_total_seconds(runs: list[RunSpec], params: dict[str, int]) -> float:
+def estimate_total_seconds(runs: list[RunSpec], params: dict[str, int], *, forked: bool) -> float:
     seen: set[str] = set()
     total = 0.0
     for r in runs:
         first = r.setup.method == "qlora" and r.model not in seen
         if r.setup.method == "qlora":
             seen.add(r.model)
-        total += estimate_seconds(r, params.get(r.model), first)
+        total += estimate_seconds(r, params.get(r.model), first_qlora_of_model=first, forked=forked)
     return total
 
 
@@ -459,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-checkpoints", action="store_true", help="do not delete cached QLoRA checkpoints")
     parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed or timed out")
     parser.add_argument("--no-size-check", action="store_true", help="do not skip runs too big for the GPU")
+    parser.add_argument("--no-fork-server", action="store_true", help="start every run as a new interpreter")
     parser.add_argument("--list", action="store_true", help="print the selected grid and exit")
     args = parser.parse_args(argv)
 
@@ -484,7 +489,14 @@ def main(argv: list[str] | None = None) -> int:
     todo = [r for r in chosen if progress.get(r.name, {}).get("status") not in done_status]
     params = param_counts(sorted({r.model for r in todo})) if todo else {}
     last_qlora_use = {r.model: i for i, r in enumerate(todo) if r.setup.method == "qlora"}
-    estimate = estimate_total_seconds(todo, params)
+    server = None
+    if todo and not args.no_fork_server:
+        try:
+            server = ForkServer()
+            print("fork server ready (runs fork from it; expandable_segments runs start a new interpreter)", flush=True)
+        except MeasurementError as exc:
+            print(f"warning: no fork server, every run starts a new interpreter: {exc}", file=sys.stderr)
+    estimate = estimate_total_seconds(todo, params, forked=server is not None)
     print(
         f"{len(todo)} runs to do ({len(chosen) - len(todo)} already done); rough estimate {estimate / 60:.1f} min",
         flush=True,
@@ -524,8 +536,9 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 started = time.monotonic()
-                try:
-                    run = measure_in_subprocess(
+
+                def measure(srv: ForkServer | None, spec=spec, steps=steps, cap_gib=cap_gib, timeout=timeout):
+                    return measure_in_subprocess(
                         spec.model,
                         spec.setup,
                         steps,
@@ -536,7 +549,17 @@ def main(argv: list[str] | None = None) -> int:
                         notes=f"campaign issue3: {spec.name}",
                         progress=lambda msg: print(f"    {msg}", flush=True),
                         log_path=out / "logs" / f"{spec.name}.log",
+                        server=srv,
                     )
+
+                try:
+                    try:
+                        run = measure(server)
+                    except ForkServerError as exc:
+                        print(f"    fork server lost ({exc}); new interpreters from now on", flush=True)
+                        server.close()
+                        server = None
+                        run = measure(None)
                     record = _record_path(out, run)
                     entry = entry_from_run(spec, run, record, time.monotonic() - started, cap_gib)
                 except MeasurementError as exc:
@@ -556,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         stopped = "interrupted"
     finally:
+        if server is not None:
+            server.close()
         lines = summary_lines(grid, progress)
         if stopped:
             lines.append(f"stopped: {stopped}")

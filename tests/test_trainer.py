@@ -1,7 +1,6 @@
 """The built-in trainer on CPU: tiny Llama configs trained end to end through run_measurement."""
 
 import importlib.util
-import json
 
 import pytest
 
@@ -270,27 +269,64 @@ def test_count_params_matches_the_built_model():
 
 
 # --------------------------------------------------------------------------- subprocess path
+@pytest.fixture(scope="module")
+def fork_server():
+    from vramplan.trainer.forkserver import ForkServer
+
+    with ForkServer() as server:
+        yield server
+
+
 @pytest.mark.slow
-def test_measure_in_subprocess_sets_the_allocator_env_and_saves(tmp_path):
+def test_fork_server_measures_in_a_child_and_saves(fork_server, tmp_path):
     from vramplan.runs import load_runs
     from vramplan.trainer import measure_in_subprocess
 
-    setup = LORA.model_copy(update={"expandable_segments": True})
     seen: list[str] = []
     run = measure_in_subprocess(
-        "tiny-llama", setup, 2, config=TINY_LLAMA, runs_dir=tmp_path, timeout_s=120, progress=seen.append
+        "tiny-llama",
+        LORA,
+        2,
+        config=TINY_LLAMA,
+        runs_dir=tmp_path,
+        timeout_s=120,
+        progress=seen.append,
+        server=fork_server,
     )
-    assert run.environment.allocator_conf == "expandable_segments:True"
+    assert run.measurements.steps == 2 and run.environment.allocator_conf is None
     assert [r.run_id for r in load_runs(tmp_path)] == [run.run_id]
     assert any(line.startswith("training") for line in seen)
 
 
-def test_measure_in_subprocess_reports_a_bad_request(tmp_path):
+@pytest.mark.slow
+def test_fork_server_reports_a_bad_request(fork_server):
     from vramplan.trainer import measure_in_subprocess
 
-    bad = json.loads(json.dumps(TINY_LLAMA)) | {"model_type": "no-such-architecture"}
+    bad = TINY_LLAMA | {"model_type": "no-such-architecture"}
     with pytest.raises(MeasurementError, match="no-such-architecture"):
-        measure_in_subprocess("tiny", LORA, 1, config=bad, timeout_s=120)
+        measure_in_subprocess("tiny", LORA, 1, config=bad, timeout_s=120, server=fork_server)
+
+
+@pytest.mark.slow
+def test_fork_server_kills_a_child_past_its_timeout_and_keeps_serving(fork_server):
+    from vramplan.trainer import measure_in_subprocess
+
+    with pytest.raises(MeasurementError, match="timed out"):
+        measure_in_subprocess("tiny", LORA, 10_000, config=TINY_LLAMA, timeout_s=1.0, server=fork_server)
+    run = measure_in_subprocess("tiny", LORA, 1, config=TINY_LLAMA, timeout_s=120, server=fork_server)
+    assert run.measurements.steps == 1
+
+
+@pytest.mark.slow
+def test_expandable_segments_run_gets_a_new_interpreter_with_the_env(fork_server, tmp_path):
+    """The allocator reads PYTORCH_CUDA_ALLOC_CONF once: a run whose options differ from the
+    server's is not forked but started fresh with the variable set."""
+    from vramplan.trainer import measure_in_subprocess
+
+    setup = LORA.model_copy(update={"expandable_segments": True})
+    assert not fork_server.accepts(allocator_env_for(setup, fork_server.env))
+    run = measure_in_subprocess("tiny-llama", setup, 2, config=TINY_LLAMA, timeout_s=120, server=fork_server)
+    assert run.environment.allocator_conf == "expandable_segments:True"
 
 
 # --------------------------------------------------------------------------- GPU only

@@ -116,8 +116,16 @@ def tiny_campaign(campaign, tmp_path, monkeypatch):
     ]
     calls = []
 
-    def fake_measure(model, setup, steps, *, runs_dir, memory_cap_gib=None, **kw):
-        calls.append(model)
+    class FakeServer:
+        broken = False
+
+        def close(self):
+            pass
+
+    def fake_measure(model, setup, steps, *, runs_dir, memory_cap_gib=None, server=None, **kw):
+        if server is not None and server.broken:
+            raise campaign.ForkServerError("fork server exited")
+        calls.append(server)
         run = run_measurement(model, setup, steps=steps, config=TINY, memory_cap_gib=memory_cap_gib)
         save_run(run, runs_dir)
         return run
@@ -126,6 +134,7 @@ def tiny_campaign(campaign, tmp_path, monkeypatch):
     monkeypatch.setattr(campaign, "measure_in_subprocess", fake_measure)
     monkeypatch.setattr(campaign, "param_counts", lambda models: {})
     monkeypatch.setattr(campaign, "gpu_info", lambda: None)
+    monkeypatch.setattr(campaign, "ForkServer", FakeServer)
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     return campaign, tmp_path / "out", calls
 
@@ -150,6 +159,20 @@ def test_campaign_resumes_without_repeating_done_runs(tiny_campaign):
     campaign.main(["--out", str(out)])
     assert len(calls) == n
     assert "tiny-full" in (out / "campaign-summary.txt").read_text()
+
+
+def test_campaign_measures_through_the_fork_server(tiny_campaign):
+    campaign, out, calls = tiny_campaign
+    campaign.main(["--out", str(out), "--only", "tiny-full"])
+    assert len(calls) == 1 and isinstance(calls[0], campaign.ForkServer)
+
+
+def test_campaign_falls_back_to_new_interpreters_when_the_server_dies(tiny_campaign):
+    campaign, out, calls = tiny_campaign
+    campaign.ForkServer.broken = True
+    campaign.main(["--out", str(out), "--only", "tiny-full"])
+    assert calls == [None]
+    assert campaign.load_progress(out / "campaign-progress.jsonl")["tiny-full"]["status"] == "ok"
 
 
 def test_campaign_budget_stops_cleanly_and_still_summarizes(tiny_campaign):

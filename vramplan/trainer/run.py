@@ -26,6 +26,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,64 @@ def _check_request(setup: TrainingSetup, steps: int, memory_cap_gib: float | Non
     check_allocator_env(setup)
 
 
+@dataclass
+class _CudaStart:
+    reader: Any
+    monitor: Any = None
+    baseline: int | None = None
+    context_bytes: int | None = None
+    cap_bytes: int | None = None
+    driver: str | None = None
+
+
+def _start_cuda(
+    setup: TrainingSetup, memory_cap_gib: float | None, extra: dict[str, Any], notes: list[str]
+) -> _CudaStart:
+    """Read the NVML baseline, create the CUDA context, measure it, check the allocator mode and
+    apply the memory cap. Must run before anything else in the process touches CUDA.
+
+    cuda_context_bytes = NVML used after ``torch.cuda.init()`` + a 4-byte tensor, minus the
+    baseline, minus the allocator's reserved bytes (the tensor's 2 MiB segment).
+
+    Raises:
+        MeasurementError: the live allocator's expandable_segments differs from the setup's.
+    """
+    import torch
+
+    from .gpu_memory import CudaMemoryReader, DeviceMonitor
+
+    was_initialized = torch.cuda.is_initialized()
+    monitor = DeviceMonitor.open(0)
+    start = _CudaStart(reader=CudaMemoryReader(0), monitor=monitor)
+    if monitor is not None:
+        start.driver = monitor.driver_version()
+        if not was_initialized:
+            start.baseline = monitor.used()
+    torch.cuda.init()
+    torch.cuda.set_device(0)
+    tiny = torch.empty(1, device="cuda")
+    torch.cuda.synchronize()
+    if monitor is not None and start.baseline is not None:
+        start.context_bytes = monitor.used() - start.baseline - torch.cuda.memory_reserved(0)
+    active = expandable_segments_active()
+    del tiny
+    extra["expandable_segments_active"] = None if active is None else str(active).lower()
+    extra["device_baseline_used_bytes"] = start.baseline
+    if active is not None and active != setup.expandable_segments:
+        raise MeasurementError(
+            f"the CUDA allocator has expandable_segments={active} but the setup asks for "
+            f"{setup.expandable_segments}: set PYTORCH_CUDA_ALLOC_CONF before the process starts"
+        )
+    if was_initialized:
+        notes.append("CUDA was initialized before this run: device-level numbers omitted")
+    if memory_cap_gib is not None:
+        total = torch.cuda.get_device_properties(0).total_memory
+        start.cap_bytes = int(memory_cap_gib * 2**30)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, start.cap_bytes / total), 0)
+    torch.cuda.reset_peak_memory_stats(0)
+    return start
+
+
 def run_measurement(
     model: str,
     setup: TrainingSetup,
@@ -177,17 +236,9 @@ def run_measurement(
     say = progress or (lambda message: None)
     _check_request(setup, steps, memory_cap_gib)
     import torch
-    import transformers
-    from transformers import PrinterCallback, Trainer
-
-    from .build import build_model
-    from .data import make_dataset
-    from .gpu_memory import CudaMemoryReader, DeviceMonitor, NullMemoryReader
-    from .probe import MemoryProbe
 
     created = _utc_now()
-    raw, model_source = _raw_config(model, config, model_path)
-    on_cuda = torch.cuda.is_available()
+    run_notes = [notes] if notes else []
     extra: dict[str, Any] = {
         "cuda_module_loading": os.environ.get("CUDA_MODULE_LOADING"),
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
@@ -195,47 +246,27 @@ def run_measurement(
         "gradient_checkpointing_use_reentrant": "false" if setup.grad_ckpt else None,
         "learning_rate": LEARNING_RATE,
     }
-    run_notes = [notes] if notes else []
+    on_cuda = torch.cuda.is_available()
+    # before importing transformers: its import may touch CUDA, and the NVML baseline must be
+    # read before this process has a CUDA context
+    cuda = _start_cuda(setup, memory_cap_gib, extra, run_notes) if on_cuda else None
+    if not on_cuda and memory_cap_gib is not None:
+        run_notes.append(f"memory cap {memory_cap_gib} GiB ignored: no CUDA device")
 
-    monitor = baseline = context_bytes = cap_bytes = None
-    driver = None
-    if on_cuda:
-        was_initialized = torch.cuda.is_initialized()
-        monitor = DeviceMonitor.open(0)
-        if monitor is not None:
-            driver = monitor.driver_version()
-            if not was_initialized:
-                baseline = monitor.used()
-        torch.cuda.init()
-        torch.cuda.set_device(0)
-        tiny = torch.empty(1, device="cuda")
-        torch.cuda.synchronize()
-        if baseline is not None:
-            context_bytes = monitor.used() - baseline - torch.cuda.memory_reserved(0)
-        active = expandable_segments_active()
-        del tiny
-        extra["expandable_segments_active"] = None if active is None else str(active).lower()
-        if active is not None and active != setup.expandable_segments:
-            raise MeasurementError(
-                f"the CUDA allocator has expandable_segments={active} but the setup asks for "
-                f"{setup.expandable_segments}: set PYTORCH_CUDA_ALLOC_CONF before the process starts"
-            )
-        if was_initialized:
-            run_notes.append("CUDA was initialized before this run: device-level numbers omitted")
-        if memory_cap_gib is not None:
-            total = torch.cuda.get_device_properties(0).total_memory
-            cap_bytes = int(memory_cap_gib * 2**30)
-            torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total), 0)
-        extra["device_baseline_used_bytes"] = baseline
-        torch.cuda.reset_peak_memory_stats(0)
-        reader = CudaMemoryReader(0)
-        if monitor is not None:
-            monitor.start()
-    else:
-        reader = NullMemoryReader()
-        if memory_cap_gib is not None:
-            run_notes.append(f"memory cap {memory_cap_gib} GiB ignored: no CUDA device")
+    import transformers
+    from transformers import PrinterCallback, Trainer
 
+    from .build import build_model
+    from .data import make_dataset
+    from .gpu_memory import NullMemoryReader
+    from .probe import MemoryProbe
+
+    raw, model_source = _raw_config(model, config, model_path)
+    monitor = cuda.monitor if cuda else None
+    baseline = cuda.baseline if cuda else None
+    reader = cuda.reader if cuda else NullMemoryReader()
+    if cuda and monitor is not None:
+        monitor.start()
     probe = MemoryProbe(reader, monitor, device_baseline_bytes=baseline)
     built = None
     oom, oom_phase = False, None
@@ -289,18 +320,18 @@ def run_measurement(
         params_total=built.params_total if built else None,
         params_trainable=built.params_trainable if built else None,
         **probe.summary(),
-        cuda_context_bytes=context_bytes,
+        cuda_context_bytes=cuda.context_bytes if cuda else None,
         oom=oom,
         oom_phase=oom_phase,
-        memory_cap_bytes=cap_bytes,
+        memory_cap_bytes=cuda.cap_bytes if cuda else None,
     )
     return MeasuredRun(
-        run_id=make_run_id(model, setup, created_utc=created, memory_cap_bytes=cap_bytes),
+        run_id=make_run_id(model, setup, created_utc=created, memory_cap_bytes=cuda.cap_bytes if cuda else None),
         created_utc=created,
         model=model,
         model_source=model_source,
         setup=setup,
-        environment=collect_environment(driver=driver, device=0 if on_cuda else None),
+        environment=collect_environment(driver=cuda.driver if cuda else None, device=0 if on_cuda else None),
         measurements=measurements,
         tool_version=__version__,
         notes="; ".join(run_notes),

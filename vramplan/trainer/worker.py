@@ -39,6 +39,7 @@ from vramplan.specs import MeasuredRun, Spec, TrainingSetup
 
 from .environment import allocator_env_for, default_checkpoint_cache
 from .errors import MeasurementError
+from .forkserver import ForkServer
 
 #: lines of worker output kept for error messages
 _TAIL_LINES = 40
@@ -132,8 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_ckpt.add_argument("--request", required=True)
     p_params = sub.add_parser("params", help="print exact parameter counts of catalog models as JSON")
     p_params.add_argument("models", nargs="+")
+    sub.add_parser("serve", help="fork server: preload the stack, fork a child per job (forkserver.py)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "serve":
+            from .forkserver import serve
+
+            return serve(main)
         if args.command == "measure":
             return _cmd_measure(args.request, args.out)
         if args.command == "checkpoint":
@@ -145,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------- parent side
-def _child_env(base: dict[str, str] | None) -> dict[str, str]:
+def child_env(base: dict[str, str] | None) -> dict[str, str]:
+    """The environment of a worker process: ``base`` (default: ours) plus this package on PYTHONPATH."""
     env = dict(os.environ if base is None else base)
     root = str(Path(vramplan.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -208,7 +215,7 @@ def _supervise(args, *, env, timeout_s, progress, log, tail) -> tuple[int, list[
         proc.wait()
         reader.join(timeout=5)
         raise MeasurementError(
-            f"measurement timed out after {timeout_s:.0f} s; last output:\n" + "\n".join(list(tail)[-10:])
+            f"measurement timed out after {timeout_s:g} s; last output:\n" + "\n".join(list(tail)[-10:])
         ) from None
     reader.join(timeout=5)
     return code, list(tail)
@@ -232,9 +239,14 @@ def measure_in_subprocess(
     notes: str = "",
     progress: Callable[[str], None] | None = None,
     log_path: str | Path | None = None,
+    server: ForkServer | None = None,
 ) -> MeasuredRun:
     """Measure in a fresh Python process with the allocator config of ``setup``; return the record
     (and save it under ``runs_dir`` when given, via ``vramplan.runs.save_run``).
+
+    With ``server`` (a running ``ForkServer``) the process is a fork of that warm server when its
+    allocator options match the run's, which saves the ~16 s import of the training stack;
+    otherwise it is a new interpreter.
 
     For QLoRA without ``model_path`` a random bf16 checkpoint is first built in a separate child
     (on the GPU, fast) and cached under ``checkpoint_cache`` (default
@@ -244,6 +256,7 @@ def measure_in_subprocess(
     Raises:
         MeasurementError: the child could not measure (its message, or the tail of its output),
             or it ran past ``timeout_s``.
+        ForkServerError: ``server`` died (retry without it).
     """
     request = MeasureRequest(
         model=model,
@@ -258,30 +271,32 @@ def measure_in_subprocess(
         notes=notes,
     )
     exe = python or sys.executable
-    log = Path(log_path) if log_path else None
     with tempfile.TemporaryDirectory(prefix="vramplan-measure-") as tmp:
         req_path = Path(tmp) / "request.json"
         out_path = Path(tmp) / "record.json"
+        log = Path(log_path) if log_path else Path(tmp) / "worker.log"
         req_path.write_text(request.model_dump_json(), encoding="utf-8")
-        base_env = _child_env(env)
-        if setup.method == "qlora" and model_path is None:
-            if progress:
-                progress("preparing the random QLoRA checkpoint")
-            code, tail = _run_child(
-                [exe, "-m", "vramplan.trainer.worker", "checkpoint", "--request", str(req_path)],
-                env=base_env,
+        base_env = child_env(env)
+
+        def run_worker(argv: list[str], child_env_: dict[str, str]) -> tuple[int, list[str]]:
+            if server is not None and server.accepts(child_env_):
+                return server.run(argv, env=child_env_, timeout_s=timeout_s, progress=progress, log_path=log)
+            return _run_child(
+                [exe, "-m", "vramplan.trainer.worker", *argv],
+                env=child_env_,
                 timeout_s=timeout_s,
                 progress=progress,
                 log_path=log,
             )
+
+        if setup.method == "qlora" and model_path is None:
+            if progress:
+                progress("preparing the random QLoRA checkpoint")
+            code, tail = run_worker(["checkpoint", "--request", str(req_path)], base_env)
             if code != 0:
                 raise MeasurementError("building the QLoRA checkpoint failed:\n" + "\n".join(tail[-15:]))
-        code, tail = _run_child(
-            [exe, "-m", "vramplan.trainer.worker", "measure", "--request", str(req_path), "--out", str(out_path)],
-            env=allocator_env_for(setup, base_env),
-            timeout_s=timeout_s,
-            progress=progress,
-            log_path=log,
+        code, tail = run_worker(
+            ["measure", "--request", str(req_path), "--out", str(out_path)], allocator_env_for(setup, base_env)
         )
         if code != 0 or not out_path.is_file():
             errors = [line for line in tail if line.startswith("error: ")]
