@@ -131,6 +131,31 @@ def gpus(fmt: o.FormatOpt = "table") -> None:
     _console().print(table)
 
 
+@app.command()
+def validate(
+    runs_dir: Annotated[
+        Optional[list[str]], typer.Option("--runs-dir", help="run records folder(s); default: shipped + user runs")
+    ] = None,
+    fmt: o.FormatOpt = "table",
+) -> None:
+    """Predicted vs measured for every run record: the error of each, the median and the worst."""
+    from .report.validation_view import validation_doc, validation_renderable
+    from .runs import load_runs, shipped_runs_dir, user_runs_dir
+    from .validation import validate as run_validation
+
+    _check_format(fmt)
+    dirs = runs_dir or [shipped_runs_dir(), user_runs_dir()]
+    problems: list[str] = []
+    runs = load_runs(dirs, problems=problems)
+    for line in problems:
+        typer.echo(f"warning: {line}", err=True)
+    result = run_validation(runs)
+    if fmt == "json":
+        typer.echo(json.dumps(validation_doc(result), indent=2))
+        return
+    _console().print(validation_renderable(result, f"predicted vs measured ({len(runs)} run records)"))
+
+
 def main() -> None:
     try:
         app()

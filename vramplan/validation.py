@@ -1,0 +1,121 @@
+"""validate: predicted vs measured for every run record, the error of each, median and worst.
+
+Error = predicted / measured - 1 (positive: over-predicted, safe; negative: under-predicted, an OOM
+risk for the user). Runs that ran out of memory, or were measured without a GPU, carry no peak to
+compare and are listed as skipped.
+"""
+
+import statistics
+from dataclasses import dataclass, field
+
+from gpu_catalog import find_gpu
+
+from .errors import VramplanError
+from .estimator import estimate
+from .models import resolve_model
+from .specs import Calibration, MeasuredRun
+
+TOTALS = ("allocated", "reserved", "device")
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    run_id: str
+    model: str
+    summary: str
+    predicted: dict[str, int]
+    measured: dict[str, int | None]
+    peak_phase: str
+
+    def error(self, total: str) -> float | None:
+        m = self.measured.get(total)
+        if not m:
+            return None
+        return self.predicted[total] / m - 1.0
+
+
+@dataclass
+class Validation:
+    comparisons: list[RunComparison] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def errors(self, total: str) -> list[float]:
+        return [e for c in self.comparisons if (e := c.error(total)) is not None]
+
+    def stats(self, total: str) -> dict[str, float | int | None]:
+        errs = self.errors(total)
+        if not errs:
+            return {"runs": 0, "median_abs": None, "worst_abs": None, "worst_under": None}
+        return {
+            "runs": len(errs),
+            "median_abs": statistics.median(abs(e) for e in errs),
+            "worst_abs": max(abs(e) for e in errs),
+            "worst_under": min(errs),
+        }
+
+
+def setup_summary(run: MeasuredRun) -> str:
+    s = run.setup
+    parts = [s.method]
+    if s.lora is not None:
+        targets = "all" if s.lora.all_linear else "+".join(s.lora.targets)
+        parts.append(f"r{s.lora.rank}:{targets}")
+    if s.quant:
+        parts.append(s.quant + ("" if s.double_quant else "-nodq"))
+    parts += [f"s{s.seq_len}", f"b{s.batch_size}"]
+    if s.grad_accum > 1:
+        parts.append(f"ga{s.grad_accum}")
+    parts += ["gc" if s.grad_ckpt else "nogc", s.optimizer, s.dtype, s.attn]
+    if s.expandable_segments:
+        parts.append("es")
+    return " ".join(parts)
+
+
+def compare_run(run: MeasuredRun, calibration: Calibration | None = None) -> RunComparison:
+    """Estimate the run's setup on its GPU and pair it with the measured totals."""
+    spec = resolve_model(run.model_source or run.model)
+    gpu = None
+    if run.environment.gpu_id:
+        try:
+            gpu = find_gpu(run.environment.gpu_id)
+        except VramplanError:
+            gpu = None
+    e = estimate(spec, run.setup, gpu, calibration=calibration)
+    mem = e.calibrated or e.memory
+    meas = run.measurements
+    return RunComparison(
+        run_id=run.run_id,
+        model=run.model,
+        summary=setup_summary(run),
+        predicted={
+            "allocated": mem.peak_allocated_bytes,
+            "reserved": mem.peak_reserved_bytes,
+            "device": mem.device_peak_bytes,
+        },
+        measured={
+            "allocated": meas.max_allocated_bytes,
+            "reserved": meas.max_reserved_bytes,
+            "device": meas.device_peak_bytes,
+        },
+        peak_phase=mem.peak_phase,
+    )
+
+
+def validate(runs: list[MeasuredRun], calibration: Calibration | None = None) -> Validation:
+    out = Validation()
+    for run in runs:
+        m = run.measurements
+        if m.oom:
+            out.skipped.append((run.run_id, f"out of memory in {m.oom_phase or 'an unknown phase'}"))
+            continue
+        if m.max_allocated_bytes is None:
+            out.skipped.append((run.run_id, "no GPU memory measured (CPU run)"))
+            continue
+        if m.memory_cap_bytes is not None:
+            out.skipped.append((run.run_id, "capped run (memory fraction), checked separately"))
+            continue
+        try:
+            out.comparisons.append(compare_run(run, calibration))
+        except VramplanError as exc:
+            out.skipped.append((run.run_id, str(exc)))
+    return out
