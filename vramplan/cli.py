@@ -136,11 +136,15 @@ def validate(
     runs_dir: Annotated[
         Optional[list[str]], typer.Option("--runs-dir", help="run records folder(s); default: shipped + user runs")
     ] = None,
+    loo: Annotated[
+        bool, typer.Option("--loo/--raw", help="leave-one-out calibrated predictions (default) or raw model")
+    ] = True,
     fmt: o.FormatOpt = "table",
 ) -> None:
     """Predicted vs measured for every run record: the error of each, the median and the worst."""
     from .report.validation_view import validation_doc, validation_renderable
     from .runs import load_runs, shipped_runs_dir, user_runs_dir
+    from .calibration import leave_one_out
     from .validation import validate as run_validation
 
     _check_format(fmt)
@@ -149,11 +153,46 @@ def validate(
     runs = load_runs(dirs, problems=problems)
     for line in problems:
         typer.echo(f"warning: {line}", err=True)
-    result = run_validation(runs)
+    result = leave_one_out(runs) if loo else run_validation(runs)
+    mode = "leave-one-out calibrated" if loo else "raw model"
     if fmt == "json":
-        typer.echo(json.dumps(validation_doc(result), indent=2))
+        typer.echo(json.dumps({"mode": mode, **validation_doc(result)}, indent=2))
         return
-    _console().print(validation_renderable(result, f"predicted vs measured ({len(runs)} run records)"))
+    _console().print(validation_renderable(result, f"predicted ({mode}) vs measured, {len(runs)} run records"))
+
+
+@app.command()
+def calibrate(
+    runs_dir: Annotated[
+        Optional[list[str]], typer.Option("--runs-dir", help="run records folder(s); default: shipped + user runs")
+    ] = None,
+    out: Annotated[
+        Optional[str], typer.Option("--out", help="where to write the calibration JSON (default: print only)")
+    ] = None,
+    fmt: o.FormatOpt = "table",
+) -> None:
+    """Fit the named, bounded constants (CUDA context, allocator fragmentation) from run records."""
+    from .calibration import BOUNDS, fit, save_calibration
+    from .runs import load_runs, shipped_runs_dir, user_runs_dir
+
+    _check_format(fmt)
+    problems: list[str] = []
+    runs = load_runs(runs_dir or [shipped_runs_dir(), user_runs_dir()], problems=problems)
+    for line in problems:
+        typer.echo(f"warning: {line}", err=True)
+    try:
+        cal = fit(runs)
+    except VramplanError as exc:
+        _fail(str(exc))
+    if out:
+        save_calibration(cal, out)
+    if fmt == "json":
+        typer.echo(json.dumps(cal.model_dump(mode="json"), indent=2))
+        return
+    typer.echo(f"calibration {cal.version} from {len(cal.fitted_on)} runs" + (f" -> {out}" if out else ""))
+    for name, value in cal.constants.items():
+        lo, hi = BOUNDS[name]
+        typer.echo(f"  {name} = {value:.6g}   (bounds {lo:g} .. {hi:g})")
 
 
 def main() -> None:

@@ -1,0 +1,141 @@
+"""calibrate: fit the few named, bounded constants of the memory model from run records.
+
+The analytic terms (weights, states, activations, loss buffers ...) are not scaled: where a term is
+off, its formula is fixed. What is fitted is what no formula predicts from first principles:
+* `cuda_context_bytes` — the process's GPU memory outside torch's reserved pool (CUDA context, module
+  images, cuBLAS/cuDNN handles): the median of device peak - reserved peak over the runs;
+* `fragmentation` / `fragmentation_expandable` — the caching allocator's reserved/allocated gap with the
+  default allocator and with expandable_segments: the median of reserved / predicted allocated - 1.
+Each is clipped to its bound. `leave_one_out` predicts every run with constants fitted without it.
+"""
+
+import json
+import os
+import statistics
+from collections.abc import Callable
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+from .errors import VramplanError
+from .estimator import estimate
+from .memory.constants import GIB, MIB, STACK_VERSIONS
+from .models import resolve_model
+from .specs import Calibration, MeasuredRun
+from .validation import Validation, compare_run, validate
+
+CALIBRATION_VERSION_PREFIX = "cal"
+
+BOUNDS: dict[str, tuple[float, float]] = {
+    "cuda_context_bytes": (200 * MIB, 2 * GIB),
+    "fragmentation": (0.0, 0.25),
+    "fragmentation_expandable": (0.0, 0.25),
+}
+
+
+def usable_runs(runs: list[MeasuredRun]) -> list[MeasuredRun]:
+    """Runs with a measured peak: not OOM, not capped, measured on a GPU."""
+    return [
+        r
+        for r in runs
+        if not r.measurements.oom
+        and r.measurements.memory_cap_bytes is None
+        and r.measurements.max_allocated_bytes
+        and r.measurements.max_reserved_bytes
+    ]
+
+
+def fit(runs: list[MeasuredRun], *, version: str | None = None) -> Calibration:
+    """Fit the calibrated constants from `runs`. Raises VramplanError when no run can be used."""
+    runs = usable_runs(runs)
+    if not runs:
+        raise VramplanError("no run record with measured GPU memory to calibrate from; run `vramplan measure` first")
+    context, frag, frag_es = [], [], []
+    for run in runs:
+        m = run.measurements
+        raw = estimate(resolve_model(run.model_source or run.model), run.setup).memory
+        if m.device_peak_bytes:
+            context.append(m.device_peak_bytes - m.max_reserved_bytes - raw.outside_allocator_bytes)
+        ratio = m.max_reserved_bytes / raw.peak_allocated_bytes - 1.0
+        (frag_es if run.setup.expandable_segments else frag).append(ratio)
+    constants: dict[str, float] = {}
+    if context:
+        constants["cuda_context_bytes"] = _clip("cuda_context_bytes", statistics.median(context))
+    if frag:
+        constants["fragmentation"] = _clip("fragmentation", statistics.median(frag))
+    if frag_es:
+        constants["fragmentation_expandable"] = _clip("fragmentation_expandable", statistics.median(frag_es))
+    gpus = sorted({r.environment.gpu_id or r.environment.gpu_name or "unknown" for r in runs})
+    stack = _stack_versions(runs)
+    return Calibration(
+        version=version or f"{CALIBRATION_VERSION_PREFIX}-{'+'.join(gpus)}-{len(runs)}runs",
+        constants=constants,
+        bounds={k: BOUNDS[k] for k in constants},
+        fitted_on=tuple(r.run_id for r in runs),
+        stack_versions=stack,
+        notes=f"fitted {datetime.now(timezone.utc):%Y-%m-%d} on {', '.join(gpus)}; constants read from "
+        + ", ".join(f"{k} {v}" for k, v in STACK_VERSIONS.items()),
+    )
+
+
+def _clip(name: str, value: float) -> float:
+    lo, hi = BOUNDS[name]
+    return float(min(max(value, lo), hi))
+
+
+def _stack_versions(runs: list[MeasuredRun]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):
+        seen = sorted({v for r in runs if (v := getattr(r.environment, key))})
+        if seen:
+            out[key] = ",".join(seen)
+    return out
+
+
+def leave_one_out(runs: list[MeasuredRun]) -> Validation:
+    """Each usable run predicted by a calibration fitted on all the other runs."""
+    usable = usable_runs(runs)
+    others_of: Callable[[int], list[MeasuredRun]] = lambda i: usable[:i] + usable[i + 1 :]  # noqa: E731
+    result = validate([r for r in runs if r not in usable])
+    for i, run in enumerate(usable):
+        others = others_of(i)
+        calibration = fit(others) if usable_runs(others) else None
+        try:
+            result.comparisons.append(compare_run(run, calibration))
+        except VramplanError as exc:
+            result.skipped.append((run.run_id, str(exc)))
+    return result
+
+
+# --- the shipped calibration file ---------------------------------------------------------------
+
+SHIPPED_FILE = "default.json"
+
+
+def shipped_calibration_path() -> Path:
+    return Path(str(resources.files("vramplan") / "calibration_data" / SHIPPED_FILE))
+
+
+CALIBRATION_ENV = "VRAMPLAN_CALIBRATION"
+
+
+def load_calibration(path: Path | str | None = None) -> Calibration | None:
+    """`path`, else $VRAMPLAN_CALIBRATION, else the shipped calibration; None when no file exists.
+
+    Raises VramplanError if the file is corrupt."""
+    p = Path(path or os.environ.get(CALIBRATION_ENV) or shipped_calibration_path())
+    if not p.is_file():
+        return None
+    try:
+        return Calibration.model_validate_json(p.read_text())
+    except ValueError as exc:
+        raise VramplanError(f"calibration file {p} is not valid: {str(exc).splitlines()[0]}") from None
+
+
+def save_calibration(calibration: Calibration, path: Path | str) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(calibration.model_dump(mode="json"), indent=2) + "\n")
+    tmp.replace(p)
+    return p
