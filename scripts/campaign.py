@@ -8,9 +8,12 @@ Usage (from the repository root; runs on any single NVIDIA GPU):
     python scripts/campaign.py --only l8-lora-gc,l1-full    # names (comma list, fnmatch globs ok)
     python scripts/campaign.py --start 10 --limit 5
 
-Each run is ``vramplan.trainer.measure_in_subprocess``: a fresh Python process with
+Each run is ``vramplan.trainer.measure_in_subprocess``: a fresh process with
 PYTORCH_CUDA_ALLOC_CONF set for the run (so allocator options and memory statistics start clean),
-a per-run timeout, and the record saved as ``<out>/<gpu-id>/<run_id>.json``. The grid is ordered
+a per-run timeout, and the record saved as ``<out>/<gpu-id>/<run_id>.json``. "Fresh process" is a
+fork of a warm server that has imported torch/transformers but never touched CUDA
+(``vramplan/trainer/forkserver.py``; ~7 s instead of ~22 s for a 1B run, same numbers), or a new
+interpreter for expandable_segments runs (``--no-fork-server``: always). The grid is ordered
 by priority, so a campaign cut short by ``--budget-s`` still has the core runs. Progress goes to
 ``<out>/campaign-progress.jsonl``; running again with the same ``--out`` resumes (runs already
 done are not repeated) and the summary (``<out>/campaign-summary.txt``, also printed) covers
@@ -19,6 +22,11 @@ QLoRA runs first build a random bf16 checkpoint of the model (once, cached in
 ``--checkpoint-cache``) and the cache entry is deleted after the model's last QLoRA run.
 
 The driver never imports torch, so it holds no GPU memory while a run measures.
+
+On the device tool (10 minutes a call) run it in slices: ``bash scripts/device_campaign.sh
+--budget-s 540`` per call; each call packs ``out/campaign`` into ``$OUT/campaign.tgz``. On a warm
+machine the next call resumes from ``out/campaign``; on a fresh one, unpack the last tgz into
+``out/campaign`` here and name it in ``carry`` so the progress file travels.
 """
 
 from __future__ import annotations
@@ -285,6 +293,16 @@ def param_counts(models: list[str]) -> dict[str, int]:
     return {k: v for k, v in raw.items() if isinstance(v, int)}
 
 
+def cached_param_counts(path: Path, models: list[str]) -> dict[str, int]:
+    """param_counts, remembered in ``path`` so a resumed campaign does not count again."""
+    known: dict[str, int] = json.loads(path.read_text()) if path.is_file() else {}
+    missing = [m for m in models if m not in known]
+    if missing:
+        known |= param_counts(missing)
+        path.write_text(json.dumps(known, indent=1))
+    return known
+
+
 def lower_bound_bytes(params: int, setup: TrainingSetup) -> int:
     """Bytes that must be on the GPU whatever the activations: a skip filter, not an estimate.
 
@@ -311,14 +329,15 @@ def lower_bound_bytes(params: int, setup: TrainingSetup) -> int:
 
 def estimate_seconds(spec: RunSpec, params: int | None, *, first_qlora_of_model: bool, forked: bool) -> float:
     """Rough wall time of one run on an H100, for planning only. From the smoke runs of
-    2026-11-23 (H100, torch 2.11): a new interpreter spends ~17 s importing the stack (a fork of
-    the warm server ~1 s), CUDA init + step-0 warm-up ~3 s, build from config ~0.25 s/B params,
-    QLoRA load+quantize ~1 s/B, the random checkpoint (once per model) ~10 s + 2.5 s/B, and
-    training ~(steps x tokens x 6 x params) / 200 TFLOP/s (x1.33 with GC)."""
+    2026-11-23 (H100, torch 2.11; l1-full 7.3 s forked vs 22-24 s as a new interpreter): a new
+    interpreter spends ~17 s importing the stack (a fork of the warm server ~4 s: Trainer, peft,
+    bitsandbytes are imported by the child), CUDA init + step-0 warm-up ~3 s, build from config
+    ~0.25 s/B params, QLoRA load+quantize ~1 s/B, the random checkpoint (once per model)
+    ~10 s + 2.5 s/B, and training ~(steps x tokens x 6 x params) / 200 TFLOP/s (x1.33 with GC)."""
     b = (params or 1e9) / 1e9
     s = spec.setup
     new_process = not forked or s.expandable_segments
-    t = (17.0 if new_process else 1.0) + 3.0 + (1.0 * b if s.method == "qlora" else 0.25 * b)
+    t = (17.0 if new_process else 4.0) + 3.0 + (1.0 * b if s.method == "qlora" else 0.25 * b)
     if s.method == "qlora" and first_qlora_of_model:
         t += 10.0 + 2.5 * b + (0.0 if forked else 17.0)
     tokens = s.seq_len * s.batch_size * s.grad_accum * spec.steps
@@ -487,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
 
     done_status = {"ok", "oom", "skipped"} | (set() if args.retry_failed else {"failed", "timeout"})
     todo = [r for r in chosen if progress.get(r.name, {}).get("status") not in done_status]
-    params = param_counts(sorted({r.model for r in todo})) if todo else {}
+    params = cached_param_counts(out / "params.json", sorted({r.model for r in todo})) if todo else {}
     last_qlora_use = {r.model: i for i, r in enumerate(todo) if r.setup.method == "qlora"}
     server = None
     if todo and not args.no_fork_server:
@@ -503,10 +522,17 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     stopped = None
+    qlora_seen: set[str] = set()
     try:
         for i, spec in enumerate(todo):
-            elapsed = time.monotonic() - t0
-            if args.budget_s is not None and elapsed >= args.budget_s - 15:
+            first_qlora = spec.setup.method == "qlora" and spec.model not in qlora_seen
+            if spec.setup.method == "qlora":
+                qlora_seen.add(spec.model)
+            expected = estimate_seconds(
+                spec, params.get(spec.model), first_qlora_of_model=first_qlora, forked=server is not None
+            )
+            left = None if args.budget_s is None else args.budget_s - (time.monotonic() - t0)
+            if left is not None and left < max(15.0, 1.3 * expected):
                 stopped = f"budget of {args.budget_s:.0f} s reached; {len(todo) - i} runs left"
                 break
             base = {"name": spec.name, "model": spec.model, "settings": settings(spec)}

@@ -21,8 +21,11 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PAR
 # checkpoints for QLoRA live on local disk; override with VRAMPLAN_CHECKPOINT_CACHE
 export VRAMPLAN_CHECKPOINT_CACHE="${VRAMPLAN_CHECKPOINT_CACHE:-/tmp/vramplan-checkpoints}"
 
-python3 -c "import torch, transformers, peft, bitsandbytes, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| peft', peft.__version__, '| bnb', bitsandbytes.__version__, '| pydantic', pydantic.VERSION)" \
-  || { echo "environment check failed" >&2; exit 1; }
+# versions without importing anything heavy (imports cost ~16 s here)
+python3 -c "
+import importlib.metadata as m
+names = ('torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes', 'pydantic', 'nvidia-ml-py')
+print(' | '.join(f'{n} {m.version(n)}' for n in names))" || { echo "environment check failed" >&2; exit 1; }
 
 OUTDIR="${CAMPAIGN_OUT:-out/campaign}"
 mkdir -p "$OUTDIR"

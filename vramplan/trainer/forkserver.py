@@ -2,7 +2,14 @@
 
 Importing torch + transformers + peft takes ~16 s on the H100 machine (measured: ``python -c
 "import torch, transformers, peft; from transformers import Trainer"`` 16.1 s wall, torch alone
-5.8 s), against ~3 s of actual loading and training for a 1B model. The server pays it once.
+5.8 s), against ~3 s of actual loading and training for a 1B model. The server pays most of it
+once: it preloads torch, accelerate and transformers' model machinery (``modeling_utils``,
+the auto classes), which are ~90 % of that time (5.6 of 6.2 s on the CPU dev machine).
+
+It must not preload ``transformers.training_args``/``Trainer``/``peft``: they import peft, peft
+imports bitsandbytes, and bitsandbytes' import initializes CUDA (``cuda_specs.py::
+get_compute_capabilities`` -> ``torch.cuda.get_device_capability``, seen on the H100 machine with
+bitsandbytes 0.50.2). Those are imported by each child.
 
 Why a forked child is as clean as a new process for what we measure: the server never
 initializes CUDA (checked before every fork with ``torch.cuda.is_initialized()``), so each child
@@ -38,8 +45,17 @@ from typing import Any, Self
 from .environment import allocator_conf
 from .errors import MeasurementError
 
-#: modules whose import is the slow part; anything that would initialize CUDA must not be here
-PRELOAD = ("torch", "transformers", "peft", "accelerate")
+#: modules whose import is the slow part; nothing that imports peft/bitsandbytes (CUDA init)
+PRELOAD = (
+    "torch",
+    "torch.utils.data",
+    "accelerate",
+    "transformers",
+    "transformers.modeling_utils",
+    "transformers.models.auto.modeling_auto",
+    "vramplan.trainer.build",
+    "vramplan.trainer.data",
+)
 _TAIL_LINES = 40
 
 
@@ -55,9 +71,6 @@ def serve(run_argv: Callable[[list[str]], int]) -> int:
     for name in PRELOAD:
         importlib.import_module(name)
     import torch
-    from transformers import Trainer, TrainingArguments  # noqa: F401  (lazy submodules: import now)
-
-    from . import build, data, probe, run  # noqa: F401
 
     protocol = sys.stdout
     if torch.cuda.is_initialized():

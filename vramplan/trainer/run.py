@@ -247,8 +247,9 @@ def run_measurement(
         "learning_rate": LEARNING_RATE,
     }
     on_cuda = torch.cuda.is_available()
-    # before importing transformers: its import may touch CUDA, and the NVML baseline must be
-    # read before this process has a CUDA context
+    # before importing transformers' Trainer: it imports peft, which imports bitsandbytes, whose
+    # import initializes CUDA (bitsandbytes/cuda_specs.py::get_compute_capabilities; seen on the
+    # H100 machine), and the NVML baseline must be read before this process has a CUDA context
     cuda = _start_cuda(setup, memory_cap_gib, extra, run_notes) if on_cuda else None
     if not on_cuda and memory_cap_gib is not None:
         run_notes.append(f"memory cap {memory_cap_gib} GiB ignored: no CUDA device")
@@ -265,7 +266,7 @@ def run_measurement(
     monitor = cuda.monitor if cuda else None
     baseline = cuda.baseline if cuda else None
     reader = cuda.reader if cuda else NullMemoryReader()
-    if cuda and monitor is not None:
+    if monitor is not None:
         monitor.start()
     probe = MemoryProbe(reader, monitor, device_baseline_bytes=baseline)
     built = None
