@@ -18,7 +18,8 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import VramplanError
-from .estimator import estimate
+from .estimator import CALIBRATED_DEFAULTS, estimate
+from .memory.loss import logits_count
 from .memory.constants import GIB, MIB, STACK_VERSIONS
 from .models import resolve_model
 from .specs import Calibration, MeasuredRun
@@ -30,6 +31,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "cuda_context_bytes": (200 * MIB, 2 * GIB),
     "fragmentation": (0.0, 0.25),
     "fragmentation_expandable": (0.0, 0.25),
+    "fragmentation_logits": (0.0, 3.0),
 }
 
 
@@ -50,21 +52,31 @@ def fit(runs: list[MeasuredRun], *, version: str | None = None) -> Calibration:
     runs = usable_runs(runs)
     if not runs:
         raise VramplanError("no run record with measured GPU memory to calibrate from; run `vramplan measure` first")
-    context, frag, frag_es = [], [], []
+    context: list[float] = []
+    default_rows: list[tuple[float, float, float]] = []  # (allocated, 4NV, reserved - allocated)
+    expandable_rows: list[tuple[float, float, float]] = []
     for run in runs:
         m = run.measurements
-        raw = estimate(resolve_model(run.model_source or run.model), run.setup).memory
+        spec = resolve_model(run.model_source or run.model)
+        raw = estimate(spec, run.setup).memory
         if m.device_peak_bytes:
             context.append(m.device_peak_bytes - m.max_reserved_bytes - raw.outside_allocator_bytes)
-        ratio = m.max_reserved_bytes / raw.peak_allocated_bytes - 1.0
-        (frag_es if run.setup.expandable_segments else frag).append(ratio)
+        logits = 4.0 * logits_count(spec, run.setup)
+        row = (float(raw.peak_allocated_bytes), logits, float(m.max_reserved_bytes - raw.peak_allocated_bytes))
+        (expandable_rows if run.setup.expandable_segments else default_rows).append(row)
     constants: dict[str, float] = {}
     if context:
         constants["cuda_context_bytes"] = _clip("cuda_context_bytes", statistics.median(context))
-    if frag:
-        constants["fragmentation"] = _clip("fragmentation", statistics.median(frag))
-    if frag_es:
-        constants["fragmentation_expandable"] = _clip("fragmentation_expandable", statistics.median(frag_es))
+    if default_rows:
+        frag, frag_logits = _fit_gap(default_rows)
+        frag = max(frag, _safe_fraction(default_rows, frag_logits))
+        constants["fragmentation"] = _clip("fragmentation", frag)
+        constants["fragmentation_logits"] = _clip("fragmentation_logits", frag_logits)
+    logits_coef = constants.get("fragmentation_logits", CALIBRATED_DEFAULTS["fragmentation_logits"])
+    if expandable_rows:
+        ratios = [(gap - logits_coef * nv) / alloc for alloc, nv, gap in expandable_rows]
+        frag_es = max(statistics.median(ratios), _safe_fraction(expandable_rows, logits_coef))
+        constants["fragmentation_expandable"] = _clip("fragmentation_expandable", frag_es)
     gpus = sorted({r.environment.gpu_id or r.environment.gpu_name or "unknown" for r in runs})
     stack = _stack_versions(runs)
     return Calibration(
@@ -76,6 +88,38 @@ def fit(runs: list[MeasuredRun], *, version: str | None = None) -> Calibration:
         notes=f"fitted {datetime.now(timezone.utc):%Y-%m-%d} on {', '.join(gpus)}; constants read from "
         + ", ".join(f"{k} {v}" for k, v in STACK_VERSIONS.items()),
     )
+
+
+#: calibration keeps every fitted run's reserved prediction at least this close from below: an under-prediction
+#: is an OOM for the user, an over-prediction only a little unused memory
+MAX_FITTED_UNDER_PREDICTION = 0.06
+
+
+def _safe_fraction(rows: list[tuple[float, float, float]], logits_coef: float) -> float:
+    """Smallest fragmentation fraction that under-predicts no fitted run's reserved peak by more than 6 %."""
+    need = [((1 - MAX_FITTED_UNDER_PREDICTION) * (alloc + gap) - logits_coef * nv) / alloc - 1 for alloc, nv, gap in rows]
+    return max(need)
+
+
+def _fit_gap(rows: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """Least squares of gap = a * allocated + b * 4NV, weighted by 1/reserved^2 (relative error).
+
+    With fewer than 3 runs, or a degenerate system, b keeps its prior and a is the median ratio."""
+    prior_b = CALIBRATED_DEFAULTS["fragmentation_logits"]
+    if len(rows) >= 3:
+        w = [1.0 / (alloc + gap) ** 2 for alloc, _, gap in rows]
+        s_aa = sum(wi * a * a for wi, (a, _, _) in zip(w, rows))
+        s_bb = sum(wi * b * b for wi, (_, b, _) in zip(w, rows))
+        s_ab = sum(wi * a * b for wi, (a, b, _) in zip(w, rows))
+        s_ay = sum(wi * a * y for wi, (a, _, y) in zip(w, rows))
+        s_by = sum(wi * b * y for wi, (_, b, y) in zip(w, rows))
+        det = s_aa * s_bb - s_ab * s_ab
+        if det > 1e-12 * s_aa * s_bb:
+            a = (s_ay * s_bb - s_by * s_ab) / det
+            b = (s_by * s_aa - s_ay * s_ab) / det
+            if a >= 0 and b >= 0:
+                return a, b
+    return statistics.median((gap - prior_b * nv) / alloc for alloc, nv, gap in rows), prior_b
 
 
 def _clip(name: str, value: float) -> float:

@@ -13,21 +13,28 @@ from dataclasses import dataclass
 
 from .errors import VramplanError
 from .memory.activations import layer_activations
-from .memory.adapters import adapter_bytes, lora_param_count
+from .memory.adapters import adapter_bytes, check_lora_supported, lora_param_count
 from .memory.allocator import block_bytes, reserved_from_allocated, workspace_bytes
 from .memory.constants import (
     BYTES_PER_DTYPE,
     PRIOR_CUDA_CONTEXT_BYTES,
     PRIOR_FRAGMENTATION,
     PRIOR_FRAGMENTATION_EXPANDABLE,
+    PRIOR_FRAGMENTATION_LOGITS,
     PRIOR_T_BWD_CONST_UNITS,
     PRIOR_T_BWD_I_FACTOR,
     STACK_VERSIONS,
 )
-from .memory.loss import loss_backward_bytes, loss_forward_bytes
+from .memory.loss import logits_count, loss_backward_bytes, loss_forward_bytes
 from .memory.optimizer import gradient_bytes, optimizer_state_bytes, optimizer_step_transient_bytes
 from .memory.trainable import trainable_groups, trainable_params
-from .memory.transients import dequant_transient_bytes, expert_grad_transient_bytes
+from .memory.transients import (
+    dequant_transient_bytes,
+    expert_grad_transient_bytes,
+    expert_lora_transient_bytes,
+    int8_training_state_bytes,
+    tied_embedding_grad_bytes,
+)
 from .memory.weights import lm_head_params, weight_bytes
 from .models.params import linear_shapes, param_counts, total_params
 from .specs import (
@@ -48,6 +55,7 @@ CALIBRATED_DEFAULTS: dict[str, float] = {
     "cuda_context_bytes": float(PRIOR_CUDA_CONTEXT_BYTES),
     "fragmentation": PRIOR_FRAGMENTATION,
     "fragmentation_expandable": PRIOR_FRAGMENTATION_EXPANDABLE,
+    "fragmentation_logits": PRIOR_FRAGMENTATION_LOGITS,
     "t_bwd_i_factor": PRIOR_T_BWD_I_FACTOR,
     "t_bwd_const_units": PRIOR_T_BWD_CONST_UNITS,
 }
@@ -72,6 +80,10 @@ class _Terms:
     t_bwd: int
     autocast_cache_fwd: int
     autocast_cache_bwd: int
+    quant_state: int
+    logits_fp32: int
+    embedding_grad: int
+    tied_grad: int
 
 
 def estimate(
@@ -114,6 +126,8 @@ def _check_supported(model: ModelSpec, setup: TrainingSetup, headroom: float) ->
             f"--num-gpus {setup.num_gpus}: per-GPU estimates for multi-GPU runs are not implemented yet; "
             "accepted: --num-gpus 1"
         )
+    if setup.lora is not None:
+        check_lora_supported(model, setup.lora)
     if setup.method == "qlora" and setup.dtype == "fp32":
         raise VramplanError("--method qlora with --dtype fp32 is not a supported combination; accepted: --dtype bf16|fp16")
 
@@ -136,6 +150,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         int(t_bwd_units * unit)
         + dequant_transient_bytes(model, setup)
         + expert_grad_transient_bytes(model, setup, itemsize)
+        + expert_lora_transient_bytes(model, setup)
     )
     cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup)
     return _Terms(
@@ -154,6 +169,10 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         t_bwd=t_bwd,
         autocast_cache_fwd=cache_fwd,
         autocast_cache_bwd=cache_bwd,
+        quant_state=int8_training_state_bytes(model, setup),
+        logits_fp32=4 * logits_count(model, setup),
+        embedding_grad=block_bytes(model.vocab_size * model.hidden_size * itemsize) if setup.method == "full" else 0,
+        tied_grad=tied_embedding_grad_bytes(model, setup),
     )
 
 
@@ -188,6 +207,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "activations.final": t.final,
             "logits_loss": t.loss_fwd,
             "autocast_weight_copies": t.autocast_cache_fwd,
+            "int8_matmul_state": t.quant_state,
         },
         "loss_backward": {
             **common,
@@ -195,6 +215,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "activations.final": t.final,
             "logits_loss": t.loss_bwd,
             "autocast_weight_copies": t.autocast_cache_bwd,
+            "int8_matmul_state": t.quant_state,
         },
         "layer_backward": {
             **common,
@@ -203,24 +224,32 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "backward_transients": t.t_bwd,
             "gradients": t.grads if not full else accum_grads,
             "autocast_weight_copies": t.autocast_cache_bwd if not setup.grad_ckpt else 0,
+            "int8_matmul_state": t.quant_state,
         },
         "optimizer": {**common, "gradients": t.grads, "optimizer_step_temporaries": t.opt_transient},
     }
     if full:
-        # the first layer's saved (or recomputed) activations are still alive while its grads are made
+        # layer 0's backward: its saved (or recomputed) activations alive, every gradient made except the
+        # embedding's (for tied embeddings that one already exists, from lm_head)
         first_layer = t.one_layer + (t.one_checkpoint if setup.grad_ckpt else 0)
-        phase_terms["grads_complete"] = {
+        before_embedding = t.grads - (0 if t.tied_grad else t.embedding_grad)
+        phase_terms["first_layer_backward"] = {
             **common,
-            "gradients": t.grads,
+            "gradients": before_embedding,
             "activations.first_layer": first_layer,
             "backward_transients": t.t_bwd,
+        }
+        phase_terms["embedding_backward"] = {
+            **common,
+            "gradients": t.grads,
+            "tied_embedding_grad_accumulation": t.tied_grad,
         }
     phases = {name: sum(v for v in terms.values()) for name, terms in phase_terms.items()}
     peak_phase = max(phases, key=lambda p: phases[p])
     breakdown = {k: v for k, v in phase_terms[peak_phase].items() if v}
     peak_alloc = phases[peak_phase]
     frag = constants["fragmentation_expandable"] if setup.expandable_segments else constants["fragmentation"]
-    reserved = max(reserved_from_allocated(peak_alloc, frag), peak_alloc)
+    reserved = reserved_from_allocated(peak_alloc, frag, t.logits_fp32, constants["fragmentation_logits"])
     context = int(constants["cuda_context_bytes"])
     device = reserved + context + t.managed_states
     return MemoryBreakdown(

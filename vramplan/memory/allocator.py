@@ -29,10 +29,16 @@ def workspace_bytes(compute_capability: str | None) -> int:
     return CUBLAS_HANDLES_IN_TRAINING * per_handle
 
 
-def reserved_from_allocated(peak_allocated_bytes: int, fragmentation: float) -> int:
-    """max_memory_reserved ~= max_memory_allocated x (1 + fragmentation), rounded to 2 MiB segments."""
+def reserved_from_allocated(peak_allocated_bytes: int, fragmentation: float, logits_bytes: int = 0,
+                            fragmentation_logits: float = 0.0) -> int:
+    """max_memory_reserved ~= allocated x (1 + fragmentation) + fragmentation_logits x 4 N V, in 2 MiB segments.
+
+    The caching allocator strands freed blocks it cannot reuse for a later, differently sized request; the
+    largest such blocks are the fp32 logits/loss buffers (4 N V bytes each), so the gap grows with them
+    (H100 campaign: gap ~ 1.0 x 4NV + 1 % of allocated).
+    """
     two_mib = 2 * 1024**2
-    reserved = int(peak_allocated_bytes * (1.0 + fragmentation))
+    reserved = int(peak_allocated_bytes * (1.0 + fragmentation) + fragmentation_logits * logits_bytes)
     return -(-reserved // two_mib) * two_mib
 
 

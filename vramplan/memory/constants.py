@@ -56,10 +56,23 @@ ADAFACTOR_TRANSIENT_FP32_COPIES = 4
 #: CUDA context + module images on Hopper with torch 2.x lazy loading (memory_model.md section 7: 0.5-1.0 GiB budget)
 PRIOR_CUDA_CONTEXT_BYTES = 600 * MIB
 #: fraction of peak allocated that the caching allocator keeps reserved on top (memory_model.md section 7: 2-10 %)
-PRIOR_FRAGMENTATION = 0.06
-#: with expandable_segments most cross-segment fragmentation disappears
+PRIOR_FRAGMENTATION = 0.03
+#: with expandable_segments most cross-segment fragmentation should disappear
 PRIOR_FRAGMENTATION_EXPANDABLE = 0.01
+#: stranded fp32 logits-sized blocks, as a multiple of 4 N V bytes
+PRIOR_FRAGMENTATION_LOGITS = 1.0
 #: transient gradient buffers inside one decoder layer's backward, units of b*s*h bytes:
 #: about two I-wide bf16 gradients plus a few h-wide ones (memory_model.md section 5.6, E2: 20-30 units tiny model)
 PRIOR_T_BWD_I_FACTOR = 4.0
 PRIOR_T_BWD_CONST_UNITS = 6.0
+
+# --- measured on the H100 campaign (vramplan/runs/shipped/h100-sxm), source line not yet pinned down ---
+#: LLM.int8 QLoRA keeps ~1.48 bytes per quantized weight alive from the forward to the end of backward,
+#: checkpointing or not (llama-3.1-8b int8 r16 s2048: forward 25.02 GiB measured vs 15.41 GiB without it)
+INT8_TRAINING_BYTES_PER_PARAM = 1.48
+#: the second gradient of a tied embedding (embedding backward, after lm_head's) costs 4 bytes per element
+#: while it is accumulated (llama-3.2-1b/3b full FT, bf16 and fp32: +0.98/+1.47 GiB at the end of backward)
+TIED_EMBEDDING_GRAD_BYTES_PER_ELEMENT = 4
+#: LoRA on fused MoE experts (PEFT ParamWrapper) materialises about one bf16 copy of a layer's expert weights
+#: during that layer's backward (OLMoE r16 all-linear: +0.9 GiB over the layer recompute; 2 B x 403 M = 0.75 GiB)
+EXPERT_LORA_BACKWARD_BYTES_PER_PARAM = 2

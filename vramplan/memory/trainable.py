@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from ..models.params import linear_shapes, param_counts, total_params
 from ..specs import ModelSpec, TrainingSetup
-from .adapters import ADAPTER_BYTES_PER_PARAM, lora_targets
+from .adapters import ADAPTER_BYTES_PER_PARAM, adapter_pairs
 from .constants import BYTES_PER_DTYPE
 
 
@@ -32,11 +32,10 @@ def trainable_groups(spec: ModelSpec, setup: TrainingSetup) -> list[TensorGroup]
     """Full FT: every parameter in the load dtype. LoRA/QLoRA: the fp32 adapters only."""
     if setup.method != "full":
         assert setup.lora is not None
-        r = setup.lora.rank
         groups = []
-        for s in lora_targets(spec, setup.lora):
-            groups.append(TensorGroup(f"lora_A.{s.name}", s.count, r, s.in_features, ADAPTER_BYTES_PER_PARAM))
-            groups.append(TensorGroup(f"lora_B.{s.name}", s.count, s.out_features, r, ADAPTER_BYTES_PER_PARAM))
+        for p in adapter_pairs(spec, setup.lora):
+            groups.append(TensorGroup(f"lora_A.{p.name}", p.count, p.a_rows, p.a_cols, ADAPTER_BYTES_PER_PARAM))
+            groups.append(TensorGroup(f"lora_B.{p.name}", p.count, p.b_rows, p.b_cols, ADAPTER_BYTES_PER_PARAM))
         return groups
     itemsize = BYTES_PER_DTYPE[setup.dtype]
     counts = param_counts(spec)

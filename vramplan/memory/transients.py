@@ -1,7 +1,13 @@
 """Short-lived buffers inside one layer's backward (not saved, but part of the peak)."""
 
-from ..models.params import linear_shapes
+from ..models.params import linear_shapes, quantizable_params
 from ..specs import ModelSpec, TrainingSetup
+from .allocator import block_bytes
+from .constants import (
+    EXPERT_LORA_BACKWARD_BYTES_PER_PARAM,
+    INT8_TRAINING_BYTES_PER_PARAM,
+    TIED_EMBEDDING_GRAD_BYTES_PER_ELEMENT,
+)
 
 BF16 = 2
 
@@ -22,3 +28,28 @@ def expert_grad_transient_bytes(spec: ModelSpec, setup: TrainingSetup, itemsize:
         return 0
     m = spec.moe
     return 3 * m.num_experts * spec.hidden_size * m.expert_intermediate_size * itemsize
+
+
+def int8_training_state_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
+    """LLM.int8 (QLoRA --quant int8): extra bytes per quantized weight alive through forward and backward
+    (measured, constants.INT8_TRAINING_BYTES_PER_PARAM)."""
+    if setup.method != "qlora" or setup.quant != "int8":
+        return 0
+    return int(quantizable_params(spec) * INT8_TRAINING_BYTES_PER_PARAM)
+
+
+def tied_embedding_grad_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
+    """Full FT with tied embeddings: accumulating the embedding's gradient into lm_head's (measured 4 B/element)."""
+    if setup.method != "full" or not spec.tie_word_embeddings:
+        return 0
+    return block_bytes(spec.vocab_size * spec.hidden_size * TIED_EMBEDDING_GRAD_BYTES_PER_ELEMENT)
+
+
+def expert_lora_transient_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
+    """LoRA all-linear on a v5 MoE wraps the fused expert tensors (PEFT ParamWrapper): the layer's expert weights
+    are materialised with their delta in backward (measured, constants.EXPERT_LORA_BACKWARD_BYTES_PER_PARAM)."""
+    if spec.moe is None or setup.lora is None or not setup.lora.all_linear:
+        return 0
+    m = spec.moe
+    per_layer = 3 * m.num_experts * spec.hidden_size * m.expert_intermediate_size
+    return per_layer * EXPERT_LORA_BACKWARD_BYTES_PER_PARAM
