@@ -132,6 +132,98 @@ def gpus(fmt: o.FormatOpt = "table") -> None:
 
 
 @app.command()
+def measure(
+    model: o.Model,
+    method: o.MethodOpt,
+    lora_rank: o.LoraRank = 16,
+    lora_alpha: o.LoraAlpha = None,
+    lora_dropout: o.LoraDropout = 0.05,
+    lora_targets: o.LoraTargets = "all-linear",
+    quant: o.QuantOpt = None,
+    double_quant: o.DoubleQuant = True,
+    seq_len: o.SeqLen = 2048,
+    batch_size: o.BatchSize = 1,
+    grad_accum: o.GradAccum = 1,
+    grad_ckpt: o.GradCkpt = False,
+    optimizer: o.OptimizerOpt = "adamw_torch_fused",
+    dtype: o.DtypeOpt = "bf16",
+    attn: o.AttnOpt = "sdpa",
+    expandable_segments: o.Expandable = False,
+    stack: o.StackOpt = "hf",
+    steps: Annotated[int, typer.Option("--steps", help="optimizer steps to run (>= 2: step 0 and steady state)")] = 3,
+    runs_dir: Annotated[Optional[str], typer.Option("--runs-dir", help="where the run record goes")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="JSONL file of {\"text\": ...} (default synthetic)")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="local tokenizer folder for --data")] = None,
+    model_path: Annotated[Optional[str], typer.Option("--model-path", help="local checkpoint folder")] = None,
+    memory_cap_gib: Annotated[
+        Optional[float], typer.Option("--memory-cap-gib", help="simulate a smaller card (per-process fraction)")
+    ] = None,
+    fmt: o.FormatOpt = "table",
+) -> None:
+    """Run a short real training job and record measured memory and throughput as a run record."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .api import estimate_for
+    from .report.units import gib
+    from .runs import user_runs_dir
+
+    _check_format(fmt)
+    if data and not tokenizer:
+        _fail("--data needs --tokenizer (a local tokenizer folder)")
+    try:
+        setup = o.build_setup(
+            method=method, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            lora_targets=lora_targets, quant=quant, double_quant=double_quant, seq_len=seq_len,
+            batch_size=batch_size, grad_accum=grad_accum, grad_ckpt=grad_ckpt, optimizer=optimizer,
+            dtype=dtype, attn=attn, expandable_segments=expandable_segments, stack=stack,
+            num_gpus=1, parallel=None,
+        )  # fmt: skip
+        predicted = estimate_for(model, setup)
+    except VramplanError as exc:
+        _fail(str(exc))
+    try:
+        from .trainer import measure_in_subprocess
+    except ImportError as exc:
+        _fail(f"`vramplan measure` needs the training stack: pip install 'vramplan[train]' ({exc})")
+    target = runs_dir or str(user_runs_dir())
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+        try:
+            run = measure_in_subprocess(
+                model, setup, steps, model_path=model_path, data=data, tokenizer=tokenizer,
+                memory_cap_gib=memory_cap_gib, runs_dir=target,
+                progress=lambda line: bar.update(task, description=line.strip()[:80]),
+            )  # fmt: skip
+        except VramplanError as exc:
+            _fail(str(exc))
+    m = run.measurements
+    shown = predicted.calibrated or predicted.memory
+    if fmt == "json":
+        doc = {"run": run.model_dump(mode="json"), "predicted": {
+            "peak_allocated_bytes": shown.peak_allocated_bytes,
+            "peak_reserved_bytes": shown.peak_reserved_bytes,
+            "device_peak_bytes": shown.device_peak_bytes,
+        }, "runs_dir": target}  # fmt: skip
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{run.run_id}" + ("  — OUT OF MEMORY in " + str(m.oom_phase) if m.oom else ""))
+    for col in ("total", "predicted", "measured"):
+        table.add_column(col, justify="left" if col == "total" else "right")
+    for label, pred, meas in [
+        ("peak allocated", shown.peak_allocated_bytes, m.max_allocated_bytes),
+        ("peak reserved", shown.peak_reserved_bytes, m.max_reserved_bytes),
+        ("device peak", shown.device_peak_bytes, m.device_peak_bytes),
+    ]:
+        table.add_row(label, gib(pred), gib(meas))
+    console = _console()
+    console.print(table)
+    speed = f"{m.tokens_per_s:,.0f} tokens/s" if m.tokens_per_s else "no throughput (no steady step)"
+    console.print(f"{speed}; record written under {target}")
+
+
+@app.command()
 def validate(
     runs_dir: Annotated[
         Optional[list[str]], typer.Option("--runs-dir", help="run records folder(s); default: shipped + user runs")
