@@ -8,7 +8,7 @@ in transformers v5, the fused 3-D MoE expert tensors, which are not nn.Linear.
 """
 
 from ..models.params import linear_shapes, param_counts, total_params
-from ..specs import ModelSpec, TrainingSetup
+from ..specs import LinearShape, ModelSpec, TrainingSetup
 from .allocator import block_bytes, tensors_bytes
 from .constants import (
     BYTES_PER_DTYPE,
@@ -46,37 +46,34 @@ def int8_matrix_bytes(out_features: int, in_features: int) -> int:
 
 
 def weight_bytes(spec: ModelSpec, setup: TrainingSetup) -> dict[str, int]:
-    """Bytes of the base model's parameters by role, as resident during training."""
+    """Bytes of the base model's parameters by role, as resident during training.
+
+    Full/LoRA: everything in the load dtype. QLoRA: the Linear weights quantized, everything else fp32
+    (prepare_model_for_kbit_training casts every non-quantized bf16 parameter up).
+    """
     counts = param_counts(spec)
     linears = [s for s in linear_shapes(spec) if s.role != "lm_head"]
+    linear_params = sum(s.count * s.in_features * s.out_features for s in linears)
+    other_params = total_params(spec) - counts["embed_tokens"] - counts["lm_head"] - linear_params
     if setup.method == "qlora":
-        return _quantized_weight_bytes(spec, setup, counts, linears)
-    nbytes = BYTES_PER_DTYPE[setup.dtype]
-    linear_weight_params = sum(s.count * s.in_features * s.out_features for s in linears)
-    linear_weight_bytes = sum(tensors_bytes(s.count, s.in_features * s.out_features * nbytes) for s in linears)
-    other_params = total_params(spec) - counts["embed_tokens"] - counts["lm_head"] - linear_weight_params
+        nbytes = FP32
+        linear_key, linear_bytes = "weights.quantized", _quantized_linear_bytes(linears, setup)
+    else:
+        nbytes = BYTES_PER_DTYPE[setup.dtype]
+        linear_key = "weights.linear"
+        linear_bytes = sum(tensors_bytes(s.count, s.in_features * s.out_features * nbytes) for s in linears)
     return {
-        "weights.linear": linear_weight_bytes,
+        linear_key: linear_bytes,
         "weights.embeddings": block_bytes(counts["embed_tokens"] * nbytes),
         "weights.lm_head": block_bytes(counts["lm_head"] * nbytes),
         "weights.other": other_params * nbytes,
     }
 
 
-def _quantized_weight_bytes(spec, setup, counts, linears) -> dict[str, int]:
+def _quantized_linear_bytes(linears: list[LinearShape], setup: TrainingSetup) -> int:
     if setup.quant == "int8":
-        quantized = sum(s.count * int8_matrix_bytes(s.out_features, s.in_features) for s in linears)
-    else:
-        quantized = sum(s.count * nf4_matrix_bytes(s.in_features * s.out_features, setup.double_quant) for s in linears)
-    linear_weight_params = sum(s.count * s.in_features * s.out_features for s in linears)
-    other_params = total_params(spec) - counts["embed_tokens"] - counts["lm_head"] - linear_weight_params
-    return {
-        "weights.quantized": quantized,
-        # prepare_model_for_kbit_training: every non-quantized bf16 parameter -> fp32
-        "weights.embeddings": block_bytes(counts["embed_tokens"] * FP32),
-        "weights.lm_head": block_bytes(counts["lm_head"] * FP32),
-        "weights.other": other_params * FP32,
-    }
+        return sum(s.count * int8_matrix_bytes(s.out_features, s.in_features) for s in linears)
+    return sum(s.count * nf4_matrix_bytes(s.in_features * s.out_features, setup.double_quant) for s in linears)
 
 
 def lm_head_params(spec: ModelSpec) -> int:
