@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from vramplan.runs import read_run
-from vramplan.specs import LoraSpec, TrainingSetup
+from vramplan.specs import LoraSpec, TrainingSetup, setup_label
 from vramplan.trainer.errors import MeasurementError
 from vramplan.trainer.forkserver import ForkServer, ForkServerError
 from vramplan.trainer.gpu_memory import nvml_device_index
@@ -370,19 +370,7 @@ def select(grid: list[RunSpec], only: str | None, start: int, limit: int | None)
 
 
 def settings(spec: RunSpec) -> str:
-    s = spec.setup
-    parts = [s.method]
-    if s.quant:
-        parts.append(s.quant + ("" if s.double_quant or s.quant == "int8" else "-nodq"))
-    if s.lora:
-        parts.append(f"r{s.lora.rank}" + ("" if s.lora.all_linear else ":" + "+".join(s.lora.targets)))
-    parts += [f"s{s.seq_len}", f"b{s.batch_size}"]
-    if s.grad_accum > 1:
-        parts.append(f"ga{s.grad_accum}")
-    parts += ["gc" if s.grad_ckpt else "nogc", s.optimizer, s.dtype, s.attn]
-    if s.expandable_segments:
-        parts.append("es")
-    return " ".join(parts)
+    return setup_label(spec.setup)
 
 
 def load_progress(path: Path) -> dict[str, dict[str, Any]]:

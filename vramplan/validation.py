@@ -13,7 +13,7 @@ from gpu_catalog import find_gpu
 from .errors import VramplanError
 from .estimator import estimate
 from .models import resolve_model
-from .specs import Calibration, MeasuredRun
+from .specs import Calibration, MeasuredRun, setup_label
 
 TOTALS = ("allocated", "reserved", "device")
 
@@ -55,20 +55,7 @@ class Validation:
 
 
 def setup_summary(run: MeasuredRun) -> str:
-    s = run.setup
-    parts = [s.method]
-    if s.lora is not None:
-        targets = "all" if s.lora.all_linear else "+".join(s.lora.targets)
-        parts.append(f"r{s.lora.rank}:{targets}")
-    if s.quant:
-        parts.append(s.quant + ("" if s.double_quant else "-nodq"))
-    parts += [f"s{s.seq_len}", f"b{s.batch_size}"]
-    if s.grad_accum > 1:
-        parts.append(f"ga{s.grad_accum}")
-    parts += ["gc" if s.grad_ckpt else "nogc", s.optimizer, s.dtype, s.attn]
-    if s.expandable_segments:
-        parts.append("es")
-    return " ".join(parts)
+    return setup_label(run.setup)
 
 
 def compare_run(run: MeasuredRun, calibration: Calibration | None = None) -> RunComparison:

@@ -15,6 +15,7 @@ from .setup import (
     QUANTS,
     LoraSpec,
     TrainingSetup,
+    setup_label,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "RunEnvironment",
     "Spec",
     "TrainingSetup",
+    "setup_label",
 ]

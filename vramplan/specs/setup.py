@@ -95,3 +95,21 @@ class TrainingSetup(Spec):
     @property
     def tokens_per_micro_batch(self) -> int:
         return self.batch_size * self.seq_len
+
+
+def setup_label(setup: TrainingSetup) -> str:
+    """Compact one-line label: 'qlora nf4 r16 s2048 b1 gc adamw_torch_fused bf16 sdpa'."""
+    parts = [setup.method]
+    if setup.quant:
+        parts.append(setup.quant + ("" if setup.double_quant or setup.quant == "int8" else "-nodq"))
+    if setup.lora:
+        parts.append(f"r{setup.lora.rank}" + ("" if setup.lora.all_linear else ":" + "+".join(setup.lora.targets)))
+    parts += [f"s{setup.seq_len}", f"b{setup.batch_size}"]
+    if setup.grad_accum > 1:
+        parts.append(f"ga{setup.grad_accum}")
+    parts += ["gc" if setup.grad_ckpt else "nogc", setup.optimizer, setup.dtype, setup.attn]
+    if setup.expandable_segments:
+        parts.append("es")
+    if setup.num_gpus > 1:
+        parts.append(f"{setup.num_gpus}x{setup.parallel}")
+    return " ".join(parts)
