@@ -1,13 +1,19 @@
 """The public API: what the CLI and the Streamlit page call (no torch anywhere on this path)."""
 
+from dataclasses import replace
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from gpu_catalog import find_gpu
+from gpu_catalog import find_gpu, list_gpus
 
 from .calibration import load_calibration
+from .errors import VramplanError
 from .estimator import DEFAULT_HEADROOM, estimate
 from .models import model_assumptions, resolve_model
 from .specs import Calibration, Estimate, TrainingSetup
+
+if TYPE_CHECKING:  # the planner is imported lazily: `vramplan estimate` does not need it
+    from .planner import FitResult, Plan
 
 
 @lru_cache(maxsize=1)
@@ -34,3 +40,56 @@ def estimate_for(
         calibration=default_calibration(),
         assumptions=tuple(model_assumptions(model)),
     )
+
+
+def plan_for(
+    model: str,
+    setup: TrainingSetup,
+    *,
+    gpus: str = "all",
+    max_gpus: int | None = None,
+    dataset_tokens: int | None = None,
+    dataset_examples: int | None = None,
+    epochs: float | None = None,
+    sort: str = "cost",
+    headroom: float = DEFAULT_HEADROOM,
+) -> "Plan":
+    """Resolve names, turn the dataset into tokens and plan. `gpus`: "all" or a comma list of catalog ids;
+    max_gpus None: the planner's default (8). Raises VramplanError on bad input."""
+    from .planner import DEFAULT_MAX_GPUS, plan
+
+    spec = resolve_model(model)
+    names = [g.strip() for g in gpus.split(",") if g.strip()]
+    gpu_specs = list_gpus() if gpus.strip() == "all" else [find_gpu(g) for g in names]
+    total = dataset_total_tokens(setup.seq_len, dataset_tokens, dataset_examples, epochs)
+    max_gpus = DEFAULT_MAX_GPUS if max_gpus is None else max_gpus
+    result = plan(spec, setup, gpu_specs, max_gpus=max_gpus, total_tokens=total, sort=sort, headroom=headroom,
+                  calibration=default_calibration())  # fmt: skip
+    return replace(result, assumptions=tuple(model_assumptions(model)) + result.assumptions)
+
+
+def dataset_total_tokens(
+    seq_len: int, dataset_tokens: int | None, dataset_examples: int | None, epochs: float | None
+) -> float | None:
+    """Tokens the run processes: tokens x epochs, or examples x seq_len x epochs (each example padded or packed
+    to seq_len); None without a dataset. Raises VramplanError on contradictory or non-positive values."""
+    if dataset_tokens is not None and dataset_examples is not None:
+        raise VramplanError("give --dataset-tokens or --dataset-examples, not both")
+    if epochs is not None and not epochs > 0:
+        raise VramplanError(f"--epochs {epochs}: accepted: a positive number")
+    for flag, value in (("--dataset-tokens", dataset_tokens), ("--dataset-examples", dataset_examples)):
+        if value is not None and value <= 0:
+            raise VramplanError(f"{flag} {value}: accepted: a positive integer")
+    if dataset_tokens is None and dataset_examples is None:
+        if epochs is not None:
+            raise VramplanError("--epochs needs --dataset-tokens or --dataset-examples")
+        return None
+    tokens = dataset_tokens if dataset_tokens is not None else dataset_examples * seq_len  # type: ignore[operator]
+    return float(tokens) * (epochs if epochs is not None else 1.0)
+
+
+def fit_for(model: str, setup: TrainingSetup, *, gpu: str, solve: str, headroom: float = DEFAULT_HEADROOM) -> "FitResult":
+    """The largest batch size / sequence length / LoRA rank that fits `gpu`. Raises VramplanError on bad input."""
+    from .planner import fit
+
+    return fit(resolve_model(model), setup, find_gpu(gpu), solve, headroom=headroom, calibration=default_calibration())

@@ -85,6 +85,109 @@ def estimate(
 
 
 @app.command()
+def plan(
+    model: o.Model,
+    method: o.MethodOpt,
+    lora_rank: o.LoraRank = 16,
+    lora_alpha: o.LoraAlpha = None,
+    lora_dropout: o.LoraDropout = 0.05,
+    lora_targets: o.LoraTargets = "all-linear",
+    quant: o.QuantOpt = None,
+    double_quant: o.DoubleQuant = True,
+    seq_len: o.SeqLen = 2048,
+    batch_size: o.BatchSize = 1,
+    grad_accum: o.GradAccum = 1,
+    grad_ckpt: o.GradCkpt = False,
+    optimizer: o.OptimizerOpt = "adamw_torch_fused",
+    dtype: o.DtypeOpt = "bf16",
+    attn: o.AttnOpt = "sdpa",
+    expandable_segments: o.Expandable = False,
+    stack: o.StackOpt = "hf",
+    gpus: Annotated[str, typer.Option("--gpus", help="all, or a comma list of GPU ids (vramplan gpus)")] = "all",
+    max_gpus: Annotated[int, typer.Option("--max-gpus", help="most GPUs per option (1, 2, 4 .. this)")] = 8,
+    dataset_tokens: Annotated[Optional[int], typer.Option("--dataset-tokens", help="tokens per epoch")] = None,
+    dataset_examples: Annotated[Optional[int], typer.Option("--dataset-examples", help="examples per epoch (seq-len tokens each)")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", help="passes over the dataset (default 1)")] = None,
+    sort: Annotated[str, typer.Option("--sort", help="cost | time | memory")] = "cost",
+    headroom: o.Headroom = 0.05,
+    fmt: o.FormatOpt = "table",
+) -> None:
+    """Rank GPU x count x strategy options by fit, speed and cost; say what to change when nothing fits."""
+    from .api import plan_for
+    from .report.plan_view import plan_doc, plan_renderable
+
+    _check_format(fmt)
+    try:
+        setup = o.build_setup(
+            method=method, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            lora_targets=lora_targets, quant=quant, double_quant=double_quant, seq_len=seq_len,
+            batch_size=batch_size, grad_accum=grad_accum, grad_ckpt=grad_ckpt, optimizer=optimizer,
+            dtype=dtype, attn=attn, expandable_segments=expandable_segments, stack=stack, num_gpus=1, parallel=None,
+        )  # fmt: skip
+        result = plan_for(model, setup, gpus=gpus, max_gpus=max_gpus, dataset_tokens=dataset_tokens,
+                          dataset_examples=dataset_examples, epochs=epochs, sort=sort, headroom=headroom)  # fmt: skip
+    except VramplanError as exc:
+        _fail(str(exc))
+    if fmt == "json":
+        typer.echo(json.dumps(plan_doc(result), indent=2))
+        return
+    _console().print(plan_renderable(result, f"{result.model} · {_setup_title(setup)}"))
+
+
+@app.command()
+def fit(
+    model: o.Model,
+    method: o.MethodOpt,
+    gpu: Annotated[str, typer.Option("--gpu", help="GPU id (vramplan gpus)")],
+    solve: Annotated[str, typer.Option("--solve", help="batch-size | seq-len | lora-rank")],
+    lora_rank: o.LoraRank = 16,
+    lora_alpha: o.LoraAlpha = None,
+    lora_dropout: o.LoraDropout = 0.05,
+    lora_targets: o.LoraTargets = "all-linear",
+    quant: o.QuantOpt = None,
+    double_quant: o.DoubleQuant = True,
+    seq_len: o.SeqLen = 2048,
+    batch_size: o.BatchSize = 1,
+    grad_accum: o.GradAccum = 1,
+    grad_ckpt: o.GradCkpt = False,
+    optimizer: o.OptimizerOpt = "adamw_torch_fused",
+    dtype: o.DtypeOpt = "bf16",
+    attn: o.AttnOpt = "sdpa",
+    expandable_segments: o.Expandable = False,
+    stack: o.StackOpt = "hf",
+    headroom: o.Headroom = 0.05,
+    num_gpus: o.NumGpus = 1,
+    parallel: o.ParallelOpt = None,
+    fmt: o.FormatOpt = "table",
+) -> None:
+    """The largest batch size, sequence length or LoRA rank that fits a GPU (other settings as given)."""
+    from .api import fit_for
+    from .report.plan_view import fit_doc, fit_text
+
+    _check_format(fmt)
+    try:
+        setup = o.build_setup(
+            method=method, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            lora_targets=lora_targets, quant=quant, double_quant=double_quant, seq_len=seq_len,
+            batch_size=batch_size, grad_accum=grad_accum, grad_ckpt=grad_ckpt, optimizer=optimizer,
+            dtype=dtype, attn=attn, expandable_segments=expandable_segments, stack=stack,
+            num_gpus=num_gpus, parallel=parallel,
+        )  # fmt: skip
+        result = fit_for(model, setup, gpu=gpu, solve=solve, headroom=headroom)
+    except VramplanError as exc:
+        _fail(str(exc))
+    if fmt == "json":
+        typer.echo(json.dumps(fit_doc(result), indent=2))
+        return
+    _console().print(fit_text(result))
+
+
+def _setup_title(setup) -> str:
+    title = setup.method + (f" r{setup.lora.rank}" if setup.lora else "")
+    return title + f" · b{setup.batch_size} × s{setup.seq_len}" + (" · grad-ckpt" if setup.grad_ckpt else "")
+
+
+@app.command()
 def models(fmt: o.FormatOpt = "table") -> None:
     """List the shipped model catalog (architectures ship with the package; no downloads)."""
     from rich.table import Table

@@ -9,7 +9,7 @@ Phases (steady state: optimizer states exist from the first step on; memory_mode
 The step-0 optimizer step creates the states while gradients exist; its total equals `optimizer`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from .errors import VramplanError
 from .memory.activations import layer_activations
@@ -27,6 +27,7 @@ from .memory.constants import (
 )
 from .memory.loss import logits_count, loss_backward_bytes, loss_forward_bytes
 from .memory.optimizer import gradient_bytes, optimizer_state_bytes, optimizer_step_transient_bytes
+from .memory.parallel import check_parallel_supported, parallel_assumptions, parallel_terms
 from .memory.trainable import trainable_groups, trainable_params
 from .memory.transients import (
     dequant_transient_bytes,
@@ -84,6 +85,13 @@ class _Terms:
     logits_fp32: int
     embedding_grad: int
     tied_grad: int
+    #: multi-GPU terms (memory/parallel.py): every phase / forward / backward / reduce phases, and outside torch
+    parallel_persistent: dict[str, int] = field(default_factory=dict)
+    parallel_gather_fwd: dict[str, int] = field(default_factory=dict)
+    parallel_gather_bwd: dict[str, int] = field(default_factory=dict)
+    parallel_reduce: dict[str, int] = field(default_factory=dict)
+    parallel_outside: int = 0
+    parallel_fragmentation: float = 0.0
 
 
 def estimate(
@@ -121,11 +129,7 @@ def estimate(
 def _check_supported(model: ModelSpec, setup: TrainingSetup, headroom: float) -> None:
     if not 0.0 <= headroom < 1.0:
         raise VramplanError(f"--headroom {headroom} is out of range; accepted: 0 <= headroom < 1 (e.g. 0.05)")
-    if setup.num_gpus > 1:
-        raise VramplanError(
-            f"--num-gpus {setup.num_gpus}: per-GPU estimates for multi-GPU runs are not implemented yet; "
-            "accepted: --num-gpus 1"
-        )
+    check_parallel_supported(setup)
     if setup.lora is not None:
         check_lora_supported(model, setup.lora)
     if setup.method == "qlora" and setup.dtype == "fp32":
@@ -153,7 +157,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         + expert_lora_transient_bytes(model, setup)
     )
     cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup)
-    return _Terms(
+    terms = _Terms(
         weights=weights,
         states=states,
         managed_states=managed,
@@ -174,6 +178,15 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         embedding_grad=block_bytes(model.vocab_size * model.hidden_size * itemsize) if setup.method == "full" else 0,
         tied_grad=tied_embedding_grad_bytes(model, setup),
     )
+    if setup.num_gpus == 1 or setup.parallel is None:
+        return terms
+    p = parallel_terms(model, setup, weights, groups, terms.grads, terms.embedding_grad, terms.opt_transient)
+    return replace(
+        terms, weights=p.weights, states=p.states, managed_states=p.managed_states, grads=p.grads,
+        embedding_grad=p.embedding_grad, opt_transient=p.opt_transient, parallel_persistent=p.persistent,
+        parallel_gather_fwd=p.gather_forward, parallel_gather_bwd=p.gather_backward, parallel_reduce=p.reduce,
+        parallel_outside=p.outside_allocator_bytes, parallel_fragmentation=p.extra_fragmentation,
+    )  # fmt: skip
 
 
 def _autocast_cache_bytes(model: ModelSpec, setup: TrainingSetup) -> tuple[int, int]:
@@ -196,7 +209,8 @@ def _autocast_cache_bytes(model: ModelSpec, setup: TrainingSetup) -> tuple[int, 
 def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> MemoryBreakdown:
     accum_grads = t.grads if setup.grad_accum > 1 else 0
     full = setup.method == "full"
-    common = {**t.weights, "optimizer_states": t.states, "cuda_workspace": t.workspace}
+    common = {**t.weights, "optimizer_states": t.states, "cuda_workspace": t.workspace, **t.parallel_persistent}
+    fwd_extra, bwd_extra = t.parallel_gather_fwd, {**t.parallel_gather_bwd, **t.parallel_reduce}
     if accum_grads:
         common["gradients"] = accum_grads
     activations = "activations.checkpoints" if setup.grad_ckpt else "activations.layers"
@@ -208,6 +222,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "logits_loss": t.loss_fwd,
             "autocast_weight_copies": t.autocast_cache_fwd,
             "int8_matmul_state": t.quant_state,
+            **fwd_extra,
         },
         "loss_backward": {
             **common,
@@ -216,6 +231,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "logits_loss": t.loss_bwd,
             "autocast_weight_copies": t.autocast_cache_bwd,
             "int8_matmul_state": t.quant_state,
+            **fwd_extra,
         },
         "layer_backward": {
             **common,
@@ -225,6 +241,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "gradients": t.grads if not full else accum_grads,
             "autocast_weight_copies": t.autocast_cache_bwd if not setup.grad_ckpt else 0,
             "int8_matmul_state": t.quant_state,
+            **bwd_extra,
         },
         "optimizer": {**common, "gradients": t.grads, "optimizer_step_temporaries": t.opt_transient},
     }
@@ -238,20 +255,24 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "gradients": before_embedding,
             "activations.first_layer": first_layer,
             "backward_transients": t.t_bwd,
+            **bwd_extra,
         }
         phase_terms["embedding_backward"] = {
             **common,
             "gradients": t.grads,
             "tied_embedding_grad_accumulation": t.tied_grad,
+            **bwd_extra,
         }
     phases = {name: sum(v for v in terms.values()) for name, terms in phase_terms.items()}
     peak_phase = max(phases, key=lambda p: phases[p])
     breakdown = {k: v for k, v in phase_terms[peak_phase].items() if v}
     peak_alloc = phases[peak_phase]
     frag = constants["fragmentation_expandable"] if setup.expandable_segments else constants["fragmentation"]
+    frag += t.parallel_fragmentation
     reserved = reserved_from_allocated(peak_alloc, frag, t.logits_fp32, constants["fragmentation_logits"])
     context = int(constants["cuda_context_bytes"])
-    device = reserved + context + t.managed_states
+    outside = t.managed_states + t.parallel_outside
+    device = reserved + context + outside
     return MemoryBreakdown(
         peak_allocated_bytes=peak_alloc,
         peak_reserved_bytes=reserved,
@@ -261,7 +282,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
         phases=phases,
         fragmentation_bytes=reserved - peak_alloc,
         cuda_context_bytes=context,
-        outside_allocator_bytes=t.managed_states,
+        outside_allocator_bytes=outside,
     )
 
 
@@ -318,4 +339,4 @@ def _assumptions(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None) ->
         out.append("paged optimizer states live in CUDA managed memory: outside torch's counters, counted in device peak")
     if gpu is None:
         out.append("no --gpu given: cuBLAS workspace sized for Hopper (2 x 32 MiB)")
-    return tuple(out)
+    return tuple(out) + parallel_assumptions(setup)

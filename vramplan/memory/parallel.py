@@ -1,0 +1,265 @@
+"""Per-GPU memory of data-parallel training (memory_model.md section 9). Data parallel throughout: every GPU
+runs its own micro-batch, so activations, loss buffers and transients stay as on one GPU; what changes is where
+the weights, gradients and optimizer states live, plus communication buffers.
+
+* ddp   (torch DistributedDataParallel): everything replicated; the Reducer allocates contiguous bucket buffers
+        covering every trainable gradient at construction (+1x G, persistent; gradient_as_bucket_view=False is the
+        default, also in accelerate/Trainer).
+* fsdp  (FSDP2 fully_shard through accelerate 1.15, full shard, bf16 MixedPrecisionPolicy): W, G, S sharded 1/n.
+        accelerate upcasts *trainable* low-precision parameters to fp32 before sharding, but not when the model
+        holds bitsandbytes 4-bit parameters (utils/fsdp_utils.py::fsdp2_prepare_model). Unsharded bf16 copies
+        exist for the unit being computed plus the prefetched one; the tail unit (final norm + lm_head, with the
+        embeddings when tied) keeps reshard_after_forward=False, so it stays gathered from the end of forward
+        into the start of backward. One unit's bf16 gradients are the reduce-scatter input.
+* zero2 / zero3 (DeepSpeed, bf16 mode: the engine runs the model in bf16 and keeps fp32 master partitions):
+        deepspeed stage_1_and_2.py::estimate_zero2_model_states_mem_needs = 4P + 16P/n and
+        stage3.py::estimate_zero3_model_states_mem_needs = 4 * largest_layer + 18P/n (P trainable, Adam), with
+        frozen parameters replicated (ZeRO-2) or sharded (ZeRO-3) in bf16.
+* QLoRA with fsdp/zero3: packed 4-bit data stored as bf16 elements (bnb_4bit_quant_storage=bf16) is sharded;
+        the QuantState (absmax, code, nested state) is not a parameter and stays replicated.
+CPU offload (FSDP CPUOffloadPolicy, ZeRO offload_optimizer/offload_param) is not modelled.
+"""
+
+from dataclasses import dataclass, field, replace
+
+from ..errors import VramplanError
+from ..models.params import linear_shapes, moe_layers, param_counts
+from ..specs import ModelSpec, TrainingSetup
+from .allocator import block_bytes
+from .constants import MIB
+from .optimizer import (
+    gradient_bytes,
+    optimizer_state_bytes,
+    optimizer_step_transient_bytes,
+)
+from .trainable import TensorGroup
+
+#: NCCL communicator buffers, outside torch's allocator (nvidia-smi only): "order of 100s MiB per process"
+#: (memory_model.md sections 7 and 9). H200 x2 runs (vramplan/runs/shipped/h200, DDP and FSDP): device peak -
+#: reserved = 1.57 GiB in all six, vs the 0.75 GiB CUDA context of one-GPU runs -> ~0.82 GiB of NCCL per process
+NCCL_BUFFERS_BYTES = 832 * MIB
+#: FSDP2 gathers and reduce-scatters on their own CUDA streams and the caching allocator keeps freed blocks per
+#: stream, so reserved exceeds allocated by more than on one GPU: H200 x2 FSDP full FT runs (llama-3.2-1b/3b,
+#: llama-3.1-8b; vramplan/runs/shipped/h200) measured reserved - allocated = 15-31 % of allocated vs ~4 % on one GPU
+FSDP_EXTRA_FRAGMENTATION = 0.10
+#: bytes per element of what FSDP/DeepSpeed gather and reduce under bf16 mixed precision
+BF16 = 2
+FP32 = 4
+#: DeepSpeed's fp32 master copy of each trainable parameter (stage_1_and_2.py / stage3.py)
+MASTER_BYTES_PER_PARAM = FP32
+
+SHARDED = ("fsdp", "zero3")
+
+
+@dataclass(frozen=True)
+class ParallelTerms:
+    """Per-GPU terms of one data-parallel strategy, in bytes. Names become breakdown keys."""
+
+    weights: dict[str, int]
+    states: int
+    managed_states: int
+    grads: int
+    embedding_grad: int
+    opt_transient: int
+    #: alive in every phase
+    persistent: dict[str, int] = field(default_factory=dict)
+    #: gathered parameters alive at the end of forward / start of backward, and during a layer's backward
+    gather_forward: dict[str, int] = field(default_factory=dict)
+    gather_backward: dict[str, int] = field(default_factory=dict)
+    #: gradient communication buffers alive while layers run backward
+    reduce: dict[str, int] = field(default_factory=dict)
+    outside_allocator_bytes: int = NCCL_BUFFERS_BYTES
+    #: added to the allocator's fragmentation fraction (reserved / allocated - 1)
+    extra_fragmentation: float = 0.0
+
+
+def check_parallel_supported(setup: TrainingSetup) -> None:
+    """Raises VramplanError for combinations no framework runs."""
+    if setup.num_gpus > 1 and setup.quant == "int8" and setup.parallel in SHARDED:
+        raise VramplanError(
+            f"--quant int8 with --parallel {setup.parallel}: bitsandbytes int8 weights cannot be sharded; "
+            "accepted: --quant nf4|fp4, or --parallel ddp|zero2"
+        )
+
+
+def parallel_terms(
+    model: ModelSpec,
+    setup: TrainingSetup,
+    weights: dict[str, int],
+    groups: list[TensorGroup],
+    grads: int,
+    embedding_grad: int,
+    opt_transient: int,
+) -> ParallelTerms:
+    """Per-GPU weights, states, gradients and communication buffers for setup.parallel on setup.num_gpus GPUs."""
+    n = setup.num_gpus
+    if setup.parallel == "ddp":
+        states, managed = optimizer_state_bytes(groups, setup)
+        return ParallelTerms(
+            weights=dict(weights), states=states, managed_states=managed, grads=grads, embedding_grad=embedding_grad,
+            opt_transient=opt_transient, persistent={"ddp.gradient_buckets": grads},
+        )  # fmt: skip
+    if setup.parallel == "fsdp":
+        return _fsdp(model, setup, weights, groups, n)
+    if setup.parallel in ("zero2", "zero3"):
+        return _zero(model, setup, weights, groups, n, stage=3 if setup.parallel == "zero3" else 2)
+    raise VramplanError(f"--parallel {setup.parallel}: accepted: ddp | fsdp | zero2 | zero3")
+
+
+def _fsdp(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], groups: list[TensorGroup], n: int):
+    upcast = setup.method == "full"  # trainable bf16/fp16 -> fp32; adapters are fp32 already; never with 4-bit
+    sharded_groups = [replace(g, itemsize=FP32) for g in groups] if upcast else groups
+    states, managed = optimizer_state_bytes(sharded_groups, setup)
+    w = _shard_weights(model, setup, weights, n, upcast=upcast)
+    layer, tail, embed = fsdp_unit_bytes(model, setup)
+    # reduce-scatter input: one unit's unsharded bf16 gradients (full FT: the largest unit; LoRA: a layer's adapters)
+    reduce_params = max_unit_params(model) if upcast else -(-sum(g.params for g in groups) // model.num_layers)
+    return ParallelTerms(
+        weights=w,
+        states=_ceil_div(states, n),
+        managed_states=_ceil_div(managed, n),
+        grads=_ceil_div(gradient_bytes(sharded_groups), n),
+        embedding_grad=_ceil_div(model.vocab_size * model.hidden_size * FP32, n) if setup.method == "full" else 0,
+        opt_transient=_ceil_div(optimizer_step_transient_bytes(sharded_groups, setup), n),
+        gather_forward={"fsdp.all_gather_buffers": tail + layer},
+        gather_backward={"fsdp.all_gather_buffers": layer + max(layer, embed)},
+        reduce={"fsdp.reduce_scatter_buffer": block_bytes(reduce_params * BF16)},
+        extra_fragmentation=FSDP_EXTRA_FRAGMENTATION,
+    )
+
+
+def _zero(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], groups: list[TensorGroup], n: int, stage: int):
+    fp32_groups = [replace(g, itemsize=FP32) for g in groups]
+    bf16_groups = [replace(g, itemsize=BF16) for g in groups]
+    trainable = sum(g.params for g in groups)
+    states, managed = optimizer_state_bytes(fp32_groups, setup)
+    bf16_weights = {k: _as_bf16(k, v, setup) for k, v in weights.items()}
+    if "weights.adapters" in bf16_weights:
+        bf16_weights["weights.adapters"] = gradient_bytes(bf16_groups)
+    # ZeRO reduce bucket: HF's DeepSpeed integration fills "auto" with hidden_size**2 elements
+    # (transformers integrations/deepspeed.py::HfTrainerDeepSpeedConfig.trainer_config_finalize)
+    bucket = block_bytes(model.hidden_size * model.hidden_size * BF16)
+    persistent = {
+        "zero.fp32_master_weights": _ceil_div(trainable * MASTER_BYTES_PER_PARAM, n),
+        "zero.fp32_gradient_partitions": _ceil_div(trainable * FP32, n),
+    }
+    common = {
+        "states": _ceil_div(states, n),
+        "managed_states": _ceil_div(managed, n),
+        "opt_transient": _ceil_div(optimizer_step_transient_bytes(fp32_groups, setup), n),
+        "persistent": persistent,
+        "reduce": {"zero.reduce_bucket": bucket},
+    }
+    if stage == 2:
+        bf16_grads = gradient_bytes(bf16_groups)
+        embed = model.vocab_size * model.hidden_size * BF16 if setup.method == "full" else 0
+        return ParallelTerms(weights=bf16_weights, grads=bf16_grads, embedding_grad=embed, **common)
+    live = {"zero3.live_parameters": 2 * BF16 * largest_module_params(model)}
+    return ParallelTerms(
+        weights=_shard_weights(model, setup, bf16_weights, n, upcast=False),
+        grads=0,
+        embedding_grad=0,
+        gather_forward=live,
+        gather_backward=live,
+        **common,
+    )
+
+
+def _shard_weights(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], n: int, *, upcast: bool) -> dict[str, int]:
+    """Every weight role / n; a 4-bit model's QuantState stays whole; `upcast` turns bf16/fp16 roles into fp32."""
+    scale = FP32 // 2 if upcast and setup.dtype != "fp32" else 1
+    out = {k: _ceil_div(v * scale, n) for k, v in weights.items()}
+    if setup.method == "qlora" and "weights.quantized" in weights:
+        packed = packed_4bit_bytes(model)
+        out["weights.quantized"] = _ceil_div(packed, n)
+        out["weights.quant_state"] = weights["weights.quantized"] - packed
+    return out
+
+
+def _as_bf16(role: str, nbytes: int, setup: TrainingSetup) -> int:
+    """DeepSpeed bf16 mode runs the module in bf16: fp32 roles (fp32 load, QLoRA upcasts) halve."""
+    if role == "weights.quantized":
+        return nbytes
+    fp32_role = setup.dtype == "fp32" or setup.method == "qlora" or role == "weights.adapters"
+    return nbytes // 2 if fp32_role else nbytes
+
+
+def packed_4bit_bytes(model: ModelSpec) -> int:
+    """The packed uint8 data of every quantized nn.Linear (ceil(n/2) bytes each, allocator blocks)."""
+    return sum(s.count * block_bytes(-(-(s.in_features * s.out_features) // 2)) for s in linear_shapes(model) if s.role != "lm_head")
+
+
+def layer_params(model: ModelSpec) -> int:
+    """Parameters of the largest decoder layer (FSDP's unit: transformers `_no_split_modules`)."""
+    counts = param_counts(model)
+    n_layers = model.num_layers
+    per_layer = (counts["attention"] + counts["qk_norm"]) // n_layers + model.norms_per_layer * model.hidden_size
+    shapes = linear_shapes(model)
+    dense = sum(s.in_features * s.out_features + (s.out_features if s.bias else 0) for s in shapes if s.role == "mlp")
+    n_moe = len(moe_layers(model))
+    if not n_moe:
+        return per_layer + dense
+    shared = sum(s.in_features * s.out_features + (s.out_features if s.bias else 0) for s in shapes if s.role == "shared_expert")
+    sparse = shared + (counts["experts"] + counts["router"]) // n_moe
+    return per_layer + max(sparse, dense if n_moe < n_layers else 0)
+
+
+def max_unit_params(model: ModelSpec) -> int:
+    """Largest FSDP unit: a decoder layer or the tail (lm_head/tied embeddings + final norm)."""
+    return max(layer_params(model), model.vocab_size * model.hidden_size + model.hidden_size)
+
+
+def fsdp_unit_bytes(model: ModelSpec, setup: TrainingSetup) -> tuple[int, int, int]:
+    """bf16 bytes gathered for (one decoder layer, the tail unit, the untied embedding unit or 0).
+
+    QLoRA: a layer's quantized Linear weights travel packed (half a byte per weight)."""
+    layer = layer_params(model)
+    layer_bytes = layer * BF16
+    if setup.method == "qlora":
+        quantized = sum(s.in_features * s.out_features for s in linear_shapes(model) if s.role in ("attention", "mlp", "shared_expert"))
+        quantized = min(quantized, layer)  # dense layers of a MoE model
+        layer_bytes = (layer - quantized) * BF16 + -(-quantized // 2)
+    vh = model.vocab_size * model.hidden_size
+    tail = (vh + model.hidden_size) * BF16
+    embed = 0 if model.tie_word_embeddings else vh * BF16
+    return block_bytes(layer_bytes), block_bytes(tail), block_bytes(embed)
+
+
+def largest_module_params(model: ModelSpec) -> int:
+    """DeepSpeed's largest_layer_params: the most parameters one module holds directly (embeddings,
+    lm_head, the largest Linear, or a MoE layer's fused experts module)."""
+    vh = model.vocab_size * model.hidden_size
+    linear = max(s.in_features * s.out_features for s in linear_shapes(model))
+    experts = 0
+    if model.moe is not None and moe_layers(model):
+        experts = param_counts(model)["experts"] // len(moe_layers(model))
+    return max(vh, linear, experts)
+
+
+def parallel_assumptions(setup: TrainingSetup) -> tuple[str, ...]:
+    """What the per-GPU numbers assume, one line each."""
+    if setup.num_gpus <= 1 or setup.parallel is None:
+        return ()
+    n, p = setup.num_gpus, setup.parallel
+    lines = [f"{n} GPUs, data parallel ({p}): micro-batch {setup.batch_size} per GPU; numbers are per GPU",
+             f"NCCL buffers outside the allocator: {NCCL_BUFFERS_BYTES // MIB} MiB per process (measured on 2 x H200)"]  # fmt: skip
+    if p == "ddp":
+        lines.append("DDP gradient buckets cover every trainable gradient (gradient_as_bucket_view=False, the default)")
+    if p == "fsdp":
+        lines.append(
+            "FSDP2 full shard via accelerate, bf16 param/reduce dtype; trainable bf16 parameters upcast to fp32 before "
+            "sharding (not with 4-bit weights); one decoder layer per unit, lm_head/final norm kept gathered after forward"
+        )
+    if p in ("zero2", "zero3"):
+        lines.append(
+            "DeepSpeed bf16 mode: model runs in bf16, fp32 master weights, gradients and optimizer states partitioned; "
+            "reduce bucket hidden_size^2 elements (HF 'auto')"
+        )
+    if setup.method == "qlora" and p in SHARDED:
+        lines.append("QLoRA sharded with bnb_4bit_quant_storage=bf16; QuantState replicated on every GPU")
+    lines.append("no CPU offload")
+    return tuple(lines)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
