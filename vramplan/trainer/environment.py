@@ -123,8 +123,9 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def collect_environment(*, driver: str | None = None, device: int | None = 0) -> RunEnvironment:
-    """GPU and software of this process. ``device=None`` describes a CPU run."""
+def collect_environment(*, driver: str | None = None, device: int | None = 0, num_gpus: int = 1) -> RunEnvironment:
+    """GPU and software of this process. ``device=None`` describes a CPU run; ``num_gpus`` is the
+    number of GPUs (ranks) of the run this process belongs to."""
     import torch
 
     gpu_name = total = None
@@ -135,7 +136,7 @@ def collect_environment(*, driver: str | None = None, device: int | None = 0) ->
         gpu_name=gpu_name,
         gpu_id=gpu_id_for(gpu_name, total),
         total_memory_bytes=total,
-        num_gpus=1,
+        num_gpus=num_gpus,
         driver=driver,
         cuda=torch.version.cuda,
         python=platform.python_version(),
@@ -154,7 +155,7 @@ def _slug(text: str) -> str:
 
 
 def make_run_id(model: str, setup: TrainingSetup, *, created_utc: str, memory_cap_bytes: int | None = None) -> str:
-    """A readable, unique id: ``<model>-<method>[-<quant>]-r16-s2048-b1[-ga4]-gc-<optim>-<dtype>-<attn>[-es][-cap24g]-<hash8>``.
+    """A readable, unique id: ``<model>-<method>[-<quant>]-r16-s2048-b1[-ga4]-gc-<optim>-<dtype>-<attn>[-es][-fsdp-x2][-cap24g]-<hash8>``.
 
     The hash covers the model, the whole setup, the cap and the creation time, so two runs of
     the same setup get different ids.
@@ -174,6 +175,8 @@ def make_run_id(model: str, setup: TrainingSetup, *, created_utc: str, memory_ca
     parts += [setup.optimizer.replace("_", ""), setup.dtype, setup.attn]
     if setup.expandable_segments:
         parts.append("es")
+    if setup.num_gpus > 1:
+        parts.append(f"{setup.parallel}-x{setup.num_gpus}")
     if memory_cap_bytes:
         parts.append(f"cap{memory_cap_bytes / 2**30:.3g}g")
     digest = hashlib.sha256(f"{model}|{setup.model_dump_json()}|{memory_cap_bytes}|{created_utc}".encode()).hexdigest()[

@@ -33,6 +33,7 @@ from typing import Any
 from vramplan import __version__
 from vramplan.specs import MeasuredRun, Measurements, TrainingSetup
 
+from .distributed import DistContext, check_world, trainer_kwargs
 from .environment import (
     check_allocator_env,
     collect_environment,
@@ -82,8 +83,17 @@ def mixed_precision(setup: TrainingSetup, trainable_dtypes: set, *, on_cuda: boo
     return "none"
 
 
-def training_arguments(setup: TrainingSetup, steps: int, *, output_dir: str, precision: str, use_cpu: bool):
-    """The TrainingArguments of a measurement run."""
+def training_arguments(
+    setup: TrainingSetup,
+    steps: int,
+    *,
+    output_dir: str,
+    precision: str,
+    use_cpu: bool,
+    extra_args: dict[str, Any] | None = None,
+):
+    """The TrainingArguments of a measurement run (``extra_args``: the multi-GPU strategy's
+    keywords, ``distributed.trainer_kwargs``)."""
     import dataclasses
 
     from transformers import TrainingArguments
@@ -114,6 +124,7 @@ def training_arguments(setup: TrainingSetup, steps: int, *, output_dir: str, pre
         remove_unused_columns=False,
         use_cpu=use_cpu,
         seed=0,
+        **(extra_args or {}),
     )
 
 
@@ -136,11 +147,10 @@ def _vocab_rows(model) -> int:
     return int(model.get_input_embeddings().weight.shape[0])
 
 
-def _check_request(setup: TrainingSetup, steps: int, memory_cap_gib: float | None) -> None:
+def _check_request(setup: TrainingSetup, steps: int, memory_cap_gib: float | None, ctx: DistContext) -> None:
     if steps < 1:
         raise MeasurementError(f"steps must be >= 1, got {steps}")
-    if setup.num_gpus != 1 or setup.parallel is not None:
-        raise MeasurementError("measurements run on one GPU; --num-gpus/--parallel are not supported by measure")
+    check_world(setup, ctx)
     if memory_cap_gib is not None and memory_cap_gib <= 0:
         raise MeasurementError(f"memory cap must be > 0 GiB, got {memory_cap_gib}")
     if setup.optimizer in BNB_OPTIMIZERS and importlib.util.find_spec("bitsandbytes") is None:
@@ -159,10 +169,11 @@ class _CudaStart:
 
 
 def _start_cuda(
-    setup: TrainingSetup, memory_cap_gib: float | None, extra: dict[str, Any], notes: list[str]
+    setup: TrainingSetup, memory_cap_gib: float | None, extra: dict[str, Any], notes: list[str], device: int = 0
 ) -> _CudaStart:
     """Read the NVML baseline, create the CUDA context, measure it, check the allocator mode and
-    apply the memory cap. Must run before anything else in the process touches CUDA.
+    apply the memory cap, on CUDA device ``device`` (a rank's LOCAL_RANK). Must run before
+    anything else in the process touches CUDA.
 
     cuda_context_bytes = NVML used after ``torch.cuda.init()`` + a 4-byte tensor, minus the
     baseline, minus the allocator's reserved bytes (the tensor's 2 MiB segment).
@@ -175,18 +186,18 @@ def _start_cuda(
     from .gpu_memory import CudaMemoryReader, DeviceMonitor
 
     was_initialized = torch.cuda.is_initialized()
-    monitor = DeviceMonitor.open(0)
-    start = _CudaStart(reader=CudaMemoryReader(0), monitor=monitor)
+    monitor = DeviceMonitor.open(device)
+    start = _CudaStart(reader=CudaMemoryReader(device), monitor=monitor)
     if monitor is not None:
         start.driver = monitor.driver_version()
         if not was_initialized:
             start.baseline = monitor.used()
     torch.cuda.init()
-    torch.cuda.set_device(0)
-    tiny = torch.empty(1, device="cuda")
-    torch.cuda.synchronize()
+    torch.cuda.set_device(device)
+    tiny = torch.empty(1, device=f"cuda:{device}")
+    torch.cuda.synchronize(device)
     if monitor is not None and start.baseline is not None:
-        start.context_bytes = monitor.used() - start.baseline - torch.cuda.memory_reserved(0)
+        start.context_bytes = monitor.used() - start.baseline - torch.cuda.memory_reserved(device)
     active = expandable_segments_active()
     del tiny
     extra["expandable_segments_active"] = None if active is None else str(active).lower()
@@ -199,10 +210,10 @@ def _start_cuda(
     if was_initialized:
         notes.append("CUDA was initialized before this run: device-level numbers omitted")
     if memory_cap_gib is not None:
-        total = torch.cuda.get_device_properties(0).total_memory
+        total = torch.cuda.get_device_properties(device).total_memory
         start.cap_bytes = int(memory_cap_gib * 2**30)
-        torch.cuda.set_per_process_memory_fraction(min(1.0, start.cap_bytes / total), 0)
-    torch.cuda.reset_peak_memory_stats(0)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, start.cap_bytes / total), device)
+    torch.cuda.reset_peak_memory_stats(device)
     return start
 
 
@@ -228,13 +239,19 @@ def run_measurement(
     that much (``torch.cuda.set_per_process_memory_fraction``) to stand in for a smaller card.
     On a machine without CUDA the run trains on the CPU and every memory value is None.
 
+    Inside a torchrun launch (WORLD_SIZE > 1, ``setup.num_gpus`` equal to it) this is one rank
+    of a multi-GPU run (``distributed.py``): it trains on ``cuda:LOCAL_RANK`` with the Trainer's
+    DDP or FSDP and records that GPU only; the parent merges the ranks' records.
+
     Raises:
         MeasurementError: the request cannot be measured as asked (allocator env mismatch,
-            missing package, several GPUs); UnknownModelError/ConfigError from the model lookup.
+            missing package, a GPU count that is not this launch's world size, ZeRO);
+            UnknownModelError/ConfigError from the model lookup.
         Any non-OOM exception of the training stack propagates unchanged.
     """
     say = progress or (lambda message: None)
-    _check_request(setup, steps, memory_cap_gib)
+    ctx = DistContext.from_env()
+    _check_request(setup, steps, memory_cap_gib, ctx)
     import torch
 
     created = _utc_now()
@@ -246,11 +263,13 @@ def run_measurement(
         "gradient_checkpointing_use_reentrant": "false" if setup.grad_ckpt else None,
         "learning_rate": LEARNING_RATE,
     }
+    if ctx.is_distributed:
+        extra.update(rank=ctx.rank, world_size=ctx.world_size)
     on_cuda = torch.cuda.is_available()
     # before importing transformers' Trainer: it imports peft, which imports bitsandbytes, whose
     # import initializes CUDA (bitsandbytes/cuda_specs.py::get_compute_capabilities; seen on the
     # H100 machine), and the NVML baseline must be read before this process has a CUDA context
-    cuda = _start_cuda(setup, memory_cap_gib, extra, run_notes) if on_cuda else None
+    cuda = _start_cuda(setup, memory_cap_gib, extra, run_notes, device=ctx.local_rank) if on_cuda else None
     if not on_cuda and memory_cap_gib is not None:
         run_notes.append(f"memory cap {memory_cap_gib} GiB ignored: no CUDA device")
 
@@ -284,20 +303,37 @@ def run_measurement(
                 model_path=model_path,
                 checkpoint_cache=checkpoint_cache,
                 name=model,
-                device="cuda:0" if on_cuda else "cpu",
+                device=f"cuda:{ctx.local_rank}" if on_cuda else "cpu",
             )
             extra.update(built.extra)
             t_loaded = time.perf_counter()
             trainable_dtypes = {p.dtype for p in built.model.parameters() if p.requires_grad}
             precision = mixed_precision(setup, trainable_dtypes, on_cuda=on_cuda)
             extra["mixed_precision"] = precision
-            samples = setup.batch_size * setup.grad_accum * steps
+            # every rank draws its own micro-batches from the (distributed-sampled) dataset
+            samples = setup.batch_size * setup.grad_accum * steps * ctx.world_size
             dataset = make_dataset(_vocab_rows(built.model), setup.seq_len, samples, data=data, tokenizer=tokenizer)
-            args = training_arguments(setup, steps, output_dir=output_dir, precision=precision, use_cpu=not on_cuda)
+            parallel_args = None
+            if ctx.is_distributed:
+                parallel_args, parallel_extra = trainer_kwargs(setup, built.model)
+                extra.update(parallel_extra)
+            args = training_arguments(
+                setup,
+                steps,
+                output_dir=output_dir,
+                precision=precision,
+                use_cpu=not on_cuda,
+                extra_args=parallel_args,
+            )
             trainer = Trainer(model=built.model, args=args, train_dataset=dataset, callbacks=[probe])
             trainer.remove_callback(PrinterCallback)  # no metrics printout: the record is the output
+            if setup.parallel == "fsdp" and not getattr(trainer, "is_fsdp_enabled", False):
+                # accelerate keeps FSDP for multi-GPU runs only (MULTI_CPU falls back to DDP)
+                raise MeasurementError("FSDP was not enabled by accelerate: --parallel fsdp needs CUDA GPUs")
             say(f"training {steps} steps")
             trainer.train()
+            if ctx.is_distributed:  # proof of the engine: DistributedDataParallel, FSDP<Model>, ...
+                extra["trainer_wrapped_model"] = type(trainer.model_wrapped).__name__
     except Exception as exc:
         if not is_oom(exc):
             raise
@@ -332,7 +368,11 @@ def run_measurement(
         model=model,
         model_source=model_source,
         setup=setup,
-        environment=collect_environment(driver=cuda.driver if cuda else None, device=0 if on_cuda else None),
+        environment=collect_environment(
+            driver=cuda.driver if cuda else None,
+            device=ctx.local_rank if on_cuda else None,
+            num_gpus=ctx.world_size,
+        ),
         measurements=measurements,
         tool_version=__version__,
         notes="; ".join(run_notes),

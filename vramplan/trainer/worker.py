@@ -8,11 +8,17 @@ it holds no GPU memory while the child measures.
 Entry point (used by ``measure_in_subprocess`` and scripts/campaign.py)::
 
     python -m vramplan.trainer.worker measure --request REQ.json --out RECORD.json
+    torchrun ... -m vramplan.trainer.worker measure-rank --request REQ.json --out-dir DIR  # one rank
     python -m vramplan.trainer.worker checkpoint --request REQ.json   # QLoRA random checkpoint
     python -m vramplan.trainer.worker params MODEL [MODEL ...]         # exact parameter counts (JSON)
 
 Exit codes: 0 done (an OOM is a successful measurement), 2 a request that cannot be measured
-(message on stderr), 1 anything else (traceback on stderr).
+(message on stderr), 1 anything else (traceback on stderr); ``measure-rank`` exits with
+``distributed.OOM_EXIT_CODE`` after writing an out-of-memory record, so torchrun stops the
+other ranks.
+
+Setups with ``num_gpus > 1`` are measured by ``measure_in_subprocess`` through torchrun
+(``distributed.py``): one ``measure-rank`` process per GPU, records merged by the parent.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import vramplan
 from vramplan.errors import VramplanError
 from vramplan.specs import MeasuredRun, Spec, TrainingSetup
 
+from .distributed import OOM_EXIT_CODE, RANK_RECORD, DistContext, check_parallel, measure_ranks
 from .environment import allocator_env_for, default_checkpoint_cache
 from .errors import MeasurementError
 from .forkserver import ForkServer
@@ -87,6 +94,51 @@ def _cmd_measure(request_path: str, out_path: str) -> int:
     return 0
 
 
+def _cmd_measure_rank(request_path: str, out_dir: str) -> int:
+    """One rank of a torchrun launch: measure, write ``rank<R>.json`` into ``out_dir``."""
+    from .run import run_measurement
+
+    ctx = DistContext.from_env()
+    req = MeasureRequest.model_validate_json(Path(request_path).read_text(encoding="utf-8"))
+
+    def say(message: str) -> None:
+        if ctx.rank == 0:
+            print(f"[vramplan] {message}", file=sys.stderr, flush=True)
+
+    run = run_measurement(
+        req.model,
+        req.setup,
+        steps=req.steps,
+        model_path=req.model_path,
+        config=req.config,
+        data=req.data,
+        tokenizer=req.tokenizer,
+        memory_cap_gib=req.memory_cap_gib,
+        checkpoint_cache=req.checkpoint_cache,
+        progress=say,
+        notes=req.notes,
+    )
+    out = Path(out_dir) / RANK_RECORD.format(rank=ctx.rank)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(run.model_dump_json(indent=2), encoding="utf-8")
+    os.replace(tmp, out)
+    m = run.measurements
+    print(
+        f"[vramplan] rank {ctx.rank} done: oom={m.oom} max_allocated={m.max_allocated_bytes} "
+        f"max_reserved={m.max_reserved_bytes} device_peak={m.device_peak_bytes}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if m.oom:
+        return OOM_EXIT_CODE
+    with contextlib.suppress(Exception):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
 def _raw_config_for(req: MeasureRequest) -> dict[str, Any]:
     if req.config is not None:
         return req.config
@@ -129,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_measure = sub.add_parser("measure", help="run one measurement and write its record")
     p_measure.add_argument("--request", required=True)
     p_measure.add_argument("--out", required=True)
+    p_rank = sub.add_parser("measure-rank", help="one rank of a multi-GPU measurement (started by torchrun)")
+    p_rank.add_argument("--request", required=True)
+    p_rank.add_argument("--out-dir", required=True)
     p_ckpt = sub.add_parser("checkpoint", help="build (once) the random QLoRA checkpoint of a request")
     p_ckpt.add_argument("--request", required=True)
     p_params = sub.add_parser("params", help="print exact parameter counts of catalog models as JSON")
@@ -142,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(main)
         if args.command == "measure":
             return _cmd_measure(args.request, args.out)
+        if args.command == "measure-rank":
+            return _cmd_measure_rank(args.request, args.out_dir)
         if args.command == "checkpoint":
             return _cmd_checkpoint(args.request)
         return _cmd_params(args.models)
@@ -253,11 +310,17 @@ def measure_in_subprocess(
     ``default_checkpoint_cache()``), so the measuring child only loads and quantizes it.
     ``timeout_s`` bounds each child.
 
+    A setup with ``num_gpus > 1`` is launched with torchrun, one rank per GPU, each a new
+    interpreter (the fork server is not used), and the ranks' records are merged into one
+    (``distributed.merge_rank_runs``: per-GPU peaks, per-rank values in ``extra``).
+
     Raises:
         MeasurementError: the child could not measure (its message, or the tail of its output),
             or it ran past ``timeout_s``.
         ForkServerError: ``server`` died (retry without it).
     """
+    if setup.num_gpus > 1 or setup.parallel is not None:
+        check_parallel(setup)
     request = MeasureRequest(
         model=model,
         setup=setup,
@@ -295,6 +358,23 @@ def measure_in_subprocess(
             code, tail = run_worker(["checkpoint", "--request", str(req_path)], base_env)
             if code != 0:
                 raise MeasurementError("building the QLoRA checkpoint failed:\n" + "\n".join(tail[-15:]))
+        if setup.num_gpus > 1:
+            run = measure_ranks(
+                setup,
+                req_path,
+                Path(tmp),
+                run_child=_run_child,
+                env=allocator_env_for(setup, base_env),
+                python=exe,
+                timeout_s=timeout_s,
+                progress=progress,
+                log_path=log,
+            )
+            if runs_dir is not None:
+                from vramplan.runs import save_run
+
+                save_run(run, runs_dir)
+            return run
         code, tail = run_worker(
             ["measure", "--request", str(req_path), "--out", str(out_path)], allocator_env_for(setup, base_env)
         )

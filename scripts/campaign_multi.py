@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Multi-GPU measurement campaign: DDP and FSDP runs of the built-in trainer, one torchrun each.
+
+Usage (from the repository root, on a machine with >= 2 NVIDIA GPUs):
+
+    python scripts/campaign_multi.py --list
+    python scripts/campaign_multi.py --out out/campaign-multi --budget-s 500
+    python scripts/campaign_multi.py --only l1-ddp-lora-gc,l1-fsdp-full-gc --budget-s 220
+
+Each run is ``vramplan.trainer.measure_in_subprocess`` with ``setup.num_gpus = N``: a fresh
+``torchrun --standalone --nproc_per_node N`` launch of the worker (one process per GPU; the
+Trainer's DDP or accelerate's FSDP2 does all communication), a per-run timeout, and one merged
+record (per-GPU peaks = max over ranks, per-rank values in ``extra``) saved as
+``<out>/<gpu-id>/<run_id>.json``. Progress goes to ``<out>/campaign-progress.jsonl`` (a second
+call with the same ``--out`` resumes) and the summary to ``<out>/campaign-summary.txt``.
+The driver never imports torch. ZeRO-2/3 are not in the grid: DeepSpeed is not installed on the
+GPU machines and the built-in trainer does not drive it.
+
+On the device tool: ``bash scripts/device_campaign_multi.sh --budget-s 500`` (packs the output
+into ``$OUT/campaign-multi.tgz``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+for path in (ROOT, ROOT / "scripts"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import campaign as single  # (scripts/campaign.py: helpers shared with the 1-GPU campaign)
+
+from vramplan.trainer.errors import MeasurementError
+from vramplan.trainer.worker import default_checkpoint_cache, measure_in_subprocess
+
+RunSpec = single.RunSpec
+GIB = 2**30
+L1, L3, L8, Q7 = single.L1, single.L3, single.L8, single.Q7
+
+
+def _multi(spec: RunSpec, parallel: str, num_gpus: int) -> RunSpec:
+    return replace(spec, setup=spec.setup.model_copy(update={"parallel": parallel, "num_gpus": num_gpus}))
+
+
+def multi_grid(num_gpus: int = 2) -> list[RunSpec]:
+    """Issue 5 item 6 (M9.1): DDP LoRA and FSDP full fine-tuning, most important first.
+    Defaults as the 1-GPU grid: seq 2048, batch 1 per GPU, rank 16 all-linear, adamw_torch_fused,
+    bf16 weights, sdpa; every run with gradient checkpointing."""
+    ddp = lambda s: _multi(s, "ddp", num_gpus)
+    fsdp = lambda s: _multi(s, "fsdp", num_gpus)
+    return [
+        ddp(single.lora("l1-ddp-lora-gc", L1, "DDP LoRA 1B", grad_ckpt=True)),
+        fsdp(single.full("l1-fsdp-full-gc", L1, "FSDP2 full FT 1B (fp32 sharded masters)", grad_ckpt=True)),
+        ddp(single.lora("l8-ddp-lora-gc", L8, "DDP LoRA 8B", grad_ckpt=True)),
+        fsdp(single.full("l8-fsdp-full-gc", L8, "FSDP2 full FT 8B", grad_ckpt=True)),
+        fsdp(single.full("l3-fsdp-full-gc", L3, "FSDP2 full FT 3B", grad_ckpt=True)),
+        ddp(single.qlora("q7-ddp-qlora-gc", Q7, "DDP QLoRA 7B (vocab 152k)", grad_ckpt=True)),
+    ]
+
+
+def settings(spec: RunSpec) -> str:
+    return single.settings(spec)  # specs.setup_label: names "2xddp"/"2xfsdp"
+
+
+def gpu_count() -> int | None:
+    """CUDA devices visible to this process, through NVML (no CUDA context); None if unknown."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        n = pynvml.nvmlDeviceGetCount()
+    except pynvml.NVMLError:
+        return None
+    count = 0
+    while count < n and single.nvml_device_index(count) is not None:
+        count += 1
+    return count
+
+
+def estimate_seconds(spec: RunSpec, params: int | None, *, first_qlora_of_model: bool) -> float:
+    """Rough wall time of one torchrun launch, for the budget guard: every rank is a new
+    interpreter (~17 s of imports on the H100 machine, in parallel), NCCL set-up ~5 s, then what
+    a 1-GPU run of the same model costs (``campaign.estimate_seconds`` as a new interpreter)."""
+    one = single.estimate_seconds(spec, params, first_qlora_of_model=first_qlora_of_model, forked=False)
+    return one + 5.0
+
+
+def summary_lines(grid: list[RunSpec], progress: dict[str, dict[str, Any]]) -> list[str]:
+    lines = single.summary_lines(grid, progress)
+    for name, e in progress.items():
+        ranks = e.get("per_rank")
+        if ranks:
+            lines.append(f"    {name}: " + "; ".join(ranks))
+    return lines
+
+
+def entry_from_run(spec: RunSpec, run, record: Path, wall_s: float) -> dict[str, Any]:
+    entry = single.entry_from_run(spec, run, record, wall_s, None)
+    entry["settings"] = settings(spec)
+    x = run.extra
+    entry["per_rank"] = [
+        f"rank{r} alloc {single._gib(x.get(f'rank{r}_max_allocated_bytes'))} "
+        f"resv {single._gib(x.get(f'rank{r}_max_reserved_bytes'))} "
+        f"device {single._gib(x.get(f'rank{r}_device_peak_bytes'))} GiB"
+        for r in range(run.environment.num_gpus)
+    ]
+    entry["engine"] = x.get("trainer_wrapped_model")
+    return entry
+
+
+def select(grid: list[RunSpec], only: str | None) -> list[RunSpec]:
+    if not only:
+        return grid
+    patterns = [p.strip() for p in only.split(",") if p.strip()]
+    unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(r.name, p) for r in grid)]
+    if unknown:
+        raise SystemExit(f"--only: no run named {', '.join(unknown)} (see --list)")
+    return [r for r in grid if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "campaign-multi")
+    parser.add_argument("--num-gpus", type=int, default=2)
+    parser.add_argument("--only", help="comma list of run names or globs")
+    parser.add_argument("--budget-s", type=float, default=None, help="stop starting runs after this many seconds")
+    parser.add_argument("--timeout-s", type=float, default=240.0, help="per run (the whole torchrun launch)")
+    parser.add_argument("--steps", type=int, default=None, help="override the optimizer steps of every run")
+    parser.add_argument("--checkpoint-cache", type=Path, default=None, help="QLoRA random checkpoints")
+    parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed or timed out")
+    parser.add_argument("--list", action="store_true", help="print the selected grid and exit")
+    args = parser.parse_args(argv)
+
+    grid = multi_grid(args.num_gpus)
+    chosen = select(grid, args.only)
+    if args.list:
+        for r in chosen:
+            print(f"{grid.index(r):>3} {r.name:<20} {r.model:<16} {settings(r):<64} {r.why}")
+        return 0
+
+    t0 = time.monotonic()
+    gpu, count = single.gpu_info(), gpu_count()
+    print(f"gpu: {gpu or 'none'} x {count}; out: {args.out}", flush=True)
+    if count is not None and count < args.num_gpus:
+        print(f"error: {args.num_gpus} GPUs needed, {count} visible", file=sys.stderr)
+        return 2
+    out: Path = args.out
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    progress_path = out / "campaign-progress.jsonl"
+    progress = single.load_progress(progress_path)
+    cache = args.checkpoint_cache or default_checkpoint_cache()
+    done_status = {"ok", "oom", "skipped"} | (set() if args.retry_failed else {"failed", "timeout"})
+    todo = [r for r in chosen if progress.get(r.name, {}).get("status") not in done_status]
+    params = single.cached_param_counts(out / "params.json", sorted({r.model for r in todo})) if todo else {}
+    last_qlora_use = {r.model: i for i, r in enumerate(todo) if r.setup.method == "qlora"}
+    print(f"{len(todo)} runs to do ({len(chosen) - len(todo)} already done)", flush=True)
+
+    stopped = None
+    qlora_seen: set[str] = set()
+    try:
+        for i, spec in enumerate(todo):
+            first_qlora = spec.setup.method == "qlora" and spec.model not in qlora_seen
+            if spec.setup.method == "qlora":
+                qlora_seen.add(spec.model)
+            expected = estimate_seconds(spec, params.get(spec.model), first_qlora_of_model=first_qlora)
+            left = None if args.budget_s is None else args.budget_s - (time.monotonic() - t0)
+            if left is not None and left < max(20.0, 1.2 * expected):
+                stopped = f"budget of {args.budget_s:.0f} s reached; {len(todo) - i} runs left"
+                break
+            base = {"name": spec.name, "model": spec.model, "settings": settings(spec)}
+            timeout, budget_bound = args.timeout_s, False
+            if left is not None and left < timeout:
+                timeout, budget_bound = max(left, 1.0), True
+            print(f"[{i + 1}/{len(todo)}] {spec.name}: {spec.model} {settings(spec)}", flush=True)
+            started = time.monotonic()
+            try:
+                run = measure_in_subprocess(
+                    spec.model,
+                    spec.setup,
+                    args.steps or spec.steps,
+                    checkpoint_cache=cache,
+                    runs_dir=out,
+                    timeout_s=timeout,
+                    notes=f"campaign issue5 multi-GPU: {spec.name}",
+                    progress=lambda msg: print(f"    {msg}", flush=True),
+                    log_path=out / "logs" / f"{spec.name}.log",
+                )
+                entry = entry_from_run(spec, run, single._record_path(out, run), time.monotonic() - started)
+            except MeasurementError as exc:
+                timed_out = "timed out" in str(exc)
+                status = "budget" if timed_out and budget_bound else "timeout" if timed_out else "failed"
+                entry = {
+                    **base,
+                    "status": status,
+                    "error": str(exc).splitlines()[0][:300],
+                    "wall_s": round(time.monotonic() - started, 1),
+                }
+            single.append_progress(progress_path, entry)
+            progress[spec.name] = entry
+            print(f"    -> {entry['status']}" + (f": {entry['error']}" if entry.get("error") else ""), flush=True)
+            for line in entry.get("per_rank") or ():
+                print(f"       {line}", flush=True)
+            if spec.setup.method == "qlora" and last_qlora_use.get(spec.model) == i:
+                single._drop_checkpoints(cache, spec.model)
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    finally:
+        lines = summary_lines(grid, progress)
+        if stopped:
+            lines.append(f"stopped: {stopped}")
+        lines.append(f"wall time this call: {time.monotonic() - t0:.0f} s")
+        text = "\n".join(lines) + "\n"
+        (out / "campaign-summary.txt").write_text(text, encoding="utf-8")
+        print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
