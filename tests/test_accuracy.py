@@ -12,7 +12,9 @@ from vramplan.models import resolve_model
 from vramplan.runs import load_runs, shipped_runs_dir
 from vramplan.validation import validate
 
-RUNS = load_runs([shipped_runs_dir()])
+# single-GPU runs: the multi-GPU (DDP/FSDP, H200) records hold NCCL buffers, DDP gradient buckets
+# and FSDP shards that these single-GPU targets do not cover (calibration.usable_runs leaves them out)
+RUNS = [r for r in load_runs([shipped_runs_dir()]) if r.environment.num_gpus == 1]
 LOO = leave_one_out(RUNS)
 
 

@@ -36,7 +36,13 @@ BOUNDS: dict[str, tuple[float, float]] = {
 
 
 def usable_runs(runs: list[MeasuredRun]) -> list[MeasuredRun]:
-    """Runs with a measured peak: not OOM, not capped, measured on a GPU."""
+    """Runs with a measured peak: not OOM, not capped, measured on one GPU.
+
+    Multi-GPU runs (``environment.num_gpus > 1``) are left out of the fit: the constants here
+    are single-process allocator constants, while DDP/FSDP runs add NCCL buffers and FSDP's
+    gather/reduce-scatter segments (their reserved-allocated gap is several times a 1-GPU run's,
+    and ``_safe_fraction`` would raise the fragmentation of every estimate to cover them).
+    ``validation.validate`` still compares them."""
     return [
         r
         for r in runs
@@ -44,6 +50,7 @@ def usable_runs(runs: list[MeasuredRun]) -> list[MeasuredRun]:
         and r.measurements.memory_cap_bytes is None
         and r.measurements.max_allocated_bytes
         and r.measurements.max_reserved_bytes
+        and r.environment.num_gpus == 1
     ]
 
 
