@@ -1,0 +1,218 @@
+"""The what-if page: its helpers (vramplan.whatif) and the page itself driven by Streamlit's AppTest."""
+
+import json
+import subprocess
+import sys
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from gpu_catalog import find_gpu, list_gpus
+from vramplan import whatif
+from vramplan.errors import ConfigError
+from vramplan.models import list_models
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+QLORA_4090 = whatif.Inputs()  # llama-3.1-8b, QLoRA r16, seq 2048, batch 1, checkpointing, rtx-4090
+FULL_4090 = QLORA_4090.with_(method="full")
+
+
+def catalog_config_bytes(name: str) -> bytes:
+    entry = next(m for m in list_models() if m.name == name)
+    return files("vramplan.models").joinpath("configs", entry.file).read_bytes()
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def test_chart_rows_add_up_to_the_device_peak():
+    m = whatif.shown_memory(whatif.estimate(QLORA_4090))
+    total_gib = sum(r["GiB"] for r in whatif.chart_rows(m))
+    assert total_gib * whatif.GIB == pytest.approx(m.device_peak_bytes, rel=1e-9)
+
+
+def test_chart_rows_are_grouped_weights_first_runtime_last():
+    groups = [r["group"] for r in whatif.chart_rows(whatif.shown_memory(whatif.estimate(FULL_4090)))]
+    assert groups == sorted(groups, key=whatif.GROUPS.index)
+    assert groups[0] == "weights" and groups[-1] == "runtime"
+
+
+def test_capacity_lines_are_usable_memory_after_headroom():
+    (line,) = whatif.capacity_lines(["rtx-4090", "rtx-4090"], 0.1)
+    assert line["GiB"] * whatif.GIB == pytest.approx(find_gpu("rtx-4090").memory_bytes * 0.9)
+
+
+def test_largest_batch_fits_and_one_more_does_not():
+    b = whatif.largest_batch(QLORA_4090)
+    assert b is not None and b >= 1
+    assert whatif.fits(QLORA_4090.with_(batch_size=b))
+    assert not whatif.fits(QLORA_4090.with_(batch_size=b + 1))
+
+
+def test_largest_seq_fits_and_one_more_token_does_not():
+    s = whatif.largest_seq(QLORA_4090)
+    assert s is not None and s > QLORA_4090.seq_len
+    assert whatif.fits(QLORA_4090.with_(seq_len=s))
+    assert not whatif.fits(QLORA_4090.with_(seq_len=s + 1))
+
+
+def test_largest_is_none_when_even_one_does_not_fit():
+    assert whatif.largest_batch(FULL_4090) is None
+    assert whatif.largest_seq(FULL_4090) is None
+
+
+def test_suggestions_for_a_setup_that_does_not_fit_save_memory_and_some_fit():
+    rows = whatif.suggestions(FULL_4090)
+    assert rows and all(s.saves_bytes > 0 for s in rows)
+    assert any(s.fits and "QLoRA" in s.change for s in rows)
+
+
+def test_gpu_table_has_every_catalog_gpu_fitting_ones_first():
+    rows = whatif.gpu_table(QLORA_4090)
+    assert sorted(r["gpu"] for r in rows) == sorted(g.id for g in list_gpus())
+    fit_flags = [r["fits"] for r in rows]
+    assert fit_flags == sorted(fit_flags, reverse=True)
+    assert next(r for r in rows if r["gpu"] == "rtx-4090")["fits"]
+
+
+def test_full_setup_drops_quant_and_single_gpu_drops_parallel():
+    setup = FULL_4090.with_(parallel="fsdp").setup()
+    assert setup.quant is None and setup.lora is None and setup.parallel is None
+
+
+def test_stage_upload_of_a_catalog_config_estimates_like_the_catalog_model():
+    path = whatif.stage_upload(catalog_config_bytes("llama-3.1-8b"), "config.json")
+    uploaded = whatif.estimate(QLORA_4090.with_(model=path))
+    assert uploaded.memory.device_peak_bytes == whatif.estimate(QLORA_4090).memory.device_peak_bytes
+
+
+def test_stage_upload_ignores_auto_map():
+    config = json.loads(catalog_config_bytes("llama-3.1-8b"))
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    path = whatif.stage_upload(json.dumps(config).encode(), "evil.json")
+    assert whatif.estimate(QLORA_4090.with_(model=path)).verdict.fits
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"model_type": "bert", "hidden_size": 768}', "unsupported model_type"),
+        (b'{"model_type": "llama"}', "missing required key"),
+        (b" " * (whatif.MAX_UPLOAD_BYTES + 1), "too large"),
+    ],
+)
+def test_stage_upload_rejects_bad_configs_with_one_line(data, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        whatif.stage_upload(data, "config.json")
+    assert "\n" not in str(err.value)
+
+
+def test_one_interaction_computes_in_under_200_ms():
+    """Everything the page computes for one changed input (fresh, not memoized), median of 3."""
+    times = []
+    for seq in (3000, 3001, 3002):
+        inputs = QLORA_4090.with_(seq_len=seq)
+        start = time.perf_counter()
+        whatif.estimate(inputs)
+        whatif.gpu_table(inputs)
+        whatif.largest_batch(inputs)
+        whatif.largest_seq(inputs)
+        whatif.suggestions(inputs)
+        times.append(time.perf_counter() - start)
+    assert sorted(times)[1] < 0.2
+
+
+# --- the page -------------------------------------------------------------------------------------
+
+streamlit_testing = pytest.importorskip("streamlit.testing.v1", reason="needs the [app] extra")
+
+
+@pytest.fixture
+def app():
+    return streamlit_testing.AppTest.from_file(APP, default_timeout=60).run()
+
+
+def verdicts(at) -> list[str]:
+    return [a.value for a in [*at.success, *at.error] if a.value.startswith(("**Fits**", "**Does not fit**"))]
+
+
+def test_page_opens_on_a_fitting_qlora_setup(app):
+    assert not app.exception
+    assert app.success[0].value.startswith("**Fits** on rtx-4090")
+    assert not app.error
+
+
+def test_switching_qlora_to_full_flips_the_verdict_on_rtx_4090(app):
+    assert verdicts(app)[0].startswith("**Fits**")
+    app.radio(key="method").set_value("full").run()
+    assert not app.exception
+    assert verdicts(app)[0].startswith("**Does not fit** on rtx-4090")
+    assert any(m.value == "what would make it fit" for m in app.subheader)
+
+
+def test_a_bigger_gpu_makes_full_fine_tuning_fit(app):
+    app.radio(key="method").set_value("full")
+    app.selectbox(key="gpu").set_value("h200").run()
+    assert verdicts(app)[0].startswith("**Fits** on h200")
+
+
+def test_invalid_config_upload_shows_an_error_not_a_traceback(app):
+    app.radio(key="model_source").set_value("config.json").run()
+    app.file_uploader(key="upload").set_value(("config.json", b"{not json", "application/json")).run()
+    assert not app.exception
+    assert "cannot use config.json" in app.error[0].value and "not valid JSON" in app.error[0].value
+
+
+def test_uploaded_config_is_estimated(app):
+    app.radio(key="model_source").set_value("config.json").run()
+    app.file_uploader(key="upload").set_value(("config.json", catalog_config_bytes("qwen2.5-7b"), "application/json"))
+    app.run()
+    assert not app.exception and not app.error
+    assert verdicts(app)[0].startswith("**Fits** on rtx-4090")
+
+
+def test_lora_targets_that_match_nothing_show_the_message(app):
+    app.text_input(key="lora_targets").input("nonexistent_proj").run()
+    assert not app.exception
+    assert "nonexistent_proj" in app.error[0].value
+
+
+def test_multi_gpu_shows_an_estimate_or_a_one_line_message(app):
+    app.number_input(key="num_gpus").set_value(2).run()
+    app.selectbox(key="parallel").set_value("fsdp").run()
+    assert not app.exception
+    assert verdicts(app) or (app.error and "\n" not in app.error[0].value)
+
+
+def test_gpu_table_lists_the_catalog(app):
+    table = app.dataframe[0].value
+    assert len(table) == len(list_gpus()) and {"gpu", "fits", "headroom GiB"} <= set(table.columns)
+
+
+def test_accuracy_panel_shows_every_shipped_run_and_the_median_of_its_table(app):
+    table = app.dataframe[1].value
+    assert len(table) >= 40  # 58 shipped runs, less the OOM and capped ones
+    device = next(m for m in app.metric if m.label.startswith("device: median |error|"))
+    assert device.label == f"device: median |error| ({len(table)} runs)"
+    assert float(device.value.rstrip("%")) == pytest.approx(table["device error %"].abs().median(), abs=0.1)
+
+
+def test_largest_batch_and_sequence_are_shown(app):
+    shown = {m.label: m.value for m in app.metric}
+    assert shown["micro-batch at seq 2048"] == str(whatif.largest_batch(QLORA_4090))
+    assert shown["sequence length at batch 1"] == f"{whatif.largest_seq(QLORA_4090):,}"
+
+
+def test_the_page_never_imports_torch():
+    code = (
+        "import sys; from streamlit.testing.v1 import AppTest; "
+        f"at = AppTest.from_file({APP!r}, default_timeout=60).run(); "
+        "assert not at.exception; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
