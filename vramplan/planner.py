@@ -134,9 +134,11 @@ def plan(
     _check_plan_args(gpus, max_gpus, total_tokens, sort)
     calibration = calibration or _default_calibration()
     base = _with(setup, num_gpus=1, parallel=None)
-    estimate(model, base, gpus[0], headroom=headroom, calibration=calibration)  # bad setups raise here
+    first = estimate(model, base, gpus[0], headroom=headroom, calibration=calibration)  # bad setups raise here
     work, constants = step_work(model, base), throughput_constants()
-    memo: dict[tuple[int, int, str], MemoryBreakdown | None] = {}
+    memo: dict[tuple[int, int, str], MemoryBreakdown | None] = {
+        (workspace_bytes(gpus[0].compute_capability), 1, SINGLE): _shown(first)
+    }
     options, skipped = [], set()
     for gpu in gpus:
         usable = int(gpu.memory_bytes * (1.0 - headroom))

@@ -21,6 +21,7 @@ CPU offload (FSDP CPUOffloadPolicy, ZeRO offload_optimizer/offload_param) is not
 """
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from ..errors import VramplanError
 from ..models.params import linear_shapes, moe_layers, param_counts
@@ -184,11 +185,14 @@ def _as_bf16(role: str, nbytes: int, setup: TrainingSetup) -> int:
     return nbytes // 2 if fp32_role else nbytes
 
 
+# shape facts are cached per model (ModelSpec is frozen and hashable): a plan asks for them hundreds of times
+@lru_cache(maxsize=64)
 def packed_4bit_bytes(model: ModelSpec) -> int:
     """The packed uint8 data of every quantized nn.Linear (ceil(n/2) bytes each, allocator blocks)."""
     return sum(s.count * block_bytes(-(-(s.in_features * s.out_features) // 2)) for s in linear_shapes(model) if s.role != "lm_head")
 
 
+@lru_cache(maxsize=64)
 def layer_params(model: ModelSpec) -> int:
     """Parameters of the largest decoder layer (FSDP's unit: transformers `_no_split_modules`)."""
     counts = param_counts(model)
@@ -216,8 +220,7 @@ def fsdp_unit_bytes(model: ModelSpec, setup: TrainingSetup) -> tuple[int, int, i
     layer = layer_params(model)
     layer_bytes = layer * BF16
     if setup.method == "qlora":
-        quantized = sum(s.in_features * s.out_features for s in linear_shapes(model) if s.role in ("attention", "mlp", "shared_expert"))
-        quantized = min(quantized, layer)  # dense layers of a MoE model
+        quantized = _quantized_layer_params(model)
         layer_bytes = (layer - quantized) * BF16 + -(-quantized // 2)
     vh = model.vocab_size * model.hidden_size
     tail = (vh + model.hidden_size) * BF16
@@ -225,6 +228,15 @@ def fsdp_unit_bytes(model: ModelSpec, setup: TrainingSetup) -> tuple[int, int, i
     return block_bytes(layer_bytes), block_bytes(tail), block_bytes(embed)
 
 
+@lru_cache(maxsize=64)
+def _quantized_layer_params(model: ModelSpec) -> int:
+    """Weight elements of one layer's quantized nn.Linear modules (at most the largest layer's parameters)."""
+    roles = ("attention", "mlp", "shared_expert")
+    quantized = sum(s.in_features * s.out_features for s in linear_shapes(model) if s.role in roles)
+    return min(quantized, layer_params(model))
+
+
+@lru_cache(maxsize=64)
 def largest_module_params(model: ModelSpec) -> int:
     """DeepSpeed's largest_layer_params: the most parameters one module holds directly (embeddings,
     lm_head, the largest Linear, or a MoE layer's fused experts module)."""
