@@ -8,7 +8,6 @@ A thin page: every number comes from `vramplan.whatif`, which calls the public A
 
 import time
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -82,6 +81,15 @@ def sidebar() -> tuple[whatif.Inputs | None, str | None, list[str]]:
     parallel = sb.selectbox("parallel strategy", PARALLELS, key="parallel", disabled=num_gpus == 1, help="--parallel")
     headroom = sb.slider("headroom", 0.0, 0.5, D.headroom, 0.01, key="headroom", help="--headroom: fraction kept free")
     compare = sb.multiselect("lines on the chart for", list(gpus), COMPARE_DEFAULT, key="compare")
+
+    sb.header("plan")
+    max_gpus = sb.number_input("most GPUs per option", 1, MAX_GPUS, D.max_gpus, key="max_gpus", help="--max-gpus")
+    tokens = sb.number_input("dataset tokens", 1, None, None, 1_000_000, key="dataset_tokens", placeholder="for time and cost",
+                             help="--dataset-tokens: tokens per epoch")  # fmt: skip
+    examples = sb.number_input("dataset examples", 1, None, None, 1000, key="dataset_examples", placeholder="or examples",
+                               help="--dataset-examples: examples per epoch, seq-len tokens each")  # fmt: skip
+    epochs = sb.number_input("epochs", 0.0, None, None, 1.0, key="epochs", placeholder="1", help="--epochs")
+    sort = sb.radio("rank options by", ["cost", "time", "memory"], horizontal=True, key="sort", help="--sort")
     if model is None:
         return None, problem, []
     inputs = whatif.Inputs(
@@ -89,22 +97,29 @@ def sidebar() -> tuple[whatif.Inputs | None, str | None, list[str]]:
         lora_targets=targets, quant=quant, double_quant=double_quant, seq_len=int(seq_len), batch_size=int(batch),
         grad_accum=int(accum), grad_ckpt=grad_ckpt, optimizer=optimizer, dtype=dtype, attn=attn,
         expandable_segments=expandable, stack=stack, num_gpus=int(num_gpus), parallel=parallel, gpu=gpu,
-        headroom=float(headroom),
+        headroom=float(headroom), max_gpus=int(max_gpus), dataset_tokens=None if tokens is None else int(tokens),
+        dataset_examples=None if examples is None else int(examples), epochs=epochs, sort=sort,
     )  # fmt: skip
     return inputs, None, [gpu, *compare]
 
 
-def verdict(e) -> None:
+def where(inputs: whatif.Inputs) -> str:
+    """'rtx-4090' or '4× h100-sxm (fsdp)'."""
+    return inputs.gpu if inputs.num_gpus == 1 else f"{inputs.num_gpus}× {inputs.gpu} ({inputs.parallel})"
+
+
+def verdict(e, inputs: whatif.Inputs) -> None:
     v, m = e.verdict, whatif.shown_memory(e)
+    per_gpu = "" if inputs.num_gpus == 1 else " per GPU"
     if v.fits:
-        st.success(f"**Fits** on {v.gpu} ({v.gpu_name}): device peak {gib(m.device_peak_bytes)} of "
+        st.success(f"**Fits** on {where(inputs)}, {v.gpu_name}: device peak{per_gpu} {gib(m.device_peak_bytes)} of "
                    f"{gib(v.usable_bytes)} usable, {gib(v.headroom_bytes)} headroom")  # fmt: skip
     else:
-        st.error(f"**Does not fit** on {v.gpu} ({v.gpu_name}): device peak {gib(m.device_peak_bytes)} > "
+        st.error(f"**Does not fit** on {where(inputs)}, {v.gpu_name}: device peak{per_gpu} {gib(m.device_peak_bytes)} > "
                  f"{gib(v.usable_bytes)} usable, short by {gib(m.device_peak_bytes - v.usable_bytes)}")  # fmt: skip
     cols = st.columns(4)
     raw = e.memory.device_peak_bytes
-    cols[0].metric("device peak (nvidia-smi)", gib(m.device_peak_bytes), help=f"raw model {gib(raw)}; "
+    cols[0].metric(f"device peak{per_gpu} (nvidia-smi)", gib(m.device_peak_bytes), help=f"raw model {gib(raw)}; "
                    f"calibration {e.calibration_version or 'none'}")  # fmt: skip
     cols[1].metric("peak reserved", gib(m.peak_reserved_bytes), help="torch max_memory_reserved()")
     cols[2].metric("peak allocated", gib(m.peak_allocated_bytes), help="torch max_memory_allocated()")
@@ -123,6 +138,7 @@ PALETTES = {
     "activations & transients": ["#7f2704", "#d94801", "#fd8d3c", "#fdae6b", "#fdd0a2", "#a50f15", "#ef3b2c"],
     "runtime": ["#525252", "#969696", "#bdbdbd", "#d9d9d9"],
 }
+LINE_COLOR = "#cb181d"
 
 
 def term_colors(rows: list[dict]) -> tuple[list[str], list[str]]:
@@ -136,54 +152,102 @@ def term_colors(rows: list[dict]) -> tuple[list[str], list[str]]:
     return [r["term"] for r in rows], colors
 
 
-def memory_chart(e, gpu_ids: list[str], headroom: float) -> alt.LayerChart:
-    """One stacked bar (the breakdown at the peak, up to the device peak) and a dashed line per GPU
-    at its usable memory; labels alternate above and below their line so neighbours stay legible."""
+def memory_chart(e, gpu_ids: list[str], headroom: float) -> dict:
+    """Vega-Lite: one stacked bar (the breakdown at the peak, up to the device peak) and a dashed line
+    per GPU at its usable memory; labels alternate above and below their line so neighbours stay legible.
+    A plain spec, not altair: building and validating an altair chart costs ~80 ms per rerun."""
     m = whatif.shown_memory(e)
     rows = whatif.chart_rows(m)
     terms, colors = term_colors(rows)
-    bars = pd.DataFrame(rows).assign(bar="device peak")
-    lines = pd.DataFrame(whatif.capacity_lines(gpu_ids, headroom))
-    bar = (
-        alt.Chart(bars)
-        .mark_bar(size=110)
-        .encode(
-            x=alt.X("bar:N", title=f"breakdown at the peak phase: {m.peak_phase}", axis=alt.Axis(labels=False, ticks=False)),
-            y=alt.Y("sum(GiB):Q", title="GiB on the GPU", stack="zero"),
-            color=alt.Color("term:N", title="memory term", sort=terms, scale=alt.Scale(domain=terms, range=colors)),
-            order=alt.Order("order:Q"),
-            tooltip=["term:N", "group:N", alt.Tooltip("GiB:Q", format=".2f")],
-        )
-    )
-    rule = alt.Chart(lines).mark_rule(strokeDash=[6, 4], strokeWidth=2, color="#cb181d").encode(y="GiB:Q", tooltip=["label:N"])
-    layers = [bar, rule]
-    for parity, dy in ((0, -7), (1, 12)):
-        text = alt.Chart(lines.iloc[parity::2]).mark_text(align="left", dx=4, dy=dy, color="#cb181d", fontWeight="bold")
-        layers.append(text.encode(y="GiB:Q", x=alt.value(0), text="label:N"))
-    return alt.layer(*layers).properties(height=440)
+    lines = whatif.capacity_lines(gpu_ids, headroom)
+    gib_axis = {"field": "GiB", "type": "quantitative"}
+    bar = {
+        "data": {"values": [{**r, "bar": "device peak"} for r in rows]},
+        "mark": {"type": "bar", "size": 110},
+        "encoding": {
+            "x": {"field": "bar", "type": "nominal", "title": f"breakdown at the peak phase: {m.peak_phase}",
+                  "axis": {"labels": False, "ticks": False}},  # fmt: skip
+            "y": {**gib_axis, "aggregate": "sum", "stack": "zero", "title": "GiB on the GPU"},
+            "color": {"field": "term", "type": "nominal", "title": "memory term", "sort": terms,
+                      "scale": {"domain": terms, "range": colors}},  # fmt: skip
+            "order": {"field": "order", "type": "quantitative"},
+            "tooltip": [{"field": "term"}, {"field": "group"}, {**gib_axis, "format": ".2f"}],
+        },
+    }
+    rule = {
+        "data": {"values": lines},
+        "mark": {"type": "rule", "strokeDash": [6, 4], "strokeWidth": 2, "color": LINE_COLOR},
+        "encoding": {"y": gib_axis, "tooltip": [{"field": "label"}]},
+    }
+    labels = [
+        {
+            "data": {"values": lines[parity::2]},
+            "mark": {"type": "text", "align": "left", "dx": 4, "dy": dy, "color": LINE_COLOR, "fontWeight": "bold"},
+            "encoding": {"y": gib_axis, "x": {"value": 0}, "text": {"field": "label"}},
+        }
+        for parity, dy in ((0, -7), (1, 12))
+    ]
+    return {"height": 440, "layer": [bar, rule, *labels]}
 
 
-def fit_panel(inputs: whatif.Inputs) -> None:
-    st.subheader(f"largest that fit on {inputs.gpu}")
-    batch, seq = whatif.largest_batch(inputs), whatif.largest_seq(inputs)
-    st.metric(f"micro-batch at seq {inputs.seq_len}", "none" if batch is None else f"{batch}")
-    st.metric(f"sequence length at batch {inputs.batch_size}", "none" if seq is None else f"{seq:,}")
-    if not whatif.fits(inputs):
+def accuracy_chart(rows: list[dict]) -> dict:
+    """Vega-Lite scatter of predicted vs measured device peak, with the y = x diagonal."""
+    top = max((r["measured device GiB"] or 0 for r in rows), default=1)
+    x = {"field": "measured device GiB", "type": "quantitative"}
+    y = {"field": "predicted device GiB", "type": "quantitative"}
+    diagonal = {
+        "data": {"values": [{"measured device GiB": 0, "predicted device GiB": 0},
+                            {"measured device GiB": top, "predicted device GiB": top}]},  # fmt: skip
+        "mark": {"type": "line", "color": "gray", "strokeDash": [4, 4]},
+        "encoding": {"x": x, "y": y},
+    }
+    dots = {
+        "data": {"values": rows},
+        "mark": {"type": "circle", "size": 60},
+        "encoding": {"x": x, "y": y, "color": {"field": "model", "type": "nominal"},
+                     "tooltip": [{"field": "model"}, {"field": "setup"}, {"field": "device error %"}]},  # fmt: skip
+    }
+    return {"height": 380, "layer": [diagonal, dots]}
+
+
+def fit_panel(inputs: whatif.Inputs, fits: bool) -> None:
+    st.subheader(f"largest that fit on {where(inputs)}")
+    for solve, label in (("batch-size", f"micro-batch at seq {inputs.seq_len}"),
+                         ("seq-len", f"sequence length at batch {inputs.batch_size}")):  # fmt: skip
+        r = whatif.largest(inputs, solve)
+        value = "none" if r.value is None else f"{r.value:,}"
+        st.metric(label, value, help="the search limit (max_position_embeddings)" if r.value == r.limit else None)
+    if not fits:
         st.subheader("what would make it fit")
         rows = whatif.suggestions(inputs)
         if not rows:
             st.write("no single change saves memory; try a GPU with more memory")
-        st.markdown("\n".join(f"- {s.change}: saves {gib(s.saves_bytes)}" + (" — **fits**" if s.fits else "") for s in rows))
+        st.markdown("\n".join(f"- `{s.change}`: saves {gib(s.saves_bytes)}" + (" — **fits**" if s.fits else "") for s in rows))
 
 
-def gpu_table(inputs: whatif.Inputs) -> None:
-    st.subheader("every catalog GPU")
-    st.dataframe(
-        pd.DataFrame(whatif.gpu_table(inputs)),
-        hide_index=True,
-        column_config={"fits": st.column_config.CheckboxColumn("fits"),
-                       "$/GPU-hour": st.column_config.NumberColumn("$/GPU-hour", format="$%.2f")},  # fmt: skip
-    )
+PLAN_COLUMNS = {
+    "fits": st.column_config.CheckboxColumn("fits"),
+    "$/GPU-hour": st.column_config.NumberColumn("$/GPU-hour", format="$%.2f"),
+    "cost $": st.column_config.NumberColumn("cost", format="$%.2f"),
+}
+
+
+def plan_table(rows: list[dict], drop: tuple[str, ...] = ()) -> None:
+    """A plan table without the given columns and without columns that are empty in every row
+    (time and cost without a dataset size, `why not` when everything fits)."""
+    empty = {"time h", "cost $", "why not"} & {k for k in (rows[0] if rows else {}) if all(r[k] is None for r in rows)}
+    table = pd.DataFrame(rows).drop(columns=[*drop, *empty], errors="ignore")
+    st.dataframe(table, hide_index=True, column_config=PLAN_COLUMNS)
+
+
+def plan_tables(inputs: whatif.Inputs) -> None:
+    count = "one GPU" if inputs.num_gpus == 1 else f"{inputs.num_gpus} GPUs, {inputs.parallel}"
+    st.subheader(f"every catalog GPU ({count})")
+    if inputs.dataset_tokens is None and inputs.dataset_examples is None:
+        st.caption("give a dataset size in the sidebar for training time and cost")
+    plan_table(whatif.gpu_table(inputs), drop=("GPUs", "parallel", "why not"))
+    st.subheader(f"best options, 1 to {max(inputs.max_gpus, inputs.num_gpus)} GPUs, by {inputs.sort}")
+    plan_table(whatif.best_options(inputs))
 
 
 def accuracy_panel() -> None:
@@ -199,14 +263,8 @@ def accuracy_panel() -> None:
                        f"worst {s['worst_abs']:.1%}, worst under {min(s['worst_under'], 0.0):+.1%}",
                        delta_color="off")  # fmt: skip
     with st.expander(f"predicted vs measured, all {len(acc.rows)} runs"):
-        df = pd.DataFrame(acc.rows)
-        diag = alt.Chart(pd.DataFrame({"GiB": [0, float(df["measured device GiB"].max() or 1)]})).mark_line(
-            color="gray", strokeDash=[4, 4]).encode(x=alt.X("GiB:Q", title="measured device GiB"), y=alt.Y("GiB:Q", title="predicted device GiB"))  # fmt: skip
-        dots = alt.Chart(df).mark_circle(size=60).encode(
-            x=alt.X("measured device GiB:Q"), y=alt.Y("predicted device GiB:Q"), color="model:N",
-            tooltip=["model", "setup", "device error %"])  # fmt: skip
-        st.altair_chart(diag + dots, width="stretch")
-        st.dataframe(df, hide_index=True)
+        st.vega_lite_chart(spec=accuracy_chart(acc.rows), width="stretch")
+        st.dataframe(pd.DataFrame(acc.rows), hide_index=True)
         if acc.skipped:
             st.caption("skipped: " + "; ".join(f"{r} ({why})" for r, why in acc.skipped))
 
@@ -222,12 +280,12 @@ def main() -> None:
         else:
             e = whatif.estimate(inputs)
             st.caption(f"{e.model} · {e.method} · calibrated with {e.calibration_version or 'no calibration'}")
-            verdict(e)
+            verdict(e, inputs)
             left, right = st.columns([3, 2])
-            left.altair_chart(memory_chart(e, chart_gpus, inputs.headroom), width="stretch")
+            left.vega_lite_chart(spec=memory_chart(e, chart_gpus, inputs.headroom), width="stretch")
             with right:
-                fit_panel(inputs)
-            gpu_table(inputs)
+                fit_panel(inputs, e.verdict.fits)
+            plan_tables(inputs)
             with st.expander("assumptions"):
                 st.markdown("\n".join(f"- {a}" for a in e.assumptions))
             st.caption(f"updated in {1000 * (time.perf_counter() - started):.0f} ms")

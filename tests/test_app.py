@@ -45,37 +45,58 @@ def test_capacity_lines_are_usable_memory_after_headroom():
     assert line["GiB"] * whatif.GIB == pytest.approx(find_gpu("rtx-4090").memory_bytes * 0.9)
 
 
-def test_largest_batch_fits_and_one_more_does_not():
-    b = whatif.largest_batch(QLORA_4090)
-    assert b is not None and b >= 1
-    assert whatif.fits(QLORA_4090.with_(batch_size=b))
-    assert not whatif.fits(QLORA_4090.with_(batch_size=b + 1))
+def fits(inputs: whatif.Inputs) -> bool:
+    return whatif.estimate(inputs).verdict.fits
 
 
-def test_largest_seq_fits_and_one_more_token_does_not():
-    s = whatif.largest_seq(QLORA_4090)
-    assert s is not None and s > QLORA_4090.seq_len
-    assert whatif.fits(QLORA_4090.with_(seq_len=s))
-    assert not whatif.fits(QLORA_4090.with_(seq_len=s + 1))
+@pytest.mark.parametrize(("solve", "field"), [("batch-size", "batch_size"), ("seq-len", "seq_len")])
+def test_largest_value_fits_and_one_more_does_not(solve, field):
+    value = whatif.largest(QLORA_4090, solve).value
+    assert value is not None and value >= getattr(QLORA_4090, field)
+    assert fits(QLORA_4090.with_(**{field: value}))
+    assert not fits(QLORA_4090.with_(**{field: value + 1}))
 
 
 def test_largest_is_none_when_even_one_does_not_fit():
-    assert whatif.largest_batch(FULL_4090) is None
-    assert whatif.largest_seq(FULL_4090) is None
+    assert whatif.largest(FULL_4090, "batch-size").value is None
+    assert whatif.largest(FULL_4090, "seq-len").value is None
 
 
-def test_suggestions_for_a_setup_that_does_not_fit_save_memory_and_some_fit():
+def test_suggestions_for_a_setup_that_does_not_fit_save_memory_and_qlora_fits():
     rows = whatif.suggestions(FULL_4090)
     assert rows and all(s.saves_bytes > 0 for s in rows)
-    assert any(s.fits and "QLoRA" in s.change for s in rows)
+    assert any(s.fits and "qlora" in s.change for s in rows)
 
 
-def test_gpu_table_has_every_catalog_gpu_fitting_ones_first():
+def test_no_suggestions_when_the_setup_fits():
+    assert whatif.suggestions(QLORA_4090) == ()
+
+
+def test_gpu_table_has_every_catalog_gpu_at_the_setups_count_fitting_ones_first():
     rows = whatif.gpu_table(QLORA_4090)
     assert sorted(r["gpu"] for r in rows) == sorted(g.id for g in list_gpus())
+    assert {(r["GPUs"], r["parallel"]) for r in rows} == {(1, "none")}
     fit_flags = [r["fits"] for r in rows]
     assert fit_flags == sorted(fit_flags, reverse=True)
     assert next(r for r in rows if r["gpu"] == "rtx-4090")["fits"]
+
+
+def test_gpu_table_of_a_multi_gpu_setup_is_at_that_count_and_strategy():
+    rows = whatif.gpu_table(FULL_4090.with_(num_gpus=4, parallel="fsdp"))
+    assert rows and {(r["GPUs"], r["parallel"]) for r in rows} == {(4, "fsdp")}
+
+
+def test_a_dataset_size_gives_time_and_cost():
+    row = whatif.gpu_table(QLORA_4090.with_(dataset_tokens=10**8))[0]
+    assert row["time h"] > 0 and (row["cost $"] is None or row["cost $"] > 0)
+    assert whatif.gpu_table(QLORA_4090)[0]["time h"] is None
+
+
+def test_best_options_span_gpu_counts_and_fit_first():
+    rows = whatif.best_options(FULL_4090, limit=200)
+    assert {r["GPUs"] for r in rows} > {1}
+    fit_flags = [r["fits"] for r in rows]
+    assert fit_flags == sorted(fit_flags, reverse=True)
 
 
 def test_full_setup_drops_quant_and_single_gpu_drops_parallel():
@@ -117,12 +138,14 @@ def test_one_interaction_computes_in_under_200_ms():
     """Everything the page computes for one changed input (fresh, not memoized), median of 3."""
     times = []
     for seq in (3000, 3001, 3002):
-        inputs = QLORA_4090.with_(seq_len=seq)
+        inputs = FULL_4090.with_(seq_len=seq)
         start = time.perf_counter()
         whatif.estimate(inputs)
+        whatif.chart_rows(whatif.shown_memory(whatif.estimate(inputs)))
         whatif.gpu_table(inputs)
-        whatif.largest_batch(inputs)
-        whatif.largest_seq(inputs)
+        whatif.best_options(inputs)
+        whatif.largest(inputs, "batch-size")
+        whatif.largest(inputs, "seq-len")
         whatif.suggestions(inputs)
         times.append(time.perf_counter() - start)
     assert sorted(times)[1] < 0.2
@@ -146,6 +169,7 @@ def test_page_opens_on_a_fitting_qlora_setup(app):
     assert not app.exception
     assert app.success[0].value.startswith("**Fits** on rtx-4090")
     assert not app.error
+    assert not any(h.value == "what would make it fit" for h in app.subheader)
 
 
 def test_switching_qlora_to_full_flips_the_verdict_on_rtx_4090(app):
@@ -183,11 +207,30 @@ def test_lora_targets_that_match_nothing_show_the_message(app):
     assert "nonexistent_proj" in app.error[0].value
 
 
-def test_multi_gpu_shows_an_estimate_or_a_one_line_message(app):
-    app.number_input(key="num_gpus").set_value(2).run()
+def test_fsdp_over_8_gpus_lowers_the_per_gpu_peak_of_full_fine_tuning(app):
+    app.radio(key="method").set_value("full").run()
+    one_gpu = next(m.value for m in app.metric if m.label.startswith("device peak"))
+    app.number_input(key="num_gpus").set_value(8).run()
     app.selectbox(key="parallel").set_value("fsdp").run()
     assert not app.exception
-    assert verdicts(app) or (app.error and "\n" not in app.error[0].value)
+    assert verdicts(app)[0].startswith(("**Fits** on 8× rtx-4090 (fsdp)", "**Does not fit** on 8× rtx-4090 (fsdp)"))
+    per_gpu = next(m.value for m in app.metric if m.label.startswith("device peak per GPU"))
+    assert float(per_gpu.split()[0]) < float(one_gpu.split()[0]) / 2
+    assert any(h.value == "every catalog GPU (8 GPUs, fsdp)" for h in app.subheader)
+
+
+def test_contradictory_dataset_inputs_show_the_message(app):
+    app.number_input(key="dataset_tokens").set_value(10**8)
+    app.number_input(key="dataset_examples").set_value(1000).run()
+    assert not app.exception
+    assert "not both" in app.error[0].value
+
+
+def test_a_dataset_size_fills_the_time_column(app):
+    app.number_input(key="dataset_tokens").set_value(10**8).run()
+    table = app.dataframe[0].value
+    assert table["time h"].notna().any()
+    assert (table["time h"].notna() == table["tokens/s"].notna()).all()  # no speed where no sourced bf16 peak
 
 
 def test_gpu_table_lists_the_catalog(app):
@@ -196,7 +239,7 @@ def test_gpu_table_lists_the_catalog(app):
 
 
 def test_accuracy_panel_shows_every_shipped_run_and_the_median_of_its_table(app):
-    table = app.dataframe[1].value
+    table = app.dataframe[-1].value
     assert len(table) >= 40  # 58 shipped runs, less the OOM and capped ones
     device = next(m for m in app.metric if m.label.startswith("device: median |error|"))
     assert device.label == f"device: median |error| ({len(table)} runs)"
@@ -205,8 +248,8 @@ def test_accuracy_panel_shows_every_shipped_run_and_the_median_of_its_table(app)
 
 def test_largest_batch_and_sequence_are_shown(app):
     shown = {m.label: m.value for m in app.metric}
-    assert shown["micro-batch at seq 2048"] == str(whatif.largest_batch(QLORA_4090))
-    assert shown["sequence length at batch 1"] == f"{whatif.largest_seq(QLORA_4090):,}"
+    assert shown["micro-batch at seq 2048"] == f"{whatif.largest(QLORA_4090, 'batch-size').value:,}"
+    assert shown["sequence length at batch 1"] == f"{whatif.largest(QLORA_4090, 'seq-len').value:,}"
 
 
 def test_the_page_never_imports_torch():

@@ -2,10 +2,9 @@
 
 The page turns its widgets into `Inputs`, then asks this module for the estimate on the chosen GPU,
 the chart rows, the catalog table, the largest batch and sequence that fit, suggestions and the
-measured evidence. Everything goes through the public API (`vramplan.api`, `vramplan.models`,
-`gpu_catalog`, `vramplan.calibration`). When the planner (`vramplan.api.plan_for` / `fit_for`) is
-not there, the catalog table, the inverse queries and the suggestions are computed here from
-`estimate_for` alone. Estimates are memoized: one interaction re-runs ~70 estimates of ~1 ms each.
+measured evidence. Everything goes through the public API: `vramplan.api` (estimate_for, plan_for,
+fit_for), `vramplan.models`, `gpu_catalog`, `vramplan.calibration`. Answers are memoized per input,
+so moving a widget back and forth costs nothing; a fresh interaction takes ~0.1 s.
 """
 
 import hashlib
@@ -16,21 +15,24 @@ from dataclasses import asdict, dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 
-from gpu_catalog import find_gpu, list_gpus
+from gpu_catalog import find_gpu
 
 from . import api
 from .calibration import leave_one_out
 from .cli_options import build_setup
 from .errors import ConfigError, VramplanError
 from .models import parse_config
+from .planner import SINGLE, FitResult, Plan, PlanOption, Suggestion
 from .runs import load_runs, shipped_runs_dir
 from .specs import Estimate, MemoryBreakdown, TrainingSetup
-from .specs.setup import MAX_BATCH_SIZE, MAX_SEQ_LEN
 from .validation import TOTALS
 
 GIB = 1024**3
 #: an uploaded config.json larger than this is refused (real ones are a few KiB)
 MAX_UPLOAD_BYTES = 1024 * 1024
+
+
+_PLAN_FIELDS = ("max_gpus", "dataset_tokens", "dataset_examples", "epochs", "sort")
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,17 @@ class Inputs:
     parallel: str | None = None
     gpu: str = "rtx-4090"
     headroom: float = 0.05
+    #: `vramplan plan` inputs: options of 1, 2, 4 .. max_gpus GPUs, dataset size for time and cost, ranking
+    max_gpus: int = 8
+    dataset_tokens: int | None = None
+    dataset_examples: int | None = None
+    epochs: float | None = None
+    sort: str = "cost"
 
     def setup(self) -> TrainingSetup:
         """The validated TrainingSetup. Raises VramplanError naming the bad input."""
         fields = asdict(self)
-        for key in ("model", "gpu", "headroom"):
+        for key in ("model", "gpu", "headroom", *_PLAN_FIELDS):
             fields.pop(key)
         if self.method != "qlora":
             fields["quant"] = None
@@ -91,15 +99,6 @@ def estimate(inputs: Inputs) -> Estimate:
 def shown_memory(e: Estimate) -> MemoryBreakdown:
     """The calibrated prediction when a calibration applies, else the raw one (as the CLI shows)."""
     return e.calibrated or e.memory
-
-
-def fits(inputs: Inputs) -> bool:
-    """Whether `inputs` fit their GPU; an unsupported setup (VramplanError) does not fit."""
-    try:
-        verdict = estimate(inputs).verdict
-    except VramplanError:
-        return False
-    return verdict is not None and verdict.fits
 
 
 # --- chart --------------------------------------------------------------------------------------
@@ -145,105 +144,72 @@ def capacity_lines(gpu_ids: list[str], headroom: float) -> list[dict]:
     return sorted(rows, key=lambda r: r["GiB"])
 
 
-# --- the catalog table --------------------------------------------------------------------------
+# --- plan: the catalog table, the best options, suggestions ----------------------------------------
+
+
+@lru_cache(maxsize=512)
+def _plan(model: str, setup: TrainingSetup, gpus: str, max_gpus: int, tokens: int | None, examples: int | None,
+          epochs: float | None, sort: str, headroom: float) -> Plan:  # fmt: skip
+    return api.plan_for(model, setup, gpus=gpus, max_gpus=max_gpus, dataset_tokens=tokens, dataset_examples=examples,
+                        epochs=epochs, sort=sort, headroom=headroom)  # fmt: skip
+
+
+def plan(inputs: Inputs, gpus: str = "all") -> Plan:
+    """`vramplan plan` for the inputs over `gpus` ("all" or a comma list), with 1, 2, 4 .. max(max_gpus,
+    num_gpus) GPUs per option, best first. Raises VramplanError."""
+    i = inputs
+    return _plan(i.model, i.setup(), gpus, max(i.max_gpus, i.num_gpus), i.dataset_tokens, i.dataset_examples,
+                 i.epochs, i.sort, i.headroom)  # fmt: skip
+
+
+def option_row(o: PlanOption) -> dict:
+    """One plan option as a table row (GiB, hours and dollars; None where unknown)."""
+    return {
+        "gpu": o.gpu.id,
+        "GPUs": o.num_gpus,
+        "parallel": o.parallel,
+        "fits": o.fits,
+        "memory GiB": round(o.gpu.memory_bytes / GIB, 1),
+        "peak per GPU GiB": round(o.memory.device_peak_bytes / GIB, 2),
+        "headroom GiB": round(o.headroom_bytes / GIB, 2),
+        "tokens/s": None if o.tokens_per_s is None else round(o.tokens_per_s),
+        "step s": None if o.step_time_s is None else round(o.step_time_s, 3),
+        "time h": None if o.wall_time_s is None else round(o.wall_time_s / 3600, 2),
+        "cost $": None if o.cost_usd is None else round(o.cost_usd, 2),
+        "$/GPU-hour": o.gpu.price_usd_per_hour,
+        "why not": o.why_not,
+    }
 
 
 def gpu_table(inputs: Inputs) -> list[dict]:
-    """Every catalog GPU with the setup's device peak on it, fit and headroom (GiB) and its price,
-    fitting GPUs first, then by memory. Raises VramplanError when the setup itself is invalid."""
-    setup = inputs.setup()
-    rows = []
-    for g in list_gpus():
-        v = _estimate(inputs.model, setup, g.id, inputs.headroom)
-        assert v.verdict is not None
-        rows.append({
-            "gpu": g.id,
-            "name": g.name,
-            "memory GiB": round(g.memory_bytes / GIB, 1),
-            "device peak GiB": round(shown_memory(v).device_peak_bytes / GIB, 2),
-            "fits": v.verdict.fits,
-            "headroom GiB": round(v.verdict.headroom_bytes / GIB, 2),
-            "$/GPU-hour": g.price_usd_per_hour,
-        })  # fmt: skip
-    rows.sort(key=lambda r: (not r["fits"], r["memory GiB"], r["gpu"]))
-    return rows
+    """Every catalog GPU at the setup's own GPU count and strategy (fit, headroom, speed, time, cost),
+    in the plan's order: fitting first, best by the chosen sort. Raises VramplanError."""
+    parallel = inputs.parallel if inputs.num_gpus > 1 else SINGLE
+    return [option_row(o) for o in plan(inputs).options if o.num_gpus == inputs.num_gpus and o.parallel == parallel]
+
+
+def best_options(inputs: Inputs, limit: int = 10) -> list[dict]:
+    """The plan's first `limit` options over every GPU, count and strategy. Raises VramplanError."""
+    return [option_row(o) for o in plan(inputs).options[:limit]]
+
+
+def suggestions(inputs: Inputs) -> tuple[Suggestion, ...]:
+    """The planner's single changes that lower the peak on the chosen GPU, smallest change first (empty
+    when the setup fits one such GPU). Raises VramplanError."""
+    return plan(inputs, gpus=inputs.gpu).suggestions
 
 
 # --- inverse queries ----------------------------------------------------------------------------
 
 
-def largest_fitting(inputs: Inputs, field: str, upper: int) -> int | None:
-    """The largest value of `field` (an integer input) in 1..upper with which the setup fits its
-    GPU, by binary search (memory grows with batch and sequence); None when even 1 does not fit."""
-    if not fits(inputs.with_(**{field: 1})):
-        return None
-    lo, hi = 1, upper  # fits(lo) holds; find the last fitting value
-    if fits(inputs.with_(**{field: hi})):
-        return hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(inputs.with_(**{field: mid})):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+@lru_cache(maxsize=1024)
+def _fit(model: str, setup: TrainingSetup, gpu: str, solve: str, headroom: float) -> FitResult:
+    return api.fit_for(model, setup, gpu=gpu, solve=solve, headroom=headroom)
 
 
-def largest_batch(inputs: Inputs) -> int | None:
-    return largest_fitting(inputs, "batch_size", MAX_BATCH_SIZE)
-
-
-def largest_seq(inputs: Inputs) -> int | None:
-    return largest_fitting(inputs, "seq_len", MAX_SEQ_LEN)
-
-
-# --- suggestions --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Suggestion:
-    change: str
-    saves_bytes: int
-    fits: bool
-
-
-def _candidates(i: Inputs) -> list[tuple[str, Inputs]]:
-    """One-change alternatives, smallest change first."""
-    out: list[tuple[str, Inputs]] = []
-    if not i.grad_ckpt:
-        out.append(("turn on gradient checkpointing", i.with_(grad_ckpt=True)))
-    if not i.expandable_segments:
-        out.append(("turn on expandable segments (PYTORCH_CUDA_ALLOC_CONF)", i.with_(expandable_segments=True)))
-    if i.batch_size > 1:
-        out.append((f"micro-batch 1 with grad-accum {i.grad_accum * i.batch_size} (same effective batch)",
-                    i.with_(batch_size=1, grad_accum=i.grad_accum * i.batch_size)))  # fmt: skip
-    for opt in ("adamw_8bit", "paged_adamw_8bit"):
-        if i.optimizer != opt:
-            out.append((f"optimizer {opt}", i.with_(optimizer=opt)))
-    if i.method == "full":
-        out.append(("LoRA r16 instead of full fine-tuning", i.with_(method="lora", lora_rank=16)))
-    if i.method != "qlora":
-        out.append(("QLoRA (nf4) r16", i.with_(method="qlora", quant="nf4", lora_rank=min(i.lora_rank, 16))))
-    if i.method != "full" and i.lora_targets == "all-linear":
-        out.append(("LoRA on q_proj,v_proj only", i.with_(lora_targets="q_proj,v_proj")))
-    if i.seq_len > 256:
-        out.append((f"sequence length {i.seq_len // 2}", i.with_(seq_len=i.seq_len // 2)))
-    return out
-
-
-def suggestions(inputs: Inputs) -> list[Suggestion]:
-    """What to change so the setup fits: each one-change alternative that saves memory, smallest
-    change first, with the device-peak bytes it saves and whether that change alone makes it fit."""
-    base = shown_memory(estimate(inputs)).device_peak_bytes
-    out = []
-    for change, alt in _candidates(inputs):
-        try:
-            peak = shown_memory(estimate(alt)).device_peak_bytes
-        except VramplanError:
-            continue
-        if peak < base:
-            out.append(Suggestion(change, base - peak, fits(alt)))
-    return out
+def largest(inputs: Inputs, solve: str) -> FitResult:
+    """`vramplan fit --solve batch-size|seq-len|lora-rank` on the chosen GPU. Raises VramplanError."""
+    return _fit(inputs.model, inputs.setup(), inputs.gpu, solve, inputs.headroom)
 
 
 # --- uploads ------------------------------------------------------------------------------------
