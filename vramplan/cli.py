@@ -66,13 +66,7 @@ def estimate(
 
     _check_format(fmt)
     try:
-        setup = o.build_setup(
-            method=method, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            lora_targets=lora_targets, quant=quant, double_quant=double_quant, seq_len=seq_len,
-            batch_size=batch_size, grad_accum=grad_accum, grad_ckpt=grad_ckpt, optimizer=optimizer,
-            dtype=dtype, attn=attn, expandable_segments=expandable_segments, stack=stack,
-            num_gpus=num_gpus, parallel=parallel,
-        )  # fmt: skip
+        setup = o.setup_from(locals())
         result = estimate_for(model, setup, gpu=gpu, headroom=headroom)
     except VramplanError as exc:
         _fail(str(exc))
@@ -118,12 +112,7 @@ def plan(
 
     _check_format(fmt)
     try:
-        setup = o.build_setup(
-            method=method, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            lora_targets=lora_targets, quant=quant, double_quant=double_quant, seq_len=seq_len,
-            batch_size=batch_size, grad_accum=grad_accum, grad_ckpt=grad_ckpt, optimizer=optimizer,
-            dtype=dtype, attn=attn, expandable_segments=expandable_segments, stack=stack, num_gpus=1, parallel=None,
-        )  # fmt: skip
+        setup = o.setup_from(locals(), num_gpus=1, parallel=None)
         result = plan_for(model, setup, gpus=gpus, max_gpus=max_gpus, dataset_tokens=dataset_tokens,
                           dataset_examples=dataset_examples, epochs=epochs, sort=sort, headroom=headroom)  # fmt: skip
     except VramplanError as exc:
@@ -166,13 +155,7 @@ def fit(
 
     _check_format(fmt)
     try:
-        setup = o.build_setup(
-            method=method, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            lora_targets=lora_targets, quant=quant, double_quant=double_quant, seq_len=seq_len,
-            batch_size=batch_size, grad_accum=grad_accum, grad_ckpt=grad_ckpt, optimizer=optimizer,
-            dtype=dtype, attn=attn, expandable_segments=expandable_segments, stack=stack,
-            num_gpus=num_gpus, parallel=parallel,
-        )  # fmt: skip
+        setup = o.setup_from(locals())
         result = fit_for(model, setup, gpu=gpu, solve=solve, headroom=headroom)
     except VramplanError as exc:
         _fail(str(exc))
@@ -274,13 +257,7 @@ def measure(
     if data and not tokenizer:
         _fail("--data needs --tokenizer (a local tokenizer folder)")
     try:
-        setup = o.build_setup(
-            method=method, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            lora_targets=lora_targets, quant=quant, double_quant=double_quant, seq_len=seq_len,
-            batch_size=batch_size, grad_accum=grad_accum, grad_ckpt=grad_ckpt, optimizer=optimizer,
-            dtype=dtype, attn=attn, expandable_segments=expandable_segments, stack=stack,
-            num_gpus=1, parallel=None,
-        )  # fmt: skip
+        setup = o.setup_from(locals(), num_gpus=1, parallel=None)
         predicted = estimate_for(model, setup)
     except VramplanError as exc:
         _fail(str(exc))

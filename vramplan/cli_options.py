@@ -100,6 +100,21 @@ def build_setup(
         raise VramplanError(validation_message(exc)) from None
 
 
+SETUP_PARAMS = (
+    "method", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "quant", "double_quant", "seq_len",
+    "batch_size", "grad_accum", "grad_ckpt", "optimizer", "dtype", "attn", "expandable_segments", "stack",
+    "num_gpus", "parallel",
+)  # fmt: skip
+
+
+def setup_from(params: dict, **overrides) -> TrainingSetup:
+    """A command's parameters (its locals()) -> TrainingSetup; commands without --num-gpus get 1 GPU."""
+    values = {"num_gpus": 1, "parallel": None}
+    values.update({k: params[k] for k in SETUP_PARAMS if k in params})
+    values.update(overrides)
+    return build_setup(**values)
+
+
 def validation_message(exc: ValidationError) -> str:
     """First pydantic error as one line: '--seq-len 0: Input should be greater than 0'."""
     err = exc.errors()[0]
