@@ -68,11 +68,12 @@ class MeasureRequest(Spec):
 
 
 # ---------------------------------------------------------------------------- child side
-def _cmd_measure(request_path: str, out_path: str) -> int:
+def _measure_request(request_path: str, progress: Callable[[str], None]) -> MeasuredRun:
+    """Run the measurement a request file describes (in this process)."""
     from .run import run_measurement
 
     req = MeasureRequest.model_validate_json(Path(request_path).read_text(encoding="utf-8"))
-    run = run_measurement(
+    return run_measurement(
         req.model,
         req.setup,
         steps=req.steps,
@@ -82,13 +83,21 @@ def _cmd_measure(request_path: str, out_path: str) -> int:
         tokenizer=req.tokenizer,
         memory_cap_gib=req.memory_cap_gib,
         checkpoint_cache=req.checkpoint_cache,
-        progress=lambda message: print(f"[vramplan] {message}", file=sys.stderr, flush=True),
+        progress=progress,
         notes=req.notes,
     )
-    out = Path(out_path)
+
+
+def _write_record(run: MeasuredRun, out: Path) -> None:
+    """Atomic write of one record (tmp file + rename in the same folder)."""
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(run.model_dump_json(indent=2), encoding="utf-8")
     os.replace(tmp, out)
+
+
+def _cmd_measure(request_path: str, out_path: str) -> int:
+    run = _measure_request(request_path, lambda message: print(f"[vramplan] {message}", file=sys.stderr, flush=True))
+    _write_record(run, Path(out_path))
     m = run.measurements
     print(f"[vramplan] done: oom={m.oom} max_allocated={m.max_allocated_bytes}", file=sys.stderr, flush=True)
     return 0
@@ -96,32 +105,14 @@ def _cmd_measure(request_path: str, out_path: str) -> int:
 
 def _cmd_measure_rank(request_path: str, out_dir: str) -> int:
     """One rank of a torchrun launch: measure, write ``rank<R>.json`` into ``out_dir``."""
-    from .run import run_measurement
-
     ctx = DistContext.from_env()
-    req = MeasureRequest.model_validate_json(Path(request_path).read_text(encoding="utf-8"))
 
     def say(message: str) -> None:
         if ctx.rank == 0:
             print(f"[vramplan] {message}", file=sys.stderr, flush=True)
 
-    run = run_measurement(
-        req.model,
-        req.setup,
-        steps=req.steps,
-        model_path=req.model_path,
-        config=req.config,
-        data=req.data,
-        tokenizer=req.tokenizer,
-        memory_cap_gib=req.memory_cap_gib,
-        checkpoint_cache=req.checkpoint_cache,
-        progress=say,
-        notes=req.notes,
-    )
-    out = Path(out_dir) / RANK_RECORD.format(rank=ctx.rank)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(run.model_dump_json(indent=2), encoding="utf-8")
-    os.replace(tmp, out)
+    run = _measure_request(request_path, say)
+    _write_record(run, Path(out_dir) / RANK_RECORD.format(rank=ctx.rank))
     m = run.measurements
     print(
         f"[vramplan] rank {ctx.rank} done: oom={m.oom} max_allocated={m.max_allocated_bytes} "
