@@ -119,3 +119,12 @@ def test_console_script_runs_as_a_subprocess():
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["memory"]["peak_phase"]
+
+
+def test_estimate_with_gpu_reports_the_largest_batch_and_sequence_that_fit():
+    res = run(*HEADLINE, "--gpu", "rtx-4090", "--format", "json")
+    largest = json.loads(res.output)["largest_fit"]
+    assert largest["batch_size"] >= 1 and largest["seq_len"] >= 2048
+    bigger = run("estimate", "--model", "llama-3.1-8b", "--method", "qlora", "--grad-ckpt", "--gpu", "rtx-4090",
+                 "--seq-len", str(largest["seq_len"] + 1), "--format", "json")  # fmt: skip
+    assert json.loads(bigger.output)["fits"] is False

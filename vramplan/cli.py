@@ -61,21 +61,36 @@ def estimate(
     fmt: o.FormatOpt = "table",
 ) -> None:
     """Predict peak GPU memory of one fine-tuning setup, with a breakdown and a verdict per GPU."""
-    from .api import estimate_for
+    from .api import estimate_for, fit_for
     from .report.estimate_view import estimate_doc, estimate_renderable
 
     _check_format(fmt)
     try:
         setup = o.setup_from(locals())
         result = estimate_for(model, setup, gpu=gpu, headroom=headroom)
+        largest = (
+            {solve: fit_for(model, setup, gpu=gpu, solve=solve, headroom=headroom).value
+             for solve in ("batch-size", "seq-len")}
+            if gpu else None
+        )  # fmt: skip
     except VramplanError as exc:
         _fail(str(exc))
     if fmt == "json":
-        typer.echo(json.dumps(estimate_doc(result), indent=2))
+        doc = estimate_doc(result)
+        if largest is not None:
+            doc["largest_fit"] = {"batch_size": largest["batch-size"], "seq_len": largest["seq-len"]}
+        typer.echo(json.dumps(doc, indent=2))
         return
     title = f"{result.model} · {setup.method}" + (f" r{setup.lora.rank}" if setup.lora else "")
     title += f" · b{setup.batch_size} × s{setup.seq_len}" + (" · grad-ckpt" if setup.grad_ckpt else "")
-    _console().print(estimate_renderable(result, title))
+    console = _console()
+    console.print(estimate_renderable(result, title))
+    if largest is not None:
+        batch, seq = largest["batch-size"], largest["seq-len"]
+        console.print(
+            f"largest that fits {result.verdict.gpu}: micro-batch {batch if batch else 'none'} "
+            f"(at s{setup.seq_len}), sequence {seq if seq else 'none'} (at b{setup.batch_size})"
+        )
 
 
 @app.command()

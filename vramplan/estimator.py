@@ -62,6 +62,10 @@ CALIBRATED_DEFAULTS: dict[str, float] = {
 }
 
 
+#: constants that enter _terms (the others only turn allocated into reserved and device totals)
+TERM_CONSTANTS = ("t_bwd_i_factor", "t_bwd_const_units")
+
+
 @dataclass(frozen=True)
 class _Terms:
     """Every term in bytes, before they are combined into phases."""
@@ -110,8 +114,12 @@ def estimate(
     raw = _memory(terms, setup, constants)
     calibrated = None
     if calibration is not None:
-        constants.update({k: v for k, v in calibration.constants.items() if k in constants})
-        calibrated = _memory(_terms(model, setup, gpu, constants), setup, constants)
+        fitted = {k: v for k, v in calibration.constants.items() if k in constants}
+        term_constants_changed = any(fitted.get(k, constants[k]) != constants[k] for k in TERM_CONSTANTS)
+        constants.update(fitted)
+        if term_constants_changed:  # only the backward-transient constants change the terms themselves
+            terms = _terms(model, setup, gpu, constants)
+        calibrated = _memory(terms, setup, constants)
     shown = calibrated or raw
     verdict = _verdict(gpu, shown.device_peak_bytes, headroom) if gpu else None
     return Estimate(
