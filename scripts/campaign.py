@@ -373,6 +373,18 @@ def settings(spec: RunSpec) -> str:
     return setup_label(spec.setup)
 
 
+def failure_entry(base: dict[str, Any], exc: Exception, started: float, budget_bound: bool) -> dict[str, Any]:
+    """Progress entry of a run that did not finish: timed out (within the budget or not) or failed."""
+    timed_out = "timed out" in str(exc)
+    status = "budget" if timed_out and budget_bound else "timeout" if timed_out else "failed"
+    return {
+        **base,
+        "status": status,
+        "error": str(exc).splitlines()[0][:300],
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+
+
 def load_progress(path: Path) -> dict[str, dict[str, Any]]:
     """name -> last progress entry (later lines win)."""
     entries: dict[str, dict[str, Any]] = {}
@@ -577,14 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                     record = _record_path(out, run)
                     entry = entry_from_run(spec, run, record, time.monotonic() - started, cap_gib)
                 except MeasurementError as exc:
-                    timed_out = "timed out" in str(exc)
-                    status = "budget" if timed_out and budget_bound else "timeout" if timed_out else "failed"
-                    entry = {
-                        **base,
-                        "status": status,
-                        "error": str(exc).splitlines()[0][:300],
-                        "wall_s": round(time.monotonic() - started, 1),
-                    }
+                    entry = failure_entry(base, exc, started, budget_bound)
             append_progress(progress_path, entry)
             progress[spec.name] = entry
             print(f"    -> {entry['status']}" + (f": {entry['error']}" if entry.get("error") else ""), flush=True)

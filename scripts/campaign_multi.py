@@ -196,14 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 entry = entry_from_run(spec, run, single._record_path(out, run), time.monotonic() - started)
             except MeasurementError as exc:
-                timed_out = "timed out" in str(exc)
-                status = "budget" if timed_out and budget_bound else "timeout" if timed_out else "failed"
-                entry = {
-                    **base,
-                    "status": status,
-                    "error": str(exc).splitlines()[0][:300],
-                    "wall_s": round(time.monotonic() - started, 1),
-                }
+                entry = single.failure_entry(base, exc, started, budget_bound)
             single.append_progress(progress_path, entry)
             progress[spec.name] = entry
             print(f"    -> {entry['status']}" + (f": {entry['error']}" if entry.get("error") else ""), flush=True)
