@@ -61,6 +61,8 @@ def test_does_not_fit_verdict():
         (["--model", "llama-3.1-8b", "--method", "full", "--quant", "nf4"], "qlora only"),
         (["--model", "llama-3.1-8b", "--method", "lora", "--headroom", "2"], "headroom"),
         (["--model", "llama-3.1-8b", "--method", "lora", "--format", "yaml"], "--format yaml"),
+        (["--model", "llama-3.1-8b", "--method", "full", "--num-gpus", "2", "--parallel", "ddp", "--offload", "all"],
+         "not offered"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, needle):

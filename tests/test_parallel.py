@@ -156,3 +156,41 @@ def test_zero3_per_gpu_is_at_most_zero2(setup, n):
     zero2 = estimate(LLAMA, make(method, n, "zero2", **kw)).memory.device_peak_bytes
     zero3 = estimate(LLAMA, make(method, n, "zero3", **kw)).memory.device_peak_bytes
     assert zero3 <= zero2 + 4 * VH  # ZeRO-3 shards what ZeRO-2 replicates, at the cost of live gathered params
+
+
+# --- CPU offload -------------------------------------------------------------------------------------------
+
+
+def _offload_setup(parallel: str, offload: str) -> TrainingSetup:
+    return TrainingSetup(method="full", grad_ckpt=True, num_gpus=8, parallel=parallel, offload=offload)
+
+
+def test_zero2_optimizer_offload_leaves_only_bf16_parameters_deepspeed_2p():
+    # DeepSpeed estimate_zero2_model_states_mem_needs(cpu_offload=True): gpu = 2 * P
+    model = resolve_model("llama-3.1-8b")
+    m = estimate(model, _offload_setup("zero2", "optimizer")).memory
+    weights = sum(v for k, v in m.breakdown.items() if k.startswith("weights."))
+    assert weights == pytest.approx(2 * 8_030_261_248, rel=1e-3)
+    assert "optimizer_states" not in m.breakdown and "zero.fp32_master_weights" not in m.breakdown
+
+
+@pytest.mark.parametrize("parallel, offload", [("zero3", "optimizer"), ("zero3", "all"), ("fsdp", "all"), ("zero2", "optimizer")])
+def test_offload_lowers_the_per_gpu_peak(parallel, offload):
+    model = resolve_model("llama-3.1-8b")
+    on_gpu = estimate(model, _offload_setup(parallel, "none")).memory.device_peak_bytes
+    offloaded = estimate(model, _offload_setup(parallel, offload)).memory.device_peak_bytes
+    assert offloaded < on_gpu
+
+
+def test_zero3_full_offload_keeps_only_live_parameters_and_activations():
+    model = resolve_model("llama-3.1-8b")
+    part = estimate(model, _offload_setup("zero3", "optimizer")).memory
+    full = estimate(model, _offload_setup("zero3", "all")).memory
+    assert full.peak_allocated_bytes < part.peak_allocated_bytes
+    assert not any(k.startswith("weights.") and v > 0 for k, v in full.breakdown.items())
+
+
+@pytest.mark.parametrize("parallel, offload", [("fsdp", "optimizer"), ("ddp", "all"), (None, "all")])
+def test_offload_a_framework_does_not_offer_is_refused(parallel, offload):
+    with pytest.raises(ValueError, match="not offered"):
+        TrainingSetup(method="full", num_gpus=2 if parallel else 1, parallel=parallel, offload=offload)

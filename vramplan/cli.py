@@ -58,6 +58,7 @@ def estimate(
     headroom: o.Headroom = 0.05,
     num_gpus: o.NumGpus = 1,
     parallel: o.ParallelOpt = None,
+    offload: o.OffloadOpt = "none",
     fmt: o.FormatOpt = "table",
 ) -> None:
     """Predict peak GPU memory of one fine-tuning setup, with a breakdown and a verdict per GPU."""
@@ -162,6 +163,7 @@ def fit(
     headroom: o.Headroom = 0.05,
     num_gpus: o.NumGpus = 1,
     parallel: o.ParallelOpt = None,
+    offload: o.OffloadOpt = "none",
     fmt: o.FormatOpt = "table",
 ) -> None:
     """The largest batch size, sequence length or LoRA rank that fits a GPU (other settings as given)."""

@@ -27,6 +27,7 @@ Expandable = Annotated[bool, typer.Option("--expandable-segments", help="PYTORCH
 StackOpt = Annotated[str, typer.Option("--stack", help="software stack profile (hf)")]
 NumGpus = Annotated[int, typer.Option("--num-gpus", help="GPUs in the job")]
 ParallelOpt = Annotated[Optional[str], typer.Option("--parallel", help="ddp | fsdp | zero2 | zero3")]
+OffloadOpt = Annotated[str, typer.Option("--offload", help="CPU offload: none | optimizer (zero2, zero3) | all (fsdp, zero3)")]
 Headroom = Annotated[float, typer.Option("--headroom", help="fraction of GPU memory kept free")]
 FormatOpt = Annotated[str, typer.Option("--format", help="table | json")]
 
@@ -47,6 +48,7 @@ FIELD_FLAGS = {
     "stack": "--stack",
     "num_gpus": "--num-gpus",
     "parallel": "--parallel",
+    "offload": "--offload",
 }
 
 
@@ -70,6 +72,7 @@ def build_setup(
     stack: str,
     num_gpus: int,
     parallel: str | None,
+    offload: str = "none",
 ) -> TrainingSetup:
     """Flags -> validated TrainingSetup. Raises VramplanError with a one-line message naming the flag."""
     try:
@@ -95,6 +98,7 @@ def build_setup(
             stack=stack,
             num_gpus=num_gpus,
             parallel=parallel,
+            offload=offload,
         )
     except ValidationError as exc:
         raise VramplanError(validation_message(exc)) from None
@@ -103,7 +107,7 @@ def build_setup(
 SETUP_PARAMS = (
     "method", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "quant", "double_quant", "seq_len",
     "batch_size", "grad_accum", "grad_ckpt", "optimizer", "dtype", "attn", "expandable_segments", "stack",
-    "num_gpus", "parallel",
+    "num_gpus", "parallel", "offload",
 )  # fmt: skip
 
 

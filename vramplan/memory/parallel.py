@@ -17,7 +17,12 @@ the weights, gradients and optimizer states live, plus communication buffers.
         frozen parameters replicated (ZeRO-2) or sharded (ZeRO-3) in bf16.
 * QLoRA with fsdp/zero3: packed 4-bit data stored as bf16 elements (bnb_4bit_quant_storage=bf16) is sharded;
         the QuantState (absmax, code, nested state) is not a parameter and stays replicated.
-CPU offload (FSDP CPUOffloadPolicy, ZeRO offload_optimizer/offload_param) is not modelled.
+* CPU offload (setup.offload): the offloaded sharded state leaves the GPU and only the communication and
+        gathered-parameter buffers stay: FSDP CPUOffloadPolicy moves parameters, gradients and optimizer states
+        ("all"); ZeRO offload_optimizer moves fp32 master weights, gradient partitions and optimizer states
+        ("optimizer"), ZeRO-3 offload_param the bf16 parameter partitions too ("all"). This follows DeepSpeed's
+        estimators (ZeRO-2 offload: 2P on the GPU; ZeRO-3: 4 x largest layer + 2P/n, or 4 x largest layer);
+        unmeasured here: no offload run has been recorded yet.
 """
 
 from dataclasses import dataclass, field, replace
@@ -101,9 +106,10 @@ def parallel_terms(
             opt_transient=opt_transient, persistent={"ddp.gradient_buckets": grads},
         )  # fmt: skip
     if setup.parallel == "fsdp":
-        return _fsdp(model, setup, weights, groups, n)
+        return _offload(_fsdp(model, setup, weights, groups, n), setup.offload)
     if setup.parallel in ("zero2", "zero3"):
-        return _zero(model, setup, weights, groups, n, stage=3 if setup.parallel == "zero3" else 2)
+        stage = 3 if setup.parallel == "zero3" else 2
+        return _offload(_zero(model, setup, weights, groups, n, stage=stage), setup.offload)
     raise VramplanError(f"--parallel {setup.parallel}: accepted: ddp | fsdp | zero2 | zero3")
 
 
@@ -164,6 +170,24 @@ def _zero(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], group
         gather_backward=live,
         **common,
     )
+
+
+#: ZeRO's fp32 partitions that offload_optimizer moves to the CPU with the optimizer states
+ZERO_OPTIMIZER_PARTITIONS = ("zero.fp32_master_weights", "zero.fp32_gradient_partitions")
+
+
+def _offload(terms: ParallelTerms, offload: str) -> ParallelTerms:
+    """Drop what CPU offload keeps in host memory from the per-GPU terms (gather/reduce buffers stay)."""
+    if offload == "none":
+        return terms
+    persistent = {k: v for k, v in terms.persistent.items() if k not in ZERO_OPTIMIZER_PARTITIONS}
+    # gradients are reduced bucket by bucket into the host partitions (DeepSpeed's ZeRO-2 offload estimate is 2P:
+    # the bf16 parameters alone); FSDP's sharded gradients follow its offloaded parameters
+    moved = replace(terms, states=0, managed_states=0, opt_transient=0, persistent=persistent, grads=0, embedding_grad=0)
+    if offload == "optimizer":
+        return moved
+    # the parameters too; a 4-bit QuantState is no parameter and stays
+    return replace(moved, weights={k: v for k, v in terms.weights.items() if k == "weights.quant_state"})
 
 
 def _shard_weights(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], n: int, *, upcast: bool) -> dict[str, int]:
@@ -269,7 +293,11 @@ def parallel_assumptions(setup: TrainingSetup) -> tuple[str, ...]:
         )
     if setup.method == "qlora" and p in SHARDED:
         lines.append("QLoRA sharded with bnb_4bit_quant_storage=bf16; QuantState replicated on every GPU")
-    lines.append("no CPU offload")
+    if setup.offload == "none":
+        lines.append("no CPU offload")
+    else:
+        moved = "optimizer states and fp32 partitions" if setup.offload == "optimizer" else "parameters, gradients and optimizer states"
+        lines.append(f"CPU offload ({setup.offload}): sharded {moved} live in host memory (estimate from the frameworks' own formulas, not measured)")
     return tuple(lines)
 
 

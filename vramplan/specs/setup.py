@@ -20,6 +20,7 @@ Optimizer = Literal[
 Dtype = Literal["bf16", "fp16", "fp32"]
 Attn = Literal["sdpa", "flash", "eager"]
 Parallel = Literal["ddp", "fsdp", "zero2", "zero3"]
+Offload = Literal["none", "optimizer", "all"]
 
 OPTIMIZERS: tuple[str, ...] = Optimizer.__args__  # type: ignore[attr-defined]
 METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
@@ -27,6 +28,10 @@ ATTNS: tuple[str, ...] = Attn.__args__  # type: ignore[attr-defined]
 DTYPES: tuple[str, ...] = Dtype.__args__  # type: ignore[attr-defined]
 QUANTS: tuple[str, ...] = Quant.__args__  # type: ignore[attr-defined]
 PARALLELS: tuple[str, ...] = Parallel.__args__  # type: ignore[attr-defined]
+OFFLOADS: tuple[str, ...] = Offload.__args__  # type: ignore[attr-defined]
+#: what each framework can move to CPU memory (FSDP CPUOffload moves parameters, gradients and optimizer
+#: states together; ZeRO-2 offload_optimizer; ZeRO-3 offload_optimizer and offload_param)
+OFFLOAD_SUPPORT: dict[str, tuple[str, ...]] = {"fsdp": ("all",), "zero2": ("optimizer",), "zero3": ("optimizer", "all")}
 
 #: sizes beyond these are refused as absurd (one clear error instead of a silly number)
 MAX_SEQ_LEN = 1_048_576
@@ -73,6 +78,8 @@ class TrainingSetup(Spec):
     stack: Literal["hf"] = "hf"
     num_gpus: int = Field(default=1, gt=0, le=MAX_GPUS)
     parallel: Parallel | None = None
+    #: CPU offload of the sharded training state where the framework offers it (see OFFLOAD_SUPPORT)
+    offload: Offload = "none"
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainingSetup":
@@ -90,6 +97,13 @@ class TrainingSetup(Spec):
             raise ValueError("--method qlora needs --quant nf4|fp4|int8")
         if self.num_gpus > 1 and self.parallel is None:
             raise ValueError("--num-gpus > 1 needs --parallel ddp|fsdp|zero2|zero3")
+        if self.offload != "none":
+            offered = OFFLOAD_SUPPORT.get(self.parallel or "", ())
+            if self.offload not in offered:
+                where = ", ".join(f"{k}: {'|'.join(v)}" for k, v in OFFLOAD_SUPPORT.items())
+                raise ValueError(
+                    f"--offload {self.offload} is not offered with --parallel {self.parallel or 'none'}; accepted: {where}"
+                )
         return self
 
     @property
@@ -112,4 +126,6 @@ def setup_label(setup: TrainingSetup) -> str:
         parts.append("es")
     if setup.num_gpus > 1:
         parts.append(f"{setup.num_gpus}x{setup.parallel}")
+    if setup.offload != "none":
+        parts.append(f"offload-{setup.offload}")
     return " ".join(parts)

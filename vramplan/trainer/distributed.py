@@ -115,6 +115,10 @@ def check_parallel(setup: TrainingSetup) -> None:
         )
     if setup.num_gpus > 1 and setup.parallel not in MEASURABLE:
         raise MeasurementError(f"--num-gpus {setup.num_gpus} needs --parallel ddp or fsdp to be measured")
+    if setup.offload != "none":
+        raise MeasurementError(
+            f"--offload {setup.offload} is not measurable by the built-in trainer yet; estimate it with vramplan estimate"
+        )
     if setup.parallel == "fsdp" and setup.method == "qlora":
         raise MeasurementError(
             "QLoRA with FSDP is not measurable by the built-in trainer (it needs bnb_4bit_quant_storage=bf16 "
