@@ -600,14 +600,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.close()
-        lines = summary_lines(grid, progress)
-        if stopped:
-            lines.append(f"stopped: {stopped}")
-        lines.append(f"wall time this call: {time.monotonic() - t0:.0f} s")
-        text = "\n".join(lines) + "\n"
-        (out / "campaign-summary.txt").write_text(text, encoding="utf-8")
-        print(text, flush=True)
+        write_summary(out, summary_lines(grid, progress), stopped, t0)
     return 0
+
+
+def write_summary(out: Path, lines: list[str], stopped: str | None, t0: float) -> None:
+    """Print the summary and write it to <out>/campaign-summary.txt (what comes back from the device)."""
+    lines = [*lines, *([f"stopped: {stopped}"] if stopped else []), f"wall time this call: {time.monotonic() - t0:.0f} s"]
+    text = "\n".join(lines) + "\n"
+    (out / "campaign-summary.txt").write_text(text, encoding="utf-8")
+    print(text, flush=True)
 
 
 def _record_path(out: Path, run) -> Path:

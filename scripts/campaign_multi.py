@@ -207,13 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         stopped = "interrupted"
     finally:
-        lines = summary_lines(grid, progress)
-        if stopped:
-            lines.append(f"stopped: {stopped}")
-        lines.append(f"wall time this call: {time.monotonic() - t0:.0f} s")
-        text = "\n".join(lines) + "\n"
-        (out / "campaign-summary.txt").write_text(text, encoding="utf-8")
-        print(text, flush=True)
+        single.write_summary(out, summary_lines(grid, progress), stopped, t0)
     return 0
 
 

@@ -21,21 +21,13 @@ from vramplan.trainer.distributed import (
 )
 from vramplan.trainer.errors import MeasurementError
 
+from test_trainer import TINY_LLAMA  # the same tiny config as the single-GPU trainer tests
+
 ROOT = Path(__file__).resolve().parent.parent
+
 GIB = 2**30
 DDP_LORA = TrainingSetup(method="lora", lora=LoraSpec(rank=4), seq_len=16, batch_size=2, num_gpus=2, parallel="ddp")
 FSDP_FULL = TrainingSetup(method="full", seq_len=16, grad_ckpt=True, num_gpus=2, parallel="fsdp")
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 256,
-    "max_position_embeddings": 128,
-    "tie_word_embeddings": False,
-}
 
 
 def rank_run(rank: int, *, alloc: int, resv: int, device: int | None, tps: float | None, oom=False, steps=3):
