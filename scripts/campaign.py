@@ -483,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed or timed out")
     parser.add_argument("--no-size-check", action="store_true", help="do not skip runs too big for the GPU")
     parser.add_argument("--no-fork-server", action="store_true", help="start every run as a new interpreter")
+    parser.add_argument(
+        "--snapshots", action="store_true", help="record each run's allocator history to <out>/snapshots/<name>.pickle"
+    )
     parser.add_argument("--list", action="store_true", help="print the selected grid and exit")
     args = parser.parse_args(argv)
 
@@ -576,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
                         progress=lambda msg: print(f"    {msg}", flush=True),
                         log_path=out / "logs" / f"{spec.name}.log",
                         server=srv,
+                        memory_snapshot=out / "snapshots" / f"{spec.name}.pickle" if args.snapshots else None,
                     )
 
                 try:

@@ -261,6 +261,10 @@ def measure(
     memory_cap_gib: Annotated[
         Optional[float], typer.Option("--memory-cap-gib", help="simulate a smaller card (per-process fraction)")
     ] = None,
+    memory_snapshot: Annotated[
+        Optional[str],
+        typer.Option("--memory-snapshot", help="also write the allocator's history (pickle for pytorch.org/memory_viz)"),
+    ] = None,
     fmt: o.FormatOpt = "table",
 ) -> None:
     """Run a short real training job and record measured memory and throughput as a run record."""
@@ -288,7 +292,7 @@ def measure(
         try:
             run = measure_in_subprocess(
                 model, setup, steps, model_path=model_path, data=data, tokenizer=tokenizer,
-                memory_cap_gib=memory_cap_gib, runs_dir=target,
+                memory_cap_gib=memory_cap_gib, runs_dir=target, memory_snapshot=memory_snapshot,
                 progress=lambda line: bar.update(task, description=line.strip()[:80]),
             )  # fmt: skip
         except VramplanError as exc:

@@ -217,6 +217,30 @@ def _start_cuda(
     return start
 
 
+#: allocator events kept by --memory-snapshot (a few steps of an 8B model log ~10^5)
+MEMORY_HISTORY_MAX_ENTRIES = 2_000_000
+
+
+def _start_memory_history(path: str | Path | None, notes: list[str]) -> bool:
+    """Start recording the allocator's alloc/free/segment events with Python stacks; False if not asked."""
+    if path is None:
+        return False
+    import torch
+
+    torch.cuda.memory._record_memory_history(enabled="all", stacks="python", max_entries=MEMORY_HISTORY_MAX_ENTRIES)
+    notes.append("allocator history recorded (--memory-snapshot)")
+    return True
+
+
+def _dump_memory_history(path: Path, extra: dict[str, Any]) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.cuda.memory._dump_snapshot(str(path))
+    torch.cuda.memory._record_memory_history(enabled=None)
+    extra["memory_snapshot"] = path.name
+
+
 def run_measurement(
     model: str,
     setup: TrainingSetup,
@@ -230,6 +254,7 @@ def run_measurement(
     checkpoint_cache: str | Path | None = None,
     progress: Progress | None = None,
     notes: str = "",
+    memory_snapshot: str | Path | None = None,
 ) -> MeasuredRun:
     """Train ``model`` for ``steps`` optimizer steps with ``setup`` and return the measured record.
 
@@ -238,6 +263,10 @@ def run_measurement(
     lookup, ``model`` then only names the run. ``memory_cap_gib`` limits PyTorch's allocator to
     that much (``torch.cuda.set_per_process_memory_fraction``) to stand in for a smaller card.
     On a machine without CUDA the run trains on the CPU and every memory value is None.
+    ``memory_snapshot`` (a file path): record the caching allocator's history from model load to
+    the end of training and write it there as a pickle (``torch.cuda.memory._dump_snapshot``:
+    open it at https://pytorch.org/memory_viz, or replay it with ``scripts/allocator_replay.py``);
+    recording is host-side and does not change the GPU memory measured.
 
     Inside a torchrun launch (WORLD_SIZE > 1, ``setup.num_gpus`` equal to it) this is one rank
     of a multi-GPU run (``distributed.py``): it trains on ``cuda:LOCAL_RANK`` with the Trainer's
@@ -287,6 +316,7 @@ def run_measurement(
     reader = cuda.reader if cuda else NullMemoryReader()
     if monitor is not None:
         monitor.start()
+    recording = _start_memory_history(memory_snapshot, run_notes) if cuda else False
     probe = MemoryProbe(reader, monitor, device_baseline_bytes=baseline)
     built = None
     oom, oom_phase = False, None
@@ -343,6 +373,8 @@ def run_measurement(
         say(f"out of memory during {oom_phase}")
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if recording:
+            _dump_memory_history(Path(memory_snapshot), extra)
         if monitor is not None:
             monitor.stop()
             extra["nvml_samples"] = monitor.samples

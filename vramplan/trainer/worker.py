@@ -65,6 +65,7 @@ class MeasureRequest(Spec):
     memory_cap_gib: float | None = Field(default=None, gt=0)
     checkpoint_cache: str | None = None
     notes: str = ""
+    memory_snapshot: str | None = None
 
 
 # ---------------------------------------------------------------------------- child side
@@ -85,6 +86,7 @@ def _measure_request(request_path: str, progress: Callable[[str], None]) -> Meas
         checkpoint_cache=req.checkpoint_cache,
         progress=progress,
         notes=req.notes,
+        memory_snapshot=req.memory_snapshot,
     )
 
 
@@ -288,6 +290,7 @@ def measure_in_subprocess(
     progress: Callable[[str], None] | None = None,
     log_path: str | Path | None = None,
     server: ForkServer | None = None,
+    memory_snapshot: str | Path | None = None,
 ) -> MeasuredRun:
     """Measure in a fresh Python process with the allocator config of ``setup``; return the record
     (and save it under ``runs_dir`` when given, via ``vramplan.runs.save_run``).
@@ -299,7 +302,7 @@ def measure_in_subprocess(
     For QLoRA without ``model_path`` a random bf16 checkpoint is first built in a separate child
     (on the GPU, fast) and cached under ``checkpoint_cache`` (default
     ``default_checkpoint_cache()``), so the measuring child only loads and quantizes it.
-    ``timeout_s`` bounds each child.
+    ``timeout_s`` bounds each child. ``memory_snapshot``: see ``run_measurement`` (single GPU only).
 
     A setup with ``num_gpus > 1`` is launched with torchrun, one rank per GPU, each a new
     interpreter (the fork server is not used), and the ranks' records are merged into one
@@ -312,6 +315,8 @@ def measure_in_subprocess(
     """
     if setup.num_gpus > 1 or setup.parallel is not None:
         check_parallel(setup)
+        if memory_snapshot is not None:
+            raise MeasurementError("--memory-snapshot records one process: measure a single-GPU setup")
     request = MeasureRequest(
         model=model,
         setup=setup,
@@ -323,6 +328,7 @@ def measure_in_subprocess(
         memory_cap_gib=memory_cap_gib,
         checkpoint_cache=str(checkpoint_cache or default_checkpoint_cache()),
         notes=notes,
+        memory_snapshot=str(Path(memory_snapshot).resolve()) if memory_snapshot is not None else None,
     )
     exe = python or sys.executable
     with tempfile.TemporaryDirectory(prefix="vramplan-measure-") as tmp:
