@@ -249,6 +249,32 @@ def issue3_grid() -> list[RunSpec]:
     ]
 
 
+def holdout_grid() -> list[RunSpec]:
+    """Issue 4 hold-out: setups none of the calibration runs has, predicted (and the predictions committed,
+    docs/holdout/predictions.json) before they were measured. They test the steady-step loss-segment rule
+    (full FT: other sequence lengths, batch, vocabularies, tied embeddings, softcapping) and the
+    fragmentation fit (LoRA/QLoRA at other sizes)."""
+    return [
+        full("h-l1-full-gc-s4096", L1, "steady-loss rule, 4NV 1.96 GiB", grad_ckpt=True, seq_len=4096),
+        full("h-l3-full-gc-s1024", L3, "steady-loss rule at 3B, s1024", grad_ckpt=True, seq_len=1024),
+        full("h-l1-full-gc-b2", L1, "batch 2 x s1024 (same N as s2048)", grad_ckpt=True, seq_len=1024, batch_size=2),
+        full("h-q15-full-gc", "qwen2.5-1.5b", "vocab 152k, tied embeddings", grad_ckpt=True),
+        full("h-q3-17-full-gc", "qwen3-1.7b", "Qwen3, tied embeddings", grad_ckpt=True),
+        full("h-smol17-full-gc", "smollm2-1.7b-instruct", "vocab 49k: fragmentation rule should bind", grad_ckpt=True),
+        full("h-tiny-full-gc", "tinyllama-1.1b-chat-v1.0", "vocab 32k, untied", grad_ckpt=True),
+        full("h-g2-full-gc-eager", G2, "softcapping, vocab 256k", grad_ckpt=True, seq_len=1024, attn="eager"),
+        lora("h-l1-lora-gc-s4096", L1, "LoRA, long sequence", grad_ckpt=True, seq_len=4096),
+        lora("h-q3-4b-lora-gc", "qwen3-4b", "LoRA on an unmeasured family size", grad_ckpt=True),
+        lora("h-q05-lora-fp32-s2048", Q05, "fp32 base + LoRA (largest LOO miss), s2048", seq_len=2048, dtype="fp32"),
+        qlora("h-l8-qlora-nodq-s4096", L8, "nf4 without double quant, s4096", grad_ckpt=True, seq_len=4096,
+              double_quant=False),
+        qlora("h-q15-qlora-gc", "qwen2.5-1.5b", "QLoRA small model with GC", grad_ckpt=True),
+    ]
+
+
+GRIDS = {"issue3": issue3_grid, "holdout": holdout_grid}
+
+
 # ============================================================================ GPU and size checks
 def gpu_info() -> dict[str, Any] | None:
     """Name and total bytes of CUDA device 0 through NVML (creates no CUDA context); None if unknown."""
@@ -486,10 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--snapshots", action="store_true", help="record each run's allocator history to <out>/snapshots/<name>.pickle"
     )
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="issue3", help="which run grid (default issue3)")
     parser.add_argument("--list", action="store_true", help="print the selected grid and exit")
     args = parser.parse_args(argv)
 
-    grid = issue3_grid()
+    grid = GRIDS[args.grid]()
     chosen = select(grid, args.only, args.start, args.limit)
     if args.list:
         for r in chosen:

@@ -32,6 +32,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "fragmentation": (0.0, 0.25),
     "fragmentation_expandable": (0.0, 0.25),
     "fragmentation_logits": (0.0, 3.0),
+    "fragmentation_logits_expandable": (0.0, 3.0),
 }
 
 
@@ -68,6 +69,8 @@ def fit(runs: list[MeasuredRun], *, version: str | None = None) -> Calibration:
         raw = estimate(spec, run.setup).memory
         if m.device_peak_bytes:
             context.append(m.device_peak_bytes - m.max_reserved_bytes - raw.outside_allocator_bytes)
+        if raw.steady_loss_reserved_bytes >= (1 - MAX_FITTED_UNDER_PREDICTION) * m.max_reserved_bytes:
+            continue  # the steady-step loss segments explain this reserved peak; no fragmentation to fit
         logits = 4.0 * logits_count(spec, run.setup)
         row = (float(raw.peak_allocated_bytes), logits, float(m.max_reserved_bytes - raw.peak_allocated_bytes))
         (expandable_rows if run.setup.expandable_segments else default_rows).append(row)
@@ -76,14 +79,19 @@ def fit(runs: list[MeasuredRun], *, version: str | None = None) -> Calibration:
         constants["cuda_context_bytes"] = _clip("cuda_context_bytes", statistics.median(context))
     if default_rows:
         frag, frag_logits = _fit_gap(default_rows)
+        frag = _clip("fragmentation", frag)
+        frag_logits = _clip("fragmentation_logits", max(frag_logits, _safe_logits_coef(default_rows, frag)))
         frag = max(frag, _safe_fraction(default_rows, frag_logits))
         constants["fragmentation"] = _clip("fragmentation", frag)
-        constants["fragmentation_logits"] = _clip("fragmentation_logits", frag_logits)
-    logits_coef = constants.get("fragmentation_logits", CALIBRATED_DEFAULTS["fragmentation_logits"])
+        constants["fragmentation_logits"] = frag_logits
     if expandable_rows:
-        ratios = [(gap - logits_coef * nv) / alloc for alloc, nv, gap in expandable_rows]
-        frag_es = max(statistics.median(ratios), _safe_fraction(expandable_rows, logits_coef))
-        constants["fragmentation_expandable"] = _clip("fragmentation_expandable", frag_es)
+        frag_es, logits_es = _fit_gap(expandable_rows, prior_b=CALIBRATED_DEFAULTS["fragmentation_logits_expandable"])
+        frag_es = _clip("fragmentation_expandable", frag_es)
+        logits_es = _clip("fragmentation_logits_expandable", max(logits_es, _safe_logits_coef(expandable_rows, frag_es)))
+        constants["fragmentation_expandable"] = _clip(
+            "fragmentation_expandable", max(frag_es, _safe_fraction(expandable_rows, logits_es))
+        )
+        constants["fragmentation_logits_expandable"] = logits_es
     gpus = sorted({r.environment.gpu_id or r.environment.gpu_name or "unknown" for r in runs})
     stack = _stack_versions(runs)
     return Calibration(
@@ -99,20 +107,33 @@ def fit(runs: list[MeasuredRun], *, version: str | None = None) -> Calibration:
 
 #: calibration keeps every fitted run's reserved prediction at least this close from below: an under-prediction
 #: is an OOM for the user, an over-prediction only a little unused memory
-MAX_FITTED_UNDER_PREDICTION = 0.06
+MAX_FITTED_UNDER_PREDICTION = 0.048
+
+
+def _safe_logits_coef(rows: list[tuple[float, float, float]], frag: float) -> float:
+    """Smallest 4 N V coefficient that under-predicts no fitted run's reserved peak by more than the margin.
+
+    The misses the least-squares fit leaves are holes next to the loss buffers: a 4 N V request that finds
+    the cache's largest hole a little too small (allocator replays: 0.87 GiB free for a 0.98 GiB request
+    in a QLoRA load segment; a 32 MiB block left inside a freed 0.58 GiB loss segment), so the margin is
+    taken on the 4 N V term, which leaves runs with small loss buffers alone."""
+    need = [((1 - MAX_FITTED_UNDER_PREDICTION) * (alloc + gap) - alloc * (1 + frag)) / nv for alloc, nv, gap in rows if nv > 0]
+    return max(need, default=0.0)
 
 
 def _safe_fraction(rows: list[tuple[float, float, float]], logits_coef: float) -> float:
-    """Smallest fragmentation fraction that under-predicts no fitted run's reserved peak by more than 6 %."""
+    """Smallest fragmentation fraction that under-predicts no fitted run's reserved peak by more than the margin
+    (after the 4 N V coefficient: only where that one reached its bound)."""
     need = [((1 - MAX_FITTED_UNDER_PREDICTION) * (alloc + gap) - logits_coef * nv) / alloc - 1 for alloc, nv, gap in rows]
     return max(need)
 
 
-def _fit_gap(rows: list[tuple[float, float, float]]) -> tuple[float, float]:
+def _fit_gap(rows: list[tuple[float, float, float]], prior_b: float | None = None) -> tuple[float, float]:
     """Least squares of gap = a * allocated + b * 4NV, weighted by 1/reserved^2 (relative error).
 
     With fewer than 3 runs, or a degenerate system, b keeps its prior and a is the median ratio."""
-    prior_b = CALIBRATED_DEFAULTS["fragmentation_logits"]
+    if prior_b is None:
+        prior_b = CALIBRATED_DEFAULTS["fragmentation_logits"]
     if len(rows) >= 3:
         w = [1.0 / (alloc + gap) ** 2 for alloc, _, gap in rows]
         s_aa = sum(wi * a * a for wi, (a, _, _) in zip(w, rows))

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field, replace
 from .errors import VramplanError
 from .memory.activations import layer_activations
 from .memory.adapters import adapter_bytes, check_lora_supported, lora_param_count
-from .memory.allocator import block_bytes, reserved_from_allocated, workspace_bytes
+from .memory.allocator import block_bytes, reserved_from_allocated, steady_loss_reserved, workspace_bytes
 from .memory.constants import (
     BYTES_PER_DTYPE,
     PRIOR_CUDA_CONTEXT_BYTES,
     PRIOR_FRAGMENTATION,
     PRIOR_FRAGMENTATION_EXPANDABLE,
     PRIOR_FRAGMENTATION_LOGITS,
+    PRIOR_FRAGMENTATION_LOGITS_EXPANDABLE,
     PRIOR_T_BWD_CONST_UNITS,
     PRIOR_T_BWD_I_FACTOR,
     STACK_VERSIONS,
@@ -51,12 +52,17 @@ from .specs import (
 
 DEFAULT_HEADROOM = 0.05
 
+#: MemoryBreakdown.reserved_rule: what set the reserved peak
+RESERVED_BY_FRAGMENTATION = "fragmentation"  # peak allocated x (1 + f) + f_logits x 4 N V
+RESERVED_BY_STEADY_LOSS = "steady_loss_segments"  # step 0's persistent bytes + the next loss in new segments
+
 #: constants the calibration file may override, with their priors
 CALIBRATED_DEFAULTS: dict[str, float] = {
     "cuda_context_bytes": float(PRIOR_CUDA_CONTEXT_BYTES),
     "fragmentation": PRIOR_FRAGMENTATION,
     "fragmentation_expandable": PRIOR_FRAGMENTATION_EXPANDABLE,
     "fragmentation_logits": PRIOR_FRAGMENTATION_LOGITS,
+    "fragmentation_logits_expandable": PRIOR_FRAGMENTATION_LOGITS_EXPANDABLE,
     "t_bwd_i_factor": PRIOR_T_BWD_I_FACTOR,
     "t_bwd_const_units": PRIOR_T_BWD_CONST_UNITS,
 }
@@ -275,9 +281,18 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
     peak_phase = max(phases, key=lambda p: phases[p])
     breakdown = {k: v for k, v in phase_terms[peak_phase].items() if v}
     peak_alloc = phases[peak_phase]
-    frag = constants["fragmentation_expandable"] if setup.expandable_segments else constants["fragmentation"]
+    if setup.expandable_segments:
+        frag, frag_logits = constants["fragmentation_expandable"], constants["fragmentation_logits_expandable"]
+    else:
+        frag, frag_logits = constants["fragmentation"], constants["fragmentation_logits"]
     frag += t.parallel_fragmentation
-    reserved = reserved_from_allocated(peak_alloc, frag, t.logits_fp32, constants["fragmentation_logits"])
+    reserved = reserved_from_allocated(peak_alloc, frag, t.logits_fp32, frag_logits)
+    reserved_rule = RESERVED_BY_FRAGMENTATION
+    steady = 0
+    if not setup.expandable_segments:  # expandable segments map pages into one range: nothing is stranded
+        steady = steady_loss_reserved(phases["optimizer"] - t.opt_transient, t.logits_fp32, t.states)
+        if steady > reserved:
+            reserved, reserved_rule = steady, RESERVED_BY_STEADY_LOSS
     context = int(constants["cuda_context_bytes"])
     outside = t.managed_states + t.parallel_outside
     device = reserved + context + outside
@@ -289,6 +304,8 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
         breakdown=breakdown,
         phases=phases,
         fragmentation_bytes=reserved - peak_alloc,
+        reserved_rule=reserved_rule,
+        steady_loss_reserved_bytes=steady,
         cuda_context_bytes=context,
         outside_allocator_bytes=outside,
     )

@@ -61,6 +61,8 @@ PRIOR_FRAGMENTATION = 0.03
 PRIOR_FRAGMENTATION_EXPANDABLE = 0.01
 #: stranded fp32 logits-sized blocks, as a multiple of 4 N V bytes
 PRIOR_FRAGMENTATION_LOGITS = 1.0
+#: the same with expandable_segments (pages are mapped into one growing range: fewer holes stranded)
+PRIOR_FRAGMENTATION_LOGITS_EXPANDABLE = 0.5
 #: transient gradient buffers inside one decoder layer's backward, units of b*s*h bytes:
 #: about two I-wide bf16 gradients plus a few h-wide ones (memory_model.md section 5.6, E2: 20-30 units tiny model)
 PRIOR_T_BWD_I_FACTOR = 4.0

@@ -17,6 +17,8 @@ def memory_doc(m: MemoryBreakdown) -> dict:
         "breakdown": dict(m.breakdown),
         "phases": dict(m.phases),
         "fragmentation_bytes": m.fragmentation_bytes,
+        "reserved_rule": m.reserved_rule,
+        "steady_loss_reserved_bytes": m.steady_loss_reserved_bytes,
         "cuda_context_bytes": m.cuda_context_bytes,
         "outside_allocator_bytes": m.outside_allocator_bytes,
     }

@@ -30,6 +30,12 @@ class MemoryBreakdown(Spec):
     cuda_context_bytes: int
     #: resident managed memory (paged optimizers) counted in device peak only
     outside_allocator_bytes: int = 0
+    #: what set peak_reserved_bytes: "fragmentation" (peak allocated x (1 + f) + f_logits x 4 N V) or
+    #: "steady_loss_segments" (step 0's weights, states and gradients, then the next step's three
+    #: 4 N V loss buffers in new segments; vramplan.memory.allocator.steady_loss_reserved)
+    reserved_rule: str = "fragmentation"
+    #: the "steady_loss_segments" bound itself (0 with expandable segments or no loss buffers)
+    steady_loss_reserved_bytes: int = 0
 
 
 class GpuVerdict(Spec):

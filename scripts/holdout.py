@@ -1,0 +1,100 @@
+"""Hold-out check: predict setups no calibration run has, commit the predictions, then measure them.
+
+    python scripts/holdout.py predict            # -> docs/holdout/predictions.json (commit it before measuring)
+    python scripts/holdout.py compare RUNS_DIR   # predicted (as committed) vs the measured run records
+
+The grid is ``scripts/campaign.py --grid holdout``. ``compare`` reads the committed predictions, never
+recomputes them, so the numbers it prints are the ones made before the runs existed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from campaign import holdout_grid  # noqa: E402
+
+from vramplan.api import estimate_for  # noqa: E402
+from vramplan.runs.store import load_runs  # noqa: E402
+from vramplan.specs import setup_label  # noqa: E402
+
+PREDICTIONS = Path(__file__).resolve().parent.parent / "docs" / "holdout" / "predictions.json"
+GIB = 2**30
+
+
+def predict(path: Path) -> int:
+    entries = []
+    version = None
+    for spec in holdout_grid():
+        e = estimate_for(spec.model, spec.setup)
+        shown = e.calibrated or e.memory
+        version = e.calibration_version
+        entries.append(
+            {
+                "name": spec.name,
+                "model": spec.model,
+                "setup": spec.setup.model_dump(mode="json"),
+                "label": setup_label(spec.setup),
+                "allocated": shown.peak_allocated_bytes,
+                "reserved": shown.peak_reserved_bytes,
+                "device": shown.device_peak_bytes,
+                "reserved_rule": shown.reserved_rule,
+            }
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"calibration_version": version, "predictions": entries}, indent=1) + "\n")
+    print(f"{len(entries)} predictions -> {path}")
+    return 0
+
+
+def compare(path: Path, runs_dir: Path) -> int:
+    doc = json.loads(path.read_text())
+    runs = load_runs([runs_dir])
+    by_key = {(r.model, r.setup.model_dump_json()): r for r in runs if not r.measurements.oom}
+    errors: dict[str, list[float]] = {"allocated": [], "reserved": [], "device": []}
+    print(f"predictions made with {doc['calibration_version']}")
+    print(f"{'run':<24} {'rule':<21} {'alloc':>14} {'reserved':>14} {'device':>14}   errors (alloc/reserved/device)")
+    for p in doc["predictions"]:
+        from vramplan.specs import TrainingSetup
+
+        key = (p["model"], TrainingSetup.model_validate(p["setup"]).model_dump_json())
+        run = by_key.get(key)
+        if run is None:
+            print(f"{p['name']:<24} not measured")
+            continue
+        m = run.measurements
+        measured = {"allocated": m.max_allocated_bytes, "reserved": m.max_reserved_bytes, "device": m.device_peak_bytes}
+        errs = {k: p[k] / v - 1 for k, v in measured.items() if v}
+        for k, v in errs.items():
+            errors[k].append(v)
+        cols = "".join(f" {p[k] / GIB:6.2f}/{measured[k] / GIB:6.2f}" for k in ("allocated", "reserved", "device"))
+        print(f"{p['name']:<24} {p['reserved_rule']:<21}{cols}   " + " ".join(f"{100 * errs[k]:+5.1f}%" for k in errs))
+    for k, errs in errors.items():
+        if errs:
+            print(
+                f"{k:<9}: {len(errs)} runs, median |error| {100 * statistics.median(abs(e) for e in errs):.1f}%, "
+                f"worst {100 * max(abs(e) for e in errs):.1f}%, worst under-prediction {100 * min(errs):+.1f}%"
+            )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("predict")
+    c = sub.add_parser("compare")
+    c.add_argument("runs_dir", type=Path)
+    parser.add_argument("--predictions", type=Path, default=PREDICTIONS)
+    args = parser.parse_args(argv)
+    if args.cmd == "predict":
+        return predict(args.predictions)
+    return compare(args.predictions, args.runs_dir)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
