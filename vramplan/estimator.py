@@ -95,6 +95,8 @@ class _Terms:
     logits_fp32: int
     embedding_grad: int
     tied_grad: int
+    #: bytes of the largest single trainable tensor (its optimizer states are tensors of that size)
+    largest_state: int = 0
     #: multi-GPU terms (memory/parallel.py): every phase / forward / backward / reduce phases, and outside torch
     parallel_persistent: dict[str, int] = field(default_factory=dict)
     parallel_gather_fwd: dict[str, int] = field(default_factory=dict)
@@ -191,6 +193,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         logits_fp32=4 * logits_count(model, setup),
         embedding_grad=block_bytes(model.vocab_size * model.hidden_size * itemsize) if setup.method == "full" else 0,
         tied_grad=tied_embedding_grad_bytes(model, setup),
+        largest_state=max((g.numel * g.itemsize for g in groups), default=0),
     )
     if setup.num_gpus == 1 or setup.parallel is None:
         return terms
@@ -290,7 +293,9 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
     reserved_rule = RESERVED_BY_FRAGMENTATION
     steady = 0
     if not setup.expandable_segments:  # expandable segments map pages into one range: nothing is stranded
-        steady = steady_loss_reserved(phases["optimizer"] - t.opt_transient, t.logits_fp32, t.states)
+        steady = steady_loss_reserved(
+            phases["optimizer"] - t.opt_transient, t.loss_fwd + t.logits_fp32, t.logits_fp32, t.states, t.largest_state
+        )
         if steady > reserved:
             reserved, reserved_rule = steady, RESERVED_BY_STEADY_LOSS
     context = int(constants["cuda_context_bytes"])

@@ -26,6 +26,8 @@ class RunComparison:
     predicted: dict[str, int]
     measured: dict[str, int | None]
     peak_phase: str
+    #: which rule set the predicted reserved peak (MemoryBreakdown.reserved_rule)
+    reserved_rule: str = "fragmentation"
 
     def error(self, total: str) -> float | None:
         m = self.measured.get(total)
@@ -85,6 +87,7 @@ def compare_run(run: MeasuredRun, calibration: Calibration | None = None) -> Run
             "device": meas.device_peak_bytes,
         },
         peak_phase=mem.peak_phase,
+        reserved_rule=mem.reserved_rule,
     )
 
 

@@ -42,34 +42,45 @@ def reserved_from_allocated(peak_allocated_bytes: int, fragmentation: float, log
     return -(-reserved // two_mib) * two_mib
 
 
-#: loss buffers of a steady step that need segments of their own (snapshot replays, H100, torch 2.11): the
-#: fp32 upcast of the logits, the log_softmax output and its gradient, 4 N V bytes each
-STEADY_LOSS_FRESH_BUFFERS = 3
 #: cudaMalloc granularity of the large pool: requests above 10 MiB get a segment of their size in 2 MiB steps
 #: (c10/cuda/CUDACachingAllocator.cpp, kRoundLarge)
 SEGMENT_ROUND_BYTES = 2 * 1024**2
 
 
-def steady_loss_reserved(persistent_bytes: int, logits_fp32_bytes: int, state_bytes: int) -> int:
+#: requests up to 1 MiB come from the small pool's own 2 MiB segments and never split a large segment
+#: (CUDACachingAllocator.cpp, kSmallSize)
+SMALL_POOL_MAX_BYTES = 1024**2
+
+
+def steady_loss_reserved(
+    persistent_bytes: int, loss_chain_bytes: int, logits_fp32_bytes: int, state_bytes: int, largest_state_tensor_bytes: int
+) -> int:
     """Reserved bytes once a steady step's loss buffers are allocated, when none of them can reuse the cache.
 
     torch optimizers create their states lazily, in the first ``optimizer.step()``, after step 0's loss
     buffers were freed: best-fit puts states (and step 0's gradients) into those freed segments, so no
-    4 N V-byte hole is left when the next step computes its loss, and each of its three 4 N V buffers gets
-    a new segment (``scripts/allocator_replay.py`` on ``--memory-snapshot`` runs: llama-3.2-1b full FT,
-    s2048, 3 fresh 0.98 GiB segments in step 1, reserved 9.29 -> 12.22 GiB while allocated stays below
-    its step-0 peak; the same for 3B, and for 1B at s1024 with 0.49 GiB segments).
+    loss-sized hole is left when the next step computes its loss, and its loss buffers get new segments
+    (``scripts/allocator_replay.py`` on ``--memory-snapshot`` runs, H100, torch 2.11: llama-3.2-1b full FT
+    s2048 gets three new 0.98 GiB segments in step 1, reserved 9.29 -> 12.22 GiB while allocated stays
+    below its step-0 peak; at s4096 the bf16 logits need a new segment too, four in all).
 
     ``persistent_bytes``: what the pool holds, tightly packed, after step 0's optimizer step (weights,
-    states and gradients; the step's own temporaries are freed as whole tensors and do get reused). For
-    ``state_bytes``: optimizer states the allocator holds (paged states live outside it). States smaller
-    than the three loss segments (LoRA, paged optimizers: llama-3.2-1b full FT with paged_adamw_8bit
-    reserves 5.84 GiB, below this bound's 6.2) leave room for the next loss: the bound is 0 then."""
-    if logits_fp32_bytes <= 0 or state_bytes < STEADY_LOSS_FRESH_BUFFERS * logits_fp32_bytes:
+    states and gradients; the step's own temporaries are freed as whole tensors and do get reused).
+    ``loss_chain_bytes``: every loss buffer of one step (bf16 logits, fp32 upcast, log_softmax output and
+    its gradient: 14 N V bytes; more with softcapping).
+
+    The bound is 0 (the freed loss segments stay whole for the next step) when the optimizer puts no
+    state into them: states smaller than one 4 N V buffer (paged optimizers keep them outside the pool:
+    llama-3.2-1b full FT with paged_adamw_8bit reserves 5.84 GiB, below this bound), or state tensors
+    of at most 1 MiB, which the small pool serves (LoRA adapters: no new loss segment in any LoRA replay).
+    ``logits_fp32_bytes``: one 4 N V buffer. ``state_bytes`` / ``largest_state_tensor_bytes``: the
+    allocator-held optimizer states, and the largest single state tensor."""
+    if loss_chain_bytes <= 0 or largest_state_tensor_bytes <= SMALL_POOL_MAX_BYTES:
         return 0
-    segment = -(-logits_fp32_bytes // SEGMENT_ROUND_BYTES) * SEGMENT_ROUND_BYTES
-    base = -(-persistent_bytes // SEGMENT_ROUND_BYTES) * SEGMENT_ROUND_BYTES
-    return base + STEADY_LOSS_FRESH_BUFFERS * segment
+    if state_bytes < logits_fp32_bytes:
+        return 0
+    rounded = lambda n: -(-n // SEGMENT_ROUND_BYTES) * SEGMENT_ROUND_BYTES  # noqa: E731
+    return rounded(persistent_bytes) + rounded(loss_chain_bytes)
 
 
 def _cc_major(compute_capability: str | None) -> int | None:
