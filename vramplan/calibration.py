@@ -4,8 +4,11 @@ The analytic terms (weights, states, activations, loss buffers ...) are not scal
 off, its formula is fixed. What is fitted is what no formula predicts from first principles:
 * `cuda_context_bytes` — the process's GPU memory outside torch's reserved pool (CUDA context, module
   images, cuBLAS/cuDNN handles): the median of device peak - reserved peak over the runs;
-* `fragmentation` / `fragmentation_expandable` — the caching allocator's reserved/allocated gap with the
-  default allocator and with expandable_segments: the median of reserved / predicted allocated - 1.
+* `fragmentation` / `fragmentation_logits` (and their `_expandable` twins for expandable_segments) — the
+  caching allocator's reserved/allocated gap, modelled as a fraction of allocated plus a multiple of the
+  fp32 logits buffer (4 N V): least squares over the runs whose reserved peak the steady-step loss-segment
+  rule does not already explain, then the 4 N V multiple raised until no fitted run is under-predicted by
+  more than MAX_FITTED_UNDER_PREDICTION.
 Each is clipped to its bound. `leave_one_out` predicts every run with constants fitted without it.
 """
 
