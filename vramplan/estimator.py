@@ -7,6 +7,8 @@ Phases (steady state: optimizer states exist from the first step on; memory_mode
 * grads_complete full FT: every gradient exists while the first layer's backward finishes
 * optimizer    weights + states + gradients + optimizer-step temporaries
 The step-0 optimizer step creates the states while gradients exist; its total equals `optimizer`.
+Reserved is the larger of the fragmentation rule (peak allocated x (1 + f) + f_logits x 4 N V) and, for
+large-pool optimizer states, the steady-step loss-segment rule (memory.allocator.steady_loss_reserved).
 """
 
 from dataclasses import dataclass, field, replace
