@@ -21,7 +21,7 @@ from campaign import holdout_grid  # noqa: E402
 
 from vramplan.api import estimate_for  # noqa: E402
 from vramplan.runs.store import load_runs  # noqa: E402
-from vramplan.specs import setup_label  # noqa: E402
+from vramplan.specs import TrainingSetup, setup_label  # noqa: E402
 
 PREDICTIONS = Path(__file__).resolve().parent.parent / "docs" / "holdout" / "predictions.json"
 GIB = 2**30
@@ -60,8 +60,6 @@ def compare(path: Path, runs_dir: Path) -> int:
     print(f"predictions made with {doc['calibration_version']}")
     print(f"{'run':<24} {'rule':<21} {'alloc':>14} {'reserved':>14} {'device':>14}   errors (alloc/reserved/device)")
     for p in doc["predictions"]:
-        from vramplan.specs import TrainingSetup
-
         key = (p["model"], TrainingSetup.model_validate(p["setup"]).model_dump_json())
         run = by_key.get(key)
         if run is None:

@@ -81,20 +81,11 @@ def fit(runs: list[MeasuredRun], *, version: str | None = None) -> Calibration:
     if context:
         constants["cuda_context_bytes"] = _clip("cuda_context_bytes", statistics.median(context))
     if default_rows:
-        frag, frag_logits = _fit_gap(default_rows)
-        frag = _clip("fragmentation", frag)
-        frag_logits = _clip("fragmentation_logits", max(frag_logits, _safe_logits_coef(default_rows, frag)))
-        frag = max(frag, _safe_fraction(default_rows, frag_logits))
-        constants["fragmentation"] = _clip("fragmentation", frag)
-        constants["fragmentation_logits"] = frag_logits
+        constants.update(_fit_allocator_gap(default_rows, "fragmentation", "fragmentation_logits"))
     if expandable_rows:
-        frag_es, logits_es = _fit_gap(expandable_rows, prior_b=CALIBRATED_DEFAULTS["fragmentation_logits_expandable"])
-        frag_es = _clip("fragmentation_expandable", frag_es)
-        logits_es = _clip("fragmentation_logits_expandable", max(logits_es, _safe_logits_coef(expandable_rows, frag_es)))
-        constants["fragmentation_expandable"] = _clip(
-            "fragmentation_expandable", max(frag_es, _safe_fraction(expandable_rows, logits_es))
+        constants.update(
+            _fit_allocator_gap(expandable_rows, "fragmentation_expandable", "fragmentation_logits_expandable")
         )
-        constants["fragmentation_logits_expandable"] = logits_es
     gpus = sorted({r.environment.gpu_id or r.environment.gpu_name or "unknown" for r in runs})
     stack = _stack_versions(runs)
     return Calibration(
@@ -111,6 +102,16 @@ def fit(runs: list[MeasuredRun], *, version: str | None = None) -> Calibration:
 #: calibration keeps every fitted run's reserved prediction at least this close from below: an under-prediction
 #: is an OOM for the user, an over-prediction only a little unused memory
 MAX_FITTED_UNDER_PREDICTION = 0.048
+
+
+def _fit_allocator_gap(rows: list[tuple[float, float, float]], fraction: str, logits: str) -> dict[str, float]:
+    """The fraction-of-allocated and 4 N V constants named `fraction` / `logits` for one allocator mode:
+    least squares, then the 4 N V coefficient raised to the safety margin, then the fraction if that
+    coefficient hit its bound; each clipped to its bounds."""
+    frag, frag_logits = _fit_gap(rows, prior_b=CALIBRATED_DEFAULTS[logits])
+    frag = _clip(fraction, frag)
+    frag_logits = _clip(logits, max(frag_logits, _safe_logits_coef(rows, frag)))
+    return {fraction: _clip(fraction, max(frag, _safe_fraction(rows, frag_logits))), logits: frag_logits}
 
 
 def _safe_logits_coef(rows: list[tuple[float, float, float]], frag: float) -> float:
@@ -131,12 +132,10 @@ def _safe_fraction(rows: list[tuple[float, float, float]], logits_coef: float) -
     return max(need)
 
 
-def _fit_gap(rows: list[tuple[float, float, float]], prior_b: float | None = None) -> tuple[float, float]:
+def _fit_gap(rows: list[tuple[float, float, float]], prior_b: float) -> tuple[float, float]:
     """Least squares of gap = a * allocated + b * 4NV, weighted by 1/reserved^2 (relative error).
 
     With fewer than 3 runs, or a degenerate system, b keeps its prior and a is the median ratio."""
-    if prior_b is None:
-        prior_b = CALIBRATED_DEFAULTS["fragmentation_logits"]
     if len(rows) >= 3:
         w = [1.0 / (alloc + gap) ** 2 for alloc, _, gap in rows]
         s_aa = sum(wi * a * a for wi, (a, _, _) in zip(w, rows))

@@ -37,9 +37,8 @@ def reserved_from_allocated(peak_allocated_bytes: int, fragmentation: float, log
     largest such blocks are the fp32 logits/loss buffers (4 N V bytes each), so the gap grows with them
     (H100 campaign: gap ~ 1.0 x 4NV + 1 % of allocated).
     """
-    two_mib = 2 * 1024**2
     reserved = int(peak_allocated_bytes * (1.0 + fragmentation) + fragmentation_logits * logits_bytes)
-    return -(-reserved // two_mib) * two_mib
+    return _round_to_segment(reserved)
 
 
 #: cudaMalloc granularity of the large pool: requests above 10 MiB get a segment of their size in 2 MiB steps
@@ -79,8 +78,11 @@ def steady_loss_reserved(
         return 0
     if state_bytes < logits_fp32_bytes:
         return 0
-    rounded = lambda n: -(-n // SEGMENT_ROUND_BYTES) * SEGMENT_ROUND_BYTES  # noqa: E731
-    return rounded(persistent_bytes) + rounded(loss_chain_bytes)
+    return _round_to_segment(persistent_bytes) + _round_to_segment(loss_chain_bytes)
+
+
+def _round_to_segment(nbytes: int) -> int:
+    return -(-nbytes // SEGMENT_ROUND_BYTES) * SEGMENT_ROUND_BYTES
 
 
 def _cc_major(compute_capability: str | None) -> int | None:
