@@ -24,7 +24,9 @@ OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="adamw_torch_fuse
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="dtype the weights are loaded in: bf16 | fp16 | fp32")]
 AttnOpt = Annotated[str, typer.Option("--attn", help="sdpa | flash | eager")]
 Expandable = Annotated[bool, typer.Option("--expandable-segments", help="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")]
-StackOpt = Annotated[str, typer.Option("--stack", help="software stack profile (hf)")]
+StackOpt = Annotated[str, typer.Option("--stack", help="software stack: hf (Trainer) | trl (SFTTrainer) | unsloth")]
+LigerOpt = Annotated[bool, typer.Option("--liger", help="use_liger_kernel=True (hf, trl): Liger fused linear cross-entropy and kernels")]
+PackingOpt = Annotated[bool, typer.Option("--packing", help="pack sequences without padding (TRL packing=True / padding-free)")]
 NumGpus = Annotated[int, typer.Option("--num-gpus", help="GPUs in the job")]
 ParallelOpt = Annotated[Optional[str], typer.Option("--parallel", help="ddp | fsdp | zero2 | zero3")]
 OffloadOpt = Annotated[str, typer.Option("--offload", help="CPU offload: none | optimizer (zero2, zero3) | all (fsdp, zero3)")]
@@ -73,6 +75,8 @@ def build_setup(
     num_gpus: int,
     parallel: str | None,
     offload: str = "none",
+    liger: bool = False,
+    packing: bool = False,
 ) -> TrainingSetup:
     """Flags -> validated TrainingSetup. Raises VramplanError with a one-line message naming the flag."""
     try:
@@ -99,6 +103,8 @@ def build_setup(
             num_gpus=num_gpus,
             parallel=parallel,
             offload=offload,
+            liger=liger,
+            packing=packing,
         )
     except ValidationError as exc:
         raise VramplanError(validation_message(exc)) from None
@@ -107,7 +113,7 @@ def build_setup(
 SETUP_PARAMS = (
     "method", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "quant", "double_quant", "seq_len",
     "batch_size", "grad_accum", "grad_ckpt", "optimizer", "dtype", "attn", "expandable_segments", "stack",
-    "num_gpus", "parallel", "offload",
+    "num_gpus", "parallel", "offload", "liger", "packing",
 )  # fmt: skip
 
 

@@ -21,6 +21,7 @@ Dtype = Literal["bf16", "fp16", "fp32"]
 Attn = Literal["sdpa", "flash", "eager"]
 Parallel = Literal["ddp", "fsdp", "zero2", "zero3"]
 Offload = Literal["none", "optimizer", "all"]
+Stack = Literal["hf", "trl", "unsloth"]
 
 OPTIMIZERS: tuple[str, ...] = Optimizer.__args__  # type: ignore[attr-defined]
 METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
@@ -29,6 +30,7 @@ DTYPES: tuple[str, ...] = Dtype.__args__  # type: ignore[attr-defined]
 QUANTS: tuple[str, ...] = Quant.__args__  # type: ignore[attr-defined]
 PARALLELS: tuple[str, ...] = Parallel.__args__  # type: ignore[attr-defined]
 OFFLOADS: tuple[str, ...] = Offload.__args__  # type: ignore[attr-defined]
+STACKS: tuple[str, ...] = Stack.__args__  # type: ignore[attr-defined]
 #: what each framework can move to CPU memory (FSDP CPUOffload moves parameters, gradients and optimizer
 #: states together; ZeRO-2 offload_optimizer; ZeRO-3 offload_optimizer and offload_param)
 OFFLOAD_SUPPORT: dict[str, tuple[str, ...]] = {"fsdp": ("all",), "zero2": ("optimizer",), "zero3": ("optimizer", "all")}
@@ -75,7 +77,12 @@ class TrainingSetup(Spec):
     dtype: Dtype = "bf16"
     attn: Attn = "sdpa"
     expandable_segments: bool = False
-    stack: Literal["hf"] = "hf"
+    #: software stack profile (design.md "Stack profiles"): hf Trainer, TRL SFTTrainer, Unsloth
+    stack: Stack = "hf"
+    #: use_liger_kernel=True (hf, trl): Liger's fused linear cross-entropy and kernels
+    liger: bool = False
+    #: sequences packed into each row without padding (TRL packing=True / padding-free with position ids)
+    packing: bool = False
     num_gpus: int = Field(default=1, gt=0, le=MAX_GPUS)
     parallel: Parallel | None = None
     #: CPU offload of the sharded training state where the framework offers it (see OFFLOAD_SUPPORT)
@@ -95,6 +102,8 @@ class TrainingSetup(Spec):
             raise ValueError("--quant applies to --method qlora only (use --method qlora)")
         if self.method == "qlora" and self.quant is None:
             raise ValueError("--method qlora needs --quant nf4|fp4|int8")
+        if self.liger and self.stack == "unsloth":
+            raise ValueError("--liger applies to --stack hf|trl (Unsloth brings its own kernels)")
         if self.num_gpus > 1 and self.parallel is None:
             raise ValueError("--num-gpus > 1 needs --parallel ddp|fsdp|zero2|zero3")
         if self.offload != "none":
@@ -128,4 +137,10 @@ def setup_label(setup: TrainingSetup) -> str:
         parts.append(f"{setup.num_gpus}x{setup.parallel}")
     if setup.offload != "none":
         parts.append(f"offload-{setup.offload}")
+    if setup.stack != "hf":
+        parts.append(setup.stack)
+    if setup.liger:
+        parts.append("liger")
+    if setup.packing:
+        parts.append("packed")
     return " ".join(parts)
