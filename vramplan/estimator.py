@@ -134,9 +134,12 @@ def estimate(
         calibrated = _memory(terms, setup, constants)
     shown = calibrated or raw
     verdict = _verdict(gpu, shown.device_peak_bytes, headroom) if gpu else None
+    profile = stack_profile(setup)
     return Estimate(
         model=model.name,
         method=setup.method,
+        stack=profile.name,
+        stack_versions=dict(profile.versions),
         params=_params(model, setup),
         memory=raw,
         calibrated=calibrated,

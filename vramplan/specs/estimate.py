@@ -51,6 +51,10 @@ class GpuVerdict(Spec):
 class Estimate(Spec):
     model: str
     method: str
+    #: the stack profile the estimate is for ("hf", "hf+liger", "trl", "trl+liger", "unsloth") and the
+    #: library versions its terms were read from
+    stack: str = "hf"
+    stack_versions: dict[str, str] = Field(default_factory=dict)
     params: ParamCounts
     memory: MemoryBreakdown
     #: memory after applying the calibration file (None when no calibration applies)
