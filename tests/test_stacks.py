@@ -177,3 +177,19 @@ def test_estimate_names_its_stack_and_versions():
     e = estimate(LLAMA, setup(stack="trl", liger=True))
     assert e.stack == "trl+liger"
     assert e.stack_versions["trl"] == "1.16.0" and e.stack_versions["liger-kernel"] == "0.8.5"
+
+
+def test_validate_reports_accuracy_per_stack():
+    from vramplan.report.validation_view import validation_doc
+    from vramplan.validation import RunComparison, Validation
+
+    def comparison(stack, predicted, measured):
+        totals = {"allocated": predicted, "reserved": predicted, "device": predicted}
+        return RunComparison("r", "m", "s", totals, dict.fromkeys(totals, measured), "forward", stack=stack)
+
+    v = Validation([comparison("hf", 101, 100), comparison("trl", 90, 100), comparison("trl", 110, 100)])
+    assert v.stacks() == ["hf", "trl"]
+    doc = validation_doc(v)
+    assert doc["stats_by_stack"]["hf"]["allocated"]["runs"] == 1
+    trl = doc["stats_by_stack"]["trl"]["allocated"]
+    assert trl["runs"] == 2 and trl["worst_under"] == pytest.approx(-0.10) and trl["median_abs"] == pytest.approx(0.10)
