@@ -207,7 +207,8 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         tied_grad=tied_embedding_grad_bytes(model, setup),
         largest_state=max((g.numel * g.itemsize for g in groups), default=0),
     )
-    if setup.num_gpus == 1 or setup.parallel is None:
+    # DeepSpeed ZeRO runs (and offloads) at world size 1 too; DDP/FSDP on one GPU change nothing
+    if setup.parallel is None or (setup.num_gpus == 1 and setup.parallel not in ("zero2", "zero3")):
         return terms
     p = parallel_terms(model, setup, weights, groups, terms.grads, terms.embedding_grad, terms.opt_transient)
     return replace(

@@ -178,11 +178,17 @@ def bnb_config(setup: TrainingSetup):
 
     if setup.quant == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
+    storage = {}
+    if setup.parallel in ("fsdp", "zero3"):
+        # FSDP/ZeRO-3 flatten the packed 4-bit data with the bf16 parameters: store it in bf16 elements
+        # (same bytes; memory_model.md section 9, PEFT's QLoRA-FSDP guide)
+        storage["bnb_4bit_quant_storage"] = torch.bfloat16
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=setup.quant,
         bnb_4bit_use_double_quant=setup.double_quant,
         bnb_4bit_compute_dtype=torch.float16 if setup.dtype == "fp16" else torch.bfloat16,
+        **storage,
     )
 
 

@@ -353,7 +353,7 @@ def run_measurement(
             samples = setup.batch_size * setup.grad_accum * steps * ctx.world_size
             dataset = make_dataset(_vocab_rows(built.model), setup.seq_len, samples, data=data, tokenizer=tokenizer)
             parallel_args = None
-            if ctx.is_distributed:
+            if ctx.is_distributed or setup.parallel is not None:  # DeepSpeed also at world size 1
                 parallel_args, parallel_extra = trainer_kwargs(setup, built.model)
                 extra.update(parallel_extra)
             args_kwargs = training_argument_kwargs(
