@@ -25,10 +25,8 @@ __all__ = [
 
 def explicit_params(ctx, names) -> set[str]:
     """The parameters of a click/typer command given on the command line (or by environment)."""
-    from click.core import ParameterSource
-
-    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return {n for n in names if ctx.get_parameter_source(n) in given}
+    given = ("COMMANDLINE", "ENVIRONMENT")  # click's ParameterSource names (typer may carry its own click)
+    return {n for n in names if getattr(ctx.get_parameter_source(n), "name", None) in given}
 
 
 def resolve_command(ctx, params: dict) -> Resolved:

@@ -3,7 +3,7 @@
 | key (file) | default | vramplan |
 |---|---|---|
 | per_device_train_batch_size, gradient_accumulation_steps (transformers/training_args.py) | 8, 1 | --batch-size, --grad-accum |
-| gradient_checkpointing (training_args.py; trl/trainer/sft_config.py) | false; SFTConfig true | --grad-ckpt |
+| activation_checkpointing, its alias gradient_checkpointing (training_args.py, transformers 5.24; trl/trainer/sft_config.py) | false; SFTConfig true | --grad-ckpt |
 | optim (training_args.py OptimizerNames) | adamw_torch_fused | --optimizer |
 | bf16, fp16 (training_args.py; SFTConfig bf16 true unless fp16) | false | --dtype (the weights' dtype is not in the file: assumed to match) |
 | use_liger_kernel (training_args.py) | false | --liger |
@@ -51,7 +51,11 @@ def read(doc: dict[str, Any], r: Reading, base: Path, *, sft: bool | None = None
     v["stack"] = "trl" if sft else "hf"
     v["batch_size"] = as_int(r, "per_device_train_batch_size", doc.get("per_device_train_batch_size", 8))
     v["grad_accum"] = as_int(r, "gradient_accumulation_steps", doc.get("gradient_accumulation_steps", 1))
-    v["grad_ckpt"] = as_bool(r, "gradient_checkpointing", doc.get("gradient_checkpointing", sft))
+    key = "activation_checkpointing" if doc.get("activation_checkpointing") is not None else "gradient_checkpointing"
+    v["grad_ckpt"] = as_bool(r, key, doc.get(key, sft) if doc.get(key) is not None else sft)
+    ckpt_kwargs = doc.get("activation_checkpointing_kwargs") or doc.get("gradient_checkpointing_kwargs") or {}
+    if isinstance(ckpt_kwargs, dict) and ckpt_kwargs.get("every_n_layers", 1) not in (1, None):
+        r.note(f"checkpointing every_n_layers {ckpt_kwargs['every_n_layers']}: every layer's checkpoint is assumed")
     optimizer_value(r, "optim", doc.get("optim") or "adamw_torch_fused")
     v["liger"] = as_bool(r, "use_liger_kernel", doc.get("use_liger_kernel", False))
     v["dtype"] = _dtype(doc, r, sft)

@@ -68,7 +68,10 @@ def read_quantization(config: dict[str, Any], r: Reading) -> None:
     if as_bool(r, "load_in_4bit", quant.get("load_in_4bit", False)):
         r.values.update(method="qlora", quant=str(quant.get("bnb_4bit_quant_type", "fp4")).lower())
         r.values["double_quant"] = as_bool(r, "bnb_4bit_use_double_quant", quant.get("bnb_4bit_use_double_quant", False))
+        dq = "with" if r.values["double_quant"] else "without"
+        r.note(f"quantization_config: bitsandbytes 4-bit {r.values['quant']} {dq} double quantization -> QLoRA")
     elif as_bool(r, "load_in_8bit", quant.get("load_in_8bit", False)):
         r.values.update(method="qlora", quant="int8")
+        r.note("quantization_config: bitsandbytes 8-bit -> QLoRA int8")
     if quant.get("llm_int8_skip_modules"):
         r.note("llm_int8_skip_modules: modules kept unquantized beyond vramplan's defaults are not modelled")
