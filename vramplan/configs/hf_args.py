@@ -91,5 +91,9 @@ def _dtype(doc: dict[str, Any], r: Reading, sft: bool) -> str:
         if r.kind != "live":
             r.note(f"weights assumed loaded in {half}, the autocast dtype (the file does not say; give --dtype)")
         return half
-    r.note("neither bf16 nor fp16: the Trainer computes in the weights' dtype; bf16 weights assumed")
+    if r.kind == "live":
+        r.note("neither bf16 nor fp16: no autocast; activations are modelled under bf16 autocast (an under-estimate "
+               "when the weights are fp32)")  # fmt: skip
+    else:
+        r.note("neither bf16 nor fp16: the Trainer computes in the weights' dtype; bf16 weights assumed")
     return "bf16"

@@ -39,7 +39,7 @@ def resolve(
     model = values.get("model") if values.get("model") else next((r.model for r in reversed(readings) if r.model), None)
     if not model:
         raise VramplanError("--model is required (or a --from-config file that names the model)")
-    if not any(r.kind == "model-config" for r in readings):
+    if not any(r.kind in ("model-config", "live") for r in readings):  # those read the quantization already
         quant = model_quantization(model)
         if quant is not None:
             readings.append(quant)
