@@ -140,3 +140,28 @@ def test_importing_vramplan_and_its_api_imports_no_torch():
             "estimate('llama-3.1-8b', method='qlora', gpu='rtx-4090'); "
             "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; assert not heavy, heavy")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.gpu
+def test_preflight_prediction_is_close_to_the_measured_peak_of_the_same_run(tmp_path):
+    """The campaign check: the callback's prediction against torch's max_memory_allocated of the very run
+    it guarded (a random 8-layer Llama, LoRA, checkpointing, bf16). Not run in CI (needs CUDA)."""
+    import torch
+
+    config = transformers.LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                                      num_attention_heads=16, num_key_value_heads=8, vocab_size=32000,
+                                      max_position_embeddings=2048)  # fmt: skip
+    model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16)
+    model = peft.get_peft_model(model, peft.LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    rows = [{"input_ids": [5] * 1024, "labels": [5] * 1024}] * 8
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, bf16=True,
+                                          gradient_checkpointing=True, max_steps=3, report_to="none")  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=rows)
+    callback = vramplan.PreflightCallback(report=False)
+    trainer.add_callback(callback)
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    measured = torch.cuda.max_memory_allocated()
+    predicted = callback.estimate.memory.peak_allocated_bytes
+    assert callback.estimate.verdict is not None  # the GPU was found (catalog or mem_get_info)
+    assert abs(predicted / measured - 1) < 0.15, (predicted, measured)

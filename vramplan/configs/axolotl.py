@@ -123,7 +123,7 @@ def _method(doc: dict[str, Any], r: Reading) -> None:
     """adapter + load_in_4bit / load_in_8bit -> method, quant (loaders/model.py builds the
     BitsAndBytesConfig: nf4 with double quantization unless bnb_config_kwargs says otherwise)."""
     v = r.values
-    adapter = (doc.get("adapter") or "").strip().lower() if isinstance(doc.get("adapter"), str) else doc.get("adapter")
+    adapter = str(doc.get("adapter") or "").strip().lower()
     four = as_bool(r, "load_in_4bit", doc.get("load_in_4bit", False))
     eight = as_bool(r, "load_in_8bit", doc.get("load_in_8bit", False))
     if not adapter:

@@ -11,7 +11,7 @@ src/llamafactory/):
 | lora_rank, lora_alpha, lora_dropout, lora_target (finetuning_args.py LoraArguments) | 8, 2 x rank, 0.0, all | --lora-rank, --lora-alpha, --lora-dropout, --lora-targets |
 | cutoff_len, packing, neat_packing (hparams/data_args.py) | 2048, false (sft) | --seq-len, --packing |
 | per_device_train_batch_size, gradient_accumulation_steps, optim, bf16, fp16, deepspeed (transformers Seq2SeqTrainingArguments) | 8, 1, adamw_torch_fused, false, false, none | --batch-size, --grad-accum, --optimizer, --dtype, --parallel/--offload |
-| disable_gradient_checkpointing (model_args.py; model/model_utils/checkpointing.py enables it otherwise) | false | --grad-ckpt on unless disabled |
+| disable_gradient_checkpointing (model_args.py; model/model_utils/checkpointing.py enables it otherwise, whatever gradient_checkpointing says) | false | --grad-ckpt on unless disabled |
 | flash_attn (model_args.py, extras/constants.py AttentionFunction) | auto | --attn (auto: transformers' sdpa) |
 | enable_liger_kernel, use_unsloth (model_args.py) | false | --liger, --stack unsloth |
 | pure_bf16 (finetuning_args.py) | false | fp32 trainable parameters unless set (model/adapter.py) |
