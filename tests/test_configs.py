@@ -194,3 +194,77 @@ def test_plan_and_fit_read_the_same_file():
 def test_reading_a_file_raises_the_vramplan_error_type():
     with pytest.raises(ConfigFileError, match="too large"):
         read_config_bytes(b" " * (2 * 1024 * 1024), "big.yml")
+
+
+AX = "base_model: qwen2.5-0.5b\nadapter: lora\nlora_r: 8\nlora_target_linear: true\n"
+LF = "model_name_or_path: qwen2.5-0.5b\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("ax.yml", AX + "plugins:\n  - axolotl.integrations.liger.LigerPlugin\nliger_fused_linear_cross_entropy: true\n",
+         {"liger": True, "stack": "hf"}),
+        ("ax.yml", AX + "liger_fused_linear_cross_entropy: true\n", {"liger": False}),
+        ("ax.yml", AX + "micro_batch_size: 2\nbatch_size: 16\n", {"batch_size": 2, "grad_accum": 8}),
+        ("ax.yml", AX + "gradient_checkpointing: offload\n", {"grad_ckpt": True}),
+        ("ax.yml", AX + "attn_implementation: eager\nflash_attention: true\n", {"attn": "eager"}),
+        ("ax.yml", AX + "sdp_attention: true\n", {"attn": "sdpa"}),
+        ("ax.yml", AX + "fp16: true\nbf16: false\n", {"dtype": "fp16"}),
+        ("ax.yml", "base_model: qwen2.5-0.5b\nadapter: lora\nload_in_8bit: true\nlora_target_modules: [q_proj]\nbf16: false\n",
+         {"method": "qlora", "quant": "int8", "lora_targets": "q_proj", "dtype": "fp16"}),
+        ("ax.yml", AX.replace("lora", "qlora", 1) + "bnb_config_kwargs:\n  bnb_4bit_quant_type: fp4\n  bnb_4bit_use_double_quant: false\n",
+         {"method": "qlora", "quant": "fp4", "double_quant": False}),
+        ("ax.yml", "base_model: qwen2.5-0.5b\nfsdp: [full_shard, auto_wrap]\nfsdp_config:\n  fsdp_offload_params: true\n",
+         {"method": "full", "parallel": "fsdp", "offload": "all"}),
+        ("ax.yml", "base_model: qwen2.5-0.5b\nfsdp_version: 2\nfsdp_config:\n  reshard_after_forward: false\n",
+         {"parallel": "zero2"}),
+        ("lf.yml", LF + "use_unsloth: true\nenable_liger_kernel: true\n", {"stack": "unsloth", "liger": False}),
+        ("lf.yml", LF + "flash_attn: disabled\ndisable_gradient_checkpointing: true\nneat_packing: true\n",
+         {"attn": "eager", "grad_ckpt": False, "packing": True}),
+        ("lf.yml", LF + "quantization_bit: 8\n", {"method": "qlora", "quant": "int8"}),
+        ("args.json", '{"output_dir": "o", "fsdp": "full_shard auto_wrap offload", "bf16": true}',
+         {"parallel": "fsdp", "offload": "all", "stack": "hf"}),
+        ("args.json", '{"output_dir": "o", "deepspeed": {"zero_optimization": {"stage": 2}}, "optim": "adamw_bnb_8bit"}',
+         {"parallel": "zero2", "optimizer": "adamw_8bit"}),
+        ("sft.json", '{"output_dir": "o", "max_length": 512, "padding_free": true, "model_init_kwargs": {"dtype": "float16"}}',
+         {"stack": "trl", "seq_len": 512, "packing": True, "dtype": "fp16"}),
+        ("adapter_config.json", '{"peft_type": "LORA", "r": 4, "target_modules": "all-linear", "use_dora": true}',
+         {"method": "lora", "lora_rank": 4, "lora_targets": "all-linear"}),
+    ],
+)  # fmt: skip
+def test_each_memory_key_maps_to_its_flag(name, text, expected):
+    r = read_config_bytes(text.encode(), name)
+    assert {k: r.values.get(k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("ax.yml", AX + "gradient_checkpointing: offload\n", "checkpoints offloaded"),
+        ("ax.yml", AX + "liger_rms_norm: true\n", "without the axolotl.integrations.liger.LigerPlugin"),
+        ("lf.yml", LF + "stage: dpo\n", "stage dpo"),
+        ("adapter_config.json", '{"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"], "use_dora": true}', "use_dora"),
+        ("args.json", '{"output_dir": "o", "torch_compile": true}', "torch_compile"),
+    ],
+)  # fmt: skip
+def test_keys_that_are_not_modelled_are_noted(name, text, needle):
+    assert any(needle in a for a in read_config_bytes(text.encode(), name).assumptions)
+
+
+def test_a_model_folder_relative_to_the_config_is_found(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text((EXAMPLES / "llama-3.1-8b-bnb-4bit" / "config.json").read_text())
+    (tmp_path / "ax.yml").write_text("base_model: ./model\nadapter: lora\nlora_target_linear: true\n")
+    doc = estimate_json("--from-config", str(tmp_path / "ax.yml"))
+    assert doc["setup"]["method"] == "qlora"  # the folder's bitsandbytes quantization_config makes the LoRA QLoRA
+    assert doc["params"]["total"] == 8_030_261_248
+
+
+def test_a_non_bitsandbytes_quantized_model_is_refused_unless_method_is_given(tmp_path):
+    config = json.loads((EXAMPLES / "llama-3.1-8b-bnb-4bit" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert "quant_method gptq is not modelled" in fails("--model", str(tmp_path / "config.json"), "--from-config",
+                                                        str(EXAMPLES / "hf-training-args.json"))  # fmt: skip
+    assert estimate_json("--model", str(tmp_path / "config.json"), "--method", "lora")["setup"]["method"] == "lora"

@@ -190,6 +190,7 @@ def _liger(doc: dict[str, Any], r: Reading) -> None:
     listed = any(p.startswith(LIGER_PLUGIN) for p in plugins)
     on = [k for k in LIGER_KEYS if doc.get(k)]
     if on and not listed:
+        r.values["liger"] = False
         r.note(f"{', '.join(on)} set without the {LIGER_PLUGIN}.LigerPlugin plugin: Axolotl ignores them, so does vramplan")
         return
     r.values["liger"] = listed and bool(doc.get("liger_fused_linear_cross_entropy"))

@@ -100,6 +100,8 @@ def classify_and_read(doc: dict[str, Any], name: str, base: Path) -> Reading:
         deepspeed_value(r, name, doc, base)
     else:
         raise ConfigFileError(f"{name}: not a training config vramplan knows; accepted: {KINDS}")
+    if r.model and not Path(r.model).is_absolute() and (base / r.model).exists():
+        r.model = str(base / r.model)  # a local model folder named relative to the config file
     return r
 
 

@@ -43,6 +43,10 @@ def read_live(model: Any, args: Any, trainer_class: type | None = None, dataset:
     ckpt = getattr(type(base), "is_activation_checkpointing", None) and base.is_activation_checkpointing
     if ckpt or (ckpt is None and getattr(base, "is_gradient_checkpointing", False)):
         r.values["grad_ckpt"] = True
+    world = getattr(args, "world_size", 1)
+    if isinstance(world, int) and world > 1:  # a distributed launch: its GPU count, DDP unless ZeRO/FSDP
+        r.values["num_gpus"] = world
+        r.values.setdefault("parallel", "ddp")
     if seq_len is not None:
         r.values["seq_len"] = seq_len
     elif "seq_len" not in r.values:

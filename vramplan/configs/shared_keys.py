@@ -138,15 +138,20 @@ def _device(section: Any) -> str | None:
 def fsdp_value(r: Reading, key: str, fsdp: Any, fsdp_config: Any) -> None:
     """Set `parallel`, `offload` (and `grad_ckpt`) from TrainingArguments' `fsdp` options
     ("full_shard", "shard_grad_op", "hybrid_shard", "offload", "auto_wrap"; a list or a space-separated
-    string) and `fsdp_config` (offload_params / fsdp_offload_params, activation_checkpointing;
+    string; True means full_shard) and `fsdp_config` (offload_params / fsdp_offload_params,
+    activation_checkpointing, reshard_after_forward;
     Axolotl's utils/schemas/fsdp.py FSDPConfig and transformers' fsdp_config keys)."""
+    if isinstance(fsdp, bool):
+        fsdp = ["full_shard"] if fsdp else []
     options = fsdp.split() if isinstance(fsdp, str) else list(fsdp or [])
     config = fsdp_config if isinstance(fsdp_config, dict) else {}
     if not options and not config:
         return
-    if "shard_grad_op" in options or "hybrid_shard_zero2" in options:
+    keep_gathered = config.get("reshard_after_forward") is False  # FSDP2: SHARD_GRAD_OP's behaviour
+    if "shard_grad_op" in options or "hybrid_shard_zero2" in options or keep_gathered:
         r.values["parallel"] = "zero2"
-        r.note(f"{key} shard_grad_op: modelled as ZeRO-2 (parameters replicated, gradients and states sharded)")
+        r.note(f"{key} shard_grad_op / reshard_after_forward false: modelled as ZeRO-2 (parameters gathered, "
+               f"gradients and states sharded)")  # fmt: skip
     else:
         r.values["parallel"] = "fsdp"
         if "hybrid_shard" in options:

@@ -63,7 +63,7 @@ def check(model: Any, args: Any, trainer_class: type | None, dataset: Any, *, st
     result = estimate(spec, setup, gpu_spec, headroom=headroom, calibration=default_calibration(),
                       assumptions=resolved.assumptions + gpu_notes)  # fmt: skip
     result = result.model_copy(update={"setup": setup})
-    if report:
+    if report and getattr(args, "process_index", 0) == 0:  # one report per job, not one per rank
         _print(result, spec, setup, gpu_spec, headroom)
     if strict:
         enforce(result)
