@@ -147,7 +147,6 @@ def test_unsloth_full_fine_tuning_trains_fp32_weights():
 @pytest.mark.parametrize(
     "s, message",
     [
-        (setup(packing=True), "--packing with --attn sdpa"),
         (setup(stack="unsloth", num_gpus=2, parallel="ddp"), "--stack unsloth runs on one GPU"),
         (qlora(stack="unsloth").model_copy(update={"quant": "int8"}), "--quant int8 accepted: nf4"),
     ],
@@ -171,6 +170,29 @@ def test_trl_says_when_the_sequence_is_above_its_default_max_length():
 def test_packing_with_flash_attention_costs_what_the_unpacked_batch_costs():
     flash = setup(attn="flash", stack="trl")
     assert peak(LLAMA, flash.model_copy(update={"packing": True})) == peak(LLAMA, flash)
+
+
+def test_packing_with_sdpa_pays_for_the_block_diagonal_mask_and_repeated_kv():
+    # no checkpointing, b=2 x s=1024 packed into T = 2048 tokens: per layer a bf16 bias of T^2 and K/V repeated
+    # to 32 heads (+4 x (1 - 0.25) units), once a bool mask of T^2
+    base = setup(stack="trl", grad_ckpt=False, seq_len=1024, batch_size=2, attn="flash")
+    flash = stack_profile(base).activations(LLAMA, base)
+    sdpa_setup = base.model_copy(update={"attn": "sdpa", "packing": True})
+    sdpa = stack_profile(sdpa_setup).activations(LLAMA, sdpa_setup)
+    tokens = 2 * 1024
+    unit = tokens * 4096
+    assert (sdpa.layer_units - flash.layer_units) * unit == pytest.approx(2 * tokens**2 + 4 * 0.75 * unit)
+    assert (sdpa.final_units - flash.final_units) * unit == pytest.approx(tokens**2)
+
+
+def test_trl_padded_batches_pay_for_the_padding_mask_with_sdpa_only():
+    padded = setup(stack="trl", grad_ckpt=False, seq_len=1024, batch_size=4)
+    one = setup(stack="trl", grad_ckpt=False, seq_len=1024, batch_size=1)
+    per_row = stack_profile(padded).activations(LLAMA, padded).saved_units["attention_mask_bias"]
+    assert per_row == pytest.approx(2 * 1024 / 4096)  # a bf16 [b, 1, s, s] bias per layer: 2 s / h units
+    assert "attention_mask_bias" not in stack_profile(one).activations(LLAMA, one).saved_units
+    flash = padded.model_copy(update={"attn": "flash"})
+    assert "attention_mask_bias" not in stack_profile(flash).activations(LLAMA, flash).saved_units
 
 
 def test_estimate_names_its_stack_and_versions():

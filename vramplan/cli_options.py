@@ -8,8 +8,13 @@ from pydantic import ValidationError
 from .errors import VramplanError
 from .specs import LoraSpec, TrainingSetup
 
-Model = Annotated[str, typer.Option("--model", "-m", help="catalog name (vramplan models), HF id in the local cache, or a config.json path")]
-MethodOpt = Annotated[str, typer.Option("--method", help="full | lora | qlora")]
+Model = Annotated[Optional[str], typer.Option("--model", "-m", help="catalog name (vramplan models), HF id in the local cache, or a config.json path")]
+MethodOpt = Annotated[Optional[str], typer.Option("--method", help="full | lora | qlora")]
+FromConfig = Annotated[
+    Optional[list[str]],
+    typer.Option("--from-config", help="Axolotl / LLaMA-Factory YAML, TrainingArguments / SFTConfig JSON or PEFT "
+                 "adapter_config.json (repeatable); flags given explicitly override the files"),
+]
 LoraRank = Annotated[int, typer.Option("--lora-rank", help="LoRA rank r")]
 LoraAlpha = Annotated[Optional[float], typer.Option("--lora-alpha", help="LoRA alpha (default 2*rank; no memory effect)")]
 LoraDropout = Annotated[float, typer.Option("--lora-dropout", help="LoRA dropout (0 removes the dropout masks)")]

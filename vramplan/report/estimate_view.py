@@ -43,6 +43,8 @@ def estimate_doc(e: Estimate) -> dict:
         },
         "assumptions": list(e.assumptions),
     }
+    if e.setup is not None:
+        doc["setup"] = e.setup.model_dump(mode="json")
     if e.verdict is not None:
         v = e.verdict
         doc.update(

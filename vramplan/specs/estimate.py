@@ -3,6 +3,7 @@
 from pydantic import Field
 
 from .base import Spec
+from .setup import TrainingSetup
 
 
 class ParamCounts(Spec):
@@ -62,3 +63,5 @@ class Estimate(Spec):
     calibration_version: str | None = None
     assumptions: tuple[str, ...] = ()
     verdict: GpuVerdict | None = None
+    #: the setup estimated, as resolved from flags and config files (set by vramplan.api.estimate_for)
+    setup: TrainingSetup | None = None

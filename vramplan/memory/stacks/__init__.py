@@ -25,6 +25,7 @@ from .kernels import (
     UNSLOTH_GPU_STAGING_BUFFERS,
     fused_head_final_units,
     liger_activations,
+    masked_attention,
     unsloth_activations,
 )
 
@@ -117,12 +118,20 @@ def _head_unsloth(spec: ModelSpec, setup: TrainingSetup, p: StackProfile) -> Hea
     return unsloth_chunked_head(spec, setup, e_h=p.residual_bytes(setup))
 
 
+def _packed_mask(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations) -> LayerActivations:
+    return masked_attention(spec, setup, act, packed=True) if setup.packing else act
+
+
 def _kernels_eager(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
-    return act
+    return _packed_mask(spec, setup, act)
 
 
 def _kernels_trl(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
-    return fused_head_final_units(setup, act)
+    """TRL's collator pads each batch to its longest row: with b > 1 there is padding, so a mask."""
+    act = fused_head_final_units(setup, act)
+    if setup.packing:
+        return _packed_mask(spec, setup, act)
+    return masked_attention(spec, setup, act, packed=False) if setup.batch_size > 1 else act
 
 
 def _kernels_liger(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
@@ -132,15 +141,24 @@ def _kernels_liger(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations,
 
 
 def _kernels_unsloth(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
-    return unsloth_activations(spec, setup, act)
+    return _packed_mask(spec, setup, unsloth_activations(spec, setup, act))
 
 
 def _assume_hf(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
     out = [f"stack 'hf': transformers Trainer with {'fp16' if setup.dtype == 'fp16' else 'bf16'} autocast, "
            "the model's own cross-entropy over fp32 (b, s, V) logits"]  # fmt: skip
     if setup.packing:
-        out.append("--packing: padding-free batches (DataCollatorWithFlattening, position ids, flash varlen)")
+        out.append(_packing_note(setup, "DataCollatorWithFlattening"))
     return out
+
+
+def _packing_note(setup: TrainingSetup, how: str) -> str:
+    if setup.attn == "flash":
+        return f"--packing: padding-free rows ({how}, position ids): flash varlen attention, no mask"
+    return (
+        f"--packing with --attn {setup.attn}: one block-diagonal mask over the b*s packed tokens per forward"
+        + (" and SDPA's masked kernel (repeated K/V, a bf16 bias per layer); modelled, not measured" if setup.attn == "sdpa" else "")
+    )
 
 
 def _assume_trl(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
@@ -159,11 +177,12 @@ def _assume_trl(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
             f"max_length={setup.seq_len} (set it in SFTConfig, or TRL trains on {TRL_DEFAULT_MAX_LENGTH} tokens)"
         )
     if setup.packing:
-        out.append("--packing: SFTConfig(packing=True) with the default bfd strategy (padding-free, flash varlen)")
+        out.append(_packing_note(setup, "SFTConfig(packing=True), bfd strategy"))
     elif setup.batch_size > 1:
         out.append(
-            "batches are padded to their longest sequence; this assumes every sequence of the batch is --seq-len "
-            "long (no padding mask); padded batches add an attention mask and SDPA's masked kernel (not modelled)"
+            "batches are padded to their longest sequence (--seq-len): a [b, 1, s, s] padding mask"
+            + ("; SDPA's masked kernel repeats K/V and saves a bf16 bias per layer (modelled, not measured)"
+               if setup.attn == "sdpa" else "")
         )
     out.append("activation_offloading=False (SFTConfig default)")
     return out
@@ -236,11 +255,6 @@ def adapters_in_profile_dtype(profile: StackProfile, setup: TrainingSetup) -> bo
 
 def check_stack_supported(spec: ModelSpec, setup: TrainingSetup) -> None:
     """Refuse what a stack cannot run. Raises VramplanError with the accepted alternatives."""
-    if setup.packing and setup.attn != "flash":
-        raise VramplanError(
-            f"--packing with --attn {setup.attn}: padding-free packing needs varlen flash attention; with sdpa/eager "
-            "transformers builds a (b*s)^2 block-diagonal mask (not modelled); accepted: --packing --attn flash"
-        )
     if setup.stack != "unsloth":
         return
     if setup.num_gpus > 1:

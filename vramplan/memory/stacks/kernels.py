@@ -82,3 +82,25 @@ def unsloth_activations(spec: ModelSpec, setup: TrainingSetup, act: LayerActivat
         units["qk_norm"] = 2.0 * (spec.q_width + spec.kv_width) / h
     units["mlp"] = 4.0 * spec.intermediate_size / h if spec.moe is None else act.saved_units["mlp"]
     return replace(act, saved_units=units, final_units=2.0)
+
+
+def masked_attention(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, *, packed: bool) -> LayerActivations:
+    """Attention with an explicit mask: padded batches (b > 1 sequences of different lengths) or packed rows
+    read through SDPA/eager. Modelled from the source, not measured.
+
+    transformers builds a boolean mask once per forward (masking_utils.py: [b, 1, s, s] for padding; for
+    packed position ids one block-diagonal [1, 1, T, T] with T = b s). With a mask, sdpa_attention_forward
+    repeats K and V to every query head (enable_gqa only without a mask: +4 (qw - kw) units saved) and torch's
+    SDPA converts the boolean mask to an additive bias in the query dtype per call, which the memory-efficient
+    kernel saves for backward (2 bytes per mask element per layer). Eager attention adds the mask to scores it
+    keeps anyway: only the mask itself. Flash (varlen) needs no mask.
+    """
+    if setup.attn == "flash":
+        return act
+    b, s, h = setup.batch_size, setup.seq_len, spec.hidden_size
+    mask_elements_per_token = b * s if packed else s  # T^2 / (b s) or b s^2 / (b s)
+    units = dict(act.saved_units)
+    if setup.attn == "sdpa":
+        units["attention_mask_bias"] = 2.0 * mask_elements_per_token / h
+        units["attention"] = units["attention"] + 4.0 * (spec.q_width - spec.kv_width) / h
+    return replace(act, saved_units=units, final_units=act.final_units + mask_elements_per_token / h)
