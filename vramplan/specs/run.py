@@ -40,8 +40,8 @@ class Measurements(Spec):
     params_trainable: int | None = None
     memory_after_load_bytes: int | None = None
     #: step 0 (optimizer states created lazily here) and steady state (steps >= 1, max over them)
-    step0: PhasePeaks = PhasePeaks()
-    steady: PhasePeaks = PhasePeaks()
+    step0: PhasePeaks = Field(default_factory=PhasePeaks)
+    steady: PhasePeaks = Field(default_factory=PhasePeaks)
     max_allocated_bytes: int | None = None
     max_reserved_bytes: int | None = None
     device_peak_bytes: int | None = None
