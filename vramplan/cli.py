@@ -3,7 +3,6 @@
 Every domain error becomes one line on stderr and exit code 2 (no traceback).
 """
 
-import json
 import os
 import sys
 from typing import Annotated, Optional
@@ -34,6 +33,12 @@ def _console():
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _json(doc) -> str:
+    from .report.json_out import dumps  # strict JSON: never Infinity or NaN
+
+    return dumps(doc)
 
 
 def _check_format(fmt: str) -> None:
@@ -88,7 +93,7 @@ def estimate(
         doc = estimate_doc(result)
         if largest is not None:
             doc["largest_fit"] = {"batch_size": largest["batch-size"], "seq_len": largest["seq-len"]}
-        typer.echo(json.dumps(doc, indent=2))
+        typer.echo(_json(doc))
         return
     title = f"{result.model} · {setup.method}" + (f" r{setup.lora.rank}" if setup.lora else "")
     title += f" · b{setup.batch_size} × s{setup.seq_len}" + (" · grad-ckpt" if setup.grad_ckpt else "")
@@ -144,7 +149,7 @@ def plan(
     except VramplanError as exc:
         _fail(str(exc))
     if fmt == "json":
-        typer.echo(json.dumps(plan_doc(result), indent=2))
+        typer.echo(_json(plan_doc(result)))
         return
     _console().print(plan_renderable(result, f"{result.model} · {_setup_title(setup)}"))
 
@@ -189,7 +194,7 @@ def fit(
     except VramplanError as exc:
         _fail(str(exc))
     if fmt == "json":
-        typer.echo(json.dumps(fit_doc(result), indent=2))
+        typer.echo(_json(fit_doc(result)))
         return
     _console().print(fit_text(result))
 
@@ -209,7 +214,7 @@ def models(fmt: o.FormatOpt = "table") -> None:
     _check_format(fmt)
     entries = list_models()
     if fmt == "json":
-        typer.echo(json.dumps([e.model_dump() if hasattr(e, "model_dump") else vars(e) for e in entries], indent=2))
+        typer.echo(_json([e.model_dump() if hasattr(e, "model_dump") else vars(e) for e in entries]))
         return
     table = Table(title=f"{len(entries)} shipped models")
     table.add_column("name")
@@ -232,7 +237,7 @@ def gpus(fmt: o.FormatOpt = "table") -> None:
     _check_format(fmt)
     entries = list_gpus()
     if fmt == "json":
-        typer.echo(json.dumps([g.model_dump() for g in entries], indent=2))
+        typer.echo(_json([g.model_dump() for g in entries]))
         return
     table = Table(title=f"{len(entries)} GPUs")
     for col, just in [("id", "left"), ("name", "left"), ("memory (CUDA)", "right"), ("GB/s", "right"),
@@ -319,7 +324,7 @@ def measure(
             "peak_reserved_bytes": shown.peak_reserved_bytes,
             "device_peak_bytes": shown.device_peak_bytes,
         }, "runs_dir": target}  # fmt: skip
-        typer.echo(json.dumps(doc, indent=2))
+        typer.echo(_json(doc))
         return
     from rich.table import Table
 
@@ -363,7 +368,7 @@ def validate(
     result = leave_one_out(runs) if loo else run_validation(runs)
     mode = "leave-one-out calibrated" if loo else "raw model"
     if fmt == "json":
-        typer.echo(json.dumps({"mode": mode, **validation_doc(result)}, indent=2))
+        typer.echo(_json({"mode": mode, **validation_doc(result)}))
         return
     _console().print(validation_renderable(result, f"predicted ({mode}) vs measured, {len(runs)} run records"))
 
@@ -394,7 +399,7 @@ def calibrate(
     if out:
         save_calibration(cal, out)
     if fmt == "json":
-        typer.echo(json.dumps(cal.model_dump(mode="json"), indent=2))
+        typer.echo(_json(cal.model_dump(mode="json")))
         return
     typer.echo(f"calibration {cal.version} from {len(cal.fitted_on)} runs" + (f" -> {out}" if out else ""))
     for name, value in cal.constants.items():

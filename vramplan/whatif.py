@@ -18,7 +18,7 @@ from gpu_catalog import find_gpu
 
 from . import api
 from .calibration import leave_one_out
-from .cli_options import build_setup
+from .cli_options import LORA_DEFAULTS, build_setup
 from .errors import ConfigError, VramplanError
 from .models import parse_config
 from .models.local import parse_json_text
@@ -75,6 +75,8 @@ class Inputs:
             fields.pop(key)
         if self.method != "qlora":
             fields["quant"] = None
+        if self.method == "full":  # the LoRA widgets keep their values while hidden
+            fields.update(LORA_DEFAULTS)
         if self.num_gpus == 1:
             fields["parallel"] = None
         return build_setup(**fields)
