@@ -343,6 +343,26 @@ def measure(
     console.print(f"{speed}; record written under {target}")
 
 
+def _records(runs_dir: list[str] | None) -> list:
+    """The run records of the --runs-dir folders (default: shipped + user runs). A folder named with --runs-dir
+    that does not exist exits 2; each skipped record is one warning line naming its file."""
+    import warnings
+    from pathlib import Path
+
+    from .runs import RunRecordWarning, load_runs, shipped_runs_dir, user_runs_dir
+
+    missing = [d for d in runs_dir or () if not Path(d).is_dir()]
+    if missing:
+        _fail(f"--runs-dir {missing[0]}: no such folder; accepted: a folder of run records (vramplan measure writes them)")
+    problems: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunRecordWarning)  # printed below, one line each
+        runs = load_runs(runs_dir or [shipped_runs_dir(), user_runs_dir()], problems=problems)
+    for line in problems:
+        typer.echo(f"warning: {line}", err=True)
+    return runs
+
+
 @app.command()
 def validate(
     runs_dir: Annotated[
@@ -355,16 +375,11 @@ def validate(
 ) -> None:
     """Predicted vs measured for every run record: the error of each, the median and the worst."""
     from .report.validation_view import validation_doc, validation_renderable
-    from .runs import load_runs, shipped_runs_dir, user_runs_dir
     from .calibration import leave_one_out
     from .validation import validate as run_validation
 
     _check_format(fmt)
-    dirs = runs_dir or [shipped_runs_dir(), user_runs_dir()]
-    problems: list[str] = []
-    runs = load_runs(dirs, problems=problems)
-    for line in problems:
-        typer.echo(f"warning: {line}", err=True)
+    runs = _records(runs_dir)
     result = leave_one_out(runs) if loo else run_validation(runs)
     mode = "leave-one-out calibrated" if loo else "raw model"
     if fmt == "json":
@@ -381,27 +396,32 @@ def calibrate(
     out: Annotated[
         Optional[str], typer.Option("--out", help="where to write the calibration JSON (default: print only)")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="let --out replace the calibration shipped with vramplan")] = False,
     fmt: o.FormatOpt = "table",
 ) -> None:
     """Fit the named, bounded constants (CUDA context, allocator fragmentation) from run records."""
     from .calibration import BOUNDS, fit, save_calibration
-    from .runs import load_runs, shipped_runs_dir, user_runs_dir
 
     _check_format(fmt)
-    problems: list[str] = []
-    runs = load_runs(runs_dir or [shipped_runs_dir(), user_runs_dir()], problems=problems)
-    for line in problems:
-        typer.echo(f"warning: {line}", err=True)
+    runs = _records(runs_dir)
     try:
         cal = fit(runs)
+        if out:
+            save_calibration(cal, out, force=force)
     except VramplanError as exc:
         _fail(str(exc))
-    if out:
-        save_calibration(cal, out)
+    except OSError as exc:
+        _fail(f"--out {out}: cannot write ({exc.strerror or exc})")
     if fmt == "json":
         typer.echo(_json(cal.model_dump(mode="json")))
         return
-    typer.echo(f"calibration {cal.version} from {len(cal.fitted_on)} runs" + (f" -> {out}" if out else ""))
+    left_out = len(runs) - len(cal.fitted_on)
+    typer.echo(
+        f"calibration {cal.version} from {len(cal.fitted_on)} of {len(runs)} run records"
+        + (f" ({left_out} left out: OOM, memory-capped or multi-GPU)" if left_out else "")
+        + (f" -> {out}" if out else "")
+    )
+    typer.echo(f"  runs used: {', '.join(cal.fitted_on)}")
     for name, value in cal.constants.items():
         lo, hi = BOUNDS[name]
         typer.echo(f"  {name} = {value:.6g}   (bounds {lo:g} .. {hi:g})")
