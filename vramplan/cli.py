@@ -284,6 +284,9 @@ def measure(
         Optional[str],
         typer.Option("--memory-snapshot", help="also write the allocator's history (pickle for pytorch.org/memory_viz)"),
     ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="cuda (default; refused without a CUDA device) | cpu (a slow check, no memory)")
+    ] = "cuda",
     fmt: o.FormatOpt = "table",
 ) -> None:
     """Run a short real training job and record measured memory and throughput as a run record."""
@@ -301,17 +304,28 @@ def measure(
         predicted = estimate_for(model, setup)
     except VramplanError as exc:
         _fail(str(exc))
+    from .trainer import preflight
+
     try:
-        from .trainer import measure_in_subprocess
-    except ImportError as exc:
-        _fail(f"`vramplan measure` needs the training stack: pip install 'vramplan[train]' ({exc})")
+        preflight.require_stack()
+        preflight.require_bitsandbytes(setup.method, setup.optimizer)
+        preflight.check_device(device)
+    except VramplanError as exc:
+        _fail(str(exc))
+    from .trainer import measure_in_subprocess
+
     target = runs_dir or str(user_runs_dir())
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
+    child_env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None
+    # the random QLoRA checkpoint lives in a folder removed on every exit path, unless the user keeps a cache
+    with preflight.checkpoint_cache() as cache, Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True
+    ) as bar:
         task = bar.add_task("starting", total=None)
         try:
             run = measure_in_subprocess(
                 model, setup, steps, model_path=model_path, data=data, tokenizer=tokenizer,
                 memory_cap_gib=memory_cap_gib, runs_dir=target, memory_snapshot=memory_snapshot,
+                checkpoint_cache=cache, env=child_env,
                 progress=lambda line: bar.update(task, description=line.strip()[:80]),
             )  # fmt: skip
         except VramplanError as exc:
