@@ -135,6 +135,9 @@ def plan(
     epochs: Annotated[Optional[float], typer.Option("--epochs", help="passes over the dataset (default 1)")] = None,
     sort: Annotated[str, typer.Option("--sort", help="cost | time | memory")] = "cost",
     headroom: o.Headroom = 0.05,
+    all_rows: Annotated[
+        bool, typer.Option("--all", help="every GPU count and strategy (default: the best row per GPU type)")
+    ] = False,
     fmt: o.FormatOpt = "table",
 ) -> None:
     """Rank GPU x count x strategy options by fit, speed and cost; say what to change when nothing fits."""
@@ -151,7 +154,7 @@ def plan(
     if fmt == "json":
         typer.echo(_json(plan_doc(result)))
         return
-    _console().print(plan_renderable(result, f"{result.model} · {_setup_title(setup)}"))
+    _console().print(plan_renderable(result, f"{result.model} · {_setup_title(setup)}", all_rows=all_rows))
 
 
 @app.command()

@@ -49,6 +49,8 @@ class PlanOption:
     usable_bytes: int
     step: StepTime | None
     total_tokens: float | None
+    #: for a near miss: single changes that make it fit (plan_rows.near_miss_fixes)
+    fixes: tuple["Suggestion", ...] = ()
 
     @property
     def fits(self) -> bool:
@@ -153,6 +155,9 @@ def plan(
                 step = step_time(model, s, gpu, constants, work=work)
                 options.append(PlanOption(gpu, n, parallel, memo[key], usable, step, total_tokens))
     options.sort(key=_sort_key(sort))
+    from .plan_rows import with_near_miss_fixes  # it imports this module
+
+    options = list(with_near_miss_fixes(model, base, tuple(options), headroom=headroom, calibration=calibration))
     target = max(gpus, key=lambda g: g.memory_bytes)
     fits_one = any(o.fits for o in options if o.num_gpus == 1)
     found = () if fits_one else suggestions(model, base, target, headroom=headroom, calibration=calibration, max_gpus=max_gpus)
