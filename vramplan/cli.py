@@ -74,7 +74,10 @@ def estimate(
     offload: o.OffloadOpt = "none",
     fmt: o.FormatOpt = "table",
 ) -> None:
-    """Predict peak GPU memory of one fine-tuning setup, with a breakdown and a verdict per GPU."""
+    """Predict peak GPU memory of one fine-tuning setup, with a breakdown and a verdict per GPU.
+
+    Example: vramplan estimate --model llama-3.1-8b --method qlora --seq-len 2048 --grad-ckpt --gpu rtx-4090
+    """
     from .api import estimate_for, fit_for
     from .report.estimate_view import estimate_doc, estimate_renderable
 
@@ -251,6 +254,9 @@ def gpus(fmt: o.FormatOpt = "table") -> None:
         tflops = f"{g.bf16_tflops:g}" if g.bf16_tflops else "—"
         price = f"{g.price_usd_per_hour:.2f}" if g.price_usd_per_hour is not None else "—"
         table.add_row(g.id, g.name, mem, f"{g.bandwidth_gbps:g}", tflops, price)
+    if any(g.memory_bytes_estimated for g in entries):
+        table.caption = "* estimated: the marketed size minus a typical reservation, not a CUDA reading; — : no sourced value"
+        table.caption_justify = "left"
     _console().print(table)
 
 

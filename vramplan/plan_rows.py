@@ -10,6 +10,7 @@ keep every option.
 make it fit, with the bytes each saves: a smaller headroom, expandable segments, a 5 % shorter sequence.
 """
 
+import itertools
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -110,6 +111,46 @@ def near_miss_fixes(
         if new_peak <= usable:
             fixes.append(Suggestion(change, peak - new_peak, True))
     return tuple(fixes)
+
+
+#: combinations of up to this many single changes are tried when no single change fits
+MAX_COMBINED = 4
+
+
+def _diff(base: TrainingSetup, changed: TrainingSetup) -> dict:
+    before, after = base.model_dump(), changed.model_dump()
+    return {k: v for k, v in after.items() if before[k] != v}
+
+
+def smallest_combination(
+    setup: TrainingSetup,
+    singles: list[tuple[str, TrainingSetup, int]],
+    device: Callable[[TrainingSetup], int],
+    usable_bytes: int,
+    base_bytes: int,
+) -> list[Suggestion]:
+    """The fewest single changes (each `(flag change, changed setup, bytes saved)`) that fit together, as one
+    Suggestion: the combinations of the largest savers are tried first, so among equally small combinations the
+    one saving most is found; its changes are listed largest saving first. Empty when none of up to MAX_COMBINED
+    changes fits."""
+    ranked = sorted(singles, key=lambda t: -t[2])
+    for size in range(2, min(MAX_COMBINED, len(ranked)) + 1):
+        found = []
+        for combo in itertools.combinations(ranked, size):
+            merged: dict = {}
+            for _, changed, _ in combo:
+                for key, value in _diff(setup, changed).items():
+                    merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+            try:
+                peak = device(_with(setup, **merged))
+            except VramplanError:
+                continue
+            if peak <= usable_bytes:
+                found.append((base_bytes - peak, combo))
+        if found:
+            saves, combo = max(found, key=lambda f: f[0])
+            return [Suggestion(" ".join(change for change, _, _ in combo), saves, True)]
+    return []
 
 
 def with_near_miss_fixes(

@@ -245,7 +245,8 @@ def suggestions(
     calibration: Calibration | None = None,
     max_gpus: int = DEFAULT_MAX_GPUS,
 ) -> tuple[Suggestion, ...]:
-    """Single changes that lower the per-GPU device peak on `gpu`, smallest change first; only those that save."""
+    """Single changes that lower the per-GPU device peak on `gpu`, smallest change first; only those that save.
+    When none fits alone, the smallest combination of them that fits is added last (plan_rows.smallest_combination)."""
     calibration = calibration or _default_calibration()
     usable = int(gpu.memory_bytes * (1.0 - headroom))
 
@@ -253,14 +254,19 @@ def suggestions(
         return _shown(estimate(model, s, gpu, headroom=headroom, calibration=calibration)).device_peak_bytes
 
     base = device(setup)
-    out = []
+    out, saving = [], []
     for change, changed in _changes(model, setup, lambda s: device(s) <= usable, max_gpus):
         try:
             peak = device(changed)
         except VramplanError:
             continue
+        saving.append((change, changed, base - peak))  # a change may only pay off combined (QLoRA + checkpointing)
         if peak < base:
             out.append(Suggestion(change, base - peak, peak <= usable))
+    if out and not any(s.fits for s in out):
+        from .plan_rows import smallest_combination  # it imports this module
+
+        out += smallest_combination(setup, saving, lambda s: device(s), usable, base)
     return tuple(out)
 
 
