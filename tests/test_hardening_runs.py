@@ -155,3 +155,10 @@ def test_calibration_schema_errors_name_the_field(tmp_path, constants, needle):
     path.write_text(json.dumps({"version": "x", "constants": constants}))
     with pytest.raises(VramplanError, match=needle):
         load_calibration(path)
+
+
+def test_only_callers_that_predict_runs_require_a_resolvable_model(tmp_path):
+    (tmp_path / "alien.json").write_text(json.dumps({**_record(), "model": "alien-1b", "model_source": "alien-1b"}))
+    assert len(load_runs(tmp_path)) == 1  # storage reads what is there (a trainer test run with a config dict)
+    with pytest.warns(RunRecordWarning, match="alien.json.*cannot be resolved"):
+        assert load_runs(tmp_path, require_model=True) == []

@@ -380,7 +380,7 @@ def _records(runs_dir: list[str] | None) -> list:
     problems: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RunRecordWarning)  # printed below, one line each
-        runs = load_runs(runs_dir or [shipped_runs_dir(), user_runs_dir()], problems=problems)
+        runs = load_runs(runs_dir or [shipped_runs_dir(), user_runs_dir()], problems=problems, require_model=True)
     for line in problems:
         typer.echo(f"warning: {line}", err=True)
     return runs
@@ -478,6 +478,9 @@ def main() -> None:
         code = 2
     except typer.Abort:
         typer.echo("aborted", err=True)
+        code = 1
+    except BrokenPipeError:  # `vramplan estimate ... | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaced for the interpreter's final flush
         code = 1
     except VramplanError as exc:  # pragma: no cover - commands catch their own
         typer.echo(f"error: {exc}", err=True)

@@ -171,11 +171,13 @@ def load_runs(
     dirs: Iterable[Path | str] | Path | str,
     *,
     problems: list[str] | None = None,
+    require_model: bool = False,
 ) -> list[MeasuredRun]:
     """All valid run records under ``dirs`` (one directory or several), in path order.
 
-    Corrupt, partial, too deeply nested or wrong-schema files, and records whose model cannot be resolved on
-    this machine (`resolve_model` of its model_source or model), are skipped: each gives a ``RunRecordWarning``
+    Corrupt, partial, too deeply nested or wrong-schema files, and with ``require_model`` (what calibrate and
+    validate need: they predict every run) records whose model cannot be resolved on this machine
+    (`resolve_model` of its model_source or model), are skipped: each gives a ``RunRecordWarning``
     and, when ``problems`` is a list, one line appended to it. Files are only read, never touched.
     Directories that do not exist are skipped silently (a fresh user runs dir is normal).
     """
@@ -187,7 +189,8 @@ def load_runs(
         for path in iter_run_files(d):
             try:
                 run = read_run(path)
-                _check_model(run, path, resolved)
+                if require_model:
+                    _check_model(run, path, resolved)
                 runs.append(run)
             except RunRecordError as exc:
                 message = f"skipped run record: {exc}"
