@@ -50,3 +50,26 @@ def test_every_fast_command_is_parseable():
     extra = {"fit": ["--gpu", "h100", "--solve", "seq-len"]}
     for name in FAST_COMMANDS:
         assert parse(getattr(cli, name), ["--model", "m", "--method", "lora", *extra.get(name, [])]) is not None
+
+
+def test_a_path_option_is_parsed_as_click_would():
+    from pathlib import Path
+    from typing import Annotated, Optional
+
+    def command(
+        model: Annotated[str, typer.Option("--model")],
+        config: Annotated[Optional[Path], typer.Option("--from-config")] = None,
+    ) -> None:
+        pass
+
+    assert parse(command, ["--model", "m", "--from-config", "a/b.yml"]) == {"model": "m", "config": Path("a/b.yml")}
+    assert parse(command, ["--model", "m"]) == {"model": "m", "config": None}
+
+
+def test_a_list_option_sends_the_command_to_typer():
+    from typing import Annotated, Optional
+
+    def command(dirs: Annotated[Optional[list[str]], typer.Option("--runs-dir")] = None) -> None:
+        pass
+
+    assert parse(command, []) is None

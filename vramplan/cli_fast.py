@@ -12,15 +12,16 @@ give the same arguments.
 import inspect
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from types import NoneType, UnionType
 
 #: commands the fast path may run (simple option types only)
 FAST_COMMANDS = ("estimate", "fit", "plan")
-_SCALARS: dict[type, Callable[[str], object]] = {int: int, float: float, str: str}
+_SCALARS: dict[type, Callable[[str], object]] = {int: int, float: float, str: str, Path: Path}
 
 
 def _base_type(annotation) -> type | None:
-    """int / float / str / bool for a plain or Optional annotation; None for anything else (lists ...)."""
+    """int / float / str / Path / bool for a plain or Optional annotation; None for anything else (lists ...)."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, UnionType):
         rest = [a for a in args if a is not NoneType]
