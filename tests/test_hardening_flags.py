@@ -96,3 +96,10 @@ def test_json_output_is_strict_json(capsys, monkeypatch, args):
 def test_non_finite_numbers_are_written_as_null():
     doc = {"a": math.inf, "b": [1.0, -math.inf, {"c": math.nan}], "d": (2, 3.5)}
     assert _strict(dumps(doc)) == {"a": None, "b": [1.0, None, {"c": None}], "d": [2, 3.5]}
+
+
+def test_the_app_keeps_its_lora_widgets_when_method_is_full():
+    from vramplan.whatif import Inputs
+
+    setup = Inputs(method="full", lora_rank=8, lora_targets="q_proj", quant="nf4").setup()
+    assert setup.method == "full" and setup.lora is None
