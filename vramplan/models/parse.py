@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError
-from ..specs.model import SUPPORTED_MODEL_TYPES, ModelSpec, MoeSpec
+from ..specs.model import SUPPORTED_MODEL_TYPES, MlaSpec, ModelSpec, MoeSpec
 from .families import DEFAULTS, FAMILIES, GEMMA3_TEXT_DEFAULTS, IGNORED_KEY_NOTES, REQUIRED_KEYS, Family
 
 #: keys a trainer must not hand to transformers: they describe a copy, not the architecture
@@ -62,6 +62,8 @@ def parse_config(config: Any, *, name: str, source: str, hf_id: str | None = Non
     layers = _positive_int(get, "num_hidden_layers")
     heads = _positive_int(get, "num_attention_heads")
     kv_heads = _positive_int(get, "num_key_value_heads") if get("num_key_value_heads") is not None else heads
+    if family.mla:  # MLA expands k and v to every head from the latent: num_key_value_heads shapes nothing
+        kv_heads = heads
     if heads % kv_heads:
         raise ConfigError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
     if get("head_dim") is not None:
@@ -71,6 +73,10 @@ def parse_config(config: Any, *, name: str, source: str, hf_id: str | None = Non
     else:
         head_dim = hidden // heads
     intermediate = _positive_int(get, "intermediate_size")
+    mla = _mla(get) if family.mla else None
+    if mla is not None:
+        head_dim = mla.qk_head_dim
+    sliding = _sliding_window(get, family)
 
     try:
         return ModelSpec(
@@ -87,14 +93,19 @@ def parse_config(config: Any, *, name: str, source: str, hf_id: str | None = Non
             attention_bias=_switch(get, family.qkv_bias),
             attention_out_bias=_switch(get, family.o_bias),
             mlp_bias=_switch(get, family.mlp_bias),
-            qk_norm=family.qk_norm is not None,
-            qk_norm_per_head=family.qk_norm != "full",
+            qk_norm=family.qk_norm is not None and (family.qk_norm_key is None or _flag(get, family.qk_norm_key)),
+            qk_norm_per_head=family.qk_norm == "per_head",
+            qk_norm_projection=family.qk_norm == "projection",
+            post_norm=family.post_norm,
+            attention_sinks=family.sinks,
+            mla=mla,
             norms_per_layer=family.norms_per_layer,
             fused_qkv=family.fused,
             fused_gate_up=family.fused,
             hidden_act=str(get(family.act_key) or get("hidden_act") or "silu"),
             moe=_moe(get, family, layers, intermediate),
-            sliding_window=_sliding_window(get, family),
+            sliding_window=sliding,
+            sliding_layers=_sliding_layers(get, family, layers) if sliding else None,
             attn_logit_softcapping=_number(get, "attn_logit_softcapping"),
             final_logit_softcapping=_number(get, "final_logit_softcapping"),
             max_position_embeddings=_optional_int(get, "max_position_embeddings"),
@@ -129,6 +140,9 @@ _EXPERT_ALIASES = {
     "mixtral": ("num_local_experts", "num_experts"),
     "olmoe": ("num_experts", "num_local_experts"),
     "qwen3_moe": ("num_experts", "num_local_experts"),
+    "gpt_oss": ("num_local_experts", "num_experts"),
+    "deepseek_v3": ("n_routed_experts", "num_local_experts"),
+    "glm4_moe": ("n_routed_experts", "num_local_experts"),
 }
 
 
@@ -204,6 +218,38 @@ def _sliding_window(get: Getter, family: Family) -> int | None:
     return _positive_int(get, "sliding_window")
 
 
+def _sliding_layers(get: Getter, family: Family, layers: int) -> int | None:
+    """How many layers slide: layer_types when the config states it, else the family's __post_init__ rule
+    (gpt-oss: even layers 0, 2, ...; OLMo 3: all but every 4th; SmolLM3: the NoPE-less layers). None: all."""
+    if not family.sliding_by_layer_types:
+        return None
+    types = get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != layers:
+            raise ConfigError(f"config key layer_types must list one type per layer ({layers}), got {types!r}")
+        return sum(t == "sliding_attention" for t in types)
+    if family.moe == "gpt_oss":
+        return sum(bool((i + 1) % 2) for i in range(layers))
+    if family.post_norm:
+        return sum((i + 1) % 4 != 0 for i in range(layers))
+    no_rope = get("no_rope_layers")
+    interval = get("no_rope_layer_interval") or 4
+    has_rope = no_rope if isinstance(no_rope, list) else [int((i + 1) % interval != 0) for i in range(layers)]
+    return sum(not r for r in has_rope)
+
+
+def _mla(get: Getter) -> MlaSpec:
+    """DeepSeek-V3 MLA ranks and head dims; q_lora_rank null builds a single q_proj (Moonlight, V2-Lite)."""
+    q_rank = get("q_lora_rank")
+    return MlaSpec(
+        q_lora_rank=None if q_rank is None else _positive_int(get, "q_lora_rank"),
+        kv_lora_rank=_positive_int(get, "kv_lora_rank"),
+        qk_nope_head_dim=_positive_int(get, "qk_nope_head_dim"),
+        qk_rope_head_dim=_positive_int(get, "qk_rope_head_dim"),
+        v_head_dim=_positive_int(get, "v_head_dim"),
+    )
+
+
 def _dtype(outer: Any, cfg: dict) -> str | None:
     for source in (cfg, outer):
         value = source.get("torch_dtype") or source.get("dtype")
@@ -217,6 +263,24 @@ def _moe(get: Getter, family: Family, layers: int, intermediate: int) -> MoeSpec
     Qwen2/3-MoE: layer i is dense when i is in mlp_only_layers or (i+1) % decoder_sparse_step != 0)."""
     if family.moe is None:
         return None
+    if family.moe == "gpt_oss":  # GptOssMLP: every layer sparse, experts of intermediate_size, with biases
+        experts, top_k = _positive_int(get, "num_local_experts"), _positive_int(get, "num_experts_per_tok")
+        return MoeSpec(num_experts=experts, top_k=top_k, expert_intermediate_size=intermediate, layout="gpt_oss")
+    if family.moe == "deepseek":  # DeepseekV3MoE / Glm4MoeMoE on layers >= first_k_dense_replace
+        first_dense = get("first_k_dense_replace") or 0
+        moe_inter = _positive_int(get, "moe_intermediate_size")
+        dense = tuple(range(min(first_dense, layers)))
+        if len(dense) == layers:
+            return None
+        return MoeSpec(
+            num_experts=_positive_int(get, "n_routed_experts"),
+            top_k=_positive_int(get, "num_experts_per_tok"),
+            expert_intermediate_size=moe_inter,
+            shared_expert_intermediate_size=moe_inter * _positive_int(get, "n_shared_experts"),
+            dense_layers=dense,
+            dense_intermediate_size=intermediate if dense else None,
+            layout="deepseek",
+        )
     key = "num_local_experts" if family.moe == "mixtral" else "num_experts"
     if get(key) == 0 and family.moe in ("qwen2_moe", "qwen3_moe"):
         return None  # num_experts=0 builds a dense MLP in every layer

@@ -4,7 +4,7 @@ from .base import Spec
 from .calibration import Calibration
 from .estimate import Estimate, GpuVerdict, MemoryBreakdown, ParamCounts
 from .gpu import GpuSpec
-from .model import SUPPORTED_MODEL_TYPES, LinearShape, ModelSpec, MoeSpec
+from .model import SUPPORTED_MODEL_TYPES, LinearShape, MlaSpec, ModelSpec, MoeSpec
 from .run import RUN_SCHEMA_VERSION, MeasuredRun, Measurements, PhasePeaks, RunEnvironment
 from .setup import (
     ATTNS,
@@ -39,6 +39,7 @@ __all__ = [
     "Measurements",
     "MemoryBreakdown",
     "ModelSpec",
+    "MlaSpec",
     "MoeSpec",
     "ParamCounts",
     "PhasePeaks",

@@ -18,7 +18,33 @@ SUPPORTED_MODEL_TYPES = (
     "qwen2_moe",
     "qwen3_moe",
     "olmoe",
+    "gpt_oss",
+    "deepseek_v3",
+    "glm4_moe",
+    "smollm3",
+    "olmo2",
+    "olmo3",
+    "granite",
 )
+
+
+class MlaSpec(Spec):
+    """DeepSeek multi-head latent attention (modeling_deepseek_v3.py::DeepseekV3Attention).
+
+    q: q_a_proj [h -> q_lora_rank] + q_a_layernorm + q_b_proj [-> nh*(nope+rope)], or one q_proj when
+    q_lora_rank is None; kv: kv_a_proj_with_mqa [h -> kv_lora_rank + rope] + kv_a_layernorm +
+    kv_b_proj [kv_lora_rank -> nh*(nope+v)]; o_proj [nh*v -> h].
+    """
+
+    q_lora_rank: int | None = Field(default=None, gt=0)
+    kv_lora_rank: int = Field(gt=0)
+    qk_nope_head_dim: int = Field(ge=0)
+    qk_rope_head_dim: int = Field(gt=0)
+    v_head_dim: int = Field(gt=0)
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
 
 
 class MoeSpec(Spec):
@@ -35,6 +61,10 @@ class MoeSpec(Spec):
     dense_layers: tuple[int, ...] = ()
     #: intermediate size of those dense MLPs (config.intermediate_size)
     dense_intermediate_size: int | None = None
+    #: parameter layout: "v5" gate_up_proj [E,2I,h], router mlp.gate; "gpt_oss" gate_up_proj [E,h,2I] with
+    #: biases and router mlp.router (weight + bias); "deepseek" v5 experts, router mlp.gate with an fp32
+    #: e_score_correction_bias buffer, shared experts under mlp.shared_experts
+    layout: Literal["v5", "gpt_oss", "deepseek"] = "v5"
 
     @model_validator(mode="after")
     def _top_k_le_experts(self) -> "MoeSpec":
@@ -73,6 +103,16 @@ class ModelSpec(Spec):
     hidden_act: str = "silu"
     moe: MoeSpec | None = None
     sliding_window: int | None = None
+    #: decoder layers that use the sliding window (None: all of them when sliding_window is set)
+    sliding_layers: int | None = None
+    #: gpt-oss: a learned sink logit per head (self_attn.sinks [nh]) joins the softmax
+    attention_sinks: bool = False
+    #: DeepSeek-V3 multi-head latent attention; None for standard q/k/v attention
+    mla: MlaSpec | None = None
+    #: q_norm/k_norm span the whole q and k projections (OLMo 2/3: RMSNorm(nh*hd), RMSNorm(nkv*hd))
+    qk_norm_projection: bool = False
+    #: OLMo 2/3: norms after attention and after the MLP (no input norm): same count, other inputs
+    post_norm: bool = False
     attn_logit_softcapping: float | None = None
     final_logit_softcapping: float | None = None
     max_position_embeddings: int | None = None
@@ -92,11 +132,24 @@ class ModelSpec(Spec):
 
     @property
     def q_width(self) -> int:
+        """Width of the attention queries (MLA: nh * (nope + rope))."""
+        if self.mla is not None:
+            return self.num_heads * self.mla.qk_head_dim
         return self.num_heads * self.head_dim
 
     @property
     def kv_width(self) -> int:
+        """Width of each of k and v as the attention kernel sees them (MLA: k is nh*(nope+rope) wide)."""
+        if self.mla is not None:
+            return self.num_heads * self.mla.qk_head_dim
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def v_width(self) -> int:
+        """Width of v and of the attention output (MLA: nh * v_head_dim)."""
+        if self.mla is not None:
+            return self.num_heads * self.mla.v_head_dim
+        return self.kv_width
 
     @property
     def is_moe(self) -> bool:
