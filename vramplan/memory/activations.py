@@ -13,7 +13,14 @@ Modes:
   MLP 6i (12i in fp32 when prepare_model_for_kbit_training made the residual stream fp32), plus per
   target: bf16 autocast copy of its input 2 f_t, dropout mask 1 f_t (bool) when dropout > 0, lora_B input 2r/h.
 * eager attention: q, repeated K and V, and the output copy 8qw, plus fp32 softmax and bf16 probabilities
-  6 * nh * s / h (quadratic in s).
+  6 * nh * s / h (quadratic in s). Sliding-window layers still build the full [s, s] scores (the window is
+  a mask), so eager's bytes do not shrink; flash's never depended on s.
+* gpt-oss (modeling_gpt_oss.py): no SDPA (_supports_sdpa=False: "sdpa" runs eager); eager concatenates the
+  sink logit and takes the softmax in the logits' dtype, so only bf16 probabilities 2 * nh * s / h are saved;
+  flash (kernels-community/vllm-flash-attn3 with s_aux) saves q, k, v, out, lse like any flash kernel.
+* DeepSeek MLA (modeling_deepseek_v3.py::DeepseekV3Attention): q and k are nh*(nope+rope) wide; flash pads v
+  to that width and slices the output back (a contiguous o_proj input copy nh*v); SDPA keeps v as a view of
+  the kv_b_proj output (nh*(nope+v)); q_a/kv_a RMSNorms save like any norm of their width.
 """
 
 from dataclasses import dataclass, field
@@ -79,6 +86,11 @@ def _norm_units(spec: ModelSpec, setup: TrainingSetup) -> float:
 
 
 def _attention_units(spec: ModelSpec, setup: TrainingSetup, qw: float, kw: float) -> float:
+    if spec.mla is not None:
+        return _mla_units(spec, setup)
+    if spec.attention_sinks and setup.attn != "flash":
+        # gpt-oss eager: q, repeat_kv K and V, output copy; softmax in bf16: only the probabilities are saved
+        return 8.0 * qw + 2.0 * spec.num_heads * _attended_len(spec, setup) / spec.hidden_size
     if setup.attn == "eager":
         quadratic = 6.0 * spec.num_heads * _attended_len(spec, setup) / spec.hidden_size
         if spec.attn_logit_softcapping:
@@ -90,6 +102,22 @@ def _attention_units(spec: ModelSpec, setup: TrainingSetup, qw: float, kw: float
         # chunk() views keep the whole fused qkv output alive (memory_model.md 5.5: Phi-3 +2 units)
         units += 2.0 * (qw + 2 * kw) - 2.0 * kw
     return units
+
+
+def _mla_units(spec: ModelSpec, setup: TrainingSetup) -> float:
+    """MLA per layer: attention tensors plus the q_a/kv_a RMSNorms (full FT 8 per width unit, frozen 4)."""
+    m, h, nh = spec.mla, spec.hidden_size, spec.num_heads
+    assert m is not None
+    qk = nh * m.qk_head_dim / h
+    v = nh * m.v_head_dim / h
+    latent = (m.q_lora_rank or 0) + m.kv_lora_rank
+    norms = (8.0 if setup.method == "full" else 4.0) * latent / h
+    lse = 4.0 * nh / h
+    if setup.attn == "eager":
+        return norms + 2.0 * qk + 2.0 * qk + 2.0 * v + 2.0 * v + 6.0 * nh * _attended_len(spec, setup) / h
+    if setup.attn == "flash":  # q, k, padded v, padded out, contiguous o_proj input
+        return norms + 8.0 * qk + 2.0 * v + lse
+    return norms + 2.0 * qk + 2.0 * qk + 2.0 * nh * (m.qk_nope_head_dim + m.v_head_dim) / h + 2.0 * v + lse
 
 
 def _attended_len(spec: ModelSpec, setup: TrainingSetup) -> int:
@@ -109,8 +137,14 @@ def _mlp_units(spec: ModelSpec, setup: TrainingSetup) -> float:
     n_moe = spec.num_layers - len(moe.dense_layers)
     dense_i = (moe.dense_intermediate_size or spec.intermediate_size) / h
     # routed experts: each token visits top_k experts; gathered input and weighted output saved per visit
-    routed = 2.0 + moe.top_k * (per_width * elem * moe.expert_intermediate_size / h + 4.0)
+    expert_width = per_width
+    if moe.layout == "gpt_oss":
+        # GptOssExperts._apply_gate: gate_up (2I, kept by clamp), clamped gate, sigmoid, glu, up + 1, product
+        expert_width = 7.0 if full else 6.0
+    routed = 2.0 + moe.top_k * (expert_width * elem * moe.expert_intermediate_size / h + 4.0)
     router = 4.0 * moe.num_experts / h * 2  # fp32 router logits and softmax [N, E]
+    if moe.layout == "deepseek" and full:
+        router += 4.0  # DeepseekV3TopkRouter: F.linear(hidden.float(), weight.float()) keeps the fp32 input
     shared = per_width * elem * (moe.shared_expert_intermediate_size or 0) / h
     moe_units = routed + router + shared
     dense_units = per_width * elem * dense_i

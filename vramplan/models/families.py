@@ -308,3 +308,35 @@ IGNORED_KEY_NOTES = {
     "quantization": "quantization (MLX conversion keys) ignored: shapes are those of the unquantized model",
     "_attn_implementation": "_attn_implementation ignored: the training setup decides the attention kernel",
 }
+
+#: what an estimate of each family assumes about the modeling code (shown in `assumptions`)
+FAMILY_NOTES: dict[str, tuple[str, ...]] = {
+    "gpt_oss": (
+        "gpt-oss: transformers has no SDPA path (_supports_sdpa=False): --attn sdpa is costed as eager; "
+        "--attn flash as a sink-aware flash kernel (kernels-community/vllm-flash-attn3)",
+        "gpt-oss: MoE experts (with biases) and router are not nn.Linear: LoRA all-linear wraps attention only "
+        "(PEFT 0.21) and bitsandbytes does not quantize them",
+    ),
+    "deepseek_v3": (
+        "deepseek_v3: num_nextn_predict_layers (MTP) weights are not built by transformers: not counted",
+        "deepseek_v3: router weight and e_score_correction_bias kept in fp32 (_keep_in_fp32_modules_strict)",
+    ),
+    "glm4_moe": (
+        "glm4_moe: num_nextn_predict_layers (MTP) weights are not built by transformers: not counted",
+        "glm4_moe: router weight and e_score_correction_bias kept in fp32 (_keep_in_fp32_modules_strict)",
+    ),
+    "smollm3": ("smollm3: NoPE layers skip RoPE, which saves nothing either way: memory is unchanged",),
+    "granite": (
+        "granite: embedding/residual/attention multipliers are scalar multiplies (nothing saved); logits_scaling "
+        "divides the logits into a second bf16 tensor that is freed before the fp32 loss upcast: memory unchanged",
+    ),
+}
+
+#: quantization methods a config may carry, and what training does with them
+QUANT_METHOD_NOTES = {
+    "mxfp4": (
+        "quantization_config mxfp4 (gpt-oss checkpoint): training needs the bf16 experts: transformers "
+        "dequantizes them on load (Mxfp4HfQuantizer.is_trainable is False; without triton>=3.4 + kernels it "
+        "dequantizes anyway, integrations/mxfp4.py); costed as bf16 weights, MXFP4 only on disk"
+    ),
+}

@@ -12,7 +12,16 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError
 from ..specs.model import SUPPORTED_MODEL_TYPES, MlaSpec, ModelSpec, MoeSpec
-from .families import DEFAULTS, FAMILIES, GEMMA3_TEXT_DEFAULTS, IGNORED_KEY_NOTES, REQUIRED_KEYS, Family
+from .families import (
+    DEFAULTS,
+    FAMILIES,
+    FAMILY_NOTES,
+    GEMMA3_TEXT_DEFAULTS,
+    IGNORED_KEY_NOTES,
+    QUANT_METHOD_NOTES,
+    REQUIRED_KEYS,
+    Family,
+)
 
 #: keys a trainer must not hand to transformers: they describe a copy, not the architecture
 _COPY_KEYS = ("auto_map", "quantization", "quantization_config", "_attn_implementation", "_attn_implementation_autoset")
@@ -132,6 +141,11 @@ def config_notes(config: Any) -> list[str]:
         if filled:
             notes.append("transformers Gemma3TextConfig defaults used for " + ", ".join(filled))
     keys = set(config) | (set(inner) if isinstance(inner, dict) else set())
+    notes += list(FAMILY_NOTES.get(str(config.get("model_type")), ()))
+    quant = config.get("quantization_config")
+    method = quant.get("quant_method") if isinstance(quant, dict) else None
+    if method in QUANT_METHOD_NOTES:
+        return notes + [QUANT_METHOD_NOTES[method]] + [n for k, n in IGNORED_KEY_NOTES.items() if k in keys and k != "quantization_config"]
     return notes + [note for key, note in IGNORED_KEY_NOTES.items() if key in keys]
 
 
