@@ -23,6 +23,10 @@ from .families import (
     Family,
 )
 
+#: model_type values transformers does not register whose `architectures` name a class it has: the
+#: config is read as that class's model_type (Kimi-K2's config.json says kimi_k2 + DeepseekV3ForCausalLM)
+MODEL_TYPE_ALIASES = {("kimi_k2", "DeepseekV3ForCausalLM"): "deepseek_v3"}
+
 #: keys a trainer must not hand to transformers: they describe a copy, not the architecture
 _COPY_KEYS = ("auto_map", "quantization", "quantization_config", "_attn_implementation", "_attn_implementation_autoset")
 
@@ -45,6 +49,9 @@ def text_config(config: Any) -> dict:
         model_type = "gemma3_text"
     if model_type is None:
         raise ConfigError("config.json has no model_type; supported: " + ", ".join(_supported()))
+    alias = _model_type_alias(config)
+    if alias is not None:
+        config, model_type = {**config, "model_type": alias}, alias
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ConfigError(f"unsupported model_type {model_type!r}; supported: {', '.join(_supported())}")
     return {k: v for k, v in config.items() if k not in _COPY_KEYS}
@@ -128,11 +135,21 @@ def parse_config(config: Any, *, name: str, source: str, hf_id: str | None = Non
         raise ConfigError(f"invalid {model_type} config: {where + ': ' if where else ''}{first['msg']}") from None
 
 
+def _model_type_alias(config: dict) -> str | None:
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    return MODEL_TYPE_ALIASES.get((config.get("model_type"), arch))
+
+
 def config_notes(config: Any) -> list[str]:
     """Assumptions worth showing for this config: Gemma 3 defaults filled in, ignored keys."""
     if not isinstance(config, dict):
         return []
     notes = []
+    alias = _model_type_alias(config)
+    if alias is not None:
+        notes.append(f"model_type {config['model_type']!r} read as {alias!r}: its architectures name {alias}'s class")
+        config = {**config, "model_type": alias}
     inner = config.get("text_config") if config.get("model_type") == "gemma3" else config
     if config.get("model_type") == "gemma3":
         notes.append("gemma3 multimodal config: text decoder only (Gemma3ForCausalLM); the vision tower is not counted")
