@@ -26,6 +26,7 @@ Modes:
 
 from dataclasses import dataclass, field
 
+from ..errors import VramplanError
 from ..specs import ModelSpec, TrainingSetup
 from .adapters import lora_targets
 
@@ -61,6 +62,8 @@ def residual_bytes_per_element(setup: TrainingSetup) -> int:
 
 def layer_activations(spec: ModelSpec, setup: TrainingSetup) -> LayerActivations:
     """Saved activation units of one average decoder layer for this model and setup."""
+    if spec.traced is not None:
+        return _traced_activations(spec, setup)
     h = spec.hidden_size
     qw, kw = spec.q_width / h, spec.kv_width / h
     residual = residual_bytes_per_element(setup)
@@ -165,6 +168,8 @@ def _mlp_units(spec: ModelSpec, setup: TrainingSetup) -> float:
     if moe.layout == "deepseek" and full:
         router += 4.0  # DeepseekV3TopkRouter: F.linear(hidden.float(), weight.float()) keeps the fp32 input
     shared = per_width * elem * (moe.shared_expert_intermediate_size or 0) / h
+    if moe.shared_expert_gate:  # Qwen2-MoE: sigmoid(shared_expert_gate(x)) * shared_out keeps shared_out
+        shared += 2.0
     moe_units = routed + router + shared
     dense_units = per_width * elem * dense_i
     return (n_moe * moe_units + len(moe.dense_layers) * dense_units) / spec.num_layers
@@ -179,3 +184,28 @@ def _lora_units(spec: ModelSpec, setup: TrainingSetup) -> float:
         per_layer = s.count / spec.num_layers
         total += per_layer * (per_input * s.in_features / h + 2.0 * setup.lora.rank / h)
     return total
+
+
+def _traced_activations(spec: ModelSpec, setup: TrainingSetup) -> LayerActivations:
+    """A traced model (models/traced.py): the traced layer units at this sequence length; LoRA/QLoRA add the
+    per-target LoRA terms to the traced frozen base, and under eager the o_proj-input copy the measured LoRA
+    runs keep (see _attention_units)."""
+    assert spec.traced is not None
+    full = setup.method == "full"
+    by_attn = spec.traced.activations["full" if full else "frozen"]
+    if setup.attn not in by_attn:
+        raise VramplanError(
+            f"--attn {setup.attn}: the traced {spec.model_type} picks its attention class by name, so only its own "
+            f"kernels were traced; accepted: --attn {'|'.join(sorted(by_attn))}"
+        )
+    traced = by_attn[setup.attn]
+    per_layer = traced.layer_units + traced.layer_units_per_token * setup.seq_len
+    per_layer += traced.layer_constant_bytes / (setup.batch_size * setup.seq_len * spec.hidden_size)
+    units = {"traced": per_layer}
+    if not full:
+        units["lora"] = _lora_units(spec, setup)
+        if setup.attn == "eager":
+            units["eager_output_copy"] = 2.0 * spec.q_width / spec.hidden_size
+    return LayerActivations(
+        saved_units=units, checkpoint_units=float(residual_bytes_per_element(setup)), final_units=traced.final_units
+    )

@@ -37,6 +37,8 @@ def moe_layers(spec: ModelSpec) -> tuple[int, ...]:
 
 def linear_shapes(spec: ModelSpec) -> list[LinearShape]:
     """Every nn.Linear kind in the model with how many exist; kinds with count 0 are left out."""
+    if spec.traced is not None:
+        return [s for s in spec.traced.linears if s.count > 0]
     moe, sparse = spec.moe, len(moe_layers(spec))
     shapes = _attention_linears(spec)
     dense_inter = (moe.dense_intermediate_size if moe else None) or spec.intermediate_size
@@ -79,6 +81,8 @@ def router_param_names(spec: ModelSpec) -> tuple[str, ...]:
 
 def param_counts(spec: ModelSpec) -> dict[str, int]:
     """Parameters per role (see module docstring); values add up to `total_params`."""
+    if spec.traced is not None:
+        return {**dict.fromkeys(ROLES, 0), **spec.traced.param_counts}
     counts = dict.fromkeys(ROLES, 0)
     embed = spec.vocab_size * spec.hidden_size
     counts["embed_tokens"] = embed

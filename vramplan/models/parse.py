@@ -57,6 +57,19 @@ def text_config(config: Any) -> dict:
     return {k: v for k, v in config.items() if k not in _COPY_KEYS}
 
 
+def is_hand_modelled(config: Any) -> bool:
+    """True when parse_config reads this config's model_type (a dict without model_type counts as hand-modelled,
+    so that parse_config gives its error)."""
+    if not isinstance(config, dict) or config.get("model_type") is None:
+        return True
+    return config["model_type"] in (*SUPPORTED_MODEL_TYPES, "gemma3") or _model_type_alias(config) is not None
+
+
+def shape_config(config: dict) -> dict:
+    """The config without the keys that describe a copy (auto_map, quantization, _attn_implementation)."""
+    return {k: v for k, v in config.items() if k not in _COPY_KEYS}
+
+
 def parse_config(config: Any, *, name: str, source: str, hf_id: str | None = None) -> ModelSpec:
     """Read the shapes of a supported causal LM from its config.json dict.
 

@@ -4,7 +4,7 @@ from .base import Spec
 from .calibration import Calibration
 from .estimate import Estimate, GpuVerdict, MemoryBreakdown, ParamCounts
 from .gpu import GpuSpec
-from .model import SUPPORTED_MODEL_TYPES, LinearShape, MlaSpec, ModelSpec, MoeSpec
+from .model import SUPPORTED_MODEL_TYPES, LinearShape, MlaSpec, ModelSpec, MoeSpec, TracedActivations, TracedSpec
 from .run import RUN_SCHEMA_VERSION, MeasuredRun, Measurements, PhasePeaks, RunEnvironment
 from .setup import (
     ATTNS,
@@ -41,6 +41,8 @@ __all__ = [
     "ModelSpec",
     "MlaSpec",
     "MoeSpec",
+    "TracedActivations",
+    "TracedSpec",
     "ParamCounts",
     "PhasePeaks",
     "RunEnvironment",

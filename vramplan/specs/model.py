@@ -73,11 +73,39 @@ class MoeSpec(Spec):
         return self
 
 
+class TracedActivations(Spec):
+    """Saved activations of one mode and kernel, traced (models/traced.py), in units of b*s*h bytes."""
+
+    #: per decoder layer (average), linear in s
+    layer_units: float
+    #: per decoder layer, the quadratic part per token of s (eager scores); 0 for flash kernels
+    layer_units_per_token: float
+    #: per decoder layer, bytes that do not grow with s (Gemma-style fp32 1 + weight)
+    layer_constant_bytes: float = 0.0
+    #: final norm and lm_head input
+    final_units: float
+
+
+class TracedSpec(Spec):
+    """What the traced path measured for a model type that is not hand-modelled (cached as JSON)."""
+
+    model_type: str
+    transformers_version: str
+    #: parameters per role (vramplan.models.params.ROLES), tied weights once
+    param_counts: dict[str, int]
+    #: every nn.Linear kind of a decoder layer, and lm_head
+    linears: tuple["LinearShape", ...]
+    #: mode ("full": every parameter trains, "frozen": a LoRA/QLoRA base) -> kernel (sdpa|flash|eager)
+    activations: dict[str, dict[str, TracedActivations]]
+    cache_file: str = ""
+
+
 class ModelSpec(Spec):
     """Architecture of a decoder-only causal LM: everything memory depends on, nothing else."""
 
     name: str
-    model_type: Literal[SUPPORTED_MODEL_TYPES]  # type: ignore[valid-type]
+    #: a hand-modelled type (SUPPORTED_MODEL_TYPES), or any transformers type when `traced` is set
+    model_type: str
     hidden_size: int = Field(gt=0)
     num_layers: int = Field(gt=0)
     num_heads: int = Field(gt=0)
@@ -121,6 +149,14 @@ class ModelSpec(Spec):
     #: where the config came from (catalog source, a path, or an HF cache folder)
     source: str = ""
     hf_id: str | None = None
+    #: set for a model type that is not hand-modelled: shapes, counts and activations come from the trace
+    traced: TracedSpec | None = None
+
+    @model_validator(mode="after")
+    def _type_is_modelled(self) -> "ModelSpec":
+        if self.traced is None and self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model_type {self.model_type!r} is not hand-modelled and has no trace")
+        return self
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelSpec":
@@ -167,3 +203,6 @@ class LinearShape(Spec):
     count: int
     #: quantizable by bitsandbytes and a LoRA target under all-linear
     role: Literal["attention", "mlp", "router", "shared_expert", "lm_head"]
+
+
+TracedSpec.model_rebuild()
