@@ -335,8 +335,9 @@ FAMILY_NOTES: dict[str, tuple[str, ...]] = {
 #: quantization methods a config may carry, and what training does with them
 QUANT_METHOD_NOTES = {
     "mxfp4": (
-        "quantization_config mxfp4 (gpt-oss checkpoint): training needs the bf16 experts: transformers "
-        "dequantizes them on load (Mxfp4HfQuantizer.is_trainable is False; without triton>=3.4 + kernels it "
-        "dequantizes anyway, integrations/mxfp4.py); costed as bf16 weights, MXFP4 only on disk"
+        "quantization_config mxfp4 (gpt-oss checkpoint): costed dequantized to bf16, MXFP4 only on disk: Trainer "
+        "refuses a model kept in MXFP4 even with LoRA adapters (trainer_utils.py: Mxfp4HfQuantizer.is_trainable is "
+        "False), so training loads it with Mxfp4Config(dequantize=True), as transformers also does without "
+        "triton>=3.4 + kernels (quantizer_mxfp4.py); attention, router, embeddings and lm_head are bf16 in the checkpoint"
     ),
 }
