@@ -17,6 +17,7 @@ PUBLISHED = [
     ("olmo-2-1124-7b", 7.3e9, 0.01),
     ("olmo-2-1124-13b", 13.7e9, 0.01),
     ("olmo-2-0325-32b", 32.2e9, 0.01),
+    ("granite-3.3-8b-instruct", 8.17e9, 0.01),  # IBM: 8B; 8,170,864,640 in the safetensors
 ]
 
 

@@ -67,10 +67,7 @@ FAMILIES = {
     "smollm3": lambda: load_raw_config("smollm3-3b"),
     "olmo2": lambda: load_raw_config("olmo-2-1124-7b"),
     "olmo3": lambda: _synthetic("olmo-2-1124-7b", model_type="olmo3", sliding_window=4096),
-    "granite": lambda: _synthetic(
-        "llama-3.1-8b", model_type="granite", embedding_multiplier=12.0, residual_multiplier=0.22,
-        attention_multiplier=0.0078125, logits_scaling=16.0,
-    ),  # fmt: skip
+    "granite": lambda: load_raw_config("granite-3.3-8b-instruct"),
 }
 
 
