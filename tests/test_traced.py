@@ -168,7 +168,7 @@ def test_without_the_trace_extra_a_new_type_says_how_to_get_it(tmp_path, monkeyp
         "import sys; sys.modules['torch'] = None\nfrom vramplan.models import resolve_model\n"
         f"resolve_model({str(path)!r})"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=False)
     assert "pip install 'vramplan[trace]'" in out.stderr
 
 
