@@ -87,3 +87,33 @@ def test_smollm3_ties_embeddings_by_default():
 def test_glm_4_5_air_biases_on_qkv_only():
     spec = resolve_model("glm-4.5-air")
     assert spec.attention_bias and not spec.attention_out_bias and not spec.qk_norm
+
+
+def test_deepseek_router_weights_stay_fp32_in_a_bf16_load():
+    from vramplan.memory.weights import weight_bytes
+    from vramplan.specs import TrainingSetup
+
+    spec = resolve_model("deepseek-v3")
+    extra = weight_bytes(spec, TrainingSetup(method="full"))["weights.fp32_router"]
+    # 58 MoE layers: router [256, 7168] 2 more bytes per element, plus the fp32 [256] correction bias (512-B block)
+    assert extra == 58 * (256 * 7168 * 2 + 1024)
+
+
+def test_dense_models_have_no_fp32_router_term():
+    from vramplan.memory.weights import weight_bytes
+    from vramplan.specs import TrainingSetup
+
+    assert weight_bytes(resolve_model("olmo-2-1124-7b"), TrainingSetup(method="full"))["weights.fp32_router"] == 0
+
+
+def test_olmo3_default_layer_types_slide_three_layers_in_four():
+    from vramplan.models import parse_config
+
+    raw = {"model_type": "olmo3", "hidden_size": 64, "num_hidden_layers": 8, "num_attention_heads": 4,
+           "intermediate_size": 96, "vocab_size": 101}  # fmt: skip
+    spec = parse_config(raw, name="olmo3", source="test")
+    assert spec.sliding_window == 4096 and spec.sliding_layers == 6
+
+
+def test_granite_multipliers_are_noted_as_free():
+    assert any(n.startswith("granite:") and "memory unchanged" in n for n in model_assumptions("granite-3.3-8b"))
