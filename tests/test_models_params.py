@@ -108,6 +108,80 @@ SYNTHETIC = {
         "moe_intermediate_size": 24,
         "mlp_only_layers": [0, 2],
     },
+    "gpt-oss": {
+        **_TINY,
+        "model_type": "gpt_oss",
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+    },
+    "gpt-oss-no-bias-layer-types": {
+        **_TINY,
+        "model_type": "gpt_oss",
+        "attention_bias": False,
+        "num_key_value_heads": 4,
+        "head_dim": 8,
+        "num_local_experts": 3,
+        "num_experts_per_tok": 1,
+        "layer_types": ["full_attention", "sliding_attention", "sliding_attention", "full_attention"],
+    },
+    "deepseek-v3-mla-q-lora": {
+        **_TINY,
+        "model_type": "deepseek_v3",
+        "num_key_value_heads": 4,
+        "n_routed_experts": 8,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "n_shared_experts": 2,
+        "first_k_dense_replace": 1,
+        "q_lora_rank": 48,
+        "kv_lora_rank": 16,
+        "qk_nope_head_dim": 8,
+        "qk_rope_head_dim": 4,
+        "v_head_dim": 12,
+        "n_group": 2,
+        "topk_group": 1,
+    },
+    "deepseek-v3-q-lora-null-bias": {
+        **_TINY,
+        "model_type": "deepseek_v3",
+        "attention_bias": True,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 16,
+        "first_k_dense_replace": 2,
+        "q_lora_rank": None,
+        "kv_lora_rank": 24,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "v_head_dim": 16,
+        "n_group": 1,
+        "topk_group": 1,
+    },
+    "glm4-moe-qk-norm-bias": {
+        **_TINY,
+        "model_type": "glm4_moe",
+        "num_key_value_heads": 2,
+        "head_dim": 24,
+        "attention_bias": True,
+        "use_qk_norm": True,
+        "n_routed_experts": 8,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "first_k_dense_replace": 1,
+        "n_group": 1,
+        "topk_group": 1,
+    },
+    "glm4-moe-defaults": {**_TINY, "model_type": "glm4_moe", "num_key_value_heads": 2, "n_routed_experts": 4,
+                          "num_experts_per_tok": 2, "moe_intermediate_size": 16, "n_group": 1, "topk_group": 1},
+    "smollm3-nope": {**_TINY, "model_type": "smollm3", "pad_token_id": 0, "num_key_value_heads": 2, "no_rope_layers": [1, 1, 1, 0]},
+    "smollm3-biases-untied": {**_TINY, "model_type": "smollm3", "pad_token_id": 0, "attention_bias": True, "mlp_bias": True,
+                              "tie_word_embeddings": False},
+    "olmo2-gqa": {**_TINY, "model_type": "olmo2", "num_key_value_heads": 2},
+    "olmo3-sliding": {**_TINY, "model_type": "olmo3", "num_key_value_heads": 1, "sliding_window": 16},
+    "granite-multipliers": {**_TINY, "model_type": "granite", "num_key_value_heads": 2, "attention_bias": True,
+                            "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "logits_scaling": 8.0},
 }
 
 
@@ -123,7 +197,7 @@ def _role(name: str) -> str:
         return "attention"
     if ".mlp.experts." in name:
         return "experts"
-    if name.endswith(".mlp.gate.weight"):
+    if name.endswith(".mlp.gate.weight") or ".mlp.router." in name:
         return "router"
     if ".mlp." in name:
         return "mlp"
@@ -272,15 +346,18 @@ def _random_configs(draw):
         "intermediate_size": draw(st.integers(1, 48)),
         "vocab_size": draw(st.integers(32_100, 32_200)),
         "tie_word_embeddings": draw(st.booleans()),
+        "pad_token_id": 0,
     }
     if draw(st.booleans()):
         raw["head_dim"] = 2 * draw(st.integers(1, 12))  # RoPE needs an even head_dim
     for flag in ("attention_bias", "mlp_bias", "qkv_bias"):
         if draw(st.booleans()):
             raw[flag] = draw(st.booleans())
-    if model_type in ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe"):
+    if model_type in ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe", "gpt_oss", "deepseek_v3", "glm4_moe"):
         experts = draw(st.integers(1, 6))
         raw.update(num_experts=experts, num_local_experts=experts, num_experts_per_tok=draw(st.integers(1, experts)))
+        raw.update(n_routed_experts=experts, n_shared_experts=draw(st.integers(1, 2)), n_group=1, topk_group=1)
+        raw.update(first_k_dense_replace=draw(st.integers(0, 2)), use_qk_norm=draw(st.booleans()))
         raw.update(
             moe_intermediate_size=draw(st.integers(1, 32)), shared_expert_intermediate_size=draw(st.integers(1, 32))
         )
@@ -288,7 +365,7 @@ def _random_configs(draw):
     return raw
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(_random_configs())
 def test_random_configs_of_every_family_equal_transformers(raw):
     spec = parse_config(raw, name="random", source="hypothesis")

@@ -378,7 +378,7 @@ def _assumptions(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None) ->
     if model.moe is not None:
         out.append(
             "MoE on transformers v5: experts are fused 3-D parameters, not nn.Linear: bitsandbytes does not "
-            "quantize them and LoRA all-linear does not wrap them"
+            "quantize them; LoRA all-linear wraps them (PEFT ParamWrapper) only where PEFT converts the layout"
         )
     if setup.optimizer.startswith("paged_"):
         out.append("paged optimizer states live in CUDA managed memory: outside torch's counters, counted in device peak")

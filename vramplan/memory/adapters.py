@@ -2,7 +2,12 @@
 
 Per targeted Linear (in -> out): lora_A [r, in] + lora_B [out, r] = r * (in + out) parameters,
 fp32 by default (peft tuners_utils.cast_adapter_dtype, autocast_adapter_dtype=True).
-"all-linear" = every nn.Linear except the output embedding (peft tuners_utils._maybe_include_all_linear_layers).
+"all-linear" = every nn.Linear except the output embedding (peft tuners_utils._maybe_include_all_linear_layers),
+except on the MoE families whose v4 -> v5 weight layout PEFT converts (`PEFT_CONVERTED_MOE`): there
+peft utils/transformers_weight_conversion.py::_resolve_string_target_modules/_convert_peft_config_moe turn the
+names gate_proj/up_proj/down_proj and gate into target_parameters (the fused experts and the router), so
+nn.Linear modules of those names (dense first layers, shared experts) get no LoRA. Checked on meta-device
+tiny models with peft 0.21.2 + transformers 5.24 (tests/test_lora_targets.py).
 """
 
 from dataclasses import dataclass
@@ -13,6 +18,19 @@ from ..specs import LinearShape, LoraSpec, ModelSpec
 from .allocator import tensors_bytes
 
 ADAPTER_BYTES_PER_PARAM = 4  # fp32
+
+#: model types transformers maps to a MoE conversion pattern that PEFT follows (conversion_mapping.py
+#: _MODEL_TO_CONVERSION_PATTERN, plus mixtral's own): all-linear wraps their experts and router with ParamWrapper.
+#: Not listed: qwen2_moe and gpt_oss, whose experts and router all-linear leaves alone (not nn.Linear).
+PEFT_CONVERTED_MOE = frozenset({"mixtral", "olmoe", "qwen3_moe", "deepseek_v3", "glm4_moe"})
+
+#: nn.Linear leaf names PEFT re-targets to the fused experts on those families (so the Linears get no LoRA)
+_CONVERTED_LINEAR_NAMES = frozenset({"gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"})
+
+
+def wraps_experts(spec: ModelSpec, lora: LoraSpec) -> bool:
+    """True when LoRA all-linear puts ParamWrapper adapters on the fused experts and the router."""
+    return lora.all_linear and spec.moe is not None and spec.model_type in PEFT_CONVERTED_MOE
 
 
 @dataclass(frozen=True)
@@ -43,7 +61,8 @@ def adapter_pairs(spec: ModelSpec, lora: LoraSpec) -> list[AdapterPair]:
     """
     r = lora.rank
     pairs = [AdapterPair(s.name, s.count, r, s.in_features, s.out_features, r) for s in lora_targets(spec, lora)]
-    if lora.all_linear and spec.moe is not None:
+    if wraps_experts(spec, lora):
+        assert spec.moe is not None
         n = len(moe_layers(spec))
         e, i, h = spec.moe.num_experts, spec.moe.expert_intermediate_size, spec.hidden_size
         pairs += [
@@ -55,11 +74,13 @@ def adapter_pairs(spec: ModelSpec, lora: LoraSpec) -> list[AdapterPair]:
 
 
 def check_lora_supported(spec: ModelSpec, lora: LoraSpec) -> None:
-    """PEFT's ParamWrapper (LoRA on fused MoE experts) refuses dropout: say so before the user finds out."""
-    if lora.all_linear and spec.moe is not None and lora.dropout > 0:
+    """PEFT's ParamWrapper (LoRA on fused MoE experts) refuses dropout (peft tuners/lora/layer.py::ParamWrapper:
+    "does not work with lora_dropout != 0"): say so, with the two ways out, before the user finds out."""
+    if wraps_experts(spec, lora) and lora.dropout > 0:
+        attention = ",".join(s.name.rsplit(".", 1)[-1] for s in linear_shapes(spec) if s.role == "attention")
         raise VramplanError(
             f"--lora-dropout {lora.dropout}: PEFT cannot put LoRA with dropout on the fused experts of {spec.name} "
-            "(all-linear wraps them); accepted: --lora-dropout 0, or explicit --lora-targets such as q_proj,v_proj"
+            f"(all-linear wraps them); use --lora-dropout 0 or attention-only targets (--lora-targets {attention})"
         )
 
 
@@ -67,7 +88,8 @@ def lora_targets(spec: ModelSpec, lora: LoraSpec) -> list[LinearShape]:
     """The Linear kinds LoRA wraps. Raises VramplanError for names that match no module or a rank too large."""
     candidates = [s for s in linear_shapes(spec) if s.role != "lm_head"]
     if lora.all_linear:
-        chosen = candidates
+        converted = spec.moe is not None and spec.model_type in PEFT_CONVERTED_MOE
+        chosen = [s for s in candidates if not (converted and s.name.rsplit(".", 1)[-1] in _CONVERTED_LINEAR_NAMES)]
     else:
         by_name = {s.name.rsplit(".", 1)[-1]: s for s in candidates}
         unknown = [t for t in lora.targets if t not in by_name]
@@ -78,6 +100,8 @@ def lora_targets(spec: ModelSpec, lora: LoraSpec) -> list[LinearShape]:
             )
         chosen = [by_name[t] for t in dict.fromkeys(lora.targets)]
     for s in chosen:
+        if s.out_features == 1:  # Qwen2-MoE's shared_expert_gate Linear(h, 1): PEFT wraps it at any rank
+            continue
         if lora.rank > min(s.in_features, s.out_features):
             raise VramplanError(
                 f"--lora-rank {lora.rank} is larger than {s.name} ({s.in_features}->{s.out_features}) of {spec.name}; "

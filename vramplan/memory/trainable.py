@@ -52,10 +52,14 @@ def trainable_groups(
         if s.bias:
             groups.append(TensorGroup(f"{s.name}.bias", s.count, s.out_features, 1, itemsize))
     norm_count = spec.num_layers * spec.norms_per_layer + 1
+    if spec.traced is not None:  # a traced model: as many h-wide norm weights as its norms role holds
+        norm_count = counts["norms"] // h
     groups.append(TensorGroup("norms", norm_count, h, 1, itemsize))
     listed = sum(g.params for g in groups)
     rest = total_params(spec) - listed
-    if rest > 0:
+    if rest > 0 and spec.traced is not None:  # whatever the trace holds beyond the listed tensors, exactly
+        groups.append(TensorGroup("other", 1, rest, 1, itemsize))
+    elif rest > 0:
         # q/k norms, fused MoE experts and bare-parameter routers: sized as one 2-D tensor per layer
         groups.append(TensorGroup("other", spec.num_layers, -(-rest // spec.num_layers), 1, itemsize))
     return groups

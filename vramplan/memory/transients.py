@@ -2,6 +2,7 @@
 
 from ..models.params import linear_shapes, quantizable_params
 from ..specs import ModelSpec, TrainingSetup
+from .adapters import wraps_experts
 from .allocator import block_bytes
 from .constants import (
     EXPERT_LORA_BACKWARD_BYTES_PER_PARAM,
@@ -48,7 +49,7 @@ def tied_embedding_grad_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
 def expert_lora_transient_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     """LoRA all-linear on a v5 MoE wraps the fused expert tensors (PEFT ParamWrapper): the layer's expert weights
     are materialised with their delta in backward (measured, constants.EXPERT_LORA_BACKWARD_BYTES_PER_PARAM)."""
-    if spec.moe is None or setup.lora is None or not setup.lora.all_linear:
+    if spec.moe is None or setup.lora is None or not wraps_experts(spec, setup.lora):
         return 0
     m = spec.moe
     per_layer = 3 * m.num_experts * spec.hidden_size * m.expert_intermediate_size

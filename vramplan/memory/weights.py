@@ -7,7 +7,7 @@ other fp16/bf16 parameter to fp32 (peft utils/other.py): embeddings, lm_head, no
 in transformers v5, the fused 3-D MoE expert tensors, which are not nn.Linear.
 """
 
-from ..models.params import linear_shapes, param_counts, total_params
+from ..models.params import linear_shapes, moe_layers, param_counts, total_params
 from ..specs import LinearShape, ModelSpec, TrainingSetup
 from .allocator import block_bytes, tensors_bytes
 from .constants import (
@@ -68,7 +68,18 @@ def weight_bytes(spec: ModelSpec, setup: TrainingSetup, *, kbit_fp32_upcast: boo
         "weights.embeddings": block_bytes(counts["embed_tokens"] * nbytes),
         "weights.lm_head": block_bytes(counts["lm_head"] * nbytes),
         "weights.other": other_params * nbytes,
+        "weights.fp32_router": fp32_router_extra_bytes(spec, nbytes),
     }
+
+
+def fp32_router_extra_bytes(spec: ModelSpec, nbytes: int) -> int:
+    """DeepSeek-V3 / GLM-4.5 keep the router weight [E, h] and the e_score_correction_bias buffer [E] in fp32
+    whatever the load dtype (modeling_deepseek_v3.py, modeling_glm4_moe.py: _keep_in_fp32_modules_strict =
+    ["e_score_correction_bias", "gate.weight"]): (4 - nbytes) more bytes per router weight, plus the fp32 buffer."""
+    if spec.moe is None or spec.moe.layout != "deepseek":
+        return 0
+    e, h, n = spec.moe.num_experts, spec.hidden_size, len(moe_layers(spec))
+    return n * (e * h * (FP32 - nbytes) + block_bytes(e * FP32))
 
 
 def _quantized_linear_bytes(linears: list[LinearShape], setup: TrainingSetup) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import UnknownModelError
 from ..specs.model import ModelSpec
 from .local import config_path, hf_cache_config, hf_cache_dir, read_config
-from .parse import config_notes, parse_config, text_config
+from .parse import config_notes, is_hand_modelled, parse_config, shape_config, text_config
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,16 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     Raises UnknownModelError (with the closest catalog names) or ConfigError (bad config).
     """
     found = _find(name_or_path)
+    if not is_hand_modelled(found.config):
+        return _traced_spec(found)
     return parse_config(found.config, name=found.name, source=found.source, hf_id=found.hf_id)
+
+
+def _traced_spec(found: "_Found") -> ModelSpec:
+    """A model type that is not hand-modelled: its cached trace (traced_cache.py; torch only if never traced)."""
+    from .traced_cache import traced_model_spec
+
+    return traced_model_spec(shape_config(found.config), name=found.name, source=found.source, hf_id=found.hf_id)
 
 
 def load_raw_config(name_or_path: str) -> dict[str, Any]:
@@ -73,13 +82,21 @@ def load_raw_config(name_or_path: str) -> dict[str, Any]:
     For a Gemma 3 multimodal config: its text config, model_type gemma3_text, Gemma3TextConfig
     defaults filled. Keys that describe a copy (auto_map, quantization, _attn_implementation) are dropped.
     """
-    return text_config(_find(name_or_path).config)
+    found = _find(name_or_path)
+    if not is_hand_modelled(found.config):
+        return shape_config(found.config)
+    return text_config(found.config)
 
 
 def model_assumptions(name_or_path: str) -> list[str]:
     """What resolving this model assumed (sibling config used, defaults filled, keys ignored)."""
     found = _find(name_or_path)
-    return ([found.note] if found.note else []) + config_notes(found.config)
+    notes = ([found.note] if found.note else []) + config_notes(found.config)
+    if not is_hand_modelled(found.config):
+        from .traced_cache import traced_notes
+
+        notes += traced_notes(_traced_spec(found))
+    return notes
 
 
 def _find(name_or_path: str) -> _Found:

@@ -151,6 +151,94 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "num_experts": 64,
         "num_experts_per_tok": 8,
     },
+    # configuration_gpt_oss.py: every projection biased, 128-token window on the sliding layers
+    "gpt_oss": {
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "tie_word_embeddings": False,
+        "attention_bias": True,
+        "hidden_act": "silu",
+        "max_position_embeddings": 131072,
+        "sliding_window": 128,
+        "layer_types": None,
+        "num_local_experts": 128,
+        "num_experts_per_tok": 4,
+    },
+    # configuration_deepseek_v3.py: MLA ranks and dims, routed + shared experts after the dense layers
+    "deepseek_v3": {
+        "num_key_value_heads": 128,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "n_routed_experts": 256,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 8,
+        "moe_intermediate_size": 2048,
+        "first_k_dense_replace": 3,
+        "q_lora_rank": 1536,
+        "kv_lora_rank": 512,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+    },
+    # configuration_glm4_moe.py: no head_dim field (modeling reads getattr(config, "head_dim", h // nh))
+    "glm4_moe": {
+        "num_key_value_heads": 8,
+        "head_dim": None,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "hidden_act": "silu",
+        "max_position_embeddings": 131072,
+        "n_routed_experts": 128,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 8,
+        "moe_intermediate_size": 1408,
+        "first_k_dense_replace": 1,
+        "use_qk_norm": False,
+    },
+    # configuration_smollm3.py: NB ties embeddings by default; no_rope_layers changes no shape
+    "smollm3": {
+        "num_key_value_heads": 4,
+        "head_dim": None,
+        "tie_word_embeddings": True,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "use_sliding_window": False,
+        "sliding_window": None,
+    },
+    # configuration_olmo2.py
+    "olmo2": {
+        "num_key_value_heads": None,
+        "head_dim": None,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "hidden_act": "silu",
+        "max_position_embeddings": 2048,
+    },
+    # configuration_olmo3.py: layer_types None -> every 4th layer full, the others sliding (4096)
+    "olmo3": {
+        "num_key_value_heads": None,
+        "head_dim": None,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "hidden_act": "silu",
+        "max_position_embeddings": 2048,
+        "sliding_window": 4096,
+        "layer_types": None,
+    },
+    # configuration_granite.py: embedding/residual/attention multipliers and logits_scaling change no shape
+    "granite": {
+        "num_key_value_heads": None,
+        "head_dim": None,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "hidden_act": "silu",
+        "max_position_embeddings": 2048,
+    },
 }
 
 
@@ -163,17 +251,27 @@ class Family:
     #: o_proj bias: same key as q/k/v, or hard-wired
     o_bias: str | bool = "attention_bias"
     mlp_bias: str | bool = False
-    #: None, per-head q/k RMSNorm (head_dim wide), or OLMoE's full-width q/k norm
-    qk_norm: Literal["per_head", "full"] | None = None
+    #: None, per-head q/k RMSNorm (head_dim wide), OLMoE's full-width q/k norm, or OLMo 2's projection-wide one
+    qk_norm: Literal["per_head", "full", "projection"] | None = None
+    #: config key that switches the per-head q/k norm on (GLM-4.5: use_qk_norm); None when hard-wired
+    qk_norm_key: str | None = None
     norms_per_layer: int = 2
     fused: bool = False
     #: which MoE layout the family builds (None: dense)
-    moe: Literal["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"] | None = None
+    moe: Literal["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "deepseek"] | None = None
     #: sliding_window only counts when use_sliding_window is true (Qwen families)
     sliding_gated: bool = False
     #: sliding_window is not a config field of the family (ignored when present)
     sliding_ignored: bool = False
     act_key: str = "hidden_act"
+    #: layer_types decides which layers slide (gpt-oss, OLMo 3, SmolLM3)
+    sliding_by_layer_types: bool = False
+    #: a learned per-head sink logit (gpt-oss)
+    sinks: bool = False
+    #: multi-head latent attention (DeepSeek-V3, Kimi-K2, Moonlight)
+    mla: bool = False
+    #: norms after attention and MLP instead of before (OLMo 2/3)
+    post_norm: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -188,6 +286,19 @@ FAMILIES: dict[str, Family] = {
     "qwen2_moe": Family(qkv_bias="qkv_bias", o_bias=False, moe="qwen2_moe", sliding_gated=True),
     "qwen3_moe": Family(qk_norm="per_head", moe="qwen3_moe", sliding_gated=True),
     "olmoe": Family(qk_norm="full", moe="olmoe", sliding_ignored=True),  # OlmoeRMSNorm(hidden_size) on q
+    # GptOssAttention: q/k/v/o bias=attention_bias, sinks [nh]; GptOssExperts with biases; GptOssTopKRouter w + b
+    "gpt_oss": Family(moe="gpt_oss", sinks=True, sliding_by_layer_types=True),
+    # DeepseekV3Attention: MLA, q_a/kv_a bias=attention_bias, others none; DeepseekV3MoE after first_k_dense_replace
+    "deepseek_v3": Family(o_bias="attention_bias", mla=True, moe="deepseek", sliding_ignored=True),
+    # Glm4MoeAttention: q/k/v bias=attention_bias, o_proj bias=False, q/k norm per head when use_qk_norm
+    "glm4_moe": Family(o_bias=False, qk_norm="per_head", qk_norm_key="use_qk_norm", moe="deepseek", sliding_ignored=True),
+    # SmolLM3Attention: q/k/v/o bias=attention_bias; SmolLM3MLP bias=mlp_bias; NoPE layers skip RoPE
+    "smollm3": Family(mlp_bias="mlp_bias", sliding_gated=True, sliding_by_layer_types=True),
+    # Olmo2Attention: q_norm RMSNorm(nh*hd), k_norm RMSNorm(nkv*hd); post_attention/post_feedforward norms
+    "olmo2": Family(qk_norm="projection", post_norm=True, sliding_ignored=True),
+    "olmo3": Family(qk_norm="projection", post_norm=True, sliding_by_layer_types=True),
+    # GraniteAttention/GraniteMLP: Llama layout; the multipliers are scalars
+    "granite": Family(mlp_bias="mlp_bias", sliding_ignored=True),
 }
 
 #: config keys that never change shapes but deserve a note when a config carries them
@@ -197,4 +308,37 @@ IGNORED_KEY_NOTES = {
     "shapes are those of the unquantized model",
     "quantization": "quantization (MLX conversion keys) ignored: shapes are those of the unquantized model",
     "_attn_implementation": "_attn_implementation ignored: the training setup decides the attention kernel",
+}
+
+#: what an estimate of each family assumes about the modeling code (shown in `assumptions`)
+FAMILY_NOTES: dict[str, tuple[str, ...]] = {
+    "gpt_oss": (
+        "gpt-oss: transformers has no SDPA path (_supports_sdpa=False): --attn sdpa is costed as eager; "
+        "--attn flash as a sink-aware flash kernel (kernels-community/vllm-flash-attn3)",
+        "gpt-oss: MoE experts (with biases) and router are not nn.Linear: LoRA all-linear wraps attention only "
+        "(PEFT 0.21) and bitsandbytes does not quantize them",
+    ),
+    "deepseek_v3": (
+        "deepseek_v3: num_nextn_predict_layers (MTP) weights are not built by transformers: not counted",
+        "deepseek_v3: router weight and e_score_correction_bias kept in fp32 (_keep_in_fp32_modules_strict)",
+    ),
+    "glm4_moe": (
+        "glm4_moe: num_nextn_predict_layers (MTP) weights are not built by transformers: not counted",
+        "glm4_moe: router weight and e_score_correction_bias kept in fp32 (_keep_in_fp32_modules_strict)",
+    ),
+    "smollm3": ("smollm3: NoPE layers skip RoPE, which saves nothing either way: memory is unchanged",),
+    "granite": (
+        "granite: embedding/residual/attention multipliers are scalar multiplies (nothing saved); logits_scaling "
+        "divides the logits into a second bf16 tensor that is freed before the fp32 loss upcast: memory unchanged",
+    ),
+}
+
+#: quantization methods a config may carry, and what training does with them
+QUANT_METHOD_NOTES = {
+    "mxfp4": (
+        "quantization_config mxfp4 (gpt-oss checkpoint): costed dequantized to bf16, MXFP4 only on disk: Trainer "
+        "refuses a model kept in MXFP4 even with LoRA adapters (trainer_utils.py: Mxfp4HfQuantizer.is_trainable is "
+        "False), so training loads it with Mxfp4Config(dequantize=True), as transformers also does without "
+        "triton>=3.4 + kernels (quantizer_mxfp4.py); attention, router, embeddings and lm_head are bf16 in the checkpoint"
+    ),
 }

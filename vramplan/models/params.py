@@ -4,11 +4,13 @@ Roles of `param_counts` (they add up to `total_params`; tied embeddings are coun
 
 - `embed_tokens`: vocab x hidden.
 - `lm_head`: vocab x hidden when untied, 0 when tied to the embeddings.
-- `attention`: q/k/v/o (or Phi-3's fused qkv_proj) weights and biases.
+- `attention`: q/k/v/o (or Phi-3's fused qkv_proj) weights and biases; gpt-oss sinks [nh]; DeepSeek MLA
+  projections and their q_a/kv_a RMSNorms.
 - `qk_norm`: q_norm/k_norm weights (Qwen3, Gemma3: head_dim each; OLMoE: full projection width).
 - `mlp`: dense MLP weights and biases, including Qwen2-MoE's shared expert and its gate.
 - `experts`: the fused 3-D expert parameters of MoE layers (gate_up_proj [E,2I,h], down_proj [E,h,I]).
-- `router`: the MoE router weight [E,h] (a bare nn.Parameter in transformers v5, not an nn.Linear).
+- `router`: the MoE router weight [E,h] (a bare nn.Parameter in transformers v5, not an nn.Linear), and
+  gpt-oss's router bias [E]. DeepSeek's e_score_correction_bias is a buffer: not a parameter.
 - `norms`: per-layer RMSNorms (2, or 4 for Gemma 2/3) and the final norm.
 
 `linear_shapes` lists every nn.Linear module. `name` is the module path inside a decoder layer
@@ -38,6 +40,8 @@ def linear_shapes(spec: ModelSpec) -> list[LinearShape]:
     """Every nn.Linear kind in the model with how many exist; kinds with count 0 are left out.
 
     Memoized per (frozen) ModelSpec: a `fit` search runs dozens of estimates of one model."""
+    if spec.traced is not None:
+        return [s for s in spec.traced.linears if s.count > 0]
     return list(_linear_shapes(spec))
 
 
@@ -49,7 +53,8 @@ def _linear_shapes(spec: ModelSpec) -> tuple[LinearShape, ...]:
     shapes += _mlp_linears(spec, "mlp.", dense_inter, spec.num_layers - sparse, "mlp")
     if moe and moe.shared_expert_intermediate_size:  # Qwen2-MoE: an always-on expert, gated by Linear(h, 1)
         shared = moe.shared_expert_intermediate_size
-        shapes += _mlp_linears(spec, "mlp.shared_expert.", shared, sparse, "shared_expert")
+        prefix = "mlp.shared_experts." if moe.layout == "deepseek" else "mlp.shared_expert."
+        shapes += _mlp_linears(spec, prefix, shared, sparse, "shared_expert")
         if moe.shared_expert_gate:
             shapes.append(_linear("mlp.shared_expert_gate", spec.hidden_size, 1, False, sparse, "shared_expert"))
     shapes.append(_linear("lm_head", spec.hidden_size, spec.vocab_size, False, 1, "lm_head"))
@@ -65,11 +70,27 @@ def expert_param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     if spec.moe is None:
         return {}
     e, i, h = spec.moe.num_experts, spec.moe.expert_intermediate_size, spec.hidden_size
+    if spec.moe.layout == "gpt_oss":  # GptOssExperts is_transposed=True, has_bias=True; GptOssTopKRouter w + b
+        return {
+            "mlp.experts.gate_up_proj": (e, h, 2 * i),
+            "mlp.experts.gate_up_proj_bias": (e, 2 * i),
+            "mlp.experts.down_proj": (e, i, h),
+            "mlp.experts.down_proj_bias": (e, h),
+            "mlp.router.weight": (e, h),
+            "mlp.router.bias": (e,),
+        }
     return {"mlp.experts.gate_up_proj": (e, 2 * i, h), "mlp.experts.down_proj": (e, h, i), "mlp.gate.weight": (e, h)}
+
+
+def router_param_names(spec: ModelSpec) -> tuple[str, ...]:
+    """Keys of `expert_param_shapes` that belong to the router (the rest are experts)."""
+    return tuple(k for k in expert_param_shapes(spec) if k.startswith(("mlp.gate.", "mlp.router.")))
 
 
 def param_counts(spec: ModelSpec) -> dict[str, int]:
     """Parameters per role (see module docstring); values add up to `total_params`."""
+    if spec.traced is not None:
+        return {**dict.fromkeys(ROLES, 0), **spec.traced.param_counts}
     return dict(_param_counts(spec))
 
 
@@ -83,11 +104,13 @@ def _param_counts(spec: ModelSpec) -> dict[str, int]:
         if s.role != "lm_head":
             role = "attention" if s.role == "attention" else "mlp"
             counts[role] += s.count * (s.in_features * s.out_features + (s.out_features if s.bias else 0))
+    counts["attention"] += spec.num_layers * _attention_extra_params(spec)
     counts["qk_norm"] = spec.num_layers * _qk_norm_width(spec)
     n_moe = len(moe_layers(spec))
     shapes = expert_param_shapes(spec)
-    counts["experts"] = n_moe * sum(prod(v) for k, v in shapes.items() if k.startswith("mlp.experts."))
-    counts["router"] = n_moe * prod(shapes["mlp.gate.weight"]) if shapes else 0
+    routers = router_param_names(spec)
+    counts["experts"] = n_moe * sum(prod(v) for k, v in shapes.items() if k not in routers)
+    counts["router"] = n_moe * sum(prod(shapes[k]) for k in routers)
     counts["norms"] = (spec.num_layers * spec.norms_per_layer + 1) * spec.hidden_size
     return counts
 
@@ -121,7 +144,35 @@ def largest_linear(spec: ModelSpec) -> tuple[int, int]:
     return biggest.out_features, biggest.in_features
 
 
+def _attention_extra_params(spec: ModelSpec) -> int:
+    """Non-Linear attention parameters per layer: gpt-oss sinks [nh]; MLA q_a_layernorm and kv_a_layernorm."""
+    extra = spec.num_heads if spec.attention_sinks else 0
+    if spec.mla is not None:
+        extra += (spec.mla.q_lora_rank or 0) + spec.mla.kv_lora_rank
+    return extra
+
+
+def _mla_linears(spec: ModelSpec) -> list[LinearShape]:
+    """DeepseekV3Attention: q_a/kv_a/o bias = attention_bias, q_proj/q_b/kv_b without bias."""
+    m, h, nh, n, bias = spec.mla, spec.hidden_size, spec.num_heads, spec.num_layers, spec.attention_bias
+    assert m is not None
+    if m.q_lora_rank is None:
+        q = [_linear("self_attn.q_proj", h, nh * m.qk_head_dim, False, n, "attention")]
+    else:
+        q = [
+            _linear("self_attn.q_a_proj", h, m.q_lora_rank, bias, n, "attention"),
+            _linear("self_attn.q_b_proj", m.q_lora_rank, nh * m.qk_head_dim, False, n, "attention"),
+        ]
+    return q + [
+        _linear("self_attn.kv_a_proj_with_mqa", h, m.kv_lora_rank + m.qk_rope_head_dim, bias, n, "attention"),
+        _linear("self_attn.kv_b_proj", m.kv_lora_rank, nh * (m.qk_nope_head_dim + m.v_head_dim), False, n, "attention"),
+        _linear("self_attn.o_proj", nh * m.v_head_dim, h, spec.attention_out_bias, n, "attention"),
+    ]
+
+
 def _attention_linears(spec: ModelSpec) -> list[LinearShape]:
+    if spec.mla is not None:
+        return _mla_linears(spec)
     h, q, kv, n = spec.hidden_size, spec.q_width, spec.kv_width, spec.num_layers
     out = _linear("self_attn.o_proj", q, h, spec.attention_out_bias, n, "attention")
     if spec.fused_qkv:
@@ -148,11 +199,14 @@ def _mlp_linears(spec: ModelSpec, prefix: str, inter: int, count: int, role: str
 
 def _qk_norm_width(spec: ModelSpec) -> int:
     """q_norm + k_norm weight elements per layer. OLMoE: OlmoeRMSNorm(hidden_size) on q and
-    OlmoeRMSNorm((hidden_size // heads) * kv_heads) on k (modeling_olmoe.py)."""
+    OlmoeRMSNorm((hidden_size // heads) * kv_heads) on k (modeling_olmoe.py); OLMo 2/3:
+    Olmo2RMSNorm(nh * hd) and Olmo2RMSNorm(nkv * hd) (modeling_olmo2.py)."""
     if not spec.qk_norm:
         return 0
     if spec.qk_norm_per_head:
         return 2 * spec.head_dim
+    if spec.qk_norm_projection:
+        return spec.q_width + spec.kv_width
     return spec.hidden_size + (spec.hidden_size // spec.num_heads) * spec.num_kv_heads
 
 

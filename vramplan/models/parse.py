@@ -14,8 +14,21 @@ from ..errors import ConfigError
 import math
 
 from ..specs import model as shapes
-from ..specs.model import SUPPORTED_MODEL_TYPES, ModelSpec, MoeSpec
-from .families import DEFAULTS, FAMILIES, GEMMA3_TEXT_DEFAULTS, IGNORED_KEY_NOTES, REQUIRED_KEYS, Family
+from ..specs.model import SUPPORTED_MODEL_TYPES, MlaSpec, ModelSpec, MoeSpec
+from .families import (
+    DEFAULTS,
+    FAMILIES,
+    FAMILY_NOTES,
+    GEMMA3_TEXT_DEFAULTS,
+    IGNORED_KEY_NOTES,
+    QUANT_METHOD_NOTES,
+    REQUIRED_KEYS,
+    Family,
+)
+
+#: model_type values transformers does not register whose `architectures` name a class it has: the
+#: config is read as that class's model_type (Kimi-K2's config.json says kimi_k2 + DeepseekV3ForCausalLM)
+MODEL_TYPE_ALIASES = {("kimi_k2", "DeepseekV3ForCausalLM"): "deepseek_v3"}
 
 #: keys a trainer must not hand to transformers: they describe a copy, not the architecture
 _COPY_KEYS = ("auto_map", "quantization", "quantization_config", "_attn_implementation", "_attn_implementation_autoset")
@@ -39,8 +52,24 @@ def text_config(config: Any) -> dict:
         model_type = "gemma3_text"
     if model_type is None:
         raise ConfigError("config.json has no model_type; supported: " + ", ".join(_supported()))
+    alias = _model_type_alias(config)
+    if alias is not None:
+        config, model_type = {**config, "model_type": alias}, alias
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ConfigError(f"unsupported model_type {model_type!r}; supported: {', '.join(_supported())}")
+    return {k: v for k, v in config.items() if k not in _COPY_KEYS}
+
+
+def is_hand_modelled(config: Any) -> bool:
+    """True when parse_config reads this config's model_type (a dict without model_type counts as hand-modelled,
+    so that parse_config gives its error)."""
+    if not isinstance(config, dict) or config.get("model_type") is None:
+        return True
+    return config["model_type"] in (*SUPPORTED_MODEL_TYPES, "gemma3") or _model_type_alias(config) is not None
+
+
+def shape_config(config: dict) -> dict:
+    """The config without the keys that describe a copy (auto_map, quantization, _attn_implementation)."""
     return {k: v for k, v in config.items() if k not in _COPY_KEYS}
 
 
@@ -65,6 +94,8 @@ def parse_config(config: Any, *, name: str, source: str, hf_id: str | None = Non
     layers = _positive_int(get, "num_hidden_layers")
     heads = _positive_int(get, "num_attention_heads")
     kv_heads = _positive_int(get, "num_key_value_heads") if get("num_key_value_heads") is not None else heads
+    if family.mla:  # MLA expands k and v to every head from the latent: num_key_value_heads shapes nothing
+        kv_heads = heads
     if heads % kv_heads:
         raise ConfigError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
     if get("head_dim") is not None:
@@ -74,6 +105,10 @@ def parse_config(config: Any, *, name: str, source: str, hf_id: str | None = Non
     else:
         head_dim = hidden // heads
     intermediate = _positive_int(get, "intermediate_size")
+    mla = _mla(get) if family.mla else None
+    if mla is not None:
+        head_dim = mla.qk_head_dim
+    sliding = _sliding_window(get, family)
 
     try:
         return ModelSpec(
@@ -90,14 +125,19 @@ def parse_config(config: Any, *, name: str, source: str, hf_id: str | None = Non
             attention_bias=_switch(get, family.qkv_bias),
             attention_out_bias=_switch(get, family.o_bias),
             mlp_bias=_switch(get, family.mlp_bias),
-            qk_norm=family.qk_norm is not None,
-            qk_norm_per_head=family.qk_norm != "full",
+            qk_norm=family.qk_norm is not None and (family.qk_norm_key is None or _flag(get, family.qk_norm_key)),
+            qk_norm_per_head=family.qk_norm == "per_head",
+            qk_norm_projection=family.qk_norm == "projection",
+            post_norm=family.post_norm,
+            attention_sinks=family.sinks,
+            mla=mla,
             norms_per_layer=family.norms_per_layer,
             fused_qkv=family.fused,
             fused_gate_up=family.fused,
             hidden_act=str(get(family.act_key) or get("hidden_act") or "silu"),
             moe=_moe(get, family, layers, intermediate),
-            sliding_window=_sliding_window(get, family),
+            sliding_window=sliding,
+            sliding_layers=_sliding_layers(get, family, layers) if sliding else None,
             attn_logit_softcapping=_number(get, "attn_logit_softcapping"),
             final_logit_softcapping=_number(get, "final_logit_softcapping"),
             max_position_embeddings=_optional_int(get, "max_position_embeddings"),
@@ -111,11 +151,21 @@ def parse_config(config: Any, *, name: str, source: str, hf_id: str | None = Non
         raise ConfigError(f"invalid {model_type} config: {where + ': ' if where else ''}{first['msg']}") from None
 
 
+def _model_type_alias(config: dict) -> str | None:
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    return MODEL_TYPE_ALIASES.get((config.get("model_type"), arch))
+
+
 def config_notes(config: Any) -> list[str]:
     """Assumptions worth showing for this config: Gemma 3 defaults filled in, ignored keys."""
     if not isinstance(config, dict):
         return []
     notes = []
+    alias = _model_type_alias(config)
+    if alias is not None:
+        notes.append(f"model_type {config['model_type']!r} read as {alias!r}: its architectures name {alias}'s class")
+        config = {**config, "model_type": alias}
     inner = config.get("text_config") if config.get("model_type") == "gemma3" else config
     if config.get("model_type") == "gemma3":
         notes.append("gemma3 multimodal config: text decoder only (Gemma3ForCausalLM); the vision tower is not counted")
@@ -124,6 +174,11 @@ def config_notes(config: Any) -> list[str]:
         if filled:
             notes.append("transformers Gemma3TextConfig defaults used for " + ", ".join(filled))
     keys = set(config) | (set(inner) if isinstance(inner, dict) else set())
+    notes += list(FAMILY_NOTES.get(str(config.get("model_type")), ()))
+    quant = config.get("quantization_config")
+    method = quant.get("quant_method") if isinstance(quant, dict) else None
+    if method in QUANT_METHOD_NOTES:
+        return notes + [QUANT_METHOD_NOTES[method]] + [n for k, n in IGNORED_KEY_NOTES.items() if k in keys and k != "quantization_config"]
     return notes + [note for key, note in IGNORED_KEY_NOTES.items() if key in keys]
 
 
@@ -132,6 +187,9 @@ _EXPERT_ALIASES = {
     "mixtral": ("num_local_experts", "num_experts"),
     "olmoe": ("num_experts", "num_local_experts"),
     "qwen3_moe": ("num_experts", "num_local_experts"),
+    "gpt_oss": ("num_local_experts", "num_experts"),
+    "deepseek_v3": ("n_routed_experts", "num_local_experts"),
+    "glm4_moe": ("n_routed_experts", "num_local_experts"),
 }
 
 
@@ -241,6 +299,38 @@ def _sliding_window(get: Getter, family: Family) -> int | None:
     return _positive_int(get, "sliding_window")
 
 
+def _sliding_layers(get: Getter, family: Family, layers: int) -> int | None:
+    """How many layers slide: layer_types when the config states it, else the family's __post_init__ rule
+    (gpt-oss: even layers 0, 2, ...; OLMo 3: all but every 4th; SmolLM3: the NoPE-less layers). None: all."""
+    if not family.sliding_by_layer_types:
+        return None
+    types = get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != layers:
+            raise ConfigError(f"config key layer_types must list one type per layer ({layers}), got {types!r}")
+        return sum(t == "sliding_attention" for t in types)
+    if family.moe == "gpt_oss":
+        return sum(bool((i + 1) % 2) for i in range(layers))
+    if family.post_norm:
+        return sum((i + 1) % 4 != 0 for i in range(layers))
+    no_rope = get("no_rope_layers")
+    interval = get("no_rope_layer_interval") or 4
+    has_rope = no_rope if isinstance(no_rope, list) else [int((i + 1) % interval != 0) for i in range(layers)]
+    return sum(not r for r in has_rope)
+
+
+def _mla(get: Getter) -> MlaSpec:
+    """DeepSeek-V3 MLA ranks and head dims; q_lora_rank null builds a single q_proj (Moonlight, V2-Lite)."""
+    q_rank = get("q_lora_rank")
+    return MlaSpec(
+        q_lora_rank=None if q_rank is None else _positive_int(get, "q_lora_rank"),
+        kv_lora_rank=_positive_int(get, "kv_lora_rank"),
+        qk_nope_head_dim=_positive_int(get, "qk_nope_head_dim"),
+        qk_rope_head_dim=_positive_int(get, "qk_rope_head_dim"),
+        v_head_dim=_positive_int(get, "v_head_dim"),
+    )
+
+
 def _dtype(outer: Any, cfg: dict) -> str | None:
     for source in (cfg, outer):
         value = source.get("torch_dtype") or source.get("dtype")
@@ -254,6 +344,24 @@ def _moe(get: Getter, family: Family, layers: int, intermediate: int) -> MoeSpec
     Qwen2/3-MoE: layer i is dense when i is in mlp_only_layers or (i+1) % decoder_sparse_step != 0)."""
     if family.moe is None:
         return None
+    if family.moe == "gpt_oss":  # GptOssMLP: every layer sparse, experts of intermediate_size, with biases
+        experts, top_k = _positive_int(get, "num_local_experts"), _positive_int(get, "num_experts_per_tok")
+        return MoeSpec(num_experts=experts, top_k=top_k, expert_intermediate_size=intermediate, layout="gpt_oss")
+    if family.moe == "deepseek":  # DeepseekV3MoE / Glm4MoeMoE on layers >= first_k_dense_replace
+        first_dense = get("first_k_dense_replace") or 0
+        moe_inter = _positive_int(get, "moe_intermediate_size")
+        dense = tuple(range(min(first_dense, layers)))
+        if len(dense) == layers:
+            return None
+        return MoeSpec(
+            num_experts=_positive_int(get, "n_routed_experts"),
+            top_k=_positive_int(get, "num_experts_per_tok"),
+            expert_intermediate_size=moe_inter,
+            shared_expert_intermediate_size=moe_inter * _positive_int(get, "n_shared_experts"),
+            dense_layers=dense,
+            dense_intermediate_size=intermediate if dense else None,
+            layout="deepseek",
+        )
     key = "num_local_experts" if family.moe == "mixtral" else "num_experts"
     if get(key) == 0 and family.moe in ("qwen2_moe", "qwen3_moe"):
         return None  # num_experts=0 builds a dense MLP in every layer

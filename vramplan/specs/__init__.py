@@ -4,7 +4,7 @@ from .base import Spec
 from .calibration import Calibration
 from .estimate import Estimate, GpuVerdict, MemoryBreakdown, ParamCounts
 from .gpu import GpuSpec
-from .model import SUPPORTED_MODEL_TYPES, LinearShape, ModelSpec, MoeSpec
+from .model import SUPPORTED_MODEL_TYPES, LinearShape, MlaSpec, ModelSpec, MoeSpec, TracedActivations, TracedSpec
 from .run import RUN_SCHEMA_VERSION, MeasuredRun, Measurements, PhasePeaks, RunEnvironment
 from .setup import (
     ATTNS,
@@ -38,12 +38,15 @@ __all__ = [
     "MeasuredRun",
     "Measurements",
     "MemoryBreakdown",
+    "MlaSpec",
     "ModelSpec",
     "MoeSpec",
     "ParamCounts",
     "PhasePeaks",
     "RunEnvironment",
     "Spec",
+    "TracedActivations",
+    "TracedSpec",
     "TrainingSetup",
     "setup_label",
 ]
