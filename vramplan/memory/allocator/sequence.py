@@ -1,0 +1,293 @@
+"""The predicted allocation sequence of a training run, built from the estimator's terms.
+
+Loading, the PEFT wrap, then steps 0 and 1 (forward layer by layer, the loss chain, backward layer by
+layer, the optimizer step, zero_grad), as an ordered list of allocations and frees. Each phase of
+vramplan.estimator passes through exactly the bytes the estimator counts for it, and no moment holds
+more than the largest of them, so the most live bytes over the sequence is the estimator's peak
+allocated (tests/test_allocator_sequence.py checks it on every shipped run's setup); replayed through
+CachingAllocator it gives the reserved peak.
+
+Where each step comes from:
+* load, full / LoRA: ``from_config`` under ``torch.device("cuda")`` (vramplan/trainer/build.py) creates
+  every parameter in module order; a tied lm_head is created and freed when post_init ties it (measured:
+  load peak - after load = V*h*2 on every tied model's run).
+* load, QLoRA: ``from_pretrained`` -> transformers modeling_utils.py::caching_allocator_warmup allocates one
+  tensor of the weights' byte count (quantized weights at 0.5 / 1 byte per element,
+  ``HfQuantizer.param_element_size``; the rest bf16; tied weights once) and frees it; then each bf16
+  weight is loaded and quantized (the bf16 copy freed); then peft prepare_model_for_kbit_training casts
+  every non-quantized parameter to fp32 (new tensor, old freed).
+* PEFT wrap: lora_A, lora_B per target module, in module order.
+* forward: cuBLAS workspaces at the first matmul; per layer the saved tensors (or, with checkpointing, the
+  layer input kept and the layer's tensors freed at its end); then the final norm's tensors and the loss
+  chain of memory/loss.py: bf16 logits, fp32 upcast, log_softmax (10 N V), the upcast freed, accelerate's
+  fp32 copy of the logits replacing the bf16 ones, dropped by Trainer.compute_loss.
+* backward: the nll gradient and log_softmax backward (12 N V with the saved 4 N V), the bf16 logits
+  gradient; lm_head's gradient (full FT); then per layer from the last: the recompute (checkpointing), the
+  backward transients, the layer's gradients, the layer's activations freed; the embedding's gradient.
+* optimizer step: the states at step 0 (torch optimizers create them lazily in the first step()), the
+  step's temporaries; zero_grad(set_to_none=True) frees the gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...models.params import linear_shapes, param_counts
+from ...specs import ModelSpec, TrainingSetup
+from ..activations import layer_activations
+from ..constants import BYTES_PER_DTYPE
+from ..trainable import trainable_groups
+from ..weights import lm_head_params
+from .rules import block_bytes
+from .tensors import (
+    activation_tensors,
+    grad_tensor,
+    grouped_by_layer,
+    layer_adapter_tensors,
+    layer_weight_tensors,
+    pieces_bytes,
+    state_tensors,
+)
+
+BF16 = 2
+
+
+@dataclass
+class Sequence:
+    """sizes[i]: bytes of tensor i; ops: i >= 0 allocates tensor i, ~i (< 0) frees it."""
+
+    sizes: list[int] = field(default_factory=list)
+    ops: list[int] = field(default_factory=list)
+    #: op index where each named stretch begins ("load", "step0.forward", ...)
+    marks: dict[str, int] = field(default_factory=dict)
+
+    def alloc(self, nbytes: int) -> int:
+        i = len(self.sizes)
+        self.sizes.append(nbytes)
+        if nbytes > 0:
+            self.ops.append(i)
+        return i
+
+    def free(self, *ids: int) -> None:
+        for i in ids:
+            if self.sizes[i] > 0:
+                self.ops.append(~i)
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = len(self.ops)
+
+    def live_peak(self) -> int:
+        """The most bytes alive at once (un-rounded request sizes)."""
+        live = peak = 0
+        sizes = self.sizes
+        for op in self.ops:
+            if op >= 0:
+                live += sizes[op]
+                peak = max(peak, live)
+            else:
+                live -= sizes[~op]
+        return peak
+
+
+def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
+    """The allocation sequence of loading and `steps` optimizer steps for one GPU; `t` is estimator._Terms."""
+    seq = Sequence()
+    b = _Builder(model, setup, t, seq)
+    seq.mark("load")
+    b.load()
+    for step in range(steps):
+        for micro in range(setup.grad_accum):
+            seq.mark(f"step{step}.forward" if micro == 0 else f"step{step}.micro{micro}.forward")
+            b.forward(first=step == 0 and micro == 0)
+            b.backward(first_micro=micro == 0)
+        seq.mark(f"step{step}.optimizer")
+        b.optimizer_step(first=step == 0)
+        b.zero_grad()
+    return seq
+
+
+class _Builder:
+    def __init__(self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence):
+        self.m, self.s, self.t, self.seq = model, setup, t, seq
+        self.L = model.num_layers
+        unit = setup.batch_size * setup.seq_len * model.hidden_size
+        act = layer_activations(model, setup)
+        self.saved_layer = activation_tensors(model, act, unit, t.one_layer)
+        self.final = pieces_bytes(act.final_units, 4.0, unit, t.final)
+        i_units = 2 * model.intermediate_size / model.hidden_size
+        self.t_bwd = pieces_bytes(t.t_bwd / unit, i_units, unit, t.t_bwd) if t.t_bwd else []
+        self.layer_groups, self.head_groups = grouped_by_layer(trainable_groups(model, setup), self.L)
+        self.grads: list[int] = []
+        self.states_made = False
+        self.workspace: list[int] = []
+        lm_copy = block_bytes(lm_head_params(model) * BF16) if t.autocast_cache_fwd else 0
+        per_layer_cache = t.autocast_cache_fwd - lm_copy
+        self.cache_layer = [per_layer_cache // self.L + (per_layer_cache % self.L if k == 0 else 0) for k in range(self.L)]
+        self.cache_lm = lm_copy
+
+    # ------------------------------------------------------------------ load
+    def load(self) -> None:
+        m, s, t, seq = self.m, self.s, self.t, self.seq
+        layers = layer_weight_tensors(m, s)
+        nbytes = 4 if s.method == "qlora" else BYTES_PER_DTYPE[s.dtype]
+        final_norm = m.hidden_size * nbytes
+        linear_key = "weights.quantized" if s.method == "qlora" else "weights.linear"
+        listed = sum(sum(x) for layer in layers for x, _ in layer) + final_norm - t.weights.get(linear_key, 0)
+        residual = t.weights.get("weights.other", 0) - listed  # 0 unless a parameter kind is missing above
+        embed, lm_head = t.weights.get("weights.embeddings", 0), t.weights.get("weights.lm_head", 0)
+        if s.method == "qlora":
+            self._load_quantized(layers, embed, lm_head, final_norm, residual)
+        else:
+            seq.alloc(embed)
+            for layer in layers:
+                for pieces, _ in layer:
+                    for x in pieces:
+                        seq.alloc(x)
+            seq.alloc(final_norm)
+            seq.alloc(residual)
+            if lm_head:
+                seq.alloc(lm_head)
+            else:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
+                seq.free(seq.alloc(embed))
+        seq.mark("peft")
+        for layer in layer_adapter_tensors(m, s):
+            for x in layer:
+                seq.alloc(x)
+
+    def _load_quantized(
+        self, layers: list[list[tuple[list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
+    ) -> None:
+        """from_pretrained with a BitsAndBytesConfig, then prepare_model_for_kbit_training's fp32 cast."""
+        m, s, seq = self.m, self.s, self.seq
+        per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
+        quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
+        unquantized = sum(param_counts(m).values()) - quantized  # a tied lm_head counts once
+        seq.free(seq.alloc(int(quantized * per_elem) + unquantized * BF16))  # caching_allocator_warmup
+        bf16_params = [seq.alloc(embed // 2)]
+        for layer in layers:
+            for pieces, bf16 in layer:
+                if len(pieces) == 1 and pieces[0] // 2 == bf16:  # kept in bf16 now, cast to fp32 below
+                    bf16_params.append(seq.alloc(bf16))
+                    continue
+                loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
+                for x in pieces:
+                    seq.alloc(x)
+                seq.free(loaded)
+        bf16_params += [seq.alloc(final_norm // 2), seq.alloc(residual // 2)]
+        if lm_head:
+            bf16_params.append(seq.alloc(lm_head // 2))
+        for i in bf16_params:  # prepare_model_for_kbit_training: param.data = param.data.to(torch.float32)
+            seq.alloc(seq.sizes[i] * 2)
+            seq.free(i)
+
+    # ------------------------------------------------------------------ one micro-step
+    def forward(self, first: bool) -> None:
+        s, t, seq = self.s, self.t, self.seq
+        if first:
+            self.workspace = [seq.alloc(t.workspace // 2), seq.alloc(t.workspace - t.workspace // 2)]
+        self.quant = seq.alloc(t.quant_state)
+        self.ckpt: list[int] = []
+        self.saved: list[list[int]] = []
+        self.cache: list[int] = []
+        for k in range(self.L):
+            self.cache.append(seq.alloc(self.cache_layer[k]))
+            if s.grad_ckpt:
+                self.ckpt.append(seq.alloc(t.one_checkpoint))
+                seq.free(*[seq.alloc(x) for x in self.saved_layer])
+            else:
+                self.saved.append([seq.alloc(x) for x in self.saved_layer])
+        self.final_ids = [seq.alloc(x) for x in self.final]
+        self.lm_cache = seq.alloc(self.cache_lm)
+        self._loss_forward()
+        if s.grad_ckpt:  # autocast's per-layer weight copies are not saved through checkpointing
+            seq.free(*self.cache)
+            self.cache = []
+
+    def _loss_forward(self) -> None:
+        t, seq = self.t, self.seq
+        nv4 = t.logits_fp32
+        if nv4 and t.loss_fwd >= 10 * nv4 // 4 and t.loss_bwd >= 3 * nv4:
+            saved_extra = t.loss_bwd - 3 * nv4
+            bf16 = seq.alloc(nv4 // 2)
+            extra_saved = seq.alloc(saved_extra)  # softcapping: tanh output saved
+            extra_tmp = seq.alloc(t.loss_fwd - 10 * nv4 // 4 - saved_extra)
+            upcast = seq.alloc(nv4)
+            self.logsm = seq.alloc(nv4)  # log_softmax output, saved for backward
+            seq.free(extra_tmp, upcast)
+            fp32_copy = seq.alloc(nv4)  # accelerate convert_outputs_to_fp32
+            seq.free(bf16)
+            seq.free(fp32_copy)  # Trainer.compute_loss drops outputs before backward
+            self.loss_saved = [self.logsm, extra_saved]
+        else:  # another loss (fused / chunked): its forward bytes, then its backward bytes
+            seq.free(seq.alloc(t.loss_fwd))
+            self.loss_saved = []
+
+    def backward(self, first_micro: bool) -> None:
+        s, t, seq = self.s, self.t, self.seq
+        full = s.method == "full"
+        new_grads = first_micro
+        if self.loss_saved:
+            nv4 = t.logits_fp32
+            nll_grad, lsm_grad = seq.alloc(nv4), seq.alloc(nv4)
+            seq.free(nll_grad, *self.loss_saved)
+            logits_grad = seq.alloc(nv4 // 2)  # ToCopyBackward to bf16
+            seq.free(lsm_grad)
+        else:
+            logits_grad = seq.alloc(t.loss_bwd)
+        tied = self.m.tie_word_embeddings
+        if full and new_grads:  # lm_head backward: lm_head's (tied: the embedding's) gradient, the final norm's
+            for g in self.head_groups:
+                if g.name != "embed_tokens" or tied:
+                    self.grads.append(seq.alloc(grad_tensor(g)))
+        seq.free(logits_grad, *self.final_ids)
+        if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
+            seq.free(self.lm_cache)
+        for k in reversed(range(self.L)):
+            recompute = [seq.alloc(x) for x in self.saved_layer] if s.grad_ckpt else []
+            tmp = [seq.alloc(x) for x in self.t_bwd]
+            if new_grads:  # full FT: this layer's; LoRA: every adapter's at once (estimator's layer_backward)
+                if full:
+                    groups = self.layer_groups[k]
+                else:
+                    groups = [g for gs in self.layer_groups for g in gs] if k == self.L - 1 else []
+                self.grads += [seq.alloc(grad_tensor(g)) for g in groups]
+            seq.free(*tmp, *recompute)
+            if s.grad_ckpt:
+                seq.free(self.ckpt[k])
+            else:
+                seq.free(*self.saved[k])
+            if self.cache:
+                seq.free(self.cache[k])
+        if not s.grad_ckpt:
+            seq.free(self.lm_cache)
+        if full and new_grads:
+            embed = next(g for g in self.head_groups if g.name == "embed_tokens")
+            if tied:  # the embedding's own gradient, accumulated into lm_head's
+                seq.free(seq.alloc(t.tied_grad))
+            else:
+                self.grads.append(seq.alloc(grad_tensor(embed)))
+        seq.free(self.quant)
+
+    def optimizer_step(self, first: bool) -> None:
+        s, t, seq = self.s, self.t, self.seq
+        if first:
+            groups = [g for gs in self.layer_groups for g in gs] + self.head_groups
+            decay = [g for g in groups if not _no_decay(g)]
+            for g in decay + [g for g in groups if _no_decay(g)]:  # Trainer's two param groups
+                for x in state_tensors(g, s):
+                    seq.alloc(x)
+        if t.opt_transient:
+            if s.optimizer == "adamw_torch":  # foreach: one temporary per parameter, freed after the step
+                groups = [g for gs in self.layer_groups for g in gs] + self.head_groups
+                seq.free(*[seq.alloc(grad_tensor(g)) for g in groups])
+            else:
+                seq.free(seq.alloc(t.opt_transient))
+
+    def zero_grad(self) -> None:
+        self.seq.free(*self.grads)
+        self.grads = []
+
+
+def _no_decay(g) -> bool:
+    """Trainer.get_decay_parameter_names: biases and norm weights get no weight decay (a second group)."""
+    return g.name == "norms" or g.name.endswith(".bias")

@@ -1,0 +1,197 @@
+"""Single tensors behind the memory terms: what the allocator sees one request at a time.
+
+The terms of vramplan.estimator are totals (weights by role, states, activations by component); the
+allocator model needs the tensors, in the order they are created. Each function here splits a term
+into tensors whose bytes add up to the term exactly (tests/test_allocator_sequence.py checks it).
+"""
+
+from ...models.params import expert_param_shapes, linear_shapes, moe_layers, param_counts
+from ...specs import ModelSpec, TrainingSetup
+from ..activations import LayerActivations
+from ..adapters import ADAPTER_BYTES_PER_PARAM, adapter_pairs
+from ..constants import (
+    BNB_MIN_8BIT_SIZE,
+    BNB_PAGED_MIN_NUMEL,
+    BNB_STATE_BLOCKSIZE,
+    BYTES_PER_DTYPE,
+    NF4_BLOCKSIZE,
+    NF4_CODE_BYTES,
+    NF4_DQ_BLOCKSIZE,
+    NF4_DQ_CODE_BYTES,
+    NF4_DQ_OFFSET_BYTES,
+)
+from ..trainable import TensorGroup
+from .rules import block_bytes
+
+FP32 = 4
+
+
+def spread(count: int, layers: int) -> list[int]:
+    """How many of `count` tensors of one kind each decoder layer holds (k-th tensor in layer k*L//count)."""
+    out = [0] * layers
+    for k in range(count):
+        out[k * layers // count] += 1
+    return out
+
+
+def layer_weight_tensors(model: ModelSpec, setup: TrainingSetup) -> list[list[tuple[list[int], int]]]:
+    """Base-model weights of each decoder layer in module order: (resident tensors, bf16 bytes loaded first).
+
+    Linear weights are block-rounded (weights.weight_bytes), and for QLoRA bitsandbytes' pieces (packed data,
+    absmax, codes: weights.nf4_matrix_bytes / int8_matrix_bytes) made from a bf16 load of the weight; then
+    biases, q/k norms, MoE experts and router, and the layer norms, raw bytes (weights.other), loaded bf16 and
+    cast up to fp32 for QLoRA (bf16 bytes 0 = created directly)."""
+    L = model.num_layers
+    quant = setup.method == "qlora"
+    nbytes = FP32 if quant else BYTES_PER_DTYPE[setup.dtype]
+    layers: list[list[tuple[list[int], int]]] = [[] for _ in range(L)]
+
+    def other(layer: list, nbytes_fp: int) -> None:
+        layer.append(([nbytes_fp], nbytes_fp // 2 if quant else 0))
+
+    for s in linear_shapes(model):
+        if s.role == "lm_head":
+            continue
+        n = s.in_features * s.out_features
+        item = (_quantized_pieces(s.out_features, s.in_features, setup), n * 2) if quant else (
+            [block_bytes(n * nbytes)], 0
+        )
+        for layer, k in zip(layers, spread(s.count, L)):
+            for _ in range(k):
+                layer.append(item)
+                if s.bias:
+                    other(layer, s.out_features * nbytes)
+    qk = param_counts(model)["qk_norm"] // L
+    for layer in layers:
+        if qk:
+            other(layer, qk // 2 * nbytes)
+            other(layer, (qk - qk // 2) * nbytes)
+    shapes = expert_param_shapes(model)
+    for i in moe_layers(model):
+        for shape in shapes.values():
+            n = 1
+            for d in shape:
+                n *= d
+            other(layers[i], n * nbytes)
+    for layer in layers:
+        for _ in range(model.norms_per_layer):
+            other(layer, model.hidden_size * nbytes)
+    return layers
+
+
+def _quantized_pieces(out_features: int, in_features: int, setup: TrainingSetup) -> list[int]:
+    """Tensors of one bitsandbytes-quantized weight (sum = weights.nf4_matrix_bytes / int8_matrix_bytes)."""
+    n = out_features * in_features
+    if setup.quant == "int8":
+        return [block_bytes(n), block_bytes(out_features * FP32)]
+    nblocks = -(-n // NF4_BLOCKSIZE)
+    pieces = [block_bytes(-(-n // 2)), block_bytes(NF4_CODE_BYTES)]
+    if setup.double_quant:
+        pieces += [
+            block_bytes(nblocks),
+            block_bytes(-(-nblocks // NF4_DQ_BLOCKSIZE) * FP32),
+            block_bytes(NF4_DQ_CODE_BYTES),
+            block_bytes(NF4_DQ_OFFSET_BYTES),
+        ]
+    else:
+        pieces.append(block_bytes(nblocks * FP32))
+    return pieces
+
+
+def layer_adapter_tensors(model: ModelSpec, setup: TrainingSetup) -> list[list[int]]:
+    """fp32 lora_A / lora_B weights of each layer (sum = adapters.adapter_bytes)."""
+    layers: list[list[int]] = [[] for _ in range(model.num_layers)]
+    if setup.lora is None:
+        return layers
+    for p in adapter_pairs(model, setup.lora):
+        a = block_bytes(p.a_rows * p.a_cols * ADAPTER_BYTES_PER_PARAM)
+        b = block_bytes(p.b_rows * p.b_cols * ADAPTER_BYTES_PER_PARAM)
+        for layer, n in zip(layers, spread(p.count, model.num_layers)):
+            layer.extend([a, b] * n)
+    return layers
+
+
+def grouped_by_layer(groups: list[TensorGroup], layers: int) -> tuple[list[list[TensorGroup]], list[TensorGroup]]:
+    """Trainable tensors by the decoder layer whose backward makes their gradient, and those of the head
+    (embeddings, lm_head, final norm), one TensorGroup of count 1 per tensor."""
+    per_layer: list[list[TensorGroup]] = [[] for _ in range(layers)]
+    head: list[TensorGroup] = []
+    for g in groups:
+        one = TensorGroup(g.name, 1, g.rows, g.cols, g.itemsize, g.is_embedding)
+        if g.name in ("embed_tokens", "lm_head"):
+            head.append(one)
+            continue
+        in_layers = g.count - 1 if g.name == "norms" else g.count  # the final norm belongs to the head
+        for layer, n in zip(per_layer, spread(in_layers, layers)):
+            layer.extend([one] * n)
+        if g.name == "norms":
+            head.append(one)
+    return per_layer, head
+
+
+def grad_tensor(g: TensorGroup) -> int:
+    """One gradient, in the parameter's dtype (optimizer.gradient_bytes)."""
+    return block_bytes(g.numel * g.itemsize)
+
+
+def state_tensors(g: TensorGroup, setup: TrainingSetup) -> list[int]:
+    """The optimizer-state tensors of one parameter in the torch allocator, in creation order (torch
+    adam.py::_init_group: step, exp_avg, exp_avg_sq; bitsandbytes Optimizer2State.init_state: state1,
+    state2, absmax1, absmax2); sum = optimizer._state_bytes_per_tensor, paged buffers left out."""
+    n, opt = g.numel, setup.optimizer
+    if opt.startswith("paged_") and n >= BNB_PAGED_MIN_NUMEL:
+        return []  # cudaMallocManaged, outside the pool
+    if opt in ("adamw_torch_fused", "adamw_torch"):
+        step = [512] if opt == "adamw_torch_fused" else []
+        return step + [block_bytes(n * g.itemsize)] * 2
+    if opt in ("adamw_8bit", "paged_adamw_8bit"):
+        if g.is_embedding or n < BNB_MIN_8BIT_SIZE:
+            return [block_bytes(n * FP32)] * 2
+        absmax = block_bytes(-(-n // BNB_STATE_BLOCKSIZE) * FP32)
+        return [block_bytes(n), block_bytes(n), absmax, absmax]
+    if opt == "paged_adamw_32bit":
+        return [block_bytes(n * FP32)] * 2
+    if opt == "adafactor":
+        return [block_bytes(n * FP32)] if g.cols == 1 else [block_bytes(g.rows * FP32), block_bytes(g.cols * FP32)]
+    return []  # sgd without momentum
+
+
+def split_units(units: float, piece: float) -> list[float]:
+    """`units` as pieces of `piece` units and one remainder."""
+    if units <= 0:
+        return []
+    if piece <= 0 or units <= piece:
+        return [units]
+    k = int(units // piece)
+    rest = units - k * piece
+    return [piece] * k + ([rest] if rest > 1e-9 else [])
+
+
+def activation_tensors(model: ModelSpec, act: LayerActivations, unit_bytes: int, layer_bytes: int) -> list[int]:
+    """One decoder layer's saved tensors (sum = layer_bytes): attention q, k, v, out; MLP intermediates of
+    i = intermediate/h units; norms, q/k norms and LoRA inputs in pieces of 2 to 4 units (b*s*h bytes)."""
+    h = model.hidden_size
+    qw, kw, i = model.q_width / h, model.kv_width / h, model.intermediate_size / h
+    units: list[float] = []
+    for name, u in act.saved_units.items():
+        if name == "attention":
+            base = [2 * qw, 2 * kw, 2 * kw, 2 * qw]
+            units += base + split_units(u - sum(base), 2 * qw) if u > sum(base) else [u]
+        elif name == "mlp":
+            units += split_units(u, 2 * i)
+        else:
+            units += split_units(u, 4.0)
+    return _to_bytes(units, unit_bytes, layer_bytes)
+
+
+def pieces_bytes(units: float, piece: float, unit_bytes: int, total_bytes: int) -> list[int]:
+    """`total_bytes` (= units x unit_bytes) as tensors of `piece` units."""
+    return _to_bytes(split_units(units, piece), unit_bytes, total_bytes)
+
+
+def _to_bytes(units: list[float], unit_bytes: int, total_bytes: int) -> list[int]:
+    out = [int(u * unit_bytes) for u in units]
+    if not out:
+        return [total_bytes] if total_bytes > 0 else []
+    out[-1] += total_bytes - sum(out)
+    return [b for b in out if b > 0]
