@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .caching import AllocatorOOM, CachingAllocator
-from .sequence import Sequence
+from .sequence import EMPTY_CACHE, Sequence
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ def replay(
         for n, op in enumerate(seq.ops):
             if op >= 0:
                 blocks[op] = malloc(sizes[op])
+            elif op == EMPTY_CACHE:
+                a.empty_cache()
             else:
                 free(blocks[~op])
     except AllocatorOOM:

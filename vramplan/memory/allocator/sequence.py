@@ -50,6 +50,8 @@ from .tensors import (
 )
 
 BF16 = 2
+#: the op that stands for torch.cuda.empty_cache() in Sequence.ops
+EMPTY_CACHE = -(2**62)
 
 
 @dataclass
@@ -73,6 +75,10 @@ class Sequence:
             if self.sizes[i] > 0:
                 self.ops.append(~i)
 
+    def empty_cache(self) -> None:
+        """torch.cuda.empty_cache(): release every cached segment that holds no live block."""
+        self.ops.append(EMPTY_CACHE)
+
     def mark(self, name: str) -> None:
         self.marks[name] = len(self.ops)
 
@@ -84,7 +90,7 @@ class Sequence:
             if op >= 0:
                 live += sizes[op]
                 peak = max(peak, live)
-            else:
+            elif op != EMPTY_CACHE:
                 live -= sizes[~op]
         return peak
 
@@ -132,7 +138,7 @@ class _Builder:
         nbytes = 4 if s.method == "qlora" else BYTES_PER_DTYPE[s.dtype]
         final_norm = m.hidden_size * nbytes
         linear_key = "weights.quantized" if s.method == "qlora" else "weights.linear"
-        listed = sum(sum(x) for layer in layers for x, _ in layer) + final_norm - t.weights.get(linear_key, 0)
+        listed = sum(sum(x) for layer in layers for _, x, _ in layer) + final_norm - t.weights.get(linear_key, 0)
         residual = t.weights.get("weights.other", 0) - listed  # 0 unless a parameter kind is missing above
         embed, lm_head = t.weights.get("weights.embeddings", 0), t.weights.get("weights.lm_head", 0)
         if s.method == "qlora":
@@ -140,7 +146,7 @@ class _Builder:
         else:
             seq.alloc(embed)
             for layer in layers:
-                for pieces, _ in layer:
+                for _, pieces, _ in layer:
                     for x in pieces:
                         seq.alloc(x)
             seq.alloc(final_norm)
@@ -155,30 +161,39 @@ class _Builder:
                 seq.alloc(x)
 
     def _load_quantized(
-        self, layers: list[list[tuple[list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
+        self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
     ) -> None:
-        """from_pretrained with a BitsAndBytesConfig, then prepare_model_for_kbit_training's fp32 cast."""
+        """from_pretrained with a BitsAndBytesConfig, then prepare_model_for_kbit_training's fp32 cast.
+
+        transformers core_model_loading.py::convert_and_load_state_dict_in_model loads the checkpoint in
+        dot_natural_key order (lm_head, embed_tokens, layers 0, 1, 2, ... each in alphabetical order of its
+        modules, norm); each 4-bit weight is loaded in bf16 and quantized on the device. PEFT's cast
+        (utils/other.py, model.parameters() order) makes a new fp32 tensor and frees the bf16 one, then calls
+        torch.cuda.empty_cache() (auto_clear_cache=True)."""
         m, s, seq = self.m, self.s, self.seq
         per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
         quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
         unquantized = sum(param_counts(m).values()) - quantized  # a tied lm_head counts once
         seq.free(seq.alloc(int(quantized * per_elem) + unquantized * BF16))  # caching_allocator_warmup
-        bf16_params = [seq.alloc(embed // 2)]
+        head = seq.alloc(lm_head // 2)
+        bf16_embed = seq.alloc(embed // 2)
+        bf16_layers = []
         for layer in layers:
-            for pieces, bf16 in layer:
+            kept: dict[int, int] = {}
+            for k, (_, pieces, bf16) in sorted(enumerate(layer), key=lambda item: item[1][0]):
                 if len(pieces) == 1 and pieces[0] // 2 == bf16:  # kept in bf16 now, cast to fp32 below
-                    bf16_params.append(seq.alloc(bf16))
+                    kept[k] = seq.alloc(bf16)
                     continue
                 loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
                 for x in pieces:
                     seq.alloc(x)
                 seq.free(loaded)
-        bf16_params += [seq.alloc(final_norm // 2), seq.alloc(residual // 2)]
-        if lm_head:
-            bf16_params.append(seq.alloc(lm_head // 2))
-        for i in bf16_params:  # prepare_model_for_kbit_training: param.data = param.data.to(torch.float32)
+            bf16_layers += [kept[k] for k in sorted(kept)]  # back in module order
+        bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // 2), seq.alloc(residual // 2), head]
+        for i in bf16_params:  # param.data = param.data.to(torch.float32)
             seq.alloc(seq.sizes[i] * 2)
             seq.free(i)
+        seq.empty_cache()
 
     # ------------------------------------------------------------------ one micro-step
     def forward(self, first: bool) -> None:

@@ -34,8 +34,8 @@ def spread(count: int, layers: int) -> list[int]:
     return out
 
 
-def layer_weight_tensors(model: ModelSpec, setup: TrainingSetup) -> list[list[tuple[list[int], int]]]:
-    """Base-model weights of each decoder layer in module order: (resident tensors, bf16 bytes loaded first).
+def layer_weight_tensors(model: ModelSpec, setup: TrainingSetup) -> list[list[tuple[str, list[int], int]]]:
+    """Base-model weights of each decoder layer in module order: (name, resident tensors, bf16 bytes loaded first).
 
     Linear weights are block-rounded (weights.weight_bytes), and for QLoRA bitsandbytes' pieces (packed data,
     absmax, codes: weights.nf4_matrix_bytes / int8_matrix_bytes) made from a bf16 load of the weight; then
@@ -44,38 +44,38 @@ def layer_weight_tensors(model: ModelSpec, setup: TrainingSetup) -> list[list[tu
     L = model.num_layers
     quant = setup.method == "qlora"
     nbytes = FP32 if quant else BYTES_PER_DTYPE[setup.dtype]
-    layers: list[list[tuple[list[int], int]]] = [[] for _ in range(L)]
+    layers: list[list[tuple[str, list[int], int]]] = [[] for _ in range(L)]
 
-    def other(layer: list, nbytes_fp: int) -> None:
-        layer.append(([nbytes_fp], nbytes_fp // 2 if quant else 0))
+    def other(layer: list, name: str, nbytes_fp: int) -> None:
+        layer.append((name, [nbytes_fp], nbytes_fp // 2 if quant else 0))
 
     for s in linear_shapes(model):
         if s.role == "lm_head":
             continue
         n = s.in_features * s.out_features
-        item = (_quantized_pieces(s.out_features, s.in_features, setup), n * 2) if quant else (
-            [block_bytes(n * nbytes)], 0
+        item = (s.name, _quantized_pieces(s.out_features, s.in_features, setup), n * 2) if quant else (
+            s.name, [block_bytes(n * nbytes)], 0
         )
         for layer, k in zip(layers, spread(s.count, L)):
             for _ in range(k):
                 layer.append(item)
                 if s.bias:
-                    other(layer, s.out_features * nbytes)
+                    other(layer, s.name + ".bias", s.out_features * nbytes)
     qk = param_counts(model)["qk_norm"] // L
     for layer in layers:
         if qk:
-            other(layer, qk // 2 * nbytes)
-            other(layer, (qk - qk // 2) * nbytes)
+            other(layer, "self_attn.k_norm", qk // 2 * nbytes)
+            other(layer, "self_attn.q_norm", (qk - qk // 2) * nbytes)
     shapes = expert_param_shapes(model)
     for i in moe_layers(model):
-        for shape in shapes.values():
+        for name, shape in shapes.items():
             n = 1
             for d in shape:
                 n *= d
-            other(layers[i], n * nbytes)
+            other(layers[i], name, n * nbytes)
     for layer in layers:
-        for _ in range(model.norms_per_layer):
-            other(layer, model.hidden_size * nbytes)
+        for k in range(model.norms_per_layer):
+            other(layer, f"norm{k}", model.hidden_size * nbytes)
     return layers
 
 
