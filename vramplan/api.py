@@ -28,6 +28,7 @@ def estimate_for(
     *,
     gpu: str | None = None,
     headroom: float = DEFAULT_HEADROOM,
+    reserved_rule: str = "rules",
 ) -> Estimate:
     """Resolve names (model catalog / path, GPU catalog) and estimate. Raises VramplanError on bad input."""
     spec = resolve_model(model)
@@ -39,6 +40,7 @@ def estimate_for(
         headroom=headroom,
         calibration=default_calibration(),
         assumptions=tuple(model_assumptions(model)),
+        reserved_rule=reserved_rule,
     )
 
 

@@ -62,6 +62,9 @@ def estimate(
     parallel: o.ParallelOpt = None,
     offload: o.OffloadOpt = "none",
     fmt: o.FormatOpt = "table",
+    reserved_rule: Annotated[
+        str, typer.Option("--reserved-rule", help="rules (closed forms, default) | simulated (replay through an allocator model)")
+    ] = "rules",
 ) -> None:
     """Predict peak GPU memory of one fine-tuning setup, with a breakdown and a verdict per GPU."""
     from .api import estimate_for, fit_for
@@ -70,7 +73,7 @@ def estimate(
     _check_format(fmt)
     try:
         setup = o.setup_from(locals())
-        result = estimate_for(model, setup, gpu=gpu, headroom=headroom)
+        result = estimate_for(model, setup, gpu=gpu, headroom=headroom, reserved_rule=reserved_rule)
         largest = (
             {solve: fit_for(model, setup, gpu=gpu, solve=solve, headroom=headroom).value
              for solve in ("batch-size", "seq-len")}
