@@ -37,6 +37,7 @@ from ...specs import ModelSpec, TrainingSetup
 from ..activations import layer_activations
 from ..constants import BYTES_PER_DTYPE
 from ..trainable import trainable_groups
+from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
 from .rules import block_bytes
 from .tensors import (
@@ -121,7 +122,16 @@ class _Builder:
         self.saved_layer = activation_tensors(model, act, unit, t.one_layer)
         self.final = pieces_bytes(act.final_units, 4.0, unit, t.final)
         i_units = 2 * model.intermediate_size / model.hidden_size
-        self.t_bwd = pieces_bytes(t.t_bwd / unit, i_units, unit, t.t_bwd) if t.t_bwd else []
+        # backward transients: activation-sized pieces, and whole-tensor ones (memory/transients.py) one at a time:
+        # each quantized weight dequantized to bf16 for its matmul (the largest is the estimator's term),
+        # MoE expert gradient / expert LoRA materialisations
+        self.layers = layer_weight_tensors(model, setup)
+        self.dequant = [[bf16 for _, pieces, bf16 in layer if len(pieces) > 1] for layer in self.layers]
+        whole = [expert_grad_transient_bytes(model, setup, BYTES_PER_DTYPE[setup.dtype]),
+                 expert_lora_transient_bytes(model, setup)]  # fmt: skip
+        self.whole_bwd = [x for x in whole if x]
+        units_bytes = t.t_bwd - sum(whole) - dequant_transient_bytes(model, setup)
+        self.t_bwd = pieces_bytes(units_bytes / unit, i_units, unit, units_bytes) if units_bytes > 0 else []
         self.layer_groups, self.head_groups = grouped_by_layer(trainable_groups(model, setup), self.L)
         self.grads: list[int] = []
         self.states_made = False
@@ -134,7 +144,7 @@ class _Builder:
     # ------------------------------------------------------------------ load
     def load(self) -> None:
         m, s, t, seq = self.m, self.s, self.t, self.seq
-        layers = layer_weight_tensors(m, s)
+        layers = self.layers
         nbytes = 4 if s.method == "qlora" else BYTES_PER_DTYPE[s.dtype]
         final_norm = m.hidden_size * nbytes
         linear_key = "weights.quantized" if s.method == "qlora" else "weights.linear"
@@ -206,6 +216,8 @@ class _Builder:
         self.cache: list[int] = []
         for k in range(self.L):
             self.cache.append(seq.alloc(self.cache_layer[k]))
+            for x in self.dequant[k]:  # bitsandbytes gemm_4bit dequantizes each weight for the matmul
+                seq.free(seq.alloc(x))
             if s.grad_ckpt:
                 self.ckpt.append(seq.alloc(t.one_checkpoint))
                 seq.free(*[seq.alloc(x) for x in self.saved_layer])
@@ -266,7 +278,10 @@ class _Builder:
                 else:
                     groups = [g for gs in self.layer_groups for g in gs] if k == self.L - 1 else []
                 self.grads += [seq.alloc(grad_tensor(g)) for g in groups]
-            seq.free(*tmp, *recompute)
+            whole = [seq.alloc(x) for x in self.whole_bwd]
+            for x in self.dequant[k]:
+                seq.free(seq.alloc(x))
+            seq.free(*whole, *tmp, *recompute)
             if s.grad_ckpt:
                 seq.free(self.ckpt[k])
             else:
@@ -286,17 +301,24 @@ class _Builder:
     def optimizer_step(self, first: bool) -> None:
         s, t, seq = self.s, self.t, self.seq
         if first:
-            groups = [g for gs in self.layer_groups for g in gs] + self.head_groups
+            groups = self._parameters_in_order()
             decay = [g for g in groups if not _no_decay(g)]
             for g in decay + [g for g in groups if _no_decay(g)]:  # Trainer's two param groups
                 for x in state_tensors(g, s):
                     seq.alloc(x)
         if t.opt_transient:
             if s.optimizer == "adamw_torch":  # foreach: one temporary per parameter, freed after the step
-                groups = [g for gs in self.layer_groups for g in gs] + self.head_groups
+                groups = self._parameters_in_order()
                 seq.free(*[seq.alloc(grad_tensor(g)) for g in groups])
             else:
                 seq.free(seq.alloc(t.opt_transient))
+
+    def _parameters_in_order(self) -> list:
+        """model.parameters() order: embed_tokens, the layers, the final norm, lm_head."""
+        head = {g.name: g for g in self.head_groups}
+        first = [head["embed_tokens"]] if "embed_tokens" in head else []
+        last = [head[n] for n in ("norms", "lm_head") if n in head]
+        return first + [g for gs in self.layer_groups for g in gs] + last
 
     def zero_grad(self) -> None:
         self.seq.free(*self.grads)
