@@ -17,7 +17,6 @@ from .errors import VramplanError
 from .memory.activations import layer_activations
 from .memory.adapters import adapter_bytes, check_lora_supported, lora_param_count
 from .memory.allocator import block_bytes, reserved_from_allocated, steady_loss_reserved, workspace_bytes
-from .memory.allocator.simulated import RESERVED_BY_SIMULATION, check_reserved_rule, simulated_memory
 from .memory.constants import (
     BYTES_PER_DTYPE,
     PRIOR_CUDA_CONTEXT_BYTES,
@@ -126,7 +125,10 @@ def estimate(
     reserved_rule "simulated" replaces the closed-form reserved rules by a replay of the predicted allocation
     sequence through the caching-allocator model (memory/allocator/simulated.py)."""
     _check_supported(model, setup, headroom)
-    check_reserved_rule(reserved_rule, setup)
+    if reserved_rule != "rules":  # imported here: the default path does not load the allocator simulation
+        from .memory.allocator.simulated import check_reserved_rule, simulated_memory
+
+        check_reserved_rule(reserved_rule, setup)
     constants = dict(CALIBRATED_DEFAULTS)
     terms = _terms(model, setup, gpu, constants)
     raw = _memory(terms, setup, constants)
@@ -138,7 +140,7 @@ def estimate(
         if term_constants_changed:  # only the backward-transient constants change the terms themselves
             terms = _terms(model, setup, gpu, constants)
         calibrated = _memory(terms, setup, constants)
-    if reserved_rule == RESERVED_BY_SIMULATION:
+    if reserved_rule != "rules":
         total = gpu.memory_bytes if gpu else SIMULATED_DEFAULT_TOTAL_BYTES
         raw = simulated_memory(model, setup, terms, raw, total)
         calibrated = simulated_memory(model, setup, terms, calibrated, total) if calibrated else None

@@ -386,12 +386,16 @@ class CachingAllocator:
         self.at_peak_reserved = (self.allocated, self.reserved - self.allocated, self.largest_free_block())
 
     def largest_free_block(self) -> int:
-        """cacheInfo: the largest cached (free, mapped) block."""
+        """cacheInfo: the largest cached (free, mapped) block (keys sort by stream, then size)."""
         best = 0
         for pool in (self.small_pool, self.large_pool):
-            for key in pool.keys:
-                if key[1] > best:
-                    best = key[1]
+            keys = pool.keys
+            if not keys:
+                continue
+            if keys[0][0] == keys[-1][0]:  # one stream: the last key is the largest
+                best = max(best, keys[-1][1])
+            else:
+                best = max(best, max(k[1] for k in keys))
         return best
 
 
