@@ -41,12 +41,14 @@ from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, e
 from ..weights import lm_head_params
 from .rules import block_bytes
 from .tensors import (
+    _quantized_pieces,
     activation_tensors,
     grad_tensor,
     grouped_by_layer,
     layer_adapter_tensors,
     layer_weight_tensors,
     pieces_bytes,
+    quantization_steps,
     state_tensors,
 )
 
@@ -127,6 +129,11 @@ class _Builder:
         # MoE expert gradient / expert LoRA materialisations
         self.layers = layer_weight_tensors(model, setup)
         self.dequant = [[bf16 for _, pieces, bf16 in layer if len(pieces) > 1] for layer in self.layers]
+        self.quant_steps = {  # (pieces, their bytes) -> the quantization's allocations, per Linear kind
+            (len(p), sum(p)): quantization_steps(x.out_features, x.in_features, setup)
+            for x in linear_shapes(model) if x.role != "lm_head"
+            for p in [_quantized_pieces(x.out_features, x.in_features, setup)]
+        } if setup.method == "qlora" else {}  # fmt: skip
         whole = [expert_grad_transient_bytes(model, setup, BYTES_PER_DTYPE[setup.dtype]),
                  expert_lora_transient_bytes(model, setup)]  # fmt: skip
         self.whole_bwd = [x for x in whole if x]
@@ -195,9 +202,8 @@ class _Builder:
                     kept[k] = seq.alloc(bf16)
                     continue
                 loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
-                for x in pieces:
-                    seq.alloc(x)
-                seq.free(loaded)
+                temporaries = [i for x, tmp in self.quant_steps[len(pieces), sum(pieces)] if (i := seq.alloc(x)) and tmp]
+                seq.free(loaded, *temporaries)
             bf16_layers += [kept[k] for k in sorted(kept)]  # back in module order
         bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // 2), seq.alloc(residual // 2), head]
         for i in bf16_params:  # param.data = param.data.to(torch.float32)

@@ -98,6 +98,34 @@ def _quantized_pieces(out_features: int, in_features: int, setup: TrainingSetup)
     return pieces
 
 
+def quantization_steps(out_features: int, in_features: int, setup: TrainingSetup) -> list[tuple[int, bool]]:
+    """What quantizing one bf16 weight on the device allocates, in order: (bytes, freed at the end?).
+
+    bitsandbytes backends/cuda/ops.py::_quantize_4bit_impl makes the fp32 absmax, then the packed data;
+    with double quantization functional.py::quantize_4bit centres the absmax (absmax - offset, a new fp32
+    tensor) and quantize_blockwise makes the uint8 absmax, its fp32 absmax and code, and both fp32 absmax
+    tensors are dropped; int8_vectorwise_quant makes CB then SCB. The kept tensors add up to
+    _quantized_pieces."""
+    n = out_features * in_features
+    if setup.quant == "int8":
+        return [(block_bytes(n), False), (block_bytes(out_features * FP32), False)]
+    nblocks = -(-n // NF4_BLOCKSIZE)
+    absmax, packed = block_bytes(nblocks * FP32), block_bytes(-(-n // 2))
+    code = (block_bytes(NF4_CODE_BYTES), False)
+    if not setup.double_quant:
+        return [(absmax, False), (packed, False), code]
+    return [
+        (absmax, True),
+        (packed, False),
+        (block_bytes(NF4_DQ_OFFSET_BYTES), False),
+        (absmax, True),  # absmax - offset
+        (block_bytes(nblocks), False),
+        (block_bytes(-(-nblocks // NF4_DQ_BLOCKSIZE) * FP32), False),
+        (block_bytes(NF4_DQ_CODE_BYTES), False),
+        code,
+    ]
+
+
 def layer_adapter_tensors(model: ModelSpec, setup: TrainingSetup) -> list[list[int]]:
     """fp32 lora_A / lora_B weights of each layer (sum = adapters.adapter_bytes)."""
     layers: list[list[int]] = [[] for _ in range(model.num_layers)]
