@@ -49,6 +49,7 @@ from .tensors import (
     layer_weight_tensors,
     pieces_bytes,
     quantization_steps,
+    spread,
     state_tensors,
 )
 
@@ -145,7 +146,14 @@ class _Builder:
         self.workspace: list[int] = []
         lm_copy = block_bytes(lm_head_params(model) * BF16) if t.autocast_cache_fwd else 0
         per_layer_cache = t.autocast_cache_fwd - lm_copy
-        self.cache_layer = [per_layer_cache // self.L + (per_layer_cache % self.L if k == 0 else 0) for k in range(self.L)]
+        # autocast's bf16 copy of each fp32 Linear weight, made at its first use in the forward
+        self.cache_layer: list[list[int]] = [[] for _ in range(self.L)]
+        if per_layer_cache > 0:
+            for x in linear_shapes(model):
+                if x.role != "lm_head":
+                    for layer, n in zip(self.cache_layer, spread(x.count, self.L)):
+                        layer.extend([x.in_features * x.out_features * BF16] * n)
+            self.cache_layer[0].append(per_layer_cache - sum(map(sum, self.cache_layer)))  # 0 unless a kind is missing
         self.cache_lm = lm_copy
 
     # ------------------------------------------------------------------ load
@@ -219,9 +227,9 @@ class _Builder:
         self.quant = seq.alloc(t.quant_state)
         self.ckpt: list[int] = []
         self.saved: list[list[int]] = []
-        self.cache: list[int] = []
+        self.cache: list[list[int]] = []
         for k in range(self.L):
-            self.cache.append(seq.alloc(self.cache_layer[k]))
+            self.cache.append([seq.alloc(x) for x in self.cache_layer[k]])
             for x in self.dequant[k]:  # bitsandbytes gemm_4bit dequantizes each weight for the matmul
                 seq.free(seq.alloc(x))
             if s.grad_ckpt:
@@ -233,7 +241,7 @@ class _Builder:
         self.lm_cache = seq.alloc(self.cache_lm)
         self._loss_forward()
         if s.grad_ckpt:  # autocast's per-layer weight copies are not saved through checkpointing
-            seq.free(*self.cache)
+            seq.free(*[i for ids in self.cache for i in ids])
             self.cache = []
 
     def _loss_forward(self) -> None:
@@ -293,7 +301,7 @@ class _Builder:
             else:
                 seq.free(*self.saved[k])
             if self.cache:
-                seq.free(self.cache[k])
+                seq.free(*self.cache[k])
         if not s.grad_ckpt:
             seq.free(self.lm_cache)
         if full and new_grads:
