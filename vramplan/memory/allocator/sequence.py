@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from ...models.params import linear_shapes, param_counts
 from ...specs import ModelSpec, TrainingSetup
-from ..activations import layer_activations
+from ..activations import layer_activations, residual_bytes_per_element
 from ..constants import BYTES_PER_DTYPE
 from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
@@ -139,6 +139,11 @@ class _Builder:
                  expert_lora_transient_bytes(model, setup)]  # fmt: skip
         self.whole_bwd = [x for x in whole if x]
         units_bytes = t.t_bwd - sum(whole) - dequant_transient_bytes(model, setup)
+        # the gradient of the hidden state (b, s, h in the residual dtype) is carried from one layer's backward
+        # into the next one's; it is part of the estimator's transient, the rest is the layer's own
+        carry = residual_bytes_per_element(setup) * unit
+        self.carry = carry if units_bytes >= 2 * carry else 0
+        units_bytes -= self.carry
         self.t_bwd = pieces_bytes(units_bytes / unit, i_units, unit, units_bytes) if units_bytes > 0 else []
         self.layer_groups, self.head_groups = grouped_by_layer(trainable_groups(model, setup), self.L)
         self.grads: list[int] = []
@@ -280,6 +285,7 @@ class _Builder:
             for g in self.head_groups:
                 if g.name != "embed_tokens" or tied:
                     self.grads.append(seq.alloc(grad_tensor(g)))
+        carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
         seq.free(logits_grad, *self.final_ids)
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
             seq.free(self.lm_cache)
@@ -296,12 +302,15 @@ class _Builder:
             for x in self.dequant[k]:
                 seq.free(seq.alloc(x))
             seq.free(*whole, *tmp, *recompute)
+            carry_in, carry = carry, seq.alloc(self.carry)  # this layer's input gradient replaces its output's
+            seq.free(carry_in)
             if s.grad_ckpt:
                 seq.free(self.ckpt[k])
             else:
                 seq.free(*self.saved[k])
             if self.cache:
                 seq.free(*self.cache[k])
+        seq.free(carry)  # consumed by the embedding's backward
         if not s.grad_ckpt:
             seq.free(self.lm_cache)
         if full and new_grads:
