@@ -118,11 +118,11 @@ class CachingAllocator:
     def malloc(self, nbytes: int, stream: int = 0) -> Block:
         """DeviceCachingAllocator::malloc: best fit from the cache, else a new segment, else free the cache
         and retry, else AllocatorOOM."""
-        size = round_size(nbytes)
+        size = MIN_BLOCK_BYTES if nbytes < MIN_BLOCK_BYTES else -(-nbytes // MIN_BLOCK_BYTES) * MIN_BLOCK_BYTES  # round_size
         pool = self.small_pool if size <= SMALL_SIZE_BYTES else self.large_pool  # get_pool
-        alloc_size = allocation_size(size)
         block = self._get_free_block(pool, size, stream)
         if block is None:
+            alloc_size = allocation_size(size)
             block = (
                 self._alloc_block(pool, size, alloc_size, stream)
                 or (self._release_available_cached_blocks(pool, size, stream)
@@ -139,7 +139,8 @@ class CachingAllocator:
         self.allocated -= block.size
         pool = self.small_pool if block.small else self.large_pool
         for other in (block.prev, block.next):
-            self._try_merge(block, other, pool)
+            if other is not None and not other.allocated:
+                self._try_merge(block, other, pool)
         pool.insert(block)
 
     def empty_cache(self) -> None:
@@ -174,7 +175,8 @@ class CachingAllocator:
             return None
         if size >= self.max_split and b.size >= size + LARGE_BUFFER_BYTES:
             return None
-        pool.erase(b)
+        del keys[i]  # pool.erase(b), at the index found
+        del pool.blocks[(b.stream, b.size, b.addr)]
         return b
 
     def _alloc_block(self, pool: _Pool, size: int, alloc_size: int, stream: int, retry: bool = False) -> Block | None:
@@ -207,7 +209,9 @@ class CachingAllocator:
                 block.next.prev = rest
             block.next = rest
             block.size = size
-            pool.insert(rest)
+            k = (rest.stream, remaining, rest.addr)  # pool.insert(rest)
+            insort(pool.keys, k)
+            pool.blocks[k] = rest
         block.allocated = True
         self.allocated += block.size
         if self.allocated > self.peak_allocated:
