@@ -99,6 +99,28 @@ class Sequence:
         return peak
 
 
+def live_peaks_by_stretch(seq: "Sequence") -> dict[str, int]:
+    """The most live bytes in each stretch between marks ("step0.forward", "step1.backward", ...), as the
+    trainer's MemoryProbe reports max_memory_allocated per phase window."""
+    starts: dict[int, list[str]] = {}
+    for name, at in seq.marks.items():
+        starts.setdefault(at, []).append(name)
+    peaks: dict[str, int] = {}
+    live, cur, sizes = 0, "", seq.sizes
+    for n, op in enumerate([*seq.ops, None]):
+        for cur in starts.get(n, ()):
+            peaks[cur] = live  # a stretch without allocations peaks at what it starts with
+        if op is None:
+            break
+        if op >= 0:
+            live += sizes[op]
+            if live > peaks.get(cur, 0):
+                peaks[cur] = live
+        elif op != EMPTY_CACHE:
+            live -= sizes[~op]
+    return peaks
+
+
 def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
     """The allocation sequence of loading and `steps` optimizer steps for one GPU; `t` is estimator._Terms."""
     seq = Sequence()
@@ -109,9 +131,11 @@ def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2)
         for micro in range(setup.grad_accum):
             seq.mark(f"step{step}.forward" if micro == 0 else f"step{step}.micro{micro}.forward")
             b.forward(first=step == 0 and micro == 0)
+            seq.mark(f"step{step}.backward" if micro == 0 else f"step{step}.micro{micro}.backward")
             b.backward(first_micro=micro == 0)
         seq.mark(f"step{step}.optimizer")
         b.optimizer_step(first=step == 0)
+        seq.mark(f"step{step}.zero_grad")
         b.zero_grad()
     return seq
 
