@@ -126,7 +126,7 @@ def estimate(
     sequence through the caching-allocator model (memory/allocator/simulated.py)."""
     _check_supported(model, setup, headroom)
     if reserved_rule != "rules":  # imported here: the default path does not load the allocator simulation
-        from .memory.allocator.simulated import check_reserved_rule, simulated_memory
+        from .memory.allocator.simulated import SIMULATED_ASSUMPTION, check_reserved_rule, simulated_memory
 
         check_reserved_rule(reserved_rule, setup)
     constants = dict(CALIBRATED_DEFAULTS)
@@ -144,6 +144,7 @@ def estimate(
         total = gpu.memory_bytes if gpu else SIMULATED_DEFAULT_TOTAL_BYTES
         raw = simulated_memory(model, setup, terms, raw, total)
         calibrated = simulated_memory(model, setup, terms, calibrated, total) if calibrated else None
+        assumptions = (*assumptions, SIMULATED_ASSUMPTION)
     shown = calibrated or raw
     verdict = _verdict(gpu, shown.device_peak_bytes, headroom) if gpu else None
     return Estimate(

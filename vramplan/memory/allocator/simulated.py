@@ -14,6 +14,10 @@ from .replay import ReplayResult, replay
 from .sequence import training_sequence
 
 RESERVED_BY_SIMULATION = "simulated"
+SIMULATED_ASSUMPTION = (
+    "reserved peak simulated: the predicted allocations of loading and two steps replayed through a model of "
+    "torch's CUDACachingAllocator (docs/allocator_simulation.md), not the fitted fragmentation rules"
+)
 #: MemoryBreakdown.reserved_rule values estimate(reserved_rule=...) accepts: "rules" keeps the closed forms
 RESERVED_RULES = ("rules", RESERVED_BY_SIMULATION)
 
