@@ -2,8 +2,8 @@
 and its replay through the allocator model gives reserved_rule "simulated"."""
 
 import pytest
-from gpu_catalog import find_gpu
 
+from gpu_catalog import find_gpu
 from vramplan.errors import VramplanError
 from vramplan.estimator import CALIBRATED_DEFAULTS, _terms, estimate
 from vramplan.memory.allocator.replay import replay
@@ -22,7 +22,9 @@ from vramplan.runs import load_runs, shipped_runs_dir
 from vramplan.specs import LoraSpec, TrainingSetup
 
 GIB = 2**30
-RUNS = [r for r in load_runs([shipped_runs_dir()]) if r.environment.num_gpus == 1 and r.measurements.max_allocated_bytes]
+RUNS = [
+    r for r in load_runs([shipped_runs_dir()]) if r.environment.num_gpus == 1 and r.measurements.max_allocated_bytes
+]
 H100 = find_gpu("h100-sxm")
 
 
@@ -142,7 +144,12 @@ def test_simulated_reserved_accuracy_on_the_shipped_runs_does_not_regress():
     assert stats["worst_abs"] <= 0.085 and stats["worst_under"] >= -0.085, stats
 
 
-PHASED = [r for r in RUNS if r.setup.grad_accum == 1 and not r.measurements.oom and r.measurements.step0.forward and r.measurements.steady.backward]
+def _phased(r) -> bool:
+    m = r.measurements
+    return r.setup.grad_accum == 1 and not m.oom and bool(m.step0.forward) and bool(m.steady.backward)
+
+
+PHASED = [r for r in RUNS if _phased(r)]
 
 
 @pytest.mark.parametrize("run", PHASED, ids=[r.run_id for r in PHASED])

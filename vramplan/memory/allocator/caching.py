@@ -14,77 +14,23 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 
-from .rules import SEGMENT_ROUND_BYTES, SMALL_POOL_MAX_BYTES
-
-#: kMinBlockSize: every request is rounded up to a multiple of 512 bytes (round_size)
-MIN_BLOCK_BYTES = 512
-#: kSmallSize: requests up to 1 MiB come from the small pool (get_pool)
-SMALL_SIZE_BYTES = SMALL_POOL_MAX_BYTES
-#: kSmallBuffer: the small pool's segments, and its expandable-segment page (get_allocation_size)
-SMALL_BUFFER_BYTES = 2 * 1024**2
-#: kLargeBuffer: segment for 1..10 MiB requests, and the large pool's expandable page (get_allocation_size)
-LARGE_BUFFER_BYTES = 20 * 1024**2
-#: kMinLargeAlloc: from here on a request gets a segment of its own size (get_allocation_size)
-MIN_LARGE_ALLOC_BYTES = 10 * 1024**2
-#: kRoundLarge: such a segment is rounded up to 2 MiB (get_allocation_size)
-ROUND_LARGE_BYTES = SEGMENT_ROUND_BYTES
-#: CUDAAllocatorConfig::max_split_size() when max_split_size_mb is not set
-UNLIMITED = 2**64 - 1
+from .blocks import (
+    LARGE_BUFFER_BYTES,
+    MIN_BLOCK_BYTES,
+    MIN_LARGE_ALLOC_BYTES,
+    ROUND_LARGE_BYTES,
+    SMALL_BUFFER_BYTES,
+    SMALL_SIZE_BYTES,
+    UNLIMITED,
+    AllocatorOOM,
+    Block,
+    _expandable_size,
+    _Pool,
+)
+from .expandable import ExpandableSegments
 
 
-class AllocatorOOM(Exception):
-    """The request could not be served even after freeing every cached block (malloc's OOM path)."""
-
-    def __init__(self, size: int, allocated: int, reserved: int):
-        super().__init__(f"out of memory allocating {size} bytes ({allocated} allocated, {reserved} reserved)")
-        self.size, self.allocated, self.reserved = size, allocated, reserved
-
-
-class Block:
-    """One block of a segment (struct Block): free or allocated, linked to its neighbours."""
-
-    __slots__ = ("addr", "size", "stream", "small", "allocated", "prev", "next", "expandable", "mapped")
-
-    def __init__(self, addr: int, size: int, stream: int, small: bool, expandable: bool = False):
-        self.addr, self.size, self.stream, self.small = addr, size, stream, small
-        self.allocated = False
-        self.prev: Block | None = None
-        self.next: Block | None = None
-        self.expandable = expandable
-        self.mapped = True
-
-    def is_split(self) -> bool:
-        return self.prev is not None or self.next is not None
-
-    def key(self) -> tuple[int, int, int]:
-        """BlockComparatorSize: stream, then size, then address."""
-        return (self.stream, self.size, self.addr)
-
-
-class _Pool:
-    """BlockPool: the free (cached) blocks sorted by (stream, size, address), and unmapped expandable ranges."""
-
-    __slots__ = ("small", "keys", "blocks", "unmapped")
-
-    def __init__(self, small: bool):
-        self.small = small
-        self.keys: list[tuple[int, int, int]] = []
-        self.blocks: dict[tuple[int, int, int], Block] = {}
-        self.unmapped: dict[tuple[int, int], Block] = {}  # (stream, addr) -> unmapped range (BlockComparatorAddress)
-
-    def insert(self, b: Block) -> None:
-        k = (b.stream, b.size, b.addr)
-        insort(self.keys, k)
-        self.blocks[k] = b
-
-    def erase(self, b: Block) -> None:
-        k = (b.stream, b.size, b.addr)
-        i = bisect_left(self.keys, k)
-        del self.keys[i]
-        del self.blocks[k]
-
-
-class CachingAllocator:
+class CachingAllocator(ExpandableSegments):
     """DeviceCachingAllocator for one device.
 
     ``allowed_bytes``: ``torch.cuda.set_per_process_memory_fraction`` (allowed_memory_maximum = fraction x
@@ -118,7 +64,8 @@ class CachingAllocator:
     def malloc(self, nbytes: int, stream: int = 0) -> Block:
         """DeviceCachingAllocator::malloc: best fit from the cache, else a new segment, else free the cache
         and retry, else AllocatorOOM."""
-        size = MIN_BLOCK_BYTES if nbytes < MIN_BLOCK_BYTES else -(-nbytes // MIN_BLOCK_BYTES) * MIN_BLOCK_BYTES  # round_size
+        # round_size, inline
+        size = MIN_BLOCK_BYTES if nbytes < MIN_BLOCK_BYTES else -(-nbytes // MIN_BLOCK_BYTES) * MIN_BLOCK_BYTES
         pool = self.small_pool if size <= SMALL_SIZE_BYTES else self.large_pool  # get_pool
         block = self._get_free_block(pool, size, stream)
         if block is None:
@@ -281,99 +228,6 @@ class CachingAllocator:
         self.reserved -= b.size
         self.num_segments -= 1
 
-    # ------------------------------------------------------------------ expandable segments
-    def _try_allocate_expandable_block(self, pool: _Pool, size: int, stream: int) -> Block | None:
-        """try_allocate_expandable_block: the lowest free/unmapped run with room (find_expandable_block),
-        pages mapped (map_block) until the free block at its head holds the request."""
-        cand = self._find_expandable_block(pool, size, stream)
-        if not cand.mapped and not self._map_block(pool, cand, min(cand.size, size)):
-            return None
-        while cand.size < size:
-            nxt = cand.next
-            assert nxt is not None and not nxt.mapped
-            if not self._map_block(pool, nxt, min(size - cand.size, nxt.size)):
-                return None
-            cand = nxt
-        pool.erase(cand)
-        return cand
-
-    def _find_expandable_block(self, pool: _Pool, size: int, stream: int) -> Block:
-        """find_expandable_block: by address, the first unmapped range (with the free block before it) whose
-        run of free + unmapped blocks holds size; else a new segment of address space, all unmapped."""
-        for (s, _), c in sorted(pool.unmapped.items()):
-            if s != stream:
-                continue
-            if c.prev is not None and not c.prev.allocated:
-                c = c.prev
-            room, b = 0, c
-            while room < size and b is not None and not b.allocated:
-                room, b = room + b.size, b.next
-            if room >= size:
-                return c
-        cand = Block(self._take_address(self.address_space), self.address_space, stream, pool.small, expandable=True)
-        cand.mapped = False
-        pool.unmapped[(stream, cand.addr)] = cand
-        return cand
-
-    def _map_block(self, pool: _Pool, b: Block, size: int) -> bool:
-        """map_block: map whole pages (kSmallBuffer / kLargeBuffer, ExpandableSegment::map) at the start of an
-        unmapped range; the rest stays unmapped; merge with free mapped neighbours."""
-        page = SMALL_BUFFER_BYTES if pool.small else LARGE_BUFFER_BYTES
-        mapped = min(-(-size // page) * page, b.size)
-        if self.device_free is not None and self.reserved + mapped > self.device_free:
-            return False
-        del pool.unmapped[(b.stream, b.addr)]
-        b.mapped = True
-        if mapped < b.size:
-            rest = Block(b.addr + mapped, b.size - mapped, b.stream, b.small, expandable=True)
-            rest.mapped = False
-            rest.prev, rest.next = b, b.next
-            if b.next is not None:
-                b.next.prev = rest
-            b.next = rest
-            b.size = mapped
-            pool.unmapped[(rest.stream, rest.addr)] = rest
-        self._try_merge(b, b.prev, pool)
-        self._try_merge(b, b.next, pool)
-        pool.insert(b)
-        self._add_reserved(mapped)
-        return True
-
-    def _unmap_block(self, pool: _Pool, b: Block) -> None:
-        """unmap_block: give back the whole pages inside a free expandable block (ExpandableSegment::unmap)."""
-        page = SMALL_BUFFER_BYTES if pool.small else LARGE_BUFFER_BYTES
-        base = self._segment_base(b)
-        lo = base + -(-(b.addr - base) // page) * page
-        hi = base + (b.addr + b.size - base) // page * page
-        if hi <= lo:
-            return
-        pool.erase(b)
-        if lo > b.addr:
-            before = Block(b.addr, lo - b.addr, b.stream, b.small, expandable=True)
-            before.prev, before.next = b.prev, b
-            if b.prev is not None:
-                b.prev.next = before
-            b.prev = before
-            pool.insert(before)
-        end = b.addr + b.size
-        if end > hi:
-            after = Block(hi, end - hi, b.stream, b.small, expandable=True)
-            after.prev, after.next = b, b.next
-            if b.next is not None:
-                b.next.prev = after
-            b.next = after
-            pool.insert(after)
-        b.addr, b.size, b.mapped = lo, hi - lo, False
-        self._try_merge(b, b.prev, pool)
-        self._try_merge(b, b.next, pool)
-        pool.unmapped[(b.stream, b.addr)] = b
-        self.reserved -= hi - lo
-
-    def _segment_base(self, b: Block) -> int:
-        while b.prev is not None:
-            b = b.prev
-        return b.addr
-
     # ------------------------------------------------------------------ bookkeeping
     def _take_address(self, nbytes: int) -> int:
         addr = self._next_addr
@@ -417,9 +271,3 @@ def allocation_size(size: int) -> int:
     if size < MIN_LARGE_ALLOC_BYTES:
         return LARGE_BUFFER_BYTES
     return -(-size // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
-
-
-def _expandable_size(b: Block) -> int:
-    """get_free_block's expandable_size: a free block followed by unmapped space counts as that much bigger."""
-    nxt = b.next
-    return b.size + (nxt.size if nxt is not None and not nxt.mapped else 0)

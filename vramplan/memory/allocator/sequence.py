@@ -239,8 +239,9 @@ class _Builder:
                     kept[k] = seq.alloc(bf16)
                     continue
                 loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
-                temporaries = [i for x, tmp in self.quant_steps[len(pieces), sum(pieces)] if (i := seq.alloc(x)) and tmp]
-                seq.free(loaded, *temporaries)
+                steps = self.quant_steps[len(pieces), sum(pieces)]
+                made = [(seq.alloc(x), tmp) for x, tmp in steps]
+                seq.free(loaded, *[i for i, tmp in made if tmp])
             bf16_layers += [kept[k] for k in sorted(kept)]  # back in module order
         bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // 2), seq.alloc(residual // 2), head]
         for i in bf16_params:  # param.data = param.data.to(torch.float32)
