@@ -146,7 +146,7 @@ class _Builder:
         self.L = model.num_layers
         unit = setup.batch_size * setup.seq_len * model.hidden_size
         act = layer_activations(model, setup)
-        self.saved_layer = activation_tensors(model, act, unit, t.one_layer)
+        self.saved_layer = activation_tensors(model, setup, act, unit, t.one_layer)
         self.final = pieces_bytes(act.final_units, 4.0, unit, t.final)
         i_units = 2 * model.intermediate_size / model.hidden_size
         # backward transients: activation-sized pieces, and whole-tensor ones (memory/transients.py) one at a time:

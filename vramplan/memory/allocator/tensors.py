@@ -8,7 +8,7 @@ into tensors whose bytes add up to the term exactly (tests/test_allocator_sequen
 from ...models.params import expert_param_shapes, linear_shapes, moe_layers, param_counts
 from ...specs import ModelSpec, TrainingSetup
 from ..activations import LayerActivations
-from ..adapters import ADAPTER_BYTES_PER_PARAM, adapter_pairs
+from ..adapters import ADAPTER_BYTES_PER_PARAM, adapter_pairs, lora_targets
 from ..constants import (
     BNB_MIN_8BIT_SIZE,
     BNB_PAGED_MIN_NUMEL,
@@ -195,21 +195,44 @@ def split_units(units: float, piece: float) -> list[float]:
     return [piece] * k + ([rest] if rest > 1e-9 else [])
 
 
-def activation_tensors(model: ModelSpec, act: LayerActivations, unit_bytes: int, layer_bytes: int) -> list[int]:
-    """One decoder layer's saved tensors (sum = layer_bytes): attention q, k, v, out; MLP intermediates of
-    i = intermediate/h units; norms, q/k norms and LoRA inputs in pieces of 2 to 4 units (b*s*h bytes)."""
+def activation_tensors(
+    model: ModelSpec, setup: TrainingSetup, act: LayerActivations, unit_bytes: int, layer_bytes: int
+) -> list[int]:
+    """One decoder layer's saved tensors in forward order (sum = layer_bytes): the first norm's, the attention
+    targets' LoRA inputs, attention q, k, v, out, the second norm's, the MLP targets' LoRA inputs, the MLP
+    intermediates (i = intermediate/h units each, fp32 under QLoRA: activations._mlp_units), in b*s*h units."""
     h = model.hidden_size
     qw, kw, i = model.q_width / h, model.kv_width / h, model.intermediate_size / h
-    units: list[float] = []
-    for name, u in act.saved_units.items():
-        if name == "attention":
-            base = [2 * qw, 2 * kw, 2 * kw, 2 * qw]
-            units += base + split_units(u - sum(base), 2 * qw) if u > sum(base) else [u]
-        elif name == "mlp":
-            units += split_units(u, 2 * i)
-        else:
-            units += split_units(u, 4.0)
+    u = dict(act.saved_units)
+    norms = split_units(u.pop("norms", 0.0) / 2, 4.0)
+    lora_attn, lora_mlp = _lora_pieces(model, setup, u.pop("lora", 0.0))
+    att = u.pop("attention", 0.0)
+    base = [2 * qw, 2 * kw, 2 * kw, 2 * qw]
+    attention = base + split_units(att - sum(base), 2 * qw) if att > sum(base) else [att]
+    mlp = split_units(u.pop("mlp", 0.0), (4.0 if setup.method == "qlora" else 2.0) * i)
+    rest = [x for v in u.values() for x in split_units(v, 4.0)]  # q/k norms
+    units = norms + lora_attn + attention + rest + norms + lora_mlp + mlp
     return _to_bytes(units, unit_bytes, layer_bytes)
+
+
+def _lora_pieces(model: ModelSpec, setup: TrainingSetup, total: float) -> tuple[list[float], list[float]]:
+    """Per LoRA target of a layer: its input's bf16 copy (2 f_t), dropout mask (f_t), lora_B input (2 r / h)
+    (activations._lora_units), split into the attention's and the MLP's targets."""
+    if total <= 0 or setup.lora is None:
+        return [], []
+    h, r = model.hidden_size, setup.lora.rank
+    attn: list[float] = []
+    mlp: list[float] = []
+    listed = 0.0
+    for s in lora_targets(model, setup.lora):
+        per_layer = s.count / model.num_layers
+        f = s.in_features / h
+        pieces = [2.0 * f] + ([f] if setup.lora.dropout > 0 else []) + [2.0 * r / h]
+        pieces = [p * per_layer for p in pieces]
+        listed += sum(pieces)
+        (attn if s.name.startswith("self_attn") else mlp).extend(pieces)
+    (mlp or attn).append(total - listed) if abs(total - listed) > 1e-9 else None
+    return attn, mlp
 
 
 def pieces_bytes(units: float, piece: float, unit_bytes: int, total_bytes: int) -> list[int]:
