@@ -148,7 +148,7 @@ class _Builder:
         act = layer_activations(model, setup)
         self.saved_layer = activation_tensors(model, setup, act, unit, t.one_layer)
         self.final = pieces_bytes(act.final_units, 4.0, unit, t.final)
-        i_units = 2 * model.intermediate_size / model.hidden_size
+        i_units = (4 if setup.method == "qlora" else 2) * model.intermediate_size / model.hidden_size
         # backward transients: activation-sized pieces, and whole-tensor ones (memory/transients.py) one at a time:
         # each quantized weight dequantized to bf16 for its matmul (the largest is the estimator's term),
         # MoE expert gradient / expert LoRA materialisations
@@ -318,8 +318,8 @@ class _Builder:
             recompute = [seq.alloc(x) for x in self.saved_layer] if s.grad_ckpt else []
             tmp = [seq.alloc(x) for x in self.t_bwd]
             if new_grads:  # full FT: this layer's; LoRA: every adapter's at once (estimator's layer_backward)
-                if full:
-                    groups = self.layer_groups[k]
+                if full:  # backward reaches the layer's modules last to first: down_proj's gradient comes first
+                    groups = self.layer_groups[k][::-1]
                 else:
                     groups = [g for gs in self.layer_groups for g in gs] if k == self.L - 1 else []
                 self.grads += [seq.alloc(grad_tensor(g)) for g in groups]
