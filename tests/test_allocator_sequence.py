@@ -165,3 +165,23 @@ def test_sequence_follows_the_measured_phase_peaks_of_steps_0_and_1(run):
         for phase in ("forward", "backward", "optimizer"):
             got, want = peaks[f"{step}.{phase}"], getattr(measured, phase)
             assert abs(got / want - 1) <= 0.07, (step, phase, got / want - 1)
+
+
+def test_cli_estimate_json_shows_the_simulated_reserved_peak_and_the_allocator_state():
+    import json
+
+    from typer.testing import CliRunner
+
+    from vramplan.cli import app
+
+    args = ["estimate", "--model", "llama-3.2-1b", "--method", "full", "--grad-ckpt", "--format", "json"]
+    res = CliRunner().invoke(app, [*args, "--reserved-rule", "simulated"])
+    assert res.exit_code == 0, res.output
+    mem = json.loads(res.output)["memory"]
+    assert mem["reserved_rule"] == "simulated"
+    assert mem["allocated_at_reserved_peak_bytes"] + mem["free_in_segments_at_reserved_peak_bytes"] == mem[
+        "peak_reserved_bytes"
+    ]
+    assert mem["largest_free_block_at_reserved_peak_bytes"] > 0 and mem["rules_reserved_bytes"] > 0
+    bad = CliRunner().invoke(app, [*args, "--reserved-rule", "fitted"])
+    assert bad.exit_code == 2 and "accepted: rules | simulated" in bad.output

@@ -344,6 +344,9 @@ def validate(
         bool, typer.Option("--loo/--raw", help="leave-one-out calibrated predictions (default) or raw model")
     ] = True,
     fmt: o.FormatOpt = "table",
+    reserved_rule: Annotated[
+        str, typer.Option("--reserved-rule", help="rules (default) | simulated (allocator replay, single-GPU runs)")
+    ] = "rules",
 ) -> None:
     """Predicted vs measured for every run record: the error of each, the median and the worst."""
     from .report.validation_view import validation_doc, validation_renderable
@@ -357,8 +360,12 @@ def validate(
     runs = load_runs(dirs, problems=problems)
     for line in problems:
         typer.echo(f"warning: {line}", err=True)
-    result = leave_one_out(runs) if loo else run_validation(runs)
+    if reserved_rule not in ("rules", "simulated"):
+        _fail(f"--reserved-rule {reserved_rule}: accepted: rules | simulated")
+    result = leave_one_out(runs, reserved_rule) if loo else run_validation(runs, reserved_rule=reserved_rule)
     mode = "leave-one-out calibrated" if loo else "raw model"
+    if reserved_rule != "rules":
+        mode += ", reserved simulated"
     if fmt == "json":
         typer.echo(json.dumps({"mode": mode, **validation_doc(result)}, indent=2))
         return
