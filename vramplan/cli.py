@@ -63,7 +63,7 @@ def estimate(
     offload: o.OffloadOpt = "none",
     fmt: o.FormatOpt = "table",
     reserved_rule: Annotated[
-        str, typer.Option("--reserved-rule", help="rules (closed forms, default) | simulated (replay through an allocator model)")
+        str, typer.Option("--reserved-rule", help="rules (closed forms, default) | simulated (allocator replay)")
     ] = "rules",
 ) -> None:
     """Predict peak GPU memory of one fine-tuning setup, with a breakdown and a verdict per GPU."""
