@@ -347,19 +347,23 @@ class _Builder:
         seq.free(self.quant)
 
     def optimizer_step(self, first: bool) -> None:
+        """torch.optim: for each of the Trainer's two param groups (weight decay, then none), _init_group makes
+        the group's states at step 0, then the update runs; foreach AdamW makes one temporary per parameter
+        (torch._foreach_sqrt of exp_avg_sq), kept here until the step ends so that the step's total is the
+        estimator's; Adafactor one set of fp32 temporaries."""
         s, t, seq = self.s, self.t, self.seq
-        if first:
-            groups = self._parameters_in_order()
-            decay = [g for g in groups if not _no_decay(g)]
-            for g in decay + [g for g in groups if _no_decay(g)]:  # Trainer's two param groups
-                for x in state_tensors(g, s):
-                    seq.alloc(x)
-        if t.opt_transient:
-            if s.optimizer == "adamw_torch":  # foreach: one temporary per parameter, freed after the step
-                groups = self._parameters_in_order()
-                seq.free(*[seq.alloc(grad_tensor(g)) for g in groups])
-            else:
-                seq.free(seq.alloc(t.opt_transient))
+        groups = self._parameters_in_order()
+        temporaries: list[int] = []
+        for group in ([g for g in groups if not _no_decay(g)], [g for g in groups if _no_decay(g)]):
+            if first:
+                for g in group:
+                    for x in state_tensors(g, s):
+                        seq.alloc(x)
+            if s.optimizer == "adamw_torch" and t.opt_transient:
+                temporaries += [seq.alloc(grad_tensor(g)) for g in group]
+        if t.opt_transient and s.optimizer != "adamw_torch":
+            temporaries.append(seq.alloc(t.opt_transient))
+        seq.free(*temporaries)
 
     def _parameters_in_order(self) -> list:
         """model.parameters() order: embed_tokens, the layers, the final norm, lm_head."""
