@@ -310,6 +310,8 @@ class _Builder:
             for g in self.head_groups:
                 if g.name != "embed_tokens" or tied:
                     self.grads.append(seq.alloc(grad_tensor(g)))
+                    if g.name == "embed_tokens":
+                        self.tied_grad_id = self.grads[-1]
         carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
         seq.free(logits_grad, *self.final_ids)
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
@@ -340,8 +342,12 @@ class _Builder:
             seq.free(self.lm_cache)
         if full and new_grads:
             embed = next(g for g in self.head_groups if g.name == "embed_tokens")
-            if tied:  # the embedding's own gradient, accumulated into lm_head's
-                seq.free(seq.alloc(t.tied_grad))
+            if tied:  # AccumulateGrad: the embedding's own gradient, then grad + it as a new tensor, old ones freed
+                grad_bytes = seq.sizes[self.tied_grad_id]
+                own = seq.alloc(t.tied_grad - grad_bytes)  # (estimator: tied_grad = both, 4 bytes per element)
+                total = seq.alloc(grad_bytes)
+                seq.free(own, self.tied_grad_id)
+                self.grads[self.grads.index(self.tied_grad_id)] = self.tied_grad_id = total
             else:
                 self.grads.append(seq.alloc(grad_tensor(embed)))
         seq.free(self.quant)
