@@ -17,7 +17,7 @@ from vramplan.errors import VramplanError
 from vramplan.models import list_models
 from vramplan.report.units import gib
 from vramplan.specs import ATTNS, DTYPES, OPTIMIZERS, PARALLELS, QUANTS
-from vramplan.specs.setup import MAX_BATCH_SIZE, MAX_GPUS, MAX_LORA_RANK, MAX_SEQ_LEN
+from vramplan.specs.setup import MAX_BATCH_SIZE, MAX_GPUS, MAX_LORA_RANK, MAX_SEQ_LEN, STACKS
 
 D = whatif.Inputs()  # the defaults every widget starts from
 COMPARE_DEFAULT = ["a100-40gb", "a100-80gb"]
@@ -28,10 +28,36 @@ def accuracy() -> whatif.Accuracy:
     return whatif.accuracy()
 
 
+def apply_training_config() -> None:
+    """on_change of the training-config upload: write what the file sets into the widgets' state."""
+    upload = st.session_state.get("training_config")
+    st.session_state["config_notes"], st.session_state["config_problem"] = (), None
+    if upload is None:
+        return
+    try:
+        values, notes = whatif.config_values(upload.getvalue(), upload.name, D)
+    except VramplanError as exc:
+        st.session_state["config_problem"] = f"cannot use {upload.name}: {exc}"
+        return
+    if "model" in values:
+        st.session_state["model_source"] = "catalog"
+    for key, value in values.items():
+        st.session_state[key] = float(value) if key == "lora_dropout" else value
+    st.session_state["config_notes"] = notes
+
+
 def sidebar() -> tuple[whatif.Inputs | None, str | None, list[str]]:
     """The setup from the sidebar widgets; (None, message, ...) when the uploaded config is unusable."""
     sb = st.sidebar
     sb.header("setup")
+    sb.file_uploader("fill from a training config", type=["yml", "yaml", "json"], key="training_config",
+                     on_change=apply_training_config,
+                     help="--from-config: an Axolotl or LLaMA-Factory YAML, a TrainingArguments/SFTConfig JSON or a PEFT "
+                          "adapter_config.json; read as data, nothing in it is executed")  # fmt: skip
+    if st.session_state.get("config_problem"):
+        sb.error(st.session_state["config_problem"])
+    for note in st.session_state.get("config_notes", ()):
+        sb.caption(note)
     problem = None
     model: str | None = D.model
     source = sb.radio("model from", ["catalog", "config.json"], horizontal=True, key="model_source")
@@ -71,7 +97,12 @@ def sidebar() -> tuple[whatif.Inputs | None, str | None, list[str]]:
     attn = sb.selectbox("attention", ATTNS, key="attn", help="--attn")
     expandable = sb.checkbox("expandable segments", D.expandable_segments, key="expandable_segments",
                              help="--expandable-segments (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True)")  # fmt: skip
-    stack = sb.selectbox("software stack", ["hf"], key="stack", help="--stack: transformers Trainer + PEFT + bitsandbytes")
+    stack = sb.selectbox("software stack", STACKS, key="stack",
+                         help="--stack: hf (transformers Trainer + PEFT + bitsandbytes), trl (TRL SFTTrainer), unsloth")  # fmt: skip
+    liger = sb.checkbox("Liger kernels", D.liger, key="liger", disabled=stack == "unsloth",
+                        help="--liger: use_liger_kernel=True (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE)")  # fmt: skip
+    packing = sb.checkbox("packed sequences", D.packing, key="packing",
+                          help="--packing: sequences packed into each row without padding")  # fmt: skip
 
     sb.header("hardware")
     gpus = {g.id: g for g in list_gpus()}
@@ -96,7 +127,7 @@ def sidebar() -> tuple[whatif.Inputs | None, str | None, list[str]]:
         model=model, method=method, lora_rank=int(rank), lora_alpha=alpha, lora_dropout=float(dropout),
         lora_targets=targets, quant=quant, double_quant=double_quant, seq_len=int(seq_len), batch_size=int(batch),
         grad_accum=int(accum), grad_ckpt=grad_ckpt, optimizer=optimizer, dtype=dtype, attn=attn,
-        expandable_segments=expandable, stack=stack, num_gpus=int(num_gpus), parallel=parallel, gpu=gpu,
+        expandable_segments=expandable, stack=stack, liger=liger, packing=packing, num_gpus=int(num_gpus), parallel=parallel, gpu=gpu,
         headroom=float(headroom), max_gpus=int(max_gpus), dataset_tokens=None if tokens is None else int(tokens),
         dataset_examples=None if examples is None else int(examples), epochs=epochs, sort=sort,
     )  # fmt: skip

@@ -272,8 +272,89 @@ def holdout_grid() -> list[RunSpec]:
     ]
 
 
+G3_4, G3_1, L3B = "gemma-3-4b-it", "gemma-3-1b-it", L3
+
+
+def _stack(make, stack: str, liger: bool = False):
+    """A grid entry maker that runs `make`'s setup with `stack` (and --liger)."""
+
+    def entry(name, model, why="", **kw):
+        return make(name, model, why, stack=stack, liger=liger, **kw)
+
+    return entry
+
+
+def stacks_grid() -> list[RunSpec]:
+    """Issue 10: the stacks people run (TRL SFTTrainer, Liger kernels) on the H200, predicted first
+    (docs/holdout/stacks-predictions.json, committed before any of these ran), plus hf setups of the H100 grid
+    rerun on the H200 so context, NVML baseline and throughput are calibrated per GPU family. Gradient
+    checkpointing is spelled out (SFTConfig turns it on by default; the grid says what it measures)."""
+    tl, tq, tf = _stack(lora, "trl"), _stack(qlora, "trl"), _stack(full, "trl")
+    ll, lq, lf = _stack(lora, "trl", True), _stack(qlora, "trl", True), _stack(full, "trl", True)
+    hl, hq, hf = _stack(lora, "hf", True), _stack(qlora, "hf", True), _stack(full, "hf", True)
+    no_drop = {"lora_dropout": 0.0}  # PEFT refuses dropout on fused experts
+    return [
+        # -- TRL SFTTrainer ----------------------------------------------------------------------------
+        tq("s-l8-trl-qlora-gc", L8, "consumer recipe: 8B QLoRA, TRL, s2048", grad_ckpt=True),
+        tq("s-l8-trl-qlora-gc-s4096", L8, "8B QLoRA TRL at 4k", grad_ckpt=True, seq_len=4096),
+        tl("s-l8-trl-lora-gc", L8, "8B LoRA TRL", grad_ckpt=True),
+        tl("s-l8-trl-lora", L8, "8B LoRA TRL without GC", grad_ckpt=False),
+        tq("s-q7-trl-qlora-gc-s4096", Q7, "Qwen2.5 QLoRA TRL 4k (vocab 152k)", grad_ckpt=True, seq_len=4096),
+        tf("s-l1-trl-full-gc", L1, "full FT TRL: fp32 lm_head grad in the head", grad_ckpt=True),
+        tf("s-l1-trl-full-s1024", L1, "full FT TRL without GC", grad_ckpt=False, seq_len=1024),
+        tl("s-g3-4-trl-lora-gc", G3_4, "Gemma 3 (262k vocabulary) LoRA TRL", grad_ckpt=True),
+        tf("s-g3-1-trl-full-gc", G3_1, "Gemma 3 1B full FT TRL", grad_ckpt=True),
+        tl("s-q3-8-trl-lora-gc", Q3_8, "Qwen3 LoRA TRL", grad_ckpt=True),
+        tl("s-m7-trl-lora-gc", M7, "Mistral (vocab 32k) LoRA TRL", grad_ckpt=True),
+        tl("s-olmoe-trl-lora-gc", OLMOE, "MoE LoRA TRL", grad_ckpt=True, **no_drop),
+        tl("s-q3moe-trl-lora-qv-gc", Q3_MOE, "Qwen3-MoE 30B LoRA q,v TRL", grad_ckpt=True, seq_len=1024,
+           lora_targets=QV),
+        tl("s-l8-trl-lora-gc-b4", L8, "padded batches (variable lengths, b4)", grad_ckpt=True, seq_len=1024,
+           batch_size=4),
+        tf("s-l3-trl-full-gc", L3B, "3B full FT TRL", grad_ckpt=True),
+        tl("s-phi3-trl-lora-gc", PHI3, "fused qkv LoRA TRL", grad_ckpt=True),
+        # -- TRL SFTTrainer + Liger layer kernels ------------------------------------------------------
+        ll("s-l8-trlliger-lora-gc", L8, "", grad_ckpt=True),
+        lq("s-l8-trlliger-qlora-gc-s4096", L8, "", grad_ckpt=True, seq_len=4096),
+        lf("s-l1-trlliger-full-gc", L1, "", grad_ckpt=True),
+        ll("s-g3-4-trlliger-lora-gc", G3_4, "", grad_ckpt=True),
+        lq("s-q7-trlliger-qlora-gc", Q7, "", grad_ckpt=True),
+        ll("s-q3-8-trlliger-lora-s1024", Q3_8, "RMSNorm/SwiGLU saved bytes without GC", grad_ckpt=False,
+           seq_len=1024),
+        ll("s-m7-trlliger-lora-gc", M7, "", grad_ckpt=True),
+        ll("s-l1-trlliger-lora", L1, "Liger layer kernels without GC", grad_ckpt=False),
+        ll("s-phi3-trlliger-lora-gc", PHI3, "", grad_ckpt=True),
+        ll("s-q3moe-trlliger-lora-qv-gc", Q3_MOE, "", grad_ckpt=True, seq_len=1024, lora_targets=QV),
+        # -- transformers Trainer + Liger (fused linear cross-entropy) ---------------------------------
+        hl("s-l8-liger-lora-gc", L8, "", grad_ckpt=True),
+        hl("s-l8-liger-lora", L8, "", grad_ckpt=False),
+        hq("s-l8-liger-qlora-gc-s4096", L8, "FLCE with an fp32 lm_head (weight cast per chunk)", grad_ckpt=True,
+           seq_len=4096),
+        hf("s-l1-liger-full-gc", L1, "FLCE computes the lm_head grad in the forward", grad_ckpt=True),
+        hf("s-l1-liger-full-s1024", L1, "", grad_ckpt=False, seq_len=1024),
+        hl("s-g3-4-liger-lora-gc", G3_4, "", grad_ckpt=True),
+        hq("s-q7-liger-qlora-gc", Q7, "", grad_ckpt=True),
+        hl("s-q3-8-liger-lora-gc", Q3_8, "", grad_ckpt=True),
+        hl("s-m7-liger-lora-gc", M7, "", grad_ckpt=True),
+        hf("s-l3-liger-full-gc", L3B, "", grad_ckpt=True),
+        hl("s-olmoe-liger-lora-gc", OLMOE, "Liger does not patch OLMoE: hf terms", grad_ckpt=True, **no_drop),
+        hl("s-g2-liger-lora-eager", G2, "Gemma-2 GeGLU, softcapping", seq_len=1024, attn="eager"),
+        # -- hf setups of the H100 grid, rerun on the H200 ---------------------------------------------
+        qlora("s-h200-l8-qlora-gc", L8, "H100 rerun", grad_ckpt=True),
+        lora("s-h200-l8-lora-gc", L8, "H100 rerun", grad_ckpt=True),
+        lora("s-h200-l8-lora", L8, "H100 rerun"),
+        full("s-h200-l1-full-gc", L1, "H100 rerun", grad_ckpt=True),
+        full("s-h200-l1-full-gc-s1024", L1, "H100 rerun", grad_ckpt=True, seq_len=1024),
+        full("s-h200-l8-full-gc", L8, "H100 rerun", grad_ckpt=True),
+        qlora("s-h200-q7-qlora-gc", Q7, "H100 rerun", grad_ckpt=True),
+        lora("s-h200-m7-lora-gc", M7, "H100 rerun", grad_ckpt=True),
+        full("s-h200-l3-full-gc", L3B, "H100 rerun", grad_ckpt=True),
+        full("s-h200-q05-full-b4", Q05, "H100 rerun", seq_len=1024, batch_size=4),
+    ]
+
+
 #: grid name -> the function (looked up by name at run time, so tests can replace a grid)
-GRIDS = {"issue3": "issue3_grid", "holdout": "holdout_grid"}
+GRIDS = {"issue3": "issue3_grid", "holdout": "holdout_grid", "stacks": "stacks_grid"}
 
 
 # ============================================================================ GPU and size checks

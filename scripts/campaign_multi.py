@@ -65,6 +65,44 @@ def multi_grid(num_gpus: int = 2) -> list[RunSpec]:
     ]
 
 
+def scale_grid(num_gpus: int = 4) -> list[RunSpec]:
+    """Issue 16: FSDP full fine-tuning of an 8B and a 14B model and DDP LoRA of an 8B model on `num_gpus`
+    (4 or 8) GPUs, and a 70B LoRA with FSDP (8 GPUs), for per-GPU memory and step time at scale."""
+    fsdp = lambda s: replace(_multi(s, "fsdp", num_gpus), name=f"{s.name}-x{num_gpus}")
+    ddp = lambda s: replace(_multi(s, "ddp", num_gpus), name=f"{s.name}-x{num_gpus}")
+    grid = [
+        fsdp(single.full("l8-fsdp-full-gc", L8, "FSDP2 full FT 8B", grad_ckpt=True)),
+        fsdp(single.full("q14-fsdp-full-gc", "qwen2.5-14b", "FSDP2 full FT 14B", grad_ckpt=True)),
+        ddp(single.lora("l8-ddp-lora-gc", L8, "DDP LoRA 8B", grad_ckpt=True)),
+    ]
+    if num_gpus >= 8:
+        grid.append(fsdp(single.lora("l70-fsdp-lora-gc", "llama-3.1-70b", "FSDP2 LoRA 70B", grad_ckpt=True)))
+    return grid
+
+
+def zero_grid(num_gpus: int = 2) -> list[RunSpec]:
+    """Issue 15: DeepSpeed ZeRO-2/3 with and without CPU offload (LoRA and full fine-tuning) and QLoRA with
+    FSDP (bf16 quant storage) on `num_gpus` GPUs; at num_gpus 1, ZeRO-3 with offload at world size 1."""
+    def zero(spec: RunSpec, stage: str, offload: str = "none") -> RunSpec:
+        update = {"parallel": stage, "num_gpus": num_gpus, "offload": offload}
+        return replace(spec, name=f"{spec.name}-x{num_gpus}", setup=spec.setup.model_copy(update=update))
+
+    return [
+        zero(single.full("l1-zero2-full-gc", L1, "ZeRO-2 full FT 1B", grad_ckpt=True), "zero2"),
+        zero(single.full("l1-zero3-full-gc", L1, "ZeRO-3 full FT 1B", grad_ckpt=True), "zero3"),
+        zero(single.full("l1-zero2-full-gc-offopt", L1, "ZeRO-2 optimizer offload", grad_ckpt=True), "zero2", "optimizer"),
+        zero(single.full("l3-zero3-full-gc-offall", L3, "ZeRO-3 params+optimizer offload", grad_ckpt=True), "zero3", "all"),
+        zero(single.lora("l8-zero2-lora-gc", L8, "ZeRO-2 LoRA 8B", grad_ckpt=True), "zero2"),
+        zero(single.lora("l8-zero3-lora-gc", L8, "ZeRO-3 LoRA 8B", grad_ckpt=True), "zero3"),
+        zero(single.lora("l8-zero3-lora-gc-offopt", L8, "ZeRO-3 LoRA optimizer offload", grad_ckpt=True), "zero3", "optimizer"),
+        zero(single.full("l8-zero3-full-gc-offall", L8, "ZeRO-3 full FT 8B, everything offloaded", grad_ckpt=True), "zero3", "all"),
+        _multi(single.qlora("l8-fsdp-qlora-gc", L8, "QLoRA + FSDP, bf16 quant storage", grad_ckpt=True), "fsdp", num_gpus),
+    ]
+
+
+GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid}
+
+
 def settings(spec: RunSpec) -> str:
     return single.settings(spec)  # specs.setup_label: names "2xddp"/"2xfsdp"
 
@@ -138,9 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-cache", type=Path, default=None, help="QLoRA random checkpoints")
     parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed or timed out")
     parser.add_argument("--list", action="store_true", help="print the selected grid and exit")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="multi",
+                        help="multi: DDP/FSDP (issue 5); zero: DeepSpeed ZeRO and QLoRA+FSDP (issue 15); "
+                             "scale: 4 and 8 GPUs (issue 16)")  # fmt: skip
     args = parser.parse_args(argv)
 
-    grid = multi_grid(args.num_gpus)
+    grid = GRIDS[args.grid](args.num_gpus)
+    if args.num_gpus == 1:  # FSDP needs two ranks; ZeRO runs at world size 1
+        grid = [r for r in grid if r.setup.parallel in ("zero2", "zero3")]
     chosen = select(grid, args.only)
     if args.list:
         for r in chosen:

@@ -4,7 +4,8 @@
 #   bash scripts/device_campaign.sh --budget-s 540 [more scripts/campaign.py options]
 #
 # 1. installs the carried wheels (.whl/*.whl: pydantic, pydantic-core, annotated-types,
-#    typing-inspection, bitsandbytes) into /tmp/site once per machine and puts it on PYTHONPATH;
+#    typing-inspection, bitsandbytes; for --grid stacks also trl, datasets and its dependencies,
+#    liger-kernel) into /tmp/site once per machine and puts it on PYTHONPATH;
 # 2. runs scripts/campaign.py (resumable: a second call with the same --out continues);
 # 3. when $OUT is set (device tool), packs the output folder into $OUT/campaign.tgz and copies
 #    the summary next to it, since only a few files come back per call.
@@ -25,7 +26,14 @@ export VRAMPLAN_CHECKPOINT_CACHE="${VRAMPLAN_CHECKPOINT_CACHE:-/tmp/vramplan-che
 python3 -c "
 import importlib.metadata as m
 names = ('torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes', 'pydantic', 'nvidia-ml-py')
-print(' | '.join(f'{n} {m.version(n)}' for n in names))" || { echo "environment check failed" >&2; exit 1; }
+print(' | '.join(f'{n} {m.version(n)}' for n in names))
+optional = []  # the stacks grid needs these (carried as wheels)
+for n in ('trl', 'datasets', 'liger-kernel'):
+    try:
+        optional.append(f'{n} {m.version(n)}')
+    except m.PackageNotFoundError:
+        optional.append(f'{n} missing')
+print(' | '.join(optional))" || { echo "environment check failed" >&2; exit 1; }
 
 OUTDIR="${CAMPAIGN_OUT:-out/campaign}"
 mkdir -p "$OUTDIR"

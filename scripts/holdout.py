@@ -2,8 +2,9 @@
 
     python scripts/holdout.py predict            # -> docs/holdout/predictions.json (commit it before measuring)
     python scripts/holdout.py compare RUNS_DIR   # predicted (as committed) vs the measured run records
+    python scripts/holdout.py --grid stacks predict   # -> docs/holdout/stacks-predictions.json
 
-The grid is ``scripts/campaign.py --grid holdout``. ``compare`` reads the committed predictions, never
+The grid is ``scripts/campaign.py --grid holdout`` (or ``--grid stacks``). ``compare`` reads the committed predictions, never
 recomputes them, so the numbers it prints are the ones made before the runs existed.
 """
 
@@ -17,20 +18,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from campaign import holdout_grid  # noqa: E402
+from campaign import GRIDS  # noqa: E402
+import campaign  # noqa: E402
 
 from vramplan.api import estimate_for  # noqa: E402
 from vramplan.runs.store import load_runs  # noqa: E402
 from vramplan.specs import TrainingSetup, setup_label  # noqa: E402
 
-PREDICTIONS = Path(__file__).resolve().parent.parent / "docs" / "holdout" / "predictions.json"
+HOLDOUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "holdout"
+PREDICTIONS = HOLDOUT_DIR / "predictions.json"
+#: grid -> its committed predictions
+PREDICTION_FILES = {"holdout": PREDICTIONS, "stacks": HOLDOUT_DIR / "stacks-predictions.json"}
 GIB = 2**30
 
 
-def predict(path: Path) -> int:
+def predict(path: Path, grid: str = "holdout") -> int:
     entries = []
     version = None
-    for spec in holdout_grid():
+    for spec in getattr(campaign, GRIDS[grid])():
         e = estimate_for(spec.model, spec.setup)
         shown = e.calibrated or e.memory
         version = e.calibration_version
@@ -44,10 +49,12 @@ def predict(path: Path) -> int:
                 "reserved": shown.peak_reserved_bytes,
                 "device": shown.device_peak_bytes,
                 "reserved_rule": shown.reserved_rule,
+                "stack": e.stack,
             }
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"calibration_version": version, "predictions": entries}, indent=1) + "\n")
+    doc = {"calibration_version": version, "grid": grid, "predictions": entries}
+    path.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{len(entries)} predictions -> {path}")
     return 0
 
@@ -87,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("predict")
     c = sub.add_parser("compare")
     c.add_argument("runs_dir", type=Path)
-    parser.add_argument("--predictions", type=Path, default=PREDICTIONS)
+    parser.add_argument("--grid", choices=sorted(PREDICTION_FILES), default="holdout")
+    parser.add_argument("--predictions", type=Path, default=None, help="default: the grid's committed file")
     args = parser.parse_args(argv)
+    path = args.predictions or PREDICTION_FILES[args.grid]
     if args.cmd == "predict":
-        return predict(args.predictions)
-    return compare(args.predictions, args.runs_dir)
+        return predict(path, args.grid)
+    return compare(path, args.runs_dir)
 
 
 if __name__ == "__main__":

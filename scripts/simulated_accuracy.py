@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "| run | reserved measured GiB | rules | simulated |", "|---|---|---|---|"]
     sim_by_id = {c.run_id: c for c in sim.comparisons}
     for c in sorted(rules.comparisons, key=lambda c: c.run_id):
-        s = sim_by_id[c.run_id]
+        s = sim_by_id.get(c.run_id)
+        simulated = f"{100 * s.error('reserved'):+.1f} %" if s else "not simulated (other stack)"
         lines.append(
-            f"| {c.run_id} | {c.measured['reserved'] / 2**30:.2f} | {100 * c.error('reserved'):+.1f} % | "
-            f"{100 * s.error('reserved'):+.1f} % |"
+            f"| {c.run_id} | {c.measured['reserved'] / 2**30:.2f} | {100 * c.error('reserved'):+.1f} % | {simulated} |"
         )
     lines += ["", "| capped run | cap GiB | measured | simulated | |", "|---|---|---|---|---|", *capped(runs)]
     text = "\n".join(lines)

@@ -129,8 +129,9 @@ def test_simulated_rule_reports_the_allocator_state_at_the_reserved_peak():
     [
         (TrainingSetup(method="full"), "fitted"),
         (TrainingSetup(method="full", num_gpus=2, parallel="ddp"), "simulated"),
+        (TrainingSetup(method="full", stack="trl"), "simulated"),
     ],
-    ids=["unknown-rule", "multi-gpu"],
+    ids=["unknown-rule", "multi-gpu", "other-stack"],
 )
 def test_simulated_rule_refuses_what_it_cannot_do(setup, rule):
     with pytest.raises(VramplanError, match="--reserved-rule"):

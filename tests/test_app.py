@@ -13,6 +13,7 @@ from gpu_catalog import find_gpu, list_gpus
 from vramplan import whatif
 from vramplan.errors import ConfigError
 from vramplan.models import list_models
+from vramplan.report.units import gib
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -259,3 +260,58 @@ def test_the_page_never_imports_torch():
         "assert not at.exception; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+
+
+# --- stack and training-config upload ----------------------------------------------------------
+
+EXAMPLES = ROOT / "examples"
+
+
+def test_a_training_config_fills_the_fields_it_sets_and_names_the_catalog_model():
+    values, notes = whatif.config_values((EXAMPLES / "axolotl-qlora.yml").read_bytes(), "axolotl-qlora.yml", QLORA_4090)
+    assert values["model"] == "llama-3.1-8b" and values["seq_len"] == 4096 and values["lora_rank"] == 32
+    assert values["optimizer"] == "paged_adamw_32bit" and values["packing"] is True and values["attn"] == "flash"
+    assert any("bf16 auto" in n for n in notes)
+
+
+def test_a_training_config_without_a_model_keeps_the_chosen_one():
+    values, _ = whatif.config_values((EXAMPLES / "trl-sftconfig.json").read_bytes(), "trl-sftconfig.json", QLORA_4090)
+    assert "model" not in values and (values["stack"], values["seq_len"], values["batch_size"]) == ("trl", 2048, 2)
+
+
+def test_liger_is_dropped_for_the_unsloth_stack():
+    assert QLORA_4090.with_(stack="unsloth", liger=True).setup().liger is False
+    assert QLORA_4090.with_(stack="trl", liger=True).setup().liger is True
+
+
+def device_metric(at) -> str:
+    return next(m.value for m in at.metric if m.label.startswith("device peak"))
+
+
+def test_page_upload_of_an_axolotl_config_fills_the_sidebar_and_estimates_it(app):
+    app.file_uploader(key="training_config").set_value(
+        ("axolotl-qlora.yml", (EXAMPLES / "axolotl-qlora.yml").read_bytes(), "application/yaml")).run()  # fmt: skip
+    assert not app.exception and not any("cannot use" in e.value for e in app.error)
+    assert verdicts(app)[0].startswith("**Does not fit** on rtx-4090")  # 4096 tokens x 2 rows do not fit 24 GB
+    assert app.number_input(key="seq_len").value == 4096 and app.number_input(key="lora_rank").value == 32
+    assert app.selectbox(key="optimizer").value == "paged_adamw_32bit" and app.checkbox(key="packing").value
+    expected = whatif.shown_memory(whatif.estimate(QLORA_4090.with_(
+        lora_rank=32, lora_alpha=16.0, seq_len=4096, batch_size=2, grad_accum=4, optimizer="paged_adamw_32bit",
+        attn="flash", packing=True)))  # fmt: skip
+    assert device_metric(app) == gib(expected.device_peak_bytes)
+
+
+def test_page_refuses_an_unsafe_training_config_with_one_line(app):
+    evil = b"base_model: !!python/object/apply:os.system ['true']\n"
+    app.file_uploader(key="training_config").set_value(("evil.yml", evil, "application/yaml")).run()
+    assert not app.exception
+    assert any("cannot use evil.yml" in e.value and "refused" in e.value for e in app.error)
+
+
+def test_page_stack_selector_offers_every_stack_and_unsloth_disables_liger(app):
+    assert list(app.selectbox(key="stack").options) == ["hf", "trl", "unsloth"]
+    app.selectbox(key="stack").set_value("trl").run()
+    assert not app.exception
+    assert device_metric(app) == gib(whatif.shown_memory(whatif.estimate(QLORA_4090.with_(stack="trl"))).device_peak_bytes)
+    app.selectbox(key="stack").set_value("unsloth").run()
+    assert app.checkbox(key="liger").disabled

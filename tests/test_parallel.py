@@ -194,3 +194,17 @@ def test_zero3_full_offload_keeps_only_live_parameters_and_activations():
 def test_offload_a_framework_does_not_offer_is_refused(parallel, offload):
     with pytest.raises(ValueError, match="not offered"):
         TrainingSetup(method="full", num_gpus=2 if parallel else 1, parallel=parallel, offload=offload)
+
+
+def test_zero3_offload_at_world_size_one_keeps_only_gathered_layers_and_activations_on_the_gpu():
+    from vramplan.estimator import estimate as est
+    from vramplan.models import resolve_model
+
+    model = resolve_model("llama-3.1-8b")
+    base = TrainingSetup(method="full", grad_ckpt=True)
+    single = est(model, base).memory.peak_allocated_bytes
+    zero3 = {o: est(model, base.model_copy(update={"parallel": "zero3", "offload": o})).memory.peak_allocated_bytes
+             for o in ("none", "optimizer", "all")}  # fmt: skip
+    # ZeRO-3 keeps fp32 master weights (18 B/param unsharded at n=1); offloading moves them to the CPU
+    assert zero3["none"] > single > zero3["optimizer"] > zero3["all"]
+    assert zero3["all"] < 0.15 * single

@@ -24,7 +24,7 @@ GIB = 2**30
 OPTION_KEYS = {"gpu", "num_gpus", "parallel", "fits", "memory", "headroom_bytes", "tokens_per_s", "step_time_s",
                "wall_time_s", "cost_usd", "why_not"}  # fmt: skip
 #: the order suggestions come in (smallest change first), by the flag each starts with
-SUGGESTION_ORDER = ["--grad-ckpt", "--batch-size", "--optimizer", "--method", "--lora-targets", "--seq-len",
+SUGGESTION_ORDER = ["--grad-ckpt", "--stack", "--liger", "--batch-size", "--optimizer", "--method", "--lora-targets", "--seq-len",
                     "--expandable-segments", "--num-gpus"]  # fmt: skip
 #: LoRA at s8192 b4 without checkpointing: far too big for a 24 GB card, so every suggestion applies
 BIG_LORA = "--model llama-3.1-8b --method lora --seq-len 8192 --batch-size 4"

@@ -199,9 +199,13 @@ def test_an_oom_exit_still_gives_a_record(tmp_path):
 
 # --------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("parallel", ["zero2", "zero3"])
-def test_zero_is_not_measurable_here(parallel):
+def test_zero_without_deepspeed_says_how_to_get_it(parallel, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
     setup = TrainingSetup(method="full", num_gpus=2, parallel=parallel)
-    with pytest.raises(MeasurementError, match="not measurable here"):
+    with pytest.raises(MeasurementError, match="needs DeepSpeed installed: pip wheel --no-deps deepspeed"):
         check_parallel(setup)
     from vramplan.trainer.worker import measure_in_subprocess
 
@@ -209,9 +213,38 @@ def test_zero_is_not_measurable_here(parallel):
         measure_in_subprocess("tiny", setup, python="/nonexistent/python")
 
 
-def test_qlora_with_fsdp_is_refused_clearly():
-    setup = TrainingSetup(method="qlora", quant="nf4", lora=LoraSpec(), num_gpus=2, parallel="fsdp")
-    with pytest.raises(MeasurementError, match="QLoRA with FSDP"):
+def test_zero3_config_offloads_what_the_setup_says():
+    from vramplan.trainer.deepspeed_config import deepspeed_config
+
+    plain = deepspeed_config(TrainingSetup(method="full", num_gpus=2, parallel="zero3"))
+    assert plain["zero_optimization"]["stage"] == 3 and "optimizer" not in plain
+    assert "offload_optimizer" not in plain["zero_optimization"]
+    opt = deepspeed_config(TrainingSetup(method="full", parallel="zero3", offload="optimizer"))
+    assert opt["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert opt["optimizer"]["type"] == "AdamW"  # DeepSpeed's CPU Adam steps the offloaded states
+    assert "offload_param" not in opt["zero_optimization"]
+    everything = deepspeed_config(TrainingSetup(method="full", parallel="zero3", offload="all"))
+    assert everything["zero_optimization"]["offload_param"]["device"] == "cpu"
+    two = deepspeed_config(TrainingSetup(method="lora", lora=LoraSpec(), num_gpus=2, parallel="zero2", offload="optimizer"))
+    assert two["zero_optimization"]["stage"] == 2 and "offload_param" not in two["zero_optimization"]
+    # every value the Trainer knows better is left to it
+    assert plain["train_micro_batch_size_per_gpu"] == plain["gradient_accumulation_steps"] == "auto"
+
+
+def test_deepspeed_measures_at_world_size_one_but_ddp_needs_two_gpus(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name, *a))
+    check_world(TrainingSetup(method="full", parallel="zero3", offload="all"), DistContext())
+    with pytest.raises(MeasurementError, match="except zero2"):
+        check_world(TrainingSetup(method="full", parallel="ddp"), DistContext())
+
+
+def test_offload_with_ddp_is_refused_clearly():
+    # the setup itself refuses it (OFFLOAD_SUPPORT); the trainer says so too for a constructed setup
+    setup = TrainingSetup.model_construct(**{**DDP_LORA.__dict__, "offload": "all"})
+    with pytest.raises(MeasurementError, match="--offload needs --parallel fsdp"):
         check_parallel(setup)
 
 

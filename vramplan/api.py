@@ -28,20 +28,23 @@ def estimate_for(
     *,
     gpu: str | None = None,
     headroom: float = DEFAULT_HEADROOM,
+    assumptions: tuple[str, ...] = (),
     reserved_rule: str = "rules",
 ) -> Estimate:
-    """Resolve names (model catalog / path, GPU catalog) and estimate. Raises VramplanError on bad input."""
+    """Resolve names (model catalog / path, GPU catalog) and estimate; `assumptions`: what reading a
+    config file assumed (listed first). The Estimate carries the setup. Raises VramplanError on bad input."""
     spec = resolve_model(model)
     gpu_spec = find_gpu(gpu) if gpu else None
-    return estimate(
+    result = estimate(
         spec,
         setup,
         gpu_spec,
         headroom=headroom,
         calibration=default_calibration(),
-        assumptions=tuple(model_assumptions(model)),
+        assumptions=tuple(assumptions) + tuple(model_assumptions(model)),
         reserved_rule=reserved_rule,
     )
+    return result.model_copy(update={"setup": setup})
 
 
 def plan_for(
@@ -55,6 +58,7 @@ def plan_for(
     epochs: float | None = None,
     sort: str = "cost",
     headroom: float = DEFAULT_HEADROOM,
+    assumptions: tuple[str, ...] = (),
 ) -> "Plan":
     """Resolve names, turn the dataset into tokens and plan. `gpus`: "all" or a comma list of catalog ids;
     max_gpus None: the planner's default (8). Raises VramplanError on bad input."""
@@ -67,7 +71,7 @@ def plan_for(
     max_gpus = DEFAULT_MAX_GPUS if max_gpus is None else max_gpus
     result = plan(spec, setup, gpu_specs, max_gpus=max_gpus, total_tokens=total, sort=sort, headroom=headroom,
                   calibration=default_calibration())  # fmt: skip
-    return replace(result, assumptions=tuple(model_assumptions(model)) + result.assumptions)
+    return replace(result, assumptions=tuple(assumptions) + tuple(model_assumptions(model)) + result.assumptions)
 
 
 def dataset_total_tokens(

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from . import cli_options as o
+from .configs import resolve_command
 from .errors import VramplanError
 
 app = typer.Typer(
@@ -19,6 +20,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Will this fine-tuning job fit, on which GPUs, how fast and at what cost?",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"vramplan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    pass
 
 
 def _console() -> Console:
@@ -37,8 +55,9 @@ def _check_format(fmt: str) -> None:
 
 @app.command()
 def estimate(
-    model: o.Model,
-    method: o.MethodOpt,
+    ctx: typer.Context,
+    model: o.Model = None,
+    method: o.MethodOpt = None,
     lora_rank: o.LoraRank = 16,
     lora_alpha: o.LoraAlpha = None,
     lora_dropout: o.LoraDropout = 0.05,
@@ -48,7 +67,7 @@ def estimate(
     seq_len: o.SeqLen = 2048,
     batch_size: o.BatchSize = 1,
     grad_accum: o.GradAccum = 1,
-    grad_ckpt: o.GradCkpt = False,
+    grad_ckpt: o.GradCkpt = None,
     optimizer: o.OptimizerOpt = "adamw_torch_fused",
     dtype: o.DtypeOpt = "bf16",
     attn: o.AttnOpt = "sdpa",
@@ -61,6 +80,7 @@ def estimate(
     num_gpus: o.NumGpus = 1,
     parallel: o.ParallelOpt = None,
     offload: o.OffloadOpt = "none",
+    from_config: o.FromConfig = None,
     fmt: o.FormatOpt = "table",
     reserved_rule: Annotated[
         str, typer.Option("--reserved-rule", help="rules (closed forms, default) | simulated (allocator replay)")
@@ -72,8 +92,11 @@ def estimate(
 
     _check_format(fmt)
     try:
-        setup = o.setup_from(locals())
-        result = estimate_for(model, setup, gpu=gpu, headroom=headroom, reserved_rule=reserved_rule)
+        resolved = resolve_command(ctx, locals())
+        model, setup = resolved.model, o.setup_from(resolved.params)
+        result = estimate_for(
+            model, setup, gpu=gpu, headroom=headroom, assumptions=resolved.assumptions, reserved_rule=reserved_rule
+        )
         largest = (
             {solve: fit_for(model, setup, gpu=gpu, solve=solve, headroom=headroom).value
              for solve in ("batch-size", "seq-len")}
@@ -101,8 +124,9 @@ def estimate(
 
 @app.command()
 def plan(
-    model: o.Model,
-    method: o.MethodOpt,
+    ctx: typer.Context,
+    model: o.Model = None,
+    method: o.MethodOpt = None,
     lora_rank: o.LoraRank = 16,
     lora_alpha: o.LoraAlpha = None,
     lora_dropout: o.LoraDropout = 0.05,
@@ -112,7 +136,7 @@ def plan(
     seq_len: o.SeqLen = 2048,
     batch_size: o.BatchSize = 1,
     grad_accum: o.GradAccum = 1,
-    grad_ckpt: o.GradCkpt = False,
+    grad_ckpt: o.GradCkpt = None,
     optimizer: o.OptimizerOpt = "adamw_torch_fused",
     dtype: o.DtypeOpt = "bf16",
     attn: o.AttnOpt = "sdpa",
@@ -127,6 +151,7 @@ def plan(
     epochs: Annotated[Optional[float], typer.Option("--epochs", help="passes over the dataset (default 1)")] = None,
     sort: Annotated[str, typer.Option("--sort", help="cost | time | memory")] = "cost",
     headroom: o.Headroom = 0.05,
+    from_config: o.FromConfig = None,
     fmt: o.FormatOpt = "table",
 ) -> None:
     """Rank GPU x count x strategy options by fit, speed and cost; say what to change when nothing fits."""
@@ -135,9 +160,11 @@ def plan(
 
     _check_format(fmt)
     try:
-        setup = o.setup_from(locals(), num_gpus=1, parallel=None)
+        resolved = resolve_command(ctx, locals())
+        model, setup = resolved.model, o.setup_from(resolved.params, num_gpus=1, parallel=None)
         result = plan_for(model, setup, gpus=gpus, max_gpus=max_gpus, dataset_tokens=dataset_tokens,
-                          dataset_examples=dataset_examples, epochs=epochs, sort=sort, headroom=headroom)  # fmt: skip
+                          dataset_examples=dataset_examples, epochs=epochs, sort=sort, headroom=headroom,
+                          assumptions=resolved.assumptions)  # fmt: skip
     except VramplanError as exc:
         _fail(str(exc))
     if fmt == "json":
@@ -148,10 +175,11 @@ def plan(
 
 @app.command()
 def fit(
-    model: o.Model,
-    method: o.MethodOpt,
+    ctx: typer.Context,
     gpu: Annotated[str, typer.Option("--gpu", help="GPU id (vramplan gpus)")],
     solve: Annotated[str, typer.Option("--solve", help="batch-size | seq-len | lora-rank")],
+    model: o.Model = None,
+    method: o.MethodOpt = None,
     lora_rank: o.LoraRank = 16,
     lora_alpha: o.LoraAlpha = None,
     lora_dropout: o.LoraDropout = 0.05,
@@ -161,7 +189,7 @@ def fit(
     seq_len: o.SeqLen = 2048,
     batch_size: o.BatchSize = 1,
     grad_accum: o.GradAccum = 1,
-    grad_ckpt: o.GradCkpt = False,
+    grad_ckpt: o.GradCkpt = None,
     optimizer: o.OptimizerOpt = "adamw_torch_fused",
     dtype: o.DtypeOpt = "bf16",
     attn: o.AttnOpt = "sdpa",
@@ -173,6 +201,7 @@ def fit(
     num_gpus: o.NumGpus = 1,
     parallel: o.ParallelOpt = None,
     offload: o.OffloadOpt = "none",
+    from_config: o.FromConfig = None,
     fmt: o.FormatOpt = "table",
 ) -> None:
     """The largest batch size, sequence length or LoRA rank that fits a GPU (other settings as given)."""
@@ -181,7 +210,8 @@ def fit(
 
     _check_format(fmt)
     try:
-        setup = o.setup_from(locals())
+        resolved = resolve_command(ctx, locals())
+        model, setup = resolved.model, o.setup_from(resolved.params)
         result = fit_for(model, setup, gpu=gpu, solve=solve, headroom=headroom)
     except VramplanError as exc:
         _fail(str(exc))
@@ -189,6 +219,8 @@ def fit(
         typer.echo(json.dumps(fit_doc(result), indent=2))
         return
     _console().print(fit_text(result))
+    if resolved.assumptions:
+        _console().print("assumptions:\n" + "\n".join(f"  - {a}" for a in resolved.assumptions), style="dim")
 
 
 def _setup_title(setup) -> str:
@@ -256,7 +288,7 @@ def measure(
     seq_len: o.SeqLen = 2048,
     batch_size: o.BatchSize = 1,
     grad_accum: o.GradAccum = 1,
-    grad_ckpt: o.GradCkpt = False,
+    grad_ckpt: o.GradCkpt = None,
     optimizer: o.OptimizerOpt = "adamw_torch_fused",
     dtype: o.DtypeOpt = "bf16",
     attn: o.AttnOpt = "sdpa",

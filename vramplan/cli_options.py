@@ -8,8 +8,13 @@ from pydantic import ValidationError
 from .errors import VramplanError
 from .specs import LoraSpec, TrainingSetup
 
-Model = Annotated[str, typer.Option("--model", "-m", help="catalog name (vramplan models), HF id in the local cache, or a config.json path")]
-MethodOpt = Annotated[str, typer.Option("--method", help="full | lora | qlora")]
+Model = Annotated[Optional[str], typer.Option("--model", "-m", help="catalog name (vramplan models), HF id in the local cache, or a config.json path")]
+MethodOpt = Annotated[Optional[str], typer.Option("--method", help="full | lora | qlora")]
+FromConfig = Annotated[
+    Optional[list[str]],
+    typer.Option("--from-config", help="Axolotl / LLaMA-Factory YAML, TrainingArguments / SFTConfig JSON or PEFT "
+                 "adapter_config.json (repeatable); flags given explicitly override the files"),
+]
 LoraRank = Annotated[int, typer.Option("--lora-rank", help="LoRA rank r")]
 LoraAlpha = Annotated[Optional[float], typer.Option("--lora-alpha", help="LoRA alpha (default 2*rank; no memory effect)")]
 LoraDropout = Annotated[float, typer.Option("--lora-dropout", help="LoRA dropout (0 removes the dropout masks)")]
@@ -19,7 +24,7 @@ DoubleQuant = Annotated[bool, typer.Option("--double-quant/--no-double-quant", h
 SeqLen = Annotated[int, typer.Option("--seq-len", help="tokens per sample")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="micro-batch size per GPU")]
 GradAccum = Annotated[int, typer.Option("--grad-accum", help="gradient accumulation steps")]
-GradCkpt = Annotated[bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="gradient checkpointing")]
+GradCkpt = Annotated[Optional[bool], typer.Option("--grad-ckpt/--no-grad-ckpt", help="gradient checkpointing (default: the stack's: off for hf, on for trl and unsloth)", show_default=False)]
 OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="adamw_torch_fused | adamw_torch | adamw_8bit | paged_adamw_8bit | paged_adamw_32bit | adafactor | sgd")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="dtype the weights are loaded in: bf16 | fp16 | fp32")]
 AttnOpt = Annotated[str, typer.Option("--attn", help="sdpa | flash | eager")]
@@ -32,6 +37,11 @@ ParallelOpt = Annotated[Optional[str], typer.Option("--parallel", help="ddp | fs
 OffloadOpt = Annotated[str, typer.Option("--offload", help="CPU offload: none | optimizer (zero2, zero3) | all (fsdp, zero3)")]
 Headroom = Annotated[float, typer.Option("--headroom", help="fraction of GPU memory kept free")]
 FormatOpt = Annotated[str, typer.Option("--format", help="table | json")]
+
+#: gradient checkpointing when --grad-ckpt/--no-grad-ckpt is not given: what each stack does by default
+#: (Trainer: TrainingArguments.gradient_checkpointing=False; TRL: SFTConfig gradient_checkpointing=True;
+#: Unsloth: get_peft_model(use_gradient_checkpointing="unsloth"))
+STACK_DEFAULT_GRAD_CKPT = {"hf": False, "trl": True, "unsloth": True}
 
 #: TrainingSetup / LoraSpec field -> CLI flag, for error messages
 FIELD_FLAGS = {
@@ -66,7 +76,7 @@ def build_setup(
     seq_len: int,
     batch_size: int,
     grad_accum: int,
-    grad_ckpt: bool,
+    grad_ckpt: bool | None,
     optimizer: str,
     dtype: str,
     attn: str,
@@ -86,6 +96,8 @@ def build_setup(
             lora = LoraSpec(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=targets)
         if method == "qlora" and quant is None:
             quant = "nf4"
+        if grad_ckpt is None:
+            grad_ckpt = STACK_DEFAULT_GRAD_CKPT.get(stack, False)
         return TrainingSetup(
             method=method,
             lora=lora,

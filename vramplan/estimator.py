@@ -28,8 +28,8 @@ from .memory.constants import (
     PRIOR_T_BWD_I_FACTOR,
     STACK_VERSIONS,
 )
-from .memory.loss import logits_count, loss_backward_bytes, loss_forward_bytes
 from .memory.optimizer import gradient_bytes, optimizer_state_bytes, optimizer_step_transient_bytes
+from .memory.stacks import check_stack_supported, stack_profile
 from .memory.parallel import check_parallel_supported, parallel_assumptions, parallel_terms
 from .memory.trainable import trainable_groups, trainable_params
 from .memory.transients import (
@@ -96,7 +96,9 @@ class _Terms:
     autocast_cache_fwd: int
     autocast_cache_bwd: int
     quant_state: int
+    #: the largest single loss buffer (hf: the fp32 logits, 4 N V) and every loss buffer of one step
     logits_fp32: int
+    loss_chain: int
     embedding_grad: int
     tied_grad: int
     #: bytes of the largest single trainable tensor (its optimizer states are tensors of that size)
@@ -147,9 +149,12 @@ def estimate(
         assumptions = (*assumptions, SIMULATED_ASSUMPTION)
     shown = calibrated or raw
     verdict = _verdict(gpu, shown.device_peak_bytes, headroom) if gpu else None
+    profile = stack_profile(setup)
     return Estimate(
         model=model.name,
         method=setup.method,
+        stack=profile.name,
+        stack_versions=dict(profile.versions),
         params=_params(model, setup),
         memory=raw,
         calibrated=calibrated,
@@ -163,6 +168,7 @@ def _check_supported(model: ModelSpec, setup: TrainingSetup, headroom: float) ->
     if not 0.0 <= headroom < 1.0:
         raise VramplanError(f"--headroom {headroom} is out of range; accepted: 0 <= headroom < 1 (e.g. 0.05)")
     check_parallel_supported(setup)
+    check_stack_supported(model, setup)
     if setup.lora is not None:
         check_lora_supported(model, setup.lora)
     if setup.method == "qlora" and setup.dtype == "fp32":
@@ -170,16 +176,19 @@ def _check_supported(model: ModelSpec, setup: TrainingSetup, headroom: float) ->
 
 
 def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constants: dict[str, float]) -> _Terms:
-    weights = weight_bytes(model, setup)
+    profile = stack_profile(setup)
+    setup = profile.memory_setup(setup)
+    weights = weight_bytes(model, setup, kbit_fp32_upcast=profile.kbit_fp32_upcast)
     if setup.lora is not None:
-        weights["weights.adapters"] = adapter_bytes(model, setup.lora)
-    groups = trainable_groups(model, setup)
+        weights["weights.adapters"] = adapter_bytes(model, setup.lora, itemsize=profile.adapter_itemsize)
+    groups = trainable_groups(model, setup, adapter_itemsize=profile.adapter_itemsize)
     states, managed = optimizer_state_bytes(groups, setup)
     unit = setup.batch_size * setup.seq_len * model.hidden_size  # bytes per "unit"
-    act = layer_activations(model, setup)
+    act = profile.activations(model, setup)
     layer = int(act.layer_units * unit)
     ckpt = int(act.checkpoint_units * unit)
-    saved_layers = model.num_layers * (ckpt if setup.grad_ckpt else layer)
+    saved_layers = profile.checkpoint_copies(model.num_layers) * ckpt if setup.grad_ckpt else model.num_layers * layer
+    head = profile.head_bytes(model, setup)
     i_ratio = model.intermediate_size / model.hidden_size
     t_bwd_units = constants["t_bwd_i_factor"] * i_ratio + constants["t_bwd_const_units"]
     itemsize = BYTES_PER_DTYPE[setup.dtype]
@@ -189,7 +198,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         + expert_grad_transient_bytes(model, setup, itemsize)
         + expert_lora_transient_bytes(model, setup)
     )
-    cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup)
+    cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup, profile.lm_head_fp32(setup))
     terms = _Terms(
         weights=weights,
         states=states,
@@ -201,18 +210,20 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         one_layer=layer,
         one_checkpoint=ckpt,
         final=int(act.final_units * unit),
-        loss_fwd=loss_forward_bytes(model, setup),
-        loss_bwd=loss_backward_bytes(model, setup),
+        loss_fwd=head.forward,
+        loss_bwd=head.backward,
         t_bwd=t_bwd,
         autocast_cache_fwd=cache_fwd,
         autocast_cache_bwd=cache_bwd,
         quant_state=int8_training_state_bytes(model, setup),
-        logits_fp32=4 * logits_count(model, setup),
+        logits_fp32=head.largest,
+        loss_chain=head.chain,
         embedding_grad=block_bytes(model.vocab_size * model.hidden_size * itemsize) if setup.method == "full" else 0,
         tied_grad=tied_embedding_grad_bytes(model, setup),
         largest_state=max((g.numel * g.itemsize for g in groups), default=0),
     )
-    if setup.num_gpus == 1 or setup.parallel is None:
+    # DeepSpeed ZeRO runs (and offloads) at world size 1 too; DDP/FSDP on one GPU change nothing
+    if setup.parallel is None or (setup.num_gpus == 1 and setup.parallel not in ("zero2", "zero3")):
         return terms
     p = parallel_terms(model, setup, weights, groups, terms.grads, terms.embedding_grad, terms.opt_transient)
     return replace(
@@ -223,7 +234,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
     )  # fmt: skip
 
 
-def _autocast_cache_bytes(model: ModelSpec, setup: TrainingSetup) -> tuple[int, int]:
+def _autocast_cache_bytes(model: ModelSpec, setup: TrainingSetup, lm_head_fp32: bool) -> tuple[int, int]:
     """bf16 copies autocast makes of fp32 weights, held by saved tensors (forward end, backward start).
 
     fp32 weights (full/LoRA): every Linear weight is cast once per forward and cached until autocast exits;
@@ -232,7 +243,7 @@ def _autocast_cache_bytes(model: ModelSpec, setup: TrainingSetup) -> tuple[int, 
     """
     lm_head_copy = block_bytes(lm_head_params(model) * 2)
     if setup.method == "qlora":
-        return lm_head_copy, lm_head_copy
+        return (lm_head_copy, lm_head_copy) if lm_head_fp32 else (0, 0)
     if setup.dtype != "fp32":
         return 0, 0
     linear_params = sum(s.count * s.in_features * s.out_features for s in linear_shapes(model) if s.role != "lm_head")
@@ -311,7 +322,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
     steady = 0
     if not setup.expandable_segments:  # expandable segments map pages into one range: nothing is stranded
         steady = steady_loss_reserved(
-            phases["optimizer"] - t.opt_transient, t.loss_fwd + t.logits_fp32, t.logits_fp32, t.states, t.largest_state
+            phases["optimizer"] - t.opt_transient, t.loss_chain, t.logits_fp32, t.states, t.largest_state
         )
         if steady > reserved:
             reserved, reserved_rule = steady, RESERVED_BY_STEADY_LOSS
@@ -357,10 +368,11 @@ def _verdict(gpu: GpuSpec, device_peak_bytes: int, headroom: float) -> GpuVerdic
 
 
 def _assumptions(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None) -> tuple[str, ...]:
-    versions = ", ".join(f"{k} {v}" for k, v in STACK_VERSIONS.items())
+    profile = stack_profile(setup)
+    versions = ", ".join(f"{k} {v}" for k, v in {**STACK_VERSIONS, **profile.versions}.items())
     out = [
-        f"stack 'hf': transformers Trainer with {'fp16' if setup.dtype == 'fp16' else 'bf16'} autocast, "
-        f"HF cross-entropy loss on fp32 logits; constants read from {versions}",
+        *profile.assumptions(model, setup),
+        f"constants read from {versions}",
         "fixed-length batches without padding (attention_mask=None, packed or synthetic data)",
         f"weights loaded in {setup.dtype}; no separate fp32 master copy (HF Trainer/accelerate keep none)",
     ]
@@ -370,13 +382,14 @@ def _assumptions(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None) ->
         out.append("SDPA picks the flash kernel (bf16/fp16, head_dim <= 256, no mask)")
     if setup.grad_ckpt:
         out.append("non-reentrant gradient checkpointing of every decoder layer (Trainer default)")
-    if setup.method == "qlora":
+    if setup.method == "qlora" and profile.kbit_fp32_upcast:
         out.append(
             "QLoRA: every nn.Linear except lm_head quantized; prepare_model_for_kbit_training upcasts all other "
             "weights (embeddings, lm_head, norms, biases) to fp32, making the residual stream fp32"
         )
     if setup.lora is not None:
-        out.append("LoRA adapters in fp32 (PEFT autocast_adapter_dtype=True)")
+        dtype = "fp32 (PEFT autocast_adapter_dtype=True)" if profile.adapter_itemsize == 4 else "bf16"
+        out.append(f"LoRA adapters in {dtype}")
     if model.moe is not None:
         out.append(
             "MoE on transformers v5: experts are fused 3-D parameters, not nn.Linear: bitsandbytes does not "

@@ -263,6 +263,12 @@ def _changes(model: ModelSpec, s: TrainingSetup, fits: Callable[[TrainingSetup],
     """(flag change, changed setup), in the order a user would rather make them."""
     if not s.grad_ckpt:
         yield "--grad-ckpt", _with(s, grad_ckpt=True)
+    # the stack that runs the job: TRL's tiled LM head and Liger's fused cross-entropy never build the logits
+    # (as flags: --stack trl turns checkpointing on unless told otherwise, so a setup without it says so)
+    if s.stack == "hf":
+        yield "--stack trl" + ("" if s.grad_ckpt else " --no-grad-ckpt"), _with(s, stack="trl")
+    if s.stack in ("hf", "trl") and not s.liger:
+        yield "--liger", _with(s, liger=True)
     if s.batch_size > 1:
         b = _largest(lambda v: _fits_or_false(fits, s, batch_size=v), 1, s.batch_size - 1) or 1
         ga = -(-s.batch_size * s.grad_accum // b)

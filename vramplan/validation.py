@@ -28,6 +28,8 @@ class RunComparison:
     peak_phase: str
     #: which rule set the predicted reserved peak (MemoryBreakdown.reserved_rule)
     reserved_rule: str = "fragmentation"
+    #: the stack profile of the run ("hf", "trl+liger", ...): accuracy is reported per stack
+    stack: str = "hf"
 
     def error(self, total: str) -> float | None:
         m = self.measured.get(total)
@@ -44,8 +46,9 @@ class Validation:
     def errors(self, total: str) -> list[float]:
         return [e for c in self.comparisons if (e := c.error(total)) is not None]
 
-    def stats(self, total: str) -> dict[str, float | int | None]:
-        errs = self.errors(total)
+    def stats(self, total: str, stack: str | None = None) -> dict[str, float | int | None]:
+        """Error statistics of one total, over every run or over the runs of one stack profile."""
+        errs = [e for c in self.comparisons if (stack is None or c.stack == stack) and (e := c.error(total)) is not None]
         if not errs:
             return {"runs": 0, "median_abs": None, "worst_abs": None, "worst_under": None}
         return {
@@ -54,6 +57,11 @@ class Validation:
             "worst_abs": max(abs(e) for e in errs),
             "worst_under": min(errs),
         }
+
+
+    def stacks(self) -> list[str]:
+        """The stack profiles of the compared runs, hf first."""
+        return sorted({c.stack for c in self.comparisons}, key=lambda name: (name != "hf", name))
 
 
 def setup_summary(run: MeasuredRun) -> str:
@@ -88,6 +96,7 @@ def compare_run(run: MeasuredRun, calibration: Calibration | None = None, reserv
         },
         peak_phase=mem.peak_phase,
         reserved_rule=mem.reserved_rule,
+        stack=e.stack,
     )
 
 

@@ -21,7 +21,8 @@ from . import api
 from .calibration import leave_one_out
 from .cli_options import build_setup
 from .errors import ConfigError, VramplanError
-from .models import parse_config
+from .configs import read_config_bytes, resolve
+from .models import list_models, parse_config, resolve_model
 from .planner import SINGLE, FitResult, Plan, PlanOption, Suggestion
 from .runs import load_runs, shipped_runs_dir
 from .specs import Estimate, MemoryBreakdown, TrainingSetup
@@ -57,6 +58,8 @@ class Inputs:
     attn: str = "sdpa"
     expandable_segments: bool = False
     stack: str = "hf"
+    liger: bool = False
+    packing: bool = False
     num_gpus: int = 1
     parallel: str | None = None
     gpu: str = "rtx-4090"
@@ -77,6 +80,8 @@ class Inputs:
             fields["quant"] = None
         if self.num_gpus == 1:
             fields["parallel"] = None
+        if self.stack == "unsloth":
+            fields["liger"] = False  # Unsloth brings its own kernels (the checkbox is disabled)
         return build_setup(**fields)
 
     def with_(self, **changes: object) -> "Inputs":
@@ -245,6 +250,38 @@ def stage_upload(data: bytes, filename: str) -> str:
         tmp.write_bytes(data)
         tmp.replace(target)
     return str(target)
+
+
+#: Inputs fields a training config fills (each is the key of its sidebar widget)
+CONFIG_FIELDS = ("method", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "quant", "double_quant",
+                 "seq_len", "batch_size", "grad_accum", "grad_ckpt", "optimizer", "dtype", "attn", "stack", "liger",
+                 "packing")  # fmt: skip
+
+
+def config_values(data: bytes, filename: str, current: Inputs) -> tuple[dict[str, object], tuple[str, ...]]:
+    """An uploaded training config (Axolotl / LLaMA-Factory YAML, TrainingArguments / SFTConfig JSON, PEFT
+    adapter_config.json) -> (the Inputs fields it sets, with `model` when it names a catalog model; what
+    reading it assumed). Fields the file leaves open keep `current`. Raises VramplanError (one line)."""
+    reading = read_config_bytes(data, filename)
+    resolved = resolve({**asdict(current), "model": None if reading.model else current.model}, (), readings=[reading])
+    values: dict[str, object] = {k: resolved.params[k] for k in CONFIG_FIELDS if resolved.params[k] is not None}
+    notes = list(resolved.assumptions)
+    if reading.model:
+        name = resolved.model if resolved.model in {m.name for m in list_models()} else _catalog_name(resolved.model)
+        if name is not None:
+            values["model"] = name
+        else:
+            notes.append(f"{filename} names {reading.model}, not in the catalog: the model chosen in the sidebar is used")
+    return values, tuple(notes)
+
+
+def _catalog_name(model: str) -> str | None:
+    """The catalog name of a catalog name, alias or HF id; None for anything else."""
+    try:
+        spec = resolve_model(model)
+    except VramplanError:
+        return None
+    return spec.name if spec.source.startswith("catalog") else None
 
 
 # --- measured evidence --------------------------------------------------------------------------

@@ -91,10 +91,10 @@ def lora_param_count(spec: ModelSpec, lora: LoraSpec) -> int:
     return sum(p.params for p in adapter_pairs(spec, lora))
 
 
-def adapter_bytes(spec: ModelSpec, lora: LoraSpec) -> int:
+def adapter_bytes(spec: ModelSpec, lora: LoraSpec, *, itemsize: int = ADAPTER_BYTES_PER_PARAM) -> int:
     """fp32 adapter weights, each tensor rounded to allocator blocks."""
     return sum(
-        tensors_bytes(p.count, p.a_rows * p.a_cols * ADAPTER_BYTES_PER_PARAM)
-        + tensors_bytes(p.count, p.b_rows * p.b_cols * ADAPTER_BYTES_PER_PARAM)
+        tensors_bytes(p.count, p.a_rows * p.a_cols * itemsize)
+        + tensors_bytes(p.count, p.b_rows * p.b_cols * itemsize)
         for p in adapter_pairs(spec, lora)
     )

@@ -28,14 +28,16 @@ class TensorGroup:
         return self.count * self.numel
 
 
-def trainable_groups(spec: ModelSpec, setup: TrainingSetup) -> list[TensorGroup]:
-    """Full FT: every parameter in the load dtype. LoRA/QLoRA: the fp32 adapters only."""
+def trainable_groups(
+    spec: ModelSpec, setup: TrainingSetup, *, adapter_itemsize: int = ADAPTER_BYTES_PER_PARAM
+) -> list[TensorGroup]:
+    """Full FT: every parameter in the load dtype. LoRA/QLoRA: the adapters only (fp32 unless the stack casts)."""
     if setup.method != "full":
         assert setup.lora is not None
         groups = []
         for p in adapter_pairs(spec, setup.lora):
-            groups.append(TensorGroup(f"lora_A.{p.name}", p.count, p.a_rows, p.a_cols, ADAPTER_BYTES_PER_PARAM))
-            groups.append(TensorGroup(f"lora_B.{p.name}", p.count, p.b_rows, p.b_cols, ADAPTER_BYTES_PER_PARAM))
+            groups.append(TensorGroup(f"lora_A.{p.name}", p.count, p.a_rows, p.a_cols, adapter_itemsize))
+            groups.append(TensorGroup(f"lora_B.{p.name}", p.count, p.b_rows, p.b_cols, adapter_itemsize))
         return groups
     itemsize = BYTES_PER_DTYPE[setup.dtype]
     counts = param_counts(spec)

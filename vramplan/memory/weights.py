@@ -45,18 +45,19 @@ def int8_matrix_bytes(out_features: int, in_features: int) -> int:
     return block_bytes(out_features * in_features) + block_bytes(out_features * FP32)
 
 
-def weight_bytes(spec: ModelSpec, setup: TrainingSetup) -> dict[str, int]:
+def weight_bytes(spec: ModelSpec, setup: TrainingSetup, *, kbit_fp32_upcast: bool = True) -> dict[str, int]:
     """Bytes of the base model's parameters by role, as resident during training.
 
     Full/LoRA: everything in the load dtype. QLoRA: the Linear weights quantized, everything else fp32
-    (prepare_model_for_kbit_training casts every non-quantized bf16 parameter up).
+    (prepare_model_for_kbit_training casts every non-quantized bf16 parameter up), or in the load dtype
+    when the stack does not call it (``kbit_fp32_upcast=False``: TRL's SFTTrainer, Unsloth).
     """
     counts = param_counts(spec)
     linears = [s for s in linear_shapes(spec) if s.role != "lm_head"]
     linear_params = sum(s.count * s.in_features * s.out_features for s in linears)
     other_params = total_params(spec) - counts["embed_tokens"] - counts["lm_head"] - linear_params
     if setup.method == "qlora":
-        nbytes = FP32
+        nbytes = FP32 if kbit_fp32_upcast else BYTES_PER_DTYPE[setup.dtype]
         linear_key, linear_bytes = "weights.quantized", _quantized_linear_bytes(linears, setup)
     else:
         nbytes = BYTES_PER_DTYPE[setup.dtype]

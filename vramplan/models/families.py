@@ -193,7 +193,8 @@ FAMILIES: dict[str, Family] = {
 #: config keys that never change shapes but deserve a note when a config carries them
 IGNORED_KEY_NOTES = {
     "auto_map": "auto_map ignored: no code from a model repository is ever run",
-    "quantization_config": "quantization_config ignored: the training setup decides quantization",
+    "quantization_config": "quantization_config read for the QLoRA settings only (bitsandbytes; flags override it); "
+    "shapes are those of the unquantized model",
     "quantization": "quantization (MLX conversion keys) ignored: shapes are those of the unquantized model",
     "_attn_implementation": "_attn_implementation ignored: the training setup decides the attention kernel",
 }

@@ -43,6 +43,8 @@ def estimate_doc(e: Estimate) -> dict:
     doc: dict = {
         "model": e.model,
         "method": e.method,
+        "stack": e.stack,
+        "stack_versions": dict(e.stack_versions),
         "memory": memory_doc(shown),
         "memory_raw": memory_doc(e.memory),
         "calibration_version": e.calibration_version,
@@ -54,6 +56,8 @@ def estimate_doc(e: Estimate) -> dict:
         },
         "assumptions": list(e.assumptions),
     }
+    if e.setup is not None:
+        doc["setup"] = e.setup.model_dump(mode="json")
     if e.verdict is not None:
         v = e.verdict
         doc.update(
@@ -81,6 +85,8 @@ def estimate_renderable(e: Estimate, title: str) -> Group:
                 f"{gib(v.usable_bytes)}): device peak {gib(shown.device_peak_bytes)}, headroom {gib(v.headroom_bytes)}",
             )
         )
+    versions = ", ".join(f"{k} {v}" for k, v in e.stack_versions.items())
+    parts.append(Text(f"stack: {e.stack}" + (f" ({versions})" if versions else "")))
     params = e.params
     parts.append(Text(f"params: total {params.total:,}  trainable {params.trainable:,}"))
     parts.append(Text("assumptions:\n" + "\n".join(f"  - {a}" for a in e.assumptions), style="dim"))

@@ -15,6 +15,7 @@ def validation_doc(v: Validation) -> dict:
                 "run_id": c.run_id,
                 "model": c.model,
                 "setup": c.summary,
+                "stack": c.stack,
                 "peak_phase": c.peak_phase,
                 "predicted": c.predicted,
                 "measured": c.measured,
@@ -23,6 +24,7 @@ def validation_doc(v: Validation) -> dict:
             for c in v.comparisons
         ],
         "stats": {t: v.stats(t) for t in TOTALS},
+        "stats_by_stack": {stack: {t: v.stats(t, stack) for t in TOTALS} for stack in v.stacks()},
         "skipped": [{"run_id": r, "reason": why} for r, why in v.skipped],
     }
 
@@ -41,13 +43,16 @@ def validation_renderable(v: Validation, title: str) -> Group:
             c.model, c.summary, alloc, _pct(c.error("allocated")), _pct(c.error("reserved")), _pct(c.error("device"))
         )
     lines = []
-    for t in TOTALS:
-        s = v.stats(t)
-        if s["runs"]:
-            lines.append(
-                f"{t:9s}: {s['runs']} runs, median |error| {s['median_abs']:.1%}, worst |error| {s['worst_abs']:.1%}, "
-                f"worst under-prediction {min(s['worst_under'], 0.0):+.1%}"
-            )
+    groups = [None] + (v.stacks() if len(v.stacks()) > 1 else [])
+    for stack in groups:
+        for t in TOTALS:
+            s = v.stats(t, stack)
+            if s["runs"]:
+                label = t if stack is None else f"{stack} {t}"
+                lines.append(
+                    f"{label:9s}: {s['runs']} runs, median |error| {s['median_abs']:.1%}, worst |error| "
+                    f"{s['worst_abs']:.1%}, worst under-prediction {min(s['worst_under'], 0.0):+.1%}"
+                )
     if v.skipped:
         lines.append(f"skipped {len(v.skipped)}: " + "; ".join(f"{r} ({why})" for r, why in v.skipped[:8]))
     return Group(table, Text("\n".join(lines) or "no runs with measured GPU memory"))

@@ -3,6 +3,7 @@
 from pydantic import Field
 
 from .base import Spec
+from .setup import TrainingSetup
 
 
 class ParamCounts(Spec):
@@ -58,6 +59,10 @@ class GpuVerdict(Spec):
 class Estimate(Spec):
     model: str
     method: str
+    #: the stack profile the estimate is for ("hf", "hf+liger", "trl", "trl+liger", "unsloth") and the
+    #: library versions its terms were read from
+    stack: str = "hf"
+    stack_versions: dict[str, str] = Field(default_factory=dict)
     params: ParamCounts
     memory: MemoryBreakdown
     #: memory after applying the calibration file (None when no calibration applies)
@@ -65,3 +70,5 @@ class Estimate(Spec):
     calibration_version: str | None = None
     assumptions: tuple[str, ...] = ()
     verdict: GpuVerdict | None = None
+    #: the setup estimated, as resolved from flags and config files (set by vramplan.api.estimate_for)
+    setup: TrainingSetup | None = None

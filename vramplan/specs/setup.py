@@ -133,7 +133,7 @@ def setup_label(setup: TrainingSetup) -> str:
     parts += ["gc" if setup.grad_ckpt else "nogc", setup.optimizer, setup.dtype, setup.attn]
     if setup.expandable_segments:
         parts.append("es")
-    if setup.num_gpus > 1:
+    if setup.num_gpus > 1 or setup.parallel is not None:
         parts.append(f"{setup.num_gpus}x{setup.parallel}")
     if setup.offload != "none":
         parts.append(f"offload-{setup.offload}")

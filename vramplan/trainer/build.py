@@ -32,6 +32,7 @@ from vramplan.specs import TrainingSetup
 
 from .environment import default_checkpoint_cache
 from .errors import MeasurementError
+from .stacks import wraps_peft_itself
 
 #: CLI attention name -> transformers ``attn_implementation``
 ATTN_IMPLEMENTATIONS = {"sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2"}
@@ -64,6 +65,8 @@ class BuiltModel:
     params_total: int
     params_trainable: int
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the LoraConfig a trainer that wraps the model itself (TRL's SFTTrainer) is given; None when wrapped here
+    peft_config: Any = None
 
 
 def clean_config(raw: dict[str, Any]) -> dict[str, Any]:
@@ -175,11 +178,17 @@ def bnb_config(setup: TrainingSetup):
 
     if setup.quant == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
+    storage = {}
+    if setup.parallel in ("fsdp", "zero3"):
+        # FSDP/ZeRO-3 flatten the packed 4-bit data with the bf16 parameters: store it in bf16 elements
+        # (same bytes; memory_model.md section 9, PEFT's QLoRA-FSDP guide)
+        storage["bnb_4bit_quant_storage"] = torch.bfloat16
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=setup.quant,
         bnb_4bit_use_double_quant=setup.double_quant,
         bnb_4bit_compute_dtype=torch.float16 if setup.dtype == "fp16" else torch.bfloat16,
+        **storage,
     )
 
 
@@ -198,7 +207,7 @@ def lora_config(setup: TrainingSetup):
     )
 
 
-def _param_counts(model) -> tuple[int, int]:
+def param_counts_of(model) -> tuple[int, int]:
     """(base parameters, trainable parameters); 4-bit packed weights counted as their logical size
     (the rule of ``peft.PeftModel.get_nb_trainable_parameters``); adapters excluded from the base."""
     total = trainable = adapters = 0
@@ -281,9 +290,10 @@ def build_model(
                 local_files_only=True,
             )
         model.config.use_cache = False
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=setup.grad_ckpt, gradient_checkpointing_kwargs=dict(GC_KWARGS)
-        )
+        if not wraps_peft_itself(setup):  # TRL's SFTTrainer does not call it (trl/trainer/sft_trainer.py)
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=setup.grad_ckpt, gradient_checkpointing_kwargs=dict(GC_KWARGS)
+            )
     elif model_path is not None:
         with _attn_support(setup.attn):
             model = AutoModelForCausalLM.from_pretrained(
@@ -294,7 +304,10 @@ def build_model(
         with torch.device(device), _attn_support(setup.attn):
             model = AutoModelForCausalLM.from_config(hf_config(raw_config), dtype=dtype, attn_implementation=attn)
 
-    if setup.method in ("lora", "qlora"):
+    peft_config = None
+    if setup.method in ("lora", "qlora") and wraps_peft_itself(setup):
+        peft_config = lora_config(setup)  # SFTTrainer(peft_config=...) wraps the model
+    elif setup.method in ("lora", "qlora"):
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(setup))
@@ -302,5 +315,5 @@ def build_model(
         for p in model.parameters():
             p.requires_grad_(True)
 
-    total, trainable = _param_counts(model)
-    return BuiltModel(model=model, params_total=total, params_trainable=trainable, extra=extra)
+    total, trainable = param_counts_of(model)
+    return BuiltModel(model=model, params_total=total, params_trainable=trainable, extra=extra, peft_config=peft_config)

@@ -15,9 +15,13 @@ Trainer (through accelerate) does all communication:
   Under bf16 mixed precision accelerate upcasts the trainable parameters to fp32 before
   sharding (``accelerate/utils/fsdp_utils.py::fsdp2_prepare_model``), which the record shows.
 
-Not measurable here (a clear ``MeasurementError``): DeepSpeed ZeRO-2/ZeRO-3 (the built-in
-trainer does not drive DeepSpeed, and the GPU machines have no DeepSpeed) and QLoRA with FSDP
-(needs ``bnb_4bit_quant_storage=bf16`` weights, which the trainer's QLoRA loader does not build).
+* ``zero2`` / ``zero3`` — DeepSpeed through ``TrainingArguments(deepspeed=<config dict>)``
+  (``deepspeed_config.py``: the stage and CPU offload; the Trainer fills every "auto" value), also at
+  world size 1 (one torchrun rank), where ZeRO-3 with offload shows what stays on the GPU. Needs the
+  deepspeed package (a clear ``MeasurementError`` names how to build its wheel).
+* QLoRA with FSDP: the 4-bit weights are stored in bf16 elements (``bnb_4bit_quant_storage``, build.py)
+  so FSDP can flatten them with the other bf16 parameters, as the PEFT/accelerate QLoRA-FSDP guides do.
+* ``--offload all`` with FSDP: accelerate's ``offload_params`` (FSDP2 ``CPUOffloadPolicy``).
 
 Each rank's ``MemoryProbe`` measures its own GPU (allocator counters of ``cuda:LOCAL_RANK``, NVML
 'used' of that device with its own pre-context baseline) and writes its record as
@@ -41,10 +45,11 @@ from typing import Any
 
 from vramplan.specs import MeasuredRun, Measurements, PhasePeaks, RunEnvironment, TrainingSetup
 
+from .deepspeed_config import ZERO_STAGES, deepspeed_config, is_deepspeed, require_deepspeed
 from .errors import MeasurementError
 
 #: strategies the built-in trainer can measure with several GPUs
-MEASURABLE = ("ddp", "fsdp")
+MEASURABLE = ("ddp", "fsdp", "zero2", "zero3")
 #: per-rank record file written by each rank into the shared output folder
 RANK_RECORD = "rank{rank}.json"
 #: exit code of a rank that ran out of memory (its record is written): non-zero, so torchrun
@@ -108,22 +113,12 @@ def check_parallel(setup: TrainingSetup) -> None:
         MeasurementError: ZeRO-2/ZeRO-3 (DeepSpeed), QLoRA with FSDP, or several GPUs without a
             measurable strategy.
     """
-    if setup.parallel in ("zero2", "zero3"):
-        raise MeasurementError(
-            f"--parallel {setup.parallel} (DeepSpeed ZeRO) is not measurable here: the built-in trainer "
-            "drives DDP and FSDP only and DeepSpeed is not installed; estimate it with vramplan estimate"
-        )
+    if is_deepspeed(setup):
+        require_deepspeed()
     if setup.num_gpus > 1 and setup.parallel not in MEASURABLE:
-        raise MeasurementError(f"--num-gpus {setup.num_gpus} needs --parallel ddp or fsdp to be measured")
-    if setup.offload != "none":
-        raise MeasurementError(
-            f"--offload {setup.offload} is not measurable by the built-in trainer yet; estimate it with vramplan estimate"
-        )
-    if setup.parallel == "fsdp" and setup.method == "qlora":
-        raise MeasurementError(
-            "QLoRA with FSDP is not measurable by the built-in trainer (it needs bnb_4bit_quant_storage=bf16 "
-            "weights); measure QLoRA with --parallel ddp"
-        )
+        raise MeasurementError(f"--num-gpus {setup.num_gpus} needs --parallel {'|'.join(MEASURABLE)} to be measured")
+    if setup.offload != "none" and setup.parallel == "ddp":
+        raise MeasurementError("--offload needs --parallel fsdp|zero2|zero3 (DDP keeps everything on the GPU)")
 
 
 def check_world(setup: TrainingSetup, ctx: DistContext) -> None:
@@ -134,8 +129,13 @@ def check_world(setup: TrainingSetup, ctx: DistContext) -> None:
             single-GPU setup inside a multi-process launch, or what ``check_parallel`` refuses.
     """
     if setup.num_gpus == 1 and not ctx.is_distributed:
-        if setup.parallel is not None:
-            raise MeasurementError("measurements on one GPU take no --parallel; use --num-gpus 2 or more with it")
+        if setup.parallel is not None and not is_deepspeed(setup):
+            raise MeasurementError(
+                "measurements on one GPU take no --parallel except zero2|zero3 (DeepSpeed at world size 1); "
+                "use --num-gpus 2 or more with ddp|fsdp"
+            )
+        if is_deepspeed(setup):
+            check_parallel(setup)
         return
     check_parallel(setup)
     if ctx.world_size != setup.num_gpus:
@@ -183,6 +183,13 @@ def trainer_kwargs(setup: TrainingSetup, model: Any) -> tuple[dict[str, Any], di
     check_parallel(setup)
     kwargs: dict[str, Any] = {"ddp_timeout": DDP_TIMEOUT_S}
     extra: dict[str, Any] = {"launcher": "torchrun", "parallel_engine": setup.parallel}
+    if is_deepspeed(setup):
+        kwargs["deepspeed"] = deepspeed_config(setup)
+        extra.update(
+            parallel_engine=f"deepspeed zero{ZERO_STAGES[setup.parallel]} (Trainer deepspeed= config)",
+            deepspeed_offload=setup.offload,
+        )
+        return kwargs, extra
     if setup.parallel == "ddp":
         kwargs["ddp_find_unused_parameters"] = False
         extra["ddp_find_unused_parameters"] = "false"
@@ -196,6 +203,8 @@ def trainer_kwargs(setup: TrainingSetup, model: Any) -> tuple[dict[str, Any], di
         )
     kwargs["fsdp"] = _fsdp_flag()
     kwargs["fsdp_config"] = {"version": 2, "reshard_after_forward": True, "transformer_layer_cls_to_wrap": classes}
+    if setup.offload == "all":
+        kwargs["fsdp_config"]["offload_params"] = True
     extra.update(
         parallel_engine="fsdp2 (accelerate fully_shard, full shard)",
         fsdp_version=2,

@@ -42,6 +42,7 @@ from .environment import (
     package_version,
 )
 from .errors import MeasurementError
+from .stacks import check_stack_installed, make_trainer, wraps_peft_itself
 
 #: CLI optimizer name -> transformers ``TrainingArguments.optim`` (training_args.py OptimizerNames)
 HF_OPTIM = {
@@ -83,7 +84,7 @@ def mixed_precision(setup: TrainingSetup, trainable_dtypes: set, *, on_cuda: boo
     return "none"
 
 
-def training_arguments(
+def training_argument_kwargs(
     setup: TrainingSetup,
     steps: int,
     *,
@@ -91,9 +92,9 @@ def training_arguments(
     precision: str,
     use_cpu: bool,
     extra_args: dict[str, Any] | None = None,
-):
-    """The TrainingArguments of a measurement run (``extra_args``: the multi-GPU strategy's
-    keywords, ``distributed.trainer_kwargs``)."""
+) -> dict[str, Any]:
+    """The TrainingArguments keywords of a measurement run (``extra_args``: the multi-GPU strategy's
+    keywords, ``distributed.trainer_kwargs``); SFTConfig takes the same ones (it subclasses them)."""
     import dataclasses
 
     from transformers import TrainingArguments
@@ -105,7 +106,7 @@ def training_arguments(
     checkpointing = {prefix: setup.grad_ckpt}
     if setup.grad_ckpt:
         checkpointing[f"{prefix}_kwargs"] = {"use_reentrant": False}
-    return TrainingArguments(
+    return dict(
         output_dir=output_dir,
         per_device_train_batch_size=setup.batch_size,
         gradient_accumulation_steps=setup.grad_accum,
@@ -126,6 +127,13 @@ def training_arguments(
         seed=0,
         **(extra_args or {}),
     )
+
+
+def training_arguments(setup: TrainingSetup, steps: int, **kwargs):
+    """The TrainingArguments of a measurement run (keywords of ``training_argument_kwargs``)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**training_argument_kwargs(setup, steps, **kwargs))
 
 
 def _utc_now() -> str:
@@ -281,6 +289,7 @@ def run_measurement(
     say = progress or (lambda message: None)
     ctx = DistContext.from_env()
     _check_request(setup, steps, memory_cap_gib, ctx)
+    check_stack_installed(setup)
     import torch
 
     created = _utc_now()
@@ -303,9 +312,9 @@ def run_measurement(
         run_notes.append(f"memory cap {memory_cap_gib} GiB ignored: no CUDA device")
 
     import transformers
-    from transformers import PrinterCallback, Trainer
+    from transformers import PrinterCallback
 
-    from .build import build_model
+    from .build import build_model, param_counts_of
     from .data import make_dataset
     from .gpu_memory import NullMemoryReader
     from .probe import MemoryProbe
@@ -344,10 +353,10 @@ def run_measurement(
             samples = setup.batch_size * setup.grad_accum * steps * ctx.world_size
             dataset = make_dataset(_vocab_rows(built.model), setup.seq_len, samples, data=data, tokenizer=tokenizer)
             parallel_args = None
-            if ctx.is_distributed:
+            if ctx.is_distributed or setup.parallel is not None:  # DeepSpeed also at world size 1
                 parallel_args, parallel_extra = trainer_kwargs(setup, built.model)
                 extra.update(parallel_extra)
-            args = training_arguments(
+            args_kwargs = training_argument_kwargs(
                 setup,
                 steps,
                 output_dir=output_dir,
@@ -355,7 +364,11 @@ def run_measurement(
                 use_cpu=not on_cuda,
                 extra_args=parallel_args,
             )
-            trainer = Trainer(model=built.model, args=args, train_dataset=dataset, callbacks=[probe])
+            trainer = make_trainer(setup, built.model, args_kwargs, dataset, probe, peft_config=built.peft_config,
+                                   vocab_size=_vocab_rows(built.model), samples=samples)  # fmt: skip
+            if wraps_peft_itself(setup):  # SFTTrainer wrapped the model: count what it trains
+                built.params_total, built.params_trainable = param_counts_of(trainer.model)
+            extra["trainer_class"] = type(trainer).__name__
             trainer.remove_callback(PrinterCallback)  # no metrics printout: the record is the output
             if setup.parallel == "fsdp" and not getattr(trainer, "is_fsdp_enabled", False):
                 # accelerate keeps FSDP for multi-GPU runs only (MULTI_CPU falls back to DDP)

@@ -355,7 +355,7 @@ def measure_in_subprocess(
             code, tail = run_worker(["checkpoint", "--request", str(req_path)], base_env)
             if code != 0:
                 raise MeasurementError("building the QLoRA checkpoint failed:\n" + "\n".join(tail[-15:]))
-        if setup.num_gpus > 1:
+        if setup.num_gpus > 1 or setup.parallel is not None:  # DeepSpeed runs under torchrun at world size 1 too
             run = measure_ranks(
                 setup,
                 req_path,

@@ -277,7 +277,8 @@ class _Builder:
     def _loss_forward(self) -> None:
         t, seq = self.t, self.seq
         nv4 = t.logits_fp32
-        if nv4 and t.loss_fwd >= 10 * nv4 // 4 and t.loss_bwd >= 3 * nv4:
+        hf_loss = self.s.stack == "hf" and not self.s.liger  # memory/loss.py's chain; other stacks: generic
+        if hf_loss and nv4 and t.loss_fwd >= 10 * nv4 // 4 and t.loss_bwd >= 3 * nv4:
             saved_extra = t.loss_bwd - 3 * nv4
             bf16 = seq.alloc(nv4 // 2)
             extra_saved = seq.alloc(saved_extra)  # softcapping: tanh output saved

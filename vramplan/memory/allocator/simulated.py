@@ -3,7 +3,8 @@
 No fitted fragmentation constant: the predicted allocation sequence of loading and two optimizer steps
 (sequence.py) is replayed through CachingAllocator (caching.py); the reserved peak is the model's
 max_memory_reserved, and at that moment it reports the allocated bytes, the free bytes inside segments
-and the largest free block. Single GPU only (the sequence has no DDP buckets or FSDP gathers).
+and the largest free block. Single GPU and the hf stack only (the sequence has no DDP buckets or FSDP gathers,
+and no other stack's loss or kernels yet).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup) -> None:
         raise VramplanError(
             f"--reserved-rule simulated with --num-gpus {setup.num_gpus}: the allocator simulation is single-GPU; "
             "accepted: --num-gpus 1, or --reserved-rule rules"
+        )
+    if reserved_rule == RESERVED_BY_SIMULATION and (setup.stack != "hf" or setup.liger):
+        stack = setup.stack + (" --liger" if setup.liger else "")
+        raise VramplanError(
+            f"--reserved-rule simulated with --stack {stack}: the predicted allocation sequence is the hf stack's "
+            "(transformers Trainer, HF loss); accepted: --stack hf without --liger, or --reserved-rule rules"
         )
 
 

@@ -1,0 +1,217 @@
+"""Stack profiles: each stack's LM-head/loss term by hand, and what the profiles change in an estimate."""
+
+import pytest
+
+from vramplan.errors import VramplanError
+from vramplan.estimator import estimate
+from vramplan.memory.stacks import stack_profile
+from vramplan.memory.stacks.heads import (
+    liger_chunk_rows,
+    liger_flce_head,
+    trl_fused_head,
+    unsloth_chunk_rows,
+    unsloth_chunked_head,
+)
+from vramplan.models import resolve_model
+from vramplan.specs import LoraSpec, TrainingSetup
+
+LLAMA = resolve_model("llama-3.1-8b")  # h 4096, V 128256
+LORA = TrainingSetup(method="lora", lora=LoraSpec(), seq_len=2048, grad_ckpt=True)
+GIB = 2**30
+
+
+def setup(**kw) -> TrainingSetup:
+    return LORA.model_copy(update=kw)
+
+
+def qlora(**kw) -> TrainingSetup:
+    return TrainingSetup(method="qlora", quant="nf4", lora=LoraSpec(), seq_len=2048, grad_ckpt=True, **kw)
+
+
+# --------------------------------------------------------------------------- golden numbers per head
+
+
+def test_trl_fused_head_by_hand_for_llama_8b_lora_at_2048():
+    # M = 2047 scored positions; hidden copy 2047*4096*2 = 16,769,024; nine fp32 [M] vectors 73,692; is_top1 2,047;
+    # one bf16 [2047, 32768] tile 134,152,192 -> forward 150,996,955
+    # backward: saved copy + log_z/entropy (16,769,024 + 16,376) + fp32 grad_hidden 33,538,048 + its bf16 cast
+    # 16,769,024 + the tile 134,152,192 = 201,244,664
+    head = trl_fused_head(LLAMA, LORA, e_h=2, e_w=2, lm_head_trainable=False)
+    assert (head.forward, head.backward) == (150_996_955, 201_244_664)
+
+
+def test_trl_fused_head_of_full_fine_tuning_adds_the_fp32_lm_head_gradient_and_its_cast():
+    lora = trl_fused_head(LLAMA, LORA, e_h=2, e_w=2, lm_head_trainable=False)
+    full = trl_fused_head(LLAMA, LORA, e_h=2, e_w=2, lm_head_trainable=True)
+    assert full.backward - lora.backward == 128256 * 4096 * (4 + 2)
+
+
+def test_trl_fused_head_casts_each_tile_input_and_lm_head_slice_when_they_are_fp32():
+    bf16 = trl_fused_head(LLAMA, LORA, e_h=2, e_w=2, lm_head_trainable=False)
+    fp32 = trl_fused_head(LLAMA, LORA, e_h=4, e_w=4, lm_head_trainable=False)
+    copies = 2047 * 4096 * 2  # the gathered hidden copy is fp32 now: twice as large
+    casts = 2047 * 4096 * 2 + 32768 * 4096 * 2  # [rows, h] and [32768, h] bf16 casts
+    assert fp32.forward - bf16.forward == copies + casts
+
+
+def test_liger_chunk_rows_follow_its_source_formula():
+    # chunk = next_pow2(ceil(BT / ceil(V / H))): 2048 / ceil(128256/4096 = 31.3 -> 32) = 64
+    assert liger_chunk_rows(2048, 128256, 4096) == 64
+    # h 2048: ceil(62.6) = 63 -> ceil(2048/63) = 33 -> 64
+    assert liger_chunk_rows(2048, 128256, 2048) == 64
+    # small vocabularies: a single chunk never exceeds BT
+    assert liger_chunk_rows(100, 1000, 4096) == 100
+
+
+def test_liger_flce_by_hand_for_llama_8b_lora_at_2048():
+    # grad_input 2048*4096*2 = 16,777,216; fp32 loss + bool mask 2048*5 = 10,240; one [64, 128256] bf16 chunk
+    # 16,416,768 -> forward 33,204,224; backward keeps only grad_input
+    head = liger_flce_head(LLAMA, LORA, e_h=2, e_w=2, lm_head_trainable=False)
+    assert (head.forward, head.backward) == (33_204_224, 16_777_216)
+
+
+def test_unsloth_chunks_keep_16_bytes_per_logit_within_the_4_gib_cap():
+    # 16 * 2048 * 128256 = 4.20e9 bytes < 4 GiB: one chunk; at 8192 tokens 3.9 x the cap: 4 chunks (multiple of 4)
+    assert unsloth_chunk_rows(2048, 128256) == 2048
+    assert unsloth_chunk_rows(8192, 128256) == 2048
+    head = unsloth_chunked_head(LLAMA, LORA, e_h=2)
+    assert head.forward == 2048 * 4096 * 2 + 2048 * 128256 * 16
+
+
+# --------------------------------------------------------------------------- what the profiles change
+
+
+def peak(model, s) -> int:
+    return estimate(model, s).memory.peak_allocated_bytes
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "qwen2.5-7b", "gemma-3-4b-it", "mistral-7b-v0.3", "qwen3-8b"])
+@pytest.mark.parametrize("s", [setup(grad_ckpt=False, seq_len=4096), setup(), qlora()])
+def test_fused_heads_never_predict_more_than_the_hf_loss(name, s):
+    model = resolve_model(name)
+    hf = estimate(model, s).memory
+    for stack, liger in (("hf", True), ("trl", False), ("trl", True)):
+        fused = estimate(model, s.model_copy(update={"stack": stack, "liger": liger})).memory
+        assert fused.peak_allocated_bytes <= hf.peak_allocated_bytes
+        assert fused.phases["loss_backward"] < hf.phases["loss_backward"]
+
+
+def test_trl_qlora_keeps_frozen_weights_bf16_and_adapters_bf16():
+    hf, trl = estimate(LLAMA, qlora()).memory, estimate(LLAMA, qlora(stack="trl")).memory
+    # prepare_model_for_kbit_training's fp32 embeddings and lm_head are bf16 under SFTTrainer: 2 B x 2 x V x h less
+    assert hf.breakdown["weights.embeddings"] - trl.breakdown["weights.embeddings"] == 128256 * 4096 * 2
+    # adapters, their gradients and Adam states are bf16: each half of the fp32 ones
+    assert trl.breakdown["weights.adapters"] * 2 == hf.breakdown["weights.adapters"]
+
+
+def test_trl_lora_without_quantization_keeps_fp32_adapters():
+    hf, trl = estimate(LLAMA, setup()).memory, estimate(LLAMA, setup(stack="trl")).memory
+    assert trl.phases["optimizer"] == hf.phases["optimizer"]  # same weights, adapters, grads and states
+
+
+def test_liger_on_a_family_it_does_not_patch_is_the_hf_estimate_and_says_so():
+    olmoe = resolve_model("olmoe-1b-7b-0924")
+    no_dropout = LoraSpec(dropout=0.0)  # PEFT refuses dropout on OLMoE's fused experts
+    with_liger = estimate(olmoe, setup(liger=True, lora=no_dropout))
+    assert with_liger.memory.peak_allocated_bytes == estimate(olmoe, setup(lora=no_dropout)).memory.peak_allocated_bytes
+    assert any("does not patch model_type 'olmoe'" in a for a in with_liger.assumptions)
+
+
+def test_liger_kernels_save_less_per_layer_than_eager_modules():
+    eager = stack_profile(setup(grad_ckpt=False)).activations(LLAMA, setup(grad_ckpt=False))
+    liger = stack_profile(setup(grad_ckpt=False, liger=True)).activations(LLAMA, setup(grad_ckpt=False, liger=True))
+    # LoRA, bf16: norms 2 x 4 -> 2 x 2 units; SwiGLU drops the bf16 activation output (2 x I/h = 7 units)
+    assert eager.layer_units - liger.layer_units == pytest.approx(4.0 + 7.0)
+
+
+def test_unsloth_offloaded_checkpoints_do_not_grow_with_depth():
+    s = setup(stack="unsloth", lora=LoraSpec(dropout=0.0))
+    one_input = 2 * 2048 * 4096  # one bf16 layer input
+    phases = estimate(LLAMA, s).memory
+    hf_ckpts = 32 * one_input
+    assert estimate(LLAMA, setup()).memory.breakdown["activations.checkpoints"] == hf_ckpts
+    for deeper in (LLAMA, resolve_model("llama-3.1-70b")):
+        b = estimate(deeper, s).memory.breakdown
+        assert b["activations.checkpoints"] == 2 * 2048 * deeper.hidden_size * 2  # two staging buffers
+    assert phases.peak_allocated_bytes > 0
+
+
+def test_unsloth_full_fine_tuning_trains_fp32_weights():
+    full = TrainingSetup(method="full", grad_ckpt=True)
+    unsloth = estimate(LLAMA, full.model_copy(update={"stack": "unsloth"}))
+    fp32 = estimate(LLAMA, full.model_copy(update={"dtype": "fp32"}))
+    assert unsloth.memory.phases["optimizer"] == fp32.memory.phases["optimizer"]
+    assert any("NOT measured" in a for a in unsloth.assumptions)
+
+
+@pytest.mark.parametrize(
+    "s, message",
+    [
+        (setup(stack="unsloth", num_gpus=2, parallel="ddp"), "--stack unsloth runs on one GPU"),
+        (qlora(stack="unsloth").model_copy(update={"quant": "int8"}), "--quant int8 accepted: nf4"),
+    ],
+)
+def test_what_a_stack_cannot_run_is_refused_with_the_alternative(s, message):
+    with pytest.raises(VramplanError, match=message):
+        estimate(LLAMA, s)
+
+
+def test_liger_with_unsloth_is_refused_at_the_boundary():
+    with pytest.raises(ValueError, match="--liger applies to --stack hf"):
+        TrainingSetup(method="full", stack="unsloth", liger=True)
+
+
+def test_trl_says_when_the_sequence_is_above_its_default_max_length():
+    notes = estimate(LLAMA, setup(stack="trl", seq_len=4096)).assumptions
+    assert any("max_length=1024 by default" in a for a in notes)
+    assert not any("max_length=1024" in a for a in estimate(LLAMA, setup(stack="trl", seq_len=1024)).assumptions)
+
+
+def test_packing_with_flash_attention_costs_what_the_unpacked_batch_costs():
+    flash = setup(attn="flash", stack="trl")
+    assert peak(LLAMA, flash.model_copy(update={"packing": True})) == peak(LLAMA, flash)
+
+
+def test_packing_with_sdpa_pays_for_the_block_diagonal_mask_and_repeated_kv():
+    # no checkpointing, b=2 x s=1024 packed into T = 2048 tokens: per layer a bf16 bias of T^2 and K/V repeated
+    # to 32 heads (+4 x (1 - 0.25) units), once a bool mask of T^2
+    base = setup(stack="trl", grad_ckpt=False, seq_len=1024, batch_size=2, attn="flash")
+    flash = stack_profile(base).activations(LLAMA, base)
+    sdpa_setup = base.model_copy(update={"attn": "sdpa", "packing": True})
+    sdpa = stack_profile(sdpa_setup).activations(LLAMA, sdpa_setup)
+    tokens = 2 * 1024
+    unit = tokens * 4096
+    assert (sdpa.layer_units - flash.layer_units) * unit == pytest.approx(2 * tokens**2 + 4 * 0.75 * unit)
+    assert (sdpa.final_units - flash.final_units) * unit == pytest.approx(tokens**2)
+
+
+def test_trl_padded_batches_pay_for_the_padding_mask_with_sdpa_only():
+    padded = setup(stack="trl", grad_ckpt=False, seq_len=1024, batch_size=4)
+    one = setup(stack="trl", grad_ckpt=False, seq_len=1024, batch_size=1)
+    per_row = stack_profile(padded).activations(LLAMA, padded).saved_units["attention_mask_bias"]
+    assert per_row == pytest.approx(2 * 1024 / 4096)  # a bf16 [b, 1, s, s] bias per layer: 2 s / h units
+    assert "attention_mask_bias" not in stack_profile(one).activations(LLAMA, one).saved_units
+    flash = padded.model_copy(update={"attn": "flash"})
+    assert "attention_mask_bias" not in stack_profile(flash).activations(LLAMA, flash).saved_units
+
+
+def test_estimate_names_its_stack_and_versions():
+    e = estimate(LLAMA, setup(stack="trl", liger=True))
+    assert e.stack == "trl+liger"
+    assert e.stack_versions["trl"] == "1.16.0" and e.stack_versions["liger-kernel"] == "0.8.5"
+
+
+def test_validate_reports_accuracy_per_stack():
+    from vramplan.report.validation_view import validation_doc
+    from vramplan.validation import RunComparison, Validation
+
+    def comparison(stack, predicted, measured):
+        totals = {"allocated": predicted, "reserved": predicted, "device": predicted}
+        return RunComparison("r", "m", "s", totals, dict.fromkeys(totals, measured), "forward", stack=stack)
+
+    v = Validation([comparison("hf", 101, 100), comparison("trl", 90, 100), comparison("trl", 110, 100)])
+    assert v.stacks() == ["hf", "trl"]
+    doc = validation_doc(v)
+    assert doc["stats_by_stack"]["hf"]["allocated"]["runs"] == 1
+    trl = doc["stats_by_stack"]["trl"]["allocated"]
+    assert trl["runs"] == 2 and trl["worst_under"] == pytest.approx(-0.10) and trl["median_abs"] == pytest.approx(0.10)

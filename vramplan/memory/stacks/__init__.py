@@ -1,0 +1,265 @@
+"""Stack profiles: what the software that runs the job changes in the memory model (design.md "Stack profiles").
+
+A profile is data plus the few term functions it swaps in: the LM-head/loss term (heads.py), the saved
+activations of its kernels (kernels.py), whether QLoRA upcasts the frozen weights to fp32, the adapters'
+dtype, whether checkpoints stay on the GPU. The estimator asks the profile; no term asks for a stack name.
+
+| profile | what runs | source read |
+|---|---|---|
+| hf | transformers Trainer, the model's own loss | transformers 5.23, peft 0.21.2 |
+| hf+liger | Trainer(use_liger_kernel=True): Liger FLCE, RMSNorm, SwiGLU, RoPE | liger-kernel 0.8.5 |
+| trl | SFTTrainer: tiled LM head, no prepare_model_for_kbit_training, bf16 QLoRA adapters | trl 1.16.0 |
+| trl+liger | SFTTrainer(use_liger_kernel=True): TRL's head stays, Liger's layer kernels only | trl 1.16.0 |
+| unsloth | FastLanguageModel + its trainer patches (modelled, not measured) | unsloth / unsloth_zoo 2026.10.9 |
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ...errors import VramplanError
+from ...specs import ModelSpec, TrainingSetup
+from ..activations import LayerActivations, layer_activations, residual_bytes_per_element
+from .heads import HeadBytes, hf_head, liger_flce_head, trl_fused_head, unsloth_chunked_head
+from .kernels import (
+    LIGER_PATCHED,
+    UNSLOTH_GPU_STAGING_BUFFERS,
+    fused_head_final_units,
+    liger_activations,
+    masked_attention,
+    unsloth_activations,
+)
+
+#: library versions each profile's constants were read from
+PROFILE_VERSIONS: dict[str, dict[str, str]] = {
+    "hf": {"transformers": "5.23.0", "peft": "0.21.2"},
+    "trl": {"transformers": "5.23.0", "peft": "0.21.2", "trl": "1.16.0"},
+    "unsloth": {"unsloth": "2026.10.9", "unsloth_zoo": "2026.10.9", "peft": "0.21.2"},
+}
+LIGER_VERSION = {"liger-kernel": "0.8.5"}
+#: SFTConfig.max_length default (trl/trainer/sft_config.py)
+TRL_DEFAULT_MAX_LENGTH = 1024
+FP32 = 4
+BF16 = 2
+
+
+@dataclass(frozen=True)
+class StackProfile:
+    """What one stack changes; `name` is the label estimates and run records show."""
+
+    name: str
+    versions: dict[str, str]
+    #: QLoRA: prepare_model_for_kbit_training casts every non-quantized weight to fp32 (fp32 residual stream)
+    kbit_fp32_upcast: bool
+    #: bytes per element of the LoRA adapters (and so of their gradients and Adam states)
+    adapter_itemsize: int
+    #: checkpoints live in host memory (only staging buffers on the GPU)
+    offloads_checkpoints: bool
+    head: Callable[[ModelSpec, TrainingSetup, "StackProfile"], HeadBytes]
+    kernels: Callable[[ModelSpec, TrainingSetup, LayerActivations, int], LayerActivations]
+    assumptions: Callable[[ModelSpec, TrainingSetup], list[str]]
+    liger: bool = False
+    #: full fine-tuning upcasts bf16/fp16 trainable weights to fp32 (Unsloth's float32_mixed_precision=True)
+    full_ft_fp32_weights: bool = False
+
+    def memory_setup(self, setup: TrainingSetup) -> TrainingSetup:
+        """The setup as it runs: Unsloth full fine-tuning trains fp32 weights under bf16 autocast
+        (unsloth_zoo/training_utils.py::prepare_model_for_training), which `--dtype fp32` models."""
+        if self.full_ft_fp32_weights and setup.method == "full" and setup.dtype != "fp32":
+            return setup.model_copy(update={"dtype": "fp32"})
+        return setup
+
+    def activation_setup(self, setup: TrainingSetup) -> TrainingSetup:
+        """The setup whose transformers-eager activations this stack starts from: QLoRA without the fp32 upcast
+        saves what bf16 LoRA saves (memory_model.md 5.4: base Linear4bit keeps only its packed weight)."""
+        if setup.method == "qlora" and not self.kbit_fp32_upcast:
+            return setup.model_copy(update={"method": "lora", "quant": None})
+        return setup
+
+    def residual_bytes(self, setup: TrainingSetup) -> int:
+        return residual_bytes_per_element(self.activation_setup(setup))
+
+    def lm_head_fp32(self, setup: TrainingSetup) -> bool:
+        return setup.dtype == "fp32" or (setup.method == "qlora" and self.kbit_fp32_upcast)
+
+    def activations(self, spec: ModelSpec, setup: TrainingSetup) -> LayerActivations:
+        act_setup = self.activation_setup(setup)
+        act = layer_activations(spec, act_setup)
+        return self.kernels(spec, act_setup, act, residual_bytes_per_element(act_setup))
+
+    def head_bytes(self, spec: ModelSpec, setup: TrainingSetup) -> HeadBytes:
+        return self.head(spec, setup, self)
+
+    def checkpoint_copies(self, num_layers: int) -> int:
+        """How many layer checkpoints are resident on the GPU under gradient checkpointing."""
+        return UNSLOTH_GPU_STAGING_BUFFERS if self.offloads_checkpoints else num_layers
+
+
+def _lm_head_trainable(setup: TrainingSetup) -> bool:
+    return setup.method == "full"
+
+
+def _head_hf(spec: ModelSpec, setup: TrainingSetup, p: StackProfile) -> HeadBytes:
+    return hf_head(spec, setup, lm_head_fp32=p.lm_head_fp32(setup))
+
+
+def _head_trl(spec: ModelSpec, setup: TrainingSetup, p: StackProfile) -> HeadBytes:
+    e_w = FP32 if p.lm_head_fp32(setup) else BF16
+    return trl_fused_head(spec, setup, e_h=p.residual_bytes(setup), e_w=e_w, lm_head_trainable=_lm_head_trainable(setup))
+
+
+def _head_liger(spec: ModelSpec, setup: TrainingSetup, p: StackProfile) -> HeadBytes:
+    if spec.model_type not in LIGER_PATCHED:
+        return _head_hf(spec, setup, p)
+    e_w = FP32 if p.lm_head_fp32(setup) else BF16
+    return liger_flce_head(spec, setup, e_h=p.residual_bytes(setup), e_w=e_w, lm_head_trainable=_lm_head_trainable(setup))
+
+
+def _head_unsloth(spec: ModelSpec, setup: TrainingSetup, p: StackProfile) -> HeadBytes:
+    return unsloth_chunked_head(spec, setup, e_h=p.residual_bytes(setup))
+
+
+def _packed_mask(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations) -> LayerActivations:
+    return masked_attention(spec, setup, act, packed=True) if setup.packing else act
+
+
+def _kernels_eager(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
+    return _packed_mask(spec, setup, act)
+
+
+def _kernels_trl(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
+    """TRL's collator pads each batch to its longest row: with b > 1 there is padding, so a mask."""
+    act = fused_head_final_units(setup, act)
+    if setup.packing:
+        return _packed_mask(spec, setup, act)
+    return masked_attention(spec, setup, act, packed=False) if setup.batch_size > 1 else act
+
+
+def _kernels_liger(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
+    if spec.model_type not in LIGER_PATCHED:
+        return act
+    return liger_activations(spec, setup, act, residual)
+
+
+def _kernels_unsloth(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
+    return _packed_mask(spec, setup, unsloth_activations(spec, setup, act))
+
+
+def _assume_hf(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
+    out = [f"stack 'hf': transformers Trainer with {'fp16' if setup.dtype == 'fp16' else 'bf16'} autocast, "
+           "the model's own cross-entropy over fp32 (b, s, V) logits"]  # fmt: skip
+    if setup.packing:
+        out.append(_packing_note(setup, "DataCollatorWithFlattening"))
+    return out
+
+
+def _packing_note(setup: TrainingSetup, how: str) -> str:
+    if setup.attn == "flash":
+        return f"--packing: padding-free rows ({how}, position ids): flash varlen attention, no mask"
+    return (
+        f"--packing with --attn {setup.attn}: one block-diagonal mask over the b*s packed tokens per forward"
+        + (" and SDPA's masked kernel (repeated K/V, a bf16 bias per layer); modelled, not measured" if setup.attn == "sdpa" else "")
+    )
+
+
+def _assume_trl(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
+    out = [
+        "stack 'trl': TRL SFTTrainer with SFTConfig defaults; its fused LM head scores b x (s-1) positions in "
+        "4096 x 32768 tiles (no (b, s, V) logits) and computes entropy and token accuracy for its logs",
+    ]
+    if setup.method == "qlora":
+        out.append(
+            "TRL QLoRA: SFTTrainer(peft_config=...) on a 4-bit model does not call prepare_model_for_kbit_training "
+            "(embeddings, lm_head and norms stay bf16) and casts the LoRA adapters to bf16"
+        )
+    if setup.seq_len > TRL_DEFAULT_MAX_LENGTH:
+        out.append(
+            f"SFTConfig truncates to max_length={TRL_DEFAULT_MAX_LENGTH} by default: this estimate is for "
+            f"max_length={setup.seq_len} (set it in SFTConfig, or TRL trains on {TRL_DEFAULT_MAX_LENGTH} tokens)"
+        )
+    if setup.packing:
+        out.append(_packing_note(setup, "SFTConfig(packing=True), bfd strategy"))
+    elif setup.batch_size > 1:
+        out.append(
+            "batches are padded to their longest sequence (--seq-len): a [b, 1, s, s] padding mask"
+            + ("; SDPA's masked kernel repeats K/V and saves a bf16 bias per layer (modelled, not measured)"
+               if setup.attn == "sdpa" else "")
+        )
+    out.append("activation_offloading=False (SFTConfig default)")
+    return out
+
+
+def _assume_liger(base: Callable[[ModelSpec, TrainingSetup], list[str]], trl: bool):
+    def assume(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
+        out = base(spec, setup)
+        if spec.model_type not in LIGER_PATCHED:
+            out.append(f"--liger: Liger 0.8.5 does not patch model_type '{spec.model_type}': the hf terms apply")
+        elif trl:
+            out.append(
+                "--liger with TRL 1.16: SFTTrainer keeps its fused LM head (it sets fused_linear_cross_entropy=False) "
+                "and applies Liger's RMSNorm, SwiGLU/GeGLU and RoPE kernels"
+            )
+        else:
+            out.append("--liger: Liger fused linear cross-entropy (no logits), RMSNorm, SwiGLU/GeGLU and RoPE kernels")
+        return out
+
+    return assume
+
+
+def _assume_unsloth(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
+    out = [
+        "stack 'unsloth': modelled from Unsloth's source, NOT measured (Unsloth could not be installed on the GPU "
+        "machine): chunked fused cross-entropy (<= 4 GiB per chunk), no fp32 upcast of frozen weights",
+    ]
+    if setup.grad_ckpt:
+        out.append("use_gradient_checkpointing='unsloth': checkpoints offloaded to host memory (2 GPU staging buffers)")
+    if setup.method == "full":
+        out.append("Unsloth full fine-tuning upcasts bf16 trainable weights to fp32 (float32_mixed_precision=True)")
+    elif setup.lora is not None and setup.lora.dropout > 0:
+        out.append("lora_dropout > 0: Unsloth falls back to PEFT's LoRA forward (use --lora-dropout 0 for its kernels)")
+    else:
+        out.append("Unsloth fused LoRA kernels (LoRA_MLP, LoRA_QKV, LoRA_W): activations recomputed in backward")
+    return out
+
+
+_PROFILES: dict[tuple[str, bool], StackProfile] = {
+    ("hf", False): StackProfile("hf", PROFILE_VERSIONS["hf"], True, FP32, False, _head_hf, _kernels_eager, _assume_hf),
+    ("hf", True): StackProfile(
+        "hf+liger", {**PROFILE_VERSIONS["hf"], **LIGER_VERSION}, True, FP32, False, _head_liger, _kernels_liger,
+        _assume_liger(_assume_hf, trl=False), liger=True,
+    ),
+    ("trl", False): StackProfile("trl", PROFILE_VERSIONS["trl"], False, BF16, False, _head_trl, _kernels_trl, _assume_trl),
+    ("trl", True): StackProfile(
+        "trl+liger", {**PROFILE_VERSIONS["trl"], **LIGER_VERSION}, False, BF16, False, _head_trl,
+        lambda spec, setup, act, residual: _kernels_liger(spec, setup, _kernels_trl(spec, setup, act, residual), residual),
+        _assume_liger(_assume_trl, trl=True), liger=True,
+    ),
+    ("unsloth", False): StackProfile(
+        "unsloth", PROFILE_VERSIONS["unsloth"], False, FP32, True, _head_unsloth, _kernels_unsloth, _assume_unsloth,
+        full_ft_fp32_weights=True,
+    ),
+}  # fmt: skip
+
+
+def stack_profile(setup: TrainingSetup) -> StackProfile:
+    """The profile of `setup.stack` (with `setup.liger`), its adapter dtype resolved for the method."""
+    profile = _PROFILES[(setup.stack, setup.liger)]
+    if not adapters_in_profile_dtype(profile, setup):
+        profile = replace(profile, adapter_itemsize=FP32)
+    return profile
+
+
+def adapters_in_profile_dtype(profile: StackProfile, setup: TrainingSetup) -> bool:
+    """TRL casts the adapters to bf16 only for quantized models (sft_trainer.py: `if _is_quantized_model`)."""
+    return setup.method == "qlora" or profile.adapter_itemsize == FP32
+
+
+def check_stack_supported(spec: ModelSpec, setup: TrainingSetup) -> None:
+    """Refuse what a stack cannot run. Raises VramplanError with the accepted alternatives."""
+    if setup.stack != "unsloth":
+        return
+    if setup.num_gpus > 1:
+        raise VramplanError("--stack unsloth runs on one GPU; accepted: --num-gpus 1 (or --stack hf|trl for multi-GPU)")
+    if setup.method == "qlora" and setup.quant != "nf4":
+        raise VramplanError(f"--stack unsloth loads 4-bit NF4 checkpoints; --quant {setup.quant} accepted: nf4")
+    if setup.attn == "eager":
+        raise VramplanError("--stack unsloth uses its own flash/SDPA attention; accepted: --attn sdpa|flash")

@@ -1,0 +1,140 @@
+"""The LM-head / loss term of each stack: bytes on top of the saved layer activations.
+
+Each stack computes the loss differently, and that is often the largest single term (memory_model.md
+section 6). Symbols: N = b*s tokens per micro-batch, M = b*(s-1) scored positions (every label valid,
+the last position has no next token), V vocabulary, h hidden size, e_h bytes per element of the final
+hidden state (2 for a bf16 residual stream, 4 for an fp32 one), e_w bytes per lm_head element.
+
+A `HeadBytes` gives three numbers:
+* forward: the peak inside the loss during the forward pass,
+* backward: the peak when backward starts (the head's own backward),
+* chain: every buffer of one step's loss that the allocator must place (for the steady-step segment rule),
+* largest: the largest single loss buffer (what the fragmentation rule strands).
+"""
+
+import math
+from dataclasses import dataclass
+
+from ...specs import ModelSpec, TrainingSetup
+from ..loss import logits_count, loss_backward_bytes, loss_forward_bytes
+
+FP32 = 4
+BF16 = 2
+
+# --- TRL 1.16 (trl/kernels/chunked_logprob.py, trl/trainer/utils.py::add_fused_lm_head) ---
+#: tokens per projection tile (chunked_logprob.py::TOKEN_CHUNK_SIZE)
+TRL_TOKEN_TILE = 4096
+#: vocabulary columns per tile (trainer/utils.py::_CHUNKED_LOGPROB_CHUNK_SIZE)
+TRL_VOCAB_TILE = 32768
+#: fp32 [M] running statistics of the forward fold (running_max, sum_exp, x_sum_exp, sq_sum_exp, z_sum,
+#: max_before_target, target_logit) plus the outputs log_probs and entropy
+TRL_FP32_VECTORS_FWD = 9
+#: saved for backward: log_z and entropy, fp32 [M]
+TRL_FP32_VECTORS_SAVED = 2
+
+# --- Unsloth (unsloth_zoo/fused_losses/cross_entropy_loss.py) ---
+#: bytes per (token x vocab) element of one chunk: bf16 logits, fp32 upcast, log_softmax, its gradient
+UNSLOTH_CE_BYTES_PER_LOGIT = 16
+#: the chunk budget is half the free GPU memory, capped at 4 GiB (_CE_TARGET_GB_CAP); the cap is the bound
+UNSLOTH_CE_TARGET_BYTES = 4 * 1024**3
+#: the number of chunks is a multiple of 4 (get_chunk_size)
+UNSLOTH_CE_CHUNK_MULTIPLE = 4
+
+
+@dataclass(frozen=True)
+class HeadBytes:
+    forward: int
+    backward: int
+    chain: int
+    largest: int
+
+
+def hf_head(spec: ModelSpec, setup: TrainingSetup, *, lm_head_fp32: bool) -> HeadBytes:
+    """transformers' own loss over full (b, s, V) logits (memory/loss.py: 10 N V forward, 12 N V backward).
+
+    The chain (bf16 logits, fp32 upcast, log_softmax output and its gradient) is 14 N V; with an fp32
+    lm_head (QLoRA after prepare_model_for_kbit_training) the chain is the same size in this model.
+    """
+    del lm_head_fp32
+    nv = logits_count(spec, setup)
+    forward, backward = loss_forward_bytes(spec, setup), loss_backward_bytes(spec, setup)
+    return HeadBytes(forward=forward, backward=backward, chain=forward + FP32 * nv, largest=FP32 * nv)
+
+
+def trl_fused_head(spec: ModelSpec, setup: TrainingSetup, *, e_h: int, e_w: int, lm_head_trainable: bool) -> HeadBytes:
+    """TRL SFTTrainer's tiled LM head (trl/trainer/utils.py::add_fused_lm_head, kernels/chunked_logprob.py).
+
+    Forward: ``hidden_states[:, :-1][mask]`` gathers the M scored positions (a copy, e_h M h, saved for
+    backward); ``ChunkedLogProbFunction.forward`` projects [4096, 32768] tiles into one reused ``mm_buf`` in
+    the autocast dtype (bf16) and folds them into fp32 [M] statistics; the tile input and the lm_head slice
+    are cast to bf16 per tile when they are not bf16 already (fp32 residual stream / fp32 lm_head).
+    It returns log_probs, entropy and is_top1 (SFTTrainer asks for entropy and token accuracy).
+    Backward: fp32 ``grad_hidden`` [M, h] (and fp32 ``grad_weight`` [V, h] when lm_head is trainable), the
+    tile buffer again, then ``grad_hidden.to(hidden.dtype)`` and ``grad_weight.to(weight.dtype)`` while the
+    fp32 accumulators are still referenced (the return statement).
+    """
+    m = setup.batch_size * (setup.seq_len - 1)
+    h, v = spec.hidden_size, spec.vocab_size
+    rows = min(m, TRL_TOKEN_TILE)
+    tile = rows * min(v, TRL_VOCAB_TILE) * BF16
+    casts = (rows * h * BF16 if e_h != BF16 else 0) + (min(v, TRL_VOCAB_TILE) * h * BF16 if e_w != BF16 else 0)
+    hidden_copy = m * h * e_h
+    saved = hidden_copy + TRL_FP32_VECTORS_SAVED * FP32 * m
+    forward = hidden_copy + TRL_FP32_VECTORS_FWD * FP32 * m + m + tile + casts
+    grad_weight = v * h * (FP32 + e_w) if lm_head_trainable else 0
+    backward = saved + FP32 * m * h + m * h * e_h + tile + casts + grad_weight
+    chain = forward + FP32 * m * h + m * h * e_h + tile + (v * h * FP32 if lm_head_trainable else 0)
+    return HeadBytes(forward=forward, backward=backward, chain=chain, largest=max(FP32 * m * h, tile))
+
+
+def liger_chunk_rows(n_tokens: int, vocab: int, hidden: int) -> int:
+    """Rows per chunk of Liger's fused linear cross-entropy (ops/fused_linear_cross_entropy.py):
+    chunk = min(next_power_of_2(ceil(BT / ceil(V / H))), BT), so a chunk's logits are about BT x H."""
+    inc_factor = -(-vocab // hidden)
+    rows = -(-n_tokens // inc_factor)
+    return min(1 << (rows - 1).bit_length(), n_tokens)
+
+
+def liger_flce_head(spec: ModelSpec, setup: TrainingSetup, *, e_h: int, e_w: int, lm_head_trainable: bool) -> HeadBytes:
+    """Liger's fused linear cross-entropy (liger_kernel/ops/fused_linear_cross_entropy.py, 0.8.5).
+
+    ``LigerForCausalLMLoss`` pads the labels instead of shifting the hidden states, so BT = N rows (a view).
+    The forward computes the gradients too: ``grad_input = zeros_like(_input)`` (e_h N h) and, when lm_head is
+    trainable, ``grad_weight = zeros_like(weight)`` (e_w V h, the lm_head gradient allocated early), an fp32
+    loss vector and a bool target mask; the logits exist one chunk at a time ([chunk, V] in the compute dtype).
+    When the lm_head weight is not in the autocast dtype (fp32 lm_head), autocast casts the whole weight to
+    bf16 for each chunk's matmul (V h 2, transient). Backward only scales the saved gradients in place.
+    """
+    n = setup.batch_size * setup.seq_len
+    h, v = spec.hidden_size, spec.vocab_size
+    chunk_logits = liger_chunk_rows(n, v, h) * v * BF16
+    weight_cast = v * h * BF16 if e_w != BF16 else 0
+    grad_input = n * h * e_h
+    grad_weight = v * h * e_w if lm_head_trainable else 0
+    forward = grad_input + grad_weight + (FP32 + 1) * n + chunk_logits + weight_cast
+    backward = grad_input + grad_weight
+    return HeadBytes(forward=forward, backward=backward, chain=forward, largest=max(grad_input, chunk_logits))
+
+
+def unsloth_chunk_rows(n_tokens: int, vocab: int) -> int:
+    """Rows per chunk of Unsloth's chunked cross-entropy (unsloth_zoo fused_losses get_chunk_size): enough
+    chunks, a multiple of 4, that one chunk's 16 bytes per logit stay within the 4 GiB budget cap."""
+    exact = UNSLOTH_CE_BYTES_PER_LOGIT * n_tokens * vocab / UNSLOTH_CE_TARGET_BYTES
+    if exact <= 1.0:
+        return n_tokens
+    chunks = min(math.ceil(exact / UNSLOTH_CE_CHUNK_MULTIPLE) * UNSLOTH_CE_CHUNK_MULTIPLE, n_tokens)
+    return -(-n_tokens // chunks)
+
+
+def unsloth_chunked_head(spec: ModelSpec, setup: TrainingSetup, *, e_h: int) -> HeadBytes:
+    """Unsloth's chunked fused cross-entropy (unsloth_zoo/fused_losses/cross_entropy_loss.py).
+
+    The loss is computed chunk by chunk with its gradient during the forward (``accumulate_chunk``): one
+    chunk's bf16 logits, fp32 upcast, log_softmax and gradient (16 bytes per logit) plus the gradient of the
+    hidden states [N, h]. The chunk budget is half the free memory capped at 4 GiB; this uses the cap,
+    an upper bound (on a nearly full card the chunks are smaller).
+    """
+    n = setup.batch_size * setup.seq_len
+    chunk = unsloth_chunk_rows(n, spec.vocab_size) * spec.vocab_size * UNSLOTH_CE_BYTES_PER_LOGIT
+    grad_inputs = n * spec.hidden_size * e_h
+    return HeadBytes(forward=grad_inputs + chunk, backward=grad_inputs, chain=grad_inputs + chunk, largest=chunk)

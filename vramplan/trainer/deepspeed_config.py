@@ -1,0 +1,79 @@
+"""The DeepSpeed config a ZeRO measurement run hands to the Trainer (``TrainingArguments(deepspeed=dict)``).
+
+The Trainer's DeepSpeed integration (transformers/integrations/deepspeed.py::HfTrainerDeepSpeedConfig)
+fills every ``"auto"`` value from the TrainingArguments (micro-batch, accumulation, clipping, bf16, learning
+rate, bucket sizes from the model's hidden size), so the config only says what the setup decides: the ZeRO
+stage and what is offloaded to CPU memory. With optimizer offload the config names DeepSpeed's AdamW, which
+DeepSpeed runs as its CPU Adam (``deepspeed/ops/adam/cpu_adam.py``, a JIT-compiled op) — a torch optimizer
+cannot step on offloaded states. This module imports nothing heavy: the parent process reads it too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from vramplan.specs import TrainingSetup
+
+from .errors import MeasurementError
+
+ZERO_STAGES = {"zero2": 2, "zero3": 3}
+#: how to get DeepSpeed onto a GPU machine without network (it ships as a source archive)
+DEEPSPEED_HINT = (
+    "pip wheel --no-deps deepspeed==0.19.8 (ops left to JIT compilation) and carry it with einops, hjson, msgpack, "
+    "ninja, py-cpuinfo"
+)
+
+
+def is_deepspeed(setup: TrainingSetup) -> bool:
+    return setup.parallel in ZERO_STAGES
+
+
+def require_deepspeed() -> None:
+    if importlib.util.find_spec("deepspeed") is None:
+        raise MeasurementError(f"--parallel zero2|zero3 needs DeepSpeed installed: {DEEPSPEED_HINT}")
+
+
+def deepspeed_config(setup: TrainingSetup) -> dict[str, Any]:
+    """ZeRO stage and offload of `setup` as a DeepSpeed config; everything else "auto" (the Trainer fills it).
+
+    Raises:
+        MeasurementError: not a ZeRO setup, or an offload ZeRO-2 does not offer (parameters).
+    """
+    if not is_deepspeed(setup):
+        raise MeasurementError(f"--parallel {setup.parallel} is not DeepSpeed ZeRO")
+    stage = ZERO_STAGES[setup.parallel]
+    zero: dict[str, Any] = {
+        "stage": stage,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
+    if stage == 3:
+        zero.update(
+            stage3_prefetch_bucket_size="auto",
+            stage3_param_persistence_threshold="auto",
+            stage3_gather_16bit_weights_on_model_save=False,
+        )
+    else:
+        zero.update(allgather_partitions=True, allgather_bucket_size=int(5e8), reduce_scatter=True)
+    config: dict[str, Any] = {
+        "zero_optimization": zero,
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "train_batch_size": "auto",
+    }
+    if setup.offload in ("optimizer", "all"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
+        }
+    if setup.offload == "all":
+        if stage != 3:
+            raise MeasurementError("--offload all (parameters) needs --parallel zero3; ZeRO-2 offloads the optimizer only")
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return config
