@@ -41,7 +41,7 @@ from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, e
 from ..weights import lm_head_params
 from .rules import block_bytes
 from .tensors import (
-    _quantized_pieces,
+    quantized_pieces,
     activation_tensors,
     grad_tensor,
     grouped_by_layer,
@@ -157,7 +157,7 @@ class _Builder:
         self.quant_steps = {  # (pieces, their bytes) -> the quantization's allocations, per Linear kind
             (len(p), sum(p)): quantization_steps(x.out_features, x.in_features, setup)
             for x in linear_shapes(model) if x.role != "lm_head"
-            for p in [_quantized_pieces(x.out_features, x.in_features, setup)]
+            for p in [quantized_pieces(x.out_features, x.in_features, setup)]
         } if setup.method == "qlora" else {}  # fmt: skip
         whole = [expert_grad_transient_bytes(model, setup, BYTES_PER_DTYPE[setup.dtype]),
                  expert_lora_transient_bytes(model, setup)]  # fmt: skip
@@ -171,7 +171,6 @@ class _Builder:
         self.t_bwd = pieces_bytes(units_bytes / unit, i_units, unit, units_bytes) if units_bytes > 0 else []
         self.layer_groups, self.head_groups = grouped_by_layer(trainable_groups(model, setup), self.L)
         self.grads: list[int] = []
-        self.states_made = False
         self.workspace: list[int] = []
         lm_copy = block_bytes(lm_head_params(model) * BF16) if t.autocast_cache_fwd else 0
         per_layer_cache = t.autocast_cache_fwd - lm_copy
@@ -262,7 +261,8 @@ class _Builder:
             self.cache.append([seq.alloc(x) for x in self.cache_layer[k]])
             for x in self.dequant[k]:  # bitsandbytes gemm_4bit dequantizes each weight for the matmul
                 seq.free(seq.alloc(x))
-            if s.grad_ckpt:
+            if s.grad_ckpt:  # the layer input kept; the layer's tensors, as its recompute holds them, then freed
+                # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
                 self.ckpt.append(seq.alloc(t.one_checkpoint))
                 seq.free(*[seq.alloc(x) for x in self.saved_layer])
             else:

@@ -53,7 +53,7 @@ def layer_weight_tensors(model: ModelSpec, setup: TrainingSetup) -> list[list[tu
         if s.role == "lm_head":
             continue
         n = s.in_features * s.out_features
-        item = (s.name, _quantized_pieces(s.out_features, s.in_features, setup), n * 2) if quant else (
+        item = (s.name, quantized_pieces(s.out_features, s.in_features, setup), n * 2) if quant else (
             s.name, [block_bytes(n * nbytes)], 0
         )
         for layer, k in zip(layers, spread(s.count, L)):
@@ -79,7 +79,7 @@ def layer_weight_tensors(model: ModelSpec, setup: TrainingSetup) -> list[list[tu
     return layers
 
 
-def _quantized_pieces(out_features: int, in_features: int, setup: TrainingSetup) -> list[int]:
+def quantized_pieces(out_features: int, in_features: int, setup: TrainingSetup) -> list[int]:
     """Tensors of one bitsandbytes-quantized weight (sum = weights.nf4_matrix_bytes / int8_matrix_bytes)."""
     n = out_features * in_features
     if setup.quant == "int8":
@@ -105,7 +105,7 @@ def quantization_steps(out_features: int, in_features: int, setup: TrainingSetup
     with double quantization functional.py::quantize_4bit centres the absmax (absmax - offset, a new fp32
     tensor) and quantize_blockwise makes the uint8 absmax, its fp32 absmax and code, and both fp32 absmax
     tensors are dropped; int8_vectorwise_quant makes CB then SCB. The kept tensors add up to
-    _quantized_pieces."""
+    quantized_pieces."""
     n = out_features * in_features
     if setup.quant == "int8":
         return [(block_bytes(n), False), (block_bytes(out_features * FP32), False)]
