@@ -21,6 +21,19 @@ def list_gpus() -> list[GpuSpec]:
     return sorted(_catalog().values(), key=lambda spec: (spec.memory_bytes, spec.id))
 
 
+@lru_cache(maxsize=64)
+def catalog_entry(gpu_id: str) -> GpuSpec | None:
+    """The catalog GPU whose id is exactly `gpu_id`, reading only its own file (`vramplan estimate --gpu
+    rtx-4090` does not parse the other 22); None when no such file. Same parser as the whole catalog."""
+    if not gpu_id or "/" in gpu_id or "\\" in gpu_id or gpu_id.startswith("."):
+        return None
+    entry = files(__package__).joinpath(_DATA_DIR).joinpath(f"{gpu_id}.toml")
+    if not entry.is_file():
+        return None
+    spec = parse_gpu_toml(entry.read_text(encoding="utf-8"), origin=f"gpu_catalog/{_DATA_DIR}/{gpu_id}.toml")
+    return spec if spec.id == gpu_id else None
+
+
 @lru_cache(maxsize=1)
 def _catalog() -> dict[str, GpuSpec]:
     specs: dict[str, GpuSpec] = {}

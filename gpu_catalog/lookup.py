@@ -8,7 +8,7 @@ from pathlib import Path
 from vramplan.errors import UnknownGpuError
 from vramplan.specs.gpu import GpuSpec
 
-from .catalog import _catalog
+from .catalog import _catalog, catalog_entry
 from .parse import GpuFileError, load_gpu_file
 
 #: spaces, underscores and hyphens are interchangeable (and optional) in names
@@ -38,6 +38,9 @@ def find_gpu(name: str) -> GpuSpec:
     """
     if name.strip().lower().endswith(".toml"):
         return load_gpu_file(Path(name.strip()))
+    by_id = catalog_entry(name.strip().lower())
+    if by_id is not None:
+        return by_id
     catalog = _catalog()
     key = normalize_name(name)
     if not key:

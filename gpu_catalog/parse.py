@@ -24,7 +24,7 @@ class MemoryReadings(BaseModel):
     Not part of GpuSpec; the catalog keeps it so tests can check memory_bytes against it.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     marketed_gb: float = Field(gt=0)
     #: torch total_memory / cuDeviceTotalMem readings seen for this SKU, in bytes

@@ -42,7 +42,8 @@ def test_calibration_round_trips_and_corrupt_file_is_refused(tmp_path):
     path.write_text('{"version": 1')
     with pytest.raises(VramplanError, match="not valid"):
         load_calibration(path)
-    assert load_calibration(tmp_path / "missing.json") is None
+    with pytest.raises(VramplanError, match="does not exist"):
+        load_calibration(tmp_path / "missing.json")
 
 
 def test_validate_skips_a_corrupt_record_with_a_warning_and_keeps_it(tmp_path):

@@ -12,7 +12,7 @@ def test_measure_writes_a_valid_record_next_to_the_estimate(tmp_path):
     res = CliRunner().invoke(
         app,
         ["measure", "--model", "smollm2-135m", "--method", "lora", "--seq-len", "16", "--steps", "2",
-         "--runs-dir", str(tmp_path), "--format", "json"],
+         "--device", "cpu", "--runs-dir", str(tmp_path), "--format", "json"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
@@ -36,7 +36,7 @@ def test_measure_runs_trl_sft_trainer_end_to_end_with_the_memory_probe(tmp_path)
     res = CliRunner().invoke(
         app,
         ["measure", "--model", "smollm2-135m", "--method", "lora", "--stack", "trl", "--seq-len", "16",
-         "--batch-size", "2", "--steps", "2", "--runs-dir", str(tmp_path), "--format", "json"],
+         "--batch-size", "2", "--steps", "2", "--device", "cpu", "--runs-dir", str(tmp_path), "--format", "json"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)

@@ -20,7 +20,7 @@ from vramplan.cli import app
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 #: CLI parameters that are not setup inputs of the function (ctx, output format)
-CLI_ONLY = {"ctx", "fmt"}
+CLI_ONLY = {"all_rows", "ctx", "fmt"}
 
 
 def cli_params(command: str) -> dict:

@@ -16,6 +16,11 @@ if TYPE_CHECKING:  # the planner is imported lazily: `vramplan estimate` does no
     from .planner import FitResult, Plan
 
 
+#: a dataset beyond these is a typo, not a job: the largest pre-training runs process ~2e13 tokens (Llama 3: 15e12)
+MAX_DATASET_TOKENS = 10**15
+MAX_EPOCHS = 10_000
+
+
 @lru_cache(maxsize=1)
 def default_calibration() -> Calibration | None:
     """The calibration estimates apply by default (shipped file, or $VRAMPLAN_CALIBRATION)."""
@@ -34,7 +39,7 @@ def estimate_for(
     """Resolve names (model catalog / path, GPU catalog) and estimate; `assumptions`: what reading a
     config file assumed (listed first). The Estimate carries the setup. Raises VramplanError on bad input."""
     spec = resolve_model(model)
-    gpu_spec = find_gpu(gpu) if gpu else None
+    gpu_spec = find_gpu(gpu) if gpu is not None else None  # --gpu '' is refused, not ignored
     result = estimate(
         spec,
         setup,
@@ -65,7 +70,9 @@ def plan_for(
     from .planner import DEFAULT_MAX_GPUS, plan
 
     spec = resolve_model(model)
-    names = [g.strip() for g in gpus.split(",") if g.strip()]
+    names = [g.strip() for g in gpus.split(",")]
+    if not all(names):
+        raise VramplanError(f"--gpus {gpus!r}: an empty GPU id; accepted: all or a comma list of ids (vramplan gpus)")
     gpu_specs = list_gpus() if gpus.strip() == "all" else [find_gpu(g) for g in names]
     total = dataset_total_tokens(setup.seq_len, dataset_tokens, dataset_examples, epochs)
     max_gpus = DEFAULT_MAX_GPUS if max_gpus is None else max_gpus
@@ -81,17 +88,21 @@ def dataset_total_tokens(
     to seq_len); None without a dataset. Raises VramplanError on contradictory or non-positive values."""
     if dataset_tokens is not None and dataset_examples is not None:
         raise VramplanError("give --dataset-tokens or --dataset-examples, not both")
-    if epochs is not None and not epochs > 0:
-        raise VramplanError(f"--epochs {epochs}: accepted: a positive number")
+    if epochs is not None and not 0 < epochs <= MAX_EPOCHS:  # also refuses nan and inf
+        raise VramplanError(f"--epochs {epochs}: accepted: a number > 0 and <= {MAX_EPOCHS:,}")
     for flag, value in (("--dataset-tokens", dataset_tokens), ("--dataset-examples", dataset_examples)):
-        if value is not None and value <= 0:
-            raise VramplanError(f"{flag} {value}: accepted: a positive integer")
+        if value is not None and not 0 < value <= MAX_DATASET_TOKENS:
+            shown = value if len(str(value)) <= 24 else f"of {len(str(value))} digits"
+            raise VramplanError(f"{flag} {shown}: accepted: a positive integer up to {MAX_DATASET_TOKENS:.0e}")
     if dataset_tokens is None and dataset_examples is None:
         if epochs is not None:
             raise VramplanError("--epochs needs --dataset-tokens or --dataset-examples")
         return None
     tokens = dataset_tokens if dataset_tokens is not None else dataset_examples * seq_len  # type: ignore[operator]
-    return float(tokens) * (epochs if epochs is not None else 1.0)
+    total = float(tokens) * (epochs if epochs is not None else 1.0)
+    if total > MAX_DATASET_TOKENS:
+        raise VramplanError(f"a dataset of {total:.3g} tokens in all: accepted: up to {MAX_DATASET_TOKENS:.0e} tokens")
+    return total
 
 
 def fit_for(model: str, setup: TrainingSetup, *, gpu: str, solve: str, headroom: float = DEFAULT_HEADROOM) -> "FitResult":

@@ -15,10 +15,13 @@ Each is clipped to its bound. `leave_one_out` predicts every run with constants 
 import json
 import os
 import statistics
+import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from .errors import VramplanError
 from .estimator import CALIBRATED_DEFAULTS, estimate
@@ -37,6 +40,10 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "fragmentation_logits": (0.0, 3.0),
     "fragmentation_logits_expandable": (0.0, 3.0),
 }
+
+
+#: fewer runs than fitted constants is an under-determined fit: refused
+MIN_RUNS = len(BOUNDS)
 
 
 def usable_runs(runs: list[MeasuredRun]) -> list[MeasuredRun]:
@@ -63,6 +70,11 @@ def fit(runs: list[MeasuredRun], *, version: str | None = None) -> Calibration:
     runs = usable_runs(runs)
     if not runs:
         raise VramplanError("no run record with measured GPU memory to calibrate from; run `vramplan measure` first")
+    if len(runs) < MIN_RUNS:
+        raise VramplanError(
+            f"{len(runs)} usable run record(s) cannot fit {len(BOUNDS)} constants: calibrate needs at least "
+            f"{MIN_RUNS} (single-GPU, not OOM, not memory-capped); the shipped calibration stays in use"
+        )
     context: list[float] = []
     default_rows: list[tuple[float, float, float]] = []  # (allocated, 4NV, reserved - allocated)
     expandable_rows: list[tuple[float, float, float]] = []
@@ -174,7 +186,7 @@ def leave_one_out(runs: list[MeasuredRun], reserved_rule: str = "rules") -> Vali
     result = validate([r for r in runs if r not in usable], reserved_rule=reserved_rule)
     for i, run in enumerate(usable):
         others = others_of(i)
-        calibration = fit(others) if usable_runs(others) else None
+        calibration = fit(others) if len(usable_runs(others)) >= MIN_RUNS else None
         try:
             result.comparisons.append(compare_run(run, calibration, reserved_rule))
         except VramplanError as exc:
@@ -195,22 +207,56 @@ CALIBRATION_ENV = "VRAMPLAN_CALIBRATION"
 
 
 def load_calibration(path: Path | str | None = None) -> Calibration | None:
-    """`path`, else $VRAMPLAN_CALIBRATION, else the shipped calibration; None when no file exists.
+    """`path`, else $VRAMPLAN_CALIBRATION, else the shipped calibration; None when the shipped file is absent.
 
-    Raises VramplanError if the file is corrupt."""
-    p = Path(path or os.environ.get(CALIBRATION_ENV) or shipped_calibration_path())
+    Raises VramplanError when a file named by `path` or $VRAMPLAN_CALIBRATION does not exist or is a folder,
+    or when the file is corrupt (the message names the first bad field)."""
+    named = path or os.environ.get(CALIBRATION_ENV)
+    p = Path(named or shipped_calibration_path())
+    origin = f"${CALIBRATION_ENV}" if named and not path else "calibration file"
     if not p.is_file():
-        return None
+        if named is None:
+            return None
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise VramplanError(f"{origin} {p} {what}; accepted: a calibration JSON written by `vramplan calibrate --out`")
     try:
-        return Calibration.model_validate_json(p.read_text())
-    except ValueError as exc:
+        calibration = Calibration.model_validate_json(p.read_text())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or "file"
+        raise VramplanError(f"calibration file {p} is not valid: {where}: {first.get('msg')}") from None
+    except (OSError, ValueError, RecursionError) as exc:
         raise VramplanError(f"calibration file {p} is not valid: {str(exc).splitlines()[0]}") from None
+    for name, value in calibration.constants.items():
+        if name not in BOUNDS:
+            raise VramplanError(f"calibration file {p} is not valid: constants.{name}: unknown; accepted: {', '.join(BOUNDS)}")
+        lo, hi = BOUNDS[name]
+        if not lo <= value <= hi:
+            raise VramplanError(f"calibration file {p} is not valid: constants.{name} = {value:g} is outside {lo:g} .. {hi:g}")
+    return calibration
 
 
-def save_calibration(calibration: Calibration, path: Path | str) -> Path:
+def save_calibration(calibration: Calibration, path: Path | str, *, force: bool = False) -> Path:
+    """Write `calibration` to `path` atomically: a uniquely named temporary file in the same folder, fsynced,
+    then renamed over `path` (concurrent writers each write whole files; the last rename wins).
+
+    Raises VramplanError when `path` is a folder, or is the package's shipped calibration and not `force`."""
     p = Path(path)
+    if p.is_dir():
+        raise VramplanError(f"--out {p} is a folder; accepted: a file path such as {p / 'calibration.json'}")
+    if not force and p.resolve() == shipped_calibration_path().resolve():
+        raise VramplanError(f"--out {p} is the calibration shipped with vramplan; add --force to replace it")
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(calibration.model_dump(mode="json"), indent=2) + "\n")
-    tmp.replace(p)
+    text = json.dumps(calibration.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return p

@@ -3,12 +3,15 @@
 Every domain error becomes one line on stderr and exit code 2 (no traceback).
 """
 
-import json
+import os
 import sys
 from typing import Annotated, Optional
 
-import typer
-from rich.console import Console
+#: pydantic scans every installed distribution's entry points for plugins when it builds its first validator
+#: (~20 ms with a training stack installed); the CLI uses none (an explicit PYDANTIC_DISABLE_PLUGINS wins)
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+import typer  # noqa: E402
 
 from . import cli_options as o
 from .configs import resolve_command
@@ -39,13 +42,21 @@ def _root(
     pass
 
 
-def _console() -> Console:
+def _console():
+    from rich.console import Console  # not loaded for --format json
+
     return Console(width=max(100, Console().width))
 
 
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _json(doc) -> str:
+    from .report.json_out import dumps  # strict JSON: never Infinity or NaN
+
+    return dumps(doc)
 
 
 def _check_format(fmt: str) -> None:
@@ -86,7 +97,10 @@ def estimate(
         str, typer.Option("--reserved-rule", help="rules (closed forms, default) | simulated (allocator replay)")
     ] = "rules",
 ) -> None:
-    """Predict peak GPU memory of one fine-tuning setup, with a breakdown and a verdict per GPU."""
+    """Predict peak GPU memory of one fine-tuning setup, with a breakdown and a verdict per GPU.
+
+    Example: vramplan estimate --model llama-3.1-8b --method qlora --seq-len 2048 --grad-ckpt --gpu rtx-4090
+    """
     from .api import estimate_for, fit_for
     from .report.estimate_view import estimate_doc, estimate_renderable
 
@@ -108,7 +122,7 @@ def estimate(
         doc = estimate_doc(result)
         if largest is not None:
             doc["largest_fit"] = {"batch_size": largest["batch-size"], "seq_len": largest["seq-len"]}
-        typer.echo(json.dumps(doc, indent=2))
+        typer.echo(_json(doc))
         return
     title = f"{result.model} · {setup.method}" + (f" r{setup.lora.rank}" if setup.lora else "")
     title += f" · b{setup.batch_size} × s{setup.seq_len}" + (" · grad-ckpt" if setup.grad_ckpt else "")
@@ -152,6 +166,9 @@ def plan(
     sort: Annotated[str, typer.Option("--sort", help="cost | time | memory")] = "cost",
     headroom: o.Headroom = 0.05,
     from_config: o.FromConfig = None,
+    all_rows: Annotated[
+        bool, typer.Option("--all", help="every GPU count and strategy (default: the best row per GPU type)")
+    ] = False,
     fmt: o.FormatOpt = "table",
 ) -> None:
     """Rank GPU x count x strategy options by fit, speed and cost; say what to change when nothing fits."""
@@ -168,9 +185,9 @@ def plan(
     except VramplanError as exc:
         _fail(str(exc))
     if fmt == "json":
-        typer.echo(json.dumps(plan_doc(result), indent=2))
+        typer.echo(_json(plan_doc(result)))
         return
-    _console().print(plan_renderable(result, f"{result.model} · {_setup_title(setup)}"))
+    _console().print(plan_renderable(result, f"{result.model} · {_setup_title(setup)}", all_rows=all_rows))
 
 
 @app.command()
@@ -216,7 +233,7 @@ def fit(
     except VramplanError as exc:
         _fail(str(exc))
     if fmt == "json":
-        typer.echo(json.dumps(fit_doc(result), indent=2))
+        typer.echo(_json(fit_doc(result)))
         return
     _console().print(fit_text(result))
     if resolved.assumptions:
@@ -238,7 +255,7 @@ def models(fmt: o.FormatOpt = "table") -> None:
     _check_format(fmt)
     entries = list_models()
     if fmt == "json":
-        typer.echo(json.dumps([e.model_dump() if hasattr(e, "model_dump") else vars(e) for e in entries], indent=2))
+        typer.echo(_json([e.model_dump() if hasattr(e, "model_dump") else vars(e) for e in entries]))
         return
     table = Table(title=f"{len(entries)} shipped models")
     table.add_column("name")
@@ -261,7 +278,7 @@ def gpus(fmt: o.FormatOpt = "table") -> None:
     _check_format(fmt)
     entries = list_gpus()
     if fmt == "json":
-        typer.echo(json.dumps([g.model_dump() for g in entries], indent=2))
+        typer.echo(_json([g.model_dump() for g in entries]))
         return
     table = Table(title=f"{len(entries)} GPUs")
     for col, just in [("id", "left"), ("name", "left"), ("memory (CUDA)", "right"), ("GB/s", "right"),
@@ -272,6 +289,9 @@ def gpus(fmt: o.FormatOpt = "table") -> None:
         tflops = f"{g.bf16_tflops:g}" if g.bf16_tflops else "—"
         price = f"{g.price_usd_per_hour:.2f}" if g.price_usd_per_hour is not None else "—"
         table.add_row(g.id, g.name, mem, f"{g.bandwidth_gbps:g}", tflops, price)
+    if any(g.memory_bytes_estimated for g in entries):
+        table.caption = "* estimated: the marketed size minus a typical reservation, not a CUDA reading; — : no sourced value"
+        table.caption_justify = "left"
     _console().print(table)
 
 
@@ -308,6 +328,9 @@ def measure(
         Optional[str],
         typer.Option("--memory-snapshot", help="also write the allocator's history (pickle for pytorch.org/memory_viz)"),
     ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="cuda (default; refused without a CUDA device) | cpu (a slow check, no memory)")
+    ] = "cuda",
     fmt: o.FormatOpt = "table",
 ) -> None:
     """Run a short real training job and record measured memory and throughput as a run record."""
@@ -325,17 +348,30 @@ def measure(
         predicted = estimate_for(model, setup)
     except VramplanError as exc:
         _fail(str(exc))
+    from .trainer import requirements
+    from .trainer.stacks import check_stack_installed
+
     try:
-        from .trainer import measure_in_subprocess
-    except ImportError as exc:
-        _fail(f"`vramplan measure` needs the training stack: pip install 'vramplan[train]' ({exc})")
+        requirements.require_stack()
+        requirements.require_bitsandbytes(setup.method, setup.optimizer)
+        check_stack_installed(setup)  # trl/datasets, liger-kernel; unsloth is not measurable
+        requirements.check_device(device)
+    except VramplanError as exc:
+        _fail(str(exc))
+    from .trainer import measure_in_subprocess
+
     target = runs_dir or str(user_runs_dir())
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
+    child_env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None
+    # the random QLoRA checkpoint lives in a folder removed on every exit path, unless the user keeps a cache
+    with requirements.checkpoint_cache() as cache, Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True
+    ) as bar:
         task = bar.add_task("starting", total=None)
         try:
             run = measure_in_subprocess(
                 model, setup, steps, model_path=model_path, data=data, tokenizer=tokenizer,
                 memory_cap_gib=memory_cap_gib, runs_dir=target, memory_snapshot=memory_snapshot,
+                checkpoint_cache=cache, env=child_env,
                 progress=lambda line: bar.update(task, description=line.strip()[:80]),
             )  # fmt: skip
         except VramplanError as exc:
@@ -348,7 +384,7 @@ def measure(
             "peak_reserved_bytes": shown.peak_reserved_bytes,
             "device_peak_bytes": shown.device_peak_bytes,
         }, "runs_dir": target}  # fmt: skip
-        typer.echo(json.dumps(doc, indent=2))
+        typer.echo(_json(doc))
         return
     from rich.table import Table
 
@@ -367,6 +403,26 @@ def measure(
     console.print(f"{speed}; record written under {target}")
 
 
+def _records(runs_dir: list[str] | None) -> list:
+    """The run records of the --runs-dir folders (default: shipped + user runs). A folder named with --runs-dir
+    that does not exist exits 2; each skipped record is one warning line naming its file."""
+    import warnings
+    from pathlib import Path
+
+    from .runs import RunRecordWarning, load_runs, shipped_runs_dir, user_runs_dir
+
+    missing = [d for d in runs_dir or () if not Path(d).is_dir()]
+    if missing:
+        _fail(f"--runs-dir {missing[0]}: no such folder; accepted: a folder of run records (vramplan measure writes them)")
+    problems: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunRecordWarning)  # printed below, one line each
+        runs = load_runs(runs_dir or [shipped_runs_dir(), user_runs_dir()], problems=problems, require_model=True)
+    for line in problems:
+        typer.echo(f"warning: {line}", err=True)
+    return runs
+
+
 @app.command()
 def validate(
     runs_dir: Annotated[
@@ -382,24 +438,19 @@ def validate(
 ) -> None:
     """Predicted vs measured for every run record: the error of each, the median and the worst."""
     from .report.validation_view import validation_doc, validation_renderable
-    from .runs import load_runs, shipped_runs_dir, user_runs_dir
     from .calibration import leave_one_out
     from .validation import validate as run_validation
 
     _check_format(fmt)
-    dirs = runs_dir or [shipped_runs_dir(), user_runs_dir()]
-    problems: list[str] = []
-    runs = load_runs(dirs, problems=problems)
-    for line in problems:
-        typer.echo(f"warning: {line}", err=True)
     if reserved_rule not in ("rules", "simulated"):
         _fail(f"--reserved-rule {reserved_rule}: accepted: rules | simulated")
+    runs = _records(runs_dir)
     result = leave_one_out(runs, reserved_rule) if loo else run_validation(runs, reserved_rule=reserved_rule)
     mode = "leave-one-out calibrated" if loo else "raw model"
     if reserved_rule != "rules":
         mode += ", reserved simulated"
     if fmt == "json":
-        typer.echo(json.dumps({"mode": mode, **validation_doc(result)}, indent=2))
+        typer.echo(_json({"mode": mode, **validation_doc(result)}))
         return
     _console().print(validation_renderable(result, f"predicted ({mode}) vs measured, {len(runs)} run records"))
 
@@ -412,35 +463,70 @@ def calibrate(
     out: Annotated[
         Optional[str], typer.Option("--out", help="where to write the calibration JSON (default: print only)")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="let --out replace the calibration shipped with vramplan")] = False,
     fmt: o.FormatOpt = "table",
 ) -> None:
     """Fit the named, bounded constants (CUDA context, allocator fragmentation) from run records."""
     from .calibration import BOUNDS, fit, save_calibration
-    from .runs import load_runs, shipped_runs_dir, user_runs_dir
 
     _check_format(fmt)
-    problems: list[str] = []
-    runs = load_runs(runs_dir or [shipped_runs_dir(), user_runs_dir()], problems=problems)
-    for line in problems:
-        typer.echo(f"warning: {line}", err=True)
+    runs = _records(runs_dir)
     try:
         cal = fit(runs)
+        if out:
+            save_calibration(cal, out, force=force)
     except VramplanError as exc:
         _fail(str(exc))
-    if out:
-        save_calibration(cal, out)
+    except OSError as exc:
+        _fail(f"--out {out}: cannot write ({exc.strerror or exc})")
     if fmt == "json":
-        typer.echo(json.dumps(cal.model_dump(mode="json"), indent=2))
+        typer.echo(_json(cal.model_dump(mode="json")))
         return
-    typer.echo(f"calibration {cal.version} from {len(cal.fitted_on)} runs" + (f" -> {out}" if out else ""))
+    left_out = len(runs) - len(cal.fitted_on)
+    typer.echo(
+        f"calibration {cal.version} from {len(cal.fitted_on)} of {len(runs)} run records"
+        + (f" ({left_out} left out: OOM, memory-capped or multi-GPU)" if left_out else "")
+        + (f" -> {out}" if out else "")
+    )
+    typer.echo(f"  runs used: {', '.join(cal.fitted_on)}")
     for name, value in cal.constants.items():
         lo, hi = BOUNDS[name]
         typer.echo(f"  {name} = {value:.6g}   (bounds {lo:g} .. {hi:g})")
 
 
 def main() -> None:
+    """The console entry point: `estimate`, `fit` and `plan` through the fast flag parser when it understands the
+    command line (cli_fast.py), everything else through typer. click's usage errors (a non-integer for an integer
+    flag, an unknown flag, a missing option) become one line on stderr and exit code 2, as domain errors do."""
+    from .cli_fast import FAST_COMMANDS, parse
+
     try:
-        app()
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover - typer before it vendored click
+        from click import exceptions as click_errors  # type: ignore[no-redef]
+
+    argv = sys.argv[1:]
+    try:
+        kwargs = parse(globals()[argv[0]], argv[1:]) if argv and argv[0] in FAST_COMMANDS else None
+        if kwargs is not None:
+            globals()[argv[0]](**kwargs)
+            return
+        code = app(standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except click_errors.NoArgsIsHelpError as exc:
+        exc.show()
+        code = 2
+    except click_errors.UsageError as exc:
+        typer.echo(f"error: {exc.format_message().splitlines()[0]}", err=True)
+        code = 2
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        code = 1
+    except BrokenPipeError:  # `vramplan estimate ... | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaced for the interpreter's final flush
+        code = 1
     except VramplanError as exc:  # pragma: no cover - commands catch their own
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)

@@ -89,11 +89,12 @@ def build_setup(
     packing: bool = False,
 ) -> TrainingSetup:
     """Flags -> validated TrainingSetup. Raises VramplanError with a one-line message naming the flag."""
+    if method == "full":
+        _refuse_lora_flags(lora_rank, lora_alpha, lora_dropout, lora_targets)
     try:
         lora = None
         if method in ("lora", "qlora"):
-            targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip()) or ("all-linear",)
-            lora = LoraSpec(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=targets)
+            lora = LoraSpec(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=parse_targets(lora_targets))
         if method == "qlora" and quant is None:
             quant = "nf4"
         if grad_ckpt is None:
@@ -120,6 +121,29 @@ def build_setup(
         )
     except ValidationError as exc:
         raise VramplanError(validation_message(exc)) from None
+
+
+#: the LoRA flags' defaults (the commands' signatures use the same values)
+LORA_DEFAULTS = {"lora_rank": 16, "lora_alpha": None, "lora_dropout": 0.05, "lora_targets": "all-linear"}
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    """`--lora-targets` as module names: "all-linear" or "q_proj,v_proj". Raises VramplanError for an empty
+    list or an empty name (",," or a trailing comma), which would otherwise silently mean something else."""
+    names = tuple(t.strip() for t in text.split(","))
+    if not all(names):
+        raise VramplanError(
+            f"--lora-targets {text!r}: an empty module name; accepted: all-linear or a comma list such as q_proj,v_proj"
+        )
+    return names
+
+
+def _refuse_lora_flags(lora_rank: int, lora_alpha: float | None, lora_dropout: float, lora_targets: str) -> None:
+    """LoRA flags changed from their defaults with --method full describe a job that does not exist."""
+    given = {"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "lora_targets": lora_targets}
+    changed = [f"--{k.replace('_', '-')} {v}" for k, v in given.items() if v != LORA_DEFAULTS[k]]
+    if changed:
+        raise VramplanError(f"{', '.join(changed)} given with --method full; LoRA flags apply to --method lora | qlora")
 
 
 SETUP_PARAMS = (

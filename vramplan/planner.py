@@ -49,6 +49,8 @@ class PlanOption:
     usable_bytes: int
     step: StepTime | None
     total_tokens: float | None
+    #: for a near miss: single changes that make it fit (plan_rows.near_miss_fixes)
+    fixes: tuple["Suggestion", ...] = ()
 
     @property
     def fits(self) -> bool:
@@ -153,6 +155,9 @@ def plan(
                 step = step_time(model, s, gpu, constants, work=work)
                 options.append(PlanOption(gpu, n, parallel, memo[key], usable, step, total_tokens))
     options.sort(key=_sort_key(sort))
+    from .plan_rows import with_near_miss_fixes  # it imports this module
+
+    options = list(with_near_miss_fixes(model, base, tuple(options), headroom=headroom, calibration=calibration))
     target = max(gpus, key=lambda g: g.memory_bytes)
     fits_one = any(o.fits for o in options if o.num_gpus == 1)
     found = () if fits_one else suggestions(model, base, target, headroom=headroom, calibration=calibration, max_gpus=max_gpus)
@@ -240,7 +245,8 @@ def suggestions(
     calibration: Calibration | None = None,
     max_gpus: int = DEFAULT_MAX_GPUS,
 ) -> tuple[Suggestion, ...]:
-    """Single changes that lower the per-GPU device peak on `gpu`, smallest change first; only those that save."""
+    """Single changes that lower the per-GPU device peak on `gpu`, smallest change first; only those that save.
+    When none fits alone, the smallest combination of them that fits is added last (plan_rows.smallest_combination)."""
     calibration = calibration or _default_calibration()
     usable = int(gpu.memory_bytes * (1.0 - headroom))
 
@@ -248,14 +254,19 @@ def suggestions(
         return _shown(estimate(model, s, gpu, headroom=headroom, calibration=calibration)).device_peak_bytes
 
     base = device(setup)
-    out = []
+    out, saving = [], []
     for change, changed in _changes(model, setup, lambda s: device(s) <= usable, max_gpus):
         try:
             peak = device(changed)
         except VramplanError:
             continue
+        saving.append((change, changed, base - peak))  # a change may only pay off combined (QLoRA + checkpointing)
         if peak < base:
             out.append(Suggestion(change, base - peak, peak <= usable))
+    if out and not any(s.fits for s in out):
+        from .plan_rows import smallest_combination  # it imports this module
+
+        out += smallest_combination(setup, saving, lambda s: device(s), usable, base)
     return tuple(out)
 
 

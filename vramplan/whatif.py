@@ -8,7 +8,6 @@ so moving a widget back and forth costs nothing; a fresh interaction takes ~0.1 
 """
 
 import hashlib
-import json
 import re
 import tempfile
 from dataclasses import asdict, dataclass
@@ -19,10 +18,11 @@ from gpu_catalog import find_gpu
 
 from . import api
 from .calibration import leave_one_out
-from .cli_options import build_setup
+from .cli_options import LORA_DEFAULTS, build_setup
 from .errors import ConfigError, VramplanError
 from .configs import read_config_bytes, resolve
 from .models import list_models, parse_config, resolve_model
+from .models.local import parse_json_text
 from .planner import SINGLE, FitResult, Plan, PlanOption, Suggestion
 from .runs import load_runs, shipped_runs_dir
 from .specs import Estimate, MemoryBreakdown, TrainingSetup
@@ -78,6 +78,8 @@ class Inputs:
             fields.pop(key)
         if self.method != "qlora":
             fields["quant"] = None
+        if self.method == "full":  # the LoRA widgets keep their values while hidden
+            fields.update(LORA_DEFAULTS)
         if self.num_gpus == 1:
             fields["parallel"] = None
         if self.stack == "unsloth":
@@ -234,11 +236,10 @@ def stage_upload(data: bytes, filename: str) -> str:
     if len(data) > MAX_UPLOAD_BYTES:
         raise ConfigError(f"{filename}: {len(data)} bytes is too large for a config.json (limit {MAX_UPLOAD_BYTES})")
     try:
-        config = json.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{filename}: not UTF-8 text; upload a Hugging Face config.json") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{filename}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    config = parse_json_text(text, filename)
     stem = Path(filename).stem
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem if stem and stem != "config" else "uploaded")[:64]
     spec = parse_config(config, name=name, source=f"upload: {filename}")

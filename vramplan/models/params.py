@@ -19,6 +19,7 @@ module even when tied, but then its weight is the embedding matrix, so it adds n
 `expert_param_shapes` gives them.
 """
 
+from functools import lru_cache
 from math import prod
 
 from ..specs.model import LinearShape, ModelSpec
@@ -34,7 +35,14 @@ def moe_layers(spec: ModelSpec) -> tuple[int, ...]:
 
 
 def linear_shapes(spec: ModelSpec) -> list[LinearShape]:
-    """Every nn.Linear kind in the model with how many exist; kinds with count 0 are left out."""
+    """Every nn.Linear kind in the model with how many exist; kinds with count 0 are left out.
+
+    Memoized per (frozen) ModelSpec: a `fit` search runs dozens of estimates of one model."""
+    return list(_linear_shapes(spec))
+
+
+@lru_cache(maxsize=64)
+def _linear_shapes(spec: ModelSpec) -> tuple[LinearShape, ...]:
     moe, sparse = spec.moe, len(moe_layers(spec))
     shapes = _attention_linears(spec)
     dense_inter = (moe.dense_intermediate_size if moe else None) or spec.intermediate_size
@@ -45,7 +53,7 @@ def linear_shapes(spec: ModelSpec) -> list[LinearShape]:
         if moe.shared_expert_gate:
             shapes.append(_linear("mlp.shared_expert_gate", spec.hidden_size, 1, False, sparse, "shared_expert"))
     shapes.append(_linear("lm_head", spec.hidden_size, spec.vocab_size, False, 1, "lm_head"))
-    return [s for s in shapes if s.count > 0]
+    return tuple(s for s in shapes if s.count > 0)
 
 
 def expert_param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -62,6 +70,11 @@ def expert_param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
 def param_counts(spec: ModelSpec) -> dict[str, int]:
     """Parameters per role (see module docstring); values add up to `total_params`."""
+    return dict(_param_counts(spec))
+
+
+@lru_cache(maxsize=64)
+def _param_counts(spec: ModelSpec) -> dict[str, int]:
     counts = dict.fromkeys(ROLES, 0)
     embed = spec.vocab_size * spec.hidden_size
     counts["embed_tokens"] = embed

@@ -11,6 +11,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError
+import math
+
+from ..specs import model as shapes
 from ..specs.model import SUPPORTED_MODEL_TYPES, ModelSpec, MoeSpec
 from .families import DEFAULTS, FAMILIES, GEMMA3_TEXT_DEFAULTS, IGNORED_KEY_NOTES, REQUIRED_KEYS, Family
 
@@ -161,11 +164,39 @@ def _getter(cfg: dict, defaults: dict) -> Getter:
     return lambda key: cfg[key] if key in cfg else defaults.get(key)
 
 
+#: config key -> the largest value accepted (larger ones describe no real model: refused, not estimated)
+KEY_MAX = {
+    "hidden_size": shapes.MAX_HIDDEN_SIZE,
+    "num_hidden_layers": shapes.MAX_LAYERS,
+    "num_attention_heads": shapes.MAX_HEADS,
+    "num_key_value_heads": shapes.MAX_HEADS,
+    "head_dim": shapes.MAX_HEAD_DIM,
+    "intermediate_size": shapes.MAX_INTERMEDIATE_SIZE,
+    "moe_intermediate_size": shapes.MAX_INTERMEDIATE_SIZE,
+    "shared_expert_intermediate_size": shapes.MAX_INTERMEDIATE_SIZE,
+    "vocab_size": shapes.MAX_VOCAB_SIZE,
+    "num_local_experts": shapes.MAX_EXPERTS,
+    "num_experts": shapes.MAX_EXPERTS,
+    "num_experts_per_tok": shapes.MAX_EXPERTS,
+    "decoder_sparse_step": shapes.MAX_LAYERS,
+    "sliding_window": shapes.MAX_POSITIONS,
+    "max_position_embeddings": shapes.MAX_POSITIONS,
+}
+
+
 def _positive_int(get: Getter, key: str) -> int:
     value = get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"config key {key} must be a positive integer, got {value!r}")
+        raise ConfigError(f"config key {key} must be a positive integer, got {_short(value)}")
+    top = KEY_MAX.get(key)
+    if top is not None and value > top:
+        raise ConfigError(f"config key {key}={_short(value)} is larger than any real model; accepted: 1 .. {top:,}")
     return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:20] + f"... ({len(text)} characters)"
 
 
 def _optional_int(get: Getter, key: str) -> int | None:
@@ -191,8 +222,14 @@ def _number(get: Getter, key: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"config key {key} must be a number or null, got {value!r}")
-    return float(value)
+        raise ConfigError(f"config key {key} must be a number or null, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or number <= 0:
+        raise ConfigError(f"config key {key} must be a finite positive number or null, got {_short(value)}")
+    return number
 
 
 def _sliding_window(get: Getter, family: Family) -> int | None:

@@ -1,11 +1,16 @@
-"""Estimate -> JSON document (the CLI contract keys) and -> rich renderables."""
+"""Estimate -> JSON document (the CLI contract keys) and -> rich renderables.
 
-from rich.console import Group
-from rich.table import Table
-from rich.text import Text
+rich is imported inside the renderable functions: `estimate --format json` never loads it.
+"""
+
+from typing import TYPE_CHECKING
 
 from ..specs import Estimate, MemoryBreakdown
 from .units import gib, human_bytes
+
+if TYPE_CHECKING:
+    from rich.console import Group
+    from rich.table import Table
 
 
 def memory_doc(m: MemoryBreakdown) -> dict:
@@ -72,7 +77,10 @@ def estimate_doc(e: Estimate) -> dict:
     return doc
 
 
-def estimate_renderable(e: Estimate, title: str) -> Group:
+def estimate_renderable(e: Estimate, title: str) -> "Group":
+    from rich.console import Group
+    from rich.text import Text
+
     shown = e.calibrated or e.memory
     parts = [_breakdown_table(shown, title), _totals_table(e), _phases_table(shown)]
     if e.verdict is not None:
@@ -93,7 +101,9 @@ def estimate_renderable(e: Estimate, title: str) -> Group:
     return Group(*parts)
 
 
-def _breakdown_table(m: MemoryBreakdown, title: str) -> Table:
+def _breakdown_table(m: MemoryBreakdown, title: str) -> "Table":
+    from rich.table import Table
+
     table = Table(title=f"{title} — peak phase: {m.peak_phase}", title_justify="left")
     table.add_column("term at the peak")
     table.add_column("memory", justify="right")
@@ -103,7 +113,9 @@ def _breakdown_table(m: MemoryBreakdown, title: str) -> Table:
     return table
 
 
-def _totals_table(e: Estimate) -> Table:
+def _totals_table(e: Estimate) -> "Table":
+    from rich.table import Table
+
     table = Table(title="totals", title_justify="left")
     table.add_column("total")
     table.add_column("raw", justify="right")
@@ -122,7 +134,9 @@ def _totals_table(e: Estimate) -> Table:
     return table
 
 
-def _phases_table(m: MemoryBreakdown) -> Table:
+def _phases_table(m: MemoryBreakdown) -> "Table":
+    from rich.table import Table
+
     table = Table(title="allocated per phase (steady state)", title_justify="left")
     table.add_column("phase")
     table.add_column("allocated", justify="right")

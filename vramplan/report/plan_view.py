@@ -8,11 +8,6 @@ from ..planner import FitResult, Plan, PlanOption
 from .estimate_view import memory_doc
 from .units import GIB, gib
 
-#: rows the plan table shows (JSON always has every option)
-TABLE_FITTING_ROWS = 20
-TABLE_OTHER_ROWS = 8
-
-
 def option_doc(o: PlanOption) -> dict:
     step = o.step
     return {
@@ -27,6 +22,8 @@ def option_doc(o: PlanOption) -> dict:
         "wall_time_s": o.wall_time_s,
         "cost_usd": o.cost_usd,
         "why_not": o.why_not,
+        "fixes": [{"change": f.change, "saves_bytes": f.saves_bytes} for f in o.fixes],
+        "usd_per_million_tokens": o.usd_per_token * 1e6 if o.usd_per_token is not None else None,
         "gpu_name": o.gpu.name,
         "capacity_bytes": o.gpu.memory_bytes,
         "usable_bytes": o.usable_bytes,
@@ -55,17 +52,29 @@ def plan_doc(p: Plan) -> dict:
     }
 
 
-def plan_renderable(p: Plan, title: str) -> Group:
-    fitting = [o for o in p.options if o.fits]
-    others = [o for o in p.options if not o.fits]
+def plan_renderable(p: Plan, title: str, *, all_rows: bool = False) -> Group:
+    """The plan as tables: by default one row per GPU type (plan_rows.best_per_gpu) and a line saying how many
+    options that hides; `all_rows`: every option. Near misses say what would make them fit."""
+    from ..plan_rows import best_per_gpu, near_misses
+
+    shown = list(p.options) if all_rows else best_per_gpu(p.options, p.sort)
+    fitting = [o for o in shown if o.fits]
+    near = [o for o in p.options if o.fixes] if all_rows else near_misses(p.options, shown)
+    others = [o for o in shown if not o.fits and o not in near]
+    what = "options" if all_rows else "GPU types (best count and strategy of each)"
+    order = {"cost": "$ per token", "time": "time per token", "memory": "most headroom"}[p.sort]
     if fitting:
-        parts: list = [_options_table(fitting[:TABLE_FITTING_ROWS], f"{title} — {len(fitting)} options fit (sorted by {p.sort})")]
+        parts: list = [_options_table(fitting, f"{title} — {len(fitting)} {what} fit, by {order}")]
     else:
         parts = [Text.assemble((f"{title} — no option fits", "bold red"))]
-    if len(fitting) > TABLE_FITTING_ROWS:
-        parts.append(Text(f"... {len(fitting) - TABLE_FITTING_ROWS} more fitting options (--format json lists all)", style="dim"))
+    if near:
+        parts.append(_options_table(near, "near misses: one change makes them fit"))
     if others:
-        parts.append(_options_table(others[:TABLE_OTHER_ROWS], f"{len(others)} options do not fit (closest first)"))
+        parts.append(_options_table(others, f"{len(others)} {what} do not fit (closest first)"))
+    hidden = len(p.options) - len(shown) - len([o for o in near if o not in shown])
+    if hidden:
+        parts.append(Text(f"{hidden} more options hidden (other GPU counts and strategies): --all shows every row, "
+                          "--format json lists all", style="dim"))  # fmt: skip
     if p.suggestions:
         table = Table(title=f"to fit one {p.suggestions_gpu}, smallest change first", title_justify="left")
         for col, just in [("change", "left"), ("saves", "right"), ("fits alone", "left")]:
@@ -80,20 +89,28 @@ def plan_renderable(p: Plan, title: str) -> Group:
 def _options_table(options: list[PlanOption], title: str) -> Table:
     fitting = all(o.fits for o in options)
     table = Table(title=title, title_justify="left")
+    near = not fitting and any(o.fixes for o in options)
     columns = ["GPU", "n", "parallel", "per GPU"]
-    columns += ["headroom", "tokens/s", "step", "wall", "cost"] if fitting else ["why not"]
+    if fitting:
+        columns += ["headroom", "tokens/s", "$/Mtok", "wall", "cost"]
+    else:
+        columns += ["short by", "fits with (bytes saved)"] if near else ["why not"]
     for col in columns:
-        table.add_column(col, justify="left" if col in ("GPU", "parallel", "why not") else "right", no_wrap=col != "why not")
+        wraps = col in ("why not", "fits with (bytes saved)")
+        table.add_column(col, justify="left" if col in ("GPU", "parallel") or wraps else "right", no_wrap=not wraps)
     for o in options:
         cells = [o.gpu.id, str(o.num_gpus), o.parallel, _gib1(o.memory.device_peak_bytes)]
         if fitting:
             cells += [
                 _gib1(o.headroom_bytes),
                 f"{o.tokens_per_s:,.0f}" if o.tokens_per_s else "—",
-                f"{o.step_time_s:.2f} s" if o.step_time_s else "—",
+                f"${o.usd_per_token * 1e6:,.3f}" if o.usd_per_token is not None else "—",
                 _duration(o.wall_time_s),
                 f"${o.cost_usd:,.2f}" if o.cost_usd is not None else "—",
             ]
+        elif near:
+            cells.append(f"{(o.memory.device_peak_bytes - o.usable_bytes) / GIB:.2f} GiB")
+            cells.append("; ".join(f"{f.change} ({f.saves_bytes / GIB:.2f} GiB)" for f in o.fixes))
         else:
             cells.append(o.why_not or "")
         table.add_row(*cells)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from vramplan.errors import RunRecordError
+from vramplan.errors import RunRecordError, VramplanError
 from vramplan.specs import MeasuredRun
 
 #: environment variable naming the user runs directory (wins over XDG)
@@ -125,6 +125,10 @@ def read_run(path: Path | str) -> MeasuredRun:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RunRecordError(f"{path}: not valid JSON (corrupt or partial file: {exc})") from exc
+    except RecursionError:
+        raise RunRecordError(f"{path}: JSON nested too deeply to be a run record") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise RunRecordError(f"{path}: a number too long to be a measurement ({str(exc).split(';')[0]})") from None
     if not isinstance(data, dict):
         raise RunRecordError(f"{path}: a run record is a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
@@ -133,10 +137,26 @@ def read_run(path: Path | str) -> MeasuredRun:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "record"
+        shown = repr(version) if len(repr(version)) <= 20 else "(unreadable)"
         raise RunRecordError(
-            f"{path}: does not match run schema (file schema_version={version!r}; "
+            f"{path}: does not match run schema (file schema_version={shown}; "
             f"{exc.error_count()} error(s), first at {where}: {first.get('msg')})"
-        ) from exc
+        ) from None
+
+
+def _check_model(run: MeasuredRun, path: Path, resolved: dict[str, str | None]) -> None:
+    """Raises RunRecordError when the record's model does not resolve (calibration could not predict it)."""
+    from vramplan.models import resolve_model  # the models package imports specs only; lazily, to keep this light
+
+    key = run.model_source or run.model
+    if key not in resolved:
+        try:
+            resolve_model(key)
+            resolved[key] = None
+        except VramplanError as exc:
+            resolved[key] = str(exc)
+    if resolved[key] is not None:
+        raise RunRecordError(f"{path}: model {key!r} cannot be resolved here ({resolved[key]})")
 
 
 def iter_run_files(runs_dir: Path | str) -> list[Path]:
@@ -151,20 +171,27 @@ def load_runs(
     dirs: Iterable[Path | str] | Path | str,
     *,
     problems: list[str] | None = None,
+    require_model: bool = False,
 ) -> list[MeasuredRun]:
     """All valid run records under ``dirs`` (one directory or several), in path order.
 
-    Corrupt, partial or wrong-schema files are skipped: each gives a ``RunRecordWarning`` and,
-    when ``problems`` is a list, one line appended to it. Files are only read, never touched.
+    Corrupt, partial, too deeply nested or wrong-schema files, and with ``require_model`` (what calibrate and
+    validate need: they predict every run) records whose model cannot be resolved on this machine
+    (`resolve_model` of its model_source or model), are skipped: each gives a ``RunRecordWarning``
+    and, when ``problems`` is a list, one line appended to it. Files are only read, never touched.
     Directories that do not exist are skipped silently (a fresh user runs dir is normal).
     """
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
     runs: list[MeasuredRun] = []
+    resolved: dict[str, str | None] = {}
     for d in dirs:
         for path in iter_run_files(d):
             try:
-                runs.append(read_run(path))
+                run = read_run(path)
+                if require_model:
+                    _check_model(run, path, resolved)
+                runs.append(run)
             except RunRecordError as exc:
                 message = f"skipped run record: {exc}"
                 warnings.warn(message, RunRecordWarning, stacklevel=2)

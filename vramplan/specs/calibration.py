@@ -1,5 +1,7 @@
 """Calibration: named, bounded correction constants fitted from run records."""
 
+from typing import Annotated
+
 from pydantic import Field
 
 from .base import Spec
@@ -8,7 +10,7 @@ from .base import Spec
 class Calibration(Spec):
     version: str
     #: constant name -> fitted value
-    constants: dict[str, float]
+    constants: dict[str, Annotated[float, Field(allow_inf_nan=False)]]
     #: constant name -> (low, high) bound it was fitted within
     bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
     fitted_on: tuple[str, ...] = ()

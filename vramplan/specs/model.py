@@ -21,12 +21,24 @@ SUPPORTED_MODEL_TYPES = (
 )
 
 
+#: shapes beyond these are refused as absurd: the largest real decoders are far below (Llama 3.1 405B: hidden 16384,
+#: 126 layers, 128 heads, intermediate 53248; Gemma 3 vocabulary 262144; DeepSeek-V3 256 routed experts)
+MAX_HIDDEN_SIZE = 262_144
+MAX_LAYERS = 2048
+MAX_HEADS = 8192
+MAX_HEAD_DIM = 8192
+MAX_INTERMEDIATE_SIZE = 1_048_576
+MAX_VOCAB_SIZE = 16_777_216
+MAX_EXPERTS = 65_536
+MAX_POSITIONS = 1 << 30
+
+
 class MoeSpec(Spec):
     """Mixture-of-experts block shapes (per MoE layer)."""
 
-    num_experts: int = Field(gt=0)
-    top_k: int = Field(gt=0)
-    expert_intermediate_size: int = Field(gt=0)
+    num_experts: int = Field(gt=0, le=MAX_EXPERTS)
+    top_k: int = Field(gt=0, le=MAX_EXPERTS)
+    expert_intermediate_size: int = Field(gt=0, le=MAX_INTERMEDIATE_SIZE)
     #: intermediate size of the always-on shared expert (Qwen2-MoE); None when absent
     shared_expert_intermediate_size: int | None = None
     #: Qwen2-MoE gates the shared expert with a Linear(h, 1)
@@ -48,14 +60,14 @@ class ModelSpec(Spec):
 
     name: str
     model_type: Literal[SUPPORTED_MODEL_TYPES]  # type: ignore[valid-type]
-    hidden_size: int = Field(gt=0)
-    num_layers: int = Field(gt=0)
-    num_heads: int = Field(gt=0)
-    num_kv_heads: int = Field(gt=0)
-    head_dim: int = Field(gt=0)
+    hidden_size: int = Field(gt=0, le=MAX_HIDDEN_SIZE)
+    num_layers: int = Field(gt=0, le=MAX_LAYERS)
+    num_heads: int = Field(gt=0, le=MAX_HEADS)
+    num_kv_heads: int = Field(gt=0, le=MAX_HEADS)
+    head_dim: int = Field(gt=0, le=MAX_HEAD_DIM)
     #: dense MLP intermediate size (for MoE models: the dense-layer size, if any)
-    intermediate_size: int = Field(gt=0)
-    vocab_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0, le=MAX_INTERMEDIATE_SIZE)
+    vocab_size: int = Field(gt=0, le=MAX_VOCAB_SIZE)
     tie_word_embeddings: bool
     attention_bias: bool = False
     #: bias on o_proj too (separately configurable in some families)
@@ -72,10 +84,11 @@ class ModelSpec(Spec):
     fused_gate_up: bool = False
     hidden_act: str = "silu"
     moe: MoeSpec | None = None
-    sliding_window: int | None = None
-    attn_logit_softcapping: float | None = None
-    final_logit_softcapping: float | None = None
-    max_position_embeddings: int | None = None
+    sliding_window: int | None = Field(default=None, gt=0, le=MAX_POSITIONS)
+    #: tanh soft-capping of attention scores / final logits (Gemma 2); finite and positive, None when off
+    attn_logit_softcapping: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    final_logit_softcapping: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_position_embeddings: int | None = Field(default=None, gt=0, le=MAX_POSITIONS)
     #: dtype the checkpoint is stored in, as the config says (informative only)
     checkpoint_dtype: str | None = None
     #: where the config came from (catalog source, a path, or an HF cache folder)

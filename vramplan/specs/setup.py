@@ -47,8 +47,8 @@ class LoraSpec(Spec):
 
     rank: int = Field(default=16, gt=0, le=MAX_LORA_RANK)
     #: None means PEFT's scaling default used by vramplan: 2 * rank (alpha does not change memory)
-    alpha: float | None = None
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    alpha: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, allow_inf_nan=False)
     #: "all-linear" or explicit module names such as ("q_proj", "v_proj")
     targets: tuple[str, ...] = ("all-linear",)
 

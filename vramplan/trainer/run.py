@@ -402,7 +402,8 @@ def run_measurement(
         params_total=built.params_total if built else None,
         params_trainable=built.params_trainable if built else None,
         **probe.summary(),
-        cuda_context_bytes=cuda.context_bytes if cuda else None,
+        # NVML "used" is device-wide: another process freeing memory meanwhile can make the difference negative
+        cuda_context_bytes=cuda.context_bytes if cuda and cuda.context_bytes >= 0 else None,
         oom=oom,
         oom_phase=oom_phase,
         memory_cap_bytes=cuda.cap_bytes if cuda else None,

@@ -1,0 +1,84 @@
+"""The fast flag parser (cli_fast.py) gives each command exactly the arguments typer/click would, or declines."""
+
+import pytest
+import typer
+
+from vramplan import cli
+from vramplan.cli_fast import FAST_COMMANDS, parse
+
+CASES = [
+    ["--model", "llama-3.1-8b", "--method", "qlora"],
+    ["-m", "qwen2.5-7b", "--method", "lora", "--lora-rank", "8", "--grad-ckpt", "--no-double-quant", "--liger"],
+    ["--model=llama-3.1-8b", "--method=full", "--seq-len=4096", "--headroom", "0.1", "--format", "json"],
+    ["--model", "x", "--method", "lora", "--grad-ckpt", "--no-grad-ckpt", "--batch-size", "2", "--batch-size", "3"],
+    ["--from-config", "a.yml", "--seq-len", "1024", "--from-config", "b.json", "--stack", "trl", "--packing"],
+]
+
+
+def _click_params(command: str, args: list[str]) -> dict:
+    group = typer.main.get_command(cli.app)
+    return dict(group.commands[command].make_context(command, list(args)).params)
+
+
+@pytest.mark.parametrize("args", CASES)
+@pytest.mark.parametrize("command", ["estimate", "plan"])
+def test_fast_parser_matches_click(command, args):
+    fast = parse(getattr(cli, command), args)
+    ctx = fast.pop("ctx")
+    assert fast == _click_params(command, args)
+    # the command asks the context which flags were given (config files lie under those)
+    given = {n for n in fast if ctx.get_parameter_source(n).name == "COMMANDLINE"}
+    click_ctx = typer.main.get_command(cli.app).commands[command].make_context(command, list(args))
+    assert given == {n for n in fast if click_ctx.get_parameter_source(n).name == "COMMANDLINE"}
+
+
+def test_fit_matches_click_with_its_required_flags():
+    args = ["--model", "llama-3.1-8b", "--method", "qlora", "--gpu", "rtx-4090", "--solve", "seq-len"]
+    fast = parse(cli.fit, args)
+    fast.pop("ctx")
+    assert fast == _click_params("fit", args)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--model", "x", "--method", "lora", "--help"],
+        ["--model", "x", "--method", "lora", "--seq-len", "abc"],
+        ["--model", "x", "--method", "lora", "--no-such-flag"],
+        ["--model", "x", "--method", "lora", "positional"],
+        ["--model", "x", "--method"],
+        ["--model", "x", "--method", "lora", "--grad-ckpt=yes"],
+    ],
+)
+def test_fast_parser_declines_what_typer_must_answer(args):
+    assert parse(cli.estimate, args) is None
+
+
+def test_every_fast_command_is_parseable():
+    extra = {"fit": ["--gpu", "h100", "--solve", "seq-len"]}
+    for name in FAST_COMMANDS:
+        assert parse(getattr(cli, name), ["--model", "m", "--method", "lora", *extra.get(name, [])]) is not None
+
+
+def test_a_path_option_is_parsed_as_click_would():
+    from pathlib import Path
+    from typing import Annotated, Optional
+
+    def command(
+        model: Annotated[str, typer.Option("--model")],
+        config: Annotated[Optional[Path], typer.Option("--from-config")] = None,
+    ) -> None:
+        pass
+
+    assert parse(command, ["--model", "m", "--from-config", "a/b.yml"]) == {"model": "m", "config": Path("a/b.yml")}
+    assert parse(command, ["--model", "m"]) == {"model": "m", "config": None}
+
+
+def test_a_repeatable_option_collects_every_occurrence_as_click_does():
+    from typing import Annotated, Optional
+
+    def command(dirs: Annotated[Optional[list[str]], typer.Option("--runs-dir")] = None) -> None:
+        pass
+
+    assert parse(command, []) == {"dirs": ()}
+    assert parse(command, ["--runs-dir", "a", "--runs-dir=b"]) == {"dirs": ["a", "b"]}
