@@ -34,6 +34,7 @@ def estimate_for(
     gpu: str | None = None,
     headroom: float = DEFAULT_HEADROOM,
     assumptions: tuple[str, ...] = (),
+    reserved_rule: str = "rules",
 ) -> Estimate:
     """Resolve names (model catalog / path, GPU catalog) and estimate; `assumptions`: what reading a
     config file assumed (listed first). The Estimate carries the setup. Raises VramplanError on bad input."""
@@ -46,6 +47,7 @@ def estimate_for(
         headroom=headroom,
         calibration=default_calibration(),
         assumptions=tuple(assumptions) + tuple(model_assumptions(model)),
+        reserved_rule=reserved_rule,
     )
     return result.model_copy(update={"setup": setup})
 

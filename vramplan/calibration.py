@@ -178,16 +178,17 @@ def _stack_versions(runs: list[MeasuredRun]) -> dict[str, str]:
     return out
 
 
-def leave_one_out(runs: list[MeasuredRun]) -> Validation:
-    """Each usable run predicted by a calibration fitted on all the other runs."""
+def leave_one_out(runs: list[MeasuredRun], reserved_rule: str = "rules") -> Validation:
+    """Each usable run predicted by a calibration fitted on all the other runs (with reserved_rule "simulated"
+    only the CUDA context constant is used: the simulation has no fragmentation constant)."""
     usable = usable_runs(runs)
     others_of: Callable[[int], list[MeasuredRun]] = lambda i: usable[:i] + usable[i + 1 :]  # noqa: E731
-    result = validate([r for r in runs if r not in usable])
+    result = validate([r for r in runs if r not in usable], reserved_rule=reserved_rule)
     for i, run in enumerate(usable):
         others = others_of(i)
         calibration = fit(others) if len(usable_runs(others)) >= MIN_RUNS else None
         try:
-            result.comparisons.append(compare_run(run, calibration))
+            result.comparisons.append(compare_run(run, calibration, reserved_rule))
         except VramplanError as exc:
             result.skipped.append((run.run_id, str(exc)))
     return result

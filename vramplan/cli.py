@@ -93,6 +93,9 @@ def estimate(
     offload: o.OffloadOpt = "none",
     from_config: o.FromConfig = None,
     fmt: o.FormatOpt = "table",
+    reserved_rule: Annotated[
+        str, typer.Option("--reserved-rule", help="rules (closed forms, default) | simulated (allocator replay)")
+    ] = "rules",
 ) -> None:
     """Predict peak GPU memory of one fine-tuning setup, with a breakdown and a verdict per GPU.
 
@@ -105,7 +108,9 @@ def estimate(
     try:
         resolved = resolve_command(ctx, locals())
         model, setup = resolved.model, o.setup_from(resolved.params)
-        result = estimate_for(model, setup, gpu=gpu, headroom=headroom, assumptions=resolved.assumptions)
+        result = estimate_for(
+            model, setup, gpu=gpu, headroom=headroom, assumptions=resolved.assumptions, reserved_rule=reserved_rule
+        )
         largest = (
             {solve: fit_for(model, setup, gpu=gpu, solve=solve, headroom=headroom).value
              for solve in ("batch-size", "seq-len")}
@@ -427,6 +432,9 @@ def validate(
         bool, typer.Option("--loo/--raw", help="leave-one-out calibrated predictions (default) or raw model")
     ] = True,
     fmt: o.FormatOpt = "table",
+    reserved_rule: Annotated[
+        str, typer.Option("--reserved-rule", help="rules (default) | simulated (allocator replay, single-GPU runs)")
+    ] = "rules",
 ) -> None:
     """Predicted vs measured for every run record: the error of each, the median and the worst."""
     from .report.validation_view import validation_doc, validation_renderable
@@ -434,9 +442,13 @@ def validate(
     from .validation import validate as run_validation
 
     _check_format(fmt)
+    if reserved_rule not in ("rules", "simulated"):
+        _fail(f"--reserved-rule {reserved_rule}: accepted: rules | simulated")
     runs = _records(runs_dir)
-    result = leave_one_out(runs) if loo else run_validation(runs)
+    result = leave_one_out(runs, reserved_rule) if loo else run_validation(runs, reserved_rule=reserved_rule)
     mode = "leave-one-out calibrated" if loo else "raw model"
+    if reserved_rule != "rules":
+        mode += ", reserved simulated"
     if fmt == "json":
         typer.echo(_json({"mode": mode, **validation_doc(result)}))
         return

@@ -53,6 +53,8 @@ from .specs import (
 )
 
 DEFAULT_HEADROOM = 0.05
+#: GPU memory the allocator simulation assumes without --gpu (sizes expandable segments' address space only)
+SIMULATED_DEFAULT_TOTAL_BYTES = 80 * 1024**3
 
 #: MemoryBreakdown.reserved_rule: what set the reserved peak
 RESERVED_BY_FRAGMENTATION = "fragmentation"  # peak allocated x (1 + f) + f_logits x 4 N V
@@ -118,9 +120,17 @@ def estimate(
     headroom: float = DEFAULT_HEADROOM,
     calibration: Calibration | None = None,
     assumptions: tuple[str, ...] = (),
+    reserved_rule: str = "rules",
 ) -> Estimate:
-    """Predict peak memory of one training step on one GPU. Raises VramplanError for unsupported setups."""
+    """Predict peak memory of one training step on one GPU. Raises VramplanError for unsupported setups.
+
+    reserved_rule "simulated" replaces the closed-form reserved rules by a replay of the predicted allocation
+    sequence through the caching-allocator model (memory/allocator/simulated.py)."""
     _check_supported(model, setup, headroom)
+    if reserved_rule != "rules":  # imported here: the default path does not load the allocator simulation
+        from .memory.allocator.simulated import SIMULATED_ASSUMPTION, check_reserved_rule, simulated_memory
+
+        check_reserved_rule(reserved_rule, setup)
     constants = dict(CALIBRATED_DEFAULTS)
     terms = _terms(model, setup, gpu, constants)
     raw = _memory(terms, setup, constants)
@@ -132,6 +142,11 @@ def estimate(
         if term_constants_changed:  # only the backward-transient constants change the terms themselves
             terms = _terms(model, setup, gpu, constants)
         calibrated = _memory(terms, setup, constants)
+    if reserved_rule != "rules":
+        total = gpu.memory_bytes if gpu else SIMULATED_DEFAULT_TOTAL_BYTES
+        raw = simulated_memory(model, setup, terms, raw, total)
+        calibrated = simulated_memory(model, setup, terms, calibrated, total) if calibrated else None
+        assumptions = (*assumptions, SIMULATED_ASSUMPTION)
     shown = calibrated or raw
     verdict = _verdict(gpu, shown.device_peak_bytes, headroom) if gpu else None
     profile = stack_profile(setup)

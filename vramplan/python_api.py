@@ -87,12 +87,14 @@ def estimate(
     parallel: str | None = None,
     offload: str = "none",
     from_config: ConfigFiles = None,
+    reserved_rule: str = "rules",
 ) -> Estimate:
     """`vramplan estimate`: peak memory of one setup, with a verdict when `gpu` is given. method qlora
-    defaults quant to nf4. Raises VramplanError (one line) on bad input."""
-    resolved = _resolve(dict(locals()))
+    defaults quant to nf4; reserved_rule "simulated" replays an allocator model (docs/allocator_simulation.md).
+    Raises VramplanError (one line) on bad input."""
+    resolved = _resolve({k: v for k, v in locals().items() if k != "reserved_rule"})
     return api.estimate_for(resolved.model, _setup(resolved), gpu=gpu, headroom=headroom,
-                            assumptions=resolved.assumptions)  # fmt: skip
+                            assumptions=resolved.assumptions, reserved_rule=reserved_rule)  # fmt: skip
 
 
 @_records_given

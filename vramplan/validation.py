@@ -68,7 +68,7 @@ def setup_summary(run: MeasuredRun) -> str:
     return setup_label(run.setup)
 
 
-def compare_run(run: MeasuredRun, calibration: Calibration | None = None) -> RunComparison:
+def compare_run(run: MeasuredRun, calibration: Calibration | None = None, reserved_rule: str = "rules") -> RunComparison:
     """Estimate the run's setup on its GPU and pair it with the measured totals."""
     spec = resolve_model(run.model_source or run.model)
     gpu = None
@@ -77,7 +77,7 @@ def compare_run(run: MeasuredRun, calibration: Calibration | None = None) -> Run
             gpu = find_gpu(run.environment.gpu_id)
         except VramplanError:
             gpu = None
-    e = estimate(spec, run.setup, gpu, calibration=calibration)
+    e = estimate(spec, run.setup, gpu, calibration=calibration, reserved_rule=reserved_rule)
     mem = e.calibrated or e.memory
     meas = run.measurements
     return RunComparison(
@@ -100,7 +100,7 @@ def compare_run(run: MeasuredRun, calibration: Calibration | None = None) -> Run
     )
 
 
-def validate(runs: list[MeasuredRun], calibration: Calibration | None = None) -> Validation:
+def validate(runs: list[MeasuredRun], calibration: Calibration | None = None, reserved_rule: str = "rules") -> Validation:
     out = Validation()
     for run in runs:
         m = run.measurements
@@ -114,7 +114,7 @@ def validate(runs: list[MeasuredRun], calibration: Calibration | None = None) ->
             out.skipped.append((run.run_id, "capped run (memory fraction), checked separately"))
             continue
         try:
-            out.comparisons.append(compare_run(run, calibration))
+            out.comparisons.append(compare_run(run, calibration, reserved_rule))
         except VramplanError as exc:
             out.skipped.append((run.run_id, str(exc)))
     return out

@@ -26,6 +26,19 @@ def memory_doc(m: MemoryBreakdown) -> dict:
         "steady_loss_reserved_bytes": m.steady_loss_reserved_bytes,
         "cuda_context_bytes": m.cuda_context_bytes,
         "outside_allocator_bytes": m.outside_allocator_bytes,
+        **_simulated_doc(m),
+    }
+
+
+def _simulated_doc(m: MemoryBreakdown) -> dict:
+    """reserved_rule "simulated": the rules' number and the allocator state at the reserved peak."""
+    if m.allocated_at_reserved_peak_bytes is None:
+        return {}
+    return {
+        "rules_reserved_bytes": m.rules_reserved_bytes,
+        "allocated_at_reserved_peak_bytes": m.allocated_at_reserved_peak_bytes,
+        "free_in_segments_at_reserved_peak_bytes": m.free_in_segments_at_reserved_peak_bytes,
+        "largest_free_block_at_reserved_peak_bytes": m.largest_free_block_at_reserved_peak_bytes,
     }
 
 

@@ -37,6 +37,13 @@ class MemoryBreakdown(Spec):
     reserved_rule: str = "fragmentation"
     #: the "steady_loss_segments" bound itself (0 with expandable segments or no loss buffers)
     steady_loss_reserved_bytes: int = 0
+    #: reserved_rule "simulated" (estimate(reserved_rule="simulated"), memory/allocator/simulated.py): what the
+    #: closed-form rules gave, and at the simulated reserved peak the allocated bytes, the free bytes inside
+    #: segments and the largest free block (None with the rules)
+    rules_reserved_bytes: int | None = None
+    allocated_at_reserved_peak_bytes: int | None = None
+    free_in_segments_at_reserved_peak_bytes: int | None = None
+    largest_free_block_at_reserved_peak_bytes: int | None = None
 
 
 class GpuVerdict(Spec):

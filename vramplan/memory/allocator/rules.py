@@ -1,6 +1,6 @@
 """Caching-allocator rounding, cuBLAS workspaces, CUDA context and fragmentation."""
 
-from .constants import (
+from ..constants import (
     ALLOC_BLOCK_BYTES,
     CUBLAS_HANDLES_IN_TRAINING,
     CUBLAS_WORKSPACE_OLDER_BYTES,

@@ -1,0 +1,50 @@
+"""Replay an allocation sequence through the caching-allocator model: the reserved peak and what is free then."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .caching import AllocatorOOM, CachingAllocator
+from .sequence import EMPTY_CACHE, Sequence
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    peak_reserved_bytes: int
+    #: allocated bytes, free bytes inside segments and the largest free block when reserved last rose to its peak
+    allocated_at_peak_bytes: int
+    free_in_segments_at_peak_bytes: int
+    largest_free_block_at_peak_bytes: int
+    #: the allocator's own peak allocated (request sizes rounded to 512 bytes, large blocks not split)
+    peak_allocated_bytes: int
+    num_segments: int
+    #: the sequence ran out of memory under `allowed_bytes` (op index where it did), else None
+    oom_at_op: int | None = None
+
+
+def replay(
+    seq: Sequence,
+    *,
+    expandable_segments: bool = False,
+    allowed_bytes: int | None = None,
+    total_memory_bytes: int = 80 * 1024**3,
+) -> ReplayResult:
+    """Feed every allocation and free of `seq` to a CachingAllocator (one stream)."""
+    a = CachingAllocator(
+        expandable_segments=expandable_segments, allowed_bytes=allowed_bytes, total_memory_bytes=total_memory_bytes
+    )
+    sizes, blocks = seq.sizes, [None] * len(seq.sizes)
+    malloc, free = a.malloc, a.free
+    oom_at = None
+    try:
+        for n, op in enumerate(seq.ops):
+            if op >= 0:
+                blocks[op] = malloc(sizes[op])
+            elif op == EMPTY_CACHE:
+                a.empty_cache()
+            else:
+                free(blocks[~op])
+    except AllocatorOOM:
+        oom_at = n
+    alloc, free_bytes, largest = a.at_peak_reserved
+    return ReplayResult(a.peak_reserved, alloc, free_bytes, largest, a.peak_allocated, a.num_segments, oom_at)

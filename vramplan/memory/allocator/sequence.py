@@ -1,0 +1,389 @@
+"""The predicted allocation sequence of a training run, built from the estimator's terms.
+
+Loading, the PEFT wrap, then steps 0 and 1 (forward layer by layer, the loss chain, backward layer by
+layer, the optimizer step, zero_grad), as an ordered list of allocations and frees. Each phase of
+vramplan.estimator passes through exactly the bytes the estimator counts for it, and no moment holds
+more than the largest of them, so the most live bytes over the sequence is the estimator's peak
+allocated (tests/test_allocator_sequence.py checks it on every shipped run's setup); replayed through
+CachingAllocator it gives the reserved peak.
+
+Where each step comes from:
+* load, full / LoRA: ``from_config`` under ``torch.device("cuda")`` (vramplan/trainer/build.py) creates
+  every parameter in module order; a tied lm_head is created and freed when post_init ties it (measured:
+  load peak - after load = V*h*2 on every tied model's run).
+* load, QLoRA: ``from_pretrained`` -> transformers modeling_utils.py::caching_allocator_warmup allocates one
+  tensor of the weights' byte count (quantized weights at 0.5 / 1 byte per element,
+  ``HfQuantizer.param_element_size``; the rest bf16; tied weights once) and frees it; then each bf16
+  weight is loaded and quantized (the bf16 copy freed); then peft prepare_model_for_kbit_training casts
+  every non-quantized parameter to fp32 (new tensor, old freed).
+* PEFT wrap: lora_A, lora_B per target module, in module order.
+* forward: cuBLAS workspaces at the first matmul; per layer the saved tensors (or, with checkpointing, the
+  layer input kept and the layer's tensors freed at its end); then the final norm's tensors and the loss
+  chain of memory/loss.py: bf16 logits, fp32 upcast, log_softmax (10 N V), the upcast freed, accelerate's
+  fp32 copy of the logits replacing the bf16 ones, dropped by Trainer.compute_loss.
+* backward: the nll gradient and log_softmax backward (12 N V with the saved 4 N V), the bf16 logits
+  gradient; lm_head's gradient (full FT); then per layer from the last: the recompute (checkpointing), the
+  backward transients, the layer's gradients, the layer's activations freed; the embedding's gradient.
+* optimizer step: the states at step 0 (torch optimizers create them lazily in the first step()), the
+  step's temporaries; zero_grad(set_to_none=True) frees the gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...models.params import linear_shapes, param_counts
+from ...specs import ModelSpec, TrainingSetup
+from ..activations import layer_activations, residual_bytes_per_element
+from ..constants import BYTES_PER_DTYPE
+from ..trainable import trainable_groups
+from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
+from ..weights import lm_head_params
+from .rules import block_bytes
+from .tensors import (
+    quantized_pieces,
+    activation_tensors,
+    grad_tensor,
+    grouped_by_layer,
+    layer_adapter_tensors,
+    layer_weight_tensors,
+    pieces_bytes,
+    quantization_steps,
+    spread,
+    state_tensors,
+)
+
+BF16 = 2
+#: the op that stands for torch.cuda.empty_cache() in Sequence.ops
+EMPTY_CACHE = -(2**62)
+
+
+@dataclass
+class Sequence:
+    """sizes[i]: bytes of tensor i; ops: i >= 0 allocates tensor i, ~i (< 0) frees it."""
+
+    sizes: list[int] = field(default_factory=list)
+    ops: list[int] = field(default_factory=list)
+    #: op index where each named stretch begins ("load", "step0.forward", ...)
+    marks: dict[str, int] = field(default_factory=dict)
+
+    def alloc(self, nbytes: int) -> int:
+        i = len(self.sizes)
+        self.sizes.append(nbytes)
+        if nbytes > 0:
+            self.ops.append(i)
+        return i
+
+    def free(self, *ids: int) -> None:
+        for i in ids:
+            if self.sizes[i] > 0:
+                self.ops.append(~i)
+
+    def empty_cache(self) -> None:
+        """torch.cuda.empty_cache(): release every cached segment that holds no live block."""
+        self.ops.append(EMPTY_CACHE)
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = len(self.ops)
+
+    def live_peak(self) -> int:
+        """The most bytes alive at once (un-rounded request sizes)."""
+        live = peak = 0
+        sizes = self.sizes
+        for op in self.ops:
+            if op >= 0:
+                live += sizes[op]
+                peak = max(peak, live)
+            elif op != EMPTY_CACHE:
+                live -= sizes[~op]
+        return peak
+
+
+def live_peaks_by_stretch(seq: "Sequence") -> dict[str, int]:
+    """The most live bytes in each stretch between marks ("step0.forward", "step1.backward", ...), as the
+    trainer's MemoryProbe reports max_memory_allocated per phase window."""
+    starts: dict[int, list[str]] = {}
+    for name, at in seq.marks.items():
+        starts.setdefault(at, []).append(name)
+    peaks: dict[str, int] = {}
+    live, cur, sizes = 0, "", seq.sizes
+    for n, op in enumerate([*seq.ops, None]):
+        for cur in starts.get(n, ()):
+            peaks[cur] = live  # a stretch without allocations peaks at what it starts with
+        if op is None:
+            break
+        if op >= 0:
+            live += sizes[op]
+            if live > peaks.get(cur, 0):
+                peaks[cur] = live
+        elif op != EMPTY_CACHE:
+            live -= sizes[~op]
+    return peaks
+
+
+def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
+    """The allocation sequence of loading and `steps` optimizer steps for one GPU; `t` is estimator._Terms."""
+    seq = Sequence()
+    b = _Builder(model, setup, t, seq)
+    seq.mark("load")
+    b.load()
+    for step in range(steps):
+        for micro in range(setup.grad_accum):
+            seq.mark(f"step{step}.forward" if micro == 0 else f"step{step}.micro{micro}.forward")
+            b.forward(first=step == 0 and micro == 0)
+            seq.mark(f"step{step}.backward" if micro == 0 else f"step{step}.micro{micro}.backward")
+            b.backward(first_micro=micro == 0)
+        seq.mark(f"step{step}.optimizer")
+        b.optimizer_step(first=step == 0)
+        seq.mark(f"step{step}.zero_grad")
+        b.zero_grad()
+    return seq
+
+
+class _Builder:
+    def __init__(self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence):
+        self.m, self.s, self.t, self.seq = model, setup, t, seq
+        self.L = model.num_layers
+        unit = setup.batch_size * setup.seq_len * model.hidden_size
+        act = layer_activations(model, setup)
+        self.saved_layer = activation_tensors(model, setup, act, unit, t.one_layer)
+        self.final = pieces_bytes(act.final_units, 4.0, unit, t.final)
+        i_units = (4 if setup.method == "qlora" else 2) * model.intermediate_size / model.hidden_size
+        # backward transients: activation-sized pieces, and whole-tensor ones (memory/transients.py) one at a time:
+        # each quantized weight dequantized to bf16 for its matmul (the largest is the estimator's term),
+        # MoE expert gradient / expert LoRA materialisations
+        self.layers = layer_weight_tensors(model, setup)
+        self.dequant = [[bf16 for _, pieces, bf16 in layer if len(pieces) > 1] for layer in self.layers]
+        self.quant_steps = {  # (pieces, their bytes) -> the quantization's allocations, per Linear kind
+            (len(p), sum(p)): quantization_steps(x.out_features, x.in_features, setup)
+            for x in linear_shapes(model) if x.role != "lm_head"
+            for p in [quantized_pieces(x.out_features, x.in_features, setup)]
+        } if setup.method == "qlora" else {}  # fmt: skip
+        whole = [expert_grad_transient_bytes(model, setup, BYTES_PER_DTYPE[setup.dtype]),
+                 expert_lora_transient_bytes(model, setup)]  # fmt: skip
+        self.whole_bwd = [x for x in whole if x]
+        units_bytes = t.t_bwd - sum(whole) - dequant_transient_bytes(model, setup)
+        # the gradient of the hidden state (b, s, h in the residual dtype) is carried from one layer's backward
+        # into the next one's; it is part of the estimator's transient, the rest is the layer's own
+        carry = residual_bytes_per_element(setup) * unit
+        self.carry = carry if units_bytes >= 2 * carry else 0
+        units_bytes -= self.carry
+        self.t_bwd = pieces_bytes(units_bytes / unit, i_units, unit, units_bytes) if units_bytes > 0 else []
+        self.layer_groups, self.head_groups = grouped_by_layer(trainable_groups(model, setup), self.L)
+        self.grads: list[int] = []
+        self.workspace: list[int] = []
+        lm_copy = block_bytes(lm_head_params(model) * BF16) if t.autocast_cache_fwd else 0
+        per_layer_cache = t.autocast_cache_fwd - lm_copy
+        # autocast's bf16 copy of each fp32 Linear weight, made at its first use in the forward
+        self.cache_layer: list[list[int]] = [[] for _ in range(self.L)]
+        if per_layer_cache > 0:
+            for x in linear_shapes(model):
+                if x.role != "lm_head":
+                    for layer, n in zip(self.cache_layer, spread(x.count, self.L)):
+                        layer.extend([x.in_features * x.out_features * BF16] * n)
+            self.cache_layer[0].append(per_layer_cache - sum(map(sum, self.cache_layer)))  # 0 unless a kind is missing
+        self.cache_lm = lm_copy
+
+    # ------------------------------------------------------------------ load
+    def load(self) -> None:
+        m, s, t, seq = self.m, self.s, self.t, self.seq
+        layers = self.layers
+        nbytes = 4 if s.method == "qlora" else BYTES_PER_DTYPE[s.dtype]
+        final_norm = m.hidden_size * nbytes
+        linear_key = "weights.quantized" if s.method == "qlora" else "weights.linear"
+        listed = sum(sum(x) for layer in layers for _, x, _ in layer) + final_norm - t.weights.get(linear_key, 0)
+        residual = t.weights.get("weights.other", 0) - listed  # 0 unless a parameter kind is missing above
+        embed, lm_head = t.weights.get("weights.embeddings", 0), t.weights.get("weights.lm_head", 0)
+        if s.method == "qlora":
+            self._load_quantized(layers, embed, lm_head, final_norm, residual)
+        else:
+            seq.alloc(embed)
+            for layer in layers:
+                for _, pieces, _ in layer:
+                    for x in pieces:
+                        seq.alloc(x)
+            seq.alloc(final_norm)
+            seq.alloc(residual)
+            if lm_head:
+                seq.alloc(lm_head)
+            else:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
+                seq.free(seq.alloc(embed))
+        seq.mark("peft")
+        for layer in layer_adapter_tensors(m, s):
+            for x in layer:
+                seq.alloc(x)
+
+    def _load_quantized(
+        self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
+    ) -> None:
+        """from_pretrained with a BitsAndBytesConfig, then prepare_model_for_kbit_training's fp32 cast.
+
+        transformers core_model_loading.py::convert_and_load_state_dict_in_model loads the checkpoint in
+        dot_natural_key order (lm_head, embed_tokens, layers 0, 1, 2, ... each in alphabetical order of its
+        modules, norm); each 4-bit weight is loaded in bf16 and quantized on the device. PEFT's cast
+        (utils/other.py, model.parameters() order) makes a new fp32 tensor and frees the bf16 one, then calls
+        torch.cuda.empty_cache() (auto_clear_cache=True)."""
+        m, s, seq = self.m, self.s, self.seq
+        per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
+        quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
+        unquantized = sum(param_counts(m).values()) - quantized  # a tied lm_head counts once
+        seq.free(seq.alloc(int(quantized * per_elem) + unquantized * BF16))  # caching_allocator_warmup
+        head = seq.alloc(lm_head // 2)
+        bf16_embed = seq.alloc(embed // 2)
+        bf16_layers = []
+        for layer in layers:
+            kept: dict[int, int] = {}
+            for k, (_, pieces, bf16) in sorted(enumerate(layer), key=lambda item: item[1][0]):
+                if len(pieces) == 1 and pieces[0] // 2 == bf16:  # kept in bf16 now, cast to fp32 below
+                    kept[k] = seq.alloc(bf16)
+                    continue
+                loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
+                steps = self.quant_steps[len(pieces), sum(pieces)]
+                made = [(seq.alloc(x), tmp) for x, tmp in steps]
+                seq.free(loaded, *[i for i, tmp in made if tmp])
+            bf16_layers += [kept[k] for k in sorted(kept)]  # back in module order
+        bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // 2), seq.alloc(residual // 2), head]
+        for i in bf16_params:  # param.data = param.data.to(torch.float32)
+            seq.alloc(seq.sizes[i] * 2)
+            seq.free(i)
+        seq.empty_cache()
+
+    # ------------------------------------------------------------------ one micro-step
+    def forward(self, first: bool) -> None:
+        s, t, seq = self.s, self.t, self.seq
+        if first:
+            self.workspace = [seq.alloc(t.workspace // 2), seq.alloc(t.workspace - t.workspace // 2)]
+        self.quant = seq.alloc(t.quant_state)
+        self.ckpt: list[int] = []
+        self.saved: list[list[int]] = []
+        self.cache: list[list[int]] = []
+        for k in range(self.L):
+            self.cache.append([seq.alloc(x) for x in self.cache_layer[k]])
+            for x in self.dequant[k]:  # bitsandbytes gemm_4bit dequantizes each weight for the matmul
+                seq.free(seq.alloc(x))
+            if s.grad_ckpt:  # the layer input kept; the layer's tensors, as its recompute holds them, then freed
+                # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
+                self.ckpt.append(seq.alloc(t.one_checkpoint))
+                seq.free(*[seq.alloc(x) for x in self.saved_layer])
+            else:
+                self.saved.append([seq.alloc(x) for x in self.saved_layer])
+        self.final_ids = [seq.alloc(x) for x in self.final]
+        self.lm_cache = seq.alloc(self.cache_lm)
+        self._loss_forward()
+        if s.grad_ckpt:  # autocast's per-layer weight copies are not saved through checkpointing
+            seq.free(*[i for ids in self.cache for i in ids])
+            self.cache = []
+
+    def _loss_forward(self) -> None:
+        t, seq = self.t, self.seq
+        nv4 = t.logits_fp32
+        hf_loss = self.s.stack == "hf" and not self.s.liger  # memory/loss.py's chain; other stacks: generic
+        if hf_loss and nv4 and t.loss_fwd >= 10 * nv4 // 4 and t.loss_bwd >= 3 * nv4:
+            saved_extra = t.loss_bwd - 3 * nv4
+            bf16 = seq.alloc(nv4 // 2)
+            extra_saved = seq.alloc(saved_extra)  # softcapping: tanh output saved
+            extra_tmp = seq.alloc(t.loss_fwd - 10 * nv4 // 4 - saved_extra)
+            upcast = seq.alloc(nv4)
+            self.logsm = seq.alloc(nv4)  # log_softmax output, saved for backward
+            seq.free(extra_tmp, upcast)
+            fp32_copy = seq.alloc(nv4)  # accelerate convert_outputs_to_fp32
+            seq.free(bf16)
+            seq.free(fp32_copy)  # Trainer.compute_loss drops outputs before backward
+            self.loss_saved = [self.logsm, extra_saved]
+        else:  # another loss (fused / chunked): its forward bytes, then its backward bytes
+            seq.free(seq.alloc(t.loss_fwd))
+            self.loss_saved = []
+
+    def backward(self, first_micro: bool) -> None:
+        s, t, seq = self.s, self.t, self.seq
+        full = s.method == "full"
+        new_grads = first_micro
+        if self.loss_saved:
+            nv4 = t.logits_fp32
+            nll_grad, lsm_grad = seq.alloc(nv4), seq.alloc(nv4)
+            seq.free(nll_grad, *self.loss_saved)
+            logits_grad = seq.alloc(nv4 // 2)  # ToCopyBackward to bf16
+            seq.free(lsm_grad)
+        else:
+            logits_grad = seq.alloc(t.loss_bwd)
+        tied = self.m.tie_word_embeddings
+        if full and new_grads:  # lm_head backward: lm_head's (tied: the embedding's) gradient, the final norm's
+            for g in self.head_groups:
+                if g.name != "embed_tokens" or tied:
+                    self.grads.append(seq.alloc(grad_tensor(g)))
+                    if g.name == "embed_tokens":
+                        self.tied_grad_id = self.grads[-1]
+        carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
+        seq.free(logits_grad, *self.final_ids)
+        if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
+            seq.free(self.lm_cache)
+        for k in reversed(range(self.L)):
+            recompute = [seq.alloc(x) for x in self.saved_layer] if s.grad_ckpt else []
+            tmp = [seq.alloc(x) for x in self.t_bwd]
+            if new_grads:  # full FT: this layer's; LoRA: every adapter's at once (estimator's layer_backward)
+                if full:  # backward reaches the layer's modules last to first: down_proj's gradient comes first
+                    groups = self.layer_groups[k][::-1]
+                else:
+                    groups = [g for gs in self.layer_groups for g in gs] if k == self.L - 1 else []
+                self.grads += [seq.alloc(grad_tensor(g)) for g in groups]
+            whole = [seq.alloc(x) for x in self.whole_bwd]
+            for x in self.dequant[k]:
+                seq.free(seq.alloc(x))
+            seq.free(*whole, *tmp, *recompute)
+            carry_in, carry = carry, seq.alloc(self.carry)  # this layer's input gradient replaces its output's
+            seq.free(carry_in)
+            if s.grad_ckpt:
+                seq.free(self.ckpt[k])
+            else:
+                seq.free(*self.saved[k])
+            if self.cache:
+                seq.free(*self.cache[k])
+        seq.free(carry)  # consumed by the embedding's backward
+        if not s.grad_ckpt:
+            seq.free(self.lm_cache)
+        if full and new_grads:
+            embed = next(g for g in self.head_groups if g.name == "embed_tokens")
+            if tied:  # AccumulateGrad: the embedding's own gradient, then grad + it as a new tensor, old ones freed
+                grad_bytes = seq.sizes[self.tied_grad_id]
+                own = seq.alloc(t.tied_grad - grad_bytes)  # (estimator: tied_grad = both, 4 bytes per element)
+                total = seq.alloc(grad_bytes)
+                seq.free(own, self.tied_grad_id)
+                self.grads[self.grads.index(self.tied_grad_id)] = self.tied_grad_id = total
+            else:
+                self.grads.append(seq.alloc(grad_tensor(embed)))
+        seq.free(self.quant)
+
+    def optimizer_step(self, first: bool) -> None:
+        """torch.optim: for each of the Trainer's two param groups (weight decay, then none), _init_group makes
+        the group's states at step 0, then the update runs; foreach AdamW makes one temporary per parameter
+        (torch._foreach_sqrt of exp_avg_sq), kept here until the step ends so that the step's total is the
+        estimator's; Adafactor one set of fp32 temporaries."""
+        s, t, seq = self.s, self.t, self.seq
+        groups = self._parameters_in_order()
+        temporaries: list[int] = []
+        for group in ([g for g in groups if not _no_decay(g)], [g for g in groups if _no_decay(g)]):
+            if first:
+                for g in group:
+                    for x in state_tensors(g, s):
+                        seq.alloc(x)
+            if s.optimizer == "adamw_torch" and t.opt_transient:
+                temporaries += [seq.alloc(grad_tensor(g)) for g in group]
+        if t.opt_transient and s.optimizer != "adamw_torch":
+            temporaries.append(seq.alloc(t.opt_transient))
+        seq.free(*temporaries)
+
+    def _parameters_in_order(self) -> list:
+        """model.parameters() order: embed_tokens, the layers, the final norm, lm_head."""
+        head = {g.name: g for g in self.head_groups}
+        first = [head["embed_tokens"]] if "embed_tokens" in head else []
+        last = [head[n] for n in ("norms", "lm_head") if n in head]
+        return first + [g for gs in self.layer_groups for g in gs] + last
+
+    def zero_grad(self) -> None:
+        self.seq.free(*self.grads)
+        self.grads = []
+
+
+def _no_decay(g) -> bool:
+    """Trainer.get_decay_parameter_names: biases and norm weights get no weight decay (a second group)."""
+    return g.name == "norms" or g.name.endswith(".bias")

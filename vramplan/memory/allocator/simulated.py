@@ -1,0 +1,77 @@
+"""reserved_rule "simulated": the reserved peak from replaying the predicted sequence through the allocator model.
+
+No fitted fragmentation constant: the predicted allocation sequence of loading and two optimizer steps
+(sequence.py) is replayed through CachingAllocator (caching.py); the reserved peak is the model's
+max_memory_reserved, and at that moment it reports the allocated bytes, the free bytes inside segments
+and the largest free block. Single GPU and the hf stack only (the sequence has no DDP buckets or FSDP gathers,
+and no other stack's loss or kernels yet).
+"""
+
+from __future__ import annotations
+
+from ...errors import VramplanError
+from ...specs import MemoryBreakdown, ModelSpec, TrainingSetup
+from .replay import ReplayResult, replay
+from .sequence import training_sequence
+
+RESERVED_BY_SIMULATION = "simulated"
+SIMULATED_ASSUMPTION = (
+    "reserved peak simulated: the predicted allocations of loading and two steps replayed through a model of "
+    "torch's CUDACachingAllocator (docs/allocator_simulation.md), not the fitted fragmentation rules"
+)
+#: MemoryBreakdown.reserved_rule values estimate(reserved_rule=...) accepts: "rules" keeps the closed forms
+RESERVED_RULES = ("rules", RESERVED_BY_SIMULATION)
+
+
+def check_reserved_rule(reserved_rule: str, setup: TrainingSetup) -> None:
+    if reserved_rule not in RESERVED_RULES:
+        raise VramplanError(f"--reserved-rule {reserved_rule}: accepted: {' | '.join(RESERVED_RULES)}")
+    if reserved_rule == RESERVED_BY_SIMULATION and setup.num_gpus > 1:
+        raise VramplanError(
+            f"--reserved-rule simulated with --num-gpus {setup.num_gpus}: the allocator simulation is single-GPU; "
+            "accepted: --num-gpus 1, or --reserved-rule rules"
+        )
+    if reserved_rule == RESERVED_BY_SIMULATION and (setup.stack != "hf" or setup.liger):
+        stack = setup.stack + (" --liger" if setup.liger else "")
+        raise VramplanError(
+            f"--reserved-rule simulated with --stack {stack}: the predicted allocation sequence is the hf stack's "
+            "(transformers Trainer, HF loss); accepted: --stack hf without --liger, or --reserved-rule rules"
+        )
+
+
+#: replays by (model, setup, workspace, backward transients, GPU memory): the planner asks for one setup on many GPUs
+_CACHE: dict[tuple, ReplayResult] = {}
+_CACHE_MAX = 512
+
+
+def simulate(model: ModelSpec, setup: TrainingSetup, terms, total_memory_bytes: int) -> ReplayResult:
+    """Replay the setup's predicted sequence; `terms` is estimator._Terms (a function of the key's parts)."""
+    expandable = setup.expandable_segments
+    key = (model, setup, terms.workspace, terms.t_bwd, total_memory_bytes if expandable else 0)
+    hit = _CACHE.get(key)
+    if hit is None:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        seq = training_sequence(model, setup, terms)
+        hit = _CACHE[key] = replay(seq, expandable_segments=expandable, total_memory_bytes=total_memory_bytes)
+    return hit
+
+
+def simulated_memory(
+    model: ModelSpec, setup: TrainingSetup, terms, memory: MemoryBreakdown, total_memory_bytes: int
+) -> MemoryBreakdown:
+    """`memory` with the simulated reserved peak in place of the closed-form rules' (device peak moves with it)."""
+    result = simulate(model, setup, terms, total_memory_bytes)
+    reserved = result.peak_reserved_bytes
+    return memory.model_copy(
+        update={
+            "peak_reserved_bytes": reserved,
+            "device_peak_bytes": memory.device_peak_bytes - memory.peak_reserved_bytes + reserved,
+            "fragmentation_bytes": reserved - memory.peak_allocated_bytes,
+            "reserved_rule": RESERVED_BY_SIMULATION,
+            "rules_reserved_bytes": memory.peak_reserved_bytes,
+            "allocated_at_reserved_peak_bytes": result.allocated_at_peak_bytes,
+            "free_in_segments_at_reserved_peak_bytes": result.free_in_segments_at_peak_bytes,
+            "largest_free_block_at_reserved_peak_bytes": result.largest_free_block_at_peak_bytes,
+        }
+    )
