@@ -1,5 +1,10 @@
 """The fast flag parser (cli_fast.py) gives each command exactly the arguments typer/click would, or declines."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import typer
 
@@ -82,3 +87,39 @@ def test_a_repeatable_option_collects_every_occurrence_as_click_does():
 
     assert parse(command, []) == {"dirs": ()}
     assert parse(command, ["--runs-dir", "a", "--runs-dir=b"]) == {"dirs": ["a", "b"]}
+
+
+def test_cached_tables_are_the_tables_of_the_command_signatures(tmp_path, monkeypatch):
+    from vramplan.cli_fast import cached_tables, flag_table
+
+    monkeypatch.setenv("VRAMPLAN_CLI_CACHE", str(tmp_path))
+    built = cached_tables()  # builds and writes the cache
+    (written,) = tmp_path.glob("cli-flags-*.json")
+    assert built == cached_tables()  # read back from the file
+    for name in FAST_COMMANDS:
+        assert built[name] == json.loads(json.dumps(flag_table(getattr(cli, name))))
+    assert written.name != "cli-flags-.json"
+
+
+def _entry(args, cache, code="") -> subprocess.CompletedProcess:
+    script = (
+        "import sys\nfrom vramplan.entry import main\nsys.argv = ['vramplan', *sys.argv[1:]]\n"
+        "try:\n    main()\nfinally:\n    print('TYPER' if 'typer' in sys.modules else 'NO-TYPER', file=sys.stderr)\n" + code
+    )
+    env = {**os.environ, "VRAMPLAN_CLI_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_the_entry_point_answers_estimate_without_importing_typer_once_the_tables_are_cached(tmp_path):
+    args = ["estimate", "--model", "llama-3.1-8b", "--method", "qlora", "--format", "json"]
+    first, second = _entry(args, tmp_path), _entry(args, tmp_path)
+    assert first.returncode == second.returncode == 0
+    assert json.loads(first.stdout) == json.loads(second.stdout)
+    assert second.stderr.strip().endswith("NO-TYPER")
+
+
+def test_the_entry_point_hands_what_it_does_not_parse_to_typer_with_one_line(tmp_path):
+    bad = _entry(["estimate", "--model", "llama-3.1-8b", "--method", "qlora", "--seq-len", "abc"], tmp_path)
+    assert bad.returncode == 2
+    lines = [line for line in bad.stderr.splitlines() if line.strip() and line.strip() not in ("TYPER", "NO-TYPER")]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--seq-len" in lines[0]

@@ -14,7 +14,6 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 import typer  # noqa: E402
 
 from . import cli_options as o
-from .configs import resolve_command
 from .errors import VramplanError
 
 app = typer.Typer(
@@ -101,39 +100,9 @@ def estimate(
 
     Example: vramplan estimate --model llama-3.1-8b --method qlora --seq-len 2048 --grad-ckpt --gpu rtx-4090
     """
-    from .api import estimate_for, fit_for
-    from .report.estimate_view import estimate_doc, estimate_renderable
+    from .cli_commands import run_estimate
 
-    _check_format(fmt)
-    try:
-        resolved = resolve_command(ctx, locals())
-        model, setup = resolved.model, o.setup_from(resolved.params)
-        result = estimate_for(
-            model, setup, gpu=gpu, headroom=headroom, assumptions=resolved.assumptions, reserved_rule=reserved_rule
-        )
-        largest = (
-            {solve: fit_for(model, setup, gpu=gpu, solve=solve, headroom=headroom).value
-             for solve in ("batch-size", "seq-len")}
-            if gpu else None
-        )  # fmt: skip
-    except VramplanError as exc:
-        _fail(str(exc))
-    if fmt == "json":
-        doc = estimate_doc(result)
-        if largest is not None:
-            doc["largest_fit"] = {"batch_size": largest["batch-size"], "seq_len": largest["seq-len"]}
-        typer.echo(_json(doc))
-        return
-    title = f"{result.model} · {setup.method}" + (f" r{setup.lora.rank}" if setup.lora else "")
-    title += f" · b{setup.batch_size} × s{setup.seq_len}" + (" · grad-ckpt" if setup.grad_ckpt else "")
-    console = _console()
-    console.print(estimate_renderable(result, title))
-    if largest is not None:
-        batch, seq = largest["batch-size"], largest["seq-len"]
-        console.print(
-            f"largest that fits {result.verdict.gpu}: micro-batch {batch if batch else 'none'} "
-            f"(at s{setup.seq_len}), sequence {seq if seq else 'none'} (at b{setup.batch_size})"
-        )
+    run_estimate(locals())
 
 
 @app.command()
@@ -172,22 +141,9 @@ def plan(
     fmt: o.FormatOpt = "table",
 ) -> None:
     """Rank GPU x count x strategy options by fit, speed and cost; say what to change when nothing fits."""
-    from .api import plan_for
-    from .report.plan_view import plan_doc, plan_renderable
+    from .cli_commands import run_plan
 
-    _check_format(fmt)
-    try:
-        resolved = resolve_command(ctx, locals())
-        model, setup = resolved.model, o.setup_from(resolved.params, num_gpus=1, parallel=None)
-        result = plan_for(model, setup, gpus=gpus, max_gpus=max_gpus, dataset_tokens=dataset_tokens,
-                          dataset_examples=dataset_examples, epochs=epochs, sort=sort, headroom=headroom,
-                          assumptions=resolved.assumptions)  # fmt: skip
-    except VramplanError as exc:
-        _fail(str(exc))
-    if fmt == "json":
-        typer.echo(_json(plan_doc(result)))
-        return
-    _console().print(plan_renderable(result, f"{result.model} · {_setup_title(setup)}", all_rows=all_rows))
+    run_plan(locals())
 
 
 @app.command()
@@ -222,27 +178,9 @@ def fit(
     fmt: o.FormatOpt = "table",
 ) -> None:
     """The largest batch size, sequence length or LoRA rank that fits a GPU (other settings as given)."""
-    from .api import fit_for
-    from .report.plan_view import fit_doc, fit_text
+    from .cli_commands import run_fit
 
-    _check_format(fmt)
-    try:
-        resolved = resolve_command(ctx, locals())
-        model, setup = resolved.model, o.setup_from(resolved.params)
-        result = fit_for(model, setup, gpu=gpu, solve=solve, headroom=headroom)
-    except VramplanError as exc:
-        _fail(str(exc))
-    if fmt == "json":
-        typer.echo(_json(fit_doc(result)))
-        return
-    _console().print(fit_text(result))
-    if resolved.assumptions:
-        _console().print("assumptions:\n" + "\n".join(f"  - {a}" for a in resolved.assumptions), style="dim")
-
-
-def _setup_title(setup) -> str:
-    title = setup.method + (f" r{setup.lora.rank}" if setup.lora else "")
-    return title + f" · b{setup.batch_size} × s{setup.seq_len}" + (" · grad-ckpt" if setup.grad_ckpt else "")
+    run_fit(locals())
 
 
 @app.command()
@@ -495,11 +433,9 @@ def calibrate(
 
 
 def main() -> None:
-    """The console entry point: `estimate`, `fit` and `plan` through the fast flag parser when it understands the
-    command line (cli_fast.py), everything else through typer. click's usage errors (a non-integer for an integer
-    flag, an unknown flag, a missing option) become one line on stderr and exit code 2, as domain errors do."""
-    from .cli_fast import FAST_COMMANDS, parse
-
+    """The typer app as a program (entry.py runs `estimate`, `fit` and `plan` without it when its fast parser
+    understands the command line). click's usage errors (a non-integer for an integer flag, an unknown flag, a
+    missing option) become one line on stderr and exit code 2, as domain errors do."""
     try:
         from typer._click import exceptions as click_errors
     except ImportError:  # pragma: no cover - typer before it vendored click
@@ -507,10 +443,6 @@ def main() -> None:
 
     argv = sys.argv[1:]
     try:
-        kwargs = parse(globals()[argv[0]], argv[1:]) if argv and argv[0] in FAST_COMMANDS else None
-        if kwargs is not None:
-            globals()[argv[0]](**kwargs)
-            return
         code = app(standalone_mode=False)
     except typer.Exit as exc:
         code = exc.exit_code

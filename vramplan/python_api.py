@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import api
-from .cli_options import SETUP_PARAMS, build_setup
+from .setup_flags import SETUP_PARAMS, build_setup
 from .configs import Resolved, resolve
 from .specs import Estimate
 

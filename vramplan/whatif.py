@@ -18,7 +18,7 @@ from gpu_catalog import find_gpu
 
 from . import api
 from .calibration import leave_one_out
-from .cli_options import LORA_DEFAULTS, build_setup
+from .setup_flags import LORA_DEFAULTS, build_setup
 from .errors import ConfigError, VramplanError
 from .configs import read_config_bytes, resolve
 from .models import list_models, parse_config, resolve_model

@@ -19,7 +19,7 @@ from gpu_catalog import find_gpu, list_gpus, match_cuda_name
 from ..api import default_calibration
 from ..configs import resolve
 from ..configs.live import read_live
-from ..cli_options import SETUP_PARAMS, build_setup
+from ..setup_flags import SETUP_PARAMS, build_setup
 from ..errors import VramplanError
 from ..estimator import DEFAULT_HEADROOM, estimate
 from ..models import parse_config
