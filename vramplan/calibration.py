@@ -15,7 +15,6 @@ Each is clipped to its bound. `leave_one_out` predicts every run with constants 
 import json
 import os
 import statistics
-import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import resources
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .atomic import replace_atomically
 from .errors import VramplanError
 from .estimator import CALIBRATED_DEFAULTS, estimate
 from .memory.loss import logits_count
@@ -248,15 +248,5 @@ def save_calibration(calibration: Calibration, path: Path | str, *, force: bool 
         raise VramplanError(f"--out {p} is the calibration shipped with vramplan; add --force to replace it")
     p.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(calibration.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    replace_atomically(p, text)
     return p

@@ -441,7 +441,6 @@ def main() -> None:
     except ImportError:  # pragma: no cover - typer before it vendored click
         from click import exceptions as click_errors  # type: ignore[no-redef]
 
-    argv = sys.argv[1:]
     try:
         code = app(standalone_mode=False)
     except typer.Exit as exc:

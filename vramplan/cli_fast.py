@@ -171,14 +171,11 @@ def cached_tables() -> dict[str, dict] | None:
     if any(t is None for t in tables.values()):
         return None
     if path is not None:
-        import tempfile
+        from .atomic import replace_atomically
 
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".cli-flags-", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(tables, fh)
-            os.replace(tmp, path)
+            replace_atomically(path, json.dumps(tables))
         except OSError:
             pass  # an unwritable cache only costs speed
     return tables

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from vramplan.atomic import fsynced_temp
 from vramplan.errors import RunRecordError, VramplanError
 from vramplan.specs import MeasuredRun
 
@@ -91,12 +91,8 @@ def save_run(run: MeasuredRun, runs_dir: Path | str) -> Path:
             except OSError:
                 pass
             continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=target.parent)
+        tmp = fsynced_temp(target.parent, f".{stem}.", text)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
             if candidate.exists():  # taken between the check and now: try the next suffix
                 os.unlink(tmp)
                 continue
