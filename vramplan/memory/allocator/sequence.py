@@ -42,6 +42,7 @@ from ..weights import lm_head_params
 from .rules import block_bytes
 from .tensors import (
     quantized_pieces,
+    activation_anchors,
     activation_tensors,
     grad_tensor,
     grouped_by_layer,
@@ -154,6 +155,10 @@ class _Builder:
         # MoE expert gradient / expert LoRA materialisations
         self.layers = layer_weight_tensors(model, setup)
         self.dequant = [[bf16 for _, pieces, bf16 in layer if len(pieces) > 1] for layer in self.layers]
+        # where each dequantized weight is made in a layer's forward: right before its matmul's output, freed
+        # after it (MatMul4Bit.forward: linear(A, dequantize_4bit(B).t())), as (piece index, bytes)
+        self.dequant_fwd = [_dequant_slots(layer, activation_anchors(model, setup, act), len(self.saved_layer))
+                            for layer in self.layers]  # fmt: skip
         self.quant_steps = {  # (pieces, their bytes) -> the quantization's allocations, per Linear kind
             (len(p), sum(p)): quantization_steps(x.out_features, x.in_features, setup)
             for x in linear_shapes(model) if x.role != "lm_head"
@@ -259,20 +264,32 @@ class _Builder:
         self.cache: list[list[int]] = []
         for k in range(self.L):
             self.cache.append([seq.alloc(x) for x in self.cache_layer[k]])
-            for x in self.dequant[k]:  # bitsandbytes gemm_4bit dequantizes each weight for the matmul
-                seq.free(seq.alloc(x))
             if s.grad_ckpt:  # the layer input kept; the layer's tensors, as its recompute holds them, then freed
                 # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
                 self.ckpt.append(seq.alloc(t.one_checkpoint))
-                seq.free(*[seq.alloc(x) for x in self.saved_layer])
+                seq.free(*self._layer_forward(k))
             else:
-                self.saved.append([seq.alloc(x) for x in self.saved_layer])
+                self.saved.append(self._layer_forward(k))
         self.final_ids = [seq.alloc(x) for x in self.final]
         self.lm_cache = seq.alloc(self.cache_lm)
         self._loss_forward()
         if s.grad_ckpt:  # autocast's per-layer weight copies are not saved through checkpointing
             seq.free(*[i for ids in self.cache for i in ids])
             self.cache = []
+
+    def _layer_forward(self, k: int) -> list[int]:
+        """Layer k's saved tensors; bitsandbytes gemm_4bit dequantizes each 4-bit weight for its matmul, alive
+        while the matmul's output is made."""
+        seq, slots = self.seq, self.dequant_fwd[k]
+        ids = []
+        for n, x in enumerate(self.saved_layer):
+            weights = [seq.alloc(w) for at, w in slots if at == n]
+            ids.append(seq.alloc(x))
+            seq.free(*weights)
+        for at, w in slots:
+            if at >= len(self.saved_layer):
+                seq.free(seq.alloc(w))
+        return ids
 
     def _loss_forward(self) -> None:
         t, seq = self.t, self.seq
@@ -382,6 +399,19 @@ class _Builder:
     def zero_grad(self) -> None:
         self.seq.free(*self.grads)
         self.grads = []
+
+
+def _dequant_slots(layer: list[tuple[str, list[int], int]], anchors: tuple[int, int, int], n_pieces: int):
+    """(index of the saved piece made while it is alive, bf16 bytes) for each 4-bit weight of a layer: q, k, v at
+    the attention's first pieces, o_proj at the residual sum after it, gate / up at the MLP's first pieces,
+    down_proj after the layer's last piece."""
+    a0, a_end, m0 = anchors
+    out = []
+    for role, start, last in (("self_attn", a0, a_end), ("mlp", m0, n_pieces)):
+        ws = [bf16 for name, pieces, bf16 in layer if len(pieces) > 1 and name.startswith(role)]
+        out += [(min(start + j, last), w) for j, w in enumerate(ws[:-1])] + [(last, w) for w in ws[-1:]]
+    other = [bf16 for name, pieces, bf16 in layer if len(pieces) > 1 and not name.startswith(("self_attn", "mlp"))]
+    return out + [(n_pieces, w) for w in other]
 
 
 def _no_decay(g) -> bool:

@@ -201,6 +201,16 @@ def activation_tensors(
     """One decoder layer's saved tensors in forward order (sum = layer_bytes): the first norm's, the attention
     targets' LoRA inputs, attention q, k, v, out, the second norm's, the MLP targets' LoRA inputs, the MLP
     intermediates (i = intermediate/h units each, fp32 under QLoRA: activations._mlp_units), in b*s*h units."""
+    return _to_bytes(_activation_units(model, setup, act)[0], unit_bytes, layer_bytes)
+
+
+def activation_anchors(model: ModelSpec, setup: TrainingSetup, act: LayerActivations) -> tuple[int, int, int]:
+    """Indices into activation_tensors' list: the first attention piece (q_proj's output), the first piece
+    after the attention (the residual sum behind o_proj), the first MLP piece (gate_proj's output)."""
+    return _activation_units(model, setup, act)[1]
+
+
+def _activation_units(model: ModelSpec, setup: TrainingSetup, act: LayerActivations):
     h = model.hidden_size
     qw, kw, i = model.q_width / h, model.kv_width / h, model.intermediate_size / h
     u = dict(act.saved_units)
@@ -212,7 +222,9 @@ def activation_tensors(
     mlp = split_units(u.pop("mlp", 0.0), (4.0 if setup.method == "qlora" else 2.0) * i)
     rest = [x for v in u.values() for x in split_units(v, 4.0)]  # q/k norms
     units = norms + lora_attn + attention + rest + norms + lora_mlp + mlp
-    return _to_bytes(units, unit_bytes, layer_bytes)
+    a0 = len(norms) + len(lora_attn)
+    a_end = a0 + len(attention) + len(rest)
+    return units, (a0, a_end, a_end + len(norms) + len(lora_mlp))
 
 
 def _lora_pieces(model: ModelSpec, setup: TrainingSetup, total: float) -> tuple[list[float], list[float]]:
