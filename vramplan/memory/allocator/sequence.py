@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from ...models.params import linear_shapes, param_counts
 from ...specs import ModelSpec, TrainingSetup
 from ..activations import layer_activations, residual_bytes_per_element
-from ..constants import BYTES_PER_DTYPE
+from ..constants import BYTES_PER_DTYPE, NF4_BLOCKSIZE
 from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
@@ -283,13 +283,24 @@ class _Builder:
         seq, slots = self.seq, self.dequant_fwd[k]
         ids = []
         for n, x in enumerate(self.saved_layer):
-            weights = [seq.alloc(w) for at, w in slots if at == n]
+            weights = [self._dequantize(w) for at, w in slots if at == n]
             ids.append(seq.alloc(x))
             seq.free(*weights)
         for at, w in slots:
             if at >= len(self.saved_layer):
-                seq.free(seq.alloc(w))
+                seq.free(self._dequantize(w))
         return ids
+
+    def _dequantize(self, bf16: int) -> int:
+        """bitsandbytes functional.py::dequantize_4bit: with double quantization the absmax is first dequantized
+        to an fp32 tensor (nblocks x 4 bytes), freed once the bf16 weight is made."""
+        seq = self.seq
+        if not self.s.double_quant or self.s.quant == "int8":
+            return seq.alloc(bf16)
+        absmax = seq.alloc(block_bytes(-(-(bf16 // 2) // NF4_BLOCKSIZE) * 4))
+        w = seq.alloc(bf16)
+        seq.free(absmax)
+        return w
 
     def _loss_forward(self) -> None:
         t, seq = self.t, self.seq
@@ -345,7 +356,7 @@ class _Builder:
                 self.grads += [seq.alloc(grad_tensor(g)) for g in groups]
             whole = [seq.alloc(x) for x in self.whole_bwd]
             for x in self.dequant[k]:
-                seq.free(seq.alloc(x))
+                seq.free(self._dequantize(x))
             seq.free(*whole, *tmp, *recompute)
             carry_in, carry = carry, seq.alloc(self.carry)  # this layer's input gradient replaces its output's
             seq.free(carry_in)
