@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .caching import AllocatorOOM, CachingAllocator
+from .fast_replay import replay_default
 from .sequence import EMPTY_CACHE, Sequence
 
 
@@ -29,7 +30,11 @@ def replay(
     allowed_bytes: int | None = None,
     total_memory_bytes: int = 80 * 1024**3,
 ) -> ReplayResult:
-    """Feed every allocation and free of `seq` to a CachingAllocator (one stream)."""
+    """Feed every allocation and free of `seq` to a CachingAllocator (one stream); the default settings take
+    fast_replay.py's inlined loop (same rules, same result)."""
+    if not expandable_segments and allowed_bytes is None:
+        peak, (alloc, free_bytes, largest), peak_alloc, segments = replay_default(seq.sizes, seq.ops, EMPTY_CACHE)
+        return ReplayResult(peak, alloc, free_bytes, largest, peak_alloc, segments)
     a = CachingAllocator(
         expandable_segments=expandable_segments, allowed_bytes=allowed_bytes, total_memory_bytes=total_memory_bytes
     )
