@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from .errors import VramplanError
 from .memory.activations import layer_activations
-from .memory.adapters import adapter_bytes, check_lora_supported, lora_param_count
+from .memory.adapters import adapter_autocast_copy_bytes, adapter_bytes, check_lora_supported, lora_param_count
 from .memory.allocator import block_bytes, reserved_from_allocated, steady_loss_reserved, workspace_bytes
 from .memory.constants import (
     BYTES_PER_DTYPE,
@@ -103,6 +103,9 @@ class _Terms:
     tied_grad: int
     #: bytes of the largest single trainable tensor (its optimizer states are tensors of that size)
     largest_state: int = 0
+    #: autocast's bf16 copies of the LoRA weights with checkpointing: every layer's (forward), one layer's (recompute)
+    adapter_copies_fwd: int = 0
+    adapter_copies_layer: int = 0
     #: multi-GPU terms (memory/parallel.py): every phase / forward / backward / reduce phases, and outside torch
     parallel_persistent: dict[str, int] = field(default_factory=dict)
     parallel_gather_fwd: dict[str, int] = field(default_factory=dict)
@@ -199,6 +202,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         + expert_lora_transient_bytes(model, setup)
     )
     cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup, profile.lm_head_fp32(setup))
+    copies_fwd, copies_layer = adapter_autocast_copy_bytes(model, setup)
     terms = _Terms(
         weights=weights,
         states=states,
@@ -221,6 +225,8 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         embedding_grad=block_bytes(model.vocab_size * model.hidden_size * itemsize) if setup.method == "full" else 0,
         tied_grad=tied_embedding_grad_bytes(model, setup),
         largest_state=max((g.numel * g.itemsize for g in groups), default=0),
+        adapter_copies_fwd=copies_fwd,
+        adapter_copies_layer=copies_layer,
     )
     # DeepSpeed ZeRO runs (and offloads) at world size 1 too; DDP/FSDP on one GPU change nothing
     if setup.parallel is None or (setup.num_gpus == 1 and setup.parallel not in ("zero2", "zero3")):
@@ -266,6 +272,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "activations.final": t.final,
             "logits_loss": t.loss_fwd,
             "autocast_weight_copies": t.autocast_cache_fwd,
+            "autocast_adapter_copies": t.adapter_copies_fwd,
             "int8_matmul_state": t.quant_state,
             **fwd_extra,
         },
@@ -285,6 +292,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "backward_transients": t.t_bwd,
             "gradients": t.grads if not full else accum_grads,
             "autocast_weight_copies": t.autocast_cache_bwd if not setup.grad_ckpt else 0,
+            "autocast_adapter_copies": t.adapter_copies_layer,
             "int8_matmul_state": t.quant_state,
             **bwd_extra,
         },

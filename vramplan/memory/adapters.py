@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from ..errors import VramplanError
 from ..models.params import linear_shapes, moe_layers
-from ..specs import LinearShape, LoraSpec, ModelSpec
-from .allocator import tensors_bytes
+from ..specs import LinearShape, LoraSpec, ModelSpec, TrainingSetup
+from .allocator import block_bytes, tensors_bytes
 
 ADAPTER_BYTES_PER_PARAM = 4  # fp32
 
@@ -71,6 +71,33 @@ def adapter_pairs(spec: ModelSpec, lora: LoraSpec) -> list[AdapterPair]:
             AdapterPair("mlp.experts.down_proj", n, r * e, i, h, r * e),
         ]
     return pairs
+
+
+#: autocast's lower-precision copy of an fp32 adapter weight: bf16 / fp16
+ADAPTER_COPY_BYTES_PER_PARAM = 2
+
+
+def adapter_autocast_copy_bytes(spec: ModelSpec, setup: TrainingSetup) -> tuple[int, int]:
+    """autocast's bf16 copies of the fp32 LoRA weights under gradient checkpointing: (all layers', one layer's).
+
+    torch aten/src/ATen/autocast_mode.cpp::cached_cast caches the cast of an fp32 leaf that requires grad (the
+    trainable lora_A / lora_B; not the frozen base weights) until autocast exits, so every layer's copies are alive
+    at the forward's end (accelerate's autocast wraps the forward with the loss); a checkpointed layer's recompute
+    makes its own again, saved until that layer's backward ends. Only nn.Linear targets (lora_targets): PEFT's
+    ParamWrapper on fused MoE experts is left out. Without checkpointing the copies are saved for backward with
+    the layer's activations (not added here). Bytes: sum over targets of count x (r x in + out x r) x 2, per layer
+    k*L//count as allocator/tensors.py::spread places them."""
+    if setup.lora is None or not setup.grad_ckpt or setup.stack != "hf" or setup.num_gpus != 1:
+        return 0, 0
+    L = spec.num_layers
+    per_layer = [0] * L
+    for p in adapter_pairs(spec, setup.lora)[: len(lora_targets(spec, setup.lora))]:
+        pair = block_bytes(p.a_rows * p.a_cols * ADAPTER_COPY_BYTES_PER_PARAM) + block_bytes(
+            p.b_rows * p.b_cols * ADAPTER_COPY_BYTES_PER_PARAM
+        )
+        for k in range(p.count):
+            per_layer[k * L // p.count] += pair
+    return sum(per_layer), max(per_layer)
 
 
 def check_lora_supported(spec: ModelSpec, lora: LoraSpec) -> None:

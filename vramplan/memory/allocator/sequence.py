@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from ...models.params import linear_shapes, param_counts
 from ...specs import ModelSpec, TrainingSetup
 from ..activations import layer_activations, residual_bytes_per_element
+from ..adapters import adapter_autocast_copy_bytes
 from ..constants import BYTES_PER_DTYPE, NF4_BLOCKSIZE
 from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
@@ -46,6 +47,7 @@ from .tensors import (
     activation_tensors,
     grad_tensor,
     grouped_by_layer,
+    layer_adapter_copies,
     layer_adapter_tensors,
     layer_weight_tensors,
     pieces_bytes,
@@ -188,6 +190,10 @@ class _Builder:
                         layer.extend([x.in_features * x.out_features * BF16] * n)
             self.cache_layer[0].append(per_layer_cache - sum(map(sum, self.cache_layer)))  # 0 unless a kind is missing
         self.cache_lm = lm_copy
+        # with checkpointing: autocast's copies of the adapters, made in each layer's forward, dropped when autocast
+        # exits after the loss (its recompute makes them again, saved until the layer's backward)
+        copies = adapter_autocast_copy_bytes(model, setup)[0]
+        self.adapter_copies = layer_adapter_copies(model, setup) if copies else [[]] * self.L
 
     # ------------------------------------------------------------------ load
     def load(self) -> None:
@@ -262,8 +268,10 @@ class _Builder:
         self.ckpt: list[int] = []
         self.saved: list[list[int]] = []
         self.cache: list[list[int]] = []
+        self.copies: list[int] = []
         for k in range(self.L):
             self.cache.append([seq.alloc(x) for x in self.cache_layer[k]])
+            self.copies += [seq.alloc(x) for x in self.adapter_copies[k]]
             if s.grad_ckpt:  # the layer input kept; the layer's tensors, as its recompute holds them, then freed
                 # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
                 self.ckpt.append(seq.alloc(t.one_checkpoint))
@@ -314,12 +322,14 @@ class _Builder:
             upcast = seq.alloc(nv4)
             self.logsm = seq.alloc(nv4)  # log_softmax output, saved for backward
             seq.free(extra_tmp, upcast)
+            seq.free(*self.copies)  # autocast exits: its cache is cleared
             fp32_copy = seq.alloc(nv4)  # accelerate convert_outputs_to_fp32
             seq.free(bf16)
             seq.free(fp32_copy)  # Trainer.compute_loss drops outputs before backward
             self.loss_saved = [self.logsm, extra_saved]
         else:  # another loss (fused / chunked): its forward bytes, then its backward bytes
             seq.free(seq.alloc(t.loss_fwd))
+            seq.free(*self.copies)
             self.loss_saved = []
 
     def backward(self, first_micro: bool) -> None:
@@ -346,7 +356,7 @@ class _Builder:
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
             seq.free(self.lm_cache)
         for k in reversed(range(self.L)):
-            recompute = [seq.alloc(x) for x in self.saved_layer] if s.grad_ckpt else []
+            recompute = [seq.alloc(x) for x in [*self.adapter_copies[k], *self.saved_layer]] if s.grad_ckpt else []
             tmp = [seq.alloc(x) for x in self.t_bwd]
             if new_grads:  # full FT: this layer's; LoRA: every adapter's at once (estimator's layer_backward)
                 if full:  # backward reaches the layer's modules last to first: down_proj's gradient comes first

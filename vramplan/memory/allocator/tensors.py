@@ -139,6 +139,22 @@ def layer_adapter_tensors(model: ModelSpec, setup: TrainingSetup) -> list[list[i
     return layers
 
 
+def layer_adapter_copies(model: ModelSpec, setup: TrainingSetup) -> list[list[int]]:
+    """autocast's bf16 copy of each fp32 lora_A / lora_B weight of a layer (2 bytes per parameter), in use order.
+
+    torch aten/src/ATen/autocast_mode.cpp::cached_cast caches the lower-precision cast of an fp32 leaf that
+    requires grad (the trainable adapters; not the frozen base weights) until autocast exits. Only the nn.Linear
+    targets (lora_targets); PEFT's ParamWrapper on fused MoE experts is left out."""
+    layers: list[list[int]] = [[] for _ in range(model.num_layers)]
+    if setup.lora is None:
+        return layers
+    for p in adapter_pairs(model, setup.lora)[: len(lora_targets(model, setup.lora))]:
+        a, b = block_bytes(p.a_rows * p.a_cols * 2), block_bytes(p.b_rows * p.b_cols * 2)
+        for layer, n in zip(layers, spread(p.count, model.num_layers)):
+            layer.extend([a, b] * n)
+    return layers
+
+
 def grouped_by_layer(groups: list[TensorGroup], layers: int) -> tuple[list[list[TensorGroup]], list[TensorGroup]]:
     """Trainable tensors by the decoder layer whose backward makes their gradient, and those of the head
     (embeddings, lm_head, final norm), one TensorGroup of count 1 per tensor."""
