@@ -139,12 +139,12 @@ def test_simulated_rule_refuses_what_it_cannot_do(setup, rule):
 
 
 def test_simulated_reserved_accuracy_on_the_shipped_runs_does_not_regress():
-    # docs/allocator_simulation.md: median 0.4 %, worst 8.0 % (the reserved peak uses no fitted constant)
+    # docs/allocator_simulation.md: median 0.43 %, worst 8.0 % (the reserved peak uses no fitted constant)
     from vramplan.validation import validate
 
     stats = validate(RUNS, reserved_rule="simulated").stats("reserved")
     assert stats["runs"] >= 60
-    assert stats["median_abs"] <= 0.006, stats
+    assert stats["median_abs"] <= 0.005, stats
     assert stats["worst_abs"] <= 0.085 and stats["worst_under"] >= -0.085, stats
 
 
@@ -189,3 +189,18 @@ def test_cli_estimate_json_shows_the_simulated_reserved_peak_and_the_allocator_s
     assert mem["largest_free_block_at_reserved_peak_bytes"] > 0 and mem["rules_reserved_bytes"] > 0
     bad = CliRunner().invoke(app, [*args, "--reserved-rule", "fitted"])
     assert bad.exit_code == 2 and "accepted: rules | simulated" in bad.output
+
+
+@pytest.mark.parametrize("name, rank", [("llama-3.1-8b", 16), ("llama-3.1-8b", 64), ("qwen3-1.7b", 8)])
+def test_autocast_adapter_copies_of_the_sequence_are_the_estimators_term(name, rank):
+    # autocast_mode.cpp::cached_cast: bf16 copies of the trainable fp32 adapters, every layer's at the forward's end
+    from vramplan.memory.adapters import adapter_autocast_copy_bytes, adapter_bytes
+    from vramplan.memory.allocator.tensors import layer_adapter_copies
+
+    model = resolve_model(name)
+    setup = TrainingSetup(method="lora", lora=LoraSpec(rank=rank), grad_ckpt=True)
+    layers = layer_adapter_copies(model, setup)
+    total, one_layer = adapter_autocast_copy_bytes(model, setup)
+    assert (sum(map(sum, layers)), max(map(sum, layers))) == (total, one_layer)
+    assert total == pytest.approx(adapter_bytes(model, setup.lora) / 2, rel=0.01)  # 2 of the fp32 adapters' 4 B
+    assert adapter_autocast_copy_bytes(model, setup.model_copy(update={"grad_ckpt": False})) == (0, 0)
