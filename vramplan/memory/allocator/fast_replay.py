@@ -28,7 +28,7 @@ _ADDR_BITS = 48
 class _Block:
     """blocks.Block with only what one stream without expandable segments needs."""
 
-    __slots__ = ("addr", "size", "small", "allocated", "prev", "next")
+    __slots__ = ("addr", "allocated", "next", "prev", "size", "small")
 
     def __init__(self, addr: int, size: int, small: bool, prev, nxt):
         self.addr, self.size, self.small, self.allocated, self.prev, self.next = addr, size, small, False, prev, nxt
@@ -83,7 +83,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                 pool[k] = rest
             block.allocated = True
             allocated += block.size
-            if allocated > peak_allocated:
+            if allocated > peak_allocated:  # noqa: PLR1730 (a branch is faster than max() in this loop)
                 peak_allocated = allocated
             if reserved == peak_reserved and allocated > at_peak[0]:
                 at_peak = (allocated, reserved - allocated, _largest(small_keys, large_keys, shift))
