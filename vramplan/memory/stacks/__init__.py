@@ -99,7 +99,7 @@ def _lm_head_trainable(setup: TrainingSetup) -> bool:
 
 
 def _head_hf(spec: ModelSpec, setup: TrainingSetup, p: StackProfile) -> HeadBytes:
-    return hf_head(spec, setup, lm_head_fp32=p.lm_head_fp32(setup))
+    return hf_head(spec, setup)
 
 
 def _head_trl(spec: ModelSpec, setup: TrainingSetup, p: StackProfile) -> HeadBytes:
@@ -138,6 +138,10 @@ def _kernels_liger(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations,
     if spec.model_type not in LIGER_PATCHED:
         return act
     return liger_activations(spec, setup, act, residual)
+
+
+def _kernels_trl_liger(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
+    return _kernels_liger(spec, setup, _kernels_trl(spec, setup, act, residual), residual)
 
 
 def _kernels_unsloth(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
@@ -229,8 +233,7 @@ _PROFILES: dict[tuple[str, bool], StackProfile] = {
     ),
     ("trl", False): StackProfile("trl", PROFILE_VERSIONS["trl"], False, BF16, False, _head_trl, _kernels_trl, _assume_trl),
     ("trl", True): StackProfile(
-        "trl+liger", {**PROFILE_VERSIONS["trl"], **LIGER_VERSION}, False, BF16, False, _head_trl,
-        lambda spec, setup, act, residual: _kernels_liger(spec, setup, _kernels_trl(spec, setup, act, residual), residual),
+        "trl+liger", {**PROFILE_VERSIONS["trl"], **LIGER_VERSION}, False, BF16, False, _head_trl, _kernels_trl_liger,
         _assume_liger(_assume_trl, trl=True), liger=True,
     ),
     ("unsloth", False): StackProfile(
@@ -243,14 +246,10 @@ _PROFILES: dict[tuple[str, bool], StackProfile] = {
 def stack_profile(setup: TrainingSetup) -> StackProfile:
     """The profile of `setup.stack` (with `setup.liger`), its adapter dtype resolved for the method."""
     profile = _PROFILES[(setup.stack, setup.liger)]
-    if not adapters_in_profile_dtype(profile, setup):
+    if setup.method != "qlora" and profile.adapter_itemsize != FP32:
+        # TRL casts the adapters to bf16 only for quantized models (sft_trainer.py: `if _is_quantized_model`)
         profile = replace(profile, adapter_itemsize=FP32)
     return profile
-
-
-def adapters_in_profile_dtype(profile: StackProfile, setup: TrainingSetup) -> bool:
-    """TRL casts the adapters to bf16 only for quantized models (sft_trainer.py: `if _is_quantized_model`)."""
-    return setup.method == "qlora" or profile.adapter_itemsize == FP32
 
 
 def check_stack_supported(spec: ModelSpec, setup: TrainingSetup) -> None:

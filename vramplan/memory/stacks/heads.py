@@ -49,13 +49,12 @@ class HeadBytes:
     largest: int
 
 
-def hf_head(spec: ModelSpec, setup: TrainingSetup, *, lm_head_fp32: bool) -> HeadBytes:
+def hf_head(spec: ModelSpec, setup: TrainingSetup) -> HeadBytes:
     """transformers' own loss over full (b, s, V) logits (memory/loss.py: 10 N V forward, 12 N V backward).
 
     The chain (bf16 logits, fp32 upcast, log_softmax output and its gradient) is 14 N V; with an fp32
     lm_head (QLoRA after prepare_model_for_kbit_training) the chain is the same size in this model.
     """
-    del lm_head_fp32
     nv = logits_count(spec, setup)
     forward, backward = loss_forward_bytes(spec, setup), loss_backward_bytes(spec, setup)
     return HeadBytes(forward=forward, backward=backward, chain=forward + FP32 * nv, largest=FP32 * nv)
