@@ -211,8 +211,8 @@ def _assume_liger(base: Callable[[ModelSpec, TrainingSetup], list[str]], trl: bo
 
 def _assume_unsloth(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
     out = [
-        "stack 'unsloth': modelled from Unsloth's source, NOT measured (Unsloth could not be installed on the GPU "
-        "machine): chunked fused cross-entropy (<= 4 GiB per chunk), no fp32 upcast of frozen weights",
+        "stack 'unsloth': modelled from Unsloth 2026.10.9's source, NOT measured (the built-in trainer does not run "
+        "Unsloth yet): chunked fused cross-entropy (<= 4 GiB per chunk), no fp32 upcast of frozen weights",
     ]
     if setup.grad_ckpt:
         out.append("use_gradient_checkpointing='unsloth': checkpoints offloaded to host memory (2 GPU staging buffers)")
