@@ -14,7 +14,7 @@ large-pool optimizer states, the steady-step loss-segment rule (memory.allocator
 from dataclasses import dataclass, field, replace
 
 from .errors import VramplanError
-from .memory.activations import layer_activations
+from .memory.activations import NO_SDPA
 from .memory.adapters import adapter_bytes, check_lora_supported, lora_param_count
 from .memory.allocator import block_bytes, reserved_from_allocated, steady_loss_reserved, workspace_bytes
 from .memory.constants import (
@@ -370,22 +370,26 @@ def _verdict(gpu: GpuSpec, device_peak_bytes: int, headroom: float) -> GpuVerdic
 def _assumptions(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None) -> tuple[str, ...]:
     profile = stack_profile(setup)
     versions = ", ".join(f"{k} {v}" for k, v in {**STACK_VERSIONS, **profile.versions}.items())
+    runs = profile.memory_setup(setup)
     out = [
         *profile.assumptions(model, setup),
         f"constants read from {versions}",
         "fixed-length batches without padding (attention_mask=None, packed or synthetic data)",
-        f"weights loaded in {setup.dtype}; no separate fp32 master copy (HF Trainer/accelerate keep none)",
+        f"weights trained in {runs.dtype}; no separate fp32 master copy (HF Trainer/accelerate keep none)",
     ]
-    if setup.attn == "flash":
+    # families with their own attention note (models/families.py FAMILY_NOTES) say what their kernels are
+    own_attention_note = model.model_type in NO_SDPA
+    if setup.attn == "flash" and not own_attention_note:
         out.append("attn 'flash' = flash_attention_2 (flash-attn installed); same saved bytes as SDPA-flash")
-    if setup.attn == "sdpa":
+    if setup.attn == "sdpa" and not own_attention_note:
         out.append("SDPA picks the flash kernel (bf16/fp16, head_dim <= 256, no mask)")
     if setup.grad_ckpt:
         out.append("non-reentrant gradient checkpointing of every decoder layer (Trainer default)")
     if setup.method == "qlora" and profile.kbit_fp32_upcast:
+        experts = ", and the fused MoE experts" if model.moe is not None else ""
         out.append(
             "QLoRA: every nn.Linear except lm_head quantized; prepare_model_for_kbit_training upcasts all other "
-            "weights (embeddings, lm_head, norms, biases) to fp32, making the residual stream fp32"
+            f"weights (embeddings, lm_head, norms, biases{experts}) to fp32, making the residual stream fp32"
         )
     if setup.lora is not None:
         dtype = "fp32 (PEFT autocast_adapter_dtype=True)" if profile.adapter_itemsize == 4 else "bf16"

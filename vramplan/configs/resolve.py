@@ -73,8 +73,13 @@ def resolve(
 
 
 def _single_gpu(params: dict[str, Any], merged: dict[str, Any], explicit: Collection[str], notes: list[str]) -> None:
-    """A file's DeepSpeed / FSDP choice applies once --num-gpus says how many GPUs the launch uses."""
+    """A file's FSDP/DDP choice applies once --num-gpus says how many GPUs the launch uses; DeepSpeed ZeRO (and its
+    offload) is estimated at one GPU as it is (world size 1, an upper bound per GPU for more)."""
     if "num_gpus" not in params or params["num_gpus"] != 1 or "parallel" in explicit:
+        return
+    if params.get("parallel") in ("zero2", "zero3") and "parallel" in merged:
+        notes.append(f"the config uses DeepSpeed {params['parallel']}: estimated at world size 1 (give --num-gpus N "
+                     "for the per-GPU memory of a larger launch)")  # fmt: skip
         return
     if params.get("parallel") is not None and "parallel" in merged:
         notes.append(f"the config uses {params['parallel']}, but the GPU count is chosen at launch: estimated on "

@@ -134,14 +134,16 @@ def _kernels_trl(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, r
     return masked_attention(spec, setup, act, packed=False) if setup.batch_size > 1 else act
 
 
+def _liger_layers(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
+    return liger_activations(spec, setup, act, residual) if spec.model_type in LIGER_PATCHED else act
+
+
 def _kernels_liger(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
-    if spec.model_type not in LIGER_PATCHED:
-        return act
-    return liger_activations(spec, setup, act, residual)
+    return _packed_mask(spec, setup, _liger_layers(spec, setup, act, residual))
 
 
 def _kernels_trl_liger(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
-    return _kernels_liger(spec, setup, _kernels_trl(spec, setup, act, residual), residual)
+    return _liger_layers(spec, setup, _kernels_trl(spec, setup, act, residual), residual)
 
 
 def _kernels_unsloth(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
@@ -177,8 +179,8 @@ def _assume_trl(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
         )
     if setup.seq_len > TRL_DEFAULT_MAX_LENGTH:
         out.append(
-            f"SFTConfig truncates to max_length={TRL_DEFAULT_MAX_LENGTH} by default: this estimate is for "
-            f"max_length={setup.seq_len} (set it in SFTConfig, or TRL trains on {TRL_DEFAULT_MAX_LENGTH} tokens)"
+            f"this estimate is for {setup.seq_len}-token rows: SFTConfig's default max_length is "
+            f"{TRL_DEFAULT_MAX_LENGTH}, so TRL truncates to it unless max_length is set that high"
         )
     if setup.packing:
         out.append(_packing_note(setup, "SFTConfig(packing=True), bfd strategy"))
