@@ -107,7 +107,7 @@ def _gpu(gpu: str | None) -> tuple[GpuSpec | None, tuple[str, ...]]:
 def _print(result: Estimate, spec, setup, gpu_spec: GpuSpec | None, headroom: float) -> None:
     from rich.console import Console
 
-    from ..planner import suggestions
+    from ..suggestions import suggestions
     from ..report.estimate_view import estimate_renderable
     from ..specs import setup_label
 
