@@ -271,3 +271,12 @@ def test_a_non_bitsandbytes_quantized_model_is_refused_unless_method_is_given(tm
     assert "quant_method gptq is not modelled" in fails("--model", str(tmp_path / "config.json"), "--from-config",
                                                         str(EXAMPLES / "hf-training-args.json"))  # fmt: skip
     assert estimate_json("--model", str(tmp_path / "config.json"), "--method", "lora")["setup"]["method"] == "lora"
+
+
+def test_plan_says_when_a_config_names_a_strategy_it_ranks_itself(tmp_path):
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    f = tmp_path / "ax.yml"
+    f.write_text("base_model: llama-3.1-8b\ndeepspeed: ds.json\n")
+    res = runner.invoke(app, ["plan", "--from-config", str(f), "--gpus", "h100", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert any("zero3 is one of the strategies plan ranks" in a for a in json.loads(res.output)["assumptions"])

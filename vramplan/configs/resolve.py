@@ -53,8 +53,11 @@ def resolve(
     params = dict(values, model=model)
     notes = [a for r in readings for a in r.assumptions]
     for key, value in merged.items():
-        if key not in params:
-            continue  # the command has no such flag (plan chooses the strategy itself)
+        if key not in params:  # the command has no such flag (plan chooses the GPU count and strategy itself)
+            if key == "parallel" and value:
+                notes.append(f"the config's {value} is one of the strategies plan ranks; the file does not fix the "
+                             "GPU count or strategy here")  # fmt: skip
+            continue
         if key in explicit:
             if params[key] != value:
                 notes.append(f"{_flag(key)} {params[key]} (command line) overrides {value} from the config")
