@@ -123,3 +123,16 @@ def test_the_entry_point_hands_what_it_does_not_parse_to_typer_with_one_line(tmp
     assert bad.returncode == 2
     lines = [line for line in bad.stderr.splitlines() if line.strip() and line.strip() not in ("TYPER", "NO-TYPER")]
     assert len(lines) == 1 and lines[0].startswith("error:") and "--seq-len" in lines[0]
+
+
+@pytest.mark.parametrize("content", ["[1]", "{}", '{"estimate": 1, "fit": 2, "plan": 3}', "not json"])
+def test_a_damaged_flag_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch, content):
+    from vramplan.cli_fast import _cache_path, cached_tables, flag_table
+
+    monkeypatch.setenv("VRAMPLAN_CLI_CACHE", str(tmp_path))
+    path = _cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    tables = cached_tables()
+    assert tables["estimate"] == json.loads(json.dumps(flag_table(cli.estimate)))
+    assert json.loads(path.read_text()) == tables  # the damaged file was replaced

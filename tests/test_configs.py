@@ -152,16 +152,19 @@ def test_a_value_vramplan_cannot_model_is_accepted_once_its_flag_is_given(tmp_pa
     assert estimate_json("--from-config", str(f), "--optimizer", "adamw_8bit")["setup"]["optimizer"] == "adamw_8bit"
 
 
-def test_deepspeed_json_sets_zero_stage_and_offload_once_the_gpu_count_is_given(tmp_path):
+def test_deepspeed_json_sets_zero_stage_and_offload_at_any_gpu_count(tmp_path):
     (tmp_path / "ds.json").write_text(json.dumps(
         {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}, "bf16": {"enabled": "auto"}}))  # fmt: skip
     f = tmp_path / "lf.yaml"
     f.write_text("model_name_or_path: qwen2.5-7b\nfinetuning_type: full\nbf16: true\ndeepspeed: ds.json\n")
     many = estimate_json("--from-config", str(f), "--num-gpus", "4")["setup"]
     assert (many["parallel"], many["offload"], many["num_gpus"], many["dtype"]) == ("zero3", "optimizer", 4, "bf16")
+    # without --num-gpus: DeepSpeed at world size 1 (single-GPU ZeRO-3 offload is why such files exist)
     one = estimate_json("--from-config", str(f))
-    assert one["setup"]["parallel"] is None and one["setup"]["offload"] == "none"
-    assert any("GPU count is chosen at launch" in a for a in one["assumptions"])
+    assert (one["setup"]["parallel"], one["setup"]["offload"], one["setup"]["num_gpus"]) == ("zero3", "optimizer", 1)
+    assert any("estimated at world size 1" in a for a in one["assumptions"])
+    plain = estimate_json("--model", "qwen2.5-7b", "--method", "full", "--dtype", "fp32")
+    assert one["memory"]["peak_allocated_bytes"] < plain["memory"]["peak_allocated_bytes"]
 
 
 def test_llamafactory_full_tuning_trains_fp32_weights_and_quantization_bit_means_qlora(tmp_path):
@@ -268,3 +271,12 @@ def test_a_non_bitsandbytes_quantized_model_is_refused_unless_method_is_given(tm
     assert "quant_method gptq is not modelled" in fails("--model", str(tmp_path / "config.json"), "--from-config",
                                                         str(EXAMPLES / "hf-training-args.json"))  # fmt: skip
     assert estimate_json("--model", str(tmp_path / "config.json"), "--method", "lora")["setup"]["method"] == "lora"
+
+
+def test_plan_says_when_a_config_names_a_strategy_it_ranks_itself(tmp_path):
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    f = tmp_path / "ax.yml"
+    f.write_text("base_model: llama-3.1-8b\ndeepspeed: ds.json\n")
+    res = runner.invoke(app, ["plan", "--from-config", str(f), "--gpus", "h100", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert any("zero3 is one of the strategies plan ranks" in a for a in json.loads(res.output)["assumptions"])

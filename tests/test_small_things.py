@@ -11,7 +11,8 @@ from vramplan.api import default_calibration
 from vramplan.cli import app
 from vramplan.cli_options import build_setup
 from vramplan.models import resolve_model
-from vramplan.planner import fit, suggestions
+from vramplan.planner import fit
+from vramplan.suggestions import suggestions
 from vramplan.report.plan_view import fit_doc
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -71,11 +71,23 @@ def test_liger_flce_by_hand_for_llama_8b_lora_at_2048():
 
 
 def test_unsloth_chunks_keep_16_bytes_per_logit_within_the_4_gib_cap():
-    # 16 * 2048 * 128256 = 4.20e9 bytes < 4 GiB: one chunk; at 8192 tokens 3.9 x the cap: 4 chunks (multiple of 4)
+    # budget: 16 * 2048 * 128256 = 4,202,692,608 bytes < 4 GiB (4,294,967,296): one chunk; at 8192 tokens 3.9 x the
+    # cap: 4 chunks (a multiple of 4) of 2048 rows
     assert unsloth_chunk_rows(2048, 128256) == 2048
     assert unsloth_chunk_rows(8192, 128256) == 2048
-    head = unsloth_chunked_head(LLAMA, LORA, e_h=2)
-    assert head.forward == 2048 * 4096 * 2 + 2048 * 128256 * 16
+    # one chunk holds 14 bytes per logit at once: 2048 x 128256 x 14 = 3,677,356,032, plus the bf16 hidden-state
+    # gradient 2048 x 4096 x 2 = 16,777,216
+    assert unsloth_chunked_head(LLAMA, LORA, e_h=2).forward == 3_694_133_248
+
+
+def test_unsloth_one_chunk_loss_is_above_the_hf_loss_but_bounded_at_long_sequences():
+    # a micro-batch within the budget is one chunk (14 N V at once, the hf loss peaks at 12 N V); at 16k tokens
+    # the chunks keep it near the 4 GiB budget while the hf loss grows with N
+    short, long = setup(stack="unsloth", lora=LoraSpec(dropout=0.0)), setup(seq_len=16384)
+    assert estimate(LLAMA, short).memory.phases["forward"] > estimate(LLAMA, setup()).memory.phases["forward"]
+    un = estimate(LLAMA, long.model_copy(update={"stack": "unsloth", "lora": LoraSpec(dropout=0.0)})).memory
+    assert un.peak_allocated_bytes < estimate(LLAMA, long).memory.peak_allocated_bytes
+    assert un.breakdown.get("logits_loss", 0) < 4.1 * GIB
 
 
 # --------------------------------------------------------------------------- what the profiles change
@@ -163,12 +175,21 @@ def test_liger_with_unsloth_is_refused_at_the_boundary():
 
 def test_trl_says_when_the_sequence_is_above_its_default_max_length():
     notes = estimate(LLAMA, setup(stack="trl", seq_len=4096)).assumptions
-    assert any("max_length=1024 by default" in a for a in notes)
-    assert not any("max_length=1024" in a for a in estimate(LLAMA, setup(stack="trl", seq_len=1024)).assumptions)
+    assert any("default max_length is 1024" in a for a in notes)
+    assert not any("max_length is 1024" in a for a in estimate(LLAMA, setup(stack="trl", seq_len=1024)).assumptions)
 
 
 def test_packing_with_flash_attention_costs_what_the_unpacked_batch_costs():
     flash = setup(attn="flash", stack="trl")
+    assert peak(LLAMA, flash.model_copy(update={"packing": True})) == peak(LLAMA, flash)
+
+
+@pytest.mark.parametrize("stack, liger", [("hf", False), ("hf", True), ("trl", False), ("trl", True), ("unsloth", False)])
+def test_packing_with_sdpa_costs_its_mask_on_every_stack(stack, liger):
+    s = setup(stack=stack, liger=liger, grad_ckpt=False, seq_len=2048, batch_size=2, lora=LoraSpec(dropout=0.0))
+    packed = estimate(LLAMA, s.model_copy(update={"packing": True})).memory
+    assert packed.peak_allocated_bytes > estimate(LLAMA, s).memory.peak_allocated_bytes
+    flash = s.model_copy(update={"attn": "flash"})
     assert peak(LLAMA, flash.model_copy(update={"packing": True})) == peak(LLAMA, flash)
 
 

@@ -14,6 +14,10 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 import typer  # noqa: E402
 
 from . import cli_options as o
+from .cli_commands import check_format as _check_format
+from .cli_commands import console as _console
+from .cli_commands import fail as _fail
+from .cli_commands import to_json as _json
 from .errors import VramplanError
 
 app = typer.Typer(
@@ -39,28 +43,6 @@ def _root(
     ] = False,
 ) -> None:
     pass
-
-
-def _console():
-    from rich.console import Console  # not loaded for --format json
-
-    return Console(width=max(100, Console().width))
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def _json(doc) -> str:
-    from .report.json_out import dumps  # strict JSON: never Infinity or NaN
-
-    return dumps(doc)
-
-
-def _check_format(fmt: str) -> None:
-    if fmt not in ("table", "json"):
-        _fail(f"--format {fmt}: accepted: table | json")
 
 
 @app.command()

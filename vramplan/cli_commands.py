@@ -67,13 +67,12 @@ def run_estimate(params: dict) -> None:
             doc["largest_fit"] = {"batch_size": largest["batch-size"], "seq_len": largest["seq-len"]}
         print(to_json(doc))
         return
-    from .report.estimate_view import estimate_renderable
+    from .report.estimate_view import estimate_text
 
-    out = console()
-    out.print(estimate_renderable(result, f"{result.model} · {setup_title(setup)}"))
+    print(estimate_text(result, f"{result.model} · {setup_title(setup)}", color=sys.stdout.isatty()))
     if largest is not None:
         batch, seq = largest["batch-size"], largest["seq-len"]
-        out.print(
+        print(
             f"largest that fits {result.verdict.gpu}: micro-batch {batch if batch else 'none'} "
             f"(at s{setup.seq_len}), sequence {seq if seq else 'none'} (at b{setup.batch_size})"
         )

@@ -156,15 +156,33 @@ def _cache_path() -> Path | None:
     return Path(base) / f"cli-flags-{digest.hexdigest()[:16]}.json"
 
 
+def _well_formed(tables) -> bool:
+    """A cache file's content is a table per fast command, each {"flags": {flag: [name, kind, bool]},
+    "params": [[name, kind, default, required], ...]}."""
+    if not isinstance(tables, dict) or set(tables) != set(FAST_COMMANDS):
+        return False
+    for t in tables.values():
+        if not isinstance(t, dict) or not isinstance(t.get("flags"), dict) or not isinstance(t.get("params"), list):
+            return False
+        if not all(isinstance(v, list) and len(v) == 3 and v[1] in (*_CONVERT, "bool", "repeated")
+                   for v in t["flags"].values()):  # fmt: skip
+            return False
+        if not all(isinstance(p, list) and len(p) == 4 and isinstance(p[0], str) for p in t["params"]):
+            return False
+    return True
+
+
 def cached_tables() -> dict[str, dict] | None:
     """The fast commands' flag tables: read from the cache, else built from cli.py (which imports typer) and
     written through a temporary file and rename; None when a command's flags are not all simple options."""
     path = _cache_path()
     if path is not None:
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            tables = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            pass
+            tables = None
+        if _well_formed(tables):
+            return tables  # anything else (a damaged or foreign file) is rebuilt below
     from . import cli
 
     tables = {name: flag_table(getattr(cli, name)) for name in FAST_COMMANDS}

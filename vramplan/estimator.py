@@ -13,8 +13,8 @@ large-pool optimizer states, the steady-step loss-segment rule (memory.allocator
 
 from dataclasses import dataclass, field, replace
 
+from .assumptions import estimate_assumptions
 from .errors import VramplanError
-from .memory.activations import layer_activations
 from .memory.adapters import adapter_autocast_copy_bytes, adapter_bytes, check_lora_supported, lora_param_count
 from .memory.allocator import block_bytes, reserved_from_allocated, steady_loss_reserved, workspace_bytes
 from .memory.constants import (
@@ -26,11 +26,10 @@ from .memory.constants import (
     PRIOR_FRAGMENTATION_LOGITS_EXPANDABLE,
     PRIOR_T_BWD_CONST_UNITS,
     PRIOR_T_BWD_I_FACTOR,
-    STACK_VERSIONS,
 )
 from .memory.optimizer import gradient_bytes, optimizer_state_bytes, optimizer_step_transient_bytes
+from .memory.parallel import check_parallel_supported, parallel_terms
 from .memory.stacks import check_stack_supported, stack_profile
-from .memory.parallel import check_parallel_supported, parallel_assumptions, parallel_terms
 from .memory.trainable import trainable_groups, trainable_params
 from .memory.transients import (
     dequant_transient_bytes,
@@ -162,7 +161,7 @@ def estimate(
         memory=raw,
         calibrated=calibrated,
         calibration_version=calibration.version if calibration else None,
-        assumptions=tuple(assumptions) + _assumptions(model, setup, gpu),
+        assumptions=tuple(assumptions) + estimate_assumptions(model, setup, gpu),
         verdict=verdict,
     )
 
@@ -373,38 +372,3 @@ def _verdict(gpu: GpuSpec, device_peak_bytes: int, headroom: float) -> GpuVerdic
         fits=device_peak_bytes <= usable,
         headroom_bytes=gpu.memory_bytes - device_peak_bytes,
     )
-
-
-def _assumptions(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None) -> tuple[str, ...]:
-    profile = stack_profile(setup)
-    versions = ", ".join(f"{k} {v}" for k, v in {**STACK_VERSIONS, **profile.versions}.items())
-    out = [
-        *profile.assumptions(model, setup),
-        f"constants read from {versions}",
-        "fixed-length batches without padding (attention_mask=None, packed or synthetic data)",
-        f"weights loaded in {setup.dtype}; no separate fp32 master copy (HF Trainer/accelerate keep none)",
-    ]
-    if setup.attn == "flash":
-        out.append("attn 'flash' = flash_attention_2 (flash-attn installed); same saved bytes as SDPA-flash")
-    if setup.attn == "sdpa":
-        out.append("SDPA picks the flash kernel (bf16/fp16, head_dim <= 256, no mask)")
-    if setup.grad_ckpt:
-        out.append("non-reentrant gradient checkpointing of every decoder layer (Trainer default)")
-    if setup.method == "qlora" and profile.kbit_fp32_upcast:
-        out.append(
-            "QLoRA: every nn.Linear except lm_head quantized; prepare_model_for_kbit_training upcasts all other "
-            "weights (embeddings, lm_head, norms, biases) to fp32, making the residual stream fp32"
-        )
-    if setup.lora is not None:
-        dtype = "fp32 (PEFT autocast_adapter_dtype=True)" if profile.adapter_itemsize == 4 else "bf16"
-        out.append(f"LoRA adapters in {dtype}")
-    if model.moe is not None:
-        out.append(
-            "MoE on transformers v5: experts are fused 3-D parameters, not nn.Linear: bitsandbytes does not "
-            "quantize them; LoRA all-linear wraps them (PEFT ParamWrapper) only where PEFT converts the layout"
-        )
-    if setup.optimizer.startswith("paged_"):
-        out.append("paged optimizer states live in CUDA managed memory: outside torch's counters, counted in device peak")
-    if gpu is None:
-        out.append("no --gpu given: cuBLAS workspace sized for Hopper (2 x 32 MiB)")
-    return tuple(out) + parallel_assumptions(setup)

@@ -84,10 +84,11 @@ def read(doc: dict[str, Any], r: Reading, base: Path) -> None:
     v = r.values
     _method(doc, r)
     v["seq_len"] = as_int(r, "sequence_len", doc.get("sequence_len", 512))
-    v["batch_size"] = micro = as_int(r, "micro_batch_size", doc.get("micro_batch_size") or 1)
-    if doc.get("gradient_accumulation_steps"):
+    micro_given = doc.get("micro_batch_size")
+    v["batch_size"] = micro = as_int(r, "micro_batch_size", 1 if micro_given is None else micro_given)
+    if doc.get("gradient_accumulation_steps") is not None:
         v["grad_accum"] = as_int(r, "gradient_accumulation_steps", doc["gradient_accumulation_steps"])
-    elif doc.get("batch_size"):
+    elif doc.get("batch_size") and micro > 0:
         v["grad_accum"] = max(1, as_int(r, "batch_size", doc["batch_size"]) // micro)
     else:
         v["grad_accum"] = 1
@@ -144,7 +145,7 @@ def _method(doc: dict[str, Any], r: Reading) -> None:
         v["method"] = "lora"
     if doc.get("lora_r") is None:
         r.note("lora_r not set: PEFT's default rank 8")
-    v["lora_rank"] = as_int(r, "lora_r", doc.get("lora_r") or 8)
+    v["lora_rank"] = as_int(r, "lora_r", 8 if doc.get("lora_r") is None else doc["lora_r"])
     if doc.get("lora_alpha") is not None:
         v["lora_alpha"] = as_float(r, "lora_alpha", doc["lora_alpha"])
     v["lora_dropout"] = as_float(r, "lora_dropout", doc.get("lora_dropout") or 0.0)

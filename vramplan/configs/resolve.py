@@ -53,8 +53,11 @@ def resolve(
     params = dict(values, model=model)
     notes = [a for r in readings for a in r.assumptions]
     for key, value in merged.items():
-        if key not in params:
-            continue  # the command has no such flag (plan chooses the strategy itself)
+        if key not in params:  # the command has no such flag (plan chooses the GPU count and strategy itself)
+            if key == "parallel" and value:
+                notes.append(f"the config's {value} is one of the strategies plan ranks; the file does not fix the "
+                             "GPU count or strategy here")  # fmt: skip
+            continue
         if key in explicit:
             if params[key] != value:
                 notes.append(f"{_flag(key)} {params[key]} (command line) overrides {value} from the config")
@@ -73,8 +76,13 @@ def resolve(
 
 
 def _single_gpu(params: dict[str, Any], merged: dict[str, Any], explicit: Collection[str], notes: list[str]) -> None:
-    """A file's DeepSpeed / FSDP choice applies once --num-gpus says how many GPUs the launch uses."""
+    """A file's FSDP/DDP choice applies once --num-gpus says how many GPUs the launch uses; DeepSpeed ZeRO (and its
+    offload) is estimated at one GPU as it is (world size 1, an upper bound per GPU for more)."""
     if "num_gpus" not in params or params["num_gpus"] != 1 or "parallel" in explicit:
+        return
+    if params.get("parallel") in ("zero2", "zero3") and "parallel" in merged:
+        notes.append(f"the config uses DeepSpeed {params['parallel']}: estimated at world size 1 (give --num-gpus N "
+                     "for the per-GPU memory of a larger launch)")  # fmt: skip
         return
     if params.get("parallel") is not None and "parallel" in merged:
         notes.append(f"the config uses {params['parallel']}, but the GPU count is chosen at launch: estimated on "

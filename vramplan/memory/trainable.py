@@ -60,8 +60,13 @@ def trainable_groups(
     if rest > 0 and spec.traced is not None:  # whatever the trace holds beyond the listed tensors, exactly
         groups.append(TensorGroup("other", 1, rest, 1, itemsize))
     elif rest > 0:
-        # q/k norms, fused MoE experts and bare-parameter routers: sized as one 2-D tensor per layer
-        groups.append(TensorGroup("other", spec.num_layers, -(-rest // spec.num_layers), 1, itemsize))
+        # q/k norms, fused MoE experts and bare-parameter routers: sized as one tensor per layer, and what does not
+        # divide evenly (dense first layers, MLA norms) as one more, so the groups hold exactly `rest` parameters
+        per_layer, remainder = divmod(rest, spec.num_layers)
+        if per_layer:
+            groups.append(TensorGroup("other", spec.num_layers, per_layer, 1, itemsize))
+        if remainder:
+            groups.append(TensorGroup("other.remainder", 1, remainder, 1, itemsize))
     return groups
 
 

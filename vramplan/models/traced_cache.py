@@ -10,10 +10,10 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..atomic import replace_atomically
 from ..errors import ConfigError
 from ..specs.model import LinearShape, ModelSpec, TracedActivations, TracedSpec
 
@@ -105,7 +105,4 @@ def _installed_transformers() -> str | None:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    replace_atomically(path, text)

@@ -1,7 +1,5 @@
-"""Estimate -> JSON document (the CLI contract keys) and -> rich renderables.
-
-rich is imported inside the renderable functions: `estimate --format json` never loads it.
-"""
+"""Estimate -> JSON document (the CLI contract keys), plain text tables (the CLI) and rich renderables
+(the preflight report). The CLI never loads rich for an estimate: as JSON or as text."""
 
 from typing import TYPE_CHECKING
 
@@ -10,7 +8,6 @@ from .units import gib, human_bytes
 
 if TYPE_CHECKING:
     from rich.console import Group
-    from rich.table import Table
 
 
 def memory_doc(m: MemoryBreakdown) -> dict:
@@ -77,70 +74,89 @@ def estimate_doc(e: Estimate) -> dict:
     return doc
 
 
-def estimate_renderable(e: Estimate, title: str) -> "Group":
-    from rich.console import Group
-    from rich.text import Text
+def _verdict_line(e: Estimate) -> tuple[str, str, str] | None:
+    """(word, its style, the rest) of the fit verdict, or None without --gpu."""
+    if e.verdict is None:
+        return None
+    v, shown = e.verdict, e.calibrated or e.memory
+    word, style = ("FITS", "bold green") if v.fits else ("DOES NOT FIT", "bold red")
+    rest = (
+        f"on {v.gpu_name} ({gib(v.capacity_bytes)}; usable with {v.headroom_fraction:.0%} headroom "
+        f"{gib(v.usable_bytes)}): device peak {gib(shown.device_peak_bytes)}, headroom {gib(v.headroom_bytes)}"
+    )
+    return word, style, rest
 
-    shown = e.calibrated or e.memory
-    parts = [_breakdown_table(shown, title), _totals_table(e), _phases_table(shown)]
-    if e.verdict is not None:
-        v = e.verdict
-        word, style = ("FITS", "bold green") if v.fits else ("DOES NOT FIT", "bold red")
-        parts.append(
-            Text.assemble(
-                (f"{word} ", style),
-                f"on {v.gpu_name} ({gib(v.capacity_bytes)}; usable with {v.headroom_fraction:.0%} headroom "
-                f"{gib(v.usable_bytes)}): device peak {gib(shown.device_peak_bytes)}, headroom {gib(v.headroom_bytes)}",
-            )
-        )
+
+def _footer_lines(e: Estimate) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in e.stack_versions.items())
-    parts.append(Text(f"stack: {e.stack}" + (f" ({versions})" if versions else "")))
-    params = e.params
-    parts.append(Text(f"params: total {params.total:,}  trainable {params.trainable:,}"))
-    parts.append(Text("assumptions:\n" + "\n".join(f"  - {a}" for a in e.assumptions), style="dim"))
-    return Group(*parts)
+    return [
+        f"stack: {e.stack}" + (f" ({versions})" if versions else ""),
+        f"params: total {e.params.total:,}  trainable {e.params.trainable:,}",
+    ]
 
 
-def _breakdown_table(m: MemoryBreakdown, title: str) -> "Table":
-    from rich.table import Table
-
-    table = Table(title=f"{title} — peak phase: {m.peak_phase}", title_justify="left")
-    table.add_column("term at the peak")
-    table.add_column("memory", justify="right")
-    table.add_column("share", justify="right")
-    for name, nbytes in sorted(m.breakdown.items(), key=lambda kv: -kv[1]):
-        table.add_row(name, human_bytes(nbytes), f"{nbytes / m.peak_allocated_bytes:.1%}")
-    return table
-
-
-def _totals_table(e: Estimate) -> "Table":
-    from rich.table import Table
-
-    table = Table(title="totals", title_justify="left")
-    table.add_column("total")
-    table.add_column("raw", justify="right")
+def _tables(e: Estimate, title: str) -> list[tuple[str, list[tuple[str, str]], list[list[str]]]]:
+    """The three tables of an estimate as (title, columns (header, justify), rows): breakdown at the peak,
+    totals raw and calibrated, allocated per phase."""
+    m = e.calibrated or e.memory
+    breakdown = [
+        [name, human_bytes(nbytes), f"{nbytes / m.peak_allocated_bytes:.1%}"]
+        for name, nbytes in sorted(m.breakdown.items(), key=lambda kv: -kv[1])
+    ]
+    totals_cols = [("total", "left"), ("raw", "right")]
     if e.calibrated is not None:
-        table.add_column(f"calibrated ({e.calibration_version})", justify="right")
-    rows = [
+        totals_cols.append((f"calibrated ({e.calibration_version})", "right"))
+    totals = []
+    for label, key in (
         ("peak allocated (torch max_memory_allocated)", "peak_allocated_bytes"),
         ("peak reserved (torch max_memory_reserved)", "peak_reserved_bytes"),
         ("device peak (nvidia-smi, incl. CUDA context)", "device_peak_bytes"),
-    ]
-    for label, key in rows:
+    ):
         cells = [label, gib(getattr(e.memory, key))]
         if e.calibrated is not None:
             cells.append(gib(getattr(e.calibrated, key)))
-        table.add_row(*cells)
-    return table
+        totals.append(cells)
+    phases = [[name + (" ← peak" if name == m.peak_phase else ""), gib(nbytes)] for name, nbytes in m.phases.items()]
+    return [
+        (f"{title} — peak phase: {m.peak_phase}", [("term at the peak", "left"), ("memory", "right"),
+                                                   ("share", "right")], breakdown),
+        ("totals", totals_cols, totals),
+        ("allocated per phase (steady state)", [("phase", "left"), ("allocated", "right")], phases),
+    ]  # fmt: skip
 
 
-def _phases_table(m: MemoryBreakdown) -> "Table":
+def estimate_text(e: Estimate, title: str, *, color: bool = False) -> str:
+    """The estimate as plain text in rich's table look (report/plain.py), without importing rich."""
+    from .plain import box_table, bullet_list, styled
+
+    parts = [box_table(t, cols, rows, color=color) for t, cols, rows in _tables(e, title)]
+    verdict = _verdict_line(e)
+    if verdict is not None:
+        word, style, rest = verdict
+        parts.append(f"{styled(word, style, color)} {rest}")
+    parts += _footer_lines(e)
+    parts.append(bullet_list("assumptions:", e.assumptions, color=color))
+    return "\n".join(parts)
+
+
+def estimate_renderable(e: Estimate, title: str) -> "Group":
+    """The estimate as rich renderables (the preflight report prints it through a rich Console)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title="allocated per phase (steady state)", title_justify="left")
-    table.add_column("phase")
-    table.add_column("allocated", justify="right")
-    for name, nbytes in m.phases.items():
-        marker = " ← peak" if name == m.peak_phase else ""
-        table.add_row(name + marker, gib(nbytes))
-    return table
+    parts: list = []
+    for t, cols, rows in _tables(e, title):
+        table = Table(title=t, title_justify="left")
+        for header, justify in cols:
+            table.add_column(header, justify=justify)
+        for row in rows:
+            table.add_row(*row)
+        parts.append(table)
+    verdict = _verdict_line(e)
+    if verdict is not None:
+        word, style, rest = verdict
+        parts.append(Text.assemble((f"{word} ", style), rest))
+    parts += [Text(line) for line in _footer_lines(e)]
+    parts.append(Text("assumptions:\n" + "\n".join(f"  - {a}" for a in e.assumptions), style="dim"))
+    return Group(*parts)

@@ -25,11 +25,15 @@ from ..estimator import DEFAULT_HEADROOM, estimate
 from ..models import parse_config
 from ..specs import Estimate, GpuSpec, GpuVerdict
 
-#: the estimate flags' defaults (vramplan estimate), under what the live job says
-_DEFAULTS = {"lora_rank": 16, "lora_alpha": None, "lora_dropout": 0.05, "lora_targets": "all-linear", "quant": None,
-             "double_quant": True, "seq_len": 2048, "batch_size": 1, "grad_accum": 1, "grad_ckpt": False,
-             "optimizer": "adamw_torch_fused", "dtype": "bf16", "attn": "sdpa", "expandable_segments": False,
-             "stack": "hf", "liger": False, "packing": False, "num_gpus": 1, "parallel": None, "offload": "none"}  # fmt: skip
+def _defaults() -> dict[str, Any]:
+    """The estimate flags' defaults (those of `vramplan.estimate`, tested equal to the CLI's), under what the
+    live job says."""
+    import inspect
+
+    from ..python_api import estimate as api_estimate
+
+    params = inspect.signature(api_estimate).parameters
+    return {name: params[name].default for name in SETUP_PARAMS if name != "method"}
 
 
 class PreflightError(VramplanError):
@@ -56,7 +60,7 @@ def check(model: Any, args: Any, trainer_class: type | None, dataset: Any, *, st
           seq_len: int | None, headroom: float, report: bool) -> Estimate:  # fmt: skip
     config, reading = read_live(model, args, trainer_class, dataset, seq_len=seq_len)
     name = str(config.get("_name_or_path") or config.get("model_type") or "live model")
-    resolved = resolve(dict(_DEFAULTS, model=name, method=None), (), readings=[reading])
+    resolved = resolve(dict(_defaults(), model=name, method=None), (), readings=[reading])
     setup = build_setup(**{k: resolved.params[k] for k in SETUP_PARAMS})
     spec = parse_config(config, name=name.rsplit("/", 1)[-1].lower(), source="live model config")
     gpu_spec, gpu_notes = _gpu(gpu)
@@ -103,7 +107,7 @@ def _gpu(gpu: str | None) -> tuple[GpuSpec | None, tuple[str, ...]]:
 def _print(result: Estimate, spec, setup, gpu_spec: GpuSpec | None, headroom: float) -> None:
     from rich.console import Console
 
-    from ..planner import suggestions
+    from ..suggestions import suggestions
     from ..report.estimate_view import estimate_renderable
     from ..specs import setup_label
 

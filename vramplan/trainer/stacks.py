@@ -38,8 +38,8 @@ def check_stack_installed(setup: TrainingSetup) -> None:
                                f"(pip install {' '.join(missing)})")  # fmt: skip
     if setup.stack == "unsloth":
         raise MeasurementError(
-            "--stack unsloth is modelled from Unsloth's source but not measured by the built-in trainer "
-            "(it needs its own patched loader; estimates say 'modelled, not measured')"
+            "--stack unsloth is modelled from Unsloth's source but not run by the built-in trainer yet (it loads "
+            "through FastLanguageModel and pins trl<=1.15, transformers<=5.17); estimates say 'NOT measured'"
         )
 
 

@@ -99,7 +99,7 @@ def _lm_head_trainable(setup: TrainingSetup) -> bool:
 
 
 def _head_hf(spec: ModelSpec, setup: TrainingSetup, p: StackProfile) -> HeadBytes:
-    return hf_head(spec, setup, lm_head_fp32=p.lm_head_fp32(setup))
+    return hf_head(spec, setup)
 
 
 def _head_trl(spec: ModelSpec, setup: TrainingSetup, p: StackProfile) -> HeadBytes:
@@ -134,10 +134,16 @@ def _kernels_trl(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, r
     return masked_attention(spec, setup, act, packed=False) if setup.batch_size > 1 else act
 
 
+def _liger_layers(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
+    return liger_activations(spec, setup, act, residual) if spec.model_type in LIGER_PATCHED else act
+
+
 def _kernels_liger(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
-    if spec.model_type not in LIGER_PATCHED:
-        return act
-    return liger_activations(spec, setup, act, residual)
+    return _packed_mask(spec, setup, _liger_layers(spec, setup, act, residual))
+
+
+def _kernels_trl_liger(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
+    return _liger_layers(spec, setup, _kernels_trl(spec, setup, act, residual), residual)
 
 
 def _kernels_unsloth(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
@@ -173,8 +179,8 @@ def _assume_trl(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
         )
     if setup.seq_len > TRL_DEFAULT_MAX_LENGTH:
         out.append(
-            f"SFTConfig truncates to max_length={TRL_DEFAULT_MAX_LENGTH} by default: this estimate is for "
-            f"max_length={setup.seq_len} (set it in SFTConfig, or TRL trains on {TRL_DEFAULT_MAX_LENGTH} tokens)"
+            f"this estimate is for {setup.seq_len}-token rows: SFTConfig's default max_length is "
+            f"{TRL_DEFAULT_MAX_LENGTH}, so TRL truncates to it unless max_length is set that high"
         )
     if setup.packing:
         out.append(_packing_note(setup, "SFTConfig(packing=True), bfd strategy"))
@@ -207,8 +213,8 @@ def _assume_liger(base: Callable[[ModelSpec, TrainingSetup], list[str]], trl: bo
 
 def _assume_unsloth(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
     out = [
-        "stack 'unsloth': modelled from Unsloth's source, NOT measured (Unsloth could not be installed on the GPU "
-        "machine): chunked fused cross-entropy (<= 4 GiB per chunk), no fp32 upcast of frozen weights",
+        "stack 'unsloth': modelled from Unsloth 2026.10.9's source, NOT measured (the built-in trainer does not run "
+        "Unsloth yet): chunked fused cross-entropy (<= 4 GiB per chunk), no fp32 upcast of frozen weights",
     ]
     if setup.grad_ckpt:
         out.append("use_gradient_checkpointing='unsloth': checkpoints offloaded to host memory (2 GPU staging buffers)")
@@ -229,8 +235,7 @@ _PROFILES: dict[tuple[str, bool], StackProfile] = {
     ),
     ("trl", False): StackProfile("trl", PROFILE_VERSIONS["trl"], False, BF16, False, _head_trl, _kernels_trl, _assume_trl),
     ("trl", True): StackProfile(
-        "trl+liger", {**PROFILE_VERSIONS["trl"], **LIGER_VERSION}, False, BF16, False, _head_trl,
-        lambda spec, setup, act, residual: _kernels_liger(spec, setup, _kernels_trl(spec, setup, act, residual), residual),
+        "trl+liger", {**PROFILE_VERSIONS["trl"], **LIGER_VERSION}, False, BF16, False, _head_trl, _kernels_trl_liger,
         _assume_liger(_assume_trl, trl=True), liger=True,
     ),
     ("unsloth", False): StackProfile(
@@ -243,14 +248,10 @@ _PROFILES: dict[tuple[str, bool], StackProfile] = {
 def stack_profile(setup: TrainingSetup) -> StackProfile:
     """The profile of `setup.stack` (with `setup.liger`), its adapter dtype resolved for the method."""
     profile = _PROFILES[(setup.stack, setup.liger)]
-    if not adapters_in_profile_dtype(profile, setup):
+    if setup.method != "qlora" and profile.adapter_itemsize != FP32:
+        # TRL casts the adapters to bf16 only for quantized models (sft_trainer.py: `if _is_quantized_model`)
         profile = replace(profile, adapter_itemsize=FP32)
     return profile
-
-
-def adapters_in_profile_dtype(profile: StackProfile, setup: TrainingSetup) -> bool:
-    """TRL casts the adapters to bf16 only for quantized models (sft_trainer.py: `if _is_quantized_model`)."""
-    return setup.method == "qlora" or profile.adapter_itemsize == FP32
 
 
 def check_stack_supported(spec: ModelSpec, setup: TrainingSetup) -> None:

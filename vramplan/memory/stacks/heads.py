@@ -33,8 +33,12 @@ TRL_FP32_VECTORS_FWD = 9
 TRL_FP32_VECTORS_SAVED = 2
 
 # --- Unsloth (unsloth_zoo/fused_losses/cross_entropy_loss.py) ---
-#: bytes per (token x vocab) element of one chunk: bf16 logits, fp32 upcast, log_softmax, its gradient
+#: bytes per (token x vocab) element its chunk budget assumes (_CE_BYTES_PER_LOGIT)
 UNSLOTH_CE_BYTES_PER_LOGIT = 16
+#: what one chunk really holds at once, per the same source comment: bf16 logits 2 + fp32 upcast 4 + saved
+#: log_softmax 4 + its gradient 4 = 14, and 16 under softcapping (the tanh output)
+UNSLOTH_CE_CHAIN_BYTES_PER_LOGIT = 14
+UNSLOTH_CE_CHAIN_BYTES_PER_LOGIT_SOFTCAP = 16
 #: the chunk budget is half the free GPU memory, capped at 4 GiB (_CE_TARGET_GB_CAP); the cap is the bound
 UNSLOTH_CE_TARGET_BYTES = 4 * 1024**3
 #: the number of chunks is a multiple of 4 (get_chunk_size)
@@ -49,13 +53,12 @@ class HeadBytes:
     largest: int
 
 
-def hf_head(spec: ModelSpec, setup: TrainingSetup, *, lm_head_fp32: bool) -> HeadBytes:
+def hf_head(spec: ModelSpec, setup: TrainingSetup) -> HeadBytes:
     """transformers' own loss over full (b, s, V) logits (memory/loss.py: 10 N V forward, 12 N V backward).
 
     The chain (bf16 logits, fp32 upcast, log_softmax output and its gradient) is 14 N V; with an fp32
     lm_head (QLoRA after prepare_model_for_kbit_training) the chain is the same size in this model.
     """
-    del lm_head_fp32
     nv = logits_count(spec, setup)
     forward, backward = loss_forward_bytes(spec, setup), loss_backward_bytes(spec, setup)
     return HeadBytes(forward=forward, backward=backward, chain=forward + FP32 * nv, largest=FP32 * nv)
@@ -130,11 +133,14 @@ def unsloth_chunked_head(spec: ModelSpec, setup: TrainingSetup, *, e_h: int) -> 
     """Unsloth's chunked fused cross-entropy (unsloth_zoo/fused_losses/cross_entropy_loss.py).
 
     The loss is computed chunk by chunk with its gradient during the forward (``accumulate_chunk``): one
-    chunk's bf16 logits, fp32 upcast, log_softmax and gradient (16 bytes per logit) plus the gradient of the
-    hidden states [N, h]. The chunk budget is half the free memory capped at 4 GiB; this uses the cap,
-    an upper bound (on a nearly full card the chunks are smaller).
+    chunk's bf16 logits, fp32 upcast, log_softmax and gradient (14 bytes per logit, 16 with softcapping) plus
+    the gradient of the hidden states [N, h]. The chunk budget is half the free memory capped at 4 GiB; this
+    uses the cap, an upper bound (on a nearly full card the chunks are smaller). When a whole micro-batch fits
+    the budget it is one chunk, which holds more at once than the hf loss's 12 N V (its forward and backward
+    of the loss happen together).
     """
     n = setup.batch_size * setup.seq_len
-    chunk = unsloth_chunk_rows(n, spec.vocab_size) * spec.vocab_size * UNSLOTH_CE_BYTES_PER_LOGIT
+    per_logit = UNSLOTH_CE_CHAIN_BYTES_PER_LOGIT_SOFTCAP if spec.final_logit_softcapping else UNSLOTH_CE_CHAIN_BYTES_PER_LOGIT
+    chunk = unsloth_chunk_rows(n, spec.vocab_size) * spec.vocab_size * per_logit
     grad_inputs = n * spec.hidden_size * e_h
     return HeadBytes(forward=grad_inputs + chunk, backward=grad_inputs, chain=grad_inputs + chunk, largest=chunk)
