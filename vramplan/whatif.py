@@ -17,6 +17,7 @@ from pathlib import Path
 from gpu_catalog import find_gpu
 
 from . import api
+from .atomic import replace_atomically
 from .calibration import leave_one_out
 from .setup_flags import LORA_DEFAULTS, build_setup
 from .errors import ConfigError, VramplanError
@@ -247,9 +248,7 @@ def stage_upload(data: bytes, filename: str) -> str:
     target = upload_dir() / digest / (spec.name or "uploaded") / "config.json"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        replace_atomically(target, text)  # a unique temporary name: concurrent uploads of one file do not collide
     return str(target)
 
 
