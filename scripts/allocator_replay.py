@@ -1,6 +1,6 @@
 """Replay a caching-allocator history (``vramplan measure --memory-snapshot``) and say what was stranded.
 
-    python scripts/allocator_replay.py SNAPSHOT.pickle [more ...] [--json OUT.json]
+    python scripts/allocator_replay.py SNAPSHOT.pickle [more ...] [--json OUT.json] [--events DIR]
 
 For each snapshot, from its trace of alloc / free_completed / segment_alloc / segment_free events:
 
@@ -12,6 +12,10 @@ For each snapshot, from its trace of alloc / free_completed / segment_alloc / se
   innermost Python frames of the request (which phase of the step asked).
 
 The pickle holds only Python builtins (dicts, lists, strings, ints): no torch needed to read it.
+``--events DIR`` also writes each trace as a compact event list (``DIR/<name>.events.json.gz``: the
+``Sequence`` format of ``vramplan.memory.allocator`` -- request sizes, alloc/free ops, an empty-cache op where
+the allocator released segments -- plus the recorded peaks), small enough to ship as test data and to replay
+through the allocator model without torch or the pickle.
 Segments that existed before recording started are unknown to the trace; reserved and allocated
 are counted from the trace alone, so they start at zero when recording starts.
 """
@@ -173,6 +177,63 @@ def analyze(path: Path) -> dict:
     }
 
 
+#: Sequence.ops code for torch.cuda.empty_cache() (vramplan.memory.allocator.sequence.EMPTY_CACHE)
+EMPTY_CACHE = -(2**62)
+
+
+def compact_events(trace: list[dict]) -> dict:
+    """alloc / free_completed as Sequence sizes and ops (an alloc of address A is freed by the next free of A);
+    a run of segment_free / segment_unmap events is one EMPTY_CACHE op (the allocator only releases segments on
+    empty_cache or when a cudaMalloc fails); streams other than the first are counted, not modelled."""
+    sizes: list[int] = []
+    ops: list[int] = []
+    live: dict[int, int] = {}
+    streams: set[int] = set()
+    released = False
+    for e in trace:
+        action = e.get("action")
+        if action == "alloc":
+            live[e["addr"]] = len(sizes)
+            ops.append(len(sizes))
+            sizes.append(int(e.get("size", 0)))
+            streams.add(e.get("stream", 0))
+            released = False
+        elif action == "free_completed":
+            i = live.pop(e.get("addr"), None)
+            if i is not None:
+                ops.append(~i)
+            released = False
+        elif action in ("segment_free", "segment_unmap"):
+            if not released:
+                ops.append(EMPTY_CACHE)
+            released = True
+    return {"sizes": sizes, "ops": ops, "streams": len(streams), "unfreed_at_end": len(live)}
+
+
+def write_events(path: Path, out_dir: Path) -> Path:
+    import gzip
+
+    with open(path, "rb") as fh:
+        snap = pickle.load(fh)
+    traces = snap.get("device_traces") or []
+    trace = max(traces, key=len) if traces else []
+    replay = Replay()
+    for i, event in enumerate(trace):
+        replay.feed(i, event)
+    doc = compact_events(trace)
+    doc["recorded"] = {
+        "events": len(trace),
+        "peak_reserved": replay.peak_reserved,
+        "peak_allocated": replay.peak_allocated,
+        "allocated_at_peak_reserved": replay.allocated_at_peak,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / (path.name.removesuffix(".pickle") + ".events.json.gz")
+    with gzip.open(target, "wt") as fh:
+        json.dump(doc, fh, separators=(",", ":"))
+    return target
+
+
 def report(doc: dict) -> str:
     g = lambda b: f"{b / GIB:.3f}"  # noqa: E731
     lines = [
@@ -198,10 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("snapshots", nargs="+", type=Path)
     parser.add_argument("--json", type=Path, help="also write every analysis as one JSON file")
+    parser.add_argument("--events", type=Path, help="write each trace as DIR/<name>.events.json.gz and report nothing")
     args = parser.parse_args(argv)
     docs = []
     for path in args.snapshots:
         try:
+            if args.events:
+                print(write_events(path, args.events), flush=True)
+                continue
             doc = analyze(path)
         except (OSError, pickle.UnpicklingError, EOFError) as exc:
             print(f"{path}: cannot read the snapshot ({exc})", file=sys.stderr)

@@ -25,7 +25,7 @@ export VRAMPLAN_CHECKPOINT_CACHE="${VRAMPLAN_CHECKPOINT_CACHE:-/tmp/vramplan-che
 # versions without importing anything heavy (imports cost ~16 s here)
 python3 -c "
 import importlib.metadata as m
-names = ('torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes', 'pydantic', 'nvidia-ml-py')
+names = ('torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes', 'pydantic', 'nvidia-ml-py', 'pyarrow', 'fsspec')
 print(' | '.join(f'{n} {m.version(n)}' for n in names))
 optional = []  # the stacks grid needs these (carried as wheels)
 for n in ('trl', 'datasets', 'liger-kernel'):
@@ -39,6 +39,12 @@ OUTDIR="${CAMPAIGN_OUT:-out/campaign}"
 mkdir -p "$OUTDIR"
 python3 scripts/campaign.py --out "$OUTDIR" "$@" 2>&1 | tee -a "$OUTDIR.log"
 rc=${PIPESTATUS[0]}
+
+# allocator histories (--snapshots) travel as compact event lists, not pickles
+if ls "$OUTDIR"/snapshots/*.pickle >/dev/null 2>&1; then
+  python3 scripts/allocator_replay.py "$OUTDIR"/snapshots/*.pickle --events "$OUTDIR/events" >/dev/null \
+    && rm -f "$OUTDIR"/snapshots/*.pickle
+fi
 
 if [ -n "${OUT:-}" ]; then
   cp "$OUTDIR/campaign-summary.txt" "$OUT/" 2>/dev/null

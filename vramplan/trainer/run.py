@@ -235,8 +235,12 @@ def _start_memory_history(path: str | Path | None, notes: list[str]) -> bool:
         return False
     import torch
 
-    torch.cuda.memory._record_memory_history(enabled="all", stacks="python", max_entries=MEMORY_HISTORY_MAX_ENTRIES)
-    notes.append("allocator history recorded (--memory-snapshot)")
+    # VRAMPLAN_MEMORY_HISTORY_FRAMES=0 records the events without Python stacks (a campaign that also times steps)
+    frames = os.environ.get("VRAMPLAN_MEMORY_HISTORY_FRAMES", "1") != "0"
+    torch.cuda.memory._record_memory_history(
+        enabled="all", context="all" if frames else None, stacks="python", max_entries=MEMORY_HISTORY_MAX_ENTRIES
+    )
+    notes.append("allocator history recorded (--memory-snapshot" + ("" if frames else ", without stacks") + ")")
     return True
 
 
