@@ -22,8 +22,12 @@ from vramplan.runs import load_runs, shipped_runs_dir
 from vramplan.specs import LoraSpec, TrainingSetup
 
 GIB = 2**30
+# the runs the simulated rule accepts (simulated.check_reserved_rule): one GPU, no DeepSpeed, the hf stack
 RUNS = [
-    r for r in load_runs([shipped_runs_dir()]) if r.environment.num_gpus == 1 and r.measurements.max_allocated_bytes
+    r
+    for r in load_runs([shipped_runs_dir()])
+    if r.environment.num_gpus == 1 and r.measurements.max_allocated_bytes and r.setup.parallel is None
+    and r.setup.stack == "hf" and not r.setup.liger
 ]
 H100 = find_gpu("h100-sxm")
 

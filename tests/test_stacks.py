@@ -236,3 +236,37 @@ def test_validate_reports_accuracy_per_stack():
     assert doc["stats_by_stack"]["hf"]["allocated"]["runs"] == 1
     trl = doc["stats_by_stack"]["trl"]["allocated"]
     assert trl["runs"] == 2 and trl["worst_under"] == pytest.approx(-0.10) and trl["median_abs"] == pytest.approx(0.10)
+
+
+# --- measured on the H200 (2026-12-01): what a stack's own head changes around the lm_head ------------------
+
+def test_liger_flce_keeps_no_autocast_copy_of_an_fp32_lm_head():
+    # hf QLoRA: prepare_model_for_kbit_training makes lm_head fp32 and autocast saves its bf16 copy (V h 2 bytes);
+    # Liger's FLCE casts the weight per chunk itself (in its head term): s-q7-liger-qlora-gc measured 9.67 GiB
+    spec = resolve_model("qwen2.5-7b")
+    copy = spec.vocab_size * spec.hidden_size * 2
+    base = TrainingSetup(method="qlora", quant="nf4", lora=LoraSpec(), seq_len=2048, grad_ckpt=True)
+    hf = estimate(spec, base).memory
+    liger = estimate(spec, base.model_copy(update={"liger": True})).memory
+    assert hf.breakdown.get("autocast_weight_copies", 0) >= copy
+    assert "autocast_weight_copies" not in liger.breakdown
+    assert liger.peak_allocated_bytes / 2**30 == pytest.approx(9.67, rel=0.01)
+
+
+def test_a_stack_head_accumulates_the_tied_gradient_in_place():
+    # Llama-3.2-1B full FT (tied): hf sums lm_head's transposed gradient and the embedding's out of place
+    # (2 x [V, h] bf16); TRL's head returns a contiguous gradient, added to in place (1 x [V, h])
+    spec = resolve_model("llama-3.2-1b")
+    vh = spec.vocab_size * spec.hidden_size
+    base = TrainingSetup(method="full", seq_len=2048, grad_ckpt=True)
+    hf = estimate(spec, base).memory.breakdown["tied_embedding_grad_accumulation"]
+    trl = estimate(spec, base.model_copy(update={"stack": "trl"})).memory.breakdown["tied_embedding_grad_accumulation"]
+    assert hf == pytest.approx(4 * vh, rel=1e-3)
+    assert trl == pytest.approx(2 * vh, rel=1e-3)
+
+
+def test_liger_largest_block_is_the_fp32_lm_head_cast():
+    spec = resolve_model("qwen2.5-7b")
+    setup = TrainingSetup(method="qlora", quant="nf4", lora=LoraSpec(), seq_len=2048, grad_ckpt=True, liger=True)
+    head = stack_profile(setup).head_bytes(spec, setup)
+    assert head.largest == spec.vocab_size * spec.hidden_size * 2

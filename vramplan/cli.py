@@ -405,7 +405,7 @@ def calibrate(
     left_out = len(runs) - len(cal.fitted_on)
     typer.echo(
         f"calibration {cal.version} from {len(cal.fitted_on)} of {len(runs)} run records"
-        + (f" ({left_out} left out: OOM, memory-capped or multi-GPU)" if left_out else "")
+        + (f" ({left_out} left out: OOM, memory-capped, multi-GPU or DeepSpeed, or not the hf stack)" if left_out else "")
         + (f" -> {out}" if out else "")
     )
     typer.echo(f"  runs used: {', '.join(cal.fitted_on)}")

@@ -200,7 +200,8 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         + expert_grad_transient_bytes(model, setup, itemsize)
         + expert_lora_transient_bytes(model, setup)
     )
-    cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup, profile.lm_head_fp32(setup))
+    owns_head = profile.owns_lm_head(model)
+    cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup, profile.lm_head_fp32(setup) and not owns_head)
     copies_fwd, copies_layer = adapter_autocast_copy_bytes(model, setup)
     terms = _Terms(
         weights=weights,
@@ -222,7 +223,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         logits_fp32=head.largest,
         loss_chain=head.chain,
         embedding_grad=block_bytes(model.vocab_size * model.hidden_size * itemsize) if setup.method == "full" else 0,
-        tied_grad=tied_embedding_grad_bytes(model, setup),
+        tied_grad=tied_embedding_grad_bytes(model, setup, in_place=owns_head),
         largest_state=max((g.numel * g.itemsize for g in groups), default=0),
         adapter_copies_fwd=copies_fwd,
         adapter_copies_layer=copies_layer,
@@ -242,13 +243,16 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
 def _autocast_cache_bytes(model: ModelSpec, setup: TrainingSetup, lm_head_fp32: bool) -> tuple[int, int]:
     """bf16 copies autocast makes of fp32 weights, held by saved tensors (forward end, backward start).
 
+    `lm_head_fp32` is False when the stack's loss casts the lm_head weight itself (StackProfile.owns_lm_head:
+    the cast is in its head term, per tile or per chunk).
+
     fp32 weights (full/LoRA): every Linear weight is cast once per forward and cached until autocast exits;
     without checkpointing the copies stay saved for backward. QLoRA: prepare_model_for_kbit_training makes
     lm_head fp32, and its bf16 copy is saved for backward (memory_model.md 1.3: V*h*2 bytes).
     """
-    lm_head_copy = block_bytes(lm_head_params(model) * 2)
+    lm_head_copy = block_bytes(lm_head_params(model) * 2) if lm_head_fp32 else 0
     if setup.method == "qlora":
-        return (lm_head_copy, lm_head_copy) if lm_head_fp32 else (0, 0)
+        return lm_head_copy, lm_head_copy
     if setup.dtype != "fp32":
         return 0, 0
     linear_params = sum(s.count * s.in_features * s.out_features for s in linear_shapes(model) if s.role != "lm_head")

@@ -241,13 +241,14 @@ def measured_step_s(run: MeasuredRun) -> float | None:
 
 
 def speed_runs(runs: list[MeasuredRun]) -> list[MeasuredRun]:
-    """Single-GPU runs with steady step times, not OOM, not under a memory cap, on a catalog GPU with a peak."""
+    """Single-GPU runs with steady step times, not OOM, not under a memory cap, on a catalog GPU with a peak
+    (DeepSpeed runs at world size 1 are left out: offload steps are host-bound, not in this model)."""
     from gpu_catalog import find_gpu
 
     out = []
     for r in runs:
         m = r.measurements
-        if m.oom or m.memory_cap_bytes is not None or measured_step_s(r) is None or r.setup.num_gpus != 1:
+        if m.oom or m.memory_cap_bytes is not None or measured_step_s(r) is None or r.setup.num_gpus != 1 or r.setup.parallel:
             continue
         try:
             gpu = find_gpu(r.environment.gpu_id or r.environment.gpu_name or "")
@@ -359,7 +360,8 @@ if __name__ == "__main__":  # refit the shipped constants and report the leave-o
     from .runs import load_runs, shipped_runs_dir
 
     shipped = load_runs([shipped_runs_dir()])
-    cal = fit_throughput(shipped, version=f"throughput-h100-sxm-{len(speed_runs(shipped))}runs")
+    families = sorted({r.environment.gpu_id or "unknown" for r in speed_runs(shipped)})
+    cal = fit_throughput(shipped, version=f"throughput-{'+'.join(families)}-{len(speed_runs(shipped))}runs")
     throughput_path().write_text(json.dumps(cal.model_dump(mode="json"), indent=2) + "\n")
     loo = leave_one_out_step_times(shipped)
     print(json.dumps(cal.constants, indent=2))

@@ -39,11 +39,18 @@ def int8_training_state_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     return int(quantizable_params(spec) * INT8_TRAINING_BYTES_PER_PARAM)
 
 
-def tied_embedding_grad_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
-    """Full FT with tied embeddings: accumulating the embedding's gradient into lm_head's (measured 4 B/element)."""
+def tied_embedding_grad_bytes(spec: ModelSpec, setup: TrainingSetup, *, in_place: bool = False) -> int:
+    """Full FT with tied embeddings: accumulating the embedding's gradient into lm_head's.
+
+    With the model's own lm_head forward the lm_head gradient is a transposed mm result, its strides differ from
+    the embedding gradient's, and autograd's input buffer sums the two out of place: the new gradient and the
+    sum, 2 x [V, h] at the model dtype (measured 4 B/element in bf16; the H200 history of s-h200-l1-full-gc
+    shows the two allocations). A head that returns a contiguous gradient (`in_place`, StackProfile.owns_lm_head)
+    is added to in place: only the embedding's own gradient, 2 B/element."""
     if setup.method != "full" or not spec.tie_word_embeddings:
         return 0
-    return block_bytes(spec.vocab_size * spec.hidden_size * TIED_EMBEDDING_GRAD_BYTES_PER_ELEMENT)
+    per_element = TIED_EMBEDDING_GRAD_BYTES_PER_ELEMENT // 2 if in_place else TIED_EMBEDDING_GRAD_BYTES_PER_ELEMENT
+    return block_bytes(spec.vocab_size * spec.hidden_size * per_element)
 
 
 def expert_lora_transient_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:

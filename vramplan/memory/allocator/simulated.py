@@ -26,6 +26,11 @@ RESERVED_RULES = ("rules", RESERVED_BY_SIMULATION)
 def check_reserved_rule(reserved_rule: str, setup: TrainingSetup) -> None:
     if reserved_rule not in RESERVED_RULES:
         raise VramplanError(f"--reserved-rule {reserved_rule}: accepted: {' | '.join(RESERVED_RULES)}")
+    if reserved_rule == RESERVED_BY_SIMULATION and setup.parallel in ("zero2", "zero3"):
+        raise VramplanError(
+            f"--reserved-rule simulated with --parallel {setup.parallel}: DeepSpeed's partitioned buffers are not in "
+            "the simulated sequence; accepted: no --parallel, or --reserved-rule rules"
+        )
     if reserved_rule == RESERVED_BY_SIMULATION and setup.num_gpus > 1:
         raise VramplanError(
             f"--reserved-rule simulated with --num-gpus {setup.num_gpus}: the allocator simulation is single-GPU; "

@@ -81,6 +81,16 @@ class StackProfile:
     def lm_head_fp32(self, setup: TrainingSetup) -> bool:
         return setup.dtype == "fp32" or (setup.method == "qlora" and self.kbit_fp32_upcast)
 
+    def owns_lm_head(self, spec: ModelSpec) -> bool:
+        """The loss multiplies hidden states by the lm_head weight itself (TRL's fused head, Liger's FLCE on a
+        family it patches, Unsloth's chunked CE) instead of calling lm_head's forward. Then autocast keeps no
+        bf16 copy of an fp32 lm_head (the head casts per tile), and the tied lm_head gradient comes back from
+        the custom autograd Function contiguous, so autograd adds the embedding's gradient into it in place
+        (measured on the H200, 2026-12-01: one [V, h] buffer at the embedding backward, not two)."""
+        if self.head is _head_hf:
+            return False
+        return not (self.head is _head_liger and spec.model_type not in LIGER_PATCHED)
+
     def activations(self, spec: ModelSpec, setup: TrainingSetup) -> LayerActivations:
         act_setup = self.activation_setup(setup)
         act = layer_activations(spec, act_setup)

@@ -116,7 +116,10 @@ def liger_flce_head(spec: ModelSpec, setup: TrainingSetup, *, e_h: int, e_w: int
     grad_weight = v * h * e_w if lm_head_trainable else 0
     forward = grad_input + grad_weight + (FP32 + 1) * n + chunk_logits + weight_cast
     backward = grad_input + grad_weight
-    return HeadBytes(forward=forward, backward=backward, chain=forward, largest=max(grad_input, chunk_logits))
+    # the fp32-lm_head cast is the largest block it allocates and frees (once per chunk): what gets stranded
+    # (H200 history of s-q7-liger-qlora-gc: reserved sits one cast above allocated)
+    largest = max(grad_input, chunk_logits, weight_cast)
+    return HeadBytes(forward=forward, backward=backward, chain=forward, largest=largest)
 
 
 def unsloth_chunk_rows(n_tokens: int, vocab: int) -> int:

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Replay recorded allocator histories through the caching-allocator model and compare the reserved peaks.
+
+    python scripts/trace_replay_check.py [docs/allocator_traces/*.events.json.gz]
+
+Each file is a compact event list written by ``scripts/allocator_replay.py --events`` from a
+``--memory-snapshot`` history (request sizes, alloc/free order, empty-cache points). The model
+(``vramplan.memory.allocator``) gets exactly those requests; its reserved peak is compared with the
+reserved peak counted from the trace's own segment events (issue 11, part 2: within 0.5 % on every run).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from vramplan.memory.allocator.replay import replay  # noqa: E402
+from vramplan.memory.allocator.sequence import Sequence  # noqa: E402
+
+GIB = 2**30
+TRACES = ROOT / "docs" / "allocator_traces"
+
+
+def check(path: Path) -> dict:
+    doc = json.loads(gzip.decompress(path.read_bytes()))
+    seq = Sequence(sizes=doc["sizes"], ops=doc["ops"])
+    result = replay(seq, total_memory_bytes=150 * GIB)
+    recorded = doc["recorded"]["peak_reserved"]
+    return {
+        "trace": path.name.removesuffix(".events.json.gz"),
+        "recorded_reserved": recorded,
+        "simulated_reserved": result.peak_reserved_bytes,
+        "error": result.peak_reserved_bytes / recorded - 1,
+        "recorded_allocated": doc["recorded"]["peak_allocated"],
+        "simulated_allocated": result.peak_allocated_bytes,
+        "streams": doc.get("streams", 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = [Path(a) for a in (argv if argv is not None else sys.argv[1:])] or sorted(TRACES.glob("*.events.json.gz"))
+    rows = [check(p) for p in paths]
+    for r in rows:
+        print(f"{r['trace']:<30} recorded {r['recorded_reserved'] / GIB:8.3f}  simulated {r['simulated_reserved'] / GIB:8.3f} GiB"
+              f"  {r['error'] * 100:+6.2f}%  (allocated {r['recorded_allocated'] / GIB:.3f} / {r['simulated_allocated'] / GIB:.3f})")
+    errs = [abs(r["error"]) for r in rows]
+    if errs:
+        print(f"{len(rows)} traces: median |error| {statistics.median(errs) * 100:.2f}%, worst {max(errs) * 100:.2f}%, "
+              f"within 0.5 %: {sum(e <= 0.005 for e in errs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

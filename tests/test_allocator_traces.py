@@ -1,0 +1,57 @@
+"""The allocator model against real allocator histories (issue 11, part 2).
+
+docs/allocator_traces/ holds the H200 histories of 2026-12-01 (``measure --memory-snapshot`` recorded without
+stacks, written as compact event lists by ``scripts/allocator_replay.py --events``). Replaying a trace's own
+requests through vramplan.memory.allocator must give the reserved peak the trace's segment events counted.
+"""
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import trace_replay_check  # noqa: E402
+
+from vramplan.memory.allocator.replay import replay  # noqa: E402
+from vramplan.memory.allocator.sequence import EMPTY_CACHE, Sequence  # noqa: E402
+
+TRACES = sorted((ROOT / "docs" / "allocator_traces").glob("*.events.json.gz"))
+ROWS = [trace_replay_check.check(p) for p in TRACES]
+
+
+def test_the_traces_are_compact_event_lists_with_their_recorded_peaks():
+    assert len(TRACES) >= 40
+    doc = json.loads(gzip.decompress(TRACES[0].read_bytes()))
+    assert set(doc) >= {"sizes", "ops", "recorded"}
+    assert all(op == EMPTY_CACHE or -len(doc["sizes"]) <= op < len(doc["sizes"]) for op in doc["ops"])
+
+
+@pytest.mark.parametrize("name", ["s-l1-trl-full-gc", "s-h200-l8-qlora-gc", "s-q7-liger-qlora-gc"])
+def test_a_recorded_history_replays_to_its_reserved_peak(name):
+    row = next(r for r in ROWS if r["trace"] == name)
+    assert abs(row["error"]) <= 0.005, row
+    # the replay counts the same requests, so its peak allocated is the trace's (rounded to 512 B blocks)
+    assert 0 <= row["simulated_allocated"] / row["recorded_allocated"] - 1 <= 0.005, row
+
+
+def test_replay_accuracy_over_every_trace_does_not_regress():
+    # 2026-12-01: 37 of 47 within 0.5 %, median 0.02 %, worst +5.45 % (gemma-3-1b TRL full FT); the issue's target
+    # (every trace within 0.5 %) is not met yet
+    errors = sorted(abs(r["error"]) for r in ROWS)
+    assert errors[len(errors) // 2] <= 0.001
+    assert sum(e <= 0.005 for e in errors) >= 37
+    assert errors[-1] <= 0.06
+
+
+def test_an_event_list_frees_what_it_allocated_in_order():
+    # a hand-made history of large-pool requests (> 1 MiB): alloc 0, alloc 1, free 0, alloc 2, free 1, free 2
+    seq = Sequence(sizes=[3 << 20, 3 << 20, 3 << 20], ops=[0, 1, ~0, 2, ~1, ~2])
+    result = replay(seq)
+    # three 3 MiB requests under 10 MiB share one 20 MiB segment; the freed first block is reused by the third
+    assert result.peak_reserved_bytes == 20 << 20
+    assert result.num_segments == 1
