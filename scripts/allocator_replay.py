@@ -190,8 +190,17 @@ def compact_events(trace: list[dict]) -> dict:
     live: dict[int, int] = {}
     streams: set[int] = set()
     released = False
+    reserved = 0
+    #: [number of ops so far, reserved bytes after] at every segment event: where a replay first diverges
+    segments: list[list[int]] = []
     for e in trace:
         action = e.get("action")
+        if action in ("segment_alloc", "segment_map"):
+            reserved += int(e.get("size", 0))
+            segments.append([len(ops), reserved])
+        elif action in ("segment_free", "segment_unmap"):
+            reserved -= int(e.get("size", 0))
+            segments.append([len(ops), reserved])
         if action == "alloc":
             live[e["addr"]] = len(sizes)
             ops.append(len(sizes))
@@ -207,7 +216,7 @@ def compact_events(trace: list[dict]) -> dict:
             if not released:
                 ops.append(EMPTY_CACHE)
             released = True
-    return {"sizes": sizes, "ops": ops, "streams": len(streams), "unfreed_at_end": len(live)}
+    return {"sizes": sizes, "ops": ops, "streams": len(streams), "unfreed_at_end": len(live), "segments": segments}
 
 
 def write_events(path: Path, out_dir: Path) -> Path:

@@ -55,3 +55,24 @@ def test_an_event_list_frees_what_it_allocated_in_order():
     # three 3 MiB requests under 10 MiB share one 20 MiB segment; the freed first block is reused by the third
     assert result.peak_reserved_bytes == 20 << 20
     assert result.num_segments == 1
+
+
+def test_a_snapshot_trace_becomes_a_sequence_with_its_segment_timeline():
+    import allocator_replay
+
+    trace = [
+        {"action": "segment_alloc", "addr": 0, "size": 2 << 20},
+        {"action": "alloc", "addr": 0, "size": 1000},
+        {"action": "alloc", "addr": 1024, "size": 512},
+        {"action": "free_completed", "addr": 0, "size": 1000},
+        {"action": "alloc", "addr": 0, "size": 800},
+        {"action": "free_completed", "addr": 4096, "size": 8},  # allocated before recording began: ignored
+        {"action": "segment_free", "addr": 0, "size": 2 << 20},
+        {"action": "segment_free", "addr": 9 << 20, "size": 2 << 20},
+    ]
+    doc = allocator_replay.compact_events(trace)
+    assert doc["sizes"] == [1000, 512, 800]
+    # one empty-cache op for a run of segment frees
+    assert doc["ops"] == [0, 1, ~0, 2, EMPTY_CACHE]
+    assert doc["unfreed_at_end"] == 2
+    assert doc["segments"] == [[0, 2 << 20], [4, 0], [5, -(2 << 20)]]
