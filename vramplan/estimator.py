@@ -32,6 +32,7 @@ from .memory.parallel import check_parallel_supported, parallel_terms
 from .memory.stacks import check_stack_supported, stack_profile
 from .memory.trainable import trainable_groups, trainable_params
 from .memory.transients import (
+    compute_dtype_adapter_saving_bytes,
     dequant_transient_bytes,
     expert_grad_transient_bytes,
     expert_lora_transient_bytes,
@@ -199,6 +200,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         + dequant_transient_bytes(model, setup)
         + expert_grad_transient_bytes(model, setup, itemsize)
         + expert_lora_transient_bytes(model, setup)
+        - compute_dtype_adapter_saving_bytes(model, setup, profile.adapter_itemsize)
     )
     owns_head = profile.owns_lm_head(model)
     cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup, profile.lm_head_fp32(setup) and not owns_head)

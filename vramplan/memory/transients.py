@@ -2,7 +2,7 @@
 
 from ..models.params import linear_shapes, quantizable_params
 from ..specs import ModelSpec, TrainingSetup
-from .adapters import wraps_experts
+from .adapters import lora_targets, wraps_experts
 from .allocator import block_bytes
 from .constants import (
     EXPERT_LORA_BACKWARD_BYTES_PER_PARAM,
@@ -61,3 +61,21 @@ def expert_lora_transient_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     m = spec.moe
     per_layer = 3 * m.num_experts * spec.hidden_size * m.expert_intermediate_size
     return per_layer * EXPERT_LORA_BACKWARD_BYTES_PER_PARAM
+
+
+#: bytes per element of the widest LoRA target's input that the fp32-adapter backward chain holds more than the
+#: compute-dtype one: the dropout-output gradient and the input gradient in fp32 instead of bf16 (2 x 2 bytes),
+#: and the cast of the input gradient back to bf16 (2 bytes), which a bf16 input never needs
+FP32_ADAPTER_CHAIN_EXTRA_BYTES = 6
+
+
+def compute_dtype_adapter_saving_bytes(spec: ModelSpec, setup: TrainingSetup, adapter_itemsize: int) -> int:
+    """The layer backward's transients are stated for fp32 adapters (PEFT casts the LoRA input to the adapter
+    dtype, so the LoRA branch's gradients of the widest target's input are fp32). Adapters in the compute dtype
+    (TRL casts them to bf16 for a quantized model) keep that chain in bf16: FP32_ADAPTER_CHAIN_EXTRA_BYTES per
+    element less. Read from the H200 history of s-l8-trl-qlora-gc (2026-12-01): the down_proj LoRA backward held
+    112 + 112 + 56 MiB of fp32 gradients and a bf16 cast where the bf16 adapters hold 56 + 56 MiB."""
+    if setup.lora is None or adapter_itemsize >= 4 or setup.dtype == "fp32":
+        return 0
+    widest = max(s.in_features for s in lora_targets(spec, setup.lora))
+    return setup.batch_size * setup.seq_len * widest * FP32_ADAPTER_CHAIN_EXTRA_BYTES
