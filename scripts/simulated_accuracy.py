@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="*", type=Path, default=[shipped_runs_dir()])
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
-    runs = [r for r in load_runs(args.runs) if r.environment.num_gpus == 1]
+    # single-GPU runs without DeepSpeed (the simulation has no ZeRO sequence)
+    runs = [r for r in load_runs(args.runs) if r.environment.num_gpus == 1 and r.setup.parallel is None]
     by_id = {r.run_id: r for r in runs}
     rules, sim = leave_one_out(runs), leave_one_out(runs, reserved_rule="simulated")
     lines = ["| total | rule | method | runs | median \\|error\\| | worst \\|error\\| | worst under-prediction |",
