@@ -218,10 +218,11 @@ def test_zero3_offload_at_world_size_one_keeps_only_gathered_layers_and_activati
 def test_deepspeed_at_world_size_1_states_its_assumptions_and_the_measured_offload_miss():
     # ZeRO runs at world size 1 (the H200 records of 2026-12-01) are parallel setups: their assumptions are shown,
     # and the offload ones carry what was measured against them
-    from vramplan.memory.parallel import OFFLOAD_MEASURED_NOTE, parallel_assumptions
+    from vramplan.memory.parallel import DEEPSPEED_MEASURED_NOTE, OFFLOAD_MEASURED_NOTE, parallel_assumptions
 
     plain = parallel_assumptions(TrainingSetup(method="full", parallel="zero3"))
     offload = parallel_assumptions(TrainingSetup(method="full", parallel="zero3", offload="all"))
     assert plain and plain[0].startswith("1 GPU, data parallel (zero3)")
     assert OFFLOAD_MEASURED_NOTE not in plain and OFFLOAD_MEASURED_NOTE in offload
+    assert DEEPSPEED_MEASURED_NOTE in plain and DEEPSPEED_MEASURED_NOTE not in offload
     assert parallel_assumptions(TrainingSetup(method="full")) == ()
