@@ -26,7 +26,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +36,10 @@ from .distributed import DistContext, check_world, trainer_kwargs
 from .environment import (
     check_allocator_env,
     collect_environment,
-    expandable_segments_active,
     make_run_id,
     package_version,
 )
+from .cuda_start import dump_memory_history, start_cuda, start_memory_history
 from .errors import MeasurementError
 from .stacks import check_stack_installed, make_trainer, wraps_peft_itself
 
@@ -166,93 +165,6 @@ def _check_request(setup: TrainingSetup, steps: int, memory_cap_gib: float | Non
     check_allocator_env(setup)
 
 
-@dataclass
-class _CudaStart:
-    reader: Any
-    monitor: Any = None
-    baseline: int | None = None
-    context_bytes: int | None = None
-    cap_bytes: int | None = None
-    driver: str | None = None
-
-
-def _start_cuda(
-    setup: TrainingSetup, memory_cap_gib: float | None, extra: dict[str, Any], notes: list[str], device: int = 0
-) -> _CudaStart:
-    """Read the NVML baseline, create the CUDA context, measure it, check the allocator mode and
-    apply the memory cap, on CUDA device ``device`` (a rank's LOCAL_RANK). Must run before
-    anything else in the process touches CUDA.
-
-    cuda_context_bytes = NVML used after ``torch.cuda.init()`` + a 4-byte tensor, minus the
-    baseline, minus the allocator's reserved bytes (the tensor's 2 MiB segment).
-
-    Raises:
-        MeasurementError: the live allocator's expandable_segments differs from the setup's.
-    """
-    import torch
-
-    from .gpu_memory import CudaMemoryReader, DeviceMonitor
-
-    was_initialized = torch.cuda.is_initialized()
-    monitor = DeviceMonitor.open(device)
-    start = _CudaStart(reader=CudaMemoryReader(device), monitor=monitor)
-    if monitor is not None:
-        start.driver = monitor.driver_version()
-        if not was_initialized:
-            start.baseline = monitor.used()
-    torch.cuda.init()
-    torch.cuda.set_device(device)
-    tiny = torch.empty(1, device=f"cuda:{device}")
-    torch.cuda.synchronize(device)
-    if monitor is not None and start.baseline is not None:
-        start.context_bytes = monitor.used() - start.baseline - torch.cuda.memory_reserved(device)
-    active = expandable_segments_active()
-    del tiny
-    extra["expandable_segments_active"] = None if active is None else str(active).lower()
-    extra["device_baseline_used_bytes"] = start.baseline
-    if active is not None and active != setup.expandable_segments:
-        raise MeasurementError(
-            f"the CUDA allocator has expandable_segments={active} but the setup asks for "
-            f"{setup.expandable_segments}: set PYTORCH_CUDA_ALLOC_CONF before the process starts"
-        )
-    if was_initialized:
-        notes.append("CUDA was initialized before this run: device-level numbers omitted")
-    if memory_cap_gib is not None:
-        total = torch.cuda.get_device_properties(device).total_memory
-        start.cap_bytes = int(memory_cap_gib * 2**30)
-        torch.cuda.set_per_process_memory_fraction(min(1.0, start.cap_bytes / total), device)
-    torch.cuda.reset_peak_memory_stats(device)
-    return start
-
-
-#: allocator events kept by --memory-snapshot (a few steps of an 8B model log ~10^5)
-MEMORY_HISTORY_MAX_ENTRIES = 2_000_000
-
-
-def _start_memory_history(path: str | Path | None, notes: list[str]) -> bool:
-    """Start recording the allocator's alloc/free/segment events with Python stacks; False if not asked."""
-    if path is None:
-        return False
-    import torch
-
-    # VRAMPLAN_MEMORY_HISTORY_FRAMES=0 records the events without Python stacks (a campaign that also times steps)
-    frames = os.environ.get("VRAMPLAN_MEMORY_HISTORY_FRAMES", "1") != "0"
-    torch.cuda.memory._record_memory_history(
-        enabled="all", context="all" if frames else None, stacks="python", max_entries=MEMORY_HISTORY_MAX_ENTRIES
-    )
-    notes.append("allocator history recorded (--memory-snapshot" + ("" if frames else ", without stacks") + ")")
-    return True
-
-
-def _dump_memory_history(path: Path, extra: dict[str, Any]) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.cuda.memory._dump_snapshot(str(path))
-    torch.cuda.memory._record_memory_history(enabled=None)
-    extra["memory_snapshot"] = path.name
-
-
 def run_measurement(
     model: str,
     setup: TrainingSetup,
@@ -311,7 +223,7 @@ def run_measurement(
     # before importing transformers' Trainer: it imports peft, which imports bitsandbytes, whose
     # import initializes CUDA (bitsandbytes/cuda_specs.py::get_compute_capabilities; seen on the
     # H100 machine), and the NVML baseline must be read before this process has a CUDA context
-    cuda = _start_cuda(setup, memory_cap_gib, extra, run_notes, device=ctx.local_rank) if on_cuda else None
+    cuda = start_cuda(setup, memory_cap_gib, extra, run_notes, device=ctx.local_rank) if on_cuda else None
     if not on_cuda and memory_cap_gib is not None:
         run_notes.append(f"memory cap {memory_cap_gib} GiB ignored: no CUDA device")
 
@@ -329,7 +241,7 @@ def run_measurement(
     reader = cuda.reader if cuda else NullMemoryReader()
     if monitor is not None:
         monitor.start()
-    recording = _start_memory_history(memory_snapshot, run_notes) if cuda else False
+    recording = start_memory_history(memory_snapshot, run_notes) if cuda else False
     probe = MemoryProbe(reader, monitor, device_baseline_bytes=baseline)
     built = None
     oom, oom_phase = False, None
@@ -391,7 +303,7 @@ def run_measurement(
     finally:
         transformers.logging.set_verbosity(verbosity)
         if recording:
-            _dump_memory_history(Path(memory_snapshot), extra)
+            dump_memory_history(Path(memory_snapshot), extra)
         if monitor is not None:
             monitor.stop()
             extra["nvml_samples"] = monitor.samples
