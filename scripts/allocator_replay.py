@@ -152,7 +152,8 @@ class Replay:
             ]
 
 
-def analyze(path: Path) -> dict:
+def replayed(path: Path) -> tuple[list[dict], Replay]:
+    """The snapshot's longest device trace and its replay."""
     with open(path, "rb") as fh:
         snap = pickle.load(fh)
     traces = snap.get("device_traces") or []
@@ -160,6 +161,11 @@ def analyze(path: Path) -> dict:
     replay = Replay()
     for i, event in enumerate(trace):
         replay.feed(i, event)
+    return trace, replay
+
+
+def analyze(path: Path) -> dict:
+    trace, replay = replayed(path)
     stranded = [s for s in replay.at_peak if s["size"] - s["live"] >= 16 * MIB]
     stranded.sort(key=lambda s: s["size"] - s["live"], reverse=True)
     fragmenting = [m for m in replay.mallocs if m.free_before >= m.size and m.size >= 16 * MIB]
@@ -222,13 +228,7 @@ def compact_events(trace: list[dict]) -> dict:
 def write_events(path: Path, out_dir: Path) -> Path:
     import gzip
 
-    with open(path, "rb") as fh:
-        snap = pickle.load(fh)
-    traces = snap.get("device_traces") or []
-    trace = max(traces, key=len) if traces else []
-    replay = Replay()
-    for i, event in enumerate(trace):
-        replay.feed(i, event)
+    trace, replay = replayed(path)
     doc = compact_events(trace)
     doc["recorded"] = {
         "events": len(trace),
