@@ -76,3 +76,26 @@ def test_a_snapshot_trace_becomes_a_sequence_with_its_segment_timeline():
     assert doc["ops"] == [0, 1, ~0, 2, EMPTY_CACHE]
     assert doc["unfreed_at_end"] == 2
     assert doc["segments"] == [[0, 2 << 20], [4, 0], [5, -(2 << 20)]]
+
+
+def test_a_snapshot_pickle_becomes_an_event_file_with_its_recorded_peaks(tmp_path):
+    import pickle
+
+    import allocator_replay
+
+    trace = [
+        {"action": "segment_alloc", "addr": 0, "size": 20 << 20},
+        {"action": "alloc", "addr": 0, "size": 3 << 20},
+        {"action": "alloc", "addr": 3 << 20, "size": 3 << 20},
+        {"action": "free_completed", "addr": 0, "size": 3 << 20},
+    ]
+    snap = tmp_path / "run.pickle"
+    snap.write_bytes(pickle.dumps({"device_traces": [[], trace]}))
+    target = allocator_replay.write_events(snap, tmp_path / "events")
+    assert target.name == "run.events.json.gz"
+    doc = json.loads(gzip.decompress(target.read_bytes()))
+    assert doc["recorded"] == {"events": 4, "peak_reserved": 20 << 20, "peak_allocated": 6 << 20,
+                               "allocated_at_peak_reserved": 6 << 20}
+    # the replay of its own requests reserves what the trace did
+    result = replay(Sequence(sizes=doc["sizes"], ops=doc["ops"]))
+    assert result.peak_reserved_bytes == doc["recorded"]["peak_reserved"]
