@@ -195,7 +195,8 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
     i_ratio = model.intermediate_size / model.hidden_size
     t_bwd_units = constants["t_bwd_i_factor"] * i_ratio + constants["t_bwd_const_units"]
     itemsize = BYTES_PER_DTYPE[setup.dtype]
-    t_bwd = (
+    t_bwd = max(
+        0,
         int(t_bwd_units * unit)
         + dequant_transient_bytes(model, setup)
         + expert_grad_transient_bytes(model, setup, itemsize)

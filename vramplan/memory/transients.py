@@ -70,11 +70,13 @@ FP32_ADAPTER_CHAIN_EXTRA_BYTES = 6
 
 
 def compute_dtype_adapter_saving_bytes(spec: ModelSpec, setup: TrainingSetup, adapter_itemsize: int) -> int:
-    """The layer backward's transients are stated for fp32 adapters (PEFT casts the LoRA input to the adapter
-    dtype, so the LoRA branch's gradients of the widest target's input are fp32). Adapters in the compute dtype
-    (TRL casts them to bf16 for a quantized model) keep that chain in bf16: FP32_ADAPTER_CHAIN_EXTRA_BYTES per
-    element less. Read from the H200 history of s-l8-trl-qlora-gc (2026-12-01): the down_proj LoRA backward held
-    112 + 112 + 56 MiB of fp32 gradients and a bf16 cast where the bf16 adapters hold 56 + 56 MiB."""
+    """The layer backward as modelled is right for fp32 adapters (PEFT casts the LoRA input to the adapter dtype,
+    so the LoRA branch's gradients of the widest target's input are fp32). Adapters in the compute dtype (TRL casts
+    them to bf16 for a quantized model) keep that chain in bf16: FP32_ADAPTER_CHAIN_EXTRA_BYTES per element less.
+    Read from the H200 histories of 2026-12-01: in s-l8-trl-lora-gc (fp32 adapters) the down_proj LoRA backward
+    holds two fp32 [s, i] gradients (112 + 112 MiB) and their 56 MiB bf16 cast; s-l8-trl-qlora-gc (bf16 adapters)
+    peaks 0.17 GiB lower in the same layer, 6 x s x i = 168 MiB. A saving relative to the fp32 case: the
+    estimator keeps the layer's transients at zero or more."""
     if setup.lora is None or adapter_itemsize >= 4 or setup.dtype == "fp32":
         return 0
     widest = max(s.in_features for s in lora_targets(spec, setup.lora))
