@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 
 from ...models.params import linear_shapes, param_counts
 from ...specs import ModelSpec, TrainingSetup
-from ..activations import layer_activations, residual_bytes_per_element
-from ..adapters import adapter_autocast_copy_bytes
 from ..constants import BYTES_PER_DTYPE, NF4_BLOCKSIZE
+from ..stacks import stack_profile
 from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
@@ -147,15 +146,18 @@ class _Builder:
     def __init__(self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence):
         self.m, self.s, self.t, self.seq = model, setup, t, seq
         self.L = model.num_layers
+        # the stack's kernels, adapter dtype and QLoRA upcast (memory/stacks); hf: the setup's own eager activations
+        self.profile = profile = stack_profile(setup)
+        act_setup = profile.activation_setup(setup)
         unit = setup.batch_size * setup.seq_len * model.hidden_size
-        act = layer_activations(model, setup)
-        self.saved_layer = activation_tensors(model, setup, act, unit, t.one_layer)
+        act = profile.activations(model, setup)
+        self.saved_layer = activation_tensors(model, act_setup, act, unit, t.one_layer)
         self.final = pieces_bytes(act.final_units, 4.0, unit, t.final)
-        i_units = (4 if setup.method == "qlora" else 2) * model.intermediate_size / model.hidden_size
+        i_units = (4 if act_setup.method == "qlora" else 2) * model.intermediate_size / model.hidden_size
         # backward transients: activation-sized pieces, and whole-tensor ones (memory/transients.py) one at a time:
         # each quantized weight dequantized to bf16 for its matmul (the largest is the estimator's term),
         # MoE expert gradient / expert LoRA materialisations
-        self.layers = layer_weight_tensors(model, setup)
+        self.layers = layer_weight_tensors(model, setup, profile.kbit_fp32_upcast)
         self.dequant = [[bf16 for _, pieces, bf16 in layer if len(pieces) > 1] for layer in self.layers]
         # where each dequantized weight is made in a layer's forward: right before its matmul's output, freed
         # after it (MatMul4Bit.forward: linear(A, dequantize_4bit(B).t())), as (piece index, bytes)
@@ -172,11 +174,12 @@ class _Builder:
         units_bytes = t.t_bwd - sum(whole) - dequant_transient_bytes(model, setup)
         # the gradient of the hidden state (b, s, h in the residual dtype) is carried from one layer's backward
         # into the next one's; it is part of the estimator's transient, the rest is the layer's own
-        carry = residual_bytes_per_element(setup) * unit
+        carry = profile.residual_bytes(setup) * unit
         self.carry = carry if units_bytes >= 2 * carry else 0
         units_bytes -= self.carry
         self.t_bwd = pieces_bytes(units_bytes / unit, i_units, unit, units_bytes) if units_bytes > 0 else []
-        self.layer_groups, self.head_groups = grouped_by_layer(trainable_groups(model, setup), self.L)
+        groups = trainable_groups(model, setup, adapter_itemsize=profile.adapter_itemsize)
+        self.layer_groups, self.head_groups = grouped_by_layer(groups, self.L)
         self.grads: list[int] = []
         self.workspace: list[int] = []
         lm_copy = block_bytes(lm_head_params(model) * BF16) if t.autocast_cache_fwd else 0
@@ -192,14 +195,13 @@ class _Builder:
         self.cache_lm = lm_copy
         # with checkpointing: autocast's copies of the adapters, made in each layer's forward, dropped when autocast
         # exits after the loss (its recompute makes them again, saved until the layer's backward)
-        copies = adapter_autocast_copy_bytes(model, setup)[0]
-        self.adapter_copies = layer_adapter_copies(model, setup) if copies else [[]] * self.L
+        self.adapter_copies = layer_adapter_copies(model, setup) if t.adapter_copies_fwd else [[]] * self.L
 
     # ------------------------------------------------------------------ load
     def load(self) -> None:
         m, s, t, seq = self.m, self.s, self.t, self.seq
         layers = self.layers
-        nbytes = 4 if s.method == "qlora" else BYTES_PER_DTYPE[s.dtype]
+        nbytes = 4 if s.method == "qlora" and self.profile.kbit_fp32_upcast else BYTES_PER_DTYPE[s.dtype]
         final_norm = m.hidden_size * nbytes
         linear_key = "weights.quantized" if s.method == "qlora" else "weights.linear"
         listed = sum(sum(x) for layer in layers for _, x, _ in layer) + final_norm - t.weights.get(linear_key, 0)
@@ -220,7 +222,7 @@ class _Builder:
             else:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
                 seq.free(seq.alloc(embed))
         seq.mark("peft")
-        for layer in layer_adapter_tensors(m, s):
+        for layer in layer_adapter_tensors(m, s, self.profile.adapter_itemsize):
             for x in layer:
                 seq.alloc(x)
 
@@ -233,19 +235,21 @@ class _Builder:
         dot_natural_key order (lm_head, embed_tokens, layers 0, 1, 2, ... each in alphabetical order of its
         modules, norm); each 4-bit weight is loaded in bf16 and quantized on the device. PEFT's cast
         (utils/other.py, model.parameters() order) makes a new fp32 tensor and frees the bf16 one, then calls
-        torch.cuda.empty_cache() (auto_clear_cache=True)."""
+        torch.cuda.empty_cache() (auto_clear_cache=True). A stack without that call (StackProfile.kbit_fp32_upcast
+        False: TRL) keeps every non-quantized weight as loaded, in bf16."""
         m, s, seq = self.m, self.s, self.seq
+        up = 2 if self.profile.kbit_fp32_upcast else 1  # resident bytes per loaded bf16 byte
         per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
         quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
         unquantized = sum(param_counts(m).values()) - quantized  # a tied lm_head counts once
         seq.free(seq.alloc(int(quantized * per_elem) + unquantized * BF16))  # caching_allocator_warmup
-        head = seq.alloc(lm_head // 2)
-        bf16_embed = seq.alloc(embed // 2)
+        head = seq.alloc(lm_head // up)
+        bf16_embed = seq.alloc(embed // up)
         bf16_layers = []
         for layer in layers:
             kept: dict[int, int] = {}
             for k, (_, pieces, bf16) in sorted(enumerate(layer), key=lambda item: item[1][0]):
-                if len(pieces) == 1 and pieces[0] // 2 == bf16:  # kept in bf16 now, cast to fp32 below
+                if len(pieces) == 1 and pieces[0] // up == bf16:  # kept in bf16 now, cast to fp32 below (upcast)
                     kept[k] = seq.alloc(bf16)
                     continue
                 loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
@@ -253,7 +257,9 @@ class _Builder:
                 made = [(seq.alloc(x), tmp) for x, tmp in steps]
                 seq.free(loaded, *[i for i, tmp in made if tmp])
             bf16_layers += [kept[k] for k in sorted(kept)]  # back in module order
-        bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // 2), seq.alloc(residual // 2), head]
+        bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // up), seq.alloc(residual // up), head]
+        if up == 1:
+            return
         for i in bf16_params:  # param.data = param.data.to(torch.float32)
             seq.alloc(seq.sizes[i] * 2)
             seq.free(i)
@@ -313,7 +319,9 @@ class _Builder:
     def _loss_forward(self) -> None:
         t, seq = self.t, self.seq
         nv4 = t.logits_fp32
-        hf_loss = self.s.stack == "hf" and not self.s.liger  # memory/loss.py's chain; other stacks: generic
+        # memory/loss.py's chain when the model's own lm_head forward makes the logits; a head that owns the lm_head
+        # (StackProfile.owns_lm_head: TRL's tiled head, Liger's FLCE) is one buffer of its forward, one of its backward
+        hf_loss = not self.profile.owns_lm_head(self.m)
         if hf_loss and nv4 and t.loss_fwd >= 10 * nv4 // 4 and t.loss_bwd >= 3 * nv4:
             saved_extra = t.loss_bwd - 3 * nv4
             bf16 = seq.alloc(nv4 // 2)
@@ -342,8 +350,8 @@ class _Builder:
             seq.free(nll_grad, *self.loss_saved)
             logits_grad = seq.alloc(nv4 // 2)  # ToCopyBackward to bf16
             seq.free(lsm_grad)
-        else:
-            logits_grad = seq.alloc(t.loss_bwd)
+        else:  # the head's backward buffers; the lm_head weight's gradient is one of them (full FT)
+            logits_grad = seq.alloc(t.loss_bwd - self._owned_head_grad() * new_grads)
         tied = self.m.tie_word_embeddings
         if full and new_grads:  # lm_head backward: lm_head's (tied: the embedding's) gradient, the final norm's
             for g in self.head_groups:
@@ -351,8 +359,12 @@ class _Builder:
                     self.grads.append(seq.alloc(grad_tensor(g)))
                     if g.name == "embed_tokens":
                         self.tied_grad_id = self.grads[-1]
+                if g.name != "norms" and not self.loss_saved:  # the owned head's buffers end with its weight's gradient
+                    seq.free(logits_grad)
+        if not self.loss_saved and not (full and new_grads):
+            seq.free(logits_grad)
         carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
-        seq.free(logits_grad, *self.final_ids)
+        seq.free(*([logits_grad] if self.loss_saved else []), *self.final_ids)
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
             seq.free(self.lm_cache)
         for k in reversed(range(self.L)):
@@ -381,7 +393,9 @@ class _Builder:
             seq.free(self.lm_cache)
         if full and new_grads:
             embed = next(g for g in self.head_groups if g.name == "embed_tokens")
-            if tied:  # AccumulateGrad: the embedding's own gradient, then grad + it as a new tensor, old ones freed
+            if tied and self.profile.owns_lm_head(self.m):  # the owned head's gradient is contiguous: added in place
+                seq.free(seq.alloc(t.tied_grad))
+            elif tied:  # AccumulateGrad: the embedding's own gradient, then grad + it as a new tensor, old ones freed
                 grad_bytes = seq.sizes[self.tied_grad_id]
                 own = seq.alloc(t.tied_grad - grad_bytes)  # (estimator: tied_grad = both, 4 bytes per element)
                 total = seq.alloc(grad_bytes)
@@ -390,6 +404,14 @@ class _Builder:
             else:
                 self.grads.append(seq.alloc(grad_tensor(embed)))
         seq.free(self.quant)
+
+    def _owned_head_grad(self) -> int:
+        """Full FT with a head that owns the lm_head: the lm_head weight's gradient (the embedding's when tied), made
+        inside the head's backward (heads.py: TRL's grad_weight cast, Liger's grad_weight), part of t.loss_bwd."""
+        if self.s.method != "full" or not self.profile.owns_lm_head(self.m):
+            return 0
+        name = "embed_tokens" if self.m.tie_word_embeddings else "lm_head"
+        return sum(grad_tensor(g) for g in self.head_groups if g.name == name)
 
     def optimizer_step(self, first: bool) -> None:
         """torch.optim: for each of the Trainer's two param groups (weight decay, then none), _init_group makes
