@@ -26,11 +26,14 @@ Where each step comes from:
   backward transients, the layer's gradients, the layer's activations freed; the embedding's gradient.
 * optimizer step: the states at step 0 (torch optimizers create them lazily in the first step()), the
   step's temporaries; zero_grad(set_to_none=True) frees the gradients.
+
+Other stacks (memory/stacks): the profile gives the kernels' saved activations, the adapters' dtype and whether
+QLoRA upcasts the frozen weights (TRL: no prepare_model_for_kbit_training, bf16 weights and adapters); a head that
+owns the lm_head (TRL's tiled head, Liger's FLCE) is its terms' forward buffer, then its backward buffer, which
+ends with the lm_head weight's gradient (full FT), and a tied gradient is accumulated in place.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 from ...models.params import linear_shapes, param_counts
 from ...specs import ModelSpec, TrainingSetup
@@ -39,6 +42,7 @@ from ..stacks import stack_profile
 from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
+from .ops import EMPTY_CACHE, Sequence, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .rules import block_bytes
 from .tensors import (
     quantized_pieces,
@@ -56,71 +60,6 @@ from .tensors import (
 )
 
 BF16 = 2
-#: the op that stands for torch.cuda.empty_cache() in Sequence.ops
-EMPTY_CACHE = -(2**62)
-
-
-@dataclass
-class Sequence:
-    """sizes[i]: bytes of tensor i; ops: i >= 0 allocates tensor i, ~i (< 0) frees it."""
-
-    sizes: list[int] = field(default_factory=list)
-    ops: list[int] = field(default_factory=list)
-    #: op index where each named stretch begins ("load", "step0.forward", ...)
-    marks: dict[str, int] = field(default_factory=dict)
-
-    def alloc(self, nbytes: int) -> int:
-        i = len(self.sizes)
-        self.sizes.append(nbytes)
-        if nbytes > 0:
-            self.ops.append(i)
-        return i
-
-    def free(self, *ids: int) -> None:
-        for i in ids:
-            if self.sizes[i] > 0:
-                self.ops.append(~i)
-
-    def empty_cache(self) -> None:
-        """torch.cuda.empty_cache(): release every cached segment that holds no live block."""
-        self.ops.append(EMPTY_CACHE)
-
-    def mark(self, name: str) -> None:
-        self.marks[name] = len(self.ops)
-
-    def live_peak(self) -> int:
-        """The most bytes alive at once (un-rounded request sizes)."""
-        live = peak = 0
-        sizes = self.sizes
-        for op in self.ops:
-            if op >= 0:
-                live += sizes[op]
-                peak = max(peak, live)
-            elif op != EMPTY_CACHE:
-                live -= sizes[~op]
-        return peak
-
-
-def live_peaks_by_stretch(seq: "Sequence") -> dict[str, int]:
-    """The most live bytes in each stretch between marks ("step0.forward", "step1.backward", ...), as the
-    trainer's MemoryProbe reports max_memory_allocated per phase window."""
-    starts: dict[int, list[str]] = {}
-    for name, at in seq.marks.items():
-        starts.setdefault(at, []).append(name)
-    peaks: dict[str, int] = {}
-    live, cur, sizes = 0, "", seq.sizes
-    for n, op in enumerate([*seq.ops, None]):
-        for cur in starts.get(n, ()):
-            peaks[cur] = live  # a stretch without allocations peaks at what it starts with
-        if op is None:
-            break
-        if op >= 0:
-            live += sizes[op]
-            if live > peaks.get(cur, 0):
-                peaks[cur] = live
-        elif op != EMPTY_CACHE:
-            live -= sizes[~op]
-    return peaks
 
 
 def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
@@ -219,8 +158,8 @@ class _Builder:
             seq.alloc(residual)
             if lm_head:
                 seq.alloc(lm_head)
-            else:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
-                seq.free(seq.alloc(embed))
+            elif t.tied_load:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
+                seq.free(seq.alloc(t.tied_load))
         seq.mark("peft")
         for layer in layer_adapter_tensors(m, s, self.profile.adapter_itemsize):
             for x in layer:
