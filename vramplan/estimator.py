@@ -103,6 +103,10 @@ class _Terms:
     tied_grad: int
     #: bytes of the largest single trainable tensor (its optimizer states are tensors of that size)
     largest_state: int = 0
+    #: an owned head's buffers one tensor each (stacks/heads.py HeadBytes): saved for backward, forward's, backward's
+    loss_saved: tuple[int, ...] = ()
+    loss_fwd_tmp: tuple[int, ...] = ()
+    loss_bwd_tmp: tuple[int, ...] = ()
     #: the tied lm_head's own weight, made at load and freed when post_init ties it (the "load" phase)
     tied_load: int = 0
     #: autocast's bf16 copies of the LoRA weights with checkpointing: every layer's (forward), one layer's (recompute)
@@ -233,6 +237,9 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         adapter_copies_fwd=copies_fwd,
         adapter_copies_layer=copies_layer,
         tied_load=tied_lm_head_load_bytes(model, setup, weights),
+        loss_saved=head.saved,
+        loss_fwd_tmp=head.forward_tmp,
+        loss_bwd_tmp=head.backward_tmp,
     )
     # DeepSpeed ZeRO runs (and offloads) at world size 1 too; DDP/FSDP on one GPU change nothing
     if setup.parallel is None or (setup.num_gpus == 1 and setup.parallel not in ("zero2", "zero3")):

@@ -274,8 +274,9 @@ class _Builder:
             seq.free(bf16)
             seq.free(fp32_copy)  # Trainer.compute_loss drops outputs before backward
             self.loss_saved = [self.logsm, extra_saved]
-        else:  # another loss (fused / chunked): its forward bytes, then its backward bytes
-            seq.free(seq.alloc(t.loss_fwd))
+        else:  # an owned head: its saved buffers and forward transients (one buffer each when it lists none)
+            self.head_saved = [seq.alloc(x) for x in t.loss_saved]
+            seq.free(*[seq.alloc(x) for x in t.loss_fwd_tmp or (t.loss_fwd - sum(t.loss_saved),)])
             seq.free(*self.copies)
             self.loss_saved = []
 
@@ -289,8 +290,8 @@ class _Builder:
             seq.free(nll_grad, *self.loss_saved)
             logits_grad = seq.alloc(nv4 // 2)  # ToCopyBackward to bf16
             seq.free(lsm_grad)
-        else:  # the head's backward buffers; the lm_head weight's gradient is one of them (full FT)
-            logits_grad = seq.alloc(t.loss_bwd - self._owned_head_grad() * new_grads)
+        else:  # the head's backward buffers; the lm_head weight's gradient is the last of them (full FT)
+            head = [seq.alloc(x) for x in self._head_backward(new_grads)]
         tied = self.m.tie_word_embeddings
         if full and new_grads:  # lm_head backward: lm_head's (tied: the embedding's) gradient, the final norm's
             for g in self.head_groups:
@@ -299,9 +300,9 @@ class _Builder:
                     if g.name == "embed_tokens":
                         self.tied_grad_id = self.grads[-1]
                 if g.name != "norms" and not self.loss_saved:  # the owned head's buffers end with its weight's gradient
-                    seq.free(logits_grad)
+                    seq.free(*head, *self.head_saved)
         if not self.loss_saved and not (full and new_grads):
-            seq.free(logits_grad)
+            seq.free(*head, *self.head_saved)
         carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
         seq.free(*([logits_grad] if self.loss_saved else []), *self.final_ids)
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
@@ -343,6 +344,15 @@ class _Builder:
             else:
                 self.grads.append(seq.alloc(grad_tensor(embed)))
         seq.free(self.quant)
+
+    def _head_backward(self, new_grads: bool) -> list[int]:
+        """An owned head's backward buffers, less the lm_head weight's gradient when it is made as a gradient here."""
+        t = self.t
+        pieces = list(t.loss_bwd_tmp or (t.loss_bwd - sum(t.loss_saved),))
+        grad = self._owned_head_grad() if new_grads else 0
+        if grad:
+            pieces[-1] -= grad  # the weight's gradient (0 left but for block rounding)
+        return [x for x in pieces if x > 0]
 
     def _owned_head_grad(self) -> int:
         """Full FT with a head that owns the lm_head: the lm_head weight's gradient (the embedding's when tied), made
