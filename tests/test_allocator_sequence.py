@@ -50,6 +50,21 @@ def test_most_live_bytes_over_the_sequence_is_the_estimators_peak_allocated(run)
     assert seq.live_peak() == estimate(model, run.setup, H100).memory.peak_allocated_bytes
 
 
+@pytest.mark.parametrize("run", SIMULATED_RUNS, ids=[_stack_id(r) for r in SIMULATED_RUNS])
+def test_every_free_in_the_sequence_frees_a_live_tensor(run):
+    from vramplan.memory.allocator.ops import EMPTY_CACHE
+
+    model = resolve_model(run.model_source or run.model)
+    live: set[int] = set()
+    for op in training_sequence(model, run.setup, _terms_of(model, run.setup)).ops:
+        if op >= 0:
+            assert op not in live
+            live.add(op)
+        elif op != EMPTY_CACHE:
+            assert ~op in live
+            live.remove(~op)
+
+
 SETUPS = [
     ("llama-3.2-1b", TrainingSetup(method="full", optimizer="adamw_8bit")),
     ("llama-3.2-1b", TrainingSetup(method="full", optimizer="adafactor", dtype="fp32")),

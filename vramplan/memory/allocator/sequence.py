@@ -29,8 +29,9 @@ Where each step comes from:
 
 Other stacks (memory/stacks): the profile gives the kernels' saved activations, the adapters' dtype and whether
 QLoRA upcasts the frozen weights (TRL: no prepare_model_for_kbit_training, bf16 weights and adapters); a head that
-owns the lm_head (TRL's tiled head, Liger's FLCE) is its terms' forward buffer, then its backward buffer, which
-ends with the lm_head weight's gradient (full FT), and a tied gradient is accumulated in place.
+owns the lm_head (TRL's tiled head, Liger's FLCE) makes the buffers its terms list (stacks/heads.py HeadBytes:
+saved for backward, forward's, backward's, the last of these the lm_head weight's gradient in full FT), and a
+tied gradient is accumulated in place.
 """
 
 from __future__ import annotations
@@ -259,7 +260,7 @@ class _Builder:
         t, seq = self.t, self.seq
         nv4 = t.logits_fp32
         # memory/loss.py's chain when the model's own lm_head forward makes the logits; a head that owns the lm_head
-        # (StackProfile.owns_lm_head: TRL's tiled head, Liger's FLCE) is one buffer of its forward, one of its backward
+        # (StackProfile.owns_lm_head: TRL's tiled head, Liger's FLCE) makes the buffers its terms list (HeadBytes)
         hf_loss = not self.profile.owns_lm_head(self.m)
         if hf_loss and nv4 and t.loss_fwd >= 10 * nv4 // 4 and t.loss_bwd >= 3 * nv4:
             saved_extra = t.loss_bwd - 3 * nv4
@@ -299,7 +300,7 @@ class _Builder:
                     self.grads.append(seq.alloc(grad_tensor(g)))
                     if g.name == "embed_tokens":
                         self.tied_grad_id = self.grads[-1]
-                if g.name != "norms" and not self.loss_saved:  # the owned head's buffers end with its weight's gradient
+                if g.name == self._head_weight() and not self.loss_saved:  # the owned head ends with its weight's gradient
                     seq.free(*head, *self.head_saved)
         if not self.loss_saved and not (full and new_grads):
             seq.free(*head, *self.head_saved)
@@ -359,8 +360,11 @@ class _Builder:
         inside the head's backward (heads.py: TRL's grad_weight cast, Liger's grad_weight), part of t.loss_bwd."""
         if self.s.method != "full" or not self.profile.owns_lm_head(self.m):
             return 0
-        name = "embed_tokens" if self.m.tie_word_embeddings else "lm_head"
-        return sum(grad_tensor(g) for g in self.head_groups if g.name == name)
+        return sum(grad_tensor(g) for g in self.head_groups if g.name == self._head_weight())
+
+    def _head_weight(self) -> str:
+        """The trainable group that holds the lm_head weight."""
+        return "embed_tokens" if self.m.tie_word_embeddings else "lm_head"
 
     def optimizer_step(self, first: bool) -> None:
         """torch.optim: for each of the Trainer's two param groups (weight decay, then none), _init_group makes
