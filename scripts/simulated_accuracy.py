@@ -37,14 +37,18 @@ def _stats(errs: list[float]) -> str:
     )
 
 
-def _by_method(v: Validation, runs: dict, total: str) -> dict[str, list[float]]:
+def _stack(setup) -> str:
+    return setup.stack + ("+liger" if setup.liger else "")
+
+
+def _grouped(v: Validation, runs: dict, total: str, key) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"all": []}
     for c in v.comparisons:
         e = c.error(total)
         if e is None:
             continue
         out["all"].append(e)
-        out.setdefault(runs[c.run_id].setup.method, []).append(e)
+        out.setdefault(key(runs[c.run_id].setup), []).append(e)
     return out
 
 
@@ -77,19 +81,23 @@ def main(argv: list[str] | None = None) -> int:
     runs = [r for r in load_runs(args.runs) if r.environment.num_gpus == 1 and r.setup.parallel is None]
     by_id = {r.run_id: r for r in runs}
     rules, sim = leave_one_out(runs), leave_one_out(runs, reserved_rule="simulated")
-    lines = ["| total | rule | method | runs | median \\|error\\| | worst \\|error\\| | worst under-prediction |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for total in ("reserved", "device"):
-        for name, v in (("rules (LOO)", rules), ("simulated (LOO context)", sim)):
-            for method, errs in _by_method(v, by_id, total).items():
-                lines.append(f"| {total} | {name} | {method} " + _stats(errs))
-    lines += ["", "| run | reserved measured GiB | rules | simulated |", "|---|---|---|---|"]
+    lines: list[str] = []
+    for column, key in (("method", lambda s: s.method), ("stack", _stack)):
+        lines += [""] if lines else []
+        lines += [f"| total | rule | {column} | runs | median \\|error\\| | worst \\|error\\| | worst under-prediction |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for total in ("reserved", "device"):
+            for name, v in (("rules (LOO)", rules), ("simulated (LOO context)", sim)):
+                for group, errs in _grouped(v, by_id, total, key).items():
+                    lines.append(f"| {total} | {name} | {group} " + _stats(errs))
+    lines += ["", "| run | stack | reserved measured GiB | rules | simulated |", "|---|---|---|---|---|"]
     sim_by_id = {c.run_id: c for c in sim.comparisons}
     for c in sorted(rules.comparisons, key=lambda c: c.run_id):
         s = sim_by_id.get(c.run_id)
-        simulated = f"{100 * s.error('reserved'):+.1f} %" if s else "not simulated (other stack)"
+        simulated = f"{100 * s.error('reserved'):+.1f} %" if s else "not simulated (unsloth)"
         lines.append(
-            f"| {c.run_id} | {c.measured['reserved'] / 2**30:.2f} | {100 * c.error('reserved'):+.1f} % | {simulated} |"
+            f"| {c.run_id} | {_stack(by_id[c.run_id].setup)} | {c.measured['reserved'] / 2**30:.2f} | "
+            f"{100 * c.error('reserved'):+.1f} % | {simulated} |"
         )
     lines += ["", "| capped run | cap GiB | measured | simulated | |", "|---|---|---|---|---|", *capped(runs)]
     text = "\n".join(lines)

@@ -39,7 +39,7 @@ from .memory.transients import (
     int8_training_state_bytes,
     tied_embedding_grad_bytes,
 )
-from .memory.weights import lm_head_params, weight_bytes
+from .memory.weights import lm_head_params, tied_lm_head_load_bytes, weight_bytes
 from .models.params import linear_shapes, param_counts, total_params
 from .specs import (
     Calibration,
@@ -103,6 +103,12 @@ class _Terms:
     tied_grad: int
     #: bytes of the largest single trainable tensor (its optimizer states are tensors of that size)
     largest_state: int = 0
+    #: an owned head's buffers one tensor each (stacks/heads.py HeadBytes): saved for backward, forward's, backward's
+    loss_saved: tuple[int, ...] = ()
+    loss_fwd_tmp: tuple[int, ...] = ()
+    loss_bwd_tmp: tuple[int, ...] = ()
+    #: the tied lm_head's own weight, made at load and freed when post_init ties it (the "load" phase)
+    tied_load: int = 0
     #: autocast's bf16 copies of the LoRA weights with checkpointing: every layer's (forward), one layer's (recompute)
     adapter_copies_fwd: int = 0
     adapter_copies_layer: int = 0
@@ -195,13 +201,13 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
     i_ratio = model.intermediate_size / model.hidden_size
     t_bwd_units = constants["t_bwd_i_factor"] * i_ratio + constants["t_bwd_const_units"]
     itemsize = BYTES_PER_DTYPE[setup.dtype]
-    t_bwd = max(
-        0,
-        int(t_bwd_units * unit)
+    # the bf16-adapter saving is of the LoRA chain's buffers, inside the activation-sized part: it never takes away
+    # the dequantized weight or the expert materialisations (allocator/sequence.py holds those as whole tensors)
+    t_bwd = (
+        max(0, int(t_bwd_units * unit) - compute_dtype_adapter_saving_bytes(model, setup, profile.adapter_itemsize))
         + dequant_transient_bytes(model, setup)
         + expert_grad_transient_bytes(model, setup, itemsize)
         + expert_lora_transient_bytes(model, setup)
-        - compute_dtype_adapter_saving_bytes(model, setup, profile.adapter_itemsize)
     )
     owns_head = profile.owns_lm_head(model)
     cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup, profile.lm_head_fp32(setup) and not owns_head)
@@ -230,6 +236,10 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         largest_state=max((g.numel * g.itemsize for g in groups), default=0),
         adapter_copies_fwd=copies_fwd,
         adapter_copies_layer=copies_layer,
+        tied_load=tied_lm_head_load_bytes(model, setup, weights),
+        loss_saved=head.saved,
+        loss_fwd_tmp=head.forward_tmp,
+        loss_bwd_tmp=head.backward_tmp,
     )
     # DeepSpeed ZeRO runs (and offloads) at world size 1 too; DDP/FSDP on one GPU change nothing
     if setup.parallel is None or (setup.num_gpus == 1 and setup.parallel not in ("zero2", "zero3")):
@@ -263,6 +273,14 @@ def _autocast_cache_bytes(model: ModelSpec, setup: TrainingSetup, lm_head_fp32: 
     return cache, (lm_head_copy if setup.grad_ckpt else cache)
 
 
+def _load_phase(t: _Terms) -> dict[str, dict[str, int]]:
+    """Loading a tied model: every base weight and the tied lm_head's own copy (no adapters, states or workspace yet)."""
+    if not t.tied_load:
+        return {}
+    base = {k: v for k, v in t.weights.items() if k != "weights.adapters"}
+    return {"load": {**base, "tied_lm_head_at_load": t.tied_load}}
+
+
 def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> MemoryBreakdown:
     accum_grads = t.grads if setup.grad_accum > 1 else 0
     full = setup.method == "full"
@@ -272,6 +290,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
         common["gradients"] = accum_grads
     activations = "activations.checkpoints" if setup.grad_ckpt else "activations.layers"
     phase_terms: dict[str, dict[str, int]] = {
+        **_load_phase(t),
         "forward": {
             **common,
             activations: t.saved_layers,

@@ -7,6 +7,7 @@ from .allocator import block_bytes
 from .constants import (
     EXPERT_LORA_BACKWARD_BYTES_PER_PARAM,
     INT8_TRAINING_BYTES_PER_PARAM,
+    NF4_BLOCKSIZE,
     TIED_EMBEDDING_GRAD_BYTES_PER_ELEMENT,
 )
 
@@ -15,11 +16,15 @@ BF16 = 2
 
 def dequant_transient_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     """QLoRA: bitsandbytes' gemm_4bit for M > 1536 rows dequantizes the weight to a full bf16 [out, in]
-    tensor (backends/cuda/ops.py::_dequant_linear_fallback), freed right after the matmul."""
+    tensor (backends/cuda/ops.py::_dequant_linear_fallback), freed right after the matmul. With double quantization
+    functional.py::dequantize_4bit first dequantizes the absmax to an fp32 tensor (one per 64-element block), alive
+    while the bf16 weight is made (allocator/sequence.py::_dequantize makes the same two tensors)."""
     if setup.method != "qlora":
         return 0
     quantized = [s for s in linear_shapes(spec) if s.role != "lm_head"]
-    return max(s.in_features * s.out_features for s in quantized) * BF16
+    n = max(s.in_features * s.out_features for s in quantized)
+    absmax = block_bytes(-(-n // NF4_BLOCKSIZE) * 4) if setup.double_quant and setup.quant != "int8" else 0
+    return n * BF16 + absmax
 
 
 def expert_grad_transient_bytes(spec: ModelSpec, setup: TrainingSetup, itemsize: int) -> int:
@@ -75,8 +80,9 @@ def compute_dtype_adapter_saving_bytes(spec: ModelSpec, setup: TrainingSetup, ad
     them to bf16 for a quantized model) keep that chain in bf16: FP32_ADAPTER_CHAIN_EXTRA_BYTES per element less.
     Read from the H200 histories of 2026-12-01: in s-l8-trl-lora-gc (fp32 adapters) the down_proj LoRA backward
     holds two fp32 [s, i] gradients (112 + 112 MiB) and their 56 MiB bf16 cast; s-l8-trl-qlora-gc (bf16 adapters)
-    peaks 0.17 GiB lower in the same layer, 6 x s x i = 168 MiB. A saving relative to the fp32 case: the
-    estimator keeps the layer's transients at zero or more."""
+    peaks 0.17 GiB lower in the same layer, 6 x s x i = 168 MiB. A saving relative to the fp32 case, taken from the
+    activation-sized part of the layer's transients only (the estimator keeps that part at zero or more; the
+    dequantized weight of QLoRA stays whole)."""
     if setup.lora is None or adapter_itemsize >= 4 or setup.dtype == "fp32":
         return 0
     widest = max(s.in_features for s in lora_targets(spec, setup.lora))

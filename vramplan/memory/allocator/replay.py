@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .caching import AllocatorOOM, CachingAllocator
 from .fast_replay import replay_default
-from .sequence import EMPTY_CACHE, Sequence
+from .ops import EMPTY_CACHE, Sequence
 
 
 @dataclass(frozen=True)

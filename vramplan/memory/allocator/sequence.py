@@ -26,20 +26,24 @@ Where each step comes from:
   backward transients, the layer's gradients, the layer's activations freed; the embedding's gradient.
 * optimizer step: the states at step 0 (torch optimizers create them lazily in the first step()), the
   step's temporaries; zero_grad(set_to_none=True) frees the gradients.
+
+Other stacks (memory/stacks): the profile gives the kernels' saved activations, the adapters' dtype and whether
+QLoRA upcasts the frozen weights (TRL: no prepare_model_for_kbit_training, bf16 weights and adapters); a head that
+owns the lm_head (TRL's tiled head, Liger's FLCE) makes the buffers its terms list (stacks/heads.py HeadBytes:
+saved for backward, forward's, backward's, the last of these the lm_head weight's gradient in full FT), and a
+tied gradient is accumulated in place.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from ...models.params import linear_shapes, param_counts
 from ...specs import ModelSpec, TrainingSetup
-from ..activations import layer_activations, residual_bytes_per_element
-from ..adapters import adapter_autocast_copy_bytes
 from ..constants import BYTES_PER_DTYPE, NF4_BLOCKSIZE
+from ..stacks import stack_profile
 from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
+from .ops import EMPTY_CACHE, Sequence, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .rules import block_bytes
 from .tensors import (
     quantized_pieces,
@@ -57,71 +61,6 @@ from .tensors import (
 )
 
 BF16 = 2
-#: the op that stands for torch.cuda.empty_cache() in Sequence.ops
-EMPTY_CACHE = -(2**62)
-
-
-@dataclass
-class Sequence:
-    """sizes[i]: bytes of tensor i; ops: i >= 0 allocates tensor i, ~i (< 0) frees it."""
-
-    sizes: list[int] = field(default_factory=list)
-    ops: list[int] = field(default_factory=list)
-    #: op index where each named stretch begins ("load", "step0.forward", ...)
-    marks: dict[str, int] = field(default_factory=dict)
-
-    def alloc(self, nbytes: int) -> int:
-        i = len(self.sizes)
-        self.sizes.append(nbytes)
-        if nbytes > 0:
-            self.ops.append(i)
-        return i
-
-    def free(self, *ids: int) -> None:
-        for i in ids:
-            if self.sizes[i] > 0:
-                self.ops.append(~i)
-
-    def empty_cache(self) -> None:
-        """torch.cuda.empty_cache(): release every cached segment that holds no live block."""
-        self.ops.append(EMPTY_CACHE)
-
-    def mark(self, name: str) -> None:
-        self.marks[name] = len(self.ops)
-
-    def live_peak(self) -> int:
-        """The most bytes alive at once (un-rounded request sizes)."""
-        live = peak = 0
-        sizes = self.sizes
-        for op in self.ops:
-            if op >= 0:
-                live += sizes[op]
-                peak = max(peak, live)
-            elif op != EMPTY_CACHE:
-                live -= sizes[~op]
-        return peak
-
-
-def live_peaks_by_stretch(seq: "Sequence") -> dict[str, int]:
-    """The most live bytes in each stretch between marks ("step0.forward", "step1.backward", ...), as the
-    trainer's MemoryProbe reports max_memory_allocated per phase window."""
-    starts: dict[int, list[str]] = {}
-    for name, at in seq.marks.items():
-        starts.setdefault(at, []).append(name)
-    peaks: dict[str, int] = {}
-    live, cur, sizes = 0, "", seq.sizes
-    for n, op in enumerate([*seq.ops, None]):
-        for cur in starts.get(n, ()):
-            peaks[cur] = live  # a stretch without allocations peaks at what it starts with
-        if op is None:
-            break
-        if op >= 0:
-            live += sizes[op]
-            if live > peaks.get(cur, 0):
-                peaks[cur] = live
-        elif op != EMPTY_CACHE:
-            live -= sizes[~op]
-    return peaks
 
 
 def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
@@ -147,15 +86,18 @@ class _Builder:
     def __init__(self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence):
         self.m, self.s, self.t, self.seq = model, setup, t, seq
         self.L = model.num_layers
+        # the stack's kernels, adapter dtype and QLoRA upcast (memory/stacks); hf: the setup's own eager activations
+        self.profile = profile = stack_profile(setup)
+        act_setup = profile.activation_setup(setup)
         unit = setup.batch_size * setup.seq_len * model.hidden_size
-        act = layer_activations(model, setup)
-        self.saved_layer = activation_tensors(model, setup, act, unit, t.one_layer)
+        act = profile.activations(model, setup)
+        self.saved_layer = activation_tensors(model, act_setup, act, unit, t.one_layer)
         self.final = pieces_bytes(act.final_units, 4.0, unit, t.final)
-        i_units = (4 if setup.method == "qlora" else 2) * model.intermediate_size / model.hidden_size
+        i_units = (4 if act_setup.method == "qlora" else 2) * model.intermediate_size / model.hidden_size
         # backward transients: activation-sized pieces, and whole-tensor ones (memory/transients.py) one at a time:
         # each quantized weight dequantized to bf16 for its matmul (the largest is the estimator's term),
         # MoE expert gradient / expert LoRA materialisations
-        self.layers = layer_weight_tensors(model, setup)
+        self.layers = layer_weight_tensors(model, setup, profile.kbit_fp32_upcast)
         self.dequant = [[bf16 for _, pieces, bf16 in layer if len(pieces) > 1] for layer in self.layers]
         # where each dequantized weight is made in a layer's forward: right before its matmul's output, freed
         # after it (MatMul4Bit.forward: linear(A, dequantize_4bit(B).t())), as (piece index, bytes)
@@ -172,11 +114,12 @@ class _Builder:
         units_bytes = t.t_bwd - sum(whole) - dequant_transient_bytes(model, setup)
         # the gradient of the hidden state (b, s, h in the residual dtype) is carried from one layer's backward
         # into the next one's; it is part of the estimator's transient, the rest is the layer's own
-        carry = residual_bytes_per_element(setup) * unit
+        carry = profile.residual_bytes(setup) * unit
         self.carry = carry if units_bytes >= 2 * carry else 0
         units_bytes -= self.carry
         self.t_bwd = pieces_bytes(units_bytes / unit, i_units, unit, units_bytes) if units_bytes > 0 else []
-        self.layer_groups, self.head_groups = grouped_by_layer(trainable_groups(model, setup), self.L)
+        groups = trainable_groups(model, setup, adapter_itemsize=profile.adapter_itemsize)
+        self.layer_groups, self.head_groups = grouped_by_layer(groups, self.L)
         self.grads: list[int] = []
         self.workspace: list[int] = []
         lm_copy = block_bytes(lm_head_params(model) * BF16) if t.autocast_cache_fwd else 0
@@ -192,14 +135,13 @@ class _Builder:
         self.cache_lm = lm_copy
         # with checkpointing: autocast's copies of the adapters, made in each layer's forward, dropped when autocast
         # exits after the loss (its recompute makes them again, saved until the layer's backward)
-        copies = adapter_autocast_copy_bytes(model, setup)[0]
-        self.adapter_copies = layer_adapter_copies(model, setup) if copies else [[]] * self.L
+        self.adapter_copies = layer_adapter_copies(model, setup) if t.adapter_copies_fwd else [[]] * self.L
 
     # ------------------------------------------------------------------ load
     def load(self) -> None:
         m, s, t, seq = self.m, self.s, self.t, self.seq
         layers = self.layers
-        nbytes = 4 if s.method == "qlora" else BYTES_PER_DTYPE[s.dtype]
+        nbytes = 4 if s.method == "qlora" and self.profile.kbit_fp32_upcast else BYTES_PER_DTYPE[s.dtype]
         final_norm = m.hidden_size * nbytes
         linear_key = "weights.quantized" if s.method == "qlora" else "weights.linear"
         listed = sum(sum(x) for layer in layers for _, x, _ in layer) + final_norm - t.weights.get(linear_key, 0)
@@ -217,10 +159,10 @@ class _Builder:
             seq.alloc(residual)
             if lm_head:
                 seq.alloc(lm_head)
-            else:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
-                seq.free(seq.alloc(embed))
+            elif t.tied_load:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
+                seq.free(seq.alloc(t.tied_load))
         seq.mark("peft")
-        for layer in layer_adapter_tensors(m, s):
+        for layer in layer_adapter_tensors(m, s, self.profile.adapter_itemsize):
             for x in layer:
                 seq.alloc(x)
 
@@ -233,19 +175,21 @@ class _Builder:
         dot_natural_key order (lm_head, embed_tokens, layers 0, 1, 2, ... each in alphabetical order of its
         modules, norm); each 4-bit weight is loaded in bf16 and quantized on the device. PEFT's cast
         (utils/other.py, model.parameters() order) makes a new fp32 tensor and frees the bf16 one, then calls
-        torch.cuda.empty_cache() (auto_clear_cache=True)."""
+        torch.cuda.empty_cache() (auto_clear_cache=True). A stack without that call (StackProfile.kbit_fp32_upcast
+        False: TRL) keeps every non-quantized weight as loaded, in bf16."""
         m, s, seq = self.m, self.s, self.seq
+        up = 2 if self.profile.kbit_fp32_upcast else 1  # resident bytes per loaded bf16 byte
         per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
         quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
         unquantized = sum(param_counts(m).values()) - quantized  # a tied lm_head counts once
         seq.free(seq.alloc(int(quantized * per_elem) + unquantized * BF16))  # caching_allocator_warmup
-        head = seq.alloc(lm_head // 2)
-        bf16_embed = seq.alloc(embed // 2)
+        head = seq.alloc(lm_head // up)
+        bf16_embed = seq.alloc(embed // up)
         bf16_layers = []
         for layer in layers:
             kept: dict[int, int] = {}
             for k, (_, pieces, bf16) in sorted(enumerate(layer), key=lambda item: item[1][0]):
-                if len(pieces) == 1 and pieces[0] // 2 == bf16:  # kept in bf16 now, cast to fp32 below
+                if len(pieces) == 1 and pieces[0] // up == bf16:  # kept in bf16 now, cast to fp32 below (upcast)
                     kept[k] = seq.alloc(bf16)
                     continue
                 loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
@@ -253,7 +197,9 @@ class _Builder:
                 made = [(seq.alloc(x), tmp) for x, tmp in steps]
                 seq.free(loaded, *[i for i, tmp in made if tmp])
             bf16_layers += [kept[k] for k in sorted(kept)]  # back in module order
-        bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // 2), seq.alloc(residual // 2), head]
+        bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // up), seq.alloc(residual // up), head]
+        if up == 1:
+            return
         for i in bf16_params:  # param.data = param.data.to(torch.float32)
             seq.alloc(seq.sizes[i] * 2)
             seq.free(i)
@@ -313,7 +259,9 @@ class _Builder:
     def _loss_forward(self) -> None:
         t, seq = self.t, self.seq
         nv4 = t.logits_fp32
-        hf_loss = self.s.stack == "hf" and not self.s.liger  # memory/loss.py's chain; other stacks: generic
+        # memory/loss.py's chain when the model's own lm_head forward makes the logits; a head that owns the lm_head
+        # (StackProfile.owns_lm_head: TRL's tiled head, Liger's FLCE) makes the buffers its terms list (HeadBytes)
+        hf_loss = not self.profile.owns_lm_head(self.m)
         if hf_loss and nv4 and t.loss_fwd >= 10 * nv4 // 4 and t.loss_bwd >= 3 * nv4:
             saved_extra = t.loss_bwd - 3 * nv4
             bf16 = seq.alloc(nv4 // 2)
@@ -327,8 +275,9 @@ class _Builder:
             seq.free(bf16)
             seq.free(fp32_copy)  # Trainer.compute_loss drops outputs before backward
             self.loss_saved = [self.logsm, extra_saved]
-        else:  # another loss (fused / chunked): its forward bytes, then its backward bytes
-            seq.free(seq.alloc(t.loss_fwd))
+        else:  # an owned head: its saved buffers and forward transients (one buffer each when it lists none)
+            self.head_saved = [seq.alloc(x) for x in t.loss_saved]
+            seq.free(*[seq.alloc(x) for x in t.loss_fwd_tmp or (t.loss_fwd - sum(t.loss_saved),)])
             seq.free(*self.copies)
             self.loss_saved = []
 
@@ -342,8 +291,8 @@ class _Builder:
             seq.free(nll_grad, *self.loss_saved)
             logits_grad = seq.alloc(nv4 // 2)  # ToCopyBackward to bf16
             seq.free(lsm_grad)
-        else:
-            logits_grad = seq.alloc(t.loss_bwd)
+        else:  # the head's backward buffers; the lm_head weight's gradient is the last of them (full FT)
+            head = [seq.alloc(x) for x in self._head_backward(new_grads)]
         tied = self.m.tie_word_embeddings
         if full and new_grads:  # lm_head backward: lm_head's (tied: the embedding's) gradient, the final norm's
             for g in self.head_groups:
@@ -351,8 +300,12 @@ class _Builder:
                     self.grads.append(seq.alloc(grad_tensor(g)))
                     if g.name == "embed_tokens":
                         self.tied_grad_id = self.grads[-1]
+                if g.name == self._head_weight() and not self.loss_saved:  # the owned head ends with its weight's gradient
+                    seq.free(*head, *self.head_saved)
+        if not self.loss_saved and not (full and new_grads):
+            seq.free(*head, *self.head_saved)
         carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
-        seq.free(logits_grad, *self.final_ids)
+        seq.free(*([logits_grad] if self.loss_saved else []), *self.final_ids)
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
             seq.free(self.lm_cache)
         for k in reversed(range(self.L)):
@@ -381,7 +334,9 @@ class _Builder:
             seq.free(self.lm_cache)
         if full and new_grads:
             embed = next(g for g in self.head_groups if g.name == "embed_tokens")
-            if tied:  # AccumulateGrad: the embedding's own gradient, then grad + it as a new tensor, old ones freed
+            if tied and self.profile.owns_lm_head(self.m):  # the owned head's gradient is contiguous: added in place
+                seq.free(seq.alloc(t.tied_grad))
+            elif tied:  # AccumulateGrad: the embedding's own gradient, then grad + it as a new tensor, old ones freed
                 grad_bytes = seq.sizes[self.tied_grad_id]
                 own = seq.alloc(t.tied_grad - grad_bytes)  # (estimator: tied_grad = both, 4 bytes per element)
                 total = seq.alloc(grad_bytes)
@@ -390,6 +345,26 @@ class _Builder:
             else:
                 self.grads.append(seq.alloc(grad_tensor(embed)))
         seq.free(self.quant)
+
+    def _head_backward(self, new_grads: bool) -> list[int]:
+        """An owned head's backward buffers, less the lm_head weight's gradient when it is made as a gradient here."""
+        t = self.t
+        pieces = list(t.loss_bwd_tmp or (t.loss_bwd - sum(t.loss_saved),))
+        grad = self._owned_head_grad() if new_grads else 0
+        if grad:
+            pieces[-1] -= grad  # the weight's gradient (0 left but for block rounding)
+        return [x for x in pieces if x > 0]
+
+    def _owned_head_grad(self) -> int:
+        """Full FT with a head that owns the lm_head: the lm_head weight's gradient (the embedding's when tied), made
+        inside the head's backward (heads.py: TRL's grad_weight cast, Liger's grad_weight), part of t.loss_bwd."""
+        if self.s.method != "full" or not self.profile.owns_lm_head(self.m):
+            return 0
+        return sum(grad_tensor(g) for g in self.head_groups if g.name == self._head_weight())
+
+    def _head_weight(self) -> str:
+        """The trainable group that holds the lm_head weight."""
+        return "embed_tokens" if self.m.tie_word_embeddings else "lm_head"
 
     def optimizer_step(self, first: bool) -> None:
         """torch.optim: for each of the Trainer's two param groups (weight decay, then none), _init_group makes

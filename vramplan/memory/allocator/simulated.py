@@ -3,14 +3,16 @@
 No fitted fragmentation constant: the predicted allocation sequence of loading and two optimizer steps
 (sequence.py) is replayed through CachingAllocator (caching.py); the reserved peak is the model's
 max_memory_reserved, and at that moment it reports the allocated bytes, the free bytes inside segments
-and the largest free block. Single GPU and the hf stack only (the sequence has no DDP buckets or FSDP gathers,
-and no other stack's loss or kernels yet).
+and the largest free block. Single GPU only (the sequence has no DDP buckets or FSDP gathers,
+and no Unsloth sequence: its offloaded checkpoints and fused kernels). The hf, hf+liger, trl and trl+liger
+stacks are simulated from their profiles' terms (memory/stacks).
 """
 
 from __future__ import annotations
 
 from ...errors import VramplanError
 from ...specs import MemoryBreakdown, ModelSpec, TrainingSetup
+from ..stacks import stack_profile
 from .replay import ReplayResult, replay
 from .sequence import training_sequence
 
@@ -36,11 +38,11 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup) -> None:
             f"--reserved-rule simulated with --num-gpus {setup.num_gpus}: the allocator simulation is single-GPU; "
             "accepted: --num-gpus 1, or --reserved-rule rules"
         )
-    if reserved_rule == RESERVED_BY_SIMULATION and (setup.stack != "hf" or setup.liger):
-        stack = setup.stack + (" --liger" if setup.liger else "")
+    if reserved_rule == RESERVED_BY_SIMULATION and not stack_profile(setup).allocation_sequence:
         raise VramplanError(
-            f"--reserved-rule simulated with --stack {stack}: the predicted allocation sequence is the hf stack's "
-            "(transformers Trainer, HF loss); accepted: --stack hf without --liger, or --reserved-rule rules"
+            f"--reserved-rule simulated with --stack {setup.stack}: there is no predicted allocation sequence for this "
+            "stack (offloaded checkpoints, fused kernels); accepted: --stack hf|trl (with or without --liger), or "
+            "--reserved-rule rules"
         )
 
 

@@ -34,20 +34,23 @@ def spread(count: int, layers: int) -> list[int]:
     return out
 
 
-def layer_weight_tensors(model: ModelSpec, setup: TrainingSetup) -> list[list[tuple[str, list[int], int]]]:
+def layer_weight_tensors(
+    model: ModelSpec, setup: TrainingSetup, fp32_upcast: bool = True
+) -> list[list[tuple[str, list[int], int]]]:
     """Base-model weights of each decoder layer in module order: (name, resident tensors, bf16 bytes loaded first).
 
     Linear weights are block-rounded (weights.weight_bytes), and for QLoRA bitsandbytes' pieces (packed data,
     absmax, codes: weights.nf4_matrix_bytes / int8_matrix_bytes) made from a bf16 load of the weight; then
     biases, q/k norms, MoE experts and router, and the layer norms, raw bytes (weights.other), loaded bf16 and
-    cast up to fp32 for QLoRA (bf16 bytes 0 = created directly)."""
+    cast up to fp32 for QLoRA when the stack upcasts (`fp32_upcast`, StackProfile.kbit_fp32_upcast; bf16 bytes 0 =
+    created directly; without the upcast they stay as loaded, bf16 bytes = resident bytes)."""
     L = model.num_layers
     quant = setup.method == "qlora"
-    nbytes = FP32 if quant else BYTES_PER_DTYPE[setup.dtype]
+    nbytes = FP32 if quant and fp32_upcast else BYTES_PER_DTYPE[setup.dtype]
     layers: list[list[tuple[str, list[int], int]]] = [[] for _ in range(L)]
 
     def other(layer: list, name: str, nbytes_fp: int) -> None:
-        layer.append((name, [nbytes_fp], nbytes_fp // 2 if quant else 0))
+        layer.append((name, [nbytes_fp], (nbytes_fp // 2 if fp32_upcast else nbytes_fp) if quant else 0))
 
     for s in linear_shapes(model):
         if s.role == "lm_head":
@@ -126,14 +129,17 @@ def quantization_steps(out_features: int, in_features: int, setup: TrainingSetup
     ]
 
 
-def layer_adapter_tensors(model: ModelSpec, setup: TrainingSetup) -> list[list[int]]:
-    """fp32 lora_A / lora_B weights of each layer (sum = adapters.adapter_bytes)."""
+def layer_adapter_tensors(
+    model: ModelSpec, setup: TrainingSetup, itemsize: int = ADAPTER_BYTES_PER_PARAM
+) -> list[list[int]]:
+    """lora_A / lora_B weights of each layer, fp32 unless the stack casts them (`itemsize`, StackProfile.adapter_itemsize;
+    sum = adapters.adapter_bytes)."""
     layers: list[list[int]] = [[] for _ in range(model.num_layers)]
     if setup.lora is None:
         return layers
     for p in adapter_pairs(model, setup.lora):
-        a = block_bytes(p.a_rows * p.a_cols * ADAPTER_BYTES_PER_PARAM)
-        b = block_bytes(p.b_rows * p.b_cols * ADAPTER_BYTES_PER_PARAM)
+        a = block_bytes(p.a_rows * p.a_cols * itemsize)
+        b = block_bytes(p.b_rows * p.b_cols * itemsize)
         for layer, n in zip(layers, spread(p.count, model.num_layers)):
             layer.extend([a, b] * n)
     return layers

@@ -60,6 +60,9 @@ class StackProfile:
     liger: bool = False
     #: full fine-tuning upcasts bf16/fp16 trainable weights to fp32 (Unsloth's float32_mixed_precision=True)
     full_ft_fp32_weights: bool = False
+    #: memory/allocator/sequence.py builds this stack's allocation sequence (--reserved-rule simulated); Unsloth's
+    #: offloaded checkpoints, chunked loss and fused LoRA kernels are not in it
+    allocation_sequence: bool = True
 
     def memory_setup(self, setup: TrainingSetup) -> TrainingSetup:
         """The setup as it runs: Unsloth full fine-tuning trains fp32 weights under bf16 autocast
@@ -250,7 +253,7 @@ _PROFILES: dict[tuple[str, bool], StackProfile] = {
     ),
     ("unsloth", False): StackProfile(
         "unsloth", PROFILE_VERSIONS["unsloth"], False, FP32, True, _head_unsloth, _kernels_unsloth, _assume_unsloth,
-        full_ft_fp32_weights=True,
+        full_ft_fp32_weights=True, allocation_sequence=False,
     ),
 }  # fmt: skip
 

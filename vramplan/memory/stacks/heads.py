@@ -10,6 +10,9 @@ A `HeadBytes` gives three numbers:
 * backward: the peak when backward starts (the head's own backward),
 * chain: every buffer of one step's loss that the allocator must place (for the steady-step segment rule),
 * largest: the largest single loss buffer (what the fragmentation rule strands).
+A head that owns the lm_head (TRL's, Liger's) also gives its buffers one tensor each, for the allocation sequence
+(memory/allocator/sequence.py): `saved` (kept from forward to backward), `forward_tmp`, `backward_tmp`; saved +
+forward_tmp add up to forward, saved + backward_tmp to backward.
 """
 
 import math
@@ -51,6 +54,10 @@ class HeadBytes:
     backward: int
     chain: int
     largest: int
+    saved: tuple[int, ...] = ()
+    forward_tmp: tuple[int, ...] = ()
+    #: in creation order; when lm_head is trainable the last one is its weight's gradient
+    backward_tmp: tuple[int, ...] = ()
 
 
 def hf_head(spec: ModelSpec, setup: TrainingSetup) -> HeadBytes:
@@ -87,7 +94,15 @@ def trl_fused_head(spec: ModelSpec, setup: TrainingSetup, *, e_h: int, e_w: int,
     grad_weight = v * h * (FP32 + e_w) if lm_head_trainable else 0
     backward = saved + FP32 * m * h + m * h * e_h + tile + casts + grad_weight
     chain = forward + FP32 * m * h + m * h * e_h + tile + (v * h * FP32 if lm_head_trainable else 0)
-    return HeadBytes(forward=forward, backward=backward, chain=chain, largest=max(FP32 * m * h, tile))
+    # forward: the gathered copy and the saved log_z / entropy, the other statistics, per tile the casts and mm_buf;
+    # backward: the fp32 accumulators (grad_hidden, grad_weight), per tile the casts and the tile, then the casts back
+    fp32_acc, weight_cast = (v * h * FP32, v * h * e_w) if lm_head_trainable else (0, 0)
+    return HeadBytes(
+        forward=forward, backward=backward, chain=chain, largest=max(FP32 * m * h, tile),
+        saved=(hidden_copy, TRL_FP32_VECTORS_SAVED * FP32 * m),
+        forward_tmp=((TRL_FP32_VECTORS_FWD - TRL_FP32_VECTORS_SAVED) * FP32 * m + m, casts, tile),
+        backward_tmp=(FP32 * m * h, fp32_acc, casts, tile, m * h * e_h, weight_cast),
+    )  # fmt: skip
 
 
 def liger_chunk_rows(n_tokens: int, vocab: int, hidden: int) -> int:
@@ -119,7 +134,12 @@ def liger_flce_head(spec: ModelSpec, setup: TrainingSetup, *, e_h: int, e_w: int
     # the fp32-lm_head cast is the largest block it allocates and frees (once per chunk): what gets stranded
     # (H200 history of s-q7-liger-qlora-gc: reserved sits one cast above allocated)
     largest = max(grad_input, chunk_logits, weight_cast)
-    return HeadBytes(forward=forward, backward=backward, chain=forward, largest=largest)
+    # one tensor each: grad_input kept for backward; grad_weight is made in the forward and kept too, but stands in
+    # the backward's buffers here (the sequence makes the lm_head gradient where the other heads make it)
+    return HeadBytes(
+        forward=forward, backward=backward, chain=forward, largest=largest, saved=(grad_input,),
+        forward_tmp=(grad_weight, FP32 * n, n, weight_cast, chunk_logits), backward_tmp=(grad_weight,),
+    )  # fmt: skip
 
 
 def unsloth_chunk_rows(n_tokens: int, vocab: int) -> int:
