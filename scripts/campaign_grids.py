@@ -1,0 +1,307 @@
+"""The run grids of scripts/campaign.py: what each campaign measures, most important first.
+
+Each grid is a function returning RunSpecs (a name, a model, a TrainingSetup, why it is in the grid, an optional
+memory cap); ``campaign.GRIDS`` names them. Imports nothing heavy (no torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.specs import LoraSpec, TrainingSetup
+
+DEFAULT_STEPS = 3
+QV = ("q_proj", "v_proj")
+
+
+@dataclass(frozen=True)
+class CapFrom:
+    """A memory cap derived from an earlier run of the same campaign:
+    ``cap = factor * <ref run's measurement field> + add_mib``."""
+
+    ref: str
+    measurement: str  # "max_allocated_bytes" or "max_reserved_bytes"
+    factor: float
+    add_mib: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    model: str
+    setup: TrainingSetup
+    why: str = ""
+    cap_gib: float | None = None
+    cap_from: CapFrom | None = None
+    steps: int = DEFAULT_STEPS
+
+
+def _spec(name: str, model: str, method: str, why: str = "", *, cap_from=None, steps=DEFAULT_STEPS, **kw) -> RunSpec:
+    lora_kw = {k[5:]: kw.pop(k) for k in list(kw) if k.startswith("lora_")}
+    if method in ("lora", "qlora"):
+        lora_kw.setdefault("rank", 16)
+        kw["lora"] = LoraSpec(**lora_kw)
+    if method == "qlora":
+        kw.setdefault("quant", "nf4")
+    kw.setdefault("seq_len", 2048)
+    return RunSpec(name, model, TrainingSetup(method=method, **kw), why, cap_from=cap_from, steps=steps)
+
+
+def full(name, model, why="", **kw):
+    return _spec(name, model, "full", why, **kw)
+
+
+def lora(name, model, why="", **kw):
+    return _spec(name, model, "lora", why, **kw)
+
+
+def qlora(name, model, why="", **kw):
+    return _spec(name, model, "qlora", why, **kw)
+
+
+L8, L1, L3 = "llama-3.1-8b", "llama-3.2-1b", "llama-3.2-3b"
+Q05, Q7, Q3_8 = "qwen2.5-0.5b", "qwen2.5-7b", "qwen3-8b"
+M7, G2, PHI3 = "mistral-7b-v0.3", "gemma-2-2b", "phi-3-mini-4k-instruct"
+OLMOE, Q3_MOE = "olmoe-1b-7b-0924", "qwen3-30b-a3b"
+
+
+def issue3_grid() -> list[RunSpec]:
+    """The issue-3 calibration grid, most important first. Defaults: seq 2048, batch 1, rank 16,
+    all-linear, nf4 + double quant, adamw_torch_fused, bf16 weights, sdpa, no GC, default allocator."""
+    return [
+        # -- core: one run per family and method (M1.1, M5.1, M8.1) --------------------------------
+        qlora("l8-qlora-gc", L8, "canonical QLoRA 8B", grad_ckpt=True),
+        lora("l8-lora-gc", L8, "canonical LoRA 8B", grad_ckpt=True),
+        full("l1-full", L1, "full FT 1B, no GC (phase peaks)"),
+        lora("l8-lora", L8, "LoRA 8B without GC"),
+        qlora("l8-qlora", L8, "QLoRA 8B without GC"),
+        full("l1-full-gc", L1, "full FT 1B with GC", grad_ckpt=True),
+        qlora("q7-qlora-gc", Q7, "Qwen2.5 QLoRA (vocab 152k)", grad_ckpt=True),
+        lora("m7-lora-gc", M7, "Mistral LoRA", grad_ckpt=True),
+        lora("q3-8-lora-gc", Q3_8, "Qwen3 LoRA (qk-norm)", grad_ckpt=True),
+        lora(
+            "g2-lora-eager",
+            G2,
+            "Gemma-2 LoRA (vocab 256k, softcapping; transformers has no SDPA for it)",
+            seq_len=1024,
+            attn="eager",
+        ),
+        lora("phi3-lora-gc", PHI3, "Phi-3 LoRA (fused qkv / gate_up)", grad_ckpt=True),
+        full("q05-full-b4", Q05, "full FT 0.5B, batch 4", seq_len=1024, batch_size=4),
+        full("l3-full-gc", L3, "full FT 3B with GC", grad_ckpt=True),
+        lora(
+            "olmoe-lora-gc",
+            OLMOE,
+            "MoE LoRA (64 experts; PEFT >= 0.18 puts LoRA on the fused experts, which needs dropout 0)",
+            grad_ckpt=True,
+            lora_dropout=0.0,
+        ),
+        lora("l8-lora-gc-es", L8, "expandable_segments vs l8-lora-gc", grad_ckpt=True, expandable_segments=True),
+        full("l1-full-es", L1, "expandable_segments vs l1-full", expandable_segments=True),
+        # -- sequence sweep (M5.1 / M6) ---------------------------------------------------------
+        lora("l8-lora-gc-s512", L8, "seq sweep", grad_ckpt=True, seq_len=512),
+        lora("l8-lora-gc-s4096", L8, "seq sweep", grad_ckpt=True, seq_len=4096),
+        lora("l8-lora-gc-s8192", L8, "seq sweep (loss term 12*N*V)", grad_ckpt=True, seq_len=8192),
+        qlora("l8-qlora-gc-s4096", L8, "seq sweep", grad_ckpt=True, seq_len=4096),
+        qlora("l8-qlora-gc-s8192", L8, "seq sweep", grad_ckpt=True, seq_len=8192),
+        lora("l8-lora-s4096", L8, "activations without GC", seq_len=4096),
+        # -- memory caps bracketing the smallest memory l1-full runs in ---------------------------
+        full(
+            "l1-full-cap-under",
+            L1,
+            "cap 3% under max_allocated: expect OOM",
+            cap_from=CapFrom("l1-full", "max_allocated_bytes", 0.97),
+        ),
+        full(
+            "l1-full-cap-between",
+            L1,
+            "cap between allocated and reserved",
+            cap_from=CapFrom("l1-full", "max_allocated_bytes", 1.0, add_mib=256),
+        ),
+        full(
+            "l1-full-cap-over",
+            L1,
+            "cap 2% over max_reserved: expect fit",
+            cap_from=CapFrom("l1-full", "max_reserved_bytes", 1.02),
+        ),
+        # -- batch sweep ------------------------------------------------------------------------
+        lora("l1-lora-b1", L1, "batch sweep", seq_len=1024, batch_size=1),
+        lora("l1-lora-b2", L1, "batch sweep", seq_len=1024, batch_size=2),
+        lora("l1-lora-b4", L1, "batch sweep", seq_len=1024, batch_size=4),
+        lora("l1-lora-b8", L1, "batch sweep", seq_len=1024, batch_size=8),
+        # -- rank and targets -------------------------------------------------------------------
+        lora("l8-lora-gc-r8", L8, "rank sweep", grad_ckpt=True, lora_rank=8),
+        lora("l8-lora-gc-r64", L8, "rank sweep", grad_ckpt=True, lora_rank=64),
+        lora("l8-lora-gc-qv", L8, "q_proj,v_proj targets", grad_ckpt=True, lora_targets=QV),
+        qlora("l8-qlora-gc-r64", L8, "rank sweep", grad_ckpt=True, lora_rank=64),
+        qlora("l8-qlora-gc-qv", L8, "q_proj,v_proj targets", grad_ckpt=True, lora_targets=QV),
+        # -- optimizers (full FT, where states matter) --------------------------------------------
+        full("l1-full-gc-s1024", L1, "optimizer baseline (fused)", grad_ckpt=True, seq_len=1024),
+        full(
+            "l1-full-gc-s1024-foreach",
+            L1,
+            "foreach AdamW sqrt transient",
+            grad_ckpt=True,
+            seq_len=1024,
+            optimizer="adamw_torch",
+        ),
+        full(
+            "l1-full-gc-s1024-8bit",
+            L1,
+            "bnb 8-bit (embeddings 32-bit)",
+            grad_ckpt=True,
+            seq_len=1024,
+            optimizer="adamw_8bit",
+        ),
+        full(
+            "l1-full-gc-s1024-paged8bit",
+            L1,
+            "paged states outside torch",
+            grad_ckpt=True,
+            seq_len=1024,
+            optimizer="paged_adamw_8bit",
+        ),
+        full("l3-full-gc-8bit", L3, "8-bit Adam at 3B", grad_ckpt=True, optimizer="adamw_8bit"),
+        # -- gradient accumulation -----------------------------------------------------------------
+        full("l1-full-gc-s1024-ga4", L1, "GA keeps grads during fwd/bwd", grad_ckpt=True, seq_len=1024, grad_accum=4),
+        lora("l8-lora-gc-ga4", L8, "GA with LoRA", grad_ckpt=True, grad_accum=4),
+        # -- fp32 weights (small models only) -------------------------------------------------------
+        full("l1-full-fp32-gc", L1, "fp32 weights + bf16 autocast", grad_ckpt=True, seq_len=1024, dtype="fp32"),
+        full("q05-full-fp32", Q05, "fp32 weights, no GC", seq_len=1024, dtype="fp32"),
+        lora("q05-lora-fp32", Q05, "fp32 base + LoRA", seq_len=1024, dtype="fp32"),
+        # -- eager attention (short sequences only) -------------------------------------------------
+        lora("l1-lora-s512", L1, "sdpa reference for eager", seq_len=512),
+        lora("l1-lora-s512-eager", L1, "eager attention scores", seq_len=512, attn="eager"),
+        full("q05-full-s512-eager", Q05, "eager, full FT", seq_len=512, batch_size=2, attn="eager"),
+        # -- quantization variants ----------------------------------------------------------------
+        qlora("l8-qlora-gc-fp4", L8, "fp4", grad_ckpt=True, quant="fp4"),
+        qlora("l8-qlora-gc-nodq", L8, "nf4 without double quant", grad_ckpt=True, double_quant=False),
+        qlora("l8-qlora-gc-int8", L8, "LLM.int8 weights", grad_ckpt=True, quant="int8"),
+        qlora("l1-qlora", L1, "QLoRA small model, no GC"),
+        # -- more allocator / dropout / bigger models ---------------------------------------------
+        qlora("l8-qlora-gc-es", L8, "expandable_segments with QLoRA", grad_ckpt=True, expandable_segments=True),
+        full(
+            "q05-full-b4-es",
+            Q05,
+            "expandable_segments vs q05-full-b4",
+            seq_len=1024,
+            batch_size=4,
+            expandable_segments=True,
+        ),
+        lora("l8-lora-gc-drop0", L8, "dropout 0 vs 0.05", grad_ckpt=True, lora_dropout=0.0),
+        lora("q7-lora-b2", Q7, "Qwen2.5 LoRA batch 2, no GC", batch_size=2),
+        full("l8-full-gc-8bit", L8, "8B full FT with 8-bit Adam (fits 80 GB?)", grad_ckpt=True, optimizer="adamw_8bit"),
+        full("l8-full-gc", L8, "8B full FT fused AdamW (OOM on 80 GB expected)", grad_ckpt=True),
+        lora(
+            "q3moe-lora-gc-s1024-qv",
+            Q3_MOE,
+            "30B MoE, attention-only LoRA (weights 61 GB)",
+            grad_ckpt=True,
+            seq_len=1024,
+            lora_targets=QV,
+        ),
+    ]
+
+
+def holdout_grid() -> list[RunSpec]:
+    """Issue 4 hold-out: setups none of the calibration runs has, predicted (and the predictions committed,
+    docs/holdout/predictions.json) before they were measured. They test the steady-step loss-segment rule
+    (full FT: other sequence lengths, batch, vocabularies, tied embeddings, softcapping) and the
+    fragmentation fit (LoRA/QLoRA at other sizes)."""
+    return [
+        full("h-l1-full-gc-s4096", L1, "steady-loss rule, 4NV 1.96 GiB", grad_ckpt=True, seq_len=4096),
+        full("h-l3-full-gc-s1024", L3, "steady-loss rule at 3B, s1024", grad_ckpt=True, seq_len=1024),
+        full("h-l1-full-gc-b2", L1, "batch 2 x s1024 (same N as s2048)", grad_ckpt=True, seq_len=1024, batch_size=2),
+        full("h-q15-full-gc", "qwen2.5-1.5b", "vocab 152k, tied embeddings", grad_ckpt=True),
+        full("h-q3-17-full-gc", "qwen3-1.7b", "Qwen3, tied embeddings", grad_ckpt=True),
+        full("h-smol17-full-gc", "smollm2-1.7b-instruct", "vocab 49k: fragmentation rule should bind", grad_ckpt=True),
+        full("h-tiny-full-gc", "tinyllama-1.1b-chat-v1.0", "vocab 32k, untied", grad_ckpt=True),
+        full("h-g2-full-gc-eager", G2, "softcapping, vocab 256k", grad_ckpt=True, seq_len=1024, attn="eager"),
+        lora("h-l1-lora-gc-s4096", L1, "LoRA, long sequence", grad_ckpt=True, seq_len=4096),
+        lora("h-q3-4b-lora-gc", "qwen3-4b", "LoRA on an unmeasured family size", grad_ckpt=True),
+        lora("h-q05-lora-fp32-s2048", Q05, "fp32 base + LoRA (largest LOO miss), s2048", seq_len=2048, dtype="fp32"),
+        qlora("h-l8-qlora-nodq-s4096", L8, "nf4 without double quant, s4096", grad_ckpt=True, seq_len=4096,
+              double_quant=False),
+        qlora("h-q15-qlora-gc", "qwen2.5-1.5b", "QLoRA small model with GC", grad_ckpt=True),
+    ]
+
+
+G3_4, G3_1, L3B = "gemma-3-4b-it", "gemma-3-1b-it", L3
+
+
+def _stack(make, stack: str, liger: bool = False):
+    """A grid entry maker that runs `make`'s setup with `stack` (and --liger)."""
+
+    def entry(name, model, why="", **kw):
+        return make(name, model, why, stack=stack, liger=liger, **kw)
+
+    return entry
+
+
+def stacks_grid() -> list[RunSpec]:
+    """Issue 10: the stacks people run (TRL SFTTrainer, Liger kernels) on the H200, predicted first
+    (docs/holdout/stacks-predictions.json, committed before any of these ran), plus hf setups of the H100 grid
+    rerun on the H200 so context, NVML baseline and throughput are calibrated per GPU family. Gradient
+    checkpointing is spelled out (SFTConfig turns it on by default; the grid says what it measures)."""
+    tl, tq, tf = _stack(lora, "trl"), _stack(qlora, "trl"), _stack(full, "trl")
+    ll, lq, lf = _stack(lora, "trl", True), _stack(qlora, "trl", True), _stack(full, "trl", True)
+    hl, hq, hf = _stack(lora, "hf", True), _stack(qlora, "hf", True), _stack(full, "hf", True)
+    no_drop = {"lora_dropout": 0.0}  # PEFT refuses dropout on fused experts
+    return [
+        # -- TRL SFTTrainer ----------------------------------------------------------------------------
+        tq("s-l8-trl-qlora-gc", L8, "consumer recipe: 8B QLoRA, TRL, s2048", grad_ckpt=True),
+        tq("s-l8-trl-qlora-gc-s4096", L8, "8B QLoRA TRL at 4k", grad_ckpt=True, seq_len=4096),
+        tl("s-l8-trl-lora-gc", L8, "8B LoRA TRL", grad_ckpt=True),
+        tl("s-l8-trl-lora", L8, "8B LoRA TRL without GC", grad_ckpt=False),
+        tq("s-q7-trl-qlora-gc-s4096", Q7, "Qwen2.5 QLoRA TRL 4k (vocab 152k)", grad_ckpt=True, seq_len=4096),
+        tf("s-l1-trl-full-gc", L1, "full FT TRL: fp32 lm_head grad in the head", grad_ckpt=True),
+        tf("s-l1-trl-full-s1024", L1, "full FT TRL without GC", grad_ckpt=False, seq_len=1024),
+        tl("s-g3-4-trl-lora-gc", G3_4, "Gemma 3 (262k vocabulary) LoRA TRL", grad_ckpt=True),
+        tf("s-g3-1-trl-full-gc", G3_1, "Gemma 3 1B full FT TRL", grad_ckpt=True),
+        tl("s-q3-8-trl-lora-gc", Q3_8, "Qwen3 LoRA TRL", grad_ckpt=True),
+        tl("s-m7-trl-lora-gc", M7, "Mistral (vocab 32k) LoRA TRL", grad_ckpt=True),
+        tl("s-olmoe-trl-lora-gc", OLMOE, "MoE LoRA TRL", grad_ckpt=True, **no_drop),
+        tl("s-q3moe-trl-lora-qv-gc", Q3_MOE, "Qwen3-MoE 30B LoRA q,v TRL", grad_ckpt=True, seq_len=1024,
+           lora_targets=QV),
+        tl("s-l8-trl-lora-gc-b4", L8, "padded batches (variable lengths, b4)", grad_ckpt=True, seq_len=1024,
+           batch_size=4),
+        tf("s-l3-trl-full-gc", L3B, "3B full FT TRL", grad_ckpt=True),
+        tl("s-phi3-trl-lora-gc", PHI3, "fused qkv LoRA TRL", grad_ckpt=True),
+        # -- TRL SFTTrainer + Liger layer kernels ------------------------------------------------------
+        ll("s-l8-trlliger-lora-gc", L8, "", grad_ckpt=True),
+        lq("s-l8-trlliger-qlora-gc-s4096", L8, "", grad_ckpt=True, seq_len=4096),
+        lf("s-l1-trlliger-full-gc", L1, "", grad_ckpt=True),
+        ll("s-g3-4-trlliger-lora-gc", G3_4, "", grad_ckpt=True),
+        lq("s-q7-trlliger-qlora-gc", Q7, "", grad_ckpt=True),
+        ll("s-q3-8-trlliger-lora-s1024", Q3_8, "RMSNorm/SwiGLU saved bytes without GC", grad_ckpt=False,
+           seq_len=1024),
+        ll("s-m7-trlliger-lora-gc", M7, "", grad_ckpt=True),
+        ll("s-l1-trlliger-lora", L1, "Liger layer kernels without GC", grad_ckpt=False),
+        ll("s-phi3-trlliger-lora-gc", PHI3, "", grad_ckpt=True),
+        ll("s-q3moe-trlliger-lora-qv-gc", Q3_MOE, "", grad_ckpt=True, seq_len=1024, lora_targets=QV),
+        # -- transformers Trainer + Liger (fused linear cross-entropy) ---------------------------------
+        hl("s-l8-liger-lora-gc", L8, "", grad_ckpt=True),
+        hl("s-l8-liger-lora", L8, "", grad_ckpt=False),
+        hq("s-l8-liger-qlora-gc-s4096", L8, "FLCE with an fp32 lm_head (weight cast per chunk)", grad_ckpt=True,
+           seq_len=4096),
+        hf("s-l1-liger-full-gc", L1, "FLCE computes the lm_head grad in the forward", grad_ckpt=True),
+        hf("s-l1-liger-full-s1024", L1, "", grad_ckpt=False, seq_len=1024),
+        hl("s-g3-4-liger-lora-gc", G3_4, "", grad_ckpt=True),
+        hq("s-q7-liger-qlora-gc", Q7, "", grad_ckpt=True),
+        hl("s-q3-8-liger-lora-gc", Q3_8, "", grad_ckpt=True),
+        hl("s-m7-liger-lora-gc", M7, "", grad_ckpt=True),
+        hf("s-l3-liger-full-gc", L3B, "", grad_ckpt=True),
+        hl("s-olmoe-liger-lora-gc", OLMOE, "Liger does not patch OLMoE: hf terms", grad_ckpt=True, **no_drop),
+        hl("s-g2-liger-lora-eager", G2, "Gemma-2 GeGLU, softcapping", seq_len=1024, attn="eager"),
+        # -- hf setups of the H100 grid, rerun on the H200 ---------------------------------------------
+        qlora("s-h200-l8-qlora-gc", L8, "H100 rerun", grad_ckpt=True),
+        lora("s-h200-l8-lora-gc", L8, "H100 rerun", grad_ckpt=True),
+        lora("s-h200-l8-lora", L8, "H100 rerun"),
+        full("s-h200-l1-full-gc", L1, "H100 rerun", grad_ckpt=True),
+        full("s-h200-l1-full-gc-s1024", L1, "H100 rerun", grad_ckpt=True, seq_len=1024),
+        full("s-h200-l8-full-gc", L8, "H100 rerun", grad_ckpt=True),
+        qlora("s-h200-q7-qlora-gc", Q7, "H100 rerun", grad_ckpt=True),
+        lora("s-h200-m7-lora-gc", M7, "H100 rerun", grad_ckpt=True),
+        full("s-h200-l3-full-gc", L3B, "H100 rerun", grad_ckpt=True),
+        full("s-h200-q05-full-b4", Q05, "H100 rerun", seq_len=1024, batch_size=4),
+    ]
