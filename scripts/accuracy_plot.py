@@ -7,7 +7,7 @@
 import argparse
 
 from vramplan.calibration import leave_one_out
-from vramplan.runs import load_runs, shipped_runs_dir
+from vramplan.runs import load_runs, shipped_runs_dir, single_gpu_run
 from vramplan.specs import setup_label
 
 GIB = 2**30
@@ -21,7 +21,7 @@ def main() -> None:
     args = parser.parse_args()
     # single-GPU runs without DeepSpeed: the ones the README's accuracy tables cover
     shipped = load_runs([shipped_runs_dir()])
-    runs = {r.run_id: r for r in shipped if r.environment.num_gpus == 1 and r.setup.parallel is None}
+    runs = {r.run_id: r for r in shipped if single_gpu_run(r)}
     result = leave_one_out(list(runs.values()))
     if args.table:
         print_table(runs, result)

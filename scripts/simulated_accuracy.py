@@ -24,7 +24,7 @@ from vramplan.estimator import CALIBRATED_DEFAULTS, _terms  # noqa: E402
 from vramplan.memory.allocator.replay import replay  # noqa: E402
 from vramplan.memory.allocator.sequence import training_sequence  # noqa: E402
 from vramplan.models import resolve_model  # noqa: E402
-from vramplan.runs import load_runs, shipped_runs_dir  # noqa: E402
+from vramplan.runs import load_runs, shipped_runs_dir, single_gpu_run  # noqa: E402
 from vramplan.validation import Validation  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
     # single-GPU runs without DeepSpeed (the simulation has no ZeRO sequence)
-    runs = [r for r in load_runs(args.runs) if r.environment.num_gpus == 1 and r.setup.parallel is None]
+    runs = [r for r in load_runs(args.runs) if single_gpu_run(r)]
     by_id = {r.run_id: r for r in runs}
     rules, sim = leave_one_out(runs), leave_one_out(runs, reserved_rule="simulated")
     lines: list[str] = []

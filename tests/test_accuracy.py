@@ -9,12 +9,12 @@ from vramplan.api import default_calibration
 from vramplan.calibration import fit, leave_one_out, usable_runs
 from vramplan.estimator import estimate
 from vramplan.models import resolve_model
-from vramplan.runs import load_runs, shipped_runs_dir
+from vramplan.runs import load_runs, shipped_runs_dir, single_gpu_run
 from vramplan.validation import validate
 
 # single-GPU runs: the multi-GPU (DDP/FSDP, H200) records hold NCCL buffers, DDP gradient buckets
 # and FSDP shards that these single-GPU targets do not cover (calibration.usable_runs leaves them out)
-RUNS = [r for r in load_runs([shipped_runs_dir()]) if r.environment.num_gpus == 1 and r.setup.parallel is None]
+RUNS = [r for r in load_runs([shipped_runs_dir()]) if single_gpu_run(r)]
 LOO = leave_one_out(RUNS)
 
 

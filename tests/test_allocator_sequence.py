@@ -18,7 +18,7 @@ from vramplan.memory.allocator.tensors import (
 from vramplan.memory.trainable import trainable_groups
 from vramplan.models import resolve_model
 from vramplan.models.params import linear_shapes
-from vramplan.runs import load_runs, shipped_runs_dir
+from vramplan.runs import load_runs, shipped_runs_dir, single_gpu_run
 from vramplan.specs import LoraSpec, TrainingSetup
 
 GIB = 2**30
@@ -26,7 +26,7 @@ GIB = 2**30
 SIMULATED_RUNS = [
     r
     for r in load_runs([shipped_runs_dir()])
-    if r.environment.num_gpus == 1 and r.measurements.max_allocated_bytes and r.setup.parallel is None
+    if single_gpu_run(r) and r.measurements.max_allocated_bytes
     and r.setup.stack != "unsloth"
 ]
 # the hf stack's (the accuracy and phase checks below were stated for them)

@@ -55,6 +55,8 @@ def usable_runs(runs: list[MeasuredRun]) -> list[MeasuredRun]:
     and ``_safe_fraction`` would raise the fragmentation of every estimate to cover them).
     DeepSpeed ZeRO runs at world size 1 are left out for the same reason (their partitioned buffers and, with
     offload, pinned staging leave reserved far above allocated). ``validation.validate`` still compares them."""
+    from .runs import single_gpu_run  # not at import: the estimate path loads this module
+
     return [
         r
         for r in runs
@@ -62,8 +64,7 @@ def usable_runs(runs: list[MeasuredRun]) -> list[MeasuredRun]:
         and r.measurements.memory_cap_bytes is None
         and r.measurements.max_allocated_bytes
         and r.measurements.max_reserved_bytes
-        and r.environment.num_gpus == 1
-        and r.setup.parallel is None
+        and single_gpu_run(r)
     ]
 
 

@@ -9,6 +9,7 @@ from .store import (
     run_path,
     save_run,
     shipped_runs_dir,
+    single_gpu_run,
     user_runs_dir,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "run_path",
     "save_run",
     "shipped_runs_dir",
+    "single_gpu_run",
     "user_runs_dir",
 ]

@@ -34,6 +34,13 @@ class RunRecordWarning(UserWarning):
     """A run-record file was skipped (corrupt, partial or wrong schema); the file is left as is."""
 
 
+def single_gpu_run(run: MeasuredRun) -> bool:
+    """Measured by one process on one GPU without DeepSpeed: the runs the single-GPU memory terms, their fitted
+    constants and the single-GPU accuracy tables describe (DDP/FSDP add NCCL buffers and shards, ZeRO its
+    partitioned buffers, even at world size 1)."""
+    return run.environment.num_gpus == 1 and run.setup.parallel is None
+
+
 def shipped_runs_dir() -> Path:
     """The runs shipped inside the package (``vramplan/runs/shipped``, declared as package data)."""
     return Path(__file__).resolve().parent / "shipped"
