@@ -305,3 +305,66 @@ def stacks_grid() -> list[RunSpec]:
         full("s-h200-l3-full-gc", L3B, "H100 rerun", grad_ckpt=True),
         full("s-h200-q05-full-b4", Q05, "H100 rerun", seq_len=1024, batch_size=4),
     ]
+
+
+def unsloth_grid() -> list[RunSpec]:
+    """Issue 10: Unsloth (FastLanguageModel + its patched SFTTrainer) on the H200, predicted first
+    (docs/holdout/unsloth-predictions.json, committed before any of these ran). LoRA dropout 0 (Unsloth's fused
+    LoRA kernels, as its notebooks set) except one run that takes PEFT's forward; 10 steps for step times."""
+    ul, uq, uf = _stack(lora, "unsloth"), _stack(qlora, "unsloth"), _stack(full, "unsloth")
+    fast = {"lora_dropout": 0.0, "steps": 10}
+    return [
+        uq("u-l8-qlora-gc", L8, "Unsloth's consumer recipe: 8B QLoRA s2048", grad_ckpt=True, **fast),
+        ul("u-l8-lora-gc", L8, "8B 16-bit LoRA", grad_ckpt=True, **fast),
+        uq("u-l8-qlora-gc-s4096", L8, "8B QLoRA at 4k", grad_ckpt=True, seq_len=4096, **fast),
+        ul("u-l8-lora-s1024", L8, "LoRA without checkpointing", grad_ckpt=False, seq_len=1024, **fast),
+        uq("u-q7-qlora-gc", Q7, "Qwen2.5 QLoRA (vocab 152k)", grad_ckpt=True, **fast),
+        uf("u-l1-full-gc", L1, "full FT: fp32 masters (float32_mixed_precision)", grad_ckpt=True, steps=10),
+        ul("u-q3-8-lora-gc", Q3_8, "Qwen3 LoRA", grad_ckpt=True, **fast),
+        ul("u-m7-lora-gc", M7, "Mistral LoRA (vocab 32k)", grad_ckpt=True, **fast),
+        uq("u-l8-qlora-gc-drop", L8, "lora_dropout 0.05: PEFT's LoRA forward", grad_ckpt=True, steps=10),
+        ul("u-l8-lora-gc-b4", L8, "b4 variable lengths: Unsloth's own padding choice", grad_ckpt=True,
+           seq_len=1024, batch_size=4, **fast),
+        ul("u-g3-4-lora-gc", G3_4, "Gemma 3 (262k vocabulary) through Unsloth", grad_ckpt=True, **fast),
+        uf("u-l1-full-s1024", L1, "full FT without checkpointing", grad_ckpt=False, seq_len=1024, steps=10),
+    ]
+
+
+def timing_grid() -> list[RunSpec]:
+    """Issues 10 and 11: 10-step reruns on the H200 (3-step runs left the step-time fit noisy) of setups the
+    stacks grid measured, plus new ones predicted first (docs/holdout/timing-predictions.json): expandable
+    segments on every stack and the setups the simulated reserved rule misses most, each with an allocator
+    history (--snapshots) that now carries the segment timeline."""
+    ten = {"steps": 10}
+    tl, tq, tf = _stack(lora, "trl"), _stack(qlora, "trl"), _stack(full, "trl")
+    hl, hq = _stack(lora, "hf", True), _stack(qlora, "hf", True)
+    ll = _stack(lora, "trl", True)
+    es = {"expandable_segments": True, **ten}
+    return [
+        # -- new setups: expandable segments, the simulation's worst misses ---------------------------
+        lora("t-q05-lora-fp32-s1024", Q05, "simulated rule -8 % (fp32 LoRA)", seq_len=1024, dtype="fp32", **ten),
+        qlora("t-l8-qlora-nodq-gc", L8, "simulated rule -6 % (nf4 without double quant)", grad_ckpt=True,
+              double_quant=False, **ten),
+        qlora("t-l8-qlora-gc-es", L8, "expandable segments QLoRA", grad_ckpt=True, **es),
+        lora("t-l8-lora-es", L8, "expandable segments LoRA without GC", **es),
+        full("t-l3-full-gc-es", L3B, "expandable segments full FT 3B", grad_ckpt=True, **es),
+        tl("t-l8-trl-lora-gc-es", L8, "expandable segments TRL", grad_ckpt=True, **es),
+        hq("t-q7-liger-qlora-gc-es", Q7, "expandable segments hf + Liger", grad_ckpt=True, **es),
+        # -- 10-step reruns of measured setups (step time) ----------------------------------------------
+        qlora("t-l8-qlora-gc", L8, "", grad_ckpt=True, **ten),
+        lora("t-l8-lora-gc", L8, "", grad_ckpt=True, **ten),
+        lora("t-l8-lora", L8, "", **ten),
+        full("t-l1-full-gc", L1, "", grad_ckpt=True, **ten),
+        full("t-l8-full-gc", L8, "", grad_ckpt=True, **ten),
+        qlora("t-q7-qlora-gc", Q7, "", grad_ckpt=True, **ten),
+        lora("t-m7-lora-gc", M7, "", grad_ckpt=True, **ten),
+        full("t-l3-full-gc", L3B, "", grad_ckpt=True, **ten),
+        full("t-q05-full-b4", Q05, "", seq_len=1024, batch_size=4, **ten),
+        tq("t-l8-trl-qlora-gc", L8, "", grad_ckpt=True, **ten),
+        tl("t-l8-trl-lora-gc", L8, "", grad_ckpt=True, **ten),
+        tf("t-l1-trl-full-gc", L1, "", grad_ckpt=True, **ten),
+        ll("t-l8-trlliger-lora-gc", L8, "", grad_ckpt=True, **ten),
+        hl("t-l8-liger-lora-gc", L8, "", grad_ckpt=True, **ten),
+        tl("t-g3-4-trl-lora-gc", G3_4, "", grad_ckpt=True, **ten),
+        hl("t-q3-8-liger-lora-gc", Q3_8, "", grad_ckpt=True, **ten),
+    ]

@@ -21,15 +21,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from campaign import GRIDS  # noqa: E402
 import campaign  # noqa: E402
 
+from gpu_catalog import find_gpu  # noqa: E402
 from vramplan.api import estimate_for  # noqa: E402
+from vramplan.models import resolve_model  # noqa: E402
+from vramplan.throughput import step_time  # noqa: E402
 from vramplan.runs.store import load_runs  # noqa: E402
 from vramplan.specs import TrainingSetup, setup_label  # noqa: E402
 
 HOLDOUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "holdout"
 PREDICTIONS = HOLDOUT_DIR / "predictions.json"
 #: grid -> its committed predictions
-PREDICTION_FILES = {"holdout": PREDICTIONS, "stacks": HOLDOUT_DIR / "stacks-predictions.json"}
+PREDICTION_FILES = {
+    "holdout": PREDICTIONS,
+    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing")},
+}
 GIB = 2**30
+
+
+def _h200_step_s(model: str, setup: TrainingSetup) -> float | None:
+    """The predicted seconds per optimizer step on the H200 (throughput constants as shipped)."""
+    timed = step_time(resolve_model(model), setup, find_gpu("h200"))
+    return round(timed.total_s, 4) if timed else None
 
 
 def predict(path: Path, grid: str = "holdout") -> int:
@@ -50,6 +62,7 @@ def predict(path: Path, grid: str = "holdout") -> int:
                 "device": shown.device_peak_bytes,
                 "reserved_rule": shown.reserved_rule,
                 "stack": e.stack,
+                "step_s_h200": _h200_step_s(spec.model, spec.setup),
             }
         )
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -154,6 +154,18 @@ def _vocab_rows(model) -> int:
     return int(model.get_input_embeddings().weight.shape[0])
 
 
+def _build(raw: dict | None, setup: TrainingSetup, **kwargs):
+    """The stack's model builder: Unsloth's loader for --stack unsloth, build.build_model otherwise."""
+    if setup.stack == "unsloth":
+        from .unsloth_build import build_unsloth_model
+
+        kwargs.pop("device")
+        return build_unsloth_model(raw, setup, **kwargs)
+    from .build import build_model
+
+    return build_model(raw, setup, **kwargs)
+
+
 def _check_request(setup: TrainingSetup, steps: int, memory_cap_gib: float | None, ctx: DistContext) -> None:
     if steps < 1:
         raise MeasurementError(f"steps must be >= 1, got {steps}")
@@ -226,11 +238,15 @@ def run_measurement(
     cuda = start_cuda(setup, memory_cap_gib, extra, run_notes, device=ctx.local_rank) if on_cuda else None
     if not on_cuda and memory_cap_gib is not None:
         run_notes.append(f"memory cap {memory_cap_gib} GiB ignored: no CUDA device")
+    if setup.stack == "unsloth":  # after the CUDA start (its import initializes CUDA), before transformers
+        from .unsloth_build import import_unsloth
+
+        extra["unsloth"] = import_unsloth()
 
     import transformers
     from transformers import PrinterCallback
 
-    from .build import build_model, param_counts_of
+    from .build import param_counts_of
     from .data import make_dataset
     from .gpu_memory import NullMemoryReader
     from .probe import MemoryProbe
@@ -252,14 +268,8 @@ def run_measurement(
     try:
         with tempfile.TemporaryDirectory(prefix="vramplan-trainer-") as output_dir:
             say(f"building {model} ({setup.method}) on {'cuda' if on_cuda else 'cpu'}")
-            built = build_model(
-                raw,
-                setup,
-                model_path=model_path,
-                checkpoint_cache=checkpoint_cache,
-                name=model,
-                device=f"cuda:{ctx.local_rank}" if on_cuda else "cpu",
-            )
+            built = _build(raw, setup, model_path=model_path, checkpoint_cache=checkpoint_cache, name=model,
+                           device=f"cuda:{ctx.local_rank}" if on_cuda else "cpu")  # fmt: skip
             extra.update(built.extra)
             t_loaded = time.perf_counter()
             trainable_dtypes = {p.dtype for p in built.model.parameters() if p.requires_grad}
@@ -285,6 +295,8 @@ def run_measurement(
             if wraps_peft_itself(setup):  # SFTTrainer wrapped the model: count what it trains
                 built.params_total, built.params_trainable = param_counts_of(trainer.model)
             extra["trainer_class"] = type(trainer).__name__
+            if setup.stack == "unsloth":  # Unsloth chooses padding-free batches itself when not told
+                extra["padding_free"] = str(getattr(trainer.args, "padding_free", None))
             trainer.remove_callback(PrinterCallback)  # no metrics printout: the record is the output
             if setup.parallel == "fsdp" and not getattr(trainer, "is_fsdp_enabled", False):
                 # accelerate keeps FSDP for multi-GPU runs only (MULTI_CPU falls back to DDP)

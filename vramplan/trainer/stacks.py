@@ -6,8 +6,11 @@
   model (and casts QLoRA adapters to bf16), prepares the pre-tokenized dataset and pads batches with its
   ``DataCollatorForLanguageModeling``. Data: pre-tokenized sequences of varying length (the first of every
   micro-batch ``seq_len`` long, the others between half and all of it), so batches are really padded.
-* unsloth: refused with the reason when the package cannot be imported (it is not installable on the
-  measurement machine: see the README's "Stacks" notes).
+* unsloth: the model loaded and wrapped by Unsloth (``unsloth_build.py``), then TRL's ``SFTTrainer`` as
+  Unsloth patches it, with the model already wrapped (no ``peft_config``), the same SFTConfig and data as trl.
+  With checkpointing the config leaves ``gradient_checkpointing`` at TRL's default (True), as Unsloth's
+  notebooks do, and Unsloth keeps its own offloaded checkpointing; without, it says False explicitly
+  (``unsloth/models/_gc_config_default.py::honour_gradient_checkpointing_off``).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 def check_stack_installed(setup: TrainingSetup) -> None:
     """Refuse at once, before any model is built, when the stack's packages are missing."""
+    if setup.stack == "unsloth" and (setup.num_gpus > 1 or setup.parallel is not None):
+        raise MeasurementError("--stack unsloth is measured on one GPU; accepted: --num-gpus 1 without --parallel")
     needs = []
-    if setup.stack == "trl":
+    if setup.stack in ("trl", "unsloth"):
         needs += [("trl", "trl"), ("datasets", "datasets")]
     if setup.stack == "unsloth":
         needs.append(("unsloth", "unsloth"))
@@ -36,16 +41,21 @@ def check_stack_installed(setup: TrainingSetup) -> None:
     if missing:
         raise MeasurementError(f"--stack {setup.stack}{' --liger' if setup.liger else ''} needs {', '.join(missing)} "
                                f"(pip install {' '.join(missing)})")  # fmt: skip
-    if setup.stack == "unsloth":
-        raise MeasurementError(
-            "--stack unsloth is modelled from Unsloth's source but not run by the built-in trainer yet (it loads "
-            "through FastLanguageModel and pins trl<=1.15, transformers<=5.17); estimates say 'NOT measured'"
-        )
 
 
 def wraps_peft_itself(setup: TrainingSetup) -> bool:
     """SFTTrainer takes the LoRA config and wraps the model itself (no prepare_model_for_kbit_training)."""
     return setup.stack == "trl"
+
+
+def unsloth_checkpointing(args_kwargs: dict[str, Any], grad_ckpt: bool) -> dict[str, Any]:
+    """The run's TrainingArguments keywords as an Unsloth user writes them (module docstring): no
+    checkpointing keywords with checkpointing on (TRL's default True and Unsloth's own kind), an explicit
+    ``gradient_checkpointing=False`` without."""
+    out = {k: v for k, v in args_kwargs.items() if "checkpointing" not in k}
+    if not grad_ckpt:
+        out["gradient_checkpointing"] = False
+    return out
 
 
 def tiny_tokenizer():
@@ -87,11 +97,13 @@ def sft_dataset(vocab_size: int, seq_len: int, batch_size: int, num_samples: int
 def make_trainer(setup: TrainingSetup, model, args_kwargs: dict[str, Any], dataset, probe, *, peft_config=None,
                  vocab_size: int, samples: int):  # fmt: skip
     """The trainer of `setup.stack` with the measurement run's arguments (run.training_arguments' keywords)."""
-    if setup.stack == "trl":
+    if setup.stack in ("trl", "unsloth"):
         import datasets
         from trl import SFTConfig, SFTTrainer
 
         datasets.disable_progress_bars()
+        if setup.stack == "unsloth":
+            args_kwargs = unsloth_checkpointing(args_kwargs, setup.grad_ckpt)
         args = SFTConfig(**args_kwargs, max_length=setup.seq_len, packing=setup.packing,
                          use_liger_kernel=setup.liger, dataset_num_proc=None)  # fmt: skip
         data = sft_dataset(vocab_size, setup.seq_len, setup.batch_size, samples)

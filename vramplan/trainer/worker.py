@@ -349,9 +349,11 @@ def measure_in_subprocess(
                 log_path=log,
             )
 
-        if setup.method == "qlora" and model_path is None:
+        if setup.stack == "unsloth":  # `import unsloth` must precede transformers: no warm fork-server child
+            server = None
+        if (setup.method == "qlora" or setup.stack == "unsloth") and model_path is None:
             if progress:
-                progress("preparing the random QLoRA checkpoint")
+                progress("preparing the random checkpoint (QLoRA quantizes it while loading; Unsloth loads from one)")
             code, tail = run_worker(["checkpoint", "--request", str(req_path)], base_env)
             if code != 0:
                 raise MeasurementError("building the QLoRA checkpoint failed:\n" + "\n".join(tail[-15:]))
