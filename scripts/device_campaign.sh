@@ -3,21 +3,30 @@
 #
 #   bash scripts/device_campaign.sh --budget-s 540 [more scripts/campaign.py options]
 #
-# 1. installs the carried wheels (.whl/*.whl: pydantic, pydantic-core, annotated-types,
-#    typing-inspection, bitsandbytes; for --grid stacks also trl, datasets and its dependencies,
-#    liger-kernel) into /tmp/site once per machine and puts it on PYTHONPATH;
+# 1. unpacks the carried site folders (.sites/*.tar.xz from scripts/build_device_sites.sh: /tmp/site with
+#    pydantic, bitsandbytes, trl, datasets, liger-kernel; /tmp/site-unsloth for --grid unsloth) once per
+#    machine, or installs loose wheels from .whl/ into /tmp/site, and puts the grid's site on PYTHONPATH;
 # 2. runs scripts/campaign.py (resumable: a second call with the same --out continues);
 # 3. when $OUT is set (device tool), packs the output folder into $OUT/campaign.tgz and copies
 #    the summary next to it, since only a few files come back per call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -f /tmp/site/.vramplan-installed ] && ls .whl/*.whl >/dev/null 2>&1; then
+# packed site folders (scripts/build_device_sites.sh) unpack in a second; loose wheels install as before
+for packed in .sites/*.tar.xz; do
+  [ -f "$packed" ] || continue
+  name=$(tar tJf "$packed" | head -1 | cut -d/ -f1)
+  [ -d "/tmp/$name" ] || tar xJf "$packed" -C /tmp || { echo "unpacking $packed failed" >&2; exit 1; }
+done
+if [ ! -d /tmp/site ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheel install failed" >&2; exit 1; }
-  touch /tmp/site/.vramplan-installed
 fi
-[ -d /tmp/site ] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+# Unsloth pins trl <= 1.15 and must see its own set only
+SITE=/tmp/site
+case " $* " in *" --grid unsloth "*) SITE=/tmp/site-unsloth ;; esac
+[ -d "$SITE" ] && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export UNSLOTH_DISABLE_STATISTICS=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # checkpoints for QLoRA live on local disk; override with VRAMPLAN_CHECKPOINT_CACHE
 export VRAMPLAN_CHECKPOINT_CACHE="${VRAMPLAN_CHECKPOINT_CACHE:-/tmp/vramplan-checkpoints}"
@@ -28,7 +37,7 @@ import importlib.metadata as m
 names = ('torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes', 'pydantic', 'nvidia-ml-py', 'pyarrow', 'fsspec')
 print(' | '.join(f'{n} {m.version(n)}' for n in names))
 optional = []  # the stacks grid needs these (carried as wheels)
-for n in ('trl', 'datasets', 'liger-kernel'):
+for n in ('trl', 'datasets', 'liger-kernel', 'unsloth', 'unsloth_zoo'):
     try:
         optional.append(f'{n} {m.version(n)}')
     except m.PackageNotFoundError:

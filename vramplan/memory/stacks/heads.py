@@ -35,17 +35,18 @@ TRL_FP32_VECTORS_FWD = 9
 #: saved for backward: log_z and entropy, fp32 [M]
 TRL_FP32_VECTORS_SAVED = 2
 
-# --- Unsloth (unsloth_zoo/fused_losses/cross_entropy_loss.py) ---
-#: bytes per (token x vocab) element its chunk budget assumes (_CE_BYTES_PER_LOGIT)
-UNSLOTH_CE_BYTES_PER_LOGIT = 16
-#: what one chunk really holds at once, per the same source comment: bf16 logits 2 + fp32 upcast 4 + saved
-#: log_softmax 4 + its gradient 4 = 14, and 16 under softcapping (the tanh output)
-UNSLOTH_CE_CHAIN_BYTES_PER_LOGIT = 14
-UNSLOTH_CE_CHAIN_BYTES_PER_LOGIT_SOFTCAP = 16
-#: the chunk budget is half the free GPU memory, capped at 4 GiB (_CE_TARGET_GB_CAP); the cap is the bound
-UNSLOTH_CE_TARGET_BYTES = 4 * 1024**3
-#: the number of chunks is a multiple of 4 (get_chunk_size)
-UNSLOTH_CE_CHUNK_MULTIPLE = 4
+# --- Unsloth (unsloth_zoo/fused_losses/fused_linear.py, 2026.10.9) ---
+#: rows of one chunk never fall below what holds 512 x 151936 logits (_MIN_LOGITS, rounded down to a power of 2,
+#: at least 512) nor exceed _MAX_ROWS; the budget per chunk is min(2 GiB, half the free memory) (_CHUNK_GB)
+UNSLOTH_MIN_LOGITS = 512 * 151936
+UNSLOTH_MIN_ROWS = 512
+UNSLOTH_MAX_ROWS = 4096
+UNSLOTH_CHUNK_BUDGET_BYTES = 2 * 1024**3
+#: bytes per logit of a chunk (fp32 logits, _bytes_per_logit with fp32_logits)
+UNSLOTH_LOGIT_BYTES = 4
+#: per chunk row, besides its logits: two fp32 and one bf16 [rows, h] working tensors (H200 history of
+#: u-l8-qlora-gc: 8 + 8 + 4 MiB at 512 rows, h 4096)
+UNSLOTH_ROW_BYTES_PER_HIDDEN = 10
 
 
 @dataclass(frozen=True)
@@ -142,28 +143,36 @@ def liger_flce_head(spec: ModelSpec, setup: TrainingSetup, *, e_h: int, e_w: int
     )  # fmt: skip
 
 
-def unsloth_chunk_rows(n_tokens: int, vocab: int) -> int:
-    """Rows per chunk of Unsloth's chunked cross-entropy (unsloth_zoo fused_losses get_chunk_size): enough
-    chunks, a multiple of 4, that one chunk's 16 bytes per logit stay within the 4 GiB budget cap."""
-    exact = UNSLOTH_CE_BYTES_PER_LOGIT * n_tokens * vocab / UNSLOTH_CE_TARGET_BYTES
-    if exact <= 1.0:
-        return n_tokens
-    chunks = min(math.ceil(exact / UNSLOTH_CE_CHUNK_MULTIPLE) * UNSLOTH_CE_CHUNK_MULTIPLE, n_tokens)
-    return -(-n_tokens // chunks)
+def _pow2_floor(x: float) -> int:
+    """The largest power of two at or below x (1 for x < 2)."""
+    return 1 << max(int(math.floor(math.log2(x))), 0) if x >= 1 else 1
+
+
+def unsloth_chunk_rows(n_tokens: int, vocab: int, hidden: int) -> int:
+    """Rows per chunk of Unsloth's fused linear cross-entropy (unsloth_zoo/fused_losses/fused_linear.py::
+    fused_linear_rows): the power of two at or below N h / V (as Liger), raised to the rows that hold
+    512 x 151936 logits (a power of two, at least 512), at most 4096 and at most the 2 GiB budget of fp32
+    logits, at most N."""
+    rows = _pow2_floor(n_tokens * hidden / vocab)
+    min_rows = min(max(_pow2_floor(UNSLOTH_MIN_LOGITS / vocab), UNSLOTH_MIN_ROWS), UNSLOTH_MAX_ROWS)
+    rows = min(max(rows, min_rows), UNSLOTH_MAX_ROWS)
+    rows = min(rows, max(UNSLOTH_CHUNK_BUDGET_BYTES // (vocab * UNSLOTH_LOGIT_BYTES), 2))
+    return max(min(rows, n_tokens), 1)
 
 
 def unsloth_chunked_head(spec: ModelSpec, setup: TrainingSetup, *, e_h: int) -> HeadBytes:
-    """Unsloth's chunked fused cross-entropy (unsloth_zoo/fused_losses/cross_entropy_loss.py).
+    """Unsloth's fused linear cross-entropy (unsloth_zoo/fused_losses/fused_linear.py, reached through
+    cross_entropy_loss.py::unsloth_fused_ce_loss -> chunked_logprob.py::unsloth_chunked_ce_loss).
 
-    The loss is computed chunk by chunk with its gradient during the forward (``accumulate_chunk``): one
-    chunk's bf16 logits, fp32 upcast, log_softmax and gradient (14 bytes per logit, 16 with softcapping) plus
-    the gradient of the hidden states [N, h]. The chunk budget is half the free memory capped at 4 GiB; this
-    uses the cap, an upper bound (on a nearly full card the chunks are smaller). When a whole micro-batch fits
-    the budget it is one chunk, which holds more at once than the hf loss's 12 N V (its forward and backward
-    of the loss happen together).
+    The loss and its gradient are computed in the forward, chunk by chunk: the gradient of the hidden states
+    [N, h] (e_h, kept for backward), one fp32 [rows, V] logits buffer reused by every chunk and three [rows, h]
+    working tensors. Measured on the H200 (u-l8-qlora-gc): 16 MiB gradient, 250.5 MiB chunk, 20 MiB per-row
+    work at N = 2048 and 4096 alike (512 rows). Backward only returns the saved gradient.
     """
     n = setup.batch_size * setup.seq_len
-    per_logit = UNSLOTH_CE_CHAIN_BYTES_PER_LOGIT_SOFTCAP if spec.final_logit_softcapping else UNSLOTH_CE_CHAIN_BYTES_PER_LOGIT
-    chunk = unsloth_chunk_rows(n, spec.vocab_size) * spec.vocab_size * per_logit
+    rows = unsloth_chunk_rows(n, spec.vocab_size, spec.hidden_size)
+    chunk = rows * spec.vocab_size * UNSLOTH_LOGIT_BYTES
+    work = rows * spec.hidden_size * UNSLOTH_ROW_BYTES_PER_HIDDEN
     grad_inputs = n * spec.hidden_size * e_h
-    return HeadBytes(forward=grad_inputs + chunk, backward=grad_inputs, chain=grad_inputs + chunk, largest=chunk)
+    return HeadBytes(forward=grad_inputs + chunk + work, backward=grad_inputs, chain=grad_inputs + chunk + work,
+                     largest=chunk, saved=(grad_inputs,), forward_tmp=(chunk, work))  # fmt: skip
