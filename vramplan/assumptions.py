@@ -11,12 +11,11 @@ def estimate_assumptions(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | 
     """What an estimate of `setup` assumes, as sentences: the stack profile's, then the runtime's."""
     profile = stack_profile(setup)
     versions = ", ".join(f"{k} {v}" for k, v in {**STACK_VERSIONS, **profile.versions}.items())
-    runs = profile.memory_setup(setup)
     out = [
         *profile.assumptions(model, setup),
         f"constants read from {versions}",
         "fixed-length batches without padding (attention_mask=None, packed or synthetic data)",
-        f"weights trained in {runs.dtype}; no separate fp32 master copy (HF Trainer/accelerate keep none)",
+        f"weights trained in {setup.dtype}; no separate fp32 master copy (HF Trainer/accelerate keep none)",
     ]
     # families with their own attention note (models/families.py FAMILY_NOTES) say what their kernels are
     own_attention_note = model.model_type in NO_SDPA

@@ -186,8 +186,7 @@ def _check_supported(model: ModelSpec, setup: TrainingSetup, headroom: float) ->
 
 def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constants: dict[str, float]) -> _Terms:
     profile = stack_profile(setup)
-    setup = profile.memory_setup(setup)
-    weights = weight_bytes(model, setup, kbit_fp32_upcast=profile.kbit_fp32_upcast)
+    weights = weight_bytes(model, setup, kbit_fp32_upcast=profile.kbit_fp32_upcast) | profile.buffers(model, setup)
     if setup.lora is not None:
         weights["weights.adapters"] = adapter_bytes(model, setup.lora, itemsize=profile.adapter_itemsize)
     groups = trainable_groups(model, setup, adapter_itemsize=profile.adapter_itemsize)

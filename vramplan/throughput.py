@@ -242,13 +242,16 @@ def measured_step_s(run: MeasuredRun) -> float | None:
 
 def speed_runs(runs: list[MeasuredRun]) -> list[MeasuredRun]:
     """Single-GPU runs with steady step times, not OOM, not under a memory cap, on a catalog GPU with a peak
-    (DeepSpeed runs at world size 1 are left out: offload steps are host-bound, not in this model)."""
+    (DeepSpeed runs at world size 1 are left out: offload steps are host-bound, not in this model; so are
+    Unsloth's: its compiled blocks and fused kernels ran 8-58 % faster than this model of the hf/TRL step on
+    the H200, and one stack's six runs cannot fit a factor of its own)."""
     from gpu_catalog import find_gpu
 
     out = []
     for r in runs:
         m = r.measurements
-        if m.oom or m.memory_cap_bytes is not None or measured_step_s(r) is None or r.setup.num_gpus != 1 or r.setup.parallel:
+        if (m.oom or m.memory_cap_bytes is not None or measured_step_s(r) is None or r.setup.num_gpus != 1
+                or r.setup.parallel or r.setup.stack == "unsloth"):
             continue
         try:
             gpu = find_gpu(r.environment.gpu_id or r.environment.gpu_name or "")
