@@ -123,6 +123,13 @@ def test_json_input_reads_nan_and_refuses_text_that_is_not_json():
         Calibration.model_validate_json('{"version": "x", "constants": []}')
 
 
+def test_a_json_number_beyond_a_float_is_refused_not_read_as_infinity():
+    # (pydantic read it as inf; the base refuses it as it refuses the same int from Python)
+    text = '{"version": "x", "constants": {}, "bounds": {"fragmentation": [1' + "0" * 400 + ", 1]}}"
+    with pytest.raises(ValidationError, match="bounds.fragmentation.0: Input should be a valid number"):
+        Calibration.model_validate_json(text)
+
+
 def test_a_spec_is_frozen_equal_by_value_and_hashable():
     lora = LoraSpec(rank=8)
     with pytest.raises(ValidationError, match="Instance is frozen"):

@@ -9,6 +9,7 @@ spread of good and bad values, removed, or joined by an unknown key. Skipped whe
 
 import json
 import math
+import sys
 import tomllib
 import types
 import typing
@@ -35,9 +36,9 @@ RECORDS = sorted(shipped_runs_dir().rglob("*.json"))
 CALIBRATIONS = sorted(Path(str(files("vramplan").joinpath("calibration_data"))).glob("*.json"))
 #: a value of every kind a field may be given: pydantic's lax coercions, their limits, and plain wrong types
 VALUES = [
-    None, 0, 1, -1, 2, 3, 7, 4096, 4097, 16384, 16385, 65536, 262145, 1 << 30, 10**15, 2**63, -(2**63) - 1, 10**20,
+    None, 0, 1, -1, 2, 3, 7, 4096, 4097, 16384, 16385, 65536, 262145, 1 << 30, 10**15, 2**63, -(2**63) - 1, 10**20, 10**400,
     3.0, 3.5, -4.0, 0.0, -0.0, 1.0, 0.999, 0.05, 1e-5, 1e-300, 1e20, 9.3e18, 2.0**63, math.inf, -math.inf, math.nan,
-    Decimal("3"), Decimal("3.5"), Decimal("nan"), True, False, "3", " 3 ", "+3.0", "3.0", "3.5", "1_000", "1__0",
+    Decimal("3"), Decimal("3.5"), Decimal("nan"), True, False, "3", " 3 ", "+3.0", "3.0", "3.5", "1_000", "1__0", "9" * 5000,
     "1e3", "1.5e", "-1", "٣", "inf", "nan", "true", "TRUE", " true", "no", "on", "", "x", "qlora", "nf4", "v5",
     "attention", "all-linear", "ddp", "sdpa", b"3", bytearray(b"1.5"), b"\xff", [], [1, 2], ["a"], [1.5],
     ("q_proj", "v_proj"), [1, "x"], {1, 2}, frozenset(["a"]), range(2), {}, {"a": 1}, {"a": "x"}, {"a": 1.5},
@@ -110,10 +111,18 @@ def _mismatch(cls: type[Spec], data: Any) -> str | None:
         text = json.dumps(data)
     except (TypeError, ValueError):
         return None
+    if _beyond_float(data):  # pydantic read such a JSON number as inf (a float field); the base refuses it
+        return None
     mine, theirs = _outcome(lambda: cls.model_validate_json(text)), _outcome(lambda: twin(cls).model_validate_json(text))
     if mine != theirs:
         return f"{cls.__name__} JSON {text:.300}:\n  mine   {mine!r:.600}\n  theirs {theirs!r:.600}"
     return None
+
+
+def _beyond_float(value: Any) -> bool:
+    if isinstance(value, dict | list):
+        return any(_beyond_float(v) for v in (value.values() if isinstance(value, dict) else value))
+    return isinstance(value, int) and abs(value) > sys.float_info.max
 
 
 def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:

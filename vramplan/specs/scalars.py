@@ -74,7 +74,10 @@ def to_int(value: Any) -> int:
         text = text.strip()
         if not _INT_TEXT.fullmatch(text):
             fail("int_parsing", "Input should be a valid integer, unable to parse string as an integer", value)
-        return int(text.partition(".")[0])
+        try:
+            return int(text.partition(".")[0])
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            fail("int_parsing_size", "Unable to parse input string as an integer, exceeded maximum size", value)
     fail("int_type", "Input should be a valid integer", value)
 
 
@@ -104,7 +107,7 @@ def to_bool(value: Any) -> bool:
     if isinstance(value, int | float) or _decimal(value):
         if value in (0, 1):
             return value == 1
-        if math.isfinite(value) and value == int(value) and -_INT64 <= value < _INT64:
+        if (isinstance(value, int) or math.isfinite(value)) and value == int(value) and -_INT64 <= value < _INT64:
             fail("bool_parsing", "Input should be a valid boolean, unable to interpret input", value)
         fail("bool_type", "Input should be a valid boolean", value)
     text = _text(value)
