@@ -161,3 +161,15 @@ def test_the_specs_import_without_pydantic_in_a_few_milliseconds():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout) < 0.05  # ~3 ms on a 2-core machine; generous for a busy CI runner
+
+
+def test_estimate_runs_where_pydantic_cannot_be_imported(tmp_path):
+    code = (
+        "import sys; sys.modules['pydantic'] = None\n"
+        "sys.argv = ['vramplan', 'estimate', '--model', 'llama-3.1-8b', '--method', 'qlora', '--format', 'json']\n"
+        "from vramplan.entry import main\nmain()"
+    )
+    env = {"PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1])}
+    for _ in range(2):  # the flag tables cached (through typer), then read from the cache
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        assert json.loads(out.stdout)["model"] == "llama-3.1-8b"
