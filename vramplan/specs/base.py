@@ -1,7 +1,7 @@
 """Spec: the base of every vramplan vocabulary type. Validated when made, immutable, strict about keys.
 
 The subset of pydantic v2's BaseModel (frozen=True, extra="forbid") the project used, with its lax coercions
-(scalars.py) and error messages (problems.py), in plain Python that imports in a millisecond:
+(scalars.py) and error messages (problems.py), in plain Python that imports in a few milliseconds:
 
     Spec(**fields), Spec.model_validate(dict), Spec.model_validate_json(text)  -> validated (ValidationError)
     spec.model_dump(mode="python" | "json"), spec.model_dump_json(indent=None)
