@@ -5,9 +5,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from vramplan.errors import UnknownGpuError
+from vramplan.specs import Spec, ValidationError
+from vramplan.specs.fields import Field
 from vramplan.specs.gpu import GpuSpec
 
 #: ids are typed on the command line: lowercase letters/digits in words joined by '-'
@@ -18,13 +18,11 @@ class GpuFileError(UnknownGpuError):
     """A GPU TOML that cannot be read or does not describe a valid GpuSpec."""
 
 
-class MemoryReadings(BaseModel):
+class MemoryReadings(Spec):
     """Optional `[readings]` table: the raw observations `memory_bytes` was chosen from.
 
     Not part of GpuSpec; the catalog keeps it so tests can check memory_bytes against it.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     marketed_gb: float = Field(gt=0)
     #: torch total_memory / cuDeviceTotalMem readings seen for this SKU, in bytes
@@ -88,7 +86,7 @@ def _sources(raw: Any, origin: str) -> tuple[str, ...]:
     return tuple(f"{field}: {source}" for field, source in raw.items())
 
 
-def _one_line(exc: ValidationError, model: type[BaseModel]) -> str:
+def _one_line(exc: ValidationError, model: type[Spec]) -> str:
     problems = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"]) or "(top level)"

@@ -4,7 +4,7 @@
 #   bash scripts/device_campaign.sh --budget-s 540 [more scripts/campaign.py options]
 #
 # 1. unpacks the carried site folders (.sites/*.tar.xz from scripts/build_device_sites.sh: /tmp/site with
-#    pydantic, bitsandbytes, trl, datasets, liger-kernel; /tmp/site-unsloth for --grid unsloth) once per
+#    bitsandbytes, trl, datasets, liger-kernel; /tmp/site-unsloth for --grid unsloth) once per
 #    machine, or installs loose wheels from .whl/ into /tmp/site, and puts the grid's site on PYTHONPATH;
 # 2. runs scripts/campaign.py (resumable: a second call with the same --out continues);
 # 3. when $OUT is set (device tool), packs the output folder into $OUT/campaign.tgz and copies
@@ -34,7 +34,7 @@ export VRAMPLAN_CHECKPOINT_CACHE="${VRAMPLAN_CHECKPOINT_CACHE:-/tmp/vramplan-che
 # versions without importing anything heavy (imports cost ~16 s here)
 python3 -c "
 import importlib.metadata as m
-names = ('torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes', 'pydantic', 'nvidia-ml-py', 'pyarrow', 'fsspec')
+names = ('torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes', 'nvidia-ml-py', 'pyarrow', 'fsspec')
 print(' | '.join(f'{n} {m.version(n)}' for n in names))
 optional = []  # the stacks grid needs these (carried as wheels)
 for n in ('trl', 'datasets', 'liger-kernel', 'unsloth', 'unsloth_zoo'):

@@ -3,8 +3,8 @@
 #
 #   bash scripts/device_campaign_multi.sh --budget-s 500 [more scripts/campaign_multi.py options]
 #
-# 1. installs the carried wheels (.whl/*.whl: pydantic, pydantic-core, annotated-types,
-#    typing-inspection, bitsandbytes) into /tmp/site once per machine and puts it on PYTHONPATH;
+# 1. installs the carried wheels (.whl/*.whl: bitsandbytes) into /tmp/site once per machine and puts it
+#    on PYTHONPATH;
 # 2. keeps NVLink multicast off (NCCL_NVLS_ENABLE=0 ...: shared hosts) and runs
 #    scripts/campaign_multi.py (one torchrun launch per run; resumable with the same --out);
 # 3. when $OUT is set (device tool), packs the output folder into $OUT/campaign-multi.tgz and
@@ -24,7 +24,7 @@ export VRAMPLAN_CHECKPOINT_CACHE="${VRAMPLAN_CHECKPOINT_CACHE:-/tmp/vramplan-che
 
 python3 -c "
 import importlib.metadata as m
-names = ('torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes', 'pydantic', 'nvidia-ml-py')
+names = ('torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes', 'nvidia-ml-py')
 print(' | '.join(f'{n} {m.version(n)}' for n in names))" || { echo "environment check failed" >&2; exit 1; }
 nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv,noheader 2>/dev/null
 

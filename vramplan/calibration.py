@@ -20,15 +20,13 @@ from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from .atomic import replace_atomically
 from .errors import VramplanError
 from .estimator import CALIBRATED_DEFAULTS, estimate
 from .memory.loss import logits_count
 from .memory.constants import GIB, MIB, STACK_VERSIONS
 from .models import resolve_model
-from .specs import Calibration, MeasuredRun
+from .specs import Calibration, MeasuredRun, ValidationError
 from .validation import Validation, compare_run, validate
 
 CALIBRATION_VERSION_PREFIX = "cal"

@@ -7,11 +7,7 @@ import os
 import sys
 from typing import Annotated, Optional
 
-#: pydantic scans every installed distribution's entry points for plugins when it builds its first validator
-#: (~20 ms with a training stack installed); the CLI uses none (an explicit PYDANTIC_DISABLE_PLUGINS wins)
-os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-
-import typer  # noqa: E402
+import typer
 
 from . import cli_options as o
 from . import cli_records

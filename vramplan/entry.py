@@ -9,8 +9,6 @@ import sys
 def main() -> None:
     argv = sys.argv[1:]
     if argv and argv[0] in ("estimate", "fit", "plan"):
-        # pydantic scans installed distributions for plugins on its first validator (~20 ms); the CLI uses none
-        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
         from .cli_fast import cached_tables, parse_table
 
         tables = cached_tables()

@@ -10,8 +10,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from .errors import VramplanError
 from .estimator import DEFAULT_HEADROOM, estimate
 from .memory.allocator import workspace_bytes
@@ -23,6 +21,7 @@ from .specs import (
     MemoryBreakdown,
     ModelSpec,
     TrainingSetup,
+    ValidationError,
 )
 from .specs.setup import MAX_BATCH_SIZE, MAX_GPUS, MAX_LORA_RANK, MAX_SEQ_LEN
 from .throughput import StepTime, step_time, step_work, throughput_constants

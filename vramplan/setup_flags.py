@@ -1,10 +1,8 @@
 """CLI flag values -> a validated TrainingSetup (shared by the CLI, the fast entry point, the Python API and the
 what-if page). No typer here: the fast path of `vramplan estimate|fit|plan` never imports it."""
 
-from pydantic import ValidationError
-
 from .errors import VramplanError
-from .specs import LoraSpec, TrainingSetup
+from .specs import LoraSpec, TrainingSetup, ValidationError
 
 #: gradient checkpointing when --grad-ckpt/--no-grad-ckpt is not given: what each stack does by default
 #: (Trainer: TrainingArguments.gradient_checkpointing=False; TRL: SFTConfig gradient_checkpointing=True;
@@ -130,7 +128,7 @@ def setup_from(params: dict, **overrides) -> TrainingSetup:
 
 
 def validation_message(exc: ValidationError) -> str:
-    """First pydantic error as one line: '--seq-len 0: Input should be greater than 0'."""
+    """First validation error as one line: '--seq-len 0: Input should be greater than 0'."""
     err = exc.errors()[0]
     loc = [str(p) for p in err.get("loc", ()) if not str(p).isdigit()]
     field = loc[-1] if loc else ""

@@ -8,11 +8,10 @@ can say it ignored them.
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
-
 from ..errors import ConfigError
 import math
 
+from ..specs import ValidationError
 from ..specs import model as shapes
 from ..specs.model import SUPPORTED_MODEL_TYPES, MlaSpec, ModelSpec, MoeSpec
 from .families import (

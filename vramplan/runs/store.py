@@ -17,11 +17,9 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from vramplan.atomic import fsynced_temp
 from vramplan.errors import RunRecordError, VramplanError
-from vramplan.specs import MeasuredRun
+from vramplan.specs import MeasuredRun, ValidationError
 
 #: environment variable naming the user runs directory (wins over XDG)
 RUNS_DIR_ENV = "VRAMPLAN_RUNS_DIR"

@@ -1,10 +1,11 @@
-"""The vocabulary shared by every part of vramplan (pydantic v2, frozen, extra='forbid')."""
+"""The vocabulary shared by every part of vramplan: validated, frozen records that refuse unknown keys (base.py)."""
 
 from .base import Spec
 from .calibration import Calibration
 from .estimate import Estimate, GpuVerdict, MemoryBreakdown, ParamCounts
 from .gpu import GpuSpec
 from .model import SUPPORTED_MODEL_TYPES, LinearShape, MlaSpec, ModelSpec, MoeSpec, TracedActivations, TracedSpec
+from .problems import ValidationError
 from .run import RUN_SCHEMA_VERSION, MeasuredRun, Measurements, PhasePeaks, RunEnvironment
 from .setup import (
     ATTNS,
@@ -48,5 +49,6 @@ __all__ = [
     "TracedActivations",
     "TracedSpec",
     "TrainingSetup",
+    "ValidationError",
     "setup_label",
 ]

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from pydantic import Field
+from .fields import Field
 
 from .base import Spec
 

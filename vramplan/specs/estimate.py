@@ -1,6 +1,6 @@
 """Estimate: what the analytic model predicts for one model + setup (+ optional GPU)."""
 
-from pydantic import Field
+from .fields import Field
 
 from .base import Spec
 from .setup import TrainingSetup

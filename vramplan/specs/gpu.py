@@ -1,6 +1,6 @@
 """GpuSpec: one GPU SKU of the catalog."""
 
-from pydantic import Field
+from .fields import Field
 
 from .base import Spec
 

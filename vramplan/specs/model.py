@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from .fields import Field, model_validator
 
 from .base import Spec
 
@@ -216,6 +216,3 @@ class LinearShape(Spec):
     count: int
     #: quantizable by bitsandbytes and a LoRA target under all-linear
     role: Literal["attention", "mlp", "router", "shared_expert", "lm_head"]
-
-
-TracedSpec.model_rebuild()

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from .fields import Field
 
 from .base import Spec
 from .setup import MAX_GPUS, TrainingSetup

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from .fields import Field, model_validator
 
 from .base import Spec
 

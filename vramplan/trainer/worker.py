@@ -37,11 +37,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
 import vramplan
 from vramplan.errors import VramplanError
 from vramplan.specs import MeasuredRun, Spec, TrainingSetup
+from vramplan.specs.fields import Field
 
 from .distributed import OOM_EXIT_CODE, RANK_RECORD, DistContext, check_parallel, measure_ranks
 from .environment import allocator_env_for, default_checkpoint_cache
