@@ -5,7 +5,7 @@
 #   bash scripts/build_device_sites.sh [WHEEL_DIR ...]
 #
 # * .sites/stack.tar.xz   -> /tmp/site:          every wheel in .whl/ (TRL, datasets, Liger, bitsandbytes, ...)
-# * .sites/unsloth.tar.xz -> /tmp/site-unsloth:  .whl-unsloth/ (unsloth, unsloth_zoo, trl <= 1.15, torchao,
+# * .sites/unsloth.tar.xz -> /tmp/site-unsloth:  .whl-unsloth/ (unsloth, unsloth_zoo, trl <= 1.15, torchao, pydantic,
 #   cut_cross_entropy, msgspec, nest_asyncio) plus the .whl/ wheels it shares (bitsandbytes, datasets, ...)
 #
 # Unpacked wheels compress well, and two things are dropped that the trainer never loads: bitsandbytes'
