@@ -21,6 +21,8 @@ LIGER_PATCHED = frozenset({
 #: Unsloth's offloaded checkpointing copies each checkpoint back through GPU staging buffers
 #: (unsloth_zoo/gradient_checkpointing.py: GPU_BUFFERS, and GPU_BUFFERS_B when double buffering)
 UNSLOTH_GPU_STAGING_BUFFERS = 2
+#: bytes per element of a bf16 activation, in the units of `LayerActivations` (bytes per b s h)
+BF16_UNITS = 2
 
 
 def liger_activations(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
@@ -69,6 +71,12 @@ def unsloth_activations(spec: ModelSpec, setup: TrainingSetup, act: LayerActivat
     * ``LoRA_MLP`` saves X (counted above), the gate and up outputs e and g (2 I-wide bf16 tensors) and
       recomputes the activation and the product in backward: 4 I/h units.
     * the LoRA A/B intermediates are recomputed: nothing saved per target.
+    * the attention output twice: SDPA keeps its [b, nh, s, hd] output for backward and the decoder block,
+      compiled as one region (Unsloth 2026.10.9: "compiling each transformer block as one region"), saves a
+      contiguous [b s, nh hd] copy for o_proj's LoRA kernel (H200 history u-l8-lora-s1024: 5 [s, h] bf16 tensors
+      saved per layer where the eager modules keep 4, besides q, k, v).
+    Not modelled: that history's q, k, v and attention output are 12.5 % larger than their shapes (9 and 2.25 MiB
+    instead of 8 and 2 at s = 1024: about 2 % of the layer), seen on one run only.
     With lora_dropout > 0 (or full fine-tuning) Unsloth falls back to PEFT/transformers modules: `act` as is.
     """
     if setup.method == "full" or setup.lora is None or setup.lora.dropout > 0:
@@ -76,7 +84,7 @@ def unsloth_activations(spec: ModelSpec, setup: TrainingSetup, act: LayerActivat
     h = spec.hidden_size
     units = {
         "norms": 2.0 * spec.norms_per_layer + 2.0 * 2,
-        "attention": act.saved_units["attention"],
+        "attention": act.saved_units["attention"] + BF16_UNITS * spec.q_width / h,
     }
     if "qk_norm" in act.saved_units:
         units["qk_norm"] = 2.0 * (spec.q_width + spec.kv_width) / h
