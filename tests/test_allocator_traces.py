@@ -114,7 +114,7 @@ def test_a_snapshot_trace_becomes_a_sequence_with_its_segment_timeline():
     # one empty-cache op for a run of segment frees
     assert doc["ops"] == [0, 1, ~0, 2, EMPTY_CACHE]
     assert doc["unfreed_at_end"] == 2
-    assert doc["segments"] == [[0, 2 << 20], [4, 0], [5, -(2 << 20)]]
+    assert doc["segments"] == [[0, 2 << 20, 0], [4, 0, 0], [5, -(2 << 20), 9 << 20]]
 
 
 def test_a_snapshot_pickle_becomes_an_event_file_with_its_recorded_peaks(tmp_path):
@@ -138,3 +138,31 @@ def test_a_snapshot_pickle_becomes_an_event_file_with_its_recorded_peaks(tmp_pat
     # the replay of its own requests reserves what the trace did
     result = replay(Sequence(sizes=doc["sizes"], ops=doc["ops"]))
     assert result.peak_reserved_bytes == doc["recorded"]["peak_reserved"]
+
+
+def test_a_replay_with_the_recorded_addresses_follows_the_trace_where_the_modelled_ones_part(tmp_path):
+    import pickle
+
+    import allocator_replay
+
+    # the run placed its second segment below the first; a tie between two free 40 MiB blocks went to the lower,
+    # the second's, so the first's blocks merged back into the 60 MiB the last request found; with the model's
+    # addresses (the second segment in the room above the first) the tie splits the first instead
+    lo, hi = 0x10000000, 0x20000000
+    trace = [
+        {"action": "segment_alloc", "addr": hi, "size": 60 << 20},
+        {"action": "alloc", "addr": hi, "size": 60 << 20},
+        {"action": "segment_alloc", "addr": lo, "size": 40 << 20},
+        {"action": "alloc", "addr": lo, "size": 40 << 20},
+        {"action": "free_completed", "addr": hi, "size": 60 << 20},
+        {"action": "alloc", "addr": hi, "size": 20 << 20},
+        {"action": "free_completed", "addr": lo, "size": 40 << 20},
+        {"action": "alloc", "addr": lo, "size": 24 << 20},
+        {"action": "free_completed", "addr": hi, "size": 20 << 20},
+        {"action": "alloc", "addr": hi, "size": 60 << 20},
+    ]
+    snap = tmp_path / "run.pickle"
+    snap.write_bytes(pickle.dumps({"device_traces": [trace]}))
+    doc = json.loads(gzip.decompress(allocator_replay.write_events(snap, tmp_path).read_bytes()))
+    assert trace_replay_check.first_divergence(doc, recorded_addresses=True) is None
+    assert trace_replay_check.first_divergence(doc) == 7  # the last request: a new 60 MiB segment in the model

@@ -37,7 +37,9 @@ class CachingAllocator(ExpandableSegments):
 
     ``allowed_bytes``: ``torch.cuda.set_per_process_memory_fraction`` (allowed_memory_maximum = fraction x
     total); ``device_free_bytes``: what cudaMalloc can get at most (None: unlimited); ``total_memory_bytes``
-    sizes an expandable segment's address space (1 1/8 of it, ExpandableSegment's constructor).
+    sizes an expandable segment's address space (1 1/8 of it, ExpandableSegment's constructor); ``addresses``:
+    where cudaMalloc puts segments (anything with ``take(nbytes)`` / ``give_back(addr)``; default addresses.py's
+    model of the driver, a recorded history's own addresses to replay it exactly).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class CachingAllocator(ExpandableSegments):
         allowed_bytes: int | None = None,
         device_free_bytes: int | None = None,
         total_memory_bytes: int = 80 * 1024**3,
+        addresses: DeviceAddresses | None = None,
     ):
         self.expandable_segments = expandable_segments
         self.max_split = UNLIMITED if max_split_size_bytes is None else max_split_size_bytes
@@ -55,7 +58,7 @@ class CachingAllocator(ExpandableSegments):
         self.device_free = device_free_bytes
         self.address_space = total_memory_bytes + total_memory_bytes // 8
         self.small_pool, self.large_pool = _Pool(True), _Pool(False)
-        self.addresses = DeviceAddresses()
+        self.addresses = DeviceAddresses() if addresses is None else addresses
         self.allocated = self.reserved = 0
         self.peak_allocated = self.peak_reserved = 0
         #: allocated bytes, free bytes inside segments and the largest free block when reserved last peaked
