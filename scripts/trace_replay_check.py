@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vramplan.memory.allocator.replay import replay  # noqa: E402
 from vramplan.memory.allocator.caching import CachingAllocator  # noqa: E402
 from vramplan.memory.allocator.ops import EMPTY_CACHE, Sequence  # noqa: E402
+from vramplan.memory.allocator.replay import replay  # noqa: E402
 
 GIB = 2**30
 TRACES = ROOT / "docs" / "allocator_traces"

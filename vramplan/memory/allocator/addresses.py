@@ -45,7 +45,7 @@ class DeviceAddresses:
     ``take(nbytes)`` is a cudaMalloc (returns the segment's address), ``give_back(addr)`` its cudaFree.
     """
 
-    __slots__ = ("_free", "_rooms", "_room_sizes", "_runs", "_segments", "_first")
+    __slots__ = ("_first", "_free", "_room_sizes", "_rooms", "_runs", "_segments")
 
     def __init__(self) -> None:
         self._free: list[list[int]] = [[0, TOP_ADDRESS]]  # free ranges [start, end), by address
