@@ -197,16 +197,17 @@ def compact_events(trace: list[dict]) -> dict:
     streams: set[int] = set()
     released = False
     reserved = 0
-    #: [number of ops so far, reserved bytes after] at every segment event: where a replay first diverges
+    #: [number of ops so far, reserved bytes after, the segment's address] at every segment event: where a replay
+    #: first diverges, and the addresses cudaMalloc chose (a replay with them is exact: trace_replay_check.py)
     segments: list[list[int]] = []
     for e in trace:
         action = e.get("action")
         if action in ("segment_alloc", "segment_map"):
             reserved += int(e.get("size", 0))
-            segments.append([len(ops), reserved])
+            segments.append([len(ops), reserved, int(e.get("addr", 0))])
         elif action in ("segment_free", "segment_unmap"):
             reserved -= int(e.get("size", 0))
-            segments.append([len(ops), reserved])
+            segments.append([len(ops), reserved, int(e.get("addr", 0))])
         if action == "alloc":
             live[e["addr"]] = len(sizes)
             ops.append(len(sizes))

@@ -45,13 +45,46 @@ def test_a_recorded_history_replays_to_its_reserved_peak(name):
     assert 0 <= row["simulated_allocated"] / row["recorded_allocated"] - 1 <= 0.005, row
 
 
-def test_replay_accuracy_over_every_trace_does_not_regress():
-    # 2026-12-01: 37 of 47 within 0.5 %, median 0.02 %, worst +5.45 % (gemma-3-1b TRL full FT); the target
-    # (every trace within 0.5 %) is not met yet
+def test_every_trace_replays_to_its_reserved_peak_within_half_a_percent():
+    # the target. 2026-12-01, with segments placed one after another: 37 of 47, worst +5.45 % (gemma-3-1b
+    # TRL full FT); with cudaMalloc's placement as recorded (addresses.py): 47 of 47, 45 to the byte, worst -0.03 %
     errors = sorted(abs(r["error"]) for r in _rows())
-    assert errors[len(errors) // 2] <= 0.001
-    assert sum(e <= 0.005 for e in errors) >= 37
-    assert errors[-1] <= 0.06
+    assert errors[-1] <= 0.005
+    assert sum(e == 0 for e in errors) >= 45
+
+
+def test_each_trace_misses_only_the_segment_cached_before_recording_began():
+    # start_cuda's 4-byte tensor is made and freed before recording starts; its 2 MiB small-pool segment stays
+    # cached, so the run's max_memory_reserved() is the trace's own peak + 2 MiB on every shipped history
+    from vramplan.runs import load_runs, shipped_runs_dir
+
+    measured = {r.extra["memory_snapshot"].removesuffix(".pickle"): r.measurements.max_reserved_bytes
+                for r in load_runs(shipped_runs_dir()) if (r.extra or {}).get("memory_snapshot")}  # fmt: skip
+    for path in TRACES:
+        name = path.name.removesuffix(".events.json.gz")
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+        assert measured[name] - doc["recorded"]["peak_reserved"] == trace_replay_check.PRE_RECORDING_SEGMENT_BYTES
+
+
+def test_the_replay_starts_with_the_pre_recording_tensor_freed(tmp_path):
+    import pickle
+
+    import allocator_replay
+
+    seq = trace_replay_check.with_pre_recording_tensor([3 << 20, 512], [0, 1, ~0, EMPTY_CACHE, ~1])
+    assert seq.sizes == [4, 3 << 20, 512]
+    assert seq.ops == [0, ~0, 1, 2, ~1, EMPTY_CACHE, ~2]
+    # a recorded history whose 512-byte request went to the segment cached before recording (no segment event)
+    trace = [
+        {"action": "segment_alloc", "addr": 0, "size": 20 << 20},
+        {"action": "alloc", "addr": 0, "size": 3 << 20},
+        {"action": "alloc", "addr": 64 << 20, "size": 512},
+    ]
+    snap = tmp_path / "run.pickle"
+    snap.write_bytes(pickle.dumps({"device_traces": [trace]}))
+    row = trace_replay_check.check(allocator_replay.write_events(snap, tmp_path))
+    assert row["recorded_reserved"] == (20 << 20) + (2 << 20)
+    assert row["simulated_reserved"] == row["recorded_reserved"]
 
 
 def test_an_event_list_frees_what_it_allocated_in_order():
@@ -81,7 +114,7 @@ def test_a_snapshot_trace_becomes_a_sequence_with_its_segment_timeline():
     # one empty-cache op for a run of segment frees
     assert doc["ops"] == [0, 1, ~0, 2, EMPTY_CACHE]
     assert doc["unfreed_at_end"] == 2
-    assert doc["segments"] == [[0, 2 << 20], [4, 0], [5, -(2 << 20)]]
+    assert doc["segments"] == [[0, 2 << 20, 0], [4, 0, 0], [5, -(2 << 20), 9 << 20]]
 
 
 def test_a_snapshot_pickle_becomes_an_event_file_with_its_recorded_peaks(tmp_path):
@@ -105,3 +138,31 @@ def test_a_snapshot_pickle_becomes_an_event_file_with_its_recorded_peaks(tmp_pat
     # the replay of its own requests reserves what the trace did
     result = replay(Sequence(sizes=doc["sizes"], ops=doc["ops"]))
     assert result.peak_reserved_bytes == doc["recorded"]["peak_reserved"]
+
+
+def test_a_replay_with_the_recorded_addresses_follows_the_trace_where_the_modelled_ones_part(tmp_path):
+    import pickle
+
+    import allocator_replay
+
+    # the run placed its second segment below the first; a tie between two free 40 MiB blocks went to the lower,
+    # the second's, so the first's blocks merged back into the 60 MiB the last request found; with the model's
+    # addresses (the second segment in the room above the first) the tie splits the first instead
+    lo, hi = 0x10000000, 0x20000000
+    trace = [
+        {"action": "segment_alloc", "addr": hi, "size": 60 << 20},
+        {"action": "alloc", "addr": hi, "size": 60 << 20},
+        {"action": "segment_alloc", "addr": lo, "size": 40 << 20},
+        {"action": "alloc", "addr": lo, "size": 40 << 20},
+        {"action": "free_completed", "addr": hi, "size": 60 << 20},
+        {"action": "alloc", "addr": hi, "size": 20 << 20},
+        {"action": "free_completed", "addr": lo, "size": 40 << 20},
+        {"action": "alloc", "addr": lo, "size": 24 << 20},
+        {"action": "free_completed", "addr": hi, "size": 20 << 20},
+        {"action": "alloc", "addr": hi, "size": 60 << 20},
+    ]
+    snap = tmp_path / "run.pickle"
+    snap.write_bytes(pickle.dumps({"device_traces": [trace]}))
+    doc = json.loads(gzip.decompress(allocator_replay.write_events(snap, tmp_path).read_bytes()))
+    assert trace_replay_check.first_divergence(doc, recorded_addresses=True) is None
+    assert trace_replay_check.first_divergence(doc) == 7  # the last request: a new 60 MiB segment in the model

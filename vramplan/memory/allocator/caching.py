@@ -6,14 +6,16 @@ default ``PYTORCH_CUDA_ALLOC_CONF`` (``max_split_size_mb`` unlimited, no ``round
 no garbage-collection threshold) unless told otherwise. Not modelled: CUDA graphs / private pools,
 cross-stream ``record_stream`` events (a free completes at once), garbage collection.
 
-Addresses are virtual: a new segment is placed after every earlier one (cudaMalloc's real addresses
-only break ties between equally sized free blocks in best fit).
+Segment addresses follow what the CUDA driver did in recorded H200 histories (addresses.py: 32 MiB chunks taken
+top-down, the room in earlier segments' chunks used first): they only break ties between equally sized free
+blocks in best fit, but those decide which segment a request splits.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
 
+from .addresses import DeviceAddresses
 from .blocks import (
     LARGE_BUFFER_BYTES,
     MIN_BLOCK_BYTES,
@@ -35,7 +37,9 @@ class CachingAllocator(ExpandableSegments):
 
     ``allowed_bytes``: ``torch.cuda.set_per_process_memory_fraction`` (allowed_memory_maximum = fraction x
     total); ``device_free_bytes``: what cudaMalloc can get at most (None: unlimited); ``total_memory_bytes``
-    sizes an expandable segment's address space (1 1/8 of it, ExpandableSegment's constructor).
+    sizes an expandable segment's address space (1 1/8 of it, ExpandableSegment's constructor); ``addresses``:
+    where cudaMalloc puts segments (anything with ``take(nbytes)`` / ``give_back(addr)``; default addresses.py's
+    model of the driver, a recorded history's own addresses to replay it exactly).
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class CachingAllocator(ExpandableSegments):
         allowed_bytes: int | None = None,
         device_free_bytes: int | None = None,
         total_memory_bytes: int = 80 * 1024**3,
+        addresses: DeviceAddresses | None = None,
     ):
         self.expandable_segments = expandable_segments
         self.max_split = UNLIMITED if max_split_size_bytes is None else max_split_size_bytes
@@ -53,7 +58,7 @@ class CachingAllocator(ExpandableSegments):
         self.device_free = device_free_bytes
         self.address_space = total_memory_bytes + total_memory_bytes // 8
         self.small_pool, self.large_pool = _Pool(True), _Pool(False)
-        self._next_addr = 0
+        self.addresses = DeviceAddresses() if addresses is None else addresses
         self.allocated = self.reserved = 0
         self.peak_allocated = self.peak_reserved = 0
         #: allocated bytes, free bytes inside segments and the largest free block when reserved last peaked
@@ -223,16 +228,16 @@ class CachingAllocator(ExpandableSegments):
         return True
 
     def _release_block(self, pool: _Pool, b: Block) -> None:
-        """release_block: cudaFree a whole unsplit segment."""
+        """release_block: cudaFree a whole unsplit segment (its address range goes back to the driver)."""
         pool.erase(b)
         self.reserved -= b.size
         self.num_segments -= 1
+        self.addresses.give_back(b.addr)
 
     # ------------------------------------------------------------------ bookkeeping
     def _take_address(self, nbytes: int) -> int:
-        addr = self._next_addr
-        self._next_addr += -(-nbytes // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
-        return addr
+        """cudaMalloc's address for a new segment (addresses.py)."""
+        return self.addresses.take(nbytes)
 
     def _add_reserved(self, nbytes: int) -> None:
         self.reserved += nbytes

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 
+from .addresses import DeviceAddresses
 from .blocks import (
     LARGE_BUFFER_BYTES,
     MIN_BLOCK_BYTES,
@@ -46,7 +47,9 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
     blocks: list[_Block | None] = [None] * len(sizes)
     allocated = reserved = peak_allocated = peak_reserved = 0
     at_peak = (0, 0, 0)
-    next_addr = segments = 0
+    segments = 0
+    addresses = DeviceAddresses()
+    take_address = addresses.take
 
     for op in ops:
         if op >= 0:
@@ -57,15 +60,14 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
             i = bisect_left(keys, size << shift)
             if i < len(keys):  # get_free_block: best fit on (size, address)
                 block = pool.pop(keys.pop(i))
-            else:  # alloc_block: a new segment (get_allocation_size), placed after every earlier one
+            else:  # alloc_block: a new segment (get_allocation_size) where cudaMalloc puts it (addresses.py)
                 if small:
                     seg = SMALL_BUFFER_BYTES
                 elif size < MIN_LARGE_ALLOC_BYTES:
                     seg = LARGE_BUFFER_BYTES
                 else:
                     seg = -(-size // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
-                block = _Block(next_addr, seg, small, None, None)
-                next_addr += -(-seg // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
+                block = _Block(take_address(seg), seg, small, None, None)
                 reserved += seg
                 segments += 1
                 if reserved > peak_reserved:
@@ -97,6 +99,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                         del pool[k]
                         reserved -= b.size
                         segments -= 1
+                        addresses.give_back(b.addr)
                     else:
                         kept.append(k)
                 keys[:] = kept
