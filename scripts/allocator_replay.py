@@ -223,7 +223,10 @@ def compact_events(trace: list[dict]) -> dict:
             if not released:
                 ops.append(EMPTY_CACHE)
             released = True
-    return {"sizes": sizes, "ops": ops, "streams": len(streams), "unfreed_at_end": len(live), "segments": segments}
+    # expandable segments map and unmap pages (segment_map / segment_unmap) instead of cudaMalloc / cudaFree
+    expandable = any(e.get("action") == "segment_map" for e in trace)
+    return {"sizes": sizes, "ops": ops, "streams": len(streams), "unfreed_at_end": len(live), "segments": segments,
+            "expandable_segments": expandable}  # fmt: skip
 
 
 def write_events(path: Path, out_dir: Path) -> Path:

@@ -65,8 +65,8 @@ def first_divergence(doc: dict, recorded_addresses: bool = False) -> int | None:
     ``recorded_addresses``: give the model the trace's own segment addresses instead of addresses.py's."""
     timeline = doc.get("segments") or []
     seq = with_pre_recording_tensor(doc["sizes"], doc["ops"])
-    allocs = [addr for (_, reserved, addr), before in zip(timeline, [0, *(e[1] for e in timeline)])
-              if reserved > before]  # fmt: skip
+    # histories recorded before addresses were kept have (ops, reserved) entries only
+    allocs = [e[2] for e, before in zip(timeline, [0, *(e[1] for e in timeline)]) if len(e) > 2 and e[1] > before]
     a = CachingAllocator(total_memory_bytes=150 * GIB, addresses=RecordedAddresses(allocs) if recorded_addresses else None)
     blocks = [None] * len(seq.sizes)
     recorded, t = 0, 0
@@ -91,7 +91,9 @@ def first_divergence(doc: dict, recorded_addresses: bool = False) -> int | None:
 
 def check(path: Path) -> dict:
     doc = json.loads(gzip.decompress(path.read_bytes()))
-    result = replay(with_pre_recording_tensor(doc["sizes"], doc["ops"]), total_memory_bytes=150 * GIB)
+    expandable = bool(doc.get("expandable_segments"))
+    result = replay(with_pre_recording_tensor(doc["sizes"], doc["ops"]), total_memory_bytes=150 * GIB,
+                    expandable_segments=expandable)  # fmt: skip
     recorded = doc["recorded"]["peak_reserved"] + PRE_RECORDING_SEGMENT_BYTES
     return {
         "trace": path.name.removesuffix(".events.json.gz"),
@@ -102,7 +104,7 @@ def check(path: Path) -> dict:
         "simulated_allocated": result.peak_allocated_bytes,
         "streams": doc.get("streams", 1),
         # only for histories that keep their segment timeline (allocator_replay.py since 2026-12-01)
-        "first_divergence_op": first_divergence(doc) if doc.get("segments") else None,
+        "first_divergence_op": first_divergence(doc) if doc.get("segments") and not expandable else None,
     }
 
 
