@@ -55,7 +55,9 @@ def test_every_trace_replays_to_its_reserved_peak_within_half_a_percent():
 
 def test_each_trace_misses_only_the_segment_cached_before_recording_began():
     # start_cuda's 4-byte tensor is made and freed before recording starts; its 2 MiB small-pool segment stays
-    # cached, so the run's max_memory_reserved() is the trace's own peak + 2 MiB on every shipped history
+    # cached, so the run's max_memory_reserved() is the trace's own peak + 2 MiB on every shipped history, but
+    # for the Unsloth runs of 2026-12-01, whose `import unsloth` (32 MiB more) came before recording began (the
+    # trainer now starts recording first)
     from vramplan.runs import load_runs, shipped_runs_dir
 
     measured = {r.extra["memory_snapshot"].removesuffix(".pickle"): r.measurements.max_reserved_bytes
@@ -63,7 +65,8 @@ def test_each_trace_misses_only_the_segment_cached_before_recording_began():
     for path in TRACES:
         name = path.name.removesuffix(".events.json.gz")
         doc = json.loads(gzip.decompress(path.read_bytes()))
-        assert measured[name] - doc["recorded"]["peak_reserved"] == trace_replay_check.PRE_RECORDING_SEGMENT_BYTES
+        before = trace_replay_check.PRE_RECORDING_SEGMENT_BYTES + (32 * 2**20 if name.startswith("u-") else 0)
+        assert measured[name] - doc["recorded"]["peak_reserved"] == before, name
 
 
 def test_the_replay_starts_with_the_pre_recording_tensor_freed(tmp_path):

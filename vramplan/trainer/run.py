@@ -238,6 +238,8 @@ def run_measurement(
     cuda = start_cuda(setup, memory_cap_gib, extra, run_notes, device=ctx.local_rank) if on_cuda else None
     if not on_cuda and memory_cap_gib is not None:
         run_notes.append(f"memory cap {memory_cap_gib} GiB ignored: no CUDA device")
+    # recording starts before Unsloth's import, which allocates (a 32 MiB segment on the H200)
+    recording = start_memory_history(memory_snapshot, run_notes) if cuda else False
     if setup.stack == "unsloth":  # after the CUDA start (its import initializes CUDA), before transformers
         from .unsloth_build import import_unsloth
 
@@ -257,7 +259,6 @@ def run_measurement(
     reader = cuda.reader if cuda else NullMemoryReader()
     if monitor is not None:
         monitor.start()
-    recording = start_memory_history(memory_snapshot, run_notes) if cuda else False
     probe = MemoryProbe(reader, monitor, device_baseline_bytes=baseline)
     built = None
     oom, oom_phase = False, None
