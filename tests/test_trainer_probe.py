@@ -197,3 +197,32 @@ def test_device_peak_is_max_used_minus_baseline():
 
     probe = MemoryProbe(FakeReader(), FakeMonitor(), device_baseline_bytes=1_000, clock=Clock())
     assert probe.device_peak_bytes() == 8_000
+
+
+def test_device_state_reads_what_can_make_identical_runs_time_differently():
+    from vramplan.trainer.gpu_memory import DeviceMonitor
+
+    class FakeNvml:
+        class NVMLError(Exception):
+            pass
+
+        NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
+
+        def nvmlDeviceGetClockInfo(self, h, kind):
+            return {1: 1980, 2: 3201}[kind]
+
+        def nvmlDeviceGetPowerUsage(self, h):
+            return 412_345  # milliwatts
+
+        def nvmlDeviceGetTemperature(self, h, sensor):
+            return 51
+
+        def nvmlDeviceGetCurrentClocksThrottleReasons(self, h):
+            return 4
+
+        def nvmlDeviceGetComputeRunningProcesses(self, h):
+            raise FakeNvml.NVMLError("not visible in this sandbox")
+
+    state = DeviceMonitor(object(), FakeNvml()).state()
+    assert state == {"sm_clock_mhz": 1980, "mem_clock_mhz": 3201, "power_w": 412, "temperature_c": 51,
+                     "throttle_reasons": 4}  # the unreadable process count is left out, not a crash

@@ -204,6 +204,28 @@ class DeviceMonitor:
         except self._nvml.NVMLError:
             self.errors += 1
 
+    def state(self) -> dict[str, int]:
+        """What can make identical runs time differently, read once (NVML; a value it cannot read is left out):
+        SM and memory clocks (MHz), power draw (W), temperature (C), the clock-throttle reason bits
+        (nvmlClocksEventReasons, 0 = none) and how many compute processes NVML sees on the device (others'
+        jobs sharing it show up there, where the sandbox lets NVML see them)."""
+        nvml, h = self._nvml, self._handle
+        reads = {
+            "sm_clock_mhz": lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM),
+            "mem_clock_mhz": lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM),
+            "power_w": lambda: nvml.nvmlDeviceGetPowerUsage(h) // 1000,
+            "temperature_c": lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU),
+            "throttle_reasons": lambda: nvml.nvmlDeviceGetCurrentClocksThrottleReasons(h),
+            "compute_processes": lambda: len(nvml.nvmlDeviceGetComputeRunningProcesses(h)),
+        }
+        out = {}
+        for name, read in reads.items():
+            try:
+                out[name] = int(read())
+            except (nvml.NVMLError, AttributeError, TypeError):
+                continue
+        return out
+
     def driver_version(self) -> str | None:
         try:
             v = self._nvml.nvmlSystemGetDriverVersion()
