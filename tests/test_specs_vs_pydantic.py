@@ -99,7 +99,7 @@ def _outcome(make) -> tuple:
         spec = make()
     except (pydantic.ValidationError, ValueError) as exc:
         # as a set: the order of a model's errors changed between pydantic 2.13 and 2.14 (missing before extra)
-        return "refused", sorted((e["type"], e["loc"], e["msg"]) for e in exc.errors())
+        return "refused", sorted(((e["type"], e["loc"], e["msg"]) for e in exc.errors()), key=repr)
     return "ok", repr(spec.model_dump()), spec.model_dump_json()
 
 
