@@ -23,7 +23,7 @@ def estimate_assumptions(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | 
         out.append("attn 'flash' = flash_attention_2 (flash-attn installed); same saved bytes as SDPA-flash")
     if setup.attn == "sdpa" and not own_attention_note:
         out.append("SDPA picks the flash kernel (bf16/fp16, head_dim <= 256, no mask)")
-    if setup.grad_ckpt:
+    if setup.grad_ckpt and not profile.offloads_checkpoints:  # Unsloth's own kind is in its profile's list
         out.append("non-reentrant gradient checkpointing of every decoder layer (Trainer default)")
     if setup.method == "qlora" and profile.kbit_fp32_upcast:
         experts = ", and the fused MoE experts" if model.moe is not None else ""

@@ -233,8 +233,8 @@ def _assume_liger(base: Callable[[ModelSpec, TrainingSetup], list[str]], trl: bo
 
 def _assume_unsloth(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
     out = [
-        "stack 'unsloth': modelled from Unsloth 2026.10.9's source and measured on the H200 (8 runs): fused linear "
-        "cross-entropy in 512-row fp32 chunks (fewer rows than a 2 GiB budget allows), no fp32 upcast of frozen weights",
+        "stack 'unsloth': modelled from Unsloth 2026.10.9's source and measured on the H200 (6 runs): fused linear "
+        "cross-entropy in fp32 chunks of at least 512 rows within a 2 GiB budget, no fp32 upcast of frozen weights",
     ]
     if setup.grad_ckpt:
         out.append("use_gradient_checkpointing='unsloth': checkpoints offloaded to host memory (2 GPU staging buffers)")
