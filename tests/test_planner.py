@@ -215,3 +215,16 @@ def test_dataset_tokens_from_examples_and_epochs():
     assert dataset_total_tokens(1024, None, None, None) is None
     with pytest.raises(VramplanError):
         dataset_total_tokens(1024, -1, None, None)
+
+
+def test_a_job_unsloth_can_run_gets_the_unsloth_suggestion_with_its_dropout_and_checkpointing_flags():
+    from vramplan.suggestions import suggestions
+
+    s = TrainingSetup(method="lora", lora=LoraSpec(), seq_len=8192)  # PEFT's default dropout, no checkpointing
+    changes = {c.change: c for c in suggestions(LLAMA, s, find_gpu("rtx-4090"), calibration=default_calibration())}
+    assert "--stack unsloth --lora-dropout 0 --no-grad-ckpt" in changes
+    assert changes["--stack unsloth --lora-dropout 0 --no-grad-ckpt"].saves_bytes > 0
+    # eager attention, fp4 or several GPUs are not what Unsloth runs: no such suggestion
+    fp4 = qlora().model_copy(update={"quant": "fp4"})
+    for other in (s.model_copy(update={"attn": "eager"}), fp4, s.model_copy(update={"num_gpus": 2, "parallel": "ddp"})):
+        assert not any(c.change.startswith("--stack unsloth") for c in suggestions(LLAMA, other, find_gpu("rtx-4090"), calibration=default_calibration()))

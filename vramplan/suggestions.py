@@ -60,6 +60,10 @@ def _changes(model: ModelSpec, s: TrainingSetup, fits: Callable[[TrainingSetup],
     # (as flags: --stack trl turns checkpointing on unless told otherwise, so a setup without it says so)
     if s.stack == "hf":
         yield "--stack trl" + ("" if s.grad_ckpt else " --no-grad-ckpt"), _with(s, stack="trl")
+    if _unsloth_can_run(s):  # measured on the H200 (README "Stacks"); its fused LoRA kernels want dropout 0
+        lora = s.lora.model_copy(update={"dropout": 0.0}) if s.lora else None
+        flags = "--stack unsloth" + (" --lora-dropout 0" if s.lora and s.lora.dropout else "")
+        yield flags + ("" if s.grad_ckpt else " --no-grad-ckpt"), _with(s, stack="unsloth", lora=lora)
     if s.stack in ("hf", "trl") and not s.liger:
         yield "--liger", _with(s, liger=True)
     if s.batch_size > 1:
@@ -85,6 +89,13 @@ def _changes(model: ModelSpec, s: TrainingSetup, fits: Callable[[TrainingSetup],
         counts = gpu_counts(max(max_gpus, 2))[1:]
         n = next((c for c in counts if _fits_or_false(fits, s, num_gpus=c, parallel="fsdp")), counts[-1])
         yield f"--num-gpus {n} --parallel fsdp", _with(s, num_gpus=n, parallel="fsdp")
+
+
+def _unsloth_can_run(s: TrainingSetup) -> bool:
+    """Unsloth runs this job as it is otherwise set (memory/stacks.check_stack_supported's refusals, and no --liger or
+    --packing on the command line the suggestion is appended to)."""
+    return (s.stack in ("hf", "trl") and not s.liger and not s.packing and s.num_gpus == 1 and s.parallel is None
+            and s.attn != "eager" and s.quant in (None, "nf4"))  # fmt: skip
 
 
 def _fits_or_false(fits: Callable[[TrainingSetup], bool], s: TrainingSetup, **changes) -> bool:
