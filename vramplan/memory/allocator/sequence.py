@@ -8,12 +8,15 @@ allocated (tests/test_allocator_sequence.py checks it on every shipped run's set
 CachingAllocator it gives the reserved peak.
 
 Where each step comes from:
+* start: vramplan/trainer/cuda_start.py makes and frees a 4-byte tensor before anything else, so the process's first
+  segment is a 2 MiB small-pool one, cached and unused (the recorded histories start after it).
 * load, full / LoRA: ``from_config`` under ``torch.device("cuda")`` (vramplan/trainer/build.py) creates
   every parameter in module order; a tied lm_head is created and freed when post_init ties it (measured:
   load peak - after load = V*h*2 on every tied model's run).
 * load, QLoRA: ``from_pretrained`` -> transformers modeling_utils.py::caching_allocator_warmup allocates one
   tensor of the weights' byte count (quantized weights at 0.5 / 1 byte per element,
-  ``HfQuantizer.param_element_size``; the rest bf16; tied weights once) and frees it; then each bf16
+  ``HfQuantizer.param_element_size``; the rest bf16; tied weights once) less the reserved bytes no tensor uses
+  (``memory_reserved - memory_allocated``: start_cuda's segment) and frees it; then each bf16
   weight is loaded and quantized (the bf16 copy freed); then peft prepare_model_for_kbit_training casts
   every non-quantized parameter to fp32 (new tensor, old freed).
 * PEFT wrap: lora_A, lora_B per target module, in module order.
@@ -61,12 +64,18 @@ from .tensors import (
 )
 
 BF16 = 2
+#: vramplan/trainer/cuda_start.py::start_cuda makes and frees ``torch.empty(1)`` (fp32) before anything else: the
+#: process's first segment (a 2 MiB small-pool one, kSmallBuffer), cached and unused from then on
+START_CUDA_TENSOR_BYTES = 4
+START_CUDA_SEGMENT_BYTES = 2 * 1024**2
 
 
 def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
     """The allocation sequence of loading and `steps` optimizer steps for one GPU; `t` is estimator._Terms."""
     seq = Sequence()
     b = _Builder(model, setup, t, seq)
+    seq.mark("start_cuda")
+    seq.free(seq.alloc(START_CUDA_TENSOR_BYTES))
     seq.mark("load")
     b.load()
     for step in range(steps):
@@ -182,7 +191,10 @@ class _Builder:
         per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
         quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
         unquantized = sum(param_counts(m).values()) - quantized  # a tied lm_head counts once
-        seq.free(seq.alloc(int(quantized * per_elem) + unquantized * BF16))  # caching_allocator_warmup
+        # caching_allocator_warmup: the weights' bytes less the reserved bytes no tensor uses (start_cuda's segment),
+        # as one fp16 tensor of byte_count // 2 elements
+        warmup = int(quantized * per_elem) + unquantized * BF16 - START_CUDA_SEGMENT_BYTES
+        seq.free(seq.alloc(warmup // 2 * 2))
         head = seq.alloc(lm_head // up)
         bf16_embed = seq.alloc(embed // up)
         bf16_layers = []
