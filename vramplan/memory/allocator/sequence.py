@@ -21,7 +21,8 @@ Where each step comes from:
   every non-quantized parameter to fp32 (new tensor, old freed).
 * PEFT wrap: lora_A, lora_B per target module, in module order.
 * forward: cuBLAS workspaces at the first matmul; per layer the saved tensors (or, with checkpointing, the
-  layer input kept and the layer's tensors freed at its end); then the final norm's tensors and the loss
+  layer input kept and the layer's tensors freed at its end), and without checkpointing each LoRA target's
+  transients around its saved ones (lora_chain.py: base output, fp32 input copy, dropout output, lora_B output); then the final norm's tensors and the loss
   chain of memory/loss.py: bf16 logits, fp32 upcast, log_softmax (10 N V), the upcast freed, accelerate's
   fp32 copy of the logits replacing the bf16 ones, dropped by Trainer.compute_loss.
 * backward: the nll gradient and log_softmax backward (12 N V with the saved 4 N V), the bf16 logits
@@ -47,6 +48,7 @@ from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
 from .ops import EMPTY_CACHE, Sequence, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
+from .lora_chain import lora_chains
 from .rules import block_bytes
 from .tensors import (
     quantized_pieces,
@@ -110,6 +112,11 @@ class _Builder:
         self.dequant = [[bf16 for _, pieces, bf16 in layer if len(pieces) > 1] for layer in self.layers]
         # where each dequantized weight is made in a layer's forward: right before its matmul's output, freed
         # after it (MatMul4Bit.forward: linear(A, dequantize_4bit(B).t())), as (piece index, bytes)
+        # a non-checkpointed forward's LoRA transients (lora_chain.py); a checkpointed forward frees the layer's
+        # tensors at its end anyway (its chains, tried, moved the recorded 8B QLoRA s4096 history off its segments)
+        self.lora_chains = {} if setup.grad_ckpt else lora_chains(
+            model, act_setup, act, unit, profile.adapter_itemsize, profile.kbit_fp32_upcast
+        )
         self.dequant_fwd = [_dequant_slots(layer, activation_anchors(model, setup, act), len(self.saved_layer))
                             for layer in self.layers]  # fmt: skip
         self.quant_steps = {  # (pieces, their bytes) -> the quantization's allocations, per Linear kind
@@ -246,15 +253,39 @@ class _Builder:
     def _layer_forward(self, k: int) -> list[int]:
         """Layer k's saved tensors; bitsandbytes gemm_4bit dequantizes each 4-bit weight for its matmul, alive
         while the matmul's output is made."""
-        seq, slots = self.seq, self.dequant_fwd[k]
-        ids = []
-        for n, x in enumerate(self.saved_layer):
+        seq, slots, saved = self.seq, self.dequant_fwd[k], self.saved_layer
+        ids: list[int] = []
+        n = 0
+        while n < len(saved):
             weights = [self._dequantize(w) for at, w in slots if at == n]
-            ids.append(seq.alloc(x))
-            seq.free(*weights)
+            chain = self.lora_chains.get(n)
+            if chain is None:
+                ids.append(seq.alloc(saved[n]))
+                seq.free(*weights)
+                n += 1
+                continue
+            ids += self._lora_target(chain, saved[n : n + chain.pieces], weights)
+            n += chain.pieces
         for at, w in slots:
             if at >= len(self.saved_layer):
                 seq.free(self._dequantize(w))
+        return ids
+
+    def _lora_target(self, chain, pieces: list[int], weights: list[int]) -> list[int]:
+        """One LoRA target's forward in the recorded order (lora_chain.py): its saved pieces (the input's bf16 copy,
+        the dropout mask, lora_A's output) and the transients around them; `weights`: its dequantized 4-bit weight."""
+        seq = self.seq
+        cast = seq.alloc(chain.input_cast)
+        base = seq.alloc(chain.base_out)
+        seq.free(cast, *weights)
+        copy = seq.alloc(chain.input_copy)
+        ids = [seq.alloc(pieces[1])] if len(pieces) == 3 else []  # the dropout mask
+        dropped = seq.alloc(chain.dropout_out)
+        ids += [seq.alloc(pieces[0]), seq.alloc(pieces[-1])]  # the dropout output's bf16 copy, lora_A's output
+        seq.free(dropped)
+        lora_b = seq.alloc(chain.lora_out)
+        scaled = seq.alloc(chain.lora_out)
+        seq.free(lora_b, scaled, base, copy)
         return ids
 
     def _dequantize(self, bf16: int) -> int:
