@@ -21,7 +21,8 @@ Where each step comes from:
   every non-quantized parameter to fp32 (new tensor, old freed).
 * PEFT wrap: lora_A, lora_B per target module, in module order.
 * forward: cuBLAS workspaces at the first matmul; per layer the saved tensors (or, with checkpointing, the
-  layer input kept and the layer's tensors freed at its end), and without checkpointing each LoRA target's
+  layer input kept and the layer's tensors freed at its end; its output, the next layer's input, made while its
+  residual and MLP output are alive; layer 0's input, the embedding's output, before any matmul), and without checkpointing each LoRA target's
   transients around its saved ones (lora_chain.py: base output, fp32 input copy, dropout output, lora_B output); then the final norm's tensors and the loss
   chain of memory/loss.py: bf16 logits, fp32 upcast, log_softmax (10 N V), the upcast freed, accelerate's
   fp32 copy of the logits replacing the bf16 ones, dropped by Trainer.compute_loss.
@@ -227,28 +228,43 @@ class _Builder:
     # ------------------------------------------------------------------ one micro-step
     def forward(self, first: bool) -> None:
         s, t, seq = self.s, self.t, self.seq
+        # with checkpointing each layer keeps its input: the embedding's output for layer 0, made before any matmul
+        self.ckpt: list[int] = [seq.alloc(t.one_checkpoint)] if s.grad_ckpt else []
         if first:
             self.workspace = [seq.alloc(t.workspace // 2), seq.alloc(t.workspace - t.workspace // 2)]
         self.quant = seq.alloc(t.quant_state)
-        self.ckpt: list[int] = []
         self.saved: list[list[int]] = []
         self.cache: list[list[int]] = []
         self.copies: list[int] = []
+        self.final_ids: list[int] = []
         for k in range(self.L):
             self.cache.append([seq.alloc(x) for x in self.cache_layer[k]])
             self.copies += [seq.alloc(x) for x in self.adapter_copies[k]]
-            if s.grad_ckpt:  # the layer input kept; the layer's tensors, as its recompute holds them, then freed
+            if s.grad_ckpt:  # the layer's tensors, as its recompute holds them, then freed
                 # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
-                self.ckpt.append(seq.alloc(t.one_checkpoint))
                 seq.free(*self._layer_forward(k))
+                self._checkpointed_layer_output(k)
             else:
                 self.saved.append(self._layer_forward(k))
-        self.final_ids = [seq.alloc(x) for x in self.final]
+        if not s.grad_ckpt:
+            self.final_ids = [seq.alloc(x) for x in self.final]
         self.lm_cache = seq.alloc(self.cache_lm)
         self._loss_forward()
         if s.grad_ckpt:  # autocast's per-layer weight copies are not saved through checkpointing
             seq.free(*[i for ids in self.cache for i in ids])
             self.cache = []
+
+    def _checkpointed_layer_output(self, k: int) -> None:
+        """A checkpointed layer's end, as its no-grad forward runs it (every recorded checkpointed history): its output
+        `residual + mlp_out` is made while both (residual-sized) are alive, then they are freed. The output is the
+        next layer's kept input, or after the last layer the final norm's (the estimator's `final` tensors)."""
+        seq, one = self.seq, self.t.one_checkpoint
+        residual, mlp_out = seq.alloc(one), seq.alloc(one)
+        if k < self.L - 1:
+            self.ckpt.append(seq.alloc(one))
+        else:
+            self.final_ids = [seq.alloc(x) for x in self.final]
+        seq.free(residual, mlp_out)
 
     def _layer_forward(self, k: int) -> list[int]:
         """Layer k's saved tensors; bitsandbytes gemm_4bit dequantizes each 4-bit weight for its matmul, alive
