@@ -379,3 +379,33 @@ def test_a_checkpointed_layer_makes_its_output_while_its_residual_and_mlp_output
     # layer 0's input, the embedding's output, comes before the first matmul's cuBLAS workspace
     forward = seq.ops[seq.marks["step0.forward"] :]
     assert seq.sizes[forward[0]] == residual and seq.sizes[forward[1]] == _terms_of(model, run.setup).workspace // 2
+
+
+def _autograd_workspace_follows_the_logits_gradient(sizes, ops, workspace: int, logits_grad: int) -> bool:
+    """The first bf16 logits gradient (the first logits-sized request right after a 2x larger free: log_softmax's
+    backward) is followed within 4 ops by a never-freed workspace-sized request, the autograd thread's cuBLAS workspace
+    that lm_head's backward matmul makes after its first output."""
+    freed = {~op for op in ops if op < 0}
+    at = next(n for n, op in enumerate(ops) if op >= 0 and sizes[op] == logits_grad and ops[n - 1] < 0
+              and sizes[~ops[n - 1]] == 2 * logits_grad)  # fmt: skip
+    return any(op >= 0 and sizes[op] == workspace and op not in freed for op in ops[at + 1 : at + 5])
+
+
+HF_HISTORIES = [
+    r for r in RUNS
+    if (r.extra or {}).get("memory_snapshot", "").startswith(("s-h200", "t-"))
+    and not r.setup.expandable_segments and (TRACES / r.extra["memory_snapshot"].replace(".pickle", ".events.json.gz")).exists()
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("run", HF_HISTORIES, ids=[r.extra["memory_snapshot"].removesuffix(".pickle") for r in HF_HISTORIES])
+def test_the_autograd_threads_workspace_is_made_by_the_first_backward_matmul(run):
+    # every recorded hf history: "+logits_grad -lsm_grad +first output +32 MiB": not at the first forward matmul
+    model = resolve_model(run.model_source or run.model)
+    t = _terms_of(model, run.setup)
+    logits_grad = run.setup.batch_size * run.setup.seq_len * model.vocab_size * 2
+    path = TRACES / run.extra["memory_snapshot"].replace(".pickle", ".events.json.gz")
+    doc = json.loads(gzip.decompress(path.read_bytes()))
+    assert _autograd_workspace_follows_the_logits_gradient(doc["sizes"], doc["ops"], t.workspace // 2, logits_grad)
+    seq = training_sequence(model, run.setup, t)
+    assert _autograd_workspace_follows_the_logits_gradient(seq.sizes, seq.ops, t.workspace // 2, logits_grad)

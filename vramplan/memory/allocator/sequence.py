@@ -20,7 +20,8 @@ Where each step comes from:
   weight is loaded and quantized (the bf16 copy freed); then peft prepare_model_for_kbit_training casts
   every non-quantized parameter to fp32 (new tensor, old freed).
 * PEFT wrap: lora_A, lora_B per target module, in module order.
-* forward: cuBLAS workspaces at the first matmul; per layer the saved tensors (or, with checkpointing, the
+* forward: the forward thread's cuBLAS workspace at the first matmul (the autograd thread's comes with the first
+  backward matmul); per layer the saved tensors (or, with checkpointing, the
   layer input kept and the layer's tensors freed at its end; its output, the next layer's input, made while its
   residual and MLP output are alive; layer 0's input, the embedding's output, before any matmul), and without checkpointing each LoRA target's
   transients around its saved ones (lora_chain.py: base output, fp32 input copy, dropout output, lora_B output); then the final norm's tensors and the loss
@@ -230,8 +231,8 @@ class _Builder:
         s, t, seq = self.s, self.t, self.seq
         # with checkpointing each layer keeps its input: the embedding's output for layer 0, made before any matmul
         self.ckpt: list[int] = [seq.alloc(t.one_checkpoint)] if s.grad_ckpt else []
-        if first:
-            self.workspace = [seq.alloc(t.workspace // 2), seq.alloc(t.workspace - t.workspace // 2)]
+        if first:  # the forward thread's cuBLAS workspace, at the first matmul (the autograd thread's: backward)
+            self.workspace = [seq.alloc(t.workspace // 2)]
         self.quant = seq.alloc(t.quant_state)
         self.saved: list[list[int]] = []
         self.cache: list[list[int]] = []
@@ -352,6 +353,7 @@ class _Builder:
             seq.free(lsm_grad)
         else:  # the head's backward buffers; the lm_head weight's gradient is the last of them (full FT)
             head = [seq.alloc(x) for x in self._head_backward(new_grads)]
+            self._autograd_workspace()
         tied = self.m.tie_word_embeddings
         if full and new_grads:  # lm_head backward: lm_head's (tied: the embedding's) gradient, the final norm's
             for g in self.head_groups:
@@ -361,9 +363,11 @@ class _Builder:
                         self.tied_grad_id = self.grads[-1]
                 if g.name == self._head_weight() and not self.loss_saved:  # the owned head ends with its weight's gradient
                     seq.free(*head, *self.head_saved)
+            self._autograd_workspace()
         if not self.loss_saved and not (full and new_grads):
             seq.free(*head, *self.head_saved)
         carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
+        self._autograd_workspace()
         seq.free(*([logits_grad] if self.loss_saved else []), *self.final_ids)
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
             seq.free(self.lm_cache)
@@ -404,6 +408,14 @@ class _Builder:
             else:
                 self.grads.append(seq.alloc(grad_tensor(embed)))
         seq.free(self.quant)
+
+    def _autograd_workspace(self) -> None:
+        """The autograd thread's cuBLAS workspace, made by the first backward matmul right after its first output
+        (every recorded history: lm_head's weight gradient in full FT, else the last hidden state's gradient; inside
+        an owned head's backward), once per process; until then only the forward thread's exists."""
+        if len(self.workspace) == 1:
+            t = self.t
+            self.workspace.append(self.seq.alloc(t.workspace - t.workspace // 2))
 
     def _head_backward(self, new_grads: bool) -> list[int]:
         """An owned head's backward buffers, less the lm_head weight's gradient when it is made as a gradient here."""
