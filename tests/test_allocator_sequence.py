@@ -186,13 +186,14 @@ def test_simulated_rule_refuses_what_it_cannot_do(setup, rule):
 
 
 def test_simulated_reserved_accuracy_on_the_shipped_runs_does_not_regress():
-    # docs/allocator_simulation.md: median 0.43 %, worst 8.0 % (the reserved peak uses no fitted constant)
+    # docs/allocator_simulation.md: median 0.36 %, worst +5.4 %, worst under -5.1 % over the 85 hf runs (the reserved
+    # peak uses no fitted constant; it was 8.0 / -8.0 % before the sequence followed the recorded histories)
     from vramplan.validation import validate
 
     stats = validate(RUNS, reserved_rule="simulated").stats("reserved")
     assert stats["runs"] >= 60
     assert stats["median_abs"] <= 0.005, stats
-    assert stats["worst_abs"] <= 0.085 and stats["worst_under"] >= -0.085, stats
+    assert stats["worst_abs"] <= 0.06 and stats["worst_under"] >= -0.06, stats
 
 
 def _phased(r) -> bool:
