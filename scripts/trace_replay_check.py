@@ -2,6 +2,7 @@
 """Replay recorded allocator histories through the caching-allocator model and compare the reserved peaks.
 
     python scripts/trace_replay_check.py [docs/allocator_traces/*.events.json.gz]
+    python scripts/trace_replay_check.py --predicted [...]   # each history against its run's predicted sequence
 
 Each file is a compact event list written by ``scripts/allocator_replay.py --events`` from a
 ``--memory-snapshot`` history (request sizes, alloc/free order, empty-cache points). The model
@@ -108,8 +109,88 @@ def check(path: Path) -> dict:
     }
 
 
+def segments_made(seq: Sequence, stop: int | None = None, min_bytes: int = 20 * 1024**2) -> tuple[list[int], int]:
+    """The sizes (MiB) of the segments of at least min_bytes a replay of seq's first `stop` ops creates, in order,
+    and its reserved peak."""
+    a = CachingAllocator(total_memory_bytes=150 * GIB)
+    blocks, out = [None] * len(seq.sizes), []
+    for op in seq.ops[:stop]:
+        before = a.reserved
+        if op >= 0:
+            blocks[op] = a.malloc(seq.sizes[op])
+        elif op == EMPTY_CACHE:
+            a.empty_cache()
+        else:
+            a.free(blocks[~op])
+        if a.reserved - before >= min_bytes:
+            out.append((a.reserved - before) >> 20)
+    return out, a.peak_reserved
+
+
+def _common_subsequence(a: list[int], b: list[int]) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def compare_predicted(path: Path, run) -> dict:
+    """A history against the predicted sequence of its run's setup (vramplan.memory.allocator.sequence): the share of
+    segments made in the same order (longest common subsequence of their sizes, over the longer list) and the predicted
+    reserved peak over the recorded one, the history cut where it has made as many of the largest request of the
+    sequence's step 1 as the sequence's two steps (the histories run more steps)."""
+    from vramplan.estimator import CALIBRATED_DEFAULTS, _terms
+    from vramplan.memory.allocator.sequence import training_sequence
+    from vramplan.models import resolve_model
+
+    doc = json.loads(gzip.decompress(path.read_bytes()))
+    model = resolve_model(run.model_source or run.model)
+    pred = training_sequence(model, run.setup, _terms(model, run.setup, None, dict(CALIBRATED_DEFAULTS)))
+    largest = max(pred.sizes[op] for op in pred.ops[pred.marks["step1.forward"] :] if op >= 0)
+    count = sum(1 for op in pred.ops if op >= 0 and pred.sizes[op] == largest)
+    rec = with_pre_recording_tensor(doc["sizes"], doc["ops"])
+    seen, stop = 0, len(rec.ops)
+    for n, op in enumerate(rec.ops):
+        if op >= 0 and rec.sizes[op] == largest:
+            seen += 1
+            if seen > count:
+                stop = n
+                break
+    a, peak_a = segments_made(rec, stop)
+    b, peak_b = segments_made(pred)
+    return {"trace": path.name.removesuffix(".events.json.gz"), "in_order": _common_subsequence(a, b) / max(len(a), len(b)),
+            "peak_error": peak_b / peak_a - 1, "recorded_segments": len(a), "predicted_segments": len(b)}  # fmt: skip
+
+
+def main_predicted(paths: list[Path]) -> int:
+    from vramplan.runs import load_runs, shipped_runs_dir
+
+    by_trace = {}
+    for r in load_runs([shipped_runs_dir()]):
+        name = (r.extra or {}).get("memory_snapshot", "").removesuffix(".pickle")
+        # one GPU, a setup the sequence covers (no Unsloth), the default allocator settings, one micro-step
+        if name and r.setup.stack != "unsloth" and not r.setup.expandable_segments and r.setup.grad_accum == 1:
+            by_trace.setdefault(name, r)
+    rows = [compare_predicted(p, by_trace[n]) for p in paths if (n := p.name.removesuffix(".events.json.gz")) in by_trace]
+    for r in rows:
+        print(f"{r['trace']:<30} segments in the recorded order {100 * r['in_order']:5.1f} %"
+              f" ({r['recorded_segments']} recorded, {r['predicted_segments']} predicted)"
+              f"  reserved peak {100 * r['peak_error']:+6.2f} %")
+    print(f"{len(rows)} histories: segments in order {100 * statistics.mean(r['in_order'] for r in rows):.1f} % (mean), "
+          f"reserved peak median |error| {100 * statistics.median(abs(r['peak_error']) for r in rows):.2f} %")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    paths = [Path(a) for a in (argv if argv is not None else sys.argv[1:])] or sorted(TRACES.glob("*.events.json.gz"))
+    args = list(argv if argv is not None else sys.argv[1:])
+    predicted = "--predicted" in args
+    args = [a for a in args if a != "--predicted"]
+    paths = [Path(a) for a in args] or sorted(TRACES.glob("*.events.json.gz"))
+    if predicted:
+        return main_predicted(paths)
     rows = [check(p) for p in paths]
     for r in rows:
         print(f"{r['trace']:<30} recorded {r['recorded_reserved'] / GIB:8.3f}  simulated {r['simulated_reserved'] / GIB:8.3f} GiB"

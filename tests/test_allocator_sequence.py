@@ -1,6 +1,11 @@
 """The predicted allocation sequence: its live peak is the estimator's peak, its tensors add up to the terms,
 and its replay through the allocator model gives reserved_rule "simulated"."""
 
+import gzip
+import json
+import sys
+from pathlib import Path
+
 import pytest
 
 from gpu_catalog import find_gpu
@@ -22,6 +27,11 @@ from vramplan.runs import load_runs, shipped_runs_dir, single_gpu_run
 from vramplan.specs import LoraSpec, TrainingSetup
 
 GIB = 2**30
+ROOT = Path(__file__).resolve().parent.parent
+TRACES = ROOT / "docs" / "allocator_traces"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import trace_replay_check  # noqa: E402
 # the runs the simulated rule accepts (simulated.check_reserved_rule): one GPU, no DeepSpeed, any stack but unsloth
 SIMULATED_RUNS = [
     r
@@ -102,7 +112,7 @@ def test_a_tied_model_loads_its_lm_head_and_frees_it():
     embed = model.vocab_size * model.hidden_size * 2
     # the last op frees the lm_head built before tying, a tensor of the embedding's size
     assert seq.ops[-1] < 0 and seq.sizes[~seq.ops[-1]] == embed
-    after_load = sum(seq.sizes[i] for i in seq.ops if i >= 0) - embed
+    after_load = sum(seq.sizes[i] for i in seq.ops[seq.marks["load"]:] if i >= 0) - embed
     assert seq.live_peak() - after_load == embed
 
 
@@ -111,9 +121,21 @@ def test_qlora_load_warms_the_allocator_with_the_weights_byte_count():
     model = resolve_model("llama-3.1-8b")
     setup = TrainingSetup(method="qlora", lora=LoraSpec(rank=16), quant="nf4")
     seq = training_sequence(model, setup, _terms_of(model, setup), steps=0)
-    first = seq.sizes[seq.ops[0]]
-    assert seq.ops[1] == ~seq.ops[0]  # allocated and freed at once
-    assert abs(first - 5.59e9) < 0.01e9
+    warmup = seq.ops[seq.marks["load"]]
+    assert seq.ops[seq.marks["load"] + 1] == ~warmup  # allocated and freed at once
+    assert abs(seq.sizes[warmup] - 5.59e9) < 0.01e9
+
+
+def test_the_sequence_starts_with_start_cudas_tensor_and_the_warmup_leaves_out_its_cached_segment():
+    # trainer/cuda_start.py makes and frees torch.empty(1) first: a 2 MiB small-pool segment, reserved and unused,
+    # which caching_allocator_warmup subtracts (byte_count - (memory_reserved - memory_allocated)); the recorded
+    # histories of Llama-3.1-8B QLoRA warm up with 5330.51 MiB, 2 MiB under the weights' byte count
+    model = resolve_model("llama-3.1-8b")
+    setup = TrainingSetup(method="qlora", lora=LoraSpec(rank=16), quant="nf4", double_quant=False)
+    seq = training_sequence(model, setup, _terms_of(model, setup), steps=0)
+    assert seq.ops[:2] == [0, ~0] and seq.sizes[0] == 4
+    warmup = seq.sizes[seq.ops[seq.marks["load"]]]
+    assert warmup == 5589442560  # the request of both recorded 8B QLoRA histories, to the byte
 
 
 def test_replay_reproduces_the_steady_step_loss_segments_of_a_recorded_run():
@@ -164,13 +186,14 @@ def test_simulated_rule_refuses_what_it_cannot_do(setup, rule):
 
 
 def test_simulated_reserved_accuracy_on_the_shipped_runs_does_not_regress():
-    # docs/allocator_simulation.md: median 0.43 %, worst 8.0 % (the reserved peak uses no fitted constant)
+    # docs/allocator_simulation.md: median 0.36 %, worst +5.4 %, worst under -5.1 % over the 85 hf runs (the reserved
+    # peak uses no fitted constant; it was 8.0 / -8.0 % before the sequence followed the recorded histories)
     from vramplan.validation import validate
 
     stats = validate(RUNS, reserved_rule="simulated").stats("reserved")
     assert stats["runs"] >= 60
     assert stats["median_abs"] <= 0.005, stats
-    assert stats["worst_abs"] <= 0.085 and stats["worst_under"] >= -0.085, stats
+    assert stats["worst_abs"] <= 0.06 and stats["worst_under"] >= -0.06, stats
 
 
 def _phased(r) -> bool:
@@ -229,3 +252,161 @@ def test_autocast_adapter_copies_of_the_sequence_are_the_estimators_term(name, r
     assert (sum(map(sum, layers)), max(map(sum, layers))) == (total, one_layer)
     assert total == pytest.approx(adapter_bytes(model, setup.lora) / 2, rel=0.01)  # 2 of the fp32 adapters' 4 B
     assert adapter_autocast_copy_bytes(model, setup.model_copy(update={"grad_ckpt": False})) == (0, 0)
+
+
+def _segments_created(sizes, ops, stop_at_bytes):
+    """The sizes of the segments a replay creates, in order, until the first request of stop_at_bytes."""
+    from vramplan.memory.allocator.caching import CachingAllocator
+    from vramplan.memory.allocator.ops import EMPTY_CACHE
+
+    a = CachingAllocator(total_memory_bytes=150 * GIB)
+    blocks, out = [None] * len(sizes), []
+    for op in ops:
+        if op >= 0 and sizes[op] == stop_at_bytes:
+            return out
+        before = a.reserved
+        if op >= 0:
+            blocks[op] = a.malloc(sizes[op])
+        elif op == EMPTY_CACHE:
+            a.empty_cache()
+        else:
+            a.free(blocks[~op])
+        if a.reserved > before:
+            out.append(a.reserved - before)
+    return out
+
+
+def test_the_nf4_load_without_double_quantization_makes_the_segments_of_its_recorded_history():
+    # docs/allocator_traces/t-l8-qlora-nodq-gc (H200): warmup, per-weight quantization, fp32 upcast; every segment
+    # up to the first loss buffer (1002 MiB) has the recorded size and comes in the recorded order (the warmup 2 MiB
+    # larger than the run's split the load's free blocks otherwise: 84 MiB more reserved, -6.0 % at the peak)
+    trace = TRACES / "t-l8-qlora-nodq-gc.events.json.gz"
+    doc = json.loads(gzip.decompress(trace.read_bytes()))
+    run = next(r for r in RUNS if r.extra and r.extra.get("memory_snapshot", "").startswith("t-l8-qlora-nodq-gc"))
+    model = resolve_model(run.model_source or run.model)
+    seq = training_sequence(model, run.setup, _terms_of(model, run.setup))
+    loss_buffer = 4 * run.setup.seq_len * model.vocab_size
+    # the recorded list starts after start_cuda's tensor: put it back in front
+    rec = trace_replay_check.with_pre_recording_tensor(doc["sizes"], doc["ops"])
+    recorded = _segments_created(rec.sizes, rec.ops, loss_buffer)
+    predicted = _segments_created(seq.sizes, seq.ops, loss_buffer)
+    assert predicted == recorded
+
+
+def _chain_of(name, setup, target):
+    from vramplan.memory.allocator.lora_chain import lora_chains
+    from vramplan.memory.stacks import stack_profile
+
+    model = resolve_model(name)
+    profile = stack_profile(setup)
+    act = profile.activations(model, setup)
+    unit = setup.batch_size * setup.seq_len * model.hidden_size
+    chains = lora_chains(model, setup, act, unit, profile.adapter_itemsize, profile.kbit_fp32_upcast)
+    from vramplan.memory.allocator.tensors import lora_target_pieces
+
+    at = next(i for t, i in lora_target_pieces(model, setup, act) if t.name.endswith(target))
+    return chains[at]
+
+
+@pytest.mark.parametrize(
+    "name, dtype, target, mib",
+    [
+        # s-h200-l8-lora (H200, bf16): q_proj 16 / 32 / 32 / 16, down_proj 16 / 112 / 112 / 16 MiB
+        ("llama-3.1-8b", "bf16", "q_proj", (0, 16, 32, 32, 16)),
+        ("llama-3.1-8b", "bf16", "down_proj", (0, 16, 112, 112, 16)),
+        # t-q05-lora-fp32-s1024 (fp32 weights: the norm's fp32 output needs no copy, autocast casts it for the matmul)
+        ("qwen2.5-0.5b", "fp32", "gate_proj", (1.75, 9.5, 0, 3.5, 9.5)),
+        ("qwen2.5-0.5b", "fp32", "down_proj", (0, 1.75, 19, 19, 1.75)),
+    ],
+)
+def test_a_lora_targets_forward_transients_are_the_recorded_ones(name, dtype, target, mib):
+    seq_len = 2048 if name == "llama-3.1-8b" else 1024
+    setup = TrainingSetup(method="lora", lora=LoraSpec(rank=16), dtype=dtype, seq_len=seq_len)
+    c = _chain_of(name, setup, target)
+    got = tuple(x / 2**20 for x in (c.input_cast, c.base_out, c.input_copy, c.dropout_out, c.lora_out))
+    assert got == pytest.approx(mib, abs=0.01)
+
+
+def _lcs(a: list, b: list) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def test_the_non_checkpointed_lora_forward_makes_the_segments_of_its_recorded_history():
+    # s-h200-l8-lora: the segments (>= 20 MiB) made up to the first bf16 logits, in order; with the LoRA chains'
+    # transients 92 % of them match the recorded ones (longest common subsequence), without them 70 %
+    doc = json.loads(gzip.decompress((TRACES / "s-h200-l8-lora.events.json.gz").read_bytes()))
+    run = next(r for r in RUNS if (r.extra or {}).get("memory_snapshot", "").startswith("s-h200-l8-lora."))
+    model = resolve_model(run.model_source or run.model)
+    seq = training_sequence(model, run.setup, _terms_of(model, run.setup))
+    logits = run.setup.seq_len * model.vocab_size * 2
+    rec = trace_replay_check.with_pre_recording_tensor(doc["sizes"], doc["ops"])
+    recorded = [x >> 20 for x in _segments_created(rec.sizes, rec.ops, logits) if x >= 20 << 20]
+    predicted = [x >> 20 for x in _segments_created(seq.sizes, seq.ops, logits) if x >= 20 << 20]
+    assert _lcs(recorded, predicted) / max(len(recorded), len(predicted)) >= 0.9
+
+
+def _kept_made_with_two_residuals_alive(sizes, ops, residual: int) -> float:
+    """Of the residual-sized tensors kept > 500 ops (checkpointed layers' inputs), the share whose next two ops free
+    residual-sized tensors: a checkpointed layer's `residual + mlp_out`, both freed once their sum exists."""
+    from vramplan.memory.allocator.ops import EMPTY_CACHE
+
+    made, freed = {}, {}
+    for n, op in enumerate(ops):
+        if op >= 0:
+            made[op] = n
+        elif op != EMPTY_CACHE:
+            freed[~op] = n
+    kept = [t for t in made if sizes[t] == residual and t in freed and freed[t] - made[t] > 500]
+    two = [t for t in kept if all(op < 0 and op != EMPTY_CACHE and sizes[~op] == residual
+                                  for op in ops[made[t] + 1 : made[t] + 3])]  # fmt: skip
+    return len(two) / len(kept)
+
+
+def test_a_checkpointed_layer_makes_its_output_while_its_residual_and_mlp_output_are_alive():
+    # s-h200-l8-lora-gc (Llama-3.1-8B LoRA + checkpointing, H200): 93 of the 99 kept layer inputs of its 3 steps
+    doc = json.loads(gzip.decompress((TRACES / "s-h200-l8-lora-gc.events.json.gz").read_bytes()))
+    run = next(r for r in RUNS if (r.extra or {}).get("memory_snapshot", "").startswith("s-h200-l8-lora-gc."))
+    model = resolve_model(run.model_source or run.model)
+    residual = run.setup.seq_len * model.hidden_size * 2
+    assert _kept_made_with_two_residuals_alive(doc["sizes"], doc["ops"], residual) >= 0.9
+    seq = training_sequence(model, run.setup, _terms_of(model, run.setup))
+    assert _kept_made_with_two_residuals_alive(seq.sizes, seq.ops, residual) >= 0.9
+    # layer 0's input, the embedding's output, comes before the first matmul's cuBLAS workspace
+    forward = seq.ops[seq.marks["step0.forward"] :]
+    assert seq.sizes[forward[0]] == residual and seq.sizes[forward[1]] == _terms_of(model, run.setup).workspace // 2
+
+
+def _autograd_workspace_follows_the_logits_gradient(sizes, ops, workspace: int, logits_grad: int) -> bool:
+    """The first bf16 logits gradient (the first logits-sized request right after a 2x larger free: log_softmax's
+    backward) is followed within 4 ops by a never-freed workspace-sized request, the autograd thread's cuBLAS workspace
+    that lm_head's backward matmul makes after its first output."""
+    freed = {~op for op in ops if op < 0}
+    at = next(n for n, op in enumerate(ops) if op >= 0 and sizes[op] == logits_grad and ops[n - 1] < 0
+              and sizes[~ops[n - 1]] == 2 * logits_grad)  # fmt: skip
+    return any(op >= 0 and sizes[op] == workspace and op not in freed for op in ops[at + 1 : at + 5])
+
+
+HF_HISTORIES = [
+    r for r in RUNS
+    if (r.extra or {}).get("memory_snapshot", "").startswith(("s-h200", "t-"))
+    and not r.setup.expandable_segments and (TRACES / r.extra["memory_snapshot"].replace(".pickle", ".events.json.gz")).exists()
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("run", HF_HISTORIES, ids=[r.extra["memory_snapshot"].removesuffix(".pickle") for r in HF_HISTORIES])
+def test_the_autograd_threads_workspace_is_made_by_the_first_backward_matmul(run):
+    # every recorded hf history: "+logits_grad -lsm_grad +first output +32 MiB": not at the first forward matmul
+    model = resolve_model(run.model_source or run.model)
+    t = _terms_of(model, run.setup)
+    logits_grad = run.setup.batch_size * run.setup.seq_len * model.vocab_size * 2
+    path = TRACES / run.extra["memory_snapshot"].replace(".pickle", ".events.json.gz")
+    doc = json.loads(gzip.decompress(path.read_bytes()))
+    assert _autograd_workspace_follows_the_logits_gradient(doc["sizes"], doc["ops"], t.workspace // 2, logits_grad)
+    seq = training_sequence(model, run.setup, t)
+    assert _autograd_workspace_follows_the_logits_gradient(seq.sizes, seq.ops, t.workspace // 2, logits_grad)

@@ -8,17 +8,23 @@ allocated (tests/test_allocator_sequence.py checks it on every shipped run's set
 CachingAllocator it gives the reserved peak.
 
 Where each step comes from:
+* start: vramplan/trainer/cuda_start.py makes and frees a 4-byte tensor before anything else, so the process's first
+  segment is a 2 MiB small-pool one, cached and unused (the recorded histories start after it).
 * load, full / LoRA: ``from_config`` under ``torch.device("cuda")`` (vramplan/trainer/build.py) creates
   every parameter in module order; a tied lm_head is created and freed when post_init ties it (measured:
   load peak - after load = V*h*2 on every tied model's run).
 * load, QLoRA: ``from_pretrained`` -> transformers modeling_utils.py::caching_allocator_warmup allocates one
   tensor of the weights' byte count (quantized weights at 0.5 / 1 byte per element,
-  ``HfQuantizer.param_element_size``; the rest bf16; tied weights once) and frees it; then each bf16
+  ``HfQuantizer.param_element_size``; the rest bf16; tied weights once) less the reserved bytes no tensor uses
+  (``memory_reserved - memory_allocated``: start_cuda's segment) and frees it; then each bf16
   weight is loaded and quantized (the bf16 copy freed); then peft prepare_model_for_kbit_training casts
   every non-quantized parameter to fp32 (new tensor, old freed).
 * PEFT wrap: lora_A, lora_B per target module, in module order.
-* forward: cuBLAS workspaces at the first matmul; per layer the saved tensors (or, with checkpointing, the
-  layer input kept and the layer's tensors freed at its end); then the final norm's tensors and the loss
+* forward: the forward thread's cuBLAS workspace at the first matmul (the autograd thread's comes with the first
+  backward matmul); per layer the saved tensors (or, with checkpointing, the
+  layer input kept and the layer's tensors freed at its end; its output, the next layer's input, made while its
+  residual and MLP output are alive; layer 0's input, the embedding's output, before any matmul), and without checkpointing each LoRA target's
+  transients around its saved ones (lora_chain.py: base output, fp32 input copy, dropout output, lora_B output); then the final norm's tensors and the loss
   chain of memory/loss.py: bf16 logits, fp32 upcast, log_softmax (10 N V), the upcast freed, accelerate's
   fp32 copy of the logits replacing the bf16 ones, dropped by Trainer.compute_loss.
 * backward: the nll gradient and log_softmax backward (12 N V with the saved 4 N V), the bf16 logits
@@ -44,6 +50,7 @@ from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
 from .ops import EMPTY_CACHE, Sequence, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
+from .lora_chain import lora_chains
 from .rules import block_bytes
 from .tensors import (
     quantized_pieces,
@@ -61,12 +68,18 @@ from .tensors import (
 )
 
 BF16 = 2
+#: vramplan/trainer/cuda_start.py::start_cuda makes and frees ``torch.empty(1)`` (fp32) before anything else: the
+#: process's first segment (a 2 MiB small-pool one, kSmallBuffer), cached and unused from then on
+START_CUDA_TENSOR_BYTES = 4
+START_CUDA_SEGMENT_BYTES = 2 * 1024**2
 
 
 def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
     """The allocation sequence of loading and `steps` optimizer steps for one GPU; `t` is estimator._Terms."""
     seq = Sequence()
     b = _Builder(model, setup, t, seq)
+    seq.mark("start_cuda")
+    seq.free(seq.alloc(START_CUDA_TENSOR_BYTES))
     seq.mark("load")
     b.load()
     for step in range(steps):
@@ -101,6 +114,11 @@ class _Builder:
         self.dequant = [[bf16 for _, pieces, bf16 in layer if len(pieces) > 1] for layer in self.layers]
         # where each dequantized weight is made in a layer's forward: right before its matmul's output, freed
         # after it (MatMul4Bit.forward: linear(A, dequantize_4bit(B).t())), as (piece index, bytes)
+        # a non-checkpointed forward's LoRA transients (lora_chain.py); a checkpointed forward frees the layer's
+        # tensors at its end anyway (its chains, tried, moved the recorded 8B QLoRA s4096 history off its segments)
+        self.lora_chains = {} if setup.grad_ckpt else lora_chains(
+            model, act_setup, act, unit, profile.adapter_itemsize, profile.kbit_fp32_upcast
+        )
         self.dequant_fwd = [_dequant_slots(layer, activation_anchors(model, setup, act), len(self.saved_layer))
                             for layer in self.layers]  # fmt: skip
         self.quant_steps = {  # (pieces, their bytes) -> the quantization's allocations, per Linear kind
@@ -182,7 +200,10 @@ class _Builder:
         per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
         quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
         unquantized = sum(param_counts(m).values()) - quantized  # a tied lm_head counts once
-        seq.free(seq.alloc(int(quantized * per_elem) + unquantized * BF16))  # caching_allocator_warmup
+        # caching_allocator_warmup: the weights' bytes less the reserved bytes no tensor uses (start_cuda's segment),
+        # as one fp16 tensor of byte_count // 2 elements
+        warmup = int(quantized * per_elem) + unquantized * BF16 - START_CUDA_SEGMENT_BYTES
+        seq.free(seq.alloc(warmup // 2 * 2))
         head = seq.alloc(lm_head // up)
         bf16_embed = seq.alloc(embed // up)
         bf16_layers = []
@@ -208,41 +229,80 @@ class _Builder:
     # ------------------------------------------------------------------ one micro-step
     def forward(self, first: bool) -> None:
         s, t, seq = self.s, self.t, self.seq
-        if first:
-            self.workspace = [seq.alloc(t.workspace // 2), seq.alloc(t.workspace - t.workspace // 2)]
+        # with checkpointing each layer keeps its input: the embedding's output for layer 0, made before any matmul
+        self.ckpt: list[int] = [seq.alloc(t.one_checkpoint)] if s.grad_ckpt else []
+        if first:  # the forward thread's cuBLAS workspace, at the first matmul (the autograd thread's: backward)
+            self.workspace = [seq.alloc(t.workspace // 2)]
         self.quant = seq.alloc(t.quant_state)
-        self.ckpt: list[int] = []
         self.saved: list[list[int]] = []
         self.cache: list[list[int]] = []
         self.copies: list[int] = []
+        self.final_ids: list[int] = []
         for k in range(self.L):
             self.cache.append([seq.alloc(x) for x in self.cache_layer[k]])
             self.copies += [seq.alloc(x) for x in self.adapter_copies[k]]
-            if s.grad_ckpt:  # the layer input kept; the layer's tensors, as its recompute holds them, then freed
+            if s.grad_ckpt:  # the layer's tensors, as its recompute holds them, then freed
                 # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
-                self.ckpt.append(seq.alloc(t.one_checkpoint))
                 seq.free(*self._layer_forward(k))
+                self._checkpointed_layer_output(k)
             else:
                 self.saved.append(self._layer_forward(k))
-        self.final_ids = [seq.alloc(x) for x in self.final]
+        if not s.grad_ckpt:
+            self.final_ids = [seq.alloc(x) for x in self.final]
         self.lm_cache = seq.alloc(self.cache_lm)
         self._loss_forward()
         if s.grad_ckpt:  # autocast's per-layer weight copies are not saved through checkpointing
             seq.free(*[i for ids in self.cache for i in ids])
             self.cache = []
 
+    def _checkpointed_layer_output(self, k: int) -> None:
+        """A checkpointed layer's end, as its no-grad forward runs it (every recorded checkpointed history): its output
+        `residual + mlp_out` is made while both (residual-sized) are alive, then they are freed. The output is the
+        next layer's kept input, or after the last layer the final norm's (the estimator's `final` tensors)."""
+        seq, one = self.seq, self.t.one_checkpoint
+        residual, mlp_out = seq.alloc(one), seq.alloc(one)
+        if k < self.L - 1:
+            self.ckpt.append(seq.alloc(one))
+        else:
+            self.final_ids = [seq.alloc(x) for x in self.final]
+        seq.free(residual, mlp_out)
+
     def _layer_forward(self, k: int) -> list[int]:
         """Layer k's saved tensors; bitsandbytes gemm_4bit dequantizes each 4-bit weight for its matmul, alive
         while the matmul's output is made."""
-        seq, slots = self.seq, self.dequant_fwd[k]
-        ids = []
-        for n, x in enumerate(self.saved_layer):
+        seq, slots, saved = self.seq, self.dequant_fwd[k], self.saved_layer
+        ids: list[int] = []
+        n = 0
+        while n < len(saved):
             weights = [self._dequantize(w) for at, w in slots if at == n]
-            ids.append(seq.alloc(x))
-            seq.free(*weights)
+            chain = self.lora_chains.get(n)
+            if chain is None:
+                ids.append(seq.alloc(saved[n]))
+                seq.free(*weights)
+                n += 1
+                continue
+            ids += self._lora_target(chain, saved[n : n + chain.pieces], weights)
+            n += chain.pieces
         for at, w in slots:
             if at >= len(self.saved_layer):
                 seq.free(self._dequantize(w))
+        return ids
+
+    def _lora_target(self, chain, pieces: list[int], weights: list[int]) -> list[int]:
+        """One LoRA target's forward in the recorded order (lora_chain.py): its saved pieces (the input's bf16 copy,
+        the dropout mask, lora_A's output) and the transients around them; `weights`: its dequantized 4-bit weight."""
+        seq = self.seq
+        cast = seq.alloc(chain.input_cast)
+        base = seq.alloc(chain.base_out)
+        seq.free(cast, *weights)
+        copy = seq.alloc(chain.input_copy)
+        ids = [seq.alloc(pieces[1])] if len(pieces) == 3 else []  # the dropout mask
+        dropped = seq.alloc(chain.dropout_out)
+        ids += [seq.alloc(pieces[0]), seq.alloc(pieces[-1])]  # the dropout output's bf16 copy, lora_A's output
+        seq.free(dropped)
+        lora_b = seq.alloc(chain.lora_out)
+        scaled = seq.alloc(chain.lora_out)
+        seq.free(lora_b, scaled, base, copy)
         return ids
 
     def _dequantize(self, bf16: int) -> int:
@@ -293,6 +353,7 @@ class _Builder:
             seq.free(lsm_grad)
         else:  # the head's backward buffers; the lm_head weight's gradient is the last of them (full FT)
             head = [seq.alloc(x) for x in self._head_backward(new_grads)]
+            self._autograd_workspace()
         tied = self.m.tie_word_embeddings
         if full and new_grads:  # lm_head backward: lm_head's (tied: the embedding's) gradient, the final norm's
             for g in self.head_groups:
@@ -302,9 +363,11 @@ class _Builder:
                         self.tied_grad_id = self.grads[-1]
                 if g.name == self._head_weight() and not self.loss_saved:  # the owned head ends with its weight's gradient
                     seq.free(*head, *self.head_saved)
+            self._autograd_workspace()
         if not self.loss_saved and not (full and new_grads):
             seq.free(*head, *self.head_saved)
         carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
+        self._autograd_workspace()
         seq.free(*([logits_grad] if self.loss_saved else []), *self.final_ids)
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
             seq.free(self.lm_cache)
@@ -345,6 +408,14 @@ class _Builder:
             else:
                 self.grads.append(seq.alloc(grad_tensor(embed)))
         seq.free(self.quant)
+
+    def _autograd_workspace(self) -> None:
+        """The autograd thread's cuBLAS workspace, made by the first backward matmul right after its first output
+        (every recorded history: lm_head's weight gradient in full FT, else the last hidden state's gradient; inside
+        an owned head's backward), once per process; until then only the forward thread's exists."""
+        if len(self.workspace) == 1:
+            t = self.t
+            self.workspace.append(self.seq.alloc(t.workspace - t.workspace // 2))
 
     def _head_backward(self, new_grads: bool) -> list[int]:
         """An owned head's backward buffers, less the lm_head weight's gradient when it is made as a gradient here."""

@@ -5,7 +5,7 @@ allocator model needs the tensors, in the order they are created. Each function 
 into tensors whose bytes add up to the term exactly (tests/test_allocator_sequence.py checks it).
 """
 
-from ...models.params import expert_param_shapes, linear_shapes, moe_layers, param_counts
+from ...models.params import LinearShape, expert_param_shapes, linear_shapes, moe_layers, param_counts
 from ...specs import ModelSpec, TrainingSetup
 from ..activations import LayerActivations
 from ..adapters import ADAPTER_BYTES_PER_PARAM, adapter_pairs, lora_targets
@@ -230,6 +230,23 @@ def activation_anchors(model: ModelSpec, setup: TrainingSetup, act: LayerActivat
     """Indices into activation_tensors' list: the first attention piece (q_proj's output), the first piece
     after the attention (the residual sum behind o_proj), the first MLP piece (gate_proj's output)."""
     return _activation_units(model, setup, act)[1]
+
+
+def lora_target_pieces(model: ModelSpec, setup: TrainingSetup, act: LayerActivations) -> list[tuple[LinearShape, int]]:
+    """Each LoRA target of a layer with the index, into activation_tensors' list, of its first saved piece (its
+    pieces, in _lora_pieces' order: the bf16 copy of its input, the dropout mask, lora_A's output)."""
+    if setup.lora is None or not act.saved_units.get("lora"):
+        return []
+    per = 3 if setup.lora.dropout > 0 else 2
+    _, (a0, _, m0) = _activation_units(model, setup, act)
+    lora_attn, lora_mlp = _lora_pieces(model, setup, act.saved_units["lora"])
+    targets = lora_targets(model, setup.lora)
+    attn = [t for t in targets if t.name.startswith("self_attn")]
+    mlp = [t for t in targets if not t.name.startswith("self_attn")]
+    # the attention targets' pieces come right before the attention's, the MLP targets' right before the MLP's
+    # (a remainder piece, if any, after the last target's)
+    attn_start, mlp_start = a0 - len(lora_attn), m0 - len(lora_mlp)
+    return [(t, attn_start + per * j) for j, t in enumerate(attn)] + [(t, mlp_start + per * j) for j, t in enumerate(mlp)]
 
 
 def _activation_units(model: ModelSpec, setup: TrainingSetup, act: LayerActivations):
