@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 
 from vramplan.memory.allocator.caching import CachingAllocator  # noqa: E402
 from vramplan.memory.allocator.ops import EMPTY_CACHE, Sequence  # noqa: E402
-from vramplan.memory.allocator.replay import replay  # noqa: E402
+from vramplan.memory.allocator.replay import apply_op, replay  # noqa: E402
 
 GIB = 2**30
 TRACES = ROOT / "docs" / "allocator_traces"
@@ -73,12 +73,7 @@ def first_divergence(doc: dict, recorded_addresses: bool = False) -> int | None:
     recorded, t = 0, 0
     for n, op in enumerate(seq.ops):
         try:
-            if op >= 0:
-                blocks[op] = a.malloc(seq.sizes[op])
-            elif op == EMPTY_CACHE:
-                a.empty_cache()
-            else:
-                a.free(blocks[~op])
+            apply_op(a, blocks, seq.sizes, op)
         except StopIteration:
             return n - 2
         k = n - 2  # the trace's op index (the pre-recording tensor's two ops first)
@@ -116,12 +111,7 @@ def segments_made(seq: Sequence, stop: int | None = None, min_bytes: int = 20 * 
     blocks, out = [None] * len(seq.sizes), []
     for op in seq.ops[:stop]:
         before = a.reserved
-        if op >= 0:
-            blocks[op] = a.malloc(seq.sizes[op])
-        elif op == EMPTY_CACHE:
-            a.empty_cache()
-        else:
-            a.free(blocks[~op])
+        apply_op(a, blocks, seq.sizes, op)
         if a.reserved - before >= min_bytes:
             out.append((a.reserved - before) >> 20)
     return out, a.peak_reserved

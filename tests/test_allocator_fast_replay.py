@@ -9,6 +9,7 @@ from gpu_catalog import find_gpu
 from vramplan.estimator import CALIBRATED_DEFAULTS, _terms
 from vramplan.memory.allocator.caching import CachingAllocator
 from vramplan.memory.allocator.fast_replay import replay_default
+from vramplan.memory.allocator.replay import apply_op
 from vramplan.memory.allocator.sequence import EMPTY_CACHE, training_sequence
 from vramplan.models import resolve_model
 from vramplan.runs import load_runs, shipped_runs_dir
@@ -21,12 +22,7 @@ def _by_class(sizes: list[int], ops: list[int]):
     a = CachingAllocator()
     blocks = [None] * len(sizes)
     for op in ops:
-        if op >= 0:
-            blocks[op] = a.malloc(sizes[op])
-        elif op == EMPTY_CACHE:
-            a.empty_cache()
-        else:
-            a.free(blocks[~op])
+        apply_op(a, blocks, sizes, op)
     return a.peak_reserved, a.at_peak_reserved, a.peak_allocated, a.num_segments
 
 

@@ -11,7 +11,7 @@ import pytest
 from gpu_catalog import find_gpu
 from vramplan.errors import VramplanError
 from vramplan.estimator import CALIBRATED_DEFAULTS, _terms, estimate
-from vramplan.memory.allocator.replay import replay
+from vramplan.memory.allocator.replay import apply_op, replay
 from vramplan.memory.allocator.sequence import training_sequence
 from vramplan.memory.allocator.tensors import (
     grad_tensor,
@@ -257,7 +257,6 @@ def test_autocast_adapter_copies_of_the_sequence_are_the_estimators_term(name, r
 def _segments_created(sizes, ops, stop_at_bytes):
     """The sizes of the segments a replay creates, in order, until the first request of stop_at_bytes."""
     from vramplan.memory.allocator.caching import CachingAllocator
-    from vramplan.memory.allocator.ops import EMPTY_CACHE
 
     a = CachingAllocator(total_memory_bytes=150 * GIB)
     blocks, out = [None] * len(sizes), []
@@ -265,12 +264,7 @@ def _segments_created(sizes, ops, stop_at_bytes):
         if op >= 0 and sizes[op] == stop_at_bytes:
             return out
         before = a.reserved
-        if op >= 0:
-            blocks[op] = a.malloc(sizes[op])
-        elif op == EMPTY_CACHE:
-            a.empty_cache()
-        else:
-            a.free(blocks[~op])
+        apply_op(a, blocks, sizes, op)
         if a.reserved > before:
             out.append(a.reserved - before)
     return out
@@ -327,16 +321,6 @@ def test_a_lora_targets_forward_transients_are_the_recorded_ones(name, dtype, ta
     assert got == pytest.approx(mib, abs=0.01)
 
 
-def _lcs(a: list, b: list) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
 def test_the_non_checkpointed_lora_forward_makes_the_segments_of_its_recorded_history():
     # s-h200-l8-lora: the segments (>= 20 MiB) made up to the first bf16 logits, in order; with the LoRA chains'
     # transients 92 % of them match the recorded ones (longest common subsequence), without them 70 %
@@ -348,7 +332,7 @@ def test_the_non_checkpointed_lora_forward_makes_the_segments_of_its_recorded_hi
     rec = trace_replay_check.with_pre_recording_tensor(doc["sizes"], doc["ops"])
     recorded = [x >> 20 for x in _segments_created(rec.sizes, rec.ops, logits) if x >= 20 << 20]
     predicted = [x >> 20 for x in _segments_created(seq.sizes, seq.ops, logits) if x >= 20 << 20]
-    assert _lcs(recorded, predicted) / max(len(recorded), len(predicted)) >= 0.9
+    assert trace_replay_check._common_subsequence(recorded, predicted) / max(len(recorded), len(predicted)) >= 0.9
 
 
 def _kept_made_with_two_residuals_alive(sizes, ops, residual: int) -> float:

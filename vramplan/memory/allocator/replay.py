@@ -23,6 +23,17 @@ class ReplayResult:
     oom_at_op: int | None = None
 
 
+def apply_op(allocator, blocks: list, sizes: list[int], op: int) -> None:
+    """One Sequence op on `allocator`: allocate tensor op, free tensor ~op, or empty the cache (blocks[i] holds
+    tensor i's block). replay() inlines the same dispatch in its loop."""
+    if op >= 0:
+        blocks[op] = allocator.malloc(sizes[op])
+    elif op == EMPTY_CACHE:
+        allocator.empty_cache()
+    else:
+        allocator.free(blocks[~op])
+
+
 def replay(
     seq: Sequence,
     *,
