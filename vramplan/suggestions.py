@@ -92,10 +92,10 @@ def _changes(model: ModelSpec, s: TrainingSetup, fits: Callable[[TrainingSetup],
 
 
 def _unsloth_can_run(s: TrainingSetup) -> bool:
-    """Unsloth runs this job as it is otherwise set (memory/stacks.check_stack_supported's refusals, and no --liger or
-    --packing on the command line the suggestion is appended to)."""
-    return (s.stack in ("hf", "trl") and not s.liger and not s.packing and s.num_gpus == 1 and s.parallel is None
-            and s.attn != "eager" and s.quant in (None, "nf4"))  # fmt: skip
+    """The command line the suggestion is appended to can take --stack unsloth (no --liger: the setup would be
+    refused; no --packing). What Unsloth itself cannot run (several GPUs, fp4/int8, eager attention) is refused
+    by the estimate (memory/stacks.check_stack_supported), and suggestions() skips a change that is refused."""
+    return s.stack in ("hf", "trl") and not s.liger and not s.packing
 
 
 def _fits_or_false(fits: Callable[[TrainingSetup], bool], s: TrainingSetup, **changes) -> bool:
