@@ -363,8 +363,9 @@ if __name__ == "__main__":  # refit the shipped constants and report the leave-o
     from .runs import load_runs, shipped_runs_dir
 
     shipped = load_runs([shipped_runs_dir()])
-    families = sorted({r.environment.gpu_id or "unknown" for r in speed_runs(shipped)})
-    cal = fit_throughput(shipped, version=f"throughput-{'+'.join(families)}-{len(speed_runs(shipped))}runs")
+    timed = speed_runs(shipped)
+    families = sorted({r.environment.gpu_id or "unknown" for r in timed})
+    cal = fit_throughput(shipped, version=f"throughput-{'+'.join(families)}-{len(timed)}runs")
     throughput_path().write_text(json.dumps(cal.model_dump(mode="json"), indent=2) + "\n")
     loo = leave_one_out_step_times(shipped)
     print(json.dumps(cal.constants, indent=2))

@@ -7,8 +7,8 @@ checkpoint folder, so every method (not only QLoRA) first gets a random-init bf1
 * QLoRA: ``load_in_4bit=True`` (Unsloth's own BitsAndBytesConfig: NF4, double quantization,
   compute dtype = the load dtype; ``unsloth/models/loader.py::FastLanguageModel.from_pretrained``).
 * LoRA: ``load_in_4bit=False`` (its default is True), 16-bit weights.
-* full: ``full_finetuning=True`` (Unsloth then trains fp32 masters under autocast:
-  ``unsloth_zoo/training_utils.py::prepare_model_for_training``, float32_mixed_precision).
+* full: ``full_finetuning=True`` (on a bf16 GPU Unsloth trains the bf16 weights with bf16 Adam states,
+  "Using bfloat16 full finetuning"; seen on the H200: bf16 trainable parameters).
 * adapters: ``FastLanguageModel.get_peft_model(r, target_modules, lora_alpha, lora_dropout, bias="none",
   use_gradient_checkpointing="unsloth" | False)`` (``unsloth/models/llama.py::get_peft_model``);
   ``lora_dropout=0`` takes Unsloth's fused LoRA kernels, anything else PEFT's forward.
