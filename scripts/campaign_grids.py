@@ -368,3 +368,15 @@ def timing_grid() -> list[RunSpec]:
         tl("t-g3-4-trl-lora-gc", G3_4, "", grad_ckpt=True, **ten),
         hl("t-q3-8-liger-lora-gc", Q3_8, "", grad_ckpt=True, **ten),
     ]
+
+
+def tail_grid() -> list[RunSpec]:
+    """Issue 11: allocator histories (--snapshots) of the hf setups the simulated reserved rule misses most,
+    measured on the H100 without a history: 8B QLoRA r64 (+5.4 %) and 8B QLoRA at s = 4096 with and without
+    double quantization (-4.0 and -5.1 %). The allocator gives the same reserved bytes on both cards."""
+    return [
+        qlora("r-l8-qlora-r64-gc", L8, "simulated rule +5.4 % (r64)", grad_ckpt=True, lora_rank=64),
+        qlora("r-l8-qlora-gc-s4096", L8, "simulated rule -4.0 % (s4096)", grad_ckpt=True, seq_len=4096),
+        qlora("r-l8-qlora-nodq-gc-s4096", L8, "simulated rule -5.1 % (s4096, nf4 without double quant)",
+              grad_ckpt=True, seq_len=4096, double_quant=False),
+    ]
