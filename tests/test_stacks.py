@@ -175,6 +175,36 @@ def test_unsloth_qlora_keeps_its_global_dequantization_buffer():
     assert "weights.unsloth_dequant_buffer" not in lora.breakdown
 
 
+def test_unsloth_lora_dropout_runs_in_its_kernels_with_saved_masks_and_no_global_buffer():
+    # H200 run u-l8-qlora-gc-drop (dropout 0.05): six 8 MiB and one 28 MiB bool mask per layer (q, k, v, gate, up
+    # on [s, h], o on [s, q_width], down on [s, i]), no 112 MiB buffer kept, one [s, i] bf16 replay in backward
+    plain = setup(method="qlora", quant="nf4", stack="unsloth", lora=LoraSpec(dropout=0.0))
+    drop = setup(method="qlora", quant="nf4", stack="unsloth", lora=LoraSpec(dropout=0.05))
+    p, d = (stack_profile(s).activations(LLAMA, s) for s in (plain, drop))
+    assert d.saved_units["dropout_masks"] == pytest.approx(3 + 1 + 2 + 14336 / 4096)
+    assert "dropout_masks" not in p.saved_units
+    assert d.layer_units - p.layer_units == pytest.approx(9.5)
+    unit = 2048 * 4096
+    mp, md = estimate(LLAMA, plain).memory, estimate(LLAMA, drop).memory
+    assert "weights.unsloth_dequant_buffer" not in md.breakdown
+    assert md.breakdown["activations.recompute"] - mp.breakdown["activations.recompute"] == int(9.5 * unit)
+    assert md.breakdown["backward_transients"] - mp.breakdown["backward_transients"] == pytest.approx(2 * 2048 * 14336, abs=2)
+    # measured: +21 MiB over the run without dropout (7,140,417,536 vs 7,118,397,440 bytes)
+    modelled = md.peak_allocated_bytes - mp.peak_allocated_bytes
+    assert modelled / 2**20 == pytest.approx(21, abs=8)
+
+
+def test_unsloth_loads_tied_models_from_a_checkpoint_without_the_lm_head_copy():
+    # H200 run u-g3-4-lora-gc: load peak 7.37 GiB, the weights; the from_config load of hf/TRL makes a [V, h] copy
+    gemma = resolve_model("gemma-3-4b-it")
+    hf = estimate(gemma, setup()).memory
+    un = estimate(gemma, setup(stack="unsloth", lora=LoraSpec(dropout=0.0))).memory
+    weights = sum(v for k, v in un.breakdown.items() if k.startswith("weights.") and k != "weights.adapters")
+    assert hf.phases["load"] == weights + 262208 * 2560 * 2  # embedding-sized copy, freed when post_init ties it
+    assert "load" not in un.phases
+    assert un.peak_phase != "load"
+
+
 @pytest.mark.parametrize(
     "s, message",
     [

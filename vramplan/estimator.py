@@ -199,6 +199,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
     head = profile.head_bytes(model, setup)
     i_ratio = model.intermediate_size / model.hidden_size
     t_bwd_units = constants["t_bwd_i_factor"] * i_ratio + constants["t_bwd_const_units"]
+    t_bwd_units += profile.backward_transient_units(model, setup)
     itemsize = BYTES_PER_DTYPE[setup.dtype]
     # the bf16-adapter saving is of the LoRA chain's buffers, inside the activation-sized part: it never takes away
     # the dequantized weight or the expert materialisations (allocator/sequence.py holds those as whole tensors)
@@ -235,7 +236,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         largest_state=max((g.numel * g.itemsize for g in groups), default=0),
         adapter_copies_fwd=copies_fwd,
         adapter_copies_layer=copies_layer,
-        tied_load=tied_lm_head_load_bytes(model, setup, weights),
+        tied_load=tied_lm_head_load_bytes(model, setup, weights, from_pretrained=profile.loads_checkpoint),
         loss_saved=head.saved,
         loss_fwd_tmp=head.forward_tmp,
         loss_bwd_tmp=head.backward_tmp,

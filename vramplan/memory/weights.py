@@ -93,11 +93,14 @@ def lm_head_params(spec: ModelSpec) -> int:
     return spec.vocab_size * spec.hidden_size
 
 
-def tied_lm_head_load_bytes(spec: ModelSpec, setup: TrainingSetup, weights: dict[str, int]) -> int:
+def tied_lm_head_load_bytes(
+    spec: ModelSpec, setup: TrainingSetup, weights: dict[str, int], *, from_pretrained: bool = False
+) -> int:
     """Loading a tied model under ``torch.device("cuda")`` (trainer/build.py from_config): the lm_head Linear is
     created with its own [V, h] weight, then post_init ties it to the embedding and the copy is freed (measured:
-    load peak - after load = V*h*2 on every tied model's run). QLoRA's from_pretrained ties before loading: none."""
-    if not spec.tie_word_embeddings or setup.method == "qlora":
+    load peak - after load = V*h*2 on every tied model's run). from_pretrained (QLoRA, and every Unsloth method)
+    ties before loading: none (H200 run u-g3-4-lora-gc: load peak 7.37 GiB, no 1.25 GiB [V, h] copy)."""
+    if not spec.tie_word_embeddings or setup.method == "qlora" or from_pretrained:
         return 0
     return weights.get("weights.embeddings", 0)
 

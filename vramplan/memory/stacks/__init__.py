@@ -29,6 +29,7 @@ from .kernels import (
     liger_activations,
     masked_attention,
     unsloth_activations,
+    unsloth_backward_transient_units,
 )
 
 #: library versions each profile's constants were read from
@@ -62,6 +63,10 @@ class StackProfile:
     liger: bool = False
     #: buffers the stack itself keeps allocated from the first step on (name -> bytes, "weights.*" terms)
     buffers: Callable[[ModelSpec, TrainingSetup], dict[str, int]] = lambda spec, setup: {}
+    #: extra layer-backward transients of the stack's kernels, in units of b*s*h bytes
+    backward_transient_units: Callable[[ModelSpec, TrainingSetup], float] = lambda spec, setup: 0.0
+    #: every method loads a saved checkpoint with from_pretrained (ties before loading: no tied lm_head copy)
+    loads_checkpoint: bool = False
     #: memory/allocator/sequence.py builds this stack's allocation sequence (--reserved-rule simulated); Unsloth's
     #: offloaded checkpoints, chunked loss and fused LoRA kernels are not in it
     allocation_sequence: bool = True
@@ -162,8 +167,11 @@ def _buffers_unsloth(spec: ModelSpec, setup: TrainingSetup) -> dict[str, int]:
     """QLoRA: the LoRA kernels' forward dequantizes each 4-bit weight into one global buffer
     (unsloth/kernels/utils.py::matmul_lora -> fast_dequantize(use_global_buffer=True): WEIGHT_BUFFERS grows
     to the largest weight in the compute dtype, ABSMAX_BUFFERS to its fp32 absmax, one per 64 elements) that
-    is never freed. Seen in the H200 histories: 112 MiB for Llama-3.1-8B, 129.5 MiB for Qwen2.5-7B."""
-    if setup.method != "qlora":
+    is never freed. Seen in the H200 histories: 112 MiB for Llama-3.1-8B, 129.5 MiB for Qwen2.5-7B.
+    With lora_dropout > 0 the kernels take their dropout route (``_matmul_lora_ext``: use_global_buffer=False,
+    ``ctx.global_buffer = plain``): every dequantization is a transient, no buffer stays (history
+    u-l8-qlora-gc-drop: no 112 MiB tensor alive from the first forward on)."""
+    if setup.method != "qlora" or (setup.lora is not None and setup.lora.dropout > 0):
         return {}
     out_f, in_f = largest_linear(spec)
     n = out_f * in_f
@@ -233,7 +241,7 @@ def _assume_liger(base: Callable[[ModelSpec, TrainingSetup], list[str]], trl: bo
 
 def _assume_unsloth(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
     out = [
-        "stack 'unsloth': modelled from Unsloth 2026.10.9's source and measured on the H200 (6 runs): fused linear "
+        "stack 'unsloth': modelled from Unsloth 2026.10.9's source and measured on the H200 (12 runs): fused linear "
         "cross-entropy in fp32 chunks of at least 512 rows within a 2 GiB budget, no fp32 upcast of frozen weights",
     ]
     if setup.grad_ckpt:
@@ -241,10 +249,11 @@ def _assume_unsloth(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
     if setup.method == "full":
         out.append("Unsloth full fine-tuning trains bf16 weights with bf16 Adam states on bf16 GPUs (its default; "
                    "float32_mixed_precision=True would upcast them)")
-    elif setup.lora is not None and setup.lora.dropout > 0:
-        out.append("lora_dropout > 0: Unsloth falls back to PEFT's LoRA forward (use --lora-dropout 0 for its kernels)")
     else:
         out.append("Unsloth fused LoRA kernels (LoRA_MLP, LoRA_QKV, LoRA_W): activations recomputed in backward")
+        if setup.lora is not None and setup.lora.dropout > 0:
+            out.append("lora_dropout > 0 runs inside Unsloth's kernels (UNSLOTH_FUSED_LORA_DROPOUT=1, its default): "
+                       "one bool mask saved per projection input, no global dequantization buffer")
     return out
 
 
@@ -261,7 +270,8 @@ _PROFILES: dict[tuple[str, bool], StackProfile] = {
     ),
     ("unsloth", False): StackProfile(
         "unsloth", PROFILE_VERSIONS["unsloth"], False, FP32, True, _head_unsloth, _kernels_unsloth, _assume_unsloth,
-        buffers=_buffers_unsloth, allocation_sequence=False,
+        buffers=_buffers_unsloth, backward_transient_units=unsloth_backward_transient_units, loads_checkpoint=True,
+        allocation_sequence=False,
     ),
 }  # fmt: skip
 

@@ -23,6 +23,8 @@ LIGER_PATCHED = frozenset({
 UNSLOTH_GPU_STAGING_BUFFERS = 2
 #: bytes per element of a bf16 activation, in the units of `LayerActivations` (bytes per b s h)
 BF16_UNITS = 2
+#: a torch.native_dropout mask: one bool byte per element
+MASK_UNITS = 1
 
 
 def liger_activations(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, residual: int) -> LayerActivations:
@@ -75,11 +77,16 @@ def unsloth_activations(spec: ModelSpec, setup: TrainingSetup, act: LayerActivat
       compiled as one region (Unsloth 2026.10.9: "compiling each transformer block as one region"), saves a
       contiguous [b s, nh hd] copy for o_proj's LoRA kernel (H200 history u-l8-lora-s1024: 5 [s, h] bf16 tensors
       saved per layer where the eager modules keep 4, besides q, k, v).
+    * lora_dropout > 0 runs inside the same kernels (fast_lora.py: FUSED_LORA_DROPOUT, on unless
+      UNSLOTH_FUSED_LORA_DROPOUT=0): each projection's ``torch.native_dropout`` mask is saved, one byte per element
+      of its input: q, k, v and gate, up read the [s, h] norm outputs, o_proj the [s, q_width] attention output,
+      down_proj the [s, i] product (H200 history u-l8-qlora-gc-drop: six 8 MiB and one 28 MiB bool tensor more
+      than the run without dropout, at s = 2048).
     Not modelled: that history's q, k, v and attention output are 12.5 % larger than their shapes (9 and 2.25 MiB
     instead of 8 and 2 at s = 1024: about 2 % of the layer), seen on one run only.
-    With lora_dropout > 0 (or full fine-tuning) Unsloth falls back to PEFT/transformers modules: `act` as is.
+    Full fine-tuning runs the transformers modules: `act` as is.
     """
-    if setup.method == "full" or setup.lora is None or setup.lora.dropout > 0:
+    if setup.method == "full" or setup.lora is None:
         return act
     h = spec.hidden_size
     units = {
@@ -89,7 +96,19 @@ def unsloth_activations(spec: ModelSpec, setup: TrainingSetup, act: LayerActivat
     if "qk_norm" in act.saved_units:
         units["qk_norm"] = 2.0 * (spec.q_width + spec.kv_width) / h
     units["mlp"] = 4.0 * spec.intermediate_size / h if spec.moe is None else act.saved_units["mlp"]
+    if setup.lora.dropout > 0:
+        mlp_inputs = 2.0 + spec.intermediate_size / h if spec.moe is None else 0.0
+        units["dropout_masks"] = MASK_UNITS * (3.0 + spec.q_width / h + mlp_inputs)
     return replace(act, saved_units=units, final_units=2.0)
+
+
+def unsloth_backward_transient_units(spec: ModelSpec, setup: TrainingSetup) -> float:
+    """LoRA_MLP.backward with dropout (fast_lora.py): ``h = _dropout_replay(h, down_mask, ...)`` makes a new
+    [s, i] bf16 tensor beside the in-place product, alive until the layer's dX is made (the upW dequantization,
+    the layer's peak): b*s*i*2 bytes. Without dropout h is reused in place: nothing."""
+    if setup.method == "full" or setup.lora is None or setup.lora.dropout == 0 or spec.moe is not None:
+        return 0.0
+    return BF16_UNITS * spec.intermediate_size / spec.hidden_size
 
 
 def masked_attention(spec: ModelSpec, setup: TrainingSetup, act: LayerActivations, *, packed: bool) -> LayerActivations:
