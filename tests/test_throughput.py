@@ -67,6 +67,39 @@ def test_step_time_leave_one_out_median_error_meets_the_target(shipped):
     h100 = {r.run_id for r in shipped if r.environment.gpu_id == "h100-sxm"}
     assert len(checks) >= 50
     assert median_abs_error([c for c in checks if c.run_id in h100]) <= STEP_TIME_TARGET
+    # issue 10 asks 12 % on the H200; 2026-12-02: 15.0 % over 75 runs, with a between-run floor of about 6.7 %
+    # (scripts/step_time_noise.py): this guards what is reached, not the target
+    h200 = {r.run_id for r in shipped if r.environment.gpu_id == "h200"}
+    assert median_abs_error([c for c in checks if c.run_id in h200]) <= 0.155
+
+
+def test_launch_overheads_count_norm_modules_and_experts_per_pass():
+    from vramplan.throughput import step_work
+
+    gemma, olmoe = resolve_model("gemma-3-4b-it"), resolve_model("olmoe-1b-7b-0924")
+    gc, no_gc = make("lora", grad_ckpt=True), make("lora", grad_ckpt=False)
+    # Llama: 2 norms a layer; Gemma 3: 4 plus q/k norms; passes: forward + backward (+ the recompute)
+    assert step_work(LLAMA, gc).overheads["norm_overhead_s"] == 32 * 2 * 3
+    assert step_work(LLAMA, no_gc).overheads["norm_overhead_s"] == 32 * 2 * 2
+    assert step_work(gemma, gc).overheads["norm_overhead_s"] == 34 * 6 * 3
+    assert step_work(LLAMA, gc).overheads["expert_overhead_s"] == 0.0
+    assert step_work(olmoe, gc).overheads["expert_overhead_s"] == 16 * 64 * 3
+
+
+def test_the_launch_terms_improve_the_leave_one_out_fit(shipped):
+    # 2026-12-02 (143 runs): 15.0 % with one per-layer overhead, 12.9 % with norms and experts counted
+    import vramplan.throughput as T
+
+    with_counts = median_abs_error(leave_one_out_step_times(shipped))
+    saved = dict(T.PRIORS)
+    try:  # the same fit with both counts pinned at zero
+        T.PRIORS["norm_overhead_s"] = (0.0, 0.0, 0.0)
+        T.PRIORS["expert_overhead_s"] = (0.0, 0.0, 0.0)
+        without = median_abs_error(leave_one_out_step_times(shipped))
+    finally:
+        T.PRIORS.clear()
+        T.PRIORS.update(saved)
+    assert with_counts < without - 0.01
 
 
 def test_shipped_throughput_constants_are_the_fit_of_the_shipped_runs(shipped):

@@ -225,7 +225,7 @@ def _plan_assumptions(setup: TrainingSetup, skipped: set[str]) -> tuple[str, ...
     out = [
         "memory per GPU: calibrated estimate; data parallel, micro-batch per GPU as given",
         (
-            "speed: FLOPs / (dense peak x efficiency fitted per method on H100 runs) + launch overheads fitted on the "
+            "speed: FLOPs / (dense peak x efficiency fitted per method on H100 and H200 runs) + launch overheads fitted on the "
             "same runs; other GPUs scaled by their catalog peak and bandwidth (calibration_data/throughput.json)"
         ),
         "multi-GPU: ring collectives at 80 % of the GPU-GPU link (NVLink, else host PCIe), overlapped with compute",

@@ -4,6 +4,7 @@ step time (one optimizer step, per GPU) =
     FLOPs of the step / (dense peak x efficiency[method family])          GPU-bound matmuls and attention
   + grad_accum x layers x (layer_overhead_s + recompute_layer_overhead_s if checkpointing)
   + grad_accum x LoRA modules x adapter_overhead_s                        kernel launches, Python hooks
+  + grad_accum x layers x passes x (norm modules x norm_overhead_s + experts x expert_overhead_s)
   + step_overhead_s + bnb optimizer time + optimizer memory traffic / bandwidth
   + exposed communication (multi-GPU)
 FLOPs per token (N = matmul weights a token passes through, lm_head included; experts by top_k / E):
@@ -13,7 +14,7 @@ FLOPs per token (N = matmul weights a token passes through, lm_head included; ex
   attention: forward 4 x s_ctx x q_width per layer (QK^T and AV), backward 2x that, recomputed too;
   s_ctx = s/2 for causal flash/SDPA kernels, s for eager. QLoRA's dequantization is not a FLOP: it is in
   efficiency_qlora (fitted separately).
-The eight constants are fitted (bounded least squares on relative error) from the measured H100 runs and shipped in
+The ten constants are fitted (bounded least squares on relative error) from the measured H100 and H200 runs and shipped in
 calibration_data/throughput.json; `python -m vramplan.throughput` refits it and prints the leave-one-out error.
 """
 
@@ -41,6 +42,8 @@ PRIORS: dict[str, tuple[float, float, float]] = {
     "layer_overhead_s": (0.003, 0.0, 0.02),  # per decoder layer per micro-batch (forward + backward)
     "recompute_layer_overhead_s": (0.003, 0.0, 0.02),  # per checkpointed layer per micro-batch
     "adapter_overhead_s": (0.0007, 0.0, 0.005),  # per LoRA-wrapped module per micro-batch
+    "norm_overhead_s": (0.0005, 0.0, 0.01),  # per norm module per pass (forward, backward, recompute) per micro-batch
+    "expert_overhead_s": (0.00003, 0.0, 0.002),  # per MoE expert per layer per pass per micro-batch
     "step_overhead_s": (0.02, 0.0, 0.2),  # per optimizer step (Trainer loop, grad clipping, zero_grad)
     "bnb_optimizer_s_per_gparam": (0.02, 0.0, 0.2),  # bitsandbytes optimizers, per 1e9 trainable params
 }
@@ -140,8 +143,14 @@ def step_work(model: ModelSpec, setup: TrainingSetup) -> StepWork:
     groups = trainable_groups(model, setup)
     trainable = sum(g.params for g in groups)
     micro = setup.grad_accum
+    # small-batch steps are launch-bound: eager norms launch several kernels each (RMSNorm: cast, pow, mean, rsqrt,
+    # mul, mul and their backward), an eager MoE block a few per expert; so kernels, and time, grow with their count
+    passes = 3 if setup.grad_ckpt else 2
+    norms = model.norms_per_layer + (2 if model.qk_norm else 0)
     overheads = {
         "layer_overhead_s": micro * model.num_layers,
+        "norm_overhead_s": micro * model.num_layers * norms * passes,
+        "expert_overhead_s": micro * model.num_layers * model.moe.num_experts * passes if model.moe else 0.0,
         "recompute_layer_overhead_s": micro * model.num_layers if setup.grad_ckpt else 0.0,
         "adapter_overhead_s": micro * sum(p.count for p in adapter_pairs(model, setup.lora)) if setup.lora else 0.0,
         "step_overhead_s": 1.0,
