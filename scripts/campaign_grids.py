@@ -379,4 +379,10 @@ def tail_grid() -> list[RunSpec]:
         qlora("r-l8-qlora-gc-s4096", L8, "simulated rule -4.0 % (s4096)", grad_ckpt=True, seq_len=4096),
         qlora("r-l8-qlora-nodq-gc-s4096", L8, "simulated rule -5.1 % (s4096, nf4 without double quant)",
               grad_ckpt=True, seq_len=4096, double_quant=False),
+        # the capped run the simulation calls wrong (H100: OOM at max_allocated + 256 MiB, simulated: fits)
+        full("r-l1-full", L1, "reference for the caps"),
+        full("r-l1-full-cap-between", L1, "cap max_allocated + 256 MiB: OOM on the H100, simulated fits",
+             cap_from=CapFrom("r-l1-full", "max_allocated_bytes", 1.0, add_mib=256)),
+        full("r-l1-full-cap-under", L1, "cap 3 % under max_allocated", cap_from=CapFrom("r-l1-full", "max_allocated_bytes", 0.97)),
+        full("r-l1-full-cap-over", L1, "cap 2 % over max_reserved", cap_from=CapFrom("r-l1-full", "max_reserved_bytes", 1.02)),
     ]
