@@ -12,7 +12,7 @@ from gpu_catalog import find_gpu
 from vramplan.errors import VramplanError
 from vramplan.estimator import CALIBRATED_DEFAULTS, _terms, estimate
 from vramplan.memory.allocator.replay import apply_op, replay
-from vramplan.memory.allocator.sequence import training_sequence
+from vramplan.memory.allocator.sequence import EMPTY_CACHE, training_sequence
 from vramplan.memory.allocator.tensors import (
     grad_tensor,
     grouped_by_layer,
@@ -110,10 +110,27 @@ def test_a_tied_model_loads_its_lm_head_and_frees_it():
     setup = TrainingSetup(method="full")
     seq = training_sequence(model, setup, _terms_of(model, setup), steps=0)
     embed = model.vocab_size * model.hidden_size * 2
-    # the last op frees the lm_head built before tying, a tensor of the embedding's size
-    assert seq.ops[-1] < 0 and seq.sizes[~seq.ops[-1]] == embed
+    # the load's last op frees the lm_head built before tying, a tensor of the embedding's size; then training
+    # starts with accelerator.free_memory()'s empty_cache
+    assert seq.ops[-1] == EMPTY_CACHE
+    assert seq.ops[-2] < 0 and seq.sizes[~seq.ops[-2]] == embed
     after_load = sum(seq.sizes[i] for i in seq.ops[seq.marks["load"]:] if i >= 0) - embed
     assert seq.live_peak() - after_load == embed
+
+
+def test_training_starts_by_emptying_the_cache_as_the_recorded_history_does():
+    # Trainer._inner_training_loop -> accelerator.free_memory() -> torch.cuda.empty_cache(): in the H200 history
+    # r-l1-full the first empty-cache op follows the tied lm_head copy's free (501 MiB) and precedes every forward
+    # allocation; the predicted sequence empties the cache at the same point
+    doc = json.loads(gzip.decompress((ROOT / "docs" / "allocator_traces" / "r-l1-full.events.json.gz").read_bytes()))
+    ops, sizes = doc["ops"], doc["sizes"]
+    first = ops.index(EMPTY_CACHE)
+    big_before = [op for op in ops[:first] if op != EMPTY_CACHE and sizes[op if op >= 0 else ~op] > 400 * 2**20]
+    assert big_before[-1] < 0 and sizes[~big_before[-1]] == 128256 * 2048 * 2
+    model = resolve_model("llama-3.2-1b")
+    setup = TrainingSetup(method="full", seq_len=2048)
+    seq = training_sequence(model, setup, _terms_of(model, setup))
+    assert seq.ops[seq.marks["step0.forward"] - 1] == EMPTY_CACHE
 
 
 def test_qlora_load_warms_the_allocator_with_the_weights_byte_count():

@@ -20,6 +20,8 @@ Where each step comes from:
   weight is loaded and quantized (the bf16 copy freed); then peft prepare_model_for_kbit_training casts
   every non-quantized parameter to fp32 (new tensor, old freed).
 * PEFT wrap: lora_A, lora_B per target module, in module order.
+* training start: Trainer._inner_training_loop calls accelerator.free_memory(), whose torch.cuda.empty_cache()
+  releases every cached segment the load left unused (history r-l1-full: right after the tied lm_head copy's free).
 * forward: the forward thread's cuBLAS workspace at the first matmul (the autograd thread's comes with the first
   backward matmul); per layer the saved tensors (or, with checkpointing, the
   layer input kept and the layer's tensors freed at its end; its output, the next layer's input, made while its
@@ -82,6 +84,10 @@ def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2)
     seq.free(seq.alloc(START_CUDA_TENSOR_BYTES))
     seq.mark("load")
     b.load()
+    # Trainer._inner_training_loop begins with accelerator.free_memory() (transformers trainer.py; accelerate
+    # utils/memory.py::release_memory -> clear_device_cache -> torch.cuda.empty_cache()): the segments the load
+    # left cached and unused go back (history r-l1-full: the tied lm_head copy's 501 MiB segment, then this)
+    seq.empty_cache()
     for step in range(steps):
         for micro in range(setup.grad_accum):
             seq.mark(f"step{step}.forward" if micro == 0 else f"step{step}.micro{micro}.forward")
