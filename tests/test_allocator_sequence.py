@@ -176,6 +176,19 @@ def test_a_memory_cap_below_the_need_runs_out_and_one_above_fits():
     assert replay(seq, allowed_bytes=int(14.12 * GIB)).oom_at_op is None
 
 
+def test_a_cap_that_two_steps_survive_fails_in_the_third_as_measured():
+    # cap = max_allocated + 256 MiB (13.50 GiB): the run OOMs in step 2 on the H100 and the H200 (both records say
+    # steps=2); release-and-retry under the cap rearranges the segments, so two simulated steps fit, three do not
+    model = resolve_model("llama-3.2-1b")
+    setup = TrainingSetup(method="full", seq_len=2048)
+    cap = int(13.503190517425537 * GIB)
+    assert replay(training_sequence(model, setup, _terms_of(model, setup)), allowed_bytes=cap).oom_at_op is None
+    three = training_sequence(model, setup, _terms_of(model, setup), steps=3)
+    oom = replay(three, allowed_bytes=cap).oom_at_op
+    assert oom is not None and oom > three.marks["step2.forward"]
+    assert replay(three, allowed_bytes=int(14.12 * GIB)).oom_at_op is None
+
+
 def test_simulated_rule_reports_the_allocator_state_at_the_reserved_peak():
     model = resolve_model("llama-3.1-8b")
     setup = TrainingSetup(method="lora", lora=LoraSpec(rank=16), grad_ckpt=True)
