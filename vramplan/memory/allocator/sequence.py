@@ -24,7 +24,9 @@ Where each step comes from:
   backward matmul); per layer the saved tensors (or, with checkpointing, the
   layer input kept and the layer's tensors freed at its end; its output, the next layer's input, made while its
   residual and MLP output are alive; layer 0's input, the embedding's output, before any matmul), and without checkpointing each LoRA target's
-  transients around its saved ones (lora_chain.py: base output, fp32 input copy, dropout output, lora_B output); then the final norm's tensors and the loss
+  transients around its saved ones (lora_chain.py: base output, fp32 input copy, dropout output, lora_B output), and a
+  checkpointed QLoRA layer's fp32 MLP each tensor freed when its forward drops it (lora_chain.CheckpointedMlp: the
+  recorded 8B QLoRA histories r-l8-qlora-*); then the final norm's tensors and the loss
   chain of memory/loss.py: bf16 logits, fp32 upcast, log_softmax (10 N V), the upcast freed, accelerate's
   fp32 copy of the logits replacing the bf16 ones, dropped by Trainer.compute_loss.
 * backward: the nll gradient and log_softmax backward (12 N V with the saved 4 N V), the bf16 logits
@@ -50,7 +52,7 @@ from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
 from .ops import EMPTY_CACHE, Sequence, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
-from .lora_chain import lora_chains
+from .lora_chain import checkpointed_mlp, lora_chains
 from .rules import block_bytes
 from .tensors import (
     quantized_pieces,
@@ -58,6 +60,7 @@ from .tensors import (
     activation_tensors,
     grad_tensor,
     grouped_by_layer,
+    lora_target_pieces,
     layer_adapter_copies,
     layer_adapter_tensors,
     layer_weight_tensors,
@@ -121,6 +124,13 @@ class _Builder:
         )
         self.dequant_fwd = [_dequant_slots(layer, activation_anchors(model, setup, act), len(self.saved_layer))
                             for layer in self.layers]  # fmt: skip
+        # a checkpointed QLoRA layer's MLP as its forward runs it, keeping nothing (lora_chain.CheckpointedMlp): from
+        # the first MLP target's saved piece on; the attention's pieces are freed before it, the second norm's after
+        self.ckpt_mlp = None if profile.liger else checkpointed_mlp(model, act_setup, unit, profile.kbit_fp32_upcast)
+        if self.ckpt_mlp is not None:
+            _, a_end, m0 = activation_anchors(model, setup, act)
+            mlp_lora = [at for x, at in lora_target_pieces(model, act_setup, act) if x.role == "mlp"]
+            self.mlp_at, self.attn_end = min(mlp_lora, default=m0), a_end
         self.quant_steps = {  # (pieces, their bytes) -> the quantization's allocations, per Linear kind
             (len(p), sum(p)): quantization_steps(x.out_features, x.in_features, setup)
             for x in linear_shapes(model) if x.role != "lm_head"
@@ -273,6 +283,9 @@ class _Builder:
         seq, slots, saved = self.seq, self.dequant_fwd[k], self.saved_layer
         ids: list[int] = []
         n = 0
+        mlp = self.ckpt_mlp is not None
+        if mlp:  # the saved pieces up to the MLP's, then the MLP as its checkpointed forward runs it
+            slots, saved = [x for x in slots if x[0] < self.mlp_at], saved[: self.mlp_at]
         while n < len(saved):
             weights = [self._dequantize(w) for at, w in slots if at == n]
             chain = self.lora_chains.get(n)
@@ -286,7 +299,52 @@ class _Builder:
         for at, w in slots:
             if at >= len(self.saved_layer):
                 seq.free(self._dequantize(w))
+        if mlp:
+            seq.free(*ids[: self.attn_end])
+            weights = [bf16 for name, pieces, bf16 in self.layers[k] if len(pieces) > 1 and name.startswith("mlp.")]
+            self._checkpointed_mlp(dict(zip(("gate_proj", "up_proj", "down_proj"), weights)))
+            ids = ids[self.attn_end :]
         return ids
+
+    def _checkpointed_mlp(self, weights: dict[str, int]) -> None:
+        """LlamaMLP.forward in a checkpointed QLoRA layer's forward, each tensor freed when no longer referenced
+        (lora_chain.CheckpointedMlp: the recorded order); `weights`: each projection's dequantized bf16 bytes."""
+        seq = self.seq
+        gate = self._checkpointed_linear4bit("gate_proj", weights["gate_proj"])
+        act = seq.alloc(self.ckpt_mlp.i_fp32)  # act_fn(gate_proj(x))
+        seq.free(gate)
+        up = self._checkpointed_linear4bit("up_proj", weights["up_proj"])
+        product = seq.alloc(self.ckpt_mlp.i_fp32)
+        seq.free(act, up)
+        seq.free(self._checkpointed_linear4bit("down_proj", weights["down_proj"]), product)
+
+    def _checkpointed_linear4bit(self, leaf: str, weight: int) -> int:
+        """peft lora.Linear4bit.forward of an fp32 input under autocast, nothing saved: the result's id."""
+        seq, c = self.seq, self.ckpt_mlp
+        x, y, mask, lora = c.linear(leaf)
+        cast = seq.alloc(x // 2)  # bitsandbytes Linear4bit: x.to(compute_dtype)
+        w = self._dequantize(weight)
+        out = seq.alloc(y // 2)  # matmul_4bit's bf16 output
+        seq.free(w)
+        result = seq.alloc(y)  # .to(inp_dtype)
+        seq.free(out, cast)
+        clone = seq.alloc(y)  # PEFT: result = result.clone()
+        seq.free(result)
+        if not lora:
+            return clone
+        m = seq.alloc(mask)
+        dropped = seq.alloc(x) if c.dropout else None  # the dropout's fp32 output (no dropout: x itself)
+        seq.free(m)
+        copy = seq.alloc(x // 2)  # autocast's bf16 copy for lora_A
+        a = seq.alloc(c.lora_a)
+        seq.free(copy, *([dropped] if dropped is not None else []))
+        b = seq.alloc(y // 2)  # lora_B's output
+        seq.free(a)
+        scaled = seq.alloc(y // 2)
+        seq.free(b)
+        total = seq.alloc(y)  # result + ...: fp32
+        seq.free(clone, scaled)
+        return total
 
     def _lora_target(self, chain, pieces: list[int], weights: list[int]) -> list[int]:
         """One LoRA target's forward in the recorded order (lora_chain.py): its saved pieces (the input's bf16 copy,
