@@ -424,3 +424,125 @@ def test_the_autograd_threads_workspace_is_made_by_the_first_backward_matmul(run
     assert _autograd_workspace_follows_the_logits_gradient(doc["sizes"], doc["ops"], t.workspace // 2, logits_grad)
     seq = training_sequence(model, run.setup, t)
     assert _autograd_workspace_follows_the_logits_gradient(seq.sizes, seq.ops, t.workspace // 2, logits_grad)
+
+
+CKPT_MLP_HISTORIES = ["r-l8-qlora-gc-s4096", "r-l8-qlora-nodq-gc-s4096"]
+
+
+@pytest.mark.parametrize("name", CKPT_MLP_HISTORIES)
+def test_a_checkpointed_qlora_mlp_frees_its_tensors_as_its_forward_does(name):
+    # the hf 8B QLoRA s4096 histories: the checkpointed forward's MLP holds at most 3 (b, s, i) fp32 tensors at once
+    # (gate / act, the clone, the sum; act, up, the product: lora_chain.CheckpointedMlp), not gate, up and the
+    # product with their transients; holding them made two more 224 MiB segments, one fewer 1002 MiB one and a
+    # reserved peak 4-5 % under the recorded one
+    run = next(r for r in RUNS if (r.extra or {}).get("memory_snapshot", "").startswith(name + "."))
+    model = resolve_model(run.model_source or run.model)
+    i_fp32 = run.setup.seq_len * model.intermediate_size * 4
+    doc = json.loads(gzip.decompress((TRACES / f"{name}.events.json.gz").read_bytes()))
+    seq = training_sequence(model, run.setup, _terms_of(model, run.setup))
+    forward = seq.ops[seq.marks["step0.forward"] : seq.marks["step0.backward"]]
+    sizes, ops = doc["sizes"], doc["ops"]  # the recorded first forward: its first MLP to its fp32 logits
+    start = next(n for n, op in enumerate(ops) if op >= 0 and sizes[op] == i_fp32)
+    logits = run.setup.seq_len * model.vocab_size * 4
+    stop = next(n for n, op in enumerate(ops) if n > start and op >= 0 and sizes[op] == logits)
+    assert _most_alive_of_size(sizes, ops[start:stop], i_fp32) <= 3
+    assert _most_alive_of_size(seq.sizes, forward, i_fp32) <= 3
+    row = trace_replay_check.compare_predicted(TRACES / f"{name}.events.json.gz", run)
+    assert abs(row["peak_error"]) < 0.015 and row["in_order"] >= 0.95, row
+
+
+def _most_alive_of_size(sizes, ops, nbytes: int) -> int:
+    alive = most = 0
+    for op in ops:
+        if op >= 0 and sizes[op] == nbytes:
+            alive += 1
+            most = max(most, alive)
+        elif op < 0 and op != -(2**62) and sizes[~op] == nbytes:
+            alive -= 1
+    return most
+
+
+def _history(name: str):
+    run = next(r for r in RUNS if (r.extra or {}).get("memory_snapshot", "").startswith(name + "."))
+    model = resolve_model(run.model_source or run.model)
+    doc = json.loads(gzip.decompress((TRACES / f"{name}.events.json.gz").read_bytes()))
+    return run, model, doc, training_sequence(model, run.setup, _terms_of(model, run.setup))
+
+
+def test_a_checkpointed_qlora_mlp_casts_its_adapters_where_it_uses_them():
+    # r-l8-qlora-r64-gc (8B QLoRA, rank 64): autocast casts each MLP adapter weight at its first use inside the MLP
+    # (1.75 MiB bf16 copies of gate / up's lora_B and down's lora_A: large-pool blocks), not at the layer's start
+    run, model, doc, seq = _history("r-l8-qlora-r64-gc")
+    s = run.setup
+    i_fp32, logits = s.seq_len * model.intermediate_size * 4, s.seq_len * model.vocab_size * 4
+    b_copy = model.intermediate_size * s.lora.rank * 2
+    forward = seq.ops[seq.marks["step0.forward"] : seq.marks["step0.backward"]]
+    for sizes, ops in ((doc["sizes"], doc["ops"]), (seq.sizes, forward)):
+        # the copies alive at the fp32 logits' allocation (autocast's cache lives until the loss): all 3 per layer
+        # were made while one of the MLP's (b, s, i) fp32 tensors was alive
+        assert _copies_made_in_the_mlp(sizes, ops, b_copy, i_fp32, logits) == 3 * model.num_layers
+
+
+def test_a_checkpointed_qlora_layers_backward_makes_its_adapters_gradients_as_autograd_reaches_them():
+    # r-l8-qlora-r64-gc: each layer's backward makes its own adapters' gradients, a target's between its neighbours'
+    # dequantized 4-bit weights (at most two 3.5 MiB tensors in a row: down_proj's lora_A gradient after up_proj's
+    # lora_B one, or a dequantization's absmax pair), not every layer's at once in the last layer's backward; all
+    # at once they filled the freed bf16 logits segment and left the warm-up segment's space whole, so the step-0
+    # optimizer states took a freed 1002 MiB segment and step 1's backward made one more (+6.5 % reserved)
+    run, model, doc, seq = _history("r-l8-qlora-r64-gc")
+    grad = model.intermediate_size * run.setup.lora.rank * 4  # gate / up lora_B, down lora_A in fp32
+    weight = run.setup.seq_len * model.intermediate_size * 4  # = an MLP weight dequantized to bf16
+    assert _longest_run_beside(doc["sizes"], doc["ops"], grad, weight) == 2
+    assert _longest_run_beside(seq.sizes, seq.ops, grad, weight) == 2
+
+
+HF_CKPT_QLORA_HISTORIES = [
+    "r-l8-qlora-gc-s4096", "r-l8-qlora-nodq-gc-s4096", "r-l8-qlora-r64-gc", "s-h200-l8-qlora-gc", "t-l8-qlora-nodq-gc",
+    "s-h200-q7-qlora-gc",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", HF_CKPT_QLORA_HISTORIES)
+def test_a_checkpointed_hf_qlora_run_makes_the_segments_of_its_recorded_history(name):
+    # every segment of at least 20 MiB, in order (r-l8-qlora-gc-s4096 made one more 224 MiB one before its layer
+    # forward freed the attention's pieces before making the residual sum; r64 one more 1002 MiB one)
+    run, _, doc, seq = _history(name)
+    recorded = trace_replay_check.with_pre_recording_tensor(doc["sizes"], doc["ops"])
+    assert trace_replay_check.segments_made(seq)[0] == trace_replay_check.segments_made(recorded)[0]
+    row = trace_replay_check.compare_predicted(TRACES / f"{name}.events.json.gz", run)
+    assert abs(row["peak_error"]) < 0.005, row
+
+
+def _longest_run_beside(sizes, ops, small: int, big: int) -> int:
+    """The most `small`-sized allocations in a row (no `big`-sized one between) made while a `big`-sized tensor
+    is alive."""
+    alive = run = most = 0
+    for op in ops:
+        if op >= 0:
+            if sizes[op] == big:
+                alive, run = alive + 1, 0
+            elif sizes[op] == small and alive:
+                run += 1
+                most = max(most, run)
+        elif op != -(2**62) and sizes[~op] == big:
+            alive -= 1
+    return most
+
+
+def _copies_made_in_the_mlp(sizes, ops, copy: int, within: int, stop_at: int) -> int:
+    """The most `copy`-sized tensors alive at a `stop_at`-sized allocation that were made while a `within`-sized
+    tensor was alive (an 8B model's loading makes tensors of those sizes too: its bf16 embedding, MLP weights)."""
+    alive_within, made, most = 0, {}, 0
+    for op in ops:
+        if op >= 0:
+            if sizes[op] == stop_at:
+                most = max(most, sum(made.values()))
+            if sizes[op] == copy:
+                made[op] = alive_within > 0
+            if sizes[op] == within:
+                alive_within += 1
+        elif op != -(2**62):
+            made.pop(~op, None)
+            if sizes[~op] == within:
+                alive_within -= 1
+    return most

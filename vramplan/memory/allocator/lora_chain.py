@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...models.params import linear_shapes
 from ...specs import ModelSpec, TrainingSetup
 from ..activations import LayerActivations
+from ..adapters import lora_targets
 from .tensors import lora_target_pieces
 
 FP32, BF16 = 4, 2
@@ -74,3 +76,57 @@ def lora_chains(
             pieces=pieces,
         )
     return out
+
+
+@dataclass(frozen=True)
+class CheckpointedMlp:
+    """Bytes of a checkpointed QLoRA layer's MLP forward, which keeps none of its tensors (torch.utils.checkpoint
+    frees each as soon as nothing refers to it), when the MLP runs in fp32 (prepare_model_for_kbit_training's
+    fp32 norms: Linear4bit returns its input's dtype).
+
+    transformers models/llama/modeling_llama.py::LlamaMLP.forward is down_proj(act_fn(gate_proj(x)) * up_proj(x)),
+    each projection a PEFT lora.Linear4bit (peft tuners/lora/bnb.py::Linear4bit.forward, peft 0.21):
+    ``result = self.base_layer(x)`` (bitsandbytes Linear4bit.forward: ``x.to(compute_dtype)``, the weight
+    dequantized to bf16, ``matmul_4bit(...).to(inp_dtype)``), ``result = result.clone()``, then
+    ``result = result + lora_B(lora_A(dropout(x))) * scaling`` (under autocast: lora_A's bf16 copy of the dropout
+    output). Recorded in r-l8-qlora-gc-s4096, r-l8-qlora-nodq-gc-s4096, r-l8-qlora-r64-gc (docs/allocator_traces),
+    per projection: input cast (bf16), dequantized weight, bf16 output, weight freed, fp32 output, bf16 output and
+    cast freed, clone, fp32 output freed; dropout mask, dropout output (fp32), mask freed, its bf16 copy, lora_A
+    output, both freed, lora_B output, lora_A's freed, scaled, lora_B's freed, the sum, clone and scaled freed; then
+    act_fn(gate) (gate freed), the product (act and up freed) before down_proj, the product freed after it. Holding
+    gate, up and the product alive together instead (as the backward's recompute does) made two more (b, s, i) fp32
+    segments and one fewer bf16 logits one than recorded at s4096.
+    """
+
+    h_fp32: int  # a (b, s, h) fp32 tensor: the norm output, down_proj's output
+    i_fp32: int  # a (b, s, i) fp32 tensor: gate / up outputs, act_fn's, the product
+    lora_a: int  # lora_A's output (b, s, r) in bf16
+    dropout: bool
+    targets: frozenset  # which of gate_proj, up_proj, down_proj have an adapter
+
+    def linear(self, leaf: str) -> tuple[int, int, int, int]:
+        """(input bytes in fp32, output bytes in fp32, input mask bytes, whether LoRA'd) of one projection."""
+        x, y = (self.i_fp32, self.h_fp32) if leaf == "down_proj" else (self.h_fp32, self.i_fp32)
+        return x, y, (x // 4 if self.dropout else 0), leaf in self.targets
+
+
+def checkpointed_mlp(model: ModelSpec, setup: TrainingSetup, unit_elems: int, fp32_upcast: bool) -> CheckpointedMlp | None:
+    """The checkpointed MLP forward's sizes for a QLoRA setup with the fp32 upcast and a gate / up / down MLP in every
+    layer (None otherwise: the layer's tensors are made as its recompute holds them, then freed)."""
+    if not (setup.grad_ckpt and setup.method == "qlora" and setup.quant != "int8" and fp32_upcast):
+        return None
+    if setup.lora is None or model.moe is not None:
+        return None
+    L = model.num_layers
+    mlp = {s.name: s for s in linear_shapes(model) if s.role == "mlp"}
+    if sorted(mlp) != ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj"] or any(s.count != L or s.bias for s in mlp.values()):
+        return None
+    h, i = model.hidden_size, model.intermediate_size
+    targets = frozenset(t.name.rsplit(".", 1)[-1] for t in lora_targets(model, setup.lora) if t.name in mlp)
+    return CheckpointedMlp(
+        h_fp32=FP32 * unit_elems,
+        i_fp32=FP32 * unit_elems * i // h,
+        lora_a=BF16 * unit_elems * setup.lora.rank // h,
+        dropout=setup.lora.dropout > 0,
+        targets=targets,
+    )

@@ -26,12 +26,17 @@ Where each step comes from:
   backward matmul); per layer the saved tensors (or, with checkpointing, the
   layer input kept and the layer's tensors freed at its end; its output, the next layer's input, made while its
   residual and MLP output are alive; layer 0's input, the embedding's output, before any matmul), and without checkpointing each LoRA target's
-  transients around its saved ones (lora_chain.py: base output, fp32 input copy, dropout output, lora_B output); then the final norm's tensors and the loss
+  transients around its saved ones (lora_chain.py: base output, fp32 input copy, dropout output, lora_B output), and a
+  checkpointed QLoRA layer's fp32 MLP each tensor freed when its forward drops it (lora_chain.CheckpointedMlp: the
+  recorded 8B QLoRA histories r-l8-qlora-*), its adapters' autocast copies made where each is first used, and its
+  residual sum and second norm made after the attention's pieces are freed; then the final norm's tensors and the loss
   chain of memory/loss.py: bf16 logits, fp32 upcast, log_softmax (10 N V), the upcast freed, accelerate's
   fp32 copy of the logits replacing the bf16 ones, dropped by Trainer.compute_loss.
 * backward: the nll gradient and log_softmax backward (12 N V with the saved 4 N V), the bf16 logits
   gradient; lm_head's gradient (full FT); then per layer from the last: the recompute (checkpointing), the
-  backward transients, the layer's gradients, the layer's activations freed; the embedding's gradient.
+  backward transients, the layer's gradients (a checkpointed QLoRA layer's adapters': each target's as autograd
+  reaches it, before its base weight is dequantized; LoRA otherwise: every adapter's in the last layer's, as the
+  estimator's layer_backward counts them), the layer's activations freed; the embedding's gradient.
 * optimizer step: the states at step 0 (torch optimizers create them lazily in the first step()), the
   step's temporaries; zero_grad(set_to_none=True) frees the gradients.
 
@@ -46,13 +51,14 @@ from __future__ import annotations
 
 from ...models.params import linear_shapes, param_counts
 from ...specs import ModelSpec, TrainingSetup
+from ..adapters import adapter_pairs, lora_targets
 from ..constants import BYTES_PER_DTYPE, NF4_BLOCKSIZE
 from ..stacks import stack_profile
 from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
 from .ops import EMPTY_CACHE, Sequence, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
-from .lora_chain import lora_chains
+from .lora_chain import checkpointed_mlp, lora_chains
 from .rules import block_bytes
 from .tensors import (
     quantized_pieces,
@@ -60,6 +66,7 @@ from .tensors import (
     activation_tensors,
     grad_tensor,
     grouped_by_layer,
+    lora_target_pieces,
     layer_adapter_copies,
     layer_adapter_tensors,
     layer_weight_tensors,
@@ -77,9 +84,24 @@ START_CUDA_SEGMENT_BYTES = 2 * 1024**2
 
 
 def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
-    """The allocation sequence of loading and `steps` optimizer steps for one GPU; `t` is estimator._Terms."""
+    """The allocation sequence of loading and `steps` optimizer steps for one GPU; `t` is estimator._Terms.
+
+    A checkpointed QLoRA layer's backward makes its adapters' gradients as autograd reaches each target (_Builder.
+    backward); where that would hold fewer bytes at once than the estimator's layer_backward, which counts every
+    adapter's gradient in the last layer's backward (its peak allocated), they are all made there instead."""
+    seq, per_layer = _training_sequence(model, setup, t, steps, layer_grads=True)
+    if per_layer:
+        whole, _ = _training_sequence(model, setup, t, steps, layer_grads=False)
+        if whole.live_peak() > seq.live_peak():
+            return whole
+    return seq
+
+
+def _training_sequence(
+    model: ModelSpec, setup: TrainingSetup, t, steps: int, layer_grads: bool
+) -> tuple[Sequence, bool]:
     seq = Sequence()
-    b = _Builder(model, setup, t, seq)
+    b = _Builder(model, setup, t, seq, layer_grads)
     seq.mark("start_cuda")
     seq.free(seq.alloc(START_CUDA_TENSOR_BYTES))
     seq.mark("load")
@@ -98,11 +120,11 @@ def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2)
         b.optimizer_step(first=step == 0)
         seq.mark(f"step{step}.zero_grad")
         b.zero_grad()
-    return seq
+    return seq, b.layer_grads
 
 
 class _Builder:
-    def __init__(self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence):
+    def __init__(self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False):
         self.m, self.s, self.t, self.seq = model, setup, t, seq
         self.L = model.num_layers
         # the stack's kernels, adapter dtype and QLoRA upcast (memory/stacks); hf: the setup's own eager activations
@@ -127,6 +149,15 @@ class _Builder:
         )
         self.dequant_fwd = [_dequant_slots(layer, activation_anchors(model, setup, act), len(self.saved_layer))
                             for layer in self.layers]  # fmt: skip
+        # a checkpointed QLoRA layer's MLP as its forward runs it, keeping nothing (lora_chain.CheckpointedMlp): from
+        # the first MLP target's saved piece on; the attention's pieces are freed before it, the second norm's after
+        self.ckpt_mlp = None if profile.liger else checkpointed_mlp(model, act_setup, unit, profile.kbit_fp32_upcast)
+        # the adapters' gradients made in each layer's backward, as autograd reaches each target (training_sequence)
+        self.layer_grads = layer_grads and self.ckpt_mlp is not None
+        if self.ckpt_mlp is not None:
+            _, a_end, m0 = activation_anchors(model, setup, act)
+            mlp_lora = [at for x, at in lora_target_pieces(model, act_setup, act) if x.role == "mlp"]
+            self.mlp_at, self.attn_end = min(mlp_lora, default=m0), a_end
         self.quant_steps = {  # (pieces, their bytes) -> the quantization's allocations, per Linear kind
             (len(p), sum(p)): quantization_steps(x.out_features, x.in_features, setup)
             for x in linear_shapes(model) if x.role != "lm_head"
@@ -160,6 +191,14 @@ class _Builder:
         # with checkpointing: autocast's copies of the adapters, made in each layer's forward, dropped when autocast
         # exits after the loss (its recompute makes them again, saved until the layer's backward)
         self.adapter_copies = layer_adapter_copies(model, setup) if t.adapter_copies_fwd else [[]] * self.L
+        # a checkpointed QLoRA MLP's adapters are cast where each is used (lora_chain.CheckpointedMlp): MLP leaf ->
+        # index of its lora_A copy in a layer's copies (lora_B's follows); the other targets' at the layer's start
+        self.mlp_copies: dict[str, int] = {}
+        if self.ckpt_mlp is not None and t.adapter_copies_fwd:
+            pairs = adapter_pairs(model, setup.lora)[: len(lora_targets(model, setup.lora))]
+            if all(p.count == self.L for p in pairs):
+                mlp = [(j, p.name.rsplit(".", 1)[-1]) for j, p in enumerate(pairs) if p.name.startswith("mlp.")]
+                self.mlp_copies = {leaf: 2 * j for j, leaf in mlp}
 
     # ------------------------------------------------------------------ load
     def load(self) -> None:
@@ -246,7 +285,8 @@ class _Builder:
         self.final_ids: list[int] = []
         for k in range(self.L):
             self.cache.append([seq.alloc(x) for x in self.cache_layer[k]])
-            self.copies += [seq.alloc(x) for x in self.adapter_copies[k]]
+            at_use = {j for i in self.mlp_copies.values() for j in (i, i + 1)}
+            self.copies += [seq.alloc(x) for j, x in enumerate(self.adapter_copies[k]) if j not in at_use]
             if s.grad_ckpt:  # the layer's tensors, as its recompute holds them, then freed
                 # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
                 seq.free(*self._layer_forward(k))
@@ -279,6 +319,9 @@ class _Builder:
         seq, slots, saved = self.seq, self.dequant_fwd[k], self.saved_layer
         ids: list[int] = []
         n = 0
+        mlp = self.ckpt_mlp is not None
+        if mlp:  # the attention's pieces, then (below) o_proj, the pieces after it and the MLP as the forward runs them
+            slots, saved = [x for x in slots if x[0] < self.mlp_at], saved[: self.attn_end]
         while n < len(saved):
             weights = [self._dequantize(w) for at, w in slots if at == n]
             chain = self.lora_chains.get(n)
@@ -292,7 +335,64 @@ class _Builder:
         for at, w in slots:
             if at >= len(self.saved_layer):
                 seq.free(self._dequantize(w))
+        if mlp:  # o_proj's matmul (its weight dequantized), the attention's pieces freed, then the residual sum
+            # behind it and the second norm's pieces (freed at the layer's end) are made in the space they left
+            for at, w in slots:
+                if at >= self.attn_end:
+                    seq.free(self._dequantize(w))
+            seq.free(*ids)
+            ids = [seq.alloc(x) for x in self.saved_layer[self.attn_end : self.mlp_at]]
+            weights = [bf16 for name, pieces, bf16 in self.layers[k] if len(pieces) > 1 and name.startswith("mlp.")]
+            self._checkpointed_mlp(dict(zip(("gate_proj", "up_proj", "down_proj"), weights)), k)
         return ids
+
+    def _checkpointed_mlp(self, weights: dict[str, int], k: int) -> None:
+        """LlamaMLP.forward in a checkpointed QLoRA layer's forward, each tensor freed when no longer referenced
+        (lora_chain.CheckpointedMlp: the recorded order); `weights`: each projection's dequantized bf16 bytes."""
+        seq = self.seq
+        gate = self._checkpointed_linear4bit("gate_proj", weights["gate_proj"], k)
+        act = seq.alloc(self.ckpt_mlp.i_fp32)  # act_fn(gate_proj(x))
+        seq.free(gate)
+        up = self._checkpointed_linear4bit("up_proj", weights["up_proj"], k)
+        product = seq.alloc(self.ckpt_mlp.i_fp32)
+        seq.free(act, up)
+        seq.free(self._checkpointed_linear4bit("down_proj", weights["down_proj"], k), product)
+
+    def _checkpointed_linear4bit(self, leaf: str, weight: int, k: int) -> int:
+        """peft lora.Linear4bit.forward of an fp32 input under autocast, nothing saved: the result's id; layer k's
+        autocast copies of this target's lora_A / lora_B weights are made at their first use (cached_cast), kept until
+        autocast exits after the loss."""
+        seq, c = self.seq, self.ckpt_mlp
+        x, y, mask, lora = c.linear(leaf)
+        cast = seq.alloc(x // 2)  # bitsandbytes Linear4bit: x.to(compute_dtype)
+        w = self._dequantize(weight)
+        out = seq.alloc(y // 2)  # matmul_4bit's bf16 output
+        seq.free(w)
+        result = seq.alloc(y)  # .to(inp_dtype)
+        seq.free(out, cast)
+        clone = seq.alloc(y)  # PEFT: result = result.clone()
+        seq.free(result)
+        if not lora:
+            return clone
+        m = seq.alloc(mask)
+        dropped = seq.alloc(x) if c.dropout else None  # the dropout's fp32 output (no dropout: x itself)
+        seq.free(m)
+        at = self.mlp_copies.get(leaf)
+        copies = self.adapter_copies[k][at : at + 2] if at is not None else []
+        if copies:  # F.linear under autocast: lora_A's weight cast, then its input's
+            self.copies.append(seq.alloc(copies[0]))
+        copy = seq.alloc(x // 2)  # autocast's bf16 copy for lora_A
+        a = seq.alloc(c.lora_a)
+        seq.free(copy, *([dropped] if dropped is not None else []))
+        if copies:
+            self.copies.append(seq.alloc(copies[1]))
+        b = seq.alloc(y // 2)  # lora_B's output
+        seq.free(a)
+        scaled = seq.alloc(y // 2)
+        seq.free(b)
+        total = seq.alloc(y)  # result + ...: fp32
+        seq.free(clone, scaled)
+        return total
 
     def _lora_target(self, chain, pieces: list[int], weights: list[int]) -> list[int]:
         """One LoRA target's forward in the recorded order (lora_chain.py): its saved pieces (the input's bf16 copy,
@@ -380,15 +480,18 @@ class _Builder:
         for k in reversed(range(self.L)):
             recompute = [seq.alloc(x) for x in [*self.adapter_copies[k], *self.saved_layer]] if s.grad_ckpt else []
             tmp = [seq.alloc(x) for x in self.t_bwd]
-            if new_grads:  # full FT: this layer's; LoRA: every adapter's at once (estimator's layer_backward)
+            if new_grads and not self.layer_grads:  # full FT: this layer's; LoRA: every adapter's at once
                 if full:  # backward reaches the layer's modules last to first: down_proj's gradient comes first
                     groups = self.layer_groups[k][::-1]
-                else:
+                else:  # (estimator's layer_backward)
                     groups = [g for gs in self.layer_groups for g in gs] if k == self.L - 1 else []
                 self.grads += [seq.alloc(grad_tensor(g)) for g in groups]
             whole = [seq.alloc(x) for x in self.whole_bwd]
-            for x in self.dequant[k]:
-                seq.free(self._dequantize(x))
+            if self.layer_grads:
+                self._layer_grads_and_dequant(k, new_grads)
+            else:
+                for x in self.dequant[k]:
+                    seq.free(self._dequantize(x))
             seq.free(*whole, *tmp, *recompute)
             carry_in, carry = carry, seq.alloc(self.carry)  # this layer's input gradient replaces its output's
             seq.free(carry_in)
@@ -414,6 +517,21 @@ class _Builder:
             else:
                 self.grads.append(seq.alloc(grad_tensor(embed)))
         seq.free(self.quant)
+
+    def _layer_grads_and_dequant(self, k: int, new_grads: bool) -> None:
+        """Layer k's Linear modules in the order autograd reaches them (down_proj first, q_proj last): a LoRA
+        target's lora_B then lora_A gradient (peft Linear4bit.forward adds lora_B(lora_A(x)) after the base layer's
+        output, so their backward nodes run first; AccumulateGrad keeps each as .grad), then the 4-bit base weight
+        dequantized for the input's gradient (bitsandbytes MatMul4Bit.backward). Recorded in r-l8-qlora-r64-gc
+        (docs/allocator_traces): per target 1 / 3.5 MiB gradients, then the absmax and the bf16 weight."""
+        seq, grads = self.seq, {}
+        for g in self.layer_groups[k] if new_grads else []:
+            grads.setdefault(g.name.split(".", 1)[-1], []).append(g)
+        for name, pieces, bf16 in reversed(self.layers[k]):
+            self.grads += [seq.alloc(grad_tensor(g)) for g in reversed(grads.pop(name, []))]
+            if len(pieces) > 1:
+                seq.free(self._dequantize(bf16))
+        self.grads += [seq.alloc(grad_tensor(g)) for gs in grads.values() for g in reversed(gs)]
 
     def _autograd_workspace(self) -> None:
         """The autograd thread's cuBLAS workspace, made by the first backward matmul right after its first output
