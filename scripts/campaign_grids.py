@@ -386,3 +386,22 @@ def tail_grid() -> list[RunSpec]:
         full("r-l1-full-cap-under", L1, "cap 3 % under max_allocated", cap_from=CapFrom("r-l1-full", "max_allocated_bytes", 0.97)),
         full("r-l1-full-cap-over", L1, "cap 2 % over max_reserved", cap_from=CapFrom("r-l1-full", "max_reserved_bytes", 1.02)),
     ]
+
+
+def simulated_holdout_grid() -> list[RunSpec]:
+    """Issue 11: setups no shipped run has, predicted with the rules and with the simulated reserved rule before any
+    ran (docs/holdout/sim-predictions.json): the hold-out of the sequence fitted to the histories of 2026-12-02."""
+    tl, tq = _stack(lora, "trl"), _stack(qlora, "trl")
+    hl, ll = _stack(lora, "hf", True), _stack(lora, "trl", True)
+    return [
+        qlora("h-q7-qlora-r64-gc-s4096", Q7, "QLoRA r64 at 4k, Qwen2.5", grad_ckpt=True, lora_rank=64, seq_len=4096),
+        lora("h-l8-lora-r32-gc-s3072", L8, "LoRA r32, s = 3072", grad_ckpt=True, lora_rank=32, seq_len=3072),
+        qlora("h-q3-8-qlora-gc", Q3_8, "Qwen3 QLoRA (qk-norm)", grad_ckpt=True),
+        tq("h-m7-trl-qlora-gc-s4096", M7, "TRL QLoRA at 4k, Mistral", grad_ckpt=True, seq_len=4096),
+        lora("h-l3-lora-s4096", L3, "LoRA without GC at 4k, 3B", seq_len=4096),
+        hl("h-l1-liger-lora-b2", L1, "hf + Liger LoRA b2", batch_size=2),
+        full("h-q05-full-gc-b2", Q05, "full FT 0.5B b2 with GC", grad_ckpt=True, batch_size=2),
+        ll("h-q7-trlliger-lora-gc", Q7, "TRL + Liger LoRA, Qwen2.5", grad_ckpt=True),
+        qlora("h-phi3-qlora-gc", PHI3, "Phi-3 QLoRA (fused qkv)", grad_ckpt=True),
+        tl("h-l3-trl-lora-gc-s4096", L3, "TRL LoRA 3B at 4k", grad_ckpt=True, seq_len=4096),
+    ]

@@ -23,6 +23,7 @@ import campaign  # noqa: E402
 
 from gpu_catalog import find_gpu  # noqa: E402
 from vramplan.api import estimate_for  # noqa: E402
+from vramplan.errors import VramplanError  # noqa: E402
 from vramplan.models import resolve_model  # noqa: E402
 from vramplan.throughput import step_time  # noqa: E402
 from vramplan.runs.store import load_runs  # noqa: E402
@@ -33,7 +34,7 @@ PREDICTIONS = HOLDOUT_DIR / "predictions.json"
 #: grid -> its committed predictions
 PREDICTION_FILES = {
     "holdout": PREDICTIONS,
-    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing")},
+    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim")},
 }
 GIB = 2**30
 
@@ -42,6 +43,16 @@ def _h200_step_s(model: str, setup: TrainingSetup) -> float | None:
     """The predicted seconds per optimizer step on the H200 (throughput constants as shipped)."""
     timed = step_time(resolve_model(model), setup, find_gpu("h200"))
     return round(timed.total_s, 4) if timed else None
+
+
+def _simulated(spec) -> dict[str, int]:
+    """The simulated reserved rule's reserved and device peaks, where it covers the setup (calibrated context)."""
+    try:
+        e = estimate_for(spec.model, spec.setup, reserved_rule="simulated")
+    except VramplanError:
+        return {}
+    shown = e.calibrated or e.memory
+    return {"reserved_simulated": shown.peak_reserved_bytes, "device_simulated": shown.device_peak_bytes}
 
 
 def predict(path: Path, grid: str = "holdout") -> int:
@@ -63,6 +74,7 @@ def predict(path: Path, grid: str = "holdout") -> int:
                 "reserved_rule": shown.reserved_rule,
                 "stack": e.stack,
                 "step_s_h200": _h200_step_s(spec.model, spec.setup),
+                **_simulated(spec),
             }
         )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +104,11 @@ def compare(path: Path, runs_dir: Path) -> int:
             errors[k].append(v)
         cols = "".join(f" {p[k] / GIB:6.2f}/{measured[k] / GIB:6.2f}" for k in ("allocated", "reserved", "device"))
         print(f"{p['name']:<24} {p['reserved_rule']:<21}{cols}   " + " ".join(f"{100 * errs[k]:+5.1f}%" for k in errs))
+        for k in ("reserved", "device"):
+            if f"{k}_simulated" in p and measured[k]:
+                errors.setdefault(f"{k} (simulated)", []).append(p[f"{k}_simulated"] / measured[k] - 1)
+                print(f"{'':<24} simulated {k}: {p[f'{k}_simulated'] / GIB:6.2f}/{measured[k] / GIB:6.2f}  "
+                      f"{100 * (p[f'{k}_simulated'] / measured[k] - 1):+5.1f}%")
     for k, errs in errors.items():
         if errs:
             print(
