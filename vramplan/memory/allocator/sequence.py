@@ -59,6 +59,7 @@ from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, e
 from ..weights import lm_head_params
 from .ops import EMPTY_CACHE, Sequence, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .lora_chain import checkpointed_mlp, lora_chains
+from .qlora_steps import CheckpointedQloraSteps
 from .rules import block_bytes
 from .tensors import (
     quantized_pieces,
@@ -123,7 +124,7 @@ def _training_sequence(
     return seq, b.layer_grads
 
 
-class _Builder:
+class _Builder(CheckpointedQloraSteps):
     def __init__(self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False):
         self.m, self.s, self.t, self.seq = model, setup, t, seq
         self.L = model.num_layers
@@ -346,54 +347,6 @@ class _Builder:
             self._checkpointed_mlp(dict(zip(("gate_proj", "up_proj", "down_proj"), weights)), k)
         return ids
 
-    def _checkpointed_mlp(self, weights: dict[str, int], k: int) -> None:
-        """LlamaMLP.forward in a checkpointed QLoRA layer's forward, each tensor freed when no longer referenced
-        (lora_chain.CheckpointedMlp: the recorded order); `weights`: each projection's dequantized bf16 bytes."""
-        seq = self.seq
-        gate = self._checkpointed_linear4bit("gate_proj", weights["gate_proj"], k)
-        act = seq.alloc(self.ckpt_mlp.i_fp32)  # act_fn(gate_proj(x))
-        seq.free(gate)
-        up = self._checkpointed_linear4bit("up_proj", weights["up_proj"], k)
-        product = seq.alloc(self.ckpt_mlp.i_fp32)
-        seq.free(act, up)
-        seq.free(self._checkpointed_linear4bit("down_proj", weights["down_proj"], k), product)
-
-    def _checkpointed_linear4bit(self, leaf: str, weight: int, k: int) -> int:
-        """peft lora.Linear4bit.forward of an fp32 input under autocast, nothing saved: the result's id; layer k's
-        autocast copies of this target's lora_A / lora_B weights are made at their first use (cached_cast), kept until
-        autocast exits after the loss."""
-        seq, c = self.seq, self.ckpt_mlp
-        x, y, mask, lora = c.linear(leaf)
-        cast = seq.alloc(x // 2)  # bitsandbytes Linear4bit: x.to(compute_dtype)
-        w = self._dequantize(weight)
-        out = seq.alloc(y // 2)  # matmul_4bit's bf16 output
-        seq.free(w)
-        result = seq.alloc(y)  # .to(inp_dtype)
-        seq.free(out, cast)
-        clone = seq.alloc(y)  # PEFT: result = result.clone()
-        seq.free(result)
-        if not lora:
-            return clone
-        m = seq.alloc(mask)
-        dropped = seq.alloc(x) if c.dropout else None  # the dropout's fp32 output (no dropout: x itself)
-        seq.free(m)
-        at = self.mlp_copies.get(leaf)
-        copies = self.adapter_copies[k][at : at + 2] if at is not None else []
-        if copies:  # F.linear under autocast: lora_A's weight cast, then its input's
-            self.copies.append(seq.alloc(copies[0]))
-        copy = seq.alloc(x // 2)  # autocast's bf16 copy for lora_A
-        a = seq.alloc(c.lora_a)
-        seq.free(copy, *([dropped] if dropped is not None else []))
-        if copies:
-            self.copies.append(seq.alloc(copies[1]))
-        b = seq.alloc(y // 2)  # lora_B's output
-        seq.free(a)
-        scaled = seq.alloc(y // 2)
-        seq.free(b)
-        total = seq.alloc(y)  # result + ...: fp32
-        seq.free(clone, scaled)
-        return total
-
     def _lora_target(self, chain, pieces: list[int], weights: list[int]) -> list[int]:
         """One LoRA target's forward in the recorded order (lora_chain.py): its saved pieces (the input's bf16 copy,
         the dropout mask, lora_A's output) and the transients around them; `weights`: its dequantized 4-bit weight."""
@@ -517,21 +470,6 @@ class _Builder:
             else:
                 self.grads.append(seq.alloc(grad_tensor(embed)))
         seq.free(self.quant)
-
-    def _layer_grads_and_dequant(self, k: int, new_grads: bool) -> None:
-        """Layer k's Linear modules in the order autograd reaches them (down_proj first, q_proj last): a LoRA
-        target's lora_B then lora_A gradient (peft Linear4bit.forward adds lora_B(lora_A(x)) after the base layer's
-        output, so their backward nodes run first; AccumulateGrad keeps each as .grad), then the 4-bit base weight
-        dequantized for the input's gradient (bitsandbytes MatMul4Bit.backward). Recorded in r-l8-qlora-r64-gc
-        (docs/allocator_traces): per target 1 / 3.5 MiB gradients, then the absmax and the bf16 weight."""
-        seq, grads = self.seq, {}
-        for g in self.layer_groups[k] if new_grads else []:
-            grads.setdefault(g.name.split(".", 1)[-1], []).append(g)
-        for name, pieces, bf16 in reversed(self.layers[k]):
-            self.grads += [seq.alloc(grad_tensor(g)) for g in reversed(grads.pop(name, []))]
-            if len(pieces) > 1:
-                seq.free(self._dequantize(bf16))
-        self.grads += [seq.alloc(grad_tensor(g)) for gs in grads.values() for g in reversed(gs)]
 
     def _autograd_workspace(self) -> None:
         """The autograd thread's cuBLAS workspace, made by the first backward matmul right after its first output
