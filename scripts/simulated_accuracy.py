@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # campaign_grids.py beside this file
 
+from campaign_grids import DEFAULT_STEPS  # noqa: E402
 from gpu_catalog import find_gpu  # noqa: E402
 
 from vramplan.calibration import leave_one_out  # noqa: E402
@@ -52,8 +54,8 @@ def _grouped(v: Validation, runs: dict, total: str, key) -> dict[str, list[float
     return out
 
 
-#: the steps of the campaign's capped runs (scripts/campaign_grids.py DEFAULT_STEPS)
-CAPPED_STEPS = 3
+#: the steps of the campaign's capped runs
+CAPPED_STEPS = DEFAULT_STEPS
 
 
 def capped(runs) -> list[str]:

@@ -60,15 +60,31 @@ class RecordedAddresses:
         pass
 
 
+def recorded_segment_addresses(doc: dict) -> list[int]:
+    """The addresses of the segments a history's cudaMallocs made, in order (its segment timeline: ops so far,
+    reserved after, address; histories recorded before addresses were kept have (ops, reserved) entries only)."""
+    timeline = doc.get("segments") or []
+    return [e[2] for e, before in zip(timeline, [0, *(e[1] for e in timeline)]) if len(e) > 2 and e[1] > before]
+
+
+def replay_with_recorded_addresses(doc: dict) -> CachingAllocator:
+    """The history's requests replayed with its own segment addresses: the allocator model after the last op."""
+    seq = with_pre_recording_tensor(doc["sizes"], doc["ops"])
+    a = CachingAllocator(total_memory_bytes=150 * GIB, addresses=RecordedAddresses(recorded_segment_addresses(doc)))
+    blocks = [None] * len(seq.sizes)
+    for op in seq.ops:
+        apply_op(a, blocks, seq.sizes, op)
+    return a
+
+
 def first_divergence(doc: dict, recorded_addresses: bool = False) -> int | None:
     """The first op of the trace after which the model's reserved bytes differ from the trace's own segment
     timeline (doc["segments"]: ops so far, reserved after, address), or None if they never do.
     ``recorded_addresses``: give the model the trace's own segment addresses instead of addresses.py's."""
     timeline = doc.get("segments") or []
     seq = with_pre_recording_tensor(doc["sizes"], doc["ops"])
-    # histories recorded before addresses were kept have (ops, reserved) entries only
-    allocs = [e[2] for e, before in zip(timeline, [0, *(e[1] for e in timeline)]) if len(e) > 2 and e[1] > before]
-    a = CachingAllocator(total_memory_bytes=150 * GIB, addresses=RecordedAddresses(allocs) if recorded_addresses else None)
+    a = CachingAllocator(total_memory_bytes=150 * GIB,
+                         addresses=RecordedAddresses(recorded_segment_addresses(doc)) if recorded_addresses else None)
     blocks = [None] * len(seq.sizes)
     recorded, t = 0, 0
     for n, op in enumerate(seq.ops):

@@ -200,6 +200,8 @@ class _Builder(CheckpointedQloraSteps):
             if all(p.count == self.L for p in pairs):
                 mlp = [(j, p.name.rsplit(".", 1)[-1]) for j, p in enumerate(pairs) if p.name.startswith("mlp.")]
                 self.mlp_copies = {leaf: 2 * j for j, leaf in mlp}
+        #: indices of those copies (lora_A's and lora_B's) in a layer's copies: not made at the layer's start
+        self.copies_at_use = {j for i in self.mlp_copies.values() for j in (i, i + 1)}
 
     # ------------------------------------------------------------------ load
     def load(self) -> None:
@@ -286,8 +288,7 @@ class _Builder(CheckpointedQloraSteps):
         self.final_ids: list[int] = []
         for k in range(self.L):
             self.cache.append([seq.alloc(x) for x in self.cache_layer[k]])
-            at_use = {j for i in self.mlp_copies.values() for j in (i, i + 1)}
-            self.copies += [seq.alloc(x) for j, x in enumerate(self.adapter_copies[k]) if j not in at_use]
+            self.copies += [seq.alloc(x) for j, x in enumerate(self.adapter_copies[k]) if j not in self.copies_at_use]
             if s.grad_ckpt:  # the layer's tensors, as its recompute holds them, then freed
                 # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
                 seq.free(*self._layer_forward(k))
