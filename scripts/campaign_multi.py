@@ -13,8 +13,9 @@ Trainer's DDP or accelerate's FSDP2 does all communication), a per-run timeout, 
 record (per-GPU peaks = max over ranks, per-rank values in ``extra``) saved as
 ``<out>/<gpu-id>/<run_id>.json``. Progress goes to ``<out>/campaign-progress.jsonl`` (a second
 call with the same ``--out`` resumes) and the summary to ``<out>/campaign-summary.txt``.
-The driver never imports torch. ZeRO-2/3 are not in the grid: DeepSpeed is not installed on the
-GPU machines and the built-in trainer does not drive it.
+The driver never imports torch. ``--grid zero`` is DeepSpeed ZeRO-2/3 through the Trainer's ``deepspeed=``
+config (also at ``--num-gpus 1``: DeepSpeed at world size 1) and QLoRA with FSDP; ``--snapshots`` records the
+allocator history of world-size-1 runs (one process) as ``<out>/snapshots/<name>.pickle``.
 
 On the device tool: ``bash scripts/device_campaign_multi.sh --budget-s 500`` (packs the output
 into ``$OUT/campaign-multi.tgz``).
@@ -176,10 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-cache", type=Path, default=None, help="QLoRA random checkpoints")
     parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed or timed out")
     parser.add_argument("--list", action="store_true", help="print the selected grid and exit")
+    parser.add_argument("--snapshots", action="store_true",
+                        help="record each run's allocator history to <out>/snapshots/<name>.pickle (--num-gpus 1)")
     parser.add_argument("--grid", choices=sorted(GRIDS), default="multi",
                         help="multi: DDP/FSDP (issue 5); zero: DeepSpeed ZeRO and QLoRA+FSDP (issue 15); "
                              "scale: 4 and 8 GPUs (issue 16)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.snapshots and args.num_gpus != 1:
+        parser.error("--snapshots records one process: use it with --num-gpus 1")
 
     grid = GRIDS[args.grid](args.num_gpus)
     if args.num_gpus == 1:  # FSDP needs two ranks; ZeRO runs at world size 1
@@ -236,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                     notes=f"campaign issue5 multi-GPU: {spec.name}",
                     progress=lambda msg: print(f"    {msg}", flush=True),
                     log_path=out / "logs" / f"{spec.name}.log",
+                    memory_snapshot=out / "snapshots" / f"{spec.name}.pickle" if args.snapshots else None,
                 )
                 entry = entry_from_run(spec, run, single._record_path(out, run), time.monotonic() - started)
             except MeasurementError as exc:

@@ -3,8 +3,10 @@
     python scripts/holdout.py predict            # -> docs/holdout/predictions.json (commit it before measuring)
     python scripts/holdout.py compare RUNS_DIR   # predicted (as committed) vs the measured run records
     python scripts/holdout.py --grid stacks predict   # -> docs/holdout/stacks-predictions.json
+    python scripts/holdout.py --grid zero-x1 predict  # DeepSpeed at world size 1 (campaign_multi.py --grid zero)
 
-The grid is ``scripts/campaign.py --grid holdout`` (or ``--grid stacks``). ``compare`` reads the committed predictions, never
+The grid is ``scripts/campaign.py --grid holdout`` (or ``--grid stacks``, ...; ``zero-x1`` is the ZeRO part of
+``scripts/campaign_multi.py --grid zero --num-gpus 1``). ``compare`` reads the committed predictions, never
 recomputes them, so the numbers it prints are the ones made before the runs existed.
 """
 
@@ -34,7 +36,7 @@ PREDICTIONS = HOLDOUT_DIR / "predictions.json"
 #: grid -> its committed predictions
 PREDICTION_FILES = {
     "holdout": PREDICTIONS,
-    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim")},
+    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim", "zero-x1")},
 }
 GIB = 2**30
 
@@ -55,10 +57,19 @@ def _simulated(spec) -> dict[str, int]:
     return {"reserved_simulated": shown.peak_reserved_bytes, "device_simulated": shown.device_peak_bytes}
 
 
+def grid_specs(grid: str) -> list:
+    """The runs of `grid`: a campaign.py grid, or zero-x1 (campaign_multi.py's ZeRO runs at world size 1)."""
+    if grid == "zero-x1":
+        import campaign_multi
+
+        return [r for r in campaign_multi.zero_grid(1) if r.setup.parallel in ("zero2", "zero3")]
+    return getattr(campaign, GRIDS[grid])()
+
+
 def predict(path: Path, grid: str = "holdout") -> int:
     entries = []
     version = None
-    for spec in getattr(campaign, GRIDS[grid])():
+    for spec in grid_specs(grid):
         e = estimate_for(spec.model, spec.setup)
         shown = e.calibrated or e.memory
         version = e.calibration_version

@@ -40,6 +40,7 @@ from .environment import (
     package_version,
 )
 from .cuda_start import dump_memory_history, start_cuda, start_memory_history
+from .deepspeed_config import zero3_load_config
 from .errors import MeasurementError
 from .stacks import check_stack_installed, make_trainer, wraps_peft_itself
 
@@ -269,9 +270,13 @@ def run_measurement(
     try:
         with tempfile.TemporaryDirectory(prefix="vramplan-trainer-") as output_dir:
             say(f"building {model} ({setup.method}) on {'cuda' if on_cuda else 'cpu'}")
+            zero3_load = zero3_load_config(setup)  # ZeRO-3 builds the model partitioned, as users' runs do
+            if zero3_load is not None:
+                extra["deepspeed_zero3_init_at_load"] = True
             built = _build(raw, setup, model_path=model_path, checkpoint_cache=checkpoint_cache, name=model,
                            device=f"cuda:{ctx.local_rank}" if on_cuda else "cpu")  # fmt: skip
             extra.update(built.extra)
+            del zero3_load  # the Trainer's TrainingArguments register their own DeepSpeed config
             t_loaded = time.perf_counter()
             trainable_dtypes = {p.dtype for p in built.model.parameters() if p.requires_grad}
             precision = mixed_precision(setup, trainable_dtypes, on_cuda=on_cuda)
