@@ -101,7 +101,23 @@ def zero_grid(num_gpus: int = 2) -> list[RunSpec]:
     ]
 
 
-GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid}
+def zero_holdout_grid(num_gpus: int = 1) -> list[RunSpec]:
+    """Issue 15 at world size 1, a hold-out for the DeepSpeed buffers read from the source (2026-12-02): setups
+    none of the zero-grid runs has (another vocabulary-to-parameter ratio, a larger largest gradient, ZeRO-3's
+    sub-groups at another size), predicted and committed before they run."""
+    def zero(spec: RunSpec, stage: str, offload: str = "none") -> RunSpec:
+        update = {"parallel": stage, "num_gpus": num_gpus, "offload": offload}
+        return replace(spec, name=f"{spec.name}-x{num_gpus}", setup=spec.setup.model_copy(update=update))
+
+    return [
+        zero(single.full("h-q05-zero2-full-gc", "qwen2.5-0.5b", "ZeRO-2 full FT, vocab 152k on 0.5B", grad_ckpt=True), "zero2"),
+        zero(single.full("h-q15-zero3-full-gc", "qwen2.5-1.5b", "ZeRO-3 full FT 1.5B", grad_ckpt=True), "zero3"),
+        zero(single.full("h-l3-zero2-full-gc-offopt", L3, "ZeRO-2 optimizer offload 3B", grad_ckpt=True), "zero2", "optimizer"),
+        zero(single.full("h-l1-zero3-full-gc-offall", L1, "ZeRO-3 full offload 1B", grad_ckpt=True), "zero3", "all"),
+    ]
+
+
+GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid}
 
 
 def settings(spec: RunSpec) -> str:

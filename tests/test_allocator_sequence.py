@@ -224,12 +224,13 @@ def test_simulated_reserved_accuracy_on_the_shipped_runs_does_not_regress():
     stats = v.stats("reserved")
     assert stats["runs"] >= 90
     assert stats["median_abs"] <= 0.004, stats
-    others = [c.error("reserved") for c in v.comparisons if c.run_id != HOLDOUT_MISS]
+    others = [c.error("reserved") for c in v.comparisons if c.run_id not in HOLDOUT_MISS]
     assert max(map(abs, others)) <= 0.04 and min(others) >= -0.03
     # the 2026-12-02 hold-out's one miss (docs/holdout/sim-compare.txt, predicted before it ran): Qwen2.5-7B QLoRA
-    # r64 at s = 4096, -10.4 % (-9.1 % before this session's sequence changes; the rules -3.6 %); no history of it yet
-    miss = next(c.error("reserved") for c in v.comparisons if c.run_id == HOLDOUT_MISS)
-    assert -0.11 <= miss <= -0.09
+    # r64 at s = 4096, -10.4 % (-9.1 % before this session's sequence changes; the rules -3.6 %); its rerun with a history
+    # (docs/allocator_traces/h-q7-qlora-r64-gc-s4096) gives the same bytes
+    misses = [c.error("reserved") for c in v.comparisons if c.run_id in HOLDOUT_MISS]
+    assert len(misses) == 2 and all(-0.11 <= miss <= -0.09 for miss in misses)
 
 
 @pytest.mark.parametrize("stack", ["hf", "hf+liger", "trl", "trl+liger"])
@@ -238,14 +239,17 @@ def test_simulated_reserved_meets_the_issue_targets_on_every_simulated_stack(sta
     # 3.6 / -2.4, hf+liger 0.8 / 1.3 / -1.3, trl 0.8 / 2.9 / -2.9, trl+liger 1.3 / 2.7 / -2.7 %)
     from vramplan.validation import validate
 
-    runs = [r for r in SIMULATED_RUNS if _stack(r) == stack and r.run_id != HOLDOUT_MISS]  # the miss: see above
+    runs = [r for r in SIMULATED_RUNS if _stack(r) == stack and r.run_id not in HOLDOUT_MISS]  # the miss: see above
     stats = validate(runs, reserved_rule="simulated").stats("reserved")
     assert stats["runs"] >= 10
     assert stats["median_abs"] <= 0.015 and stats["worst_abs"] <= 0.05 and stats["worst_under"] >= -0.03, stats
 
 
-#: the simulated rule's one miss on the hold-out of 2026-12-02
-HOLDOUT_MISS = "qwen2.5-7b-qlora-nf4dq-r64-s4096-b1-gc-adamwtorchfused-bf16-sdpa-030efde8"
+#: the simulated rule's one miss on the hold-out of 2026-12-02, and the same setup rerun with its allocator history
+HOLDOUT_MISS = (
+    "qwen2.5-7b-qlora-nf4dq-r64-s4096-b1-gc-adamwtorchfused-bf16-sdpa-030efde8",
+    "qwen2.5-7b-qlora-nf4dq-r64-s4096-b1-gc-adamwtorchfused-bf16-sdpa-2de34101",
+)
 
 
 def _stack(r) -> str:

@@ -61,11 +61,36 @@ def test_zero3_model_states_are_16p_over_n_plus_4_largest_layer_and_a_sub_group_
     assert forward.breakdown["zero3.live_parameters"] == 4 * VH
 
 
-def test_zero2_model_states_are_4p_plus_16p_over_n():
-    # deepspeed stage_1_and_2.py::estimate_zero2_model_states_mem_needs: 4 * P + 16 * P / n
+def test_zero2_model_states_are_4p_plus_12p_over_n_and_the_step_makes_the_fp32_gradient():
+    # deepspeed stage_1_and_2.py::estimate_zero2_model_states_mem_needs says 4 * P + 16 * P / n, counting the fp32
+    # gradient partition as kept; the engine makes it in the step only, from a flattened bf16 copy
+    # (stage_1_and_2.py:3117-3118): bf16 weights and gradients 2 + 2, master and Adam 4 + 8 per param / n, and
+    # 2 + 4 bytes per param / n of step temporaries
     m = estimate(LLAMA, make("full", 8, "zero2", grad_ckpt=True)).memory
+    assert m.peak_phase == "optimizer"
     assert m.breakdown["gradients"] == pytest.approx(2 * P, rel=1e-4)
-    assert model_states(m.breakdown) == pytest.approx(4 * P + 16 * P / 8, rel=1e-4)
+    assert model_states(m.breakdown) == pytest.approx(4 * P + 12 * P / 8, rel=1e-4)
+    assert m.breakdown["optimizer_step_temporaries"] == pytest.approx(6 * P / 8, rel=1e-4)
+    # the fp32 gradient is not there in the forward: 4P/n less than a persistent partition would hold
+    one = estimate(LLAMA, make("full", 1, "zero2", grad_ckpt=True)).memory
+    assert one.phases["optimizer"] - one.phases["forward"] > 6 * P
+
+
+def test_deepspeed_offload_reserves_a_side_stream_pool_for_the_largest_gradient(monkeypatch):
+    # stage_1_and_2.py:1873-1900: each gradient's fp64 norm copy on reduction_stream, whose cached blocks the compute
+    # stream never reuses (CUDACachingAllocator get_free_block compares block->stream); the largest gradient of
+    # Llama-3.1-8B is the untied embedding's V x h
+    off = estimate(LLAMA, make("full", 1, "zero2", grad_ckpt=True, offload="optimizer")).memory
+    assert off.reserved_rule != "simulated"
+    from vramplan.memory.deepspeed import zero2_offload_stream_pool
+
+    assert zero2_offload_stream_pool(VH) == pytest.approx(8 * VH, abs=2 * 1024**2)
+    import vramplan.memory.parallel as parallel
+
+    monkeypatch.setattr(parallel, "zero2_offload_stream_pool", lambda numel: 0)
+    without = estimate(LLAMA, make("full", 1, "zero2", grad_ckpt=True, offload="optimizer")).memory
+    assert without.peak_allocated_bytes == off.peak_allocated_bytes  # reserved, never allocated at the peak
+    assert off.peak_reserved_bytes - without.peak_reserved_bytes == zero2_offload_stream_pool(VH)
 
 
 def test_fsdp_full_ft_shards_fp32_upcast_weights_grads_and_adam_states():

@@ -244,6 +244,10 @@ def test_zero3_builds_the_model_under_a_registered_deepspeed_config_and_only_zer
     assert is_deepspeed_zero3_enabled()  # from_config / from_pretrained now build inside zero.Init
     assert deepspeed_config()["bf16"] == {"enabled": True}  # zero.Init casts to the config's dtype
     assert deepspeed_config()["zero_optimization"]["offload_param"]["device"] == "cpu"
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    parsed = DeepSpeedConfig(deepspeed_config())  # what zero.Init parses: no "auto" batch size left
+    assert parsed.train_batch_size == 1 and parsed.zero_optimization_stage == 3
     del held
     assert not is_deepspeed_zero3_enabled()  # a weak reference: the Trainer's own config takes over
 

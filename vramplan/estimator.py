@@ -119,6 +119,7 @@ class _Terms:
     parallel_reduce: dict[str, int] = field(default_factory=dict)
     parallel_outside: int = 0
     parallel_fragmentation: float = 0.0
+    parallel_stream_pools: dict[str, int] = field(default_factory=dict)
 
 
 def estimate(
@@ -250,6 +251,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         embedding_grad=p.embedding_grad, opt_transient=p.opt_transient, parallel_persistent=p.persistent,
         parallel_gather_fwd=p.gather_forward, parallel_gather_bwd=p.gather_backward, parallel_reduce=p.reduce,
         parallel_outside=p.outside_allocator_bytes, parallel_fragmentation=p.extra_fragmentation,
+        parallel_stream_pools=p.stream_pools,
     )  # fmt: skip
 
 
@@ -359,6 +361,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
         )
         if steady > reserved:
             reserved, reserved_rule = steady, RESERVED_BY_STEADY_LOSS
+    reserved += sum(t.parallel_stream_pools.values())  # side streams' cached segments (DeepSpeed offload)
     context = int(constants["cuda_context_bytes"])
     outside = t.managed_states + t.parallel_outside
     device = reserved + context + outside

@@ -8,6 +8,9 @@ from .allocator import block_bytes
 
 BF16 = 2
 FP32 = 4
+FP64 = 8
+#: stage3.py:1960-1967 ``_constant_buffered_norm2``: the fp64 norm copy is made in chunks of at most this many elements
+NORM_CHUNK_ELEMENTS = 250_000_000
 #: zero/config.py:182 ``sub_group_size: int = Field(pp_int(1e9))`` (HF's integration leaves it alone)
 SUB_GROUP_SIZE = 1_000_000_000
 
@@ -60,3 +63,42 @@ def zero3_step_fp32_gradient(trainable: int, num_gpus: int, adam_transient: int)
     sub_group_size elements (stage3.py:1210-1233; the last parameter added may overshoot it, not counted here)."""
     sub = min(-(-trainable // num_gpus), SUB_GROUP_SIZE)
     return max(block_bytes(sub * (BF16 + FP32)), block_bytes(sub * FP32) + adam_transient)
+
+
+def zero2_step_transient(trainable: int, num_gpus: int, adam_transient: int) -> int:
+    """ZeRO-1/2 optimizer step without offload, on top of the bf16 gradient partitions: the group's gradients are
+    flattened into one bf16 copy and cast to the fp32 ``.grad`` of the master partition in one expression
+    (``flatten_dense_tensors_aligned(...).to(fp32)``, runtime/zero/stage_1_and_2.py:3117-3118), so the copy and the
+    fp32 gradient are alive together; the bf16 gradients are dropped after (:3128), and the fp32 gradient lives on
+    through the torch optimizer's step. The fp32 gradient is made in the step only: the 4P zeros of
+    ``initialize_optimizer_states`` (:936-950) are freed at init. (2 param groups, decay and no decay, reach
+    DeepSpeed from the Trainer's optimizer: the largest is taken as all trainable parameters.)"""
+    part = -(-trainable // num_gpus)
+    fp32_grad = block_bytes(part * FP32)
+    return max(block_bytes(part * BF16) + fp32_grad, fp32_grad + adam_transient - block_bytes(part * BF16))
+
+
+def zero2_offload_stream_pool(largest_trainable_numel: int) -> int:
+    """ZeRO-1/2 with offload_optimizer and overlap_comm: ``copy_grads_in_partition`` runs on ``reduction_stream``
+    (runtime/zero/stage_1_and_2.py:2239-2249, 2271) and makes, per gradient, an fp64 copy for its norm
+    (``set_norm_for_param_grad_in_gpu``, :1873-1886; fp64 because ``get_norm_dtype`` is double on CUDA,
+    zero/utils.py:59-63) and then an fp32 copy for the host transfer (:1899-1900). The caching allocator never
+    hands a block cached for one stream to another (CUDACachingAllocator.cpp get_free_block compares
+    ``block->stream``), so that stream keeps a pool of its own: the largest gradient's fp64 copy."""
+    return block_bytes(largest_trainable_numel * FP64)
+
+
+def zero3_offload_stream_pool(largest_trainable_numel: int) -> int:
+    """ZeRO-3 with offload_optimizer: on ``reduce_and_partition_stream`` (runtime/zero/stage3.py:1669) each gradient
+    partition is copied back to the GPU (``grad_buffer.to(cuda)``, :2024-2028, 2 bytes/element) and its norm taken
+    through an fp64 copy of at most NORM_CHUNK_ELEMENTS elements at a time (:1960-1967): a pool of that stream's own
+    (see zero2_offload_stream_pool), for the largest gradient."""
+    n = largest_trainable_numel
+    return block_bytes(n * BF16) + block_bytes(min(n, NORM_CHUNK_ELEMENTS) * FP64)
+
+
+def zero3_gather_stream_pool(largest_module_numel: int) -> int:
+    """ZeRO-3 with offload_param: each module's parameters are copied to the GPU (``ds_tensor.to(cuda)``,
+    runtime/zero/partition_parameters.py:104-106) on the all-gather stream (partitioned_param_coordinator.py:606), so
+    that stream caches at least the largest module's bf16 parameters."""
+    return block_bytes(largest_module_numel * BF16)

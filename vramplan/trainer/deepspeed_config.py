@@ -100,4 +100,14 @@ def zero3_load_config(setup: TrainingSetup):
     config = deepspeed_config(setup)
     config["bf16"] = {"enabled": setup.dtype == "bf16"}
     config["fp16"] = {"enabled": setup.dtype == "fp16"}
+    # zero.Init parses the whole config (runtime/config.py::DeepSpeedConfig): the batch sizes are checked as
+    # numbers (_batch_assertion), so they are filled as TrainingArguments fill them; the optimizer and clipping
+    # play no part in building the model and are left to the Trainer's own config
+    config.pop("optimizer", None)
+    config.pop("gradient_clipping", None)
+    config.update(
+        train_micro_batch_size_per_gpu=setup.batch_size,
+        gradient_accumulation_steps=setup.grad_accum,
+        train_batch_size=setup.batch_size * setup.grad_accum * setup.num_gpus,
+    )
     return HfDeepSpeedConfig(config)

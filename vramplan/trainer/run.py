@@ -152,7 +152,8 @@ def _raw_config(model: str, config: dict | None, model_path: str | Path | None) 
 
 
 def _vocab_rows(model) -> int:
-    return int(model.get_input_embeddings().weight.shape[0])
+    weight = model.get_input_embeddings().weight
+    return int((getattr(weight, "ds_shape", None) or weight.shape)[0])  # ZeRO-3 partitioned: ds_shape is whole
 
 
 def _build(raw: dict | None, setup: TrainingSetup, **kwargs):
