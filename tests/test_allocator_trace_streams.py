@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import allocator_replay  # noqa: E402
 import trace_replay_check  # noqa: E402
 
+from vramplan.memory.allocator.caching import CachingAllocator  # noqa: E402
 from vramplan.memory.allocator.replay import replay  # noqa: E402
 
 MIB = 2**20
@@ -88,3 +89,58 @@ def test_a_free_delayed_by_record_stream_returns_its_block_when_completed():
     ]
     doc = allocator_replay.compact_events(trace)
     assert doc["ops"] == [0, 1, ~0]
+
+
+def test_a_block_freed_on_a_side_stream_does_not_serve_the_compute_stream(tmp_path):
+    doc = _doc(_event_file(tmp_path, _two_stream_trace()))
+    row = trace_replay_check.check(tmp_path / "run.events.json.gz")
+    recorded = 100 * MIB + trace_replay_check.PRE_RECORDING_SEGMENT_BYTES
+    assert row["recorded_reserved"] == recorded
+    assert row["simulated_reserved"] == recorded
+    assert row["streams"] == 2 and row["streams_replayed"]
+    # on one stream the compute request takes the side stream's free 40 MiB block: 40 MiB short
+    blind = replay(trace_replay_check.with_pre_recording_tensor(doc["sizes"], doc["ops"]))
+    assert blind.peak_reserved_bytes == recorded - 40 * MIB
+
+
+def test_the_replay_with_recorded_addresses_makes_each_segment_on_its_stream(tmp_path):
+    doc = _doc(_event_file(tmp_path, _two_stream_trace()))
+    # the model makes the three segments in the recorded order and follows the trace's reserved bytes at every op
+    assert trace_replay_check.first_divergence(doc, recorded_addresses=True) is None
+    assert trace_replay_check.first_divergence(doc) is None
+    assert trace_replay_check.replay_with_recorded_addresses(doc).peak_reserved == (
+        100 * MIB + trace_replay_check.PRE_RECORDING_SEGMENT_BYTES)
+    # op by op: each request lands where the run put it, on its stream; the side stream's second bucket reuses
+    # the block its first was freed to
+    seq = trace_replay_check.with_pre_recording_tensor(doc["sizes"], doc["ops"])
+    streams = trace_replay_check.recorded_streams(doc)
+    addresses = trace_replay_check.RecordedAddresses(trace_replay_check.recorded_segment_addresses(doc))
+    a = CachingAllocator(addresses=addresses)
+    blocks, placed = [None] * len(seq.sizes), []
+    for op in seq.ops:
+        trace_replay_check.apply_op_on_streams(a, blocks, seq.sizes, streams, op)
+        if op >= 1:
+            placed.append((blocks[op].addr, blocks[op].stream))
+    recorded = [(e["addr"], 0 if e["stream"] == COMPUTE else 1) for e in _two_stream_trace() if e["action"] == "alloc"]
+    assert placed == recorded
+
+
+def test_an_event_file_without_streams_replays_on_one_stream_as_before(tmp_path):
+    # a file exported before alloc_streams existed (as docs/allocator_traces/deepspeed/, streams = 2 or 3)
+    doc = _doc(_event_file(tmp_path, _two_stream_trace()))
+    del doc["alloc_streams"]
+    old = tmp_path / "old.events.json.gz"
+    old.write_bytes(gzip.compress(json.dumps(doc).encode()))
+    row = trace_replay_check.check(old)
+    assert row["simulated_reserved"] == 60 * MIB + trace_replay_check.PRE_RECORDING_SEGMENT_BYTES
+    assert row["streams"] == 2 and not row["streams_replayed"]
+
+
+def test_a_shipped_deepspeed_history_exported_without_streams_still_replays_on_one_stream():
+    path = ROOT / "docs" / "allocator_traces" / "deepspeed" / "l1-zero2-full-gc-offopt-x1.events.json.gz"
+    doc = _doc(path)
+    assert "alloc_streams" not in doc and doc["streams"] == 2
+    row = trace_replay_check.check(path)
+    one_stream = replay(trace_replay_check.with_pre_recording_tensor(doc["sizes"], doc["ops"]))
+    assert row["simulated_reserved"] == one_stream.peak_reserved_bytes
+    assert row["error"] < -0.2  # -20.9 %: the reduction stream's buckets reused by the compute stream
