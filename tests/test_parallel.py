@@ -251,3 +251,32 @@ def test_deepspeed_at_world_size_1_states_its_assumptions_and_the_measured_offlo
     assert OFFLOAD_MEASURED_NOTE not in plain and OFFLOAD_MEASURED_NOTE in offload
     assert DEEPSPEED_MEASURED_NOTE in plain and DEEPSPEED_MEASURED_NOTE not in offload
     assert parallel_assumptions(TrainingSetup(method="full")) == ()
+
+
+def test_zero2_engine_init_holds_the_flat_copy_with_the_weights_and_is_the_3b_offload_peak():
+    # stage_1_and_2.py:505-534: the flat bf16 group is made while the original parameters exist (offload: 4 bytes
+    # per trainable parameter); without offload the fp32 master and the fp32 zeros of initialize_optimizer_states
+    # come on top (2 + 4 + 4). Measured at world size 1: Llama-3.2-3B offload peak 11.97 GiB (4P = 11.96), 1B without
+    # offload load peak 11.51 GiB (10P = 11.51)
+    from vramplan.models import resolve_model
+
+    l3, l1 = resolve_model("llama-3.2-3b"), resolve_model("llama-3.2-1b")
+    p3, p1 = 3_212_749_824, 1_235_814_400
+    off = estimate(l3, make("full", 1, "zero2", grad_ckpt=True, offload="optimizer")).memory
+    assert off.peak_phase == "engine_init"
+    assert off.peak_allocated_bytes == pytest.approx(4 * p3, rel=1e-3)
+    plain = estimate(l1, make("full", 1, "zero2", grad_ckpt=True)).memory
+    assert plain.phases["engine_init"] == pytest.approx(10 * p1, rel=1e-3)
+
+
+def test_zero3_keeps_the_head_and_the_trailing_layers_within_the_reuse_distance_gathered():
+    # partitioned_param_coordinator.py:634-665, max_reuse_distance 1e9 elements: Llama-3.2-1B's tied head
+    # (128256 x 2048) and the last 12 of its 16 layers (60,821,504 parameters each) stay gathered in bf16
+    from vramplan.memory.deepspeed import zero3_held_parameters
+    from vramplan.models import resolve_model
+
+    head, layer = 128256 * 2048, 60_821_504
+    assert layer_params(resolve_model("llama-3.2-1b")) == layer
+    assert zero3_held_parameters(head, layer, 16) == pytest.approx(2 * (head + 12 * layer), abs=2 * 1024**2)
+    assert zero3_held_parameters(head, layer, 4) == pytest.approx(2 * (head + 4 * layer), abs=2 * 1024**2)
+    assert zero3_held_parameters(2 * 10**9, layer, 16) == pytest.approx(4 * 10**9, abs=2 * 1024**2)

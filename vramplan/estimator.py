@@ -120,6 +120,8 @@ class _Terms:
     parallel_outside: int = 0
     parallel_fragmentation: float = 0.0
     parallel_stream_pools: dict[str, int] = field(default_factory=dict)
+    parallel_init: dict[str, int] = field(default_factory=dict)
+    parallel_init_reserved: int = 0
 
 
 def estimate(
@@ -251,7 +253,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         embedding_grad=p.embedding_grad, opt_transient=p.opt_transient, parallel_persistent=p.persistent,
         parallel_gather_fwd=p.gather_forward, parallel_gather_bwd=p.gather_backward, parallel_reduce=p.reduce,
         parallel_outside=p.outside_allocator_bytes, parallel_fragmentation=p.extra_fragmentation,
-        parallel_stream_pools=p.stream_pools,
+        parallel_stream_pools=p.stream_pools, parallel_init=p.engine_init, parallel_init_reserved=p.engine_init_reserved,
     )  # fmt: skip
 
 
@@ -293,6 +295,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
     activations = "activations.checkpoints" if setup.grad_ckpt else "activations.layers"
     phase_terms: dict[str, dict[str, int]] = {
         **_load_phase(t),
+        **({"engine_init": {**t.weights, **t.parallel_init}} if t.parallel_init else {}),
         "forward": {
             **common,
             activations: t.saved_layers,
@@ -361,6 +364,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
         )
         if steady > reserved:
             reserved, reserved_rule = steady, RESERVED_BY_STEADY_LOSS
+    reserved = max(reserved, t.parallel_init_reserved)  # what DeepSpeed's init left cached
     reserved += sum(t.parallel_stream_pools.values())  # side streams' cached segments (DeepSpeed offload)
     context = int(constants["cuda_context_bytes"])
     outside = t.managed_states + t.parallel_outside

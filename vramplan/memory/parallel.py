@@ -35,13 +35,16 @@ from ..specs import ModelSpec, TrainingSetup
 from .allocator import block_bytes
 from .constants import MIB
 from .deepspeed import (
+    zero2_engine_init,
     zero2_ipg_buffers,
     zero2_offload_gpu_grad_buffer,
+    zero2_offload_init_reserved,
     zero2_offload_stream_pool,
     zero2_step_transient,
     zero3_gathers_copy,
     zero3_gradient_partitions,
     zero3_gather_stream_pool,
+    zero3_held_parameters,
     zero3_ipg_buffer,
     zero3_offload_stream_pool,
     zero3_step_fp32_gradient,
@@ -92,6 +95,10 @@ class ParallelTerms:
     extra_fragmentation: float = 0.0
     #: segments cached for side streams (reserved, never reused by the compute stream's requests)
     stream_pools: dict[str, int] = field(default_factory=dict)
+    #: what the engine's init holds with the weights at its peak (a phase of its own)
+    engine_init: dict[str, int] = field(default_factory=dict)
+    #: the compute stream's segments the engine's init leaves cached: reserved is at least this
+    engine_init_reserved: int = 0
 
 
 def check_parallel_supported(setup: TrainingSetup) -> None:
@@ -172,9 +179,14 @@ def _zero(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], group
         return ParallelTerms(
             weights=bf16_weights, grads=bf16_grads, embedding_grad=embed,
             opt_transient=zero2_step_transient(trainable, n, adam_transient),
-            persistent=master, reduce={"zero.reduce_bucket": zero2_ipg_buffers(model)}, stream_pools=pools, **common,
+            persistent=master, reduce={"zero.reduce_bucket": zero2_ipg_buffers(model)}, stream_pools=pools,
+            engine_init=zero2_engine_init(trainable, n, setup.offload),
+            engine_init_reserved=zero2_offload_init_reserved(trainable) if setup.offload != "none" else 0, **common,
         )  # fmt: skip
-    live = {"zero3.live_parameters": 2 * BF16 * largest_module_params(model)} if zero3_gathers_copy(n, setup.offload) else {}
+    live = {}
+    if zero3_gathers_copy(n, setup.offload):  # two fetched modules, or what the reuse distance keeps gathered
+        held = zero3_held_parameters(model.vocab_size * model.hidden_size, layer_params(model), model.num_layers)
+        live["zero3.live_parameters"] = max(2 * BF16 * largest_module_params(model), held)
     pools = {}
     if setup.offload != "none":
         pools["zero3.reduce_stream_pool"] = zero3_offload_stream_pool(max(g.numel for g in groups))
@@ -296,16 +308,15 @@ def largest_module_params(model: ModelSpec) -> int:
     return max(vh, linear, experts)
 
 
-#: what the DeepSpeed runs measured against these terms (H200, world size 1, 2026-12-02, DeepSpeed 0.19.8)
+#: what the DeepSpeed runs measured against these terms (H200, world size 1, 11 runs of 2026-12-01/02, DeepSpeed 0.19.8)
 DEEPSPEED_MEASURED_NOTE = (
-    "DeepSpeed measured at world size 1 (H200): allocated within 0.2 % of this estimate without offload; reserved "
-    "within 4.4 % except ZeRO-3 full fine-tuning, whose step left 12 % more reserved than this estimate (its "
-    "sub-group layout strands blocks): keep that margin"
+    "DeepSpeed measured at world size 1 (H200, 11 runs): allocated within 1.3 % of this estimate; reserved within "
+    "4.4 % for LoRA, but 10-12 % above it for full fine-tuning (the ZeRO step's flat copies strand cached blocks, "
+    "not modelled): keep that margin"
 )
 OFFLOAD_MEASURED_NOTE = (
-    "DeepSpeed offload, measured at world size 1 (H200): with the side streams' cached gradient copies counted, "
-    "reserved was still 8 % (ZeRO-2 optimizer offload) and 11 % (ZeRO-3 full offload) above this estimate, and "
-    "ZeRO-3 full offload allocated 9 % more (parameters kept gathered between uses): treat these as lower bounds"
+    "DeepSpeed offload, measured at world size 1 (H200): allocated within 1.3 %; reserved -8 to +3 % of this "
+    "estimate (side streams' cached gradient copies and the init's cached segments counted): keep a margin"
 )
 
 
