@@ -117,7 +117,21 @@ def zero_holdout_grid(num_gpus: int = 1) -> list[RunSpec]:
     ]
 
 
-GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid}
+def zero_holdout2_grid(num_gpus: int = 1) -> list[RunSpec]:
+    """A second world-size-1 hold-out, for what the first one led to (ZeRO-2's init phase and its cached segments
+    with offload, ZeRO-3's reuse distance): other models, predicted and committed before they run."""
+    def zero(spec: RunSpec, stage: str, offload: str = "none") -> RunSpec:
+        update = {"parallel": stage, "num_gpus": num_gpus, "offload": offload}
+        return replace(spec, name=f"{spec.name}-x{num_gpus}", setup=spec.setup.model_copy(update=update))
+
+    return [
+        zero(single.full("h2-q15-zero2-full-gc-offopt", "qwen2.5-1.5b", "ZeRO-2 optimizer offload 1.5B", grad_ckpt=True), "zero2", "optimizer"),
+        zero(single.full("h2-q05-zero3-full-gc-offall", "qwen2.5-0.5b", "ZeRO-3 full offload 0.5B", grad_ckpt=True), "zero3", "all"),
+    ]
+
+
+GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
+         "zero-holdout2": zero_holdout2_grid}
 
 
 def settings(spec: RunSpec) -> str:

@@ -36,7 +36,7 @@ PREDICTIONS = HOLDOUT_DIR / "predictions.json"
 #: grid -> its committed predictions
 PREDICTION_FILES = {
     "holdout": PREDICTIONS,
-    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim", "zero-x1", "zero-holdout")},
+    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim", "zero-x1", "zero-holdout", "zero-holdout2")},
 }
 GIB = 2**30
 
@@ -59,10 +59,11 @@ def _simulated(spec) -> dict[str, int]:
 
 def grid_specs(grid: str) -> list:
     """The runs of `grid`: a campaign.py grid, or zero-x1 (campaign_multi.py's ZeRO runs at world size 1)."""
-    if grid in ("zero-x1", "zero-holdout"):
+    if grid in ("zero-x1", "zero-holdout", "zero-holdout2"):
         import campaign_multi
 
-        runs = campaign_multi.zero_grid(1) if grid == "zero-x1" else campaign_multi.zero_holdout_grid(1)
+        runs = {"zero-x1": campaign_multi.zero_grid, "zero-holdout": campaign_multi.zero_holdout_grid,
+                "zero-holdout2": campaign_multi.zero_holdout2_grid}[grid](1)
         return [r for r in runs if r.setup.parallel in ("zero2", "zero3")]
     return getattr(campaign, GRIDS[grid])()
 
