@@ -183,8 +183,10 @@ def test_sharded_memory_per_gpu_decreases_with_more_gpus(setup, strategy):
 @given(setup=setups, n=st.sampled_from([2, 4, 8]))
 def test_zero3_per_gpu_is_at_most_zero2(setup, n):
     method, kw = setup
-    zero2 = estimate(LLAMA, make(method, n, "zero2", **kw)).memory.device_peak_bytes
-    zero3 = estimate(LLAMA, make(method, n, "zero3", **kw)).memory.device_peak_bytes
+    # allocated: at n = 2 ZeRO-3's persistent bf16 gradient partitions (2P/n) equal the half of the weights it shards,
+    # so a forward-bound peak is ZeRO-2's plus the live gathered params exactly, and reserved adds fragmentation on top
+    zero2 = estimate(LLAMA, make(method, n, "zero2", **kw)).memory.peak_allocated_bytes
+    zero3 = estimate(LLAMA, make(method, n, "zero3", **kw)).memory.peak_allocated_bytes
     assert zero3 <= zero2 + 4 * VH  # ZeRO-3 shards what ZeRO-2 replicates, at the cost of live gathered params
 
 
