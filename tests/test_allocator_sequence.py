@@ -572,3 +572,33 @@ def _copies_made_in_the_mlp(sizes, ops, copy: int, within: int, stop_at: int) ->
             if sizes[~op] == within:
                 alive_within -= 1
     return most
+
+
+def _signed_sizes(sizes, ops) -> list[int]:
+    """Each op as +bytes (allocation) or -bytes (free), empty-cache ops left out."""
+    return [sizes[op] if op >= 0 else -sizes[~op] for op in ops if op != EMPTY_CACHE]
+
+
+def _occurs_in(part: list[int], whole: list[int]) -> bool:
+    """`part` is a contiguous stretch of `whole`."""
+    return ",".join(map(str, part)) in ",".join(map(str, whole))
+
+
+WRAP_HISTORIES = ["h-q7-qlora-r64-gc-s4096", "r-l8-qlora-r64-gc", "s-olmoe-liger-lora-gc"]
+
+
+@pytest.mark.parametrize("name", WRAP_HISTORIES)
+def test_the_peft_wrap_makes_each_adapter_in_the_base_dtype_then_its_fp32_copy_as_recorded(name):
+    # peft _move_adapter_to_device_of_base_layer (bf16: the base layer's dtype, a Linear4bit's compute_dtype), then
+    # cast_adapter_dtype's fp32 copies: the wrap's every allocation and free, in order, is a stretch of the history
+    # (QLoRA r64: adapters of more than 1 MiB, in the large pool; OLMoE: the experts' adapters made after every target
+    # module's, cast layer by layer)
+    run = next(r for r in SIMULATED_RUNS if (r.extra or {}).get("memory_snapshot", "").startswith(name + "."))
+    model = resolve_model(run.model_source or run.model)
+    doc = json.loads(gzip.decompress((TRACES / f"{name}.events.json.gz").read_bytes()))
+    seq = training_sequence(model, run.setup, _terms_of(model, run.setup))
+    wrap = _signed_sizes(seq.sizes, seq.ops[seq.marks["peft"] : seq.marks["step0.forward"]])
+    adapters = sum(sum(layer) for layer in layer_adapter_tensors(model, run.setup))
+    assert sum(x for x in wrap if x > 0) == adapters + adapters // 2  # every adapter once in bf16, once in fp32
+    assert _occurs_in(wrap, _signed_sizes(doc["sizes"], doc["ops"]))
+

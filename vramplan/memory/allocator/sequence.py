@@ -19,7 +19,8 @@ Where each step comes from:
   (``memory_reserved - memory_allocated``: start_cuda's segment) and frees it; then each bf16
   weight is loaded and quantized (the bf16 copy freed); then peft prepare_model_for_kbit_training casts
   every non-quantized parameter to fp32 (new tensor, old freed).
-* PEFT wrap: lora_A, lora_B per target module, in module order.
+* PEFT wrap: lora_A, lora_B per target module, in module order, first in the base layer's dtype, then each replaced by
+  its fp32 copy (PEFT's cast_adapter_dtype).
 * training start: Trainer._inner_training_loop calls accelerator.free_memory(), whose torch.cuda.empty_cache()
   releases every cached segment the load left unused (history r-l1-full: right after the tied lm_head copy's free).
 * forward: the forward thread's cuBLAS workspace at the first matmul (the autograd thread's comes with the first
@@ -228,9 +229,28 @@ class _Builder(CheckpointedQloraSteps):
             elif t.tied_load:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
                 seq.free(seq.alloc(t.tied_load))
         seq.mark("peft")
-        for layer in layer_adapter_tensors(m, s, self.profile.adapter_itemsize):
-            for x in layer:
+        itemsize = self.profile.adapter_itemsize
+        # peft tuners_utils.py::BaseTunerLayer._move_adapter_to_device_of_base_layer moves each new adapter to the GPU in
+        # its base layer's float dtype (_get_base_layer_device_and_dtype: the weight's, a bnb Linear4bit's compute_dtype;
+        # an int8 weight's is no float, so the adapter stays fp32), BaseTuner.inject_adapter making the target modules'
+        # adapters, then (_inject_parameters) the target parameters' (MoE experts); then PeftModel.__init__'s
+        # _cast_adapter_dtype (cast_adapter_dtype, autocast_adapter_dtype=True) replaces each bf16 / fp16 adapter weight
+        # by an fp32 copy, in model.modules() order (histories h-q7-qlora-r64-gc-s4096, s-olmoe-liger-lora-gc: every
+        # adapter in bf16, then each fp32 copy made and the bf16 one freed)
+        layers = layer_adapter_tensors(m, s, itemsize)
+        moved: list[list[int]] = [[]] * self.L
+        if s.lora is not None and itemsize == 4 and s.dtype in ("bf16", "fp16") and s.quant != "int8":
+            halves = layer_adapter_tensors(m, s, 2)
+            modules = adapter_pairs(m, s.lora)[: len(lora_targets(m, s.lora))]
+            n = [2 * sum(spread(p.count, self.L)[k] for p in modules) for k in range(self.L)]  # per layer, first
+            moved = [[seq.alloc(x) for x in layer[:n_k]] for layer, n_k in zip(halves, n)]
+            for ids, layer, n_k in zip(moved, halves, n):
+                ids += [seq.alloc(x) for x in layer[n_k:]]
+        for layer, half in zip(layers, moved):
+            for j, x in enumerate(layer):
                 seq.alloc(x)
+                if half:
+                    seq.free(half[j])
 
     def _load_quantized(
         self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
