@@ -19,10 +19,12 @@ Where each step comes from:
   (``memory_reserved - memory_allocated``: start_cuda's segment) and frees it; then each bf16
   weight is loaded and quantized (the bf16 copy freed); then peft prepare_model_for_kbit_training casts
   every non-quantized parameter to fp32 (new tensor, old freed).
-* PEFT wrap: lora_A, lora_B per target module, in module order.
+* PEFT wrap: lora_A, lora_B per target module, in module order, first in the base layer's dtype, then each replaced by
+  its fp32 copy (PEFT's cast_adapter_dtype).
 * training start: Trainer._inner_training_loop calls accelerator.free_memory(), whose torch.cuda.empty_cache()
   releases every cached segment the load left unused (history r-l1-full: right after the tied lm_head copy's free).
-* forward: the forward thread's cuBLAS workspace at the first matmul (the autograd thread's comes with the first
+* forward: the rotary embedding's cos and sin, kept to the end of the layers' backward, and the forward thread's cuBLAS
+  workspace at the first matmul, the rotary embedding's freqs (the autograd thread's comes with the first
   backward matmul); per layer the saved tensors (or, with checkpointing, the
   layer input kept and the layer's tensors freed at its end; its output, the next layer's input, made while its
   residual and MLP output are alive; layer 0's input, the embedding's output, before any matmul), and without checkpointing each LoRA target's
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 from ...models.params import linear_shapes, param_counts
 from ...specs import ModelSpec, TrainingSetup
+from ..activations import rotary_tables
 from ..adapters import adapter_pairs, lora_targets
 from ..constants import BYTES_PER_DTYPE, NF4_BLOCKSIZE
 from ..stacks import stack_profile
@@ -77,7 +80,7 @@ from .tensors import (
     state_tensors,
 )
 
-BF16 = 2
+BF16, FP32 = 2, 4
 #: vramplan/trainer/cuda_start.py::start_cuda makes and frees ``torch.empty(1)`` (fp32) before anything else: the
 #: process's first segment (a 2 MiB small-pool one, kSmallBuffer), cached and unused from then on
 START_CUDA_TENSOR_BYTES = 4
@@ -228,9 +231,28 @@ class _Builder(CheckpointedQloraSteps):
             elif t.tied_load:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
                 seq.free(seq.alloc(t.tied_load))
         seq.mark("peft")
-        for layer in layer_adapter_tensors(m, s, self.profile.adapter_itemsize):
-            for x in layer:
+        itemsize = self.profile.adapter_itemsize
+        # peft tuners_utils.py::BaseTunerLayer._move_adapter_to_device_of_base_layer moves each new adapter to the GPU in
+        # its base layer's float dtype (_get_base_layer_device_and_dtype: the weight's, a bnb Linear4bit's compute_dtype;
+        # an int8 weight's is no float, so the adapter stays fp32), BaseTuner.inject_adapter making the target modules'
+        # adapters, then (_inject_parameters) the target parameters' (MoE experts); then PeftModel.__init__'s
+        # _cast_adapter_dtype (cast_adapter_dtype, autocast_adapter_dtype=True) replaces each bf16 / fp16 adapter weight
+        # by an fp32 copy, in model.modules() order (histories h-q7-qlora-r64-gc-s4096, s-olmoe-liger-lora-gc: every
+        # adapter in bf16, then each fp32 copy made and the bf16 one freed)
+        layers = layer_adapter_tensors(m, s, itemsize)
+        moved: list[list[int]] = [[]] * self.L
+        if s.lora is not None and itemsize == 4 and s.dtype in ("bf16", "fp16") and s.quant != "int8":
+            halves = layer_adapter_tensors(m, s, 2)
+            modules = adapter_pairs(m, s.lora)[: len(lora_targets(m, s.lora))]
+            n = [2 * sum(spread(p.count, self.L)[k] for p in modules) for k in range(self.L)]  # per layer, first
+            moved = [[seq.alloc(x) for x in layer[:n_k]] for layer, n_k in zip(halves, n)]
+            for ids, layer, n_k in zip(moved, halves, n):
+                ids += [seq.alloc(x) for x in layer[n_k:]]
+        for layer, half in zip(layers, moved):
+            for j, x in enumerate(layer):
                 seq.alloc(x)
+                if half:
+                    seq.free(half[j])
 
     def _load_quantized(
         self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
@@ -279,8 +301,7 @@ class _Builder(CheckpointedQloraSteps):
         s, t, seq = self.s, self.t, self.seq
         # with checkpointing each layer keeps its input: the embedding's output for layer 0, made before any matmul
         self.ckpt: list[int] = [seq.alloc(t.one_checkpoint)] if s.grad_ckpt else []
-        if first:  # the forward thread's cuBLAS workspace, at the first matmul (the autograd thread's: backward)
-            self.workspace = [seq.alloc(t.workspace // 2)]
+        self.rotary = self._rotary_tables(first)
         self.quant = seq.alloc(t.quant_state)
         self.saved: list[list[int]] = []
         self.cache: list[list[int]] = []
@@ -302,6 +323,35 @@ class _Builder(CheckpointedQloraSteps):
         if s.grad_ckpt:  # autocast's per-layer weight copies are not saved through checkpointing
             seq.free(*[i for ids in self.cache for i in ids])
             self.cache = []
+
+    def _rotary_tables(self, first: bool) -> list[int]:
+        """The rotary embedding's cos and sin (activations.rotary_tables), kept to the end of the layers' backward, and at
+        step 0 the forward thread's cuBLAS workspace, made by the forward's first matmul (the recorded runs' transformers
+        5.17 computes freqs as ``inv_freq_expanded @ position_ids_expanded``; the autograd thread's workspace comes with
+        the first backward matmul). As recorded (h-q7-qlora-r64-gc-s4096, s-h200-l8-lora-gc), per rotary embedding:
+        freqs (fp32, half the width), the workspace, emb = cat(freqs, freqs), cos and sin each as emb.cos() and its
+        ``* attention_scaling`` (the first freed), each cast to the hidden states' dtype unless they are fp32, then freqs,
+        the fp32 cos and sin and emb freed (gpt-oss's emb is freqs itself: its transients are modelled the same)."""
+        seq, t = self.seq, self.t
+        itemsize = self.profile.residual_bytes(self.s)
+        kept: list[int] = []
+        for table in rotary_tables(self.m, self.s, itemsize)[::2]:
+            fp32 = table * FP32 // itemsize
+            freqs = seq.alloc(fp32 // 2)
+            if first and not self.workspace:
+                self.workspace = [seq.alloc(t.workspace // 2)]
+            emb = seq.alloc(fp32)
+            made = []
+            for _ in ("cos", "sin"):
+                raw = seq.alloc(fp32)
+                made.append(seq.alloc(fp32))
+                seq.free(raw)
+            cast = [seq.alloc(table) for _ in made] if fp32 != table else made  # .to(dtype=x.dtype)
+            seq.free(freqs, *[i for i in made if i not in cast], emb)
+            kept += cast
+        if first and not self.workspace:  # no rotary embedding: the first Linear's matmul
+            self.workspace = [seq.alloc(t.workspace // 2)]
+        return kept
 
     def _checkpointed_layer_output(self, k: int) -> None:
         """A checkpointed layer's end, as its no-grad forward runs it (every recorded checkpointed history): its output
@@ -455,6 +505,7 @@ class _Builder(CheckpointedQloraSteps):
                 seq.free(*self.saved[k])
             if self.cache:
                 seq.free(*self.cache[k])
+        seq.free(*self.rotary)  # layer 0's backward drops the last reference (activations.rotary_tables)
         seq.free(carry)  # consumed by the embedding's backward
         if not s.grad_ckpt:
             seq.free(self.lm_cache)
