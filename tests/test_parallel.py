@@ -282,3 +282,13 @@ def test_zero3_keeps_the_head_and_the_trailing_layers_within_the_reuse_distance_
     assert zero3_held_parameters(head, layer, 16) == pytest.approx(2 * (head + 12 * layer), abs=2 * 1024**2)
     assert zero3_held_parameters(head, layer, 4) == pytest.approx(2 * (head + 4 * layer), abs=2 * 1024**2)
     assert zero3_held_parameters(2 * 10**9, layer, 16) == pytest.approx(4 * 10**9, abs=2 * 1024**2)
+
+
+def test_validation_reports_a_strategys_runs_apart_from_the_stacks_single_gpu_runs():
+    from vramplan.runs import load_runs, shipped_runs_dir
+    from vramplan.validation import validate
+
+    zero = [r for r in load_runs([shipped_runs_dir()]) if r.setup.parallel in ("zero2", "zero3")]
+    v = validate(zero)
+    assert set(v.stacks()) == {"hf 1xzero2", "hf 1xzero3"}  # not mixed into "hf", whose targets are single-GPU
+    assert v.stats("allocated", "hf 1xzero3")["runs"] == sum(r.setup.parallel == "zero3" for r in zero)

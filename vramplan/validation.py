@@ -28,7 +28,7 @@ class RunComparison:
     peak_phase: str
     #: which rule set the predicted reserved peak (MemoryBreakdown.reserved_rule)
     reserved_rule: str = "fragmentation"
-    #: the stack profile of the run ("hf", "trl+liger", ...): accuracy is reported per stack
+    #: the stack profile of the run ("hf", "trl+liger", ..., "hf 1xzero3" with a strategy): accuracy is reported per stack
     stack: str = "hf"
 
     def error(self, total: str) -> float | None:
@@ -96,7 +96,8 @@ def compare_run(run: MeasuredRun, calibration: Calibration | None = None, reserv
         },
         peak_phase=mem.peak_phase,
         reserved_rule=mem.reserved_rule,
-        stack=e.stack,
+        # a strategy's runs (DeepSpeed at world size 1, multi-GPU) are reported apart from the stack's single-GPU ones
+        stack=e.stack if run.setup.parallel is None else f"{e.stack} {run.setup.num_gpus}x{run.setup.parallel}",
     )
 
 
