@@ -6,6 +6,8 @@ sequence.py builds one from the estimator's terms; replay.py runs it through the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import neg
 
 #: the op that stands for torch.cuda.empty_cache() in Sequence.ops
 EMPTY_CACHE = -(2**62)
@@ -41,15 +43,32 @@ class Sequence:
 
     def live_peak(self) -> int:
         """The most bytes alive at once (un-rounded request sizes)."""
-        live = peak = 0
-        sizes = self.sizes
-        for op in self.ops:
-            if op >= 0:
-                live += sizes[op]
-                peak = max(peak, live)
-            elif op != EMPTY_CACHE:
-                live -= sizes[~op]
-        return peak
+        return max(0, max(live_bytes(self), default=0))
+
+
+def live_bytes(seq: "Sequence") -> list[int]:
+    """The bytes alive after each op of `seq` (un-rounded request sizes; empty_cache changes nothing).
+
+    Summed in C (itertools.accumulate over the ops' signed sizes): ``signed[op]`` is ``sizes[op]`` for an
+    allocation and, through Python's negative indices, ``-sizes[~op]`` for a free."""
+    sizes, ops = seq.sizes, seq.ops
+    signed = sizes + list(map(neg, reversed(sizes)))
+    out: list[int] = []
+    live = start = 0
+    while True:
+        try:
+            end = ops.index(EMPTY_CACHE, start)
+        except ValueError:
+            end = len(ops)
+        part = accumulate(map(signed.__getitem__, ops[start:end]), initial=live)
+        next(part)  # the initial value
+        out += part
+        if end > start:
+            live = out[-1]
+        if end == len(ops):
+            return out
+        out.append(live)  # the empty_cache op
+        start = end + 1
 
 
 def live_peaks_by_stretch(seq: "Sequence") -> dict[str, int]:

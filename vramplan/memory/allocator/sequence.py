@@ -57,7 +57,7 @@ from ..stacks import stack_profile
 from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
-from .ops import EMPTY_CACHE, Sequence, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
+from .ops import EMPTY_CACHE, Sequence, live_bytes, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .lora_chain import checkpointed_mlp, lora_chains
 from .qlora_steps import CheckpointedQloraSteps
 from .rules import block_bytes
@@ -89,18 +89,38 @@ def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2)
 
     A checkpointed QLoRA layer's backward makes its adapters' gradients as autograd reaches each target (_Builder.
     backward); where that would hold fewer bytes at once than the estimator's layer_backward, which counts every
-    adapter's gradient in the last layer's backward (its peak allocated), they are all made there instead."""
-    seq, per_layer = _training_sequence(model, setup, t, steps, layer_grads=True)
-    if per_layer:
+    adapter's gradient in the last layer's backward (its peak allocated), they are all made there instead. That order
+    is built only when it could hold more (_all_at_once_cannot_peak_higher)."""
+    seq, b = _training_sequence(model, setup, t, steps, layer_grads=True)
+    if b.layer_grads and not _all_at_once_cannot_peak_higher(seq, b.grad_stretches, b.layer_grad_bytes()):
         whole, _ = _training_sequence(model, setup, t, steps, layer_grads=False)
         if whole.live_peak() > seq.live_peak():
             return whole
     return seq
 
 
+def _all_at_once_cannot_peak_higher(seq: Sequence, grad_stretches: list[tuple[int, int]], grad_bytes: int) -> bool:
+    """Whether the all-at-once gradient order cannot hold more bytes at once than `seq` (the per-layer order).
+
+    The two orders differ only inside the decoder layers' backward passes that make the gradients (`grad_stretches`,
+    op ranges): the same tensors, the adapters' gradients made at the last layer instead of each in its own. Each layer's
+    backward holds the same recompute, transients and dequantized weights in both, and by then the per-layer order
+    has made no more of the gradients, so at any point of those passes the all-at-once order holds at most
+    `grad_bytes` (all of them) more than the per-layer stretch's peak; elsewhere the same bytes at each allocation
+    but in a later micro-batch's backward, whose layers dequantize their weights one at a time in another order, to
+    the same peak (tests/test_allocator_sequence_build.py checks the bound and the choice against both orders)."""
+    live = live_bytes(seq)
+    peak = max(live, default=0)
+    for start, end in grad_stretches:
+        before = live[start - 1] if start else 0
+        if max(before, max(live[start:end], default=0)) + grad_bytes > peak:
+            return False
+    return True
+
+
 def _training_sequence(
     model: ModelSpec, setup: TrainingSetup, t, steps: int, layer_grads: bool
-) -> tuple[Sequence, bool]:
+) -> tuple[Sequence, "_Builder"]:
     seq = Sequence()
     b = _Builder(model, setup, t, seq, layer_grads)
     seq.mark("start_cuda")
@@ -121,7 +141,7 @@ def _training_sequence(
         b.optimizer_step(first=step == 0)
         seq.mark(f"step{step}.zero_grad")
         b.zero_grad()
-    return seq, b.layer_grads
+    return seq, b
 
 
 class _Builder(CheckpointedQloraSteps):
@@ -177,6 +197,8 @@ class _Builder(CheckpointedQloraSteps):
         groups = trainable_groups(model, setup, adapter_itemsize=profile.adapter_itemsize)
         self.layer_groups, self.head_groups = grouped_by_layer(groups, self.L)
         self.grads: list[int] = []
+        #: op ranges of the decoder layers' backward passes that make gradients (training_sequence's bound)
+        self.grad_stretches: list[tuple[int, int]] = []
         self.workspace: list[int] = []
         lm_copy = block_bytes(lm_head_params(model) * BF16) if t.autocast_cache_fwd else 0
         per_layer_cache = t.autocast_cache_fwd - lm_copy
@@ -431,6 +453,7 @@ class _Builder(CheckpointedQloraSteps):
         seq.free(*([logits_grad] if self.loss_saved else []), *self.final_ids)
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
             seq.free(self.lm_cache)
+        layers_start = len(seq.ops)
         for k in reversed(range(self.L)):
             recompute = [seq.alloc(x) for x in [*self.adapter_copies[k], *self.saved_layer]] if s.grad_ckpt else []
             tmp = [seq.alloc(x) for x in self.t_bwd]
@@ -455,6 +478,8 @@ class _Builder(CheckpointedQloraSteps):
                 seq.free(*self.saved[k])
             if self.cache:
                 seq.free(*self.cache[k])
+        if new_grads:
+            self.grad_stretches.append((layers_start, len(seq.ops)))
         seq.free(carry)  # consumed by the embedding's backward
         if not s.grad_ckpt:
             seq.free(self.lm_cache)
@@ -529,6 +554,10 @@ class _Builder(CheckpointedQloraSteps):
     def zero_grad(self) -> None:
         self.seq.free(*self.grads)
         self.grads = []
+
+    def layer_grad_bytes(self) -> int:
+        """The gradients the decoder layers' backward makes (the adapters' under LoRA / QLoRA)."""
+        return sum(grad_tensor(g) for gs in self.layer_groups for g in gs)
 
 
 def _dequant_slots(layer: list[tuple[str, list[int], int]], anchors: tuple[int, int, int], n_pieces: int):
