@@ -120,7 +120,7 @@ def _all_at_once_cannot_peak_higher(seq: Sequence, grad_stretches: list[tuple[in
 
 def _training_sequence(
     model: ModelSpec, setup: TrainingSetup, t, steps: int, layer_grads: bool
-) -> tuple[Sequence, "_Builder"]:
+) -> tuple[Sequence, _Builder]:
     seq = Sequence()
     b = _Builder(model, setup, t, seq, layer_grads)
     seq.mark("start_cuda")
@@ -168,15 +168,18 @@ class _Builder(CheckpointedQloraSteps):
         self.lora_chains = {} if setup.grad_ckpt else lora_chains(
             model, act_setup, act, unit, profile.adapter_itemsize, profile.kbit_fp32_upcast
         )
-        self.dequant_fwd = [_dequant_slots(layer, activation_anchors(model, setup, act), len(self.saved_layer))
-                            for layer in self.layers]  # fmt: skip
+        anchors = activation_anchors(model, setup, act)
+        self.dequant_fwd = []
+        for k, layer in enumerate(self.layers):  # (a layer like the one before it has its slots)
+            same = k and layer == self.layers[k - 1]
+            self.dequant_fwd.append(self.dequant_fwd[-1] if same else _dequant_slots(layer, anchors, len(self.saved_layer)))
         # a checkpointed QLoRA layer's MLP as its forward runs it, keeping nothing (lora_chain.CheckpointedMlp): from
         # the first MLP target's saved piece on; the attention's pieces are freed before it, the second norm's after
         self.ckpt_mlp = None if profile.liger else checkpointed_mlp(model, act_setup, unit, profile.kbit_fp32_upcast)
         # the adapters' gradients made in each layer's backward, as autograd reaches each target (training_sequence)
         self.layer_grads = layer_grads and self.ckpt_mlp is not None
         if self.ckpt_mlp is not None:
-            _, a_end, m0 = activation_anchors(model, setup, act)
+            _, a_end, m0 = anchors
             mlp_lora = [at for x, at in lora_target_pieces(model, act_setup, act) if x.role == "mlp"]
             self.mlp_at, self.attn_end = min(mlp_lora, default=m0), a_end
         self.quant_steps = {  # (pieces, their bytes) -> the quantization's allocations, per Linear kind
