@@ -15,10 +15,10 @@ H100 = find_gpu("h100-sxm")
 # checkpointed hf QLoRA (the setups with per-layer adapter gradients), short and long sequences, both quantizations
 QLORA = [
     (name, TrainingSetup(method="qlora", quant="nf4", double_quant=dq, grad_ckpt=True, lora=LoraSpec(rank=r, dropout=d),
-                         seq_len=s, batch_size=b, grad_accum=ga))  # fmt: skip
+                         seq_len=s, batch_size=b, grad_accum=ga))
     for name in ("llama-3.1-8b", "qwen2.5-0.5b")
     for dq, r, d, s, b, ga in [(True, 16, 0.0, 2048, 1, 1), (False, 64, 0.05, 512, 4, 1), (True, 8, 0.05, 64, 1, 2),
-                               (True, 128, 0.0, 32, 1, 1), (False, 16, 0.0, 4096, 2, 1)]  # fmt: skip
+                               (True, 128, 0.0, 32, 1, 1), (False, 16, 0.0, 4096, 2, 1)]
 ]
 
 
@@ -43,8 +43,8 @@ def test_the_all_at_once_order_holds_at_most_the_gradients_more_in_the_layers_ba
         inside.update(range(start, end))
     # a later micro-batch's backward dequantizes a layer's weights one at a time in another order: the same peak
     starts = sorted(per_layer.marks.values()) + [len(per)]
-    for name, start in per_layer.marks.items():
-        if ".micro" in name and name.endswith(".backward"):
+    for mark, start in per_layer.marks.items():
+        if ".micro" in mark and mark.endswith(".backward"):
             end = min(x for x in starts if x > start)
             assert max(every[start:end]) == max(per[start:end])
             inside.update(range(start, end))

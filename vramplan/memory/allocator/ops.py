@@ -46,7 +46,7 @@ class Sequence:
         return max(0, max(live_bytes(self), default=0))
 
 
-def live_bytes(seq: "Sequence") -> list[int]:
+def live_bytes(seq: Sequence) -> list[int]:
     """The bytes alive after each op of `seq` (un-rounded request sizes; empty_cache changes nothing).
 
     Summed in C (itertools.accumulate over the ops' signed sizes): ``signed[op]`` is ``sizes[op]`` for an
