@@ -49,7 +49,7 @@ tied gradient is accumulated in place.
 
 from __future__ import annotations
 
-from ...models.params import linear_shapes, param_counts
+from ...models.params import linear_shapes
 from ...specs import ModelSpec, TrainingSetup
 from ..adapters import adapter_pairs, lora_targets
 from ..constants import BYTES_PER_DTYPE, NF4_BLOCKSIZE
@@ -59,6 +59,7 @@ from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, e
 from ..weights import lm_head_params
 from .ops import EMPTY_CACHE, Sequence, live_bytes, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .lora_chain import checkpointed_mlp, lora_chains
+from .load_steps import START_CUDA_TENSOR_BYTES, LoadSteps
 from .qlora_steps import CheckpointedQloraSteps
 from .rules import block_bytes
 from .tensors import (
@@ -69,7 +70,6 @@ from .tensors import (
     grouped_by_layer,
     lora_target_pieces,
     layer_adapter_copies,
-    layer_adapter_tensors,
     layer_weight_tensors,
     pieces_bytes,
     quantization_steps,
@@ -78,10 +78,6 @@ from .tensors import (
 )
 
 BF16 = 2
-#: vramplan/trainer/cuda_start.py::start_cuda makes and frees ``torch.empty(1)`` (fp32) before anything else: the
-#: process's first segment (a 2 MiB small-pool one, kSmallBuffer), cached and unused from then on
-START_CUDA_TENSOR_BYTES = 4
-START_CUDA_SEGMENT_BYTES = 2 * 1024**2
 
 
 def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
@@ -144,7 +140,7 @@ def _training_sequence(
     return seq, b
 
 
-class _Builder(CheckpointedQloraSteps):
+class _Builder(LoadSteps, CheckpointedQloraSteps):
     def __init__(self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False):
         self.m, self.s, self.t, self.seq = model, setup, t, seq
         self.L = model.num_layers
@@ -227,77 +223,6 @@ class _Builder(CheckpointedQloraSteps):
                 self.mlp_copies = {leaf: 2 * j for j, leaf in mlp}
         #: indices of those copies (lora_A's and lora_B's) in a layer's copies: not made at the layer's start
         self.copies_at_use = {j for i in self.mlp_copies.values() for j in (i, i + 1)}
-
-    # ------------------------------------------------------------------ load
-    def load(self) -> None:
-        m, s, t, seq = self.m, self.s, self.t, self.seq
-        layers = self.layers
-        nbytes = 4 if s.method == "qlora" and self.profile.kbit_fp32_upcast else BYTES_PER_DTYPE[s.dtype]
-        final_norm = m.hidden_size * nbytes
-        linear_key = "weights.quantized" if s.method == "qlora" else "weights.linear"
-        listed = sum(sum(x) for layer in layers for _, x, _ in layer) + final_norm - t.weights.get(linear_key, 0)
-        residual = t.weights.get("weights.other", 0) - listed  # 0 unless a parameter kind is missing above
-        embed, lm_head = t.weights.get("weights.embeddings", 0), t.weights.get("weights.lm_head", 0)
-        if s.method == "qlora":
-            self._load_quantized(layers, embed, lm_head, final_norm, residual)
-        else:
-            seq.alloc(embed)
-            for layer in layers:
-                for _, pieces, _ in layer:
-                    for x in pieces:
-                        seq.alloc(x)
-            seq.alloc(final_norm)
-            seq.alloc(residual)
-            if lm_head:
-                seq.alloc(lm_head)
-            elif t.tied_load:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
-                seq.free(seq.alloc(t.tied_load))
-        seq.mark("peft")
-        for layer in layer_adapter_tensors(m, s, self.profile.adapter_itemsize):
-            for x in layer:
-                seq.alloc(x)
-
-    def _load_quantized(
-        self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
-    ) -> None:
-        """from_pretrained with a BitsAndBytesConfig, then prepare_model_for_kbit_training's fp32 cast.
-
-        transformers core_model_loading.py::convert_and_load_state_dict_in_model loads the checkpoint in
-        dot_natural_key order (lm_head, embed_tokens, layers 0, 1, 2, ... each in alphabetical order of its
-        modules, norm); each 4-bit weight is loaded in bf16 and quantized on the device. PEFT's cast
-        (utils/other.py, model.parameters() order) makes a new fp32 tensor and frees the bf16 one, then calls
-        torch.cuda.empty_cache() (auto_clear_cache=True). A stack without that call (StackProfile.kbit_fp32_upcast
-        False: TRL) keeps every non-quantized weight as loaded, in bf16."""
-        m, s, seq = self.m, self.s, self.seq
-        up = 2 if self.profile.kbit_fp32_upcast else 1  # resident bytes per loaded bf16 byte
-        per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
-        quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
-        unquantized = sum(param_counts(m).values()) - quantized  # a tied lm_head counts once
-        # caching_allocator_warmup: the weights' bytes less the reserved bytes no tensor uses (start_cuda's segment),
-        # as one fp16 tensor of byte_count // 2 elements
-        warmup = int(quantized * per_elem) + unquantized * BF16 - START_CUDA_SEGMENT_BYTES
-        seq.free(seq.alloc(warmup // 2 * 2))
-        head = seq.alloc(lm_head // up)
-        bf16_embed = seq.alloc(embed // up)
-        bf16_layers = []
-        for layer in layers:
-            kept: dict[int, int] = {}
-            for k, (_, pieces, bf16) in sorted(enumerate(layer), key=lambda item: item[1][0]):
-                if len(pieces) == 1 and pieces[0] // up == bf16:  # kept in bf16 now, cast to fp32 below (upcast)
-                    kept[k] = seq.alloc(bf16)
-                    continue
-                loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
-                steps = self.quant_steps[len(pieces), sum(pieces)]
-                made = [(seq.alloc(x), tmp) for x, tmp in steps]
-                seq.free(loaded, *[i for i, tmp in made if tmp])
-            bf16_layers += [kept[k] for k in sorted(kept)]  # back in module order
-        bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // up), seq.alloc(residual // up), head]
-        if up == 1:
-            return
-        for i in bf16_params:  # param.data = param.data.to(torch.float32)
-            seq.alloc(seq.sizes[i] * 2)
-            seq.free(i)
-        seq.empty_cache()
 
     # ------------------------------------------------------------------ one micro-step
     def forward(self, first: bool) -> None:
