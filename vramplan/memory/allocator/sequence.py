@@ -237,14 +237,15 @@ class _Builder(LoadSteps, CheckpointedQloraSteps):
         self.copies: list[int] = []
         self.final_ids: list[int] = []
         for k in range(self.L):
-            self.cache.append([seq.alloc(x) for x in self.cache_layer[k]])
-            self.copies += [seq.alloc(x) for j, x in enumerate(self.adapter_copies[k]) if j not in self.copies_at_use]
-            if s.grad_ckpt:  # the layer's tensors, as its recompute holds them, then freed
-                # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
-                seq.free(*self._layer_forward(k))
-                self._checkpointed_layer_output(k)
+            cache, copies, kept = self._forward_layer(k)
+            self.cache.append(cache)
+            self.copies += copies
+            if not s.grad_ckpt:
+                self.saved.append(kept)
+            elif k < self.L - 1:
+                self.ckpt += kept
             else:
-                self.saved.append(self._layer_forward(k))
+                self.final_ids = kept
         if not s.grad_ckpt:
             self.final_ids = [seq.alloc(x) for x in self.final]
         self.lm_cache = seq.alloc(self.cache_lm)
@@ -253,21 +254,33 @@ class _Builder(LoadSteps, CheckpointedQloraSteps):
             seq.free(*[i for ids in self.cache for i in ids])
             self.cache = []
 
-    def _checkpointed_layer_output(self, k: int) -> None:
+    def _forward_layer(self, k: int) -> tuple[list[int], list[int], list[int]]:
+        """Layer k's forward: (autocast's copies of its fp32 weights, autocast's copies of its adapters, what it keeps:
+        its saved tensors, or with checkpointing its output, the next layer's input, after the last layer the final
+        norm's tensors)."""
+        seq = self.seq
+        cache = [seq.alloc(x) for x in self.cache_layer[k]]
+        copies = [seq.alloc(x) for j, x in enumerate(self.adapter_copies[k]) if j not in self.copies_at_use]
+        if not self.s.grad_ckpt:
+            return cache, copies, self._layer_forward(k, copies)
+        # the layer's tensors, as its recompute holds them, then freed
+        # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
+        seq.free(*self._layer_forward(k, copies))
+        return cache, copies, self._checkpointed_layer_output(k)
+
+    def _checkpointed_layer_output(self, k: int) -> list[int]:
         """A checkpointed layer's end, as its no-grad forward runs it (every recorded checkpointed history): its output
         `residual + mlp_out` is made while both (residual-sized) are alive, then they are freed. The output is the
         next layer's kept input, or after the last layer the final norm's (the estimator's `final` tensors)."""
         seq, one = self.seq, self.t.one_checkpoint
         residual, mlp_out = seq.alloc(one), seq.alloc(one)
-        if k < self.L - 1:
-            self.ckpt.append(seq.alloc(one))
-        else:
-            self.final_ids = [seq.alloc(x) for x in self.final]
+        out = [seq.alloc(one)] if k < self.L - 1 else [seq.alloc(x) for x in self.final]
         seq.free(residual, mlp_out)
+        return out
 
-    def _layer_forward(self, k: int) -> list[int]:
+    def _layer_forward(self, k: int, copies: list[int]) -> list[int]:
         """Layer k's saved tensors; bitsandbytes gemm_4bit dequantizes each 4-bit weight for its matmul, alive
-        while the matmul's output is made."""
+        while the matmul's output is made. A checkpointed QLoRA MLP adds the adapter copies it makes to `copies`."""
         seq, slots, saved = self.seq, self.dequant_fwd[k], self.saved_layer
         ids: list[int] = []
         n = 0
@@ -295,7 +308,7 @@ class _Builder(LoadSteps, CheckpointedQloraSteps):
             seq.free(*ids)
             ids = [seq.alloc(x) for x in self.saved_layer[self.attn_end : self.mlp_at]]
             weights = [bf16 for name, pieces, bf16 in self.layers[k] if len(pieces) > 1 and name.startswith("mlp.")]
-            self._checkpointed_mlp(dict(zip(("gate_proj", "up_proj", "down_proj"), weights)), k)
+            self._checkpointed_mlp(dict(zip(("gate_proj", "up_proj", "down_proj"), weights)), k, copies)
         return ids
 
     def _lora_target(self, chain, pieces: list[int], weights: list[int]) -> list[int]:
@@ -383,29 +396,9 @@ class _Builder(LoadSteps, CheckpointedQloraSteps):
             seq.free(self.lm_cache)
         layers_start = len(seq.ops)
         for k in reversed(range(self.L)):
-            recompute = [seq.alloc(x) for x in [*self.adapter_copies[k], *self.saved_layer]] if s.grad_ckpt else []
-            tmp = [seq.alloc(x) for x in self.t_bwd]
-            if new_grads and not self.layer_grads:  # full FT: this layer's; LoRA: every adapter's at once
-                if full:  # backward reaches the layer's modules last to first: down_proj's gradient comes first
-                    groups = self.layer_groups[k][::-1]
-                else:  # (estimator's layer_backward)
-                    groups = [g for gs in self.layer_groups for g in gs] if k == self.L - 1 else []
-                self.grads += [seq.alloc(grad_tensor(g)) for g in groups]
-            whole = [seq.alloc(x) for x in self.whole_bwd]
-            if self.layer_grads:
-                self._layer_grads_and_dequant(k, new_grads)
-            else:
-                for x in self.dequant[k]:
-                    seq.free(self._dequantize(x))
-            seq.free(*whole, *tmp, *recompute)
-            carry_in, carry = carry, seq.alloc(self.carry)  # this layer's input gradient replaces its output's
-            seq.free(carry_in)
-            if s.grad_ckpt:
-                seq.free(self.ckpt[k])
-            else:
-                seq.free(*self.saved[k])
-            if self.cache:
-                seq.free(*self.cache[k])
+            kept = [self.ckpt[k]] if s.grad_ckpt else self.saved[k]
+            carry, grads = self._backward_layer(k, carry, kept, self.cache[k] if self.cache else [], new_grads)
+            self.grads += grads
         if new_grads:
             self.grad_stretches.append((layers_start, len(seq.ops)))
         seq.free(carry)  # consumed by the embedding's backward
@@ -424,6 +417,32 @@ class _Builder(LoadSteps, CheckpointedQloraSteps):
             else:
                 self.grads.append(seq.alloc(grad_tensor(embed)))
         seq.free(self.quant)
+
+    def _backward_layer(self, k: int, carry: int, kept: list[int], cache: list[int], new_grads: bool):
+        """Layer k's backward from the gradient of its output (`carry`); what its forward kept and its weights' autocast
+        copies (`cache`) are freed at its end: (the gradient of its input, the gradients it made)."""
+        s, seq = self.s, self.seq
+        recompute = [seq.alloc(x) for x in [*self.adapter_copies[k], *self.saved_layer]] if s.grad_ckpt else []
+        tmp = [seq.alloc(x) for x in self.t_bwd]
+        grads: list[int] = []
+        if new_grads and not self.layer_grads:  # full FT: this layer's; LoRA: every adapter's at once
+            if s.method == "full":  # backward reaches the layer's modules last to first: down_proj's gradient first
+                groups = self.layer_groups[k][::-1]
+            else:  # (estimator's layer_backward)
+                groups = [g for gs in self.layer_groups for g in gs] if k == self.L - 1 else []
+            grads = [seq.alloc(grad_tensor(g)) for g in groups]
+        whole = [seq.alloc(x) for x in self.whole_bwd]
+        if self.layer_grads:
+            grads = self._layer_grads_and_dequant(k, new_grads)
+        else:
+            for x in self.dequant[k]:
+                seq.free(self._dequantize(x))
+        seq.free(*whole, *tmp, *recompute)
+        carry_in, carry = carry, seq.alloc(self.carry)  # this layer's input gradient replaces its output's
+        seq.free(carry_in)
+        seq.free(*kept)
+        seq.free(*cache)
+        return carry, grads
 
     def _autograd_workspace(self) -> None:
         """The autograd thread's cuBLAS workspace, made by the first backward matmul right after its first output
