@@ -60,6 +60,7 @@ from ..weights import lm_head_params
 from .ops import EMPTY_CACHE, Sequence, live_bytes, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .lora_chain import checkpointed_mlp, lora_chains
 from .load_steps import START_CUDA_TENSOR_BYTES, LoadSteps
+from .optimizer_steps import OptimizerSteps
 from .qlora_steps import CheckpointedQloraSteps
 from .rules import block_bytes
 from .tensors import (
@@ -74,7 +75,6 @@ from .tensors import (
     pieces_bytes,
     quantization_steps,
     spread,
-    state_tensors,
 )
 
 BF16 = 2
@@ -140,7 +140,7 @@ def _training_sequence(
     return seq, b
 
 
-class _Builder(LoadSteps, CheckpointedQloraSteps):
+class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
     def __init__(self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False):
         self.m, self.s, self.t, self.seq = model, setup, t, seq
         self.L = model.num_layers
@@ -472,36 +472,6 @@ class _Builder(LoadSteps, CheckpointedQloraSteps):
         """The trainable group that holds the lm_head weight."""
         return "embed_tokens" if self.m.tie_word_embeddings else "lm_head"
 
-    def optimizer_step(self, first: bool) -> None:
-        """torch.optim: for each of the Trainer's two param groups (weight decay, then none), _init_group makes
-        the group's states at step 0, then the update runs; foreach AdamW makes one temporary per parameter
-        (torch._foreach_sqrt of exp_avg_sq), kept here until the step ends so that the step's total is the
-        estimator's; Adafactor one set of fp32 temporaries."""
-        s, t, seq = self.s, self.t, self.seq
-        groups = self._parameters_in_order()
-        temporaries: list[int] = []
-        for group in ([g for g in groups if not _no_decay(g)], [g for g in groups if _no_decay(g)]):
-            if first:
-                for g in group:
-                    for x in state_tensors(g, s):
-                        seq.alloc(x)
-            if s.optimizer == "adamw_torch" and t.opt_transient:
-                temporaries += [seq.alloc(grad_tensor(g)) for g in group]
-        if t.opt_transient and s.optimizer != "adamw_torch":
-            temporaries.append(seq.alloc(t.opt_transient))
-        seq.free(*temporaries)
-
-    def _parameters_in_order(self) -> list:
-        """model.parameters() order: embed_tokens, the layers, the final norm, lm_head."""
-        head = {g.name: g for g in self.head_groups}
-        first = [head["embed_tokens"]] if "embed_tokens" in head else []
-        last = [head[n] for n in ("norms", "lm_head") if n in head]
-        return first + [g for gs in self.layer_groups for g in gs] + last
-
-    def zero_grad(self) -> None:
-        self.seq.free(*self.grads)
-        self.grads = []
-
     def layer_grad_bytes(self) -> int:
         """The gradients the decoder layers' backward makes (the adapters' under LoRA / QLoRA)."""
         return sum(grad_tensor(g) for gs in self.layer_groups for g in gs)
@@ -519,7 +489,3 @@ def _dequant_slots(layer: list[tuple[str, list[int], int]], anchors: tuple[int, 
     other = [bf16 for name, pieces, bf16 in layer if len(pieces) > 1 and not name.startswith(("self_attn", "mlp"))]
     return out + [(n_pieces, w) for w in other]
 
-
-def _no_decay(g) -> bool:
-    """Trainer.get_decay_parameter_names: biases and norm weights get no weight decay (a second group)."""
-    return g.name == "norms" or g.name.endswith(".bias")
