@@ -1,6 +1,8 @@
 """The op list of an allocation sequence: tensor sizes, allocations and frees in order, and its live-byte peaks.
 
-sequence.py builds one from the estimator's terms; replay.py runs it through the allocator model.
+sequence.py builds one from the estimator's terms; replay.py runs it through the allocator model. A stretch built
+once (one decoder layer's forward or backward) can be recorded as a Template and appended again with fresh tensor
+ids (Sequence.repeat): the same ops the builder would append, without running it again.
 """
 
 from __future__ import annotations
@@ -41,9 +43,69 @@ class Sequence:
     def mark(self, name: str) -> None:
         self.marks[name] = len(self.ops)
 
+    def since(self) -> tuple[int, int]:
+        """Where a stretch to record begins: (next tensor id, next op index)."""
+        return len(self.sizes), len(self.ops)
+
+    def template(self, since: tuple[int, int], inputs: list[int], outputs: tuple[list[int], ...]) -> Template | None:
+        """The stretch from `since` to now as a Template, or None when it cannot be repeated: it empties the cache,
+        frees a tensor made before it that is not one of `inputs` (distinct ids), or `outputs` (lists of ids it
+        returns) hold a tensor it did not make."""
+        first_id, first_op = since
+        slot = {i: j for j, i in enumerate(inputs)}
+        if len(slot) != len(inputs) or any(i < first_id for out in outputs for i in out):
+            return None
+        ops: list[int] = []
+        input_at: list[tuple[int, int]] = []
+        for n, op in enumerate(self.ops[first_op:]):
+            if op == EMPTY_CACHE:
+                return None
+            if (op if op >= 0 else ~op) >= first_id:  # a tensor of the stretch: its id relative to the first
+                ops.append(op - first_id if op >= 0 else op + first_id)
+            elif ~op in slot:  # the free of an input
+                ops.append(0)
+                input_at.append((n, slot[~op]))
+            else:
+                return None
+        return Template(
+            sizes=self.sizes[first_id:],
+            ops=ops,
+            input_at=input_at,
+            input_sizes=[self.sizes[i] for i in inputs],
+            outputs=tuple([i - first_id for i in out] for out in outputs),
+        )
+
+    def repeat(self, template: Template, inputs: list[int]) -> tuple[list[int], ...] | None:
+        """Append `template`'s ops again, its tensors with fresh ids and its inputs' frees those of `inputs`; its
+        outputs with the new ids. None (nothing appended) when the inputs' sizes differ from the recorded ones (a free
+        of an empty tensor is no op, so the ops would differ)."""
+        if [self.sizes[i] for i in inputs] != template.input_sizes:
+            return None
+        base = len(self.sizes)
+        self.sizes += template.sizes
+        ops = [op + base if op >= 0 else op - base for op in template.ops]
+        for n, j in template.input_at:
+            ops[n] = ~inputs[j]
+        self.ops += ops
+        return tuple([i + base for i in out] for out in template.outputs)
+
+
     def live_peak(self) -> int:
         """The most bytes alive at once (un-rounded request sizes)."""
         return max(0, max(live_bytes(self), default=0))
+
+
+@dataclass(frozen=True)
+class Template:
+    """A recorded stretch of ops (Sequence.template): its tensors' sizes, its ops with tensor ids counted from its
+    first tensor (0 where an input is freed), where it frees its inputs (op index, input index), the inputs' sizes
+    when recorded, and the ids (relative) of what it returns."""
+
+    sizes: list[int]
+    ops: list[int]
+    input_at: list[tuple[int, int]]
+    input_sizes: list[int]
+    outputs: tuple[list[int], ...]
 
 
 def live_bytes(seq: Sequence) -> list[int]:

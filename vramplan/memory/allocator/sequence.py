@@ -49,6 +49,8 @@ tied gradient is accumulated in place.
 
 from __future__ import annotations
 
+from functools import partial
+
 from ...models.params import linear_shapes
 from ...specs import ModelSpec, TrainingSetup
 from ..adapters import adapter_pairs, lora_targets
@@ -57,7 +59,7 @@ from ..stacks import stack_profile
 from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
-from .ops import EMPTY_CACHE, Sequence, live_bytes, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
+from .ops import EMPTY_CACHE, Sequence, Template, live_bytes, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .lora_chain import checkpointed_mlp, lora_chains
 from .load_steps import START_CUDA_TENSOR_BYTES, LoadSteps
 from .optimizer_steps import OptimizerSteps
@@ -115,10 +117,11 @@ def _all_at_once_cannot_peak_higher(seq: Sequence, grad_stretches: list[tuple[in
 
 
 def _training_sequence(
-    model: ModelSpec, setup: TrainingSetup, t, steps: int, layer_grads: bool
+    model: ModelSpec, setup: TrainingSetup, t, steps: int, layer_grads: bool, repeat_layers: bool = True
 ) -> tuple[Sequence, _Builder]:
+    """The sequence and its builder; `repeat_layers` False builds every decoder layer's ops anew (_Builder._repeated)."""
     seq = Sequence()
-    b = _Builder(model, setup, t, seq, layer_grads)
+    b = _Builder(model, setup, t, seq, layer_grads, repeat_layers)
     seq.mark("start_cuda")
     seq.free(seq.alloc(START_CUDA_TENSOR_BYTES))
     seq.mark("load")
@@ -141,8 +144,12 @@ def _training_sequence(
 
 
 class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
-    def __init__(self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False):
+    def __init__(
+        self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False, repeat_layers: bool = True
+    ):
         self.m, self.s, self.t, self.seq = model, setup, t, seq
+        #: the last decoder layer recorded per kind: (what its ops are made from, ops.Template) (_repeated)
+        self.templates: dict[tuple, tuple[tuple, Template]] | None = {} if repeat_layers else None
         self.L = model.num_layers
         # the stack's kernels, adapter dtype and QLoRA upcast (memory/stacks); hf: the setup's own eager activations
         self.profile = profile = stack_profile(setup)
@@ -237,7 +244,8 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         self.copies: list[int] = []
         self.final_ids: list[int] = []
         for k in range(self.L):
-            cache, copies, kept = self._forward_layer(k)
+            made_of = (self.cache_layer[k], self.adapter_copies[k], self.dequant_fwd[k], self.layers[k])
+            cache, copies, kept = self._repeated(("forward", k == self.L - 1), made_of, [], partial(self._forward_layer, k))
             self.cache.append(cache)
             self.copies += copies
             if not s.grad_ckpt:
@@ -397,7 +405,10 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         layers_start = len(seq.ops)
         for k in reversed(range(self.L)):
             kept = [self.ckpt[k]] if s.grad_ckpt else self.saved[k]
-            carry, grads = self._backward_layer(k, carry, kept, self.cache[k] if self.cache else [], new_grads)
+            cache = self.cache[k] if self.cache else []
+            made_of = (self.adapter_copies[k], self.dequant[k], self.layers[k], self.layer_groups[k])
+            (carry,), grads = self._repeated(("backward", k == self.L - 1, new_grads), made_of, [carry, *kept, *cache],
+                                             partial(self._backward_layer, k, carry, kept, cache, new_grads))  # fmt: skip
             self.grads += grads
         if new_grads:
             self.grad_stretches.append((layers_start, len(seq.ops)))
@@ -420,7 +431,7 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
 
     def _backward_layer(self, k: int, carry: int, kept: list[int], cache: list[int], new_grads: bool):
         """Layer k's backward from the gradient of its output (`carry`); what its forward kept and its weights' autocast
-        copies (`cache`) are freed at its end: (the gradient of its input, the gradients it made)."""
+        copies (`cache`) are freed at its end: ([the gradient of its input], the gradients it made)."""
         s, seq = self.s, self.seq
         recompute = [seq.alloc(x) for x in [*self.adapter_copies[k], *self.saved_layer]] if s.grad_ckpt else []
         tmp = [seq.alloc(x) for x in self.t_bwd]
@@ -442,7 +453,27 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         seq.free(carry_in)
         seq.free(*kept)
         seq.free(*cache)
-        return carry, grads
+        return [carry], grads
+
+    def _repeated(self, kind: tuple, made_of: tuple, inputs: list[int], build):
+        """What build() returns (lists of the ids it made) once it has appended a decoder layer's ops; a layer made of
+        the same (`made_of`: the per-layer lists its ops come from) as the last one recorded of its `kind`, with
+        inputs (the tensors it frees that it did not make) of the same sizes, gets that layer's ops again with fresh
+        ids instead (Sequence.repeat): what build() would append (tests/test_allocator_sequence_build.py: every
+        shipped run's setup and a grid, against the sequence built layer by layer)."""
+        if self.templates is None:
+            return build()
+        last = self.templates.get(kind)
+        if last is not None and last[0] == made_of:
+            out = self.seq.repeat(last[1], inputs)
+            if out is not None:
+                return out
+        since = self.seq.since()
+        out = build()
+        template = self.seq.template(since, inputs, out)
+        if template is not None:
+            self.templates[kind] = (made_of, template)
+        return out
 
     def _autograd_workspace(self) -> None:
         """The autograd thread's cuBLAS workspace, made by the first backward matmul right after its first output
