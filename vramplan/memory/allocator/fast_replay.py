@@ -116,9 +116,10 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                 peak_allocated = allocated
             if allocated > at_peak_allocated and reserved == peak_reserved:
                 at_peak_allocated = allocated
-                at_peak = (allocated, reserved - allocated, max(
-                    small_keys[-1] >> shift if small_keys else 0, large_keys[-1] >> shift if large_keys else 0
-                ))  # fmt: skip
+                largest_small = small_keys[-1] >> shift if small_keys else 0  # cacheInfo's largest free block:
+                largest_large = large_keys[-1] >> shift if large_keys else 0
+                largest = largest_small if largest_small > largest_large else largest_large  # noqa: FURB136 (faster)
+                at_peak = (allocated, reserved - allocated, largest)
             blocks[op] = block
         elif op == empty_cache_op:  # release_cached_blocks: cudaFree every unsplit cached block
             for keys, pool in ((large_keys, large_blocks), (small_keys, small_blocks)):
