@@ -2,13 +2,15 @@
 its ops repeated (Sequence.repeat) instead of built again, and the checkpointed hf QLoRA gradient order is chosen
 without building the other order when a bound rules it out."""
 
+import random
+
 import pytest
 
 from gpu_catalog import find_gpu
 from vramplan.errors import VramplanError
 from vramplan.estimator import CALIBRATED_DEFAULTS, _terms
 from vramplan.memory.allocator import sequence
-from vramplan.memory.allocator.ops import EMPTY_CACHE, Sequence, live_bytes
+from vramplan.memory.allocator.ops import EMPTY_CACHE, Sequence, live_bytes, live_peaks
 from vramplan.memory.allocator.simulated import check_reserved_rule
 from vramplan.models import resolve_model
 from vramplan.runs import load_runs, shipped_runs_dir, single_gpu_run
@@ -133,3 +135,17 @@ def test_training_sequence_picks_the_order_that_building_both_would(name, setup)
     model, t, per_layer, whole, _ = _both_orders(name, setup)
     expected = whole if whole.live_peak() > per_layer.live_peak() else per_layer
     assert sequence.training_sequence(model, setup, t) == expected
+
+
+@pytest.mark.parametrize("name, setup", [c for c in SHIPPED[::6] + GRID[::5] if _simulated(*c)], ids=str)
+def test_live_peaks_counts_repeated_layers_by_their_excursion_as_op_by_op(name, setup):
+    model = resolve_model(name)
+    seq, b = sequence._training_sequence(model, setup, _terms(model, setup, H100, dict(CALIBRATED_DEFAULTS)), 2, True)
+    assert seq.repeats
+    live, n = live_bytes(seq), len(seq.ops)
+    rng = random.Random(n)
+    for ranges in [b.grad_stretches, [(0, n)], [(0, 0), (n, n)]] + [
+        list(zip(*[iter(sorted(rng.sample(range(n + 1), 6)))] * 2)) for _ in range(5)
+    ]:
+        within = [max(live[a - 1] if a else 0, max(live[a:e], default=0)) for a, e in ranges]
+        assert live_peaks(seq, ranges) == (max(0, *live), within)

@@ -7,6 +7,7 @@ ids (Sequence.repeat): the same ops the builder would append, without running it
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import neg
@@ -23,6 +24,8 @@ class Sequence:
     ops: list[int] = field(default_factory=list)
     #: op index where each named stretch begins ("load", "step0.forward", ...)
     marks: dict[str, int] = field(default_factory=dict)
+    #: (op index, template) of each repeated stretch (Sequence.repeat): live_peaks counts it by its excursion
+    repeats: list[tuple[int, Template]] = field(default_factory=list, compare=False, repr=False)
 
     def alloc(self, nbytes: int) -> int:
         i = len(self.sizes)
@@ -57,6 +60,7 @@ class Sequence:
             return None
         ops: list[int] = []
         input_at: list[tuple[int, int]] = []
+        live = peak = 0
         for n, op in enumerate(self.ops[first_op:]):
             if op == EMPTY_CACHE:
                 return None
@@ -67,12 +71,16 @@ class Sequence:
                 input_at.append((n, slot[~op]))
             else:
                 return None
+            live += self.sizes[op] if op >= 0 else -self.sizes[~op]
+            peak = max(peak, live)
         return Template(
             sizes=self.sizes[first_id:],
             ops=ops,
             input_at=input_at,
             input_sizes=[self.sizes[i] for i in inputs],
             outputs=tuple([i - first_id for i in out] for out in outputs),
+            net_bytes=live,
+            peak_bytes=peak,
         )
 
     def repeat(self, template: Template, inputs: list[int]) -> tuple[list[int], ...] | None:
@@ -82,6 +90,7 @@ class Sequence:
         if [self.sizes[i] for i in inputs] != template.input_sizes:
             return None
         base = len(self.sizes)
+        self.repeats.append((len(self.ops), template))
         self.sizes += template.sizes
         ops = [op + base if op >= 0 else op - base for op in template.ops]
         for n, j in template.input_at:
@@ -89,10 +98,9 @@ class Sequence:
         self.ops += ops
         return tuple([i + base for i in out] for out in template.outputs)
 
-
     def live_peak(self) -> int:
         """The most bytes alive at once (un-rounded request sizes)."""
-        return max(0, max(live_bytes(self), default=0))
+        return live_peaks(self, [])[0]
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,58 @@ class Template:
     input_at: list[tuple[int, int]]
     input_sizes: list[int]
     outputs: tuple[list[int], ...]
+    #: the live bytes it adds, and the most it adds at any of its ops (0 if it never adds any)
+    net_bytes: int = 0
+    peak_bytes: int = 0
+
+
+def live_peaks(seq: Sequence, ranges: list[tuple[int, int]]) -> tuple[int, list[int]]:
+    """The most bytes alive at once over `seq` (at least 0), and within each of `ranges` (op index ranges [start, end),
+    in order, apart), counting the bytes alive before a range's first op. As max(live_bytes(seq)) over the same ops, but
+    a repeated stretch (Sequence.repeat) that lies within one piece is counted by its template's excursion, not op by
+    op."""
+    ops = seq.ops
+    signed = seq.sizes + list(map(neg, reversed(seq.sizes)))  # live_bytes' signed sizes
+    starts = [at for at, _ in seq.repeats]
+    live = peak = 0
+
+    def walk(a: int, b: int) -> int | None:
+        """Advance `live` over ops [a, b); the most live bytes after one of them (None if none)."""
+        nonlocal live
+        most = None
+        j = bisect_left(starts, a)
+        while a < b:
+            at, template = seq.repeats[j] if j < len(starts) else (b, None)
+            if template is not None and at + len(template.ops) > b:  # a repeat that crosses b: op by op
+                at, template = b, None
+            at = min(at, b)
+            if at > a:  # plain ops
+                chunk = [op for op in ops[a:at] if op != EMPTY_CACHE] if EMPTY_CACHE in ops[a:at] else ops[a:at]
+                if chunk:
+                    values = list(accumulate(map(signed.__getitem__, chunk), initial=live))
+                    top = max(values[1:])
+                    most, live = top if most is None or top > most else most, values[-1]
+            if template is not None:
+                top = live + template.peak_bytes
+                most, live = top if most is None or top > most else most, live + template.net_bytes
+                a = at + len(template.ops)
+            else:
+                a = at
+            j += 1
+        return most
+
+    within = []
+    pos = 0
+    for start, end in ranges:
+        top = walk(pos, start)
+        peak = max(peak, top or 0)
+        before = live
+        top = walk(start, end)
+        peak = max(peak, top or 0)
+        within.append(max(before, 0 if top is None else top))
+        pos = end
+    peak = max(peak, walk(pos, len(ops)) or 0)
+    return peak, within
 
 
 def live_bytes(seq: Sequence) -> list[int]:
@@ -133,7 +193,7 @@ def live_bytes(seq: Sequence) -> list[int]:
         start = end + 1
 
 
-def live_peaks_by_stretch(seq: "Sequence") -> dict[str, int]:
+def live_peaks_by_stretch(seq: Sequence) -> dict[str, int]:
     """The most live bytes in each stretch between marks ("step0.forward", "step1.backward", ...), as the
     trainer's MemoryProbe reports max_memory_allocated per phase window."""
     starts: dict[int, list[str]] = {}

@@ -59,7 +59,7 @@ from ..stacks import stack_profile
 from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
-from .ops import EMPTY_CACHE, Sequence, Template, live_bytes, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
+from .ops import EMPTY_CACHE, Sequence, Template, live_peaks, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .lora_chain import checkpointed_mlp, lora_chains
 from .load_steps import START_CUDA_TENSOR_BYTES, LoadSteps
 from .optimizer_steps import OptimizerSteps
@@ -107,13 +107,8 @@ def _all_at_once_cannot_peak_higher(seq: Sequence, grad_stretches: list[tuple[in
     `grad_bytes` (all of them) more than the per-layer stretch's peak; elsewhere the same bytes at each allocation
     but in a later micro-batch's backward, whose layers dequantize their weights one at a time in another order, to
     the same peak (tests/test_allocator_sequence_build.py checks the bound and the choice against both orders)."""
-    live = live_bytes(seq)
-    peak = max(live, default=0)
-    for start, end in grad_stretches:
-        before = live[start - 1] if start else 0
-        if max(before, max(live[start:end], default=0)) + grad_bytes > peak:
-            return False
-    return True
+    peak, within = live_peaks(seq, grad_stretches)
+    return all(top + grad_bytes <= peak for top in within)
 
 
 def _training_sequence(
