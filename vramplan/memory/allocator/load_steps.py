@@ -8,6 +8,8 @@ that sequence.py stays the training step's builder.
 
 from __future__ import annotations
 
+from functools import partial
+
 from ...models.params import linear_shapes, param_counts
 from ..constants import BYTES_PER_DTYPE
 from .tensors import layer_adapter_tensors
@@ -33,10 +35,7 @@ class LoadSteps:
             self._load_quantized(layers, embed, lm_head, final_norm, residual)
         else:
             seq.alloc(embed)
-            for layer in layers:
-                for _, pieces, _ in layer:
-                    for x in pieces:
-                        seq.alloc(x)
+            seq.alloc_all([x for layer in layers for _, pieces, _ in layer for x in pieces])
             seq.alloc(final_norm)
             seq.alloc(residual)
             if lm_head:
@@ -44,9 +43,7 @@ class LoadSteps:
             elif t.tied_load:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
                 seq.free(seq.alloc(t.tied_load))
         seq.mark("peft")
-        for layer in layer_adapter_tensors(m, s, self.profile.adapter_itemsize):
-            for x in layer:
-                seq.alloc(x)
+        seq.alloc_all([x for layer in layer_adapter_tensors(m, s, self.profile.adapter_itemsize) for x in layer])
 
     def _load_quantized(
         self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
@@ -71,17 +68,9 @@ class LoadSteps:
         head = seq.alloc(lm_head // up)
         bf16_embed = seq.alloc(embed // up)
         bf16_layers = []
-        for layer in layers:
-            kept: dict[int, int] = {}
-            for k, (_, pieces, bf16) in sorted(enumerate(layer), key=lambda item: item[1][0]):
-                if len(pieces) == 1 and pieces[0] // up == bf16:  # kept in bf16 now, cast to fp32 below (upcast)
-                    kept[k] = seq.alloc(bf16)
-                    continue
-                loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
-                steps = self.quant_steps[len(pieces), sum(pieces)]
-                made = [(seq.alloc(x), tmp) for x, tmp in steps]
-                seq.free(loaded, *[i for i, tmp in made if tmp])
-            bf16_layers += [kept[k] for k in sorted(kept)]  # back in module order
+        for layer in layers:  # a layer like the one before it repeats its ops (sequence._Builder._repeated)
+            (kept,) = self._repeated(("load",), (layer,), [], partial(self._load_quantized_layer, layer, up))
+            bf16_layers += kept
         bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // up), seq.alloc(residual // up), head]
         if up == 1:
             return
@@ -89,3 +78,19 @@ class LoadSteps:
             seq.alloc(seq.sizes[i] * 2)
             seq.free(i)
         seq.empty_cache()
+
+    def _load_quantized_layer(self, layer: list[tuple[str, list[int], int]], up: int) -> tuple[list[int]]:
+        """One decoder layer of the checkpoint, its modules in alphabetical order: each 4-bit weight loaded in bf16 and
+        quantized (quantization_steps), the other weights kept as loaded; ([those kept], in module order). `up`: resident
+        bytes per loaded bf16 byte."""
+        seq = self.seq
+        kept: dict[int, int] = {}
+        for k, (_, pieces, bf16) in sorted(enumerate(layer), key=lambda item: item[1][0]):
+            if len(pieces) == 1 and pieces[0] // up == bf16:  # kept in bf16 now, cast to fp32 later (upcast)
+                kept[k] = seq.alloc(bf16)
+                continue
+            loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
+            steps = self.quant_steps[len(pieces), sum(pieces)]
+            made = [(seq.alloc(x), tmp) for x, tmp in steps]
+            seq.free(loaded, *[i for i, tmp in made if tmp])
+        return ([kept[k] for k in sorted(kept)],)  # back in module order

@@ -34,6 +34,13 @@ class Sequence:
             self.ops.append(i)
         return i
 
+    def alloc_all(self, sizes: list[int]) -> range:
+        """alloc() of each of `sizes` in order: their ids."""
+        first = len(self.sizes)
+        self.sizes += sizes
+        self.ops += [i for i, nbytes in enumerate(sizes, first) if nbytes > 0]
+        return range(first, len(self.sizes))
+
     def free(self, *ids: int) -> None:
         for i in ids:
             if self.sizes[i] > 0:

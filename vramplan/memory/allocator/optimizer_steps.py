@@ -22,11 +22,14 @@ class OptimizerSteps:
         s, t, seq = self.s, self.t, self.seq
         groups = self._parameters_in_order()
         temporaries: list[int] = []
+        made: dict[int, list[int]] = {}  # id of a TensorGroup (the layers share them) -> its state tensors
         for group in ([g for g in groups if not _no_decay(g)], [g for g in groups if _no_decay(g)]):
             if first:
+                states: list[int] = []
                 for g in group:
-                    for x in state_tensors(g, s):
-                        seq.alloc(x)
+                    x = made.get(id(g))
+                    states += made.setdefault(id(g), state_tensors(g, s)) if x is None else x
+                seq.alloc_all(states)
             if s.optimizer == "adamw_torch" and t.opt_transient:
                 temporaries += [seq.alloc(grad_tensor(g)) for g in group]
         if t.opt_transient and s.optimizer != "adamw_torch":
