@@ -48,8 +48,11 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
     segments = 0
     addresses = DeviceAddresses()
     take_address = addresses.take
+    end = len(ops)  # the frees after the last allocation or empty_cache change none of the results: left out
+    while end and ops[end - 1] < 0 and ops[end - 1] != empty_cache_op:
+        end -= 1
 
-    for op in ops:
+    for op in ops if end == len(ops) else ops[:end]:
         if op >= 0:
             nbytes = sizes[op]
             size = nbytes + (-nbytes & round_mask) if nbytes > min_block else min_block  # round_size
