@@ -131,8 +131,7 @@ def live_peaks(seq: Sequence, ranges: list[tuple[int, int]]) -> tuple[int, list[
     in order, apart), counting the bytes alive before a range's first op. As max(live_bytes(seq)) over the same ops, but
     a repeated stretch (Sequence.repeat) that lies within one piece is counted by its template's excursion, not op by
     op."""
-    ops = seq.ops
-    signed = seq.sizes + list(map(neg, reversed(seq.sizes)))  # live_bytes' signed sizes
+    ops, sizes = seq.ops, seq.sizes
     starts = [at for at, _ in seq.repeats]
     live = peak = 0
 
@@ -147,9 +146,9 @@ def live_peaks(seq: Sequence, ranges: list[tuple[int, int]]) -> tuple[int, list[
                 at, template = b, None
             at = min(at, b)
             if at > a:  # plain ops
-                chunk = [op for op in ops[a:at] if op != EMPTY_CACHE] if EMPTY_CACHE in ops[a:at] else ops[a:at]
-                if chunk:
-                    values = list(accumulate(map(signed.__getitem__, chunk), initial=live))
+                deltas = [sizes[op] if op >= 0 else -sizes[~op] for op in ops[a:at] if op != EMPTY_CACHE]
+                if deltas:
+                    values = list(accumulate(deltas, initial=live))
                     top = max(values[1:])
                     most, live = top if most is None or top > most else most, values[-1]
             if template is not None:
