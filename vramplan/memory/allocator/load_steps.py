@@ -2,8 +2,8 @@
 and "PEFT wrap"): every parameter created in module order (full / LoRA), or the checkpoint loaded and quantized on the
 device with its warmup and prepare_model_for_kbit_training's fp32 cast (QLoRA); then lora_A / lora_B per target.
 
-A mixin of sequence._Builder (it uses the builder's m, s, t, seq, layers, profile and quant_steps); kept apart so
-that sequence.py stays the training step's builder.
+A mixin of sequence._Builder (it uses the builder's m, s, t, seq, layers, profile, quant_steps and repeated); kept
+apart so that sequence.py stays the training step's builder.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class LoadSteps:
         head = seq.alloc(lm_head // up)
         bf16_embed = seq.alloc(embed // up)
         bf16_layers = []
-        for layer in layers:  # a layer like the one before it repeats its ops (sequence._Builder._repeated)
-            (kept,) = self._repeated(("load",), (layer,), [], partial(self._load_quantized_layer, layer, up))
+        for layer in layers:  # a layer like the one before it repeats its ops (ops.Repeats)
+            (kept,) = self.repeated(("load",), (layer,), [], partial(self._load_quantized_layer, layer, up))
             bf16_layers += kept
         bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // up), seq.alloc(residual // up), head]
         if up == 1:

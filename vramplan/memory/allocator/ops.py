@@ -126,6 +126,35 @@ class Template:
     peak_bytes: int = 0
 
 
+class Repeats:
+    """The last stretch recorded per kind of decoder layer, to append again for a layer like it."""
+
+    def __init__(self, seq: Sequence, enabled: bool = True):
+        self.seq = seq
+        #: kind -> (what the recorded layer's ops are made from, its Template); None: every layer built anew
+        self.templates: dict[tuple, tuple[tuple, Template]] | None = {} if enabled else None
+
+    def __call__(self, kind: tuple, made_of: tuple, inputs: list[int], build):
+        """What build() returns (lists of the ids it made) once it has appended a decoder layer's ops; a layer made of
+        the same (`made_of`: the per-layer lists its ops come from) as the last one recorded of its `kind`, with
+        inputs (the tensors it frees that it did not make) of the same sizes, gets that layer's ops again with fresh
+        ids instead (Sequence.repeat): what build() would append (tests/test_allocator_sequence_build.py: every
+        shipped run's setup and a grid, against the sequence built layer by layer)."""
+        if self.templates is None:
+            return build()
+        last = self.templates.get(kind)
+        if last is not None and last[0] == made_of:
+            out = self.seq.repeat(last[1], inputs)
+            if out is not None:
+                return out
+        since = self.seq.since()
+        out = build()
+        template = self.seq.template(since, inputs, out)
+        if template is not None:
+            self.templates[kind] = (made_of, template)
+        return out
+
+
 def live_peaks(seq: Sequence, ranges: list[tuple[int, int]]) -> tuple[int, list[int]]:
     """The most bytes alive at once over `seq` (at least 0), and within each of `ranges` (op index ranges [start, end),
     in order, apart), counting the bytes alive before a range's first op. As max(live_bytes(seq)) over the same ops, but

@@ -59,7 +59,7 @@ from ..stacks import stack_profile
 from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
-from .ops import EMPTY_CACHE, Sequence, Template, live_peaks, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
+from .ops import EMPTY_CACHE, Repeats, Sequence, live_peaks, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .lora_chain import checkpointed_mlp, lora_chains
 from .load_steps import START_CUDA_TENSOR_BYTES, LoadSteps
 from .optimizer_steps import OptimizerSteps
@@ -114,7 +114,7 @@ def _all_at_once_cannot_peak_higher(seq: Sequence, grad_stretches: list[tuple[in
 def _training_sequence(
     model: ModelSpec, setup: TrainingSetup, t, steps: int, layer_grads: bool, repeat_layers: bool = True
 ) -> tuple[Sequence, _Builder]:
-    """The sequence and its builder; `repeat_layers` False builds every decoder layer's ops anew (_Builder._repeated)."""
+    """The sequence and its builder; `repeat_layers` False builds every decoder layer's ops anew (ops.Repeats)."""
     seq = Sequence()
     b = _Builder(model, setup, t, seq, layer_grads, repeat_layers)
     seq.mark("start_cuda")
@@ -143,8 +143,8 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False, repeat_layers: bool = True
     ):
         self.m, self.s, self.t, self.seq = model, setup, t, seq
-        #: the last decoder layer recorded per kind: (what its ops are made from, ops.Template) (_repeated)
-        self.templates: dict[tuple, tuple[tuple, Template]] | None = {} if repeat_layers else None
+        #: a decoder layer like the last one recorded of its kind appends that one's ops again (ops.Repeats)
+        self.repeated = Repeats(seq, repeat_layers)
         self.L = model.num_layers
         # the stack's kernels, adapter dtype and QLoRA upcast (memory/stacks); hf: the setup's own eager activations
         self.profile = profile = stack_profile(setup)
@@ -240,7 +240,7 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         self.final_ids: list[int] = []
         for k in range(self.L):
             made_of = (self.cache_layer[k], self.adapter_copies[k], self.dequant_fwd[k], self.layers[k])
-            cache, copies, kept = self._repeated(("forward", k == self.L - 1), made_of, [], partial(self._forward_layer, k))
+            cache, copies, kept = self.repeated(("forward", k == self.L - 1), made_of, [], partial(self._forward_layer, k))
             self.cache.append(cache)
             self.copies += copies
             if not s.grad_ckpt:
@@ -402,8 +402,8 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
             kept = [self.ckpt[k]] if s.grad_ckpt else self.saved[k]
             cache = self.cache[k] if self.cache else []
             made_of = (self.adapter_copies[k], self.dequant[k], self.layers[k], self.layer_groups[k])
-            (carry,), grads = self._repeated(("backward", k == self.L - 1, new_grads), made_of, [carry, *kept, *cache],
-                                             partial(self._backward_layer, k, carry, kept, cache, new_grads))  # fmt: skip
+            (carry,), grads = self.repeated(("backward", k == self.L - 1, new_grads), made_of, [carry, *kept, *cache],
+                                            partial(self._backward_layer, k, carry, kept, cache, new_grads))  # fmt: skip
             self.grads += grads
         if new_grads:
             self.grad_stretches.append((layers_start, len(seq.ops)))
@@ -449,26 +449,6 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         seq.free(*kept)
         seq.free(*cache)
         return [carry], grads
-
-    def _repeated(self, kind: tuple, made_of: tuple, inputs: list[int], build):
-        """What build() returns (lists of the ids it made) once it has appended a decoder layer's ops; a layer made of
-        the same (`made_of`: the per-layer lists its ops come from) as the last one recorded of its `kind`, with
-        inputs (the tensors it frees that it did not make) of the same sizes, gets that layer's ops again with fresh
-        ids instead (Sequence.repeat): what build() would append (tests/test_allocator_sequence_build.py: every
-        shipped run's setup and a grid, against the sequence built layer by layer)."""
-        if self.templates is None:
-            return build()
-        last = self.templates.get(kind)
-        if last is not None and last[0] == made_of:
-            out = self.seq.repeat(last[1], inputs)
-            if out is not None:
-                return out
-        since = self.seq.since()
-        out = build()
-        template = self.seq.template(since, inputs, out)
-        if template is not None:
-            self.templates[kind] = (made_of, template)
-        return out
 
     def _autograd_workspace(self) -> None:
         """The autograd thread's cuBLAS workspace, made by the first backward matmul right after its first output
