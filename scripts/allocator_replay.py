@@ -14,8 +14,10 @@ For each snapshot, from its trace of alloc / free_completed / segment_alloc / se
 The pickle holds only Python builtins (dicts, lists, strings, ints): no torch needed to read it.
 ``--events DIR`` also writes each trace as a compact event list (``DIR/<name>.events.json.gz``: the
 ``Sequence`` format of ``vramplan.memory.allocator`` -- request sizes, alloc/free ops, an empty-cache op where
-the allocator released segments -- plus the recorded peaks), small enough to ship as test data and to replay
-through the allocator model without torch or the pickle.
+the allocator released segments -- plus the CUDA stream of every allocation not on the first stream and the
+recorded peaks), small enough to ship as test data and to replay through the allocator model, stream by stream,
+without torch or the pickle (``scripts/trace_replay_check.py``). Files exported before streams were (every one
+shipped up to the DeepSpeed histories of 2026-12-02) have no ``alloc_streams`` and replay on one stream.
 Segments that existed before recording started are unknown to the trace; reserved and allocated
 are counted from the trace alone, so they start at zero when recording starts.
 """
@@ -190,11 +192,32 @@ EMPTY_CACHE = -(2**62)
 def compact_events(trace: list[dict]) -> dict:
     """alloc / free_completed as Sequence sizes and ops (an alloc of address A is freed by the next free of A);
     a run of segment_free / segment_unmap events is one EMPTY_CACHE op (the allocator only releases segments on
-    empty_cache or when a cudaMalloc fails); streams other than the first are counted, not modelled."""
+    empty_cache or when a cudaMalloc fails).
+
+    Streams: every trace event carries the CUDA stream it was recorded with (``trace_entry[stream_s] =
+    int64_t(te.stream_)`` in torch/csrc/cuda/Module.cpp's memory snapshot). In CUDACachingAllocator.cpp (pytorch
+    at 001074d25084) ``alloc_found_block`` records ALLOC with ``block->stream``, the stream malloc was called
+    with; ``alloc_block`` makes the new segment ``new Block(p.device(), p.stream(), ...)`` and records
+    SEGMENT_ALLOC with ``p.stream()``: a segment belongs to the stream of the request that made it; and
+    ``get_free_block`` returns no block of another stream (``(*it)->stream != p.stream()``: return false). So
+    ``alloc_streams`` keeps each allocation's stream, numbered in order of first allocation (0: the stream of the
+    first allocation, normally the compute stream; 1, 2, ...: side streams such as DeepSpeed's reduction and
+    all-gather streams), as ``[tensor index, stream]`` pairs for the allocations not on stream 0 (a one-stream
+    trace: ``[]``); ``streams`` counts the streams.
+
+    Frees: ``free`` records FREE_REQUESTED, and when the block was used on other streams (``recordStream`` put
+    them in ``block->stream_uses``) only records events (``insert_events``); the block goes back to its pool in
+    ``free_block``, which records FREE_COMPLETED (with ``block->stream``: the block's own stream, whose pool it
+    returns to), once those events have completed (``process_events`` at the start of a later malloc,
+    ``synchronize_and_free_events`` before ``release_cached_blocks`` frees segments); without other-stream uses
+    ``free`` calls ``free_block`` at once. A free is therefore placed at its free_completed event, and
+    free_requested is ignored."""
     sizes: list[int] = []
     ops: list[int] = []
     live: dict[int, int] = {}
-    streams: set[int] = set()
+    #: the trace's streams (a cudaStream_t as an integer) -> 0, 1, ... in order of their first allocation
+    stream_ids: dict[int, int] = {}
+    alloc_streams: list[list[int]] = []
     released = False
     reserved = 0
     #: [number of ops so far, reserved bytes after, the segment's address] at every segment event: where a replay
@@ -209,10 +232,12 @@ def compact_events(trace: list[dict]) -> dict:
             reserved -= int(e.get("size", 0))
             segments.append([len(ops), reserved, int(e.get("addr", 0))])
         if action == "alloc":
+            stream = stream_ids.setdefault(e.get("stream", 0), len(stream_ids))
+            if stream:
+                alloc_streams.append([len(sizes), stream])
             live[e["addr"]] = len(sizes)
             ops.append(len(sizes))
             sizes.append(int(e.get("size", 0)))
-            streams.add(e.get("stream", 0))
             released = False
         elif action == "free_completed":
             i = live.pop(e.get("addr"), None)
@@ -225,8 +250,8 @@ def compact_events(trace: list[dict]) -> dict:
             released = True
     # expandable segments map and unmap pages (segment_map / segment_unmap) instead of cudaMalloc / cudaFree
     expandable = any(e.get("action") == "segment_map" for e in trace)
-    return {"sizes": sizes, "ops": ops, "streams": len(streams), "unfreed_at_end": len(live), "segments": segments,
-            "expandable_segments": expandable}  # fmt: skip
+    return {"sizes": sizes, "ops": ops, "streams": len(stream_ids), "alloc_streams": alloc_streams,
+            "unfreed_at_end": len(live), "segments": segments, "expandable_segments": expandable}  # fmt: skip
 
 
 def write_events(path: Path, out_dir: Path) -> Path:

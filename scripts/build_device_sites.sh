@@ -7,6 +7,9 @@
 # * .sites/stack.tar.xz   -> /tmp/site:          every wheel in .whl/ (TRL, datasets, Liger, bitsandbytes, ...)
 # * .sites/unsloth.tar.xz -> /tmp/site-unsloth:  .whl-unsloth/ (unsloth, unsloth_zoo, trl <= 1.15, torchao, pydantic,
 #   cut_cross_entropy, msgspec, nest_asyncio) plus the .whl/ wheels it shares (bitsandbytes, datasets, ...)
+# * .sites/deepspeed.tar.xz -> /tmp/site-ds:   .whl-ds/ (deepspeed 0.19.8 built here with `pip wheel --no-deps`, ops
+#   left to JIT compilation; hjson; pydantic, pydantic_core, annotated_types, typing_inspection, which DeepSpeed's
+#   config models import); scripts/device_campaign_multi.sh puts it ahead of /tmp/site
 #
 # Unpacked wheels compress well, and two things are dropped that the trainer never loads: bitsandbytes'
 # libraries for other CUDA and ROCm versions (the machine's torch is cu130) and Unsloth's "studio" web app
@@ -34,4 +37,7 @@ if ls .whl-unsloth/*.whl >/dev/null 2>&1; then
   shared=$(ls .whl/*.whl | grep -v -e '/trl-' -e '/liger_kernel-')
   # shellcheck disable=SC2086
   pack unsloth site-unsloth .whl-unsloth/*.whl $shared
+fi
+if ls .whl-ds/*.whl >/dev/null 2>&1; then
+  pack deepspeed site-ds .whl-ds/*.whl
 fi

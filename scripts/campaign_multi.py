@@ -13,8 +13,9 @@ Trainer's DDP or accelerate's FSDP2 does all communication), a per-run timeout, 
 record (per-GPU peaks = max over ranks, per-rank values in ``extra``) saved as
 ``<out>/<gpu-id>/<run_id>.json``. Progress goes to ``<out>/campaign-progress.jsonl`` (a second
 call with the same ``--out`` resumes) and the summary to ``<out>/campaign-summary.txt``.
-The driver never imports torch. ZeRO-2/3 are not in the grid: DeepSpeed is not installed on the
-GPU machines and the built-in trainer does not drive it.
+The driver never imports torch. ``--grid zero`` is DeepSpeed ZeRO-2/3 through the Trainer's ``deepspeed=``
+config (also at ``--num-gpus 1``: DeepSpeed at world size 1) and QLoRA with FSDP; ``--snapshots`` records the
+allocator history of world-size-1 runs (one process) as ``<out>/snapshots/<name>.pickle``.
 
 On the device tool: ``bash scripts/device_campaign_multi.sh --budget-s 500`` (packs the output
 into ``$OUT/campaign-multi.tgz``).
@@ -100,7 +101,37 @@ def zero_grid(num_gpus: int = 2) -> list[RunSpec]:
     ]
 
 
-GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid}
+def zero_holdout_grid(num_gpus: int = 1) -> list[RunSpec]:
+    """Issue 15 at world size 1, a hold-out for the DeepSpeed buffers read from the source (2026-12-02): setups
+    none of the zero-grid runs has (another vocabulary-to-parameter ratio, a larger largest gradient, ZeRO-3's
+    sub-groups at another size), predicted and committed before they run."""
+    def zero(spec: RunSpec, stage: str, offload: str = "none") -> RunSpec:
+        update = {"parallel": stage, "num_gpus": num_gpus, "offload": offload}
+        return replace(spec, name=f"{spec.name}-x{num_gpus}", setup=spec.setup.model_copy(update=update))
+
+    return [
+        zero(single.full("h-q05-zero2-full-gc", "qwen2.5-0.5b", "ZeRO-2 full FT, vocab 152k on 0.5B", grad_ckpt=True), "zero2"),
+        zero(single.full("h-q15-zero3-full-gc", "qwen2.5-1.5b", "ZeRO-3 full FT 1.5B", grad_ckpt=True), "zero3"),
+        zero(single.full("h-l3-zero2-full-gc-offopt", L3, "ZeRO-2 optimizer offload 3B", grad_ckpt=True), "zero2", "optimizer"),
+        zero(single.full("h-l1-zero3-full-gc-offall", L1, "ZeRO-3 full offload 1B", grad_ckpt=True), "zero3", "all"),
+    ]
+
+
+def zero_holdout2_grid(num_gpus: int = 1) -> list[RunSpec]:
+    """A second world-size-1 hold-out, for what the first one led to (ZeRO-2's init phase and its cached segments
+    with offload, ZeRO-3's reuse distance): other models, predicted and committed before they run."""
+    def zero(spec: RunSpec, stage: str, offload: str = "none") -> RunSpec:
+        update = {"parallel": stage, "num_gpus": num_gpus, "offload": offload}
+        return replace(spec, name=f"{spec.name}-x{num_gpus}", setup=spec.setup.model_copy(update=update))
+
+    return [
+        zero(single.full("h2-q15-zero2-full-gc-offopt", "qwen2.5-1.5b", "ZeRO-2 optimizer offload 1.5B", grad_ckpt=True), "zero2", "optimizer"),
+        zero(single.full("h2-q05-zero3-full-gc-offall", "qwen2.5-0.5b", "ZeRO-3 full offload 0.5B", grad_ckpt=True), "zero3", "all"),
+    ]
+
+
+GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
+         "zero-holdout2": zero_holdout2_grid}
 
 
 def settings(spec: RunSpec) -> str:
@@ -176,10 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-cache", type=Path, default=None, help="QLoRA random checkpoints")
     parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed or timed out")
     parser.add_argument("--list", action="store_true", help="print the selected grid and exit")
+    parser.add_argument("--snapshots", action="store_true",
+                        help="record each run's allocator history to <out>/snapshots/<name>.pickle (--num-gpus 1)")
     parser.add_argument("--grid", choices=sorted(GRIDS), default="multi",
                         help="multi: DDP/FSDP (issue 5); zero: DeepSpeed ZeRO and QLoRA+FSDP (issue 15); "
                              "scale: 4 and 8 GPUs (issue 16)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.snapshots and args.num_gpus != 1:
+        parser.error("--snapshots records one process: use it with --num-gpus 1")
 
     grid = GRIDS[args.grid](args.num_gpus)
     if args.num_gpus == 1:  # FSDP needs two ranks; ZeRO runs at world size 1
@@ -236,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                     notes=f"campaign issue5 multi-GPU: {spec.name}",
                     progress=lambda msg: print(f"    {msg}", flush=True),
                     log_path=out / "logs" / f"{spec.name}.log",
+                    memory_snapshot=out / "snapshots" / f"{spec.name}.pickle" if args.snapshots else None,
                 )
                 entry = entry_from_run(spec, run, single._record_path(out, run), time.monotonic() - started)
             except MeasurementError as exc:

@@ -3,8 +3,10 @@
     python scripts/holdout.py predict            # -> docs/holdout/predictions.json (commit it before measuring)
     python scripts/holdout.py compare RUNS_DIR   # predicted (as committed) vs the measured run records
     python scripts/holdout.py --grid stacks predict   # -> docs/holdout/stacks-predictions.json
+    python scripts/holdout.py --grid zero-x1 predict  # DeepSpeed at world size 1 (campaign_multi.py --grid zero)
 
-The grid is ``scripts/campaign.py --grid holdout`` (or ``--grid stacks``). ``compare`` reads the committed predictions, never
+The grid is ``scripts/campaign.py --grid holdout`` (or ``--grid stacks``, ...; ``zero-x1`` is the ZeRO part of
+``scripts/campaign_multi.py --grid zero --num-gpus 1``). ``compare`` reads the committed predictions, never
 recomputes them, so the numbers it prints are the ones made before the runs existed.
 """
 
@@ -34,7 +36,7 @@ PREDICTIONS = HOLDOUT_DIR / "predictions.json"
 #: grid -> its committed predictions
 PREDICTION_FILES = {
     "holdout": PREDICTIONS,
-    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim")},
+    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim", "zero-x1", "zero-holdout", "zero-holdout2")},
 }
 GIB = 2**30
 
@@ -55,10 +57,22 @@ def _simulated(spec) -> dict[str, int]:
     return {"reserved_simulated": shown.peak_reserved_bytes, "device_simulated": shown.device_peak_bytes}
 
 
-def predict(path: Path, grid: str = "holdout") -> int:
+def grid_specs(grid: str) -> list:
+    """The runs of `grid`: a campaign.py grid, or zero-x1 (campaign_multi.py's ZeRO runs at world size 1)."""
+    if grid in ("zero-x1", "zero-holdout", "zero-holdout2"):
+        import campaign_multi
+
+        runs = {"zero-x1": campaign_multi.zero_grid, "zero-holdout": campaign_multi.zero_holdout_grid,
+                "zero-holdout2": campaign_multi.zero_holdout2_grid}[grid](1)
+        return [r for r in runs if r.setup.parallel in ("zero2", "zero3")]
+    return getattr(campaign, GRIDS[grid])()
+
+
+def predictions(grid: str) -> dict:
+    """The current model's predictions for every run of `grid` (what ``predict`` writes)."""
     entries = []
     version = None
-    for spec in getattr(campaign, GRIDS[grid])():
+    for spec in grid_specs(grid):
         e = estimate_for(spec.model, spec.setup)
         shown = e.calibrated or e.memory
         version = e.calibration_version
@@ -77,15 +91,22 @@ def predict(path: Path, grid: str = "holdout") -> int:
                 **_simulated(spec),
             }
         )
+    return {"calibration_version": version, "grid": grid, "predictions": entries}
+
+
+def predict(path: Path, grid: str = "holdout") -> int:
+    doc = predictions(grid)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"calibration_version": version, "grid": grid, "predictions": entries}
     path.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"{len(entries)} predictions -> {path}")
+    print(f"{len(doc['predictions'])} predictions -> {path}")
     return 0
 
 
-def compare(path: Path, runs_dir: Path) -> int:
-    doc = json.loads(path.read_text())
+def compare(path: Path | None, runs_dir: Path, grid: str = "holdout") -> int:
+    """Measured runs against the committed predictions in `path`, or (path None) the current model's."""
+    doc = json.loads(path.read_text()) if path is not None else predictions(grid)
+    if path is None:
+        print("the current model's predictions (not the committed ones)")
     runs = load_runs([runs_dir])
     by_key = {(r.model, r.setup.model_dump_json()): r for r in runs if not r.measurements.oom}
     errors: dict[str, list[float]] = {"allocated": [], "reserved": [], "device": []}
@@ -126,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("runs_dir", type=Path)
     parser.add_argument("--grid", choices=sorted(PREDICTION_FILES), default="holdout")
     parser.add_argument("--predictions", type=Path, default=None, help="default: the grid's committed file")
+    parser.add_argument("--now", action="store_true", help="compare: the current model's predictions instead")
     args = parser.parse_args(argv)
     path = args.predictions or PREDICTION_FILES[args.grid]
     if args.cmd == "predict":
         return predict(path, args.grid)
-    return compare(path, args.runs_dir)
+    return compare(None if args.now else path, args.runs_dir, args.grid)
 
 
 if __name__ == "__main__":

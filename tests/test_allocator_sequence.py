@@ -224,12 +224,13 @@ def test_simulated_reserved_accuracy_on_the_shipped_runs_does_not_regress():
     stats = v.stats("reserved")
     assert stats["runs"] >= 90
     assert stats["median_abs"] <= 0.004, stats
-    others = [c.error("reserved") for c in v.comparisons if c.run_id != HOLDOUT_MISS]
-    assert max(map(abs, others)) <= 0.04 and min(others) >= -0.03
+    errors = [c.error("reserved") for c in v.comparisons]
+    assert max(map(abs, errors)) <= 0.04 and min(errors) >= -0.03
     # the 2026-12-02 hold-out's one miss (docs/holdout/sim-compare.txt, predicted before it ran): Qwen2.5-7B QLoRA
-    # r64 at s = 4096, -10.4 % (-9.1 % before this session's sequence changes; the rules -3.6 %); no history of it yet
-    miss = next(c.error("reserved") for c in v.comparisons if c.run_id == HOLDOUT_MISS)
-    assert -0.11 <= miss <= -0.09
+    # r64 at s = 4096 was -10.4 % until its history (h-q7-qlora-r64-gc-s4096, a rerun of the same setup) showed the
+    # PEFT wrap's bf16 adapters and the rotary embedding's tables; +0.03 % since, on both records
+    misses = [c.error("reserved") for c in v.comparisons if c.run_id in HOLDOUT_MISS]
+    assert len(misses) == 2 and all(abs(miss) <= 0.002 for miss in misses)
 
 
 @pytest.mark.parametrize("stack", ["hf", "hf+liger", "trl", "trl+liger"])
@@ -238,14 +239,17 @@ def test_simulated_reserved_meets_the_issue_targets_on_every_simulated_stack(sta
     # 3.6 / -2.4, hf+liger 0.8 / 1.3 / -1.3, trl 0.8 / 2.9 / -2.9, trl+liger 1.3 / 2.7 / -2.7 %)
     from vramplan.validation import validate
 
-    runs = [r for r in SIMULATED_RUNS if _stack(r) == stack and r.run_id != HOLDOUT_MISS]  # the miss: see above
+    runs = [r for r in SIMULATED_RUNS if _stack(r) == stack]
     stats = validate(runs, reserved_rule="simulated").stats("reserved")
     assert stats["runs"] >= 10
     assert stats["median_abs"] <= 0.015 and stats["worst_abs"] <= 0.05 and stats["worst_under"] >= -0.03, stats
 
 
-#: the simulated rule's one miss on the hold-out of 2026-12-02
-HOLDOUT_MISS = "qwen2.5-7b-qlora-nf4dq-r64-s4096-b1-gc-adamwtorchfused-bf16-sdpa-030efde8"
+#: the simulated rule's one miss on the hold-out of 2026-12-02 (-10.4 %; fixed since: see above), and its rerun with a history
+HOLDOUT_MISS = (
+    "qwen2.5-7b-qlora-nf4dq-r64-s4096-b1-gc-adamwtorchfused-bf16-sdpa-030efde8",
+    "qwen2.5-7b-qlora-nf4dq-r64-s4096-b1-gc-adamwtorchfused-bf16-sdpa-2de34101",
+)
 
 
 def _stack(r) -> str:
@@ -417,9 +421,11 @@ def test_a_checkpointed_layer_makes_its_output_while_its_residual_and_mlp_output
     assert _kept_made_with_two_residuals_alive(doc["sizes"], doc["ops"], residual) >= 0.9
     seq = training_sequence(model, run.setup, _terms_of(model, run.setup))
     assert _kept_made_with_two_residuals_alive(seq.sizes, seq.ops, residual) >= 0.9
-    # layer 0's input, the embedding's output, comes before the first matmul's cuBLAS workspace
+    # layer 0's input, the embedding's output, comes before the first matmul (the rotary embedding's freqs, fp32 of
+    # half the head width) and its cuBLAS workspace
     forward = seq.ops[seq.marks["step0.forward"] :]
-    assert seq.sizes[forward[0]] == residual and seq.sizes[forward[1]] == _terms_of(model, run.setup).workspace // 2
+    freqs = run.setup.seq_len * model.head_dim // 2 * 4
+    assert [seq.sizes[op] for op in forward[:3]] == [residual, freqs, _terms_of(model, run.setup).workspace // 2]
 
 
 def _autograd_workspace_follows_the_logits_gradient(sizes, ops, workspace: int, logits_grad: int) -> bool:
@@ -524,7 +530,7 @@ def test_a_checkpointed_qlora_layers_backward_makes_its_adapters_gradients_as_au
 
 HF_CKPT_QLORA_HISTORIES = [
     "r-l8-qlora-gc-s4096", "r-l8-qlora-nodq-gc-s4096", "r-l8-qlora-r64-gc", "s-h200-l8-qlora-gc", "t-l8-qlora-nodq-gc",
-    "s-h200-q7-qlora-gc",
+    "s-h200-q7-qlora-gc", "h-q7-qlora-r64-gc-s4096",
 ]  # fmt: skip
 
 
@@ -572,3 +578,49 @@ def _copies_made_in_the_mlp(sizes, ops, copy: int, within: int, stop_at: int) ->
             if sizes[~op] == within:
                 alive_within -= 1
     return most
+
+
+def _signed_sizes(sizes, ops) -> list[int]:
+    """Each op as +bytes (allocation) or -bytes (free), empty-cache ops left out."""
+    return [sizes[op] if op >= 0 else -sizes[~op] for op in ops if op != EMPTY_CACHE]
+
+
+def _occurs_in(part: list[int], whole: list[int]) -> bool:
+    """`part` is a contiguous stretch of `whole`."""
+    return ",".join(map(str, part)) in ",".join(map(str, whole))
+
+
+WRAP_HISTORIES = ["h-q7-qlora-r64-gc-s4096", "r-l8-qlora-r64-gc", "s-olmoe-liger-lora-gc"]
+
+
+@pytest.mark.parametrize("name", WRAP_HISTORIES)
+def test_the_peft_wrap_makes_each_adapter_in_the_base_dtype_then_its_fp32_copy_as_recorded(name):
+    # peft _move_adapter_to_device_of_base_layer (bf16: the base layer's dtype, a Linear4bit's compute_dtype), then
+    # cast_adapter_dtype's fp32 copies: the wrap's every allocation and free, in order, is a stretch of the history
+    # (QLoRA r64: adapters of more than 1 MiB, in the large pool; OLMoE: the experts' adapters made after every target
+    # module's, cast layer by layer)
+    run = next(r for r in SIMULATED_RUNS if (r.extra or {}).get("memory_snapshot", "").startswith(name + "."))
+    model = resolve_model(run.model_source or run.model)
+    doc = json.loads(gzip.decompress((TRACES / f"{name}.events.json.gz").read_bytes()))
+    seq = training_sequence(model, run.setup, _terms_of(model, run.setup))
+    wrap = _signed_sizes(seq.sizes, seq.ops[seq.marks["peft"] : seq.marks["step0.forward"]])
+    adapters = sum(sum(layer) for layer in layer_adapter_tensors(model, run.setup))
+    assert sum(x for x in wrap if x > 0) == adapters + adapters // 2  # every adapter once in bf16, once in fp32
+    assert _occurs_in(wrap, _signed_sizes(doc["sizes"], doc["ops"]))
+
+
+def test_the_rotary_tables_are_made_at_the_forwards_start_and_kept_to_the_layers_backwards_end():
+    # h-q7-qlora-r64-gc-s4096 (fp32 hidden states under prepare_model_for_kbit_training): freqs, the workspace, emb,
+    # cos and sin (2 MiB each: b * s * head_dim * 4 bytes), kept; freed after layer 0's backward, before the optimizer
+    run, model, doc, seq = _history("h-q7-qlora-r64-gc-s4096")
+    t = _terms_of(model, run.setup)
+    assert t.rotary_tables == 2 * 4096 * 128 * 4
+    big = [x for x in _signed_sizes(doc["sizes"], doc["ops"]) if abs(x) > 64 * 1024]  # the history's positions left out
+    forward = _signed_sizes(seq.sizes, seq.ops[seq.marks["step0.forward"] : seq.marks["step0.backward"]])
+    assert _occurs_in(forward[1:12], big)
+    table = t.rotary_tables // 2
+    made = [op for op in seq.ops[seq.marks["step0.forward"] : seq.marks["step0.backward"]] if op >= 0]
+    kept = [op for op in made if seq.sizes[op] == table and ~op not in seq.ops[: seq.marks["step0.backward"]]]
+    assert len(kept) == 2
+    freed_at = [seq.ops.index(~op) for op in kept]
+    assert all(seq.marks["step0.backward"] < n < seq.marks["step0.optimizer"] for n in freed_at)

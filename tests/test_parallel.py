@@ -61,11 +61,36 @@ def test_zero3_model_states_are_16p_over_n_plus_4_largest_layer_and_a_sub_group_
     assert forward.breakdown["zero3.live_parameters"] == 4 * VH
 
 
-def test_zero2_model_states_are_4p_plus_16p_over_n():
-    # deepspeed stage_1_and_2.py::estimate_zero2_model_states_mem_needs: 4 * P + 16 * P / n
+def test_zero2_model_states_are_4p_plus_12p_over_n_and_the_step_makes_the_fp32_gradient():
+    # deepspeed stage_1_and_2.py::estimate_zero2_model_states_mem_needs says 4 * P + 16 * P / n, counting the fp32
+    # gradient partition as kept; the engine makes it in the step only, from a flattened bf16 copy
+    # (stage_1_and_2.py:3117-3118): bf16 weights and gradients 2 + 2, master and Adam 4 + 8 per param / n, and
+    # 2 + 4 bytes per param / n of step temporaries
     m = estimate(LLAMA, make("full", 8, "zero2", grad_ckpt=True)).memory
+    assert m.peak_phase == "optimizer"
     assert m.breakdown["gradients"] == pytest.approx(2 * P, rel=1e-4)
-    assert model_states(m.breakdown) == pytest.approx(4 * P + 16 * P / 8, rel=1e-4)
+    assert model_states(m.breakdown) == pytest.approx(4 * P + 12 * P / 8, rel=1e-4)
+    assert m.breakdown["optimizer_step_temporaries"] == pytest.approx(6 * P / 8, rel=1e-4)
+    # the fp32 gradient is not there in the forward: 4P/n less than a persistent partition would hold
+    one = estimate(LLAMA, make("full", 1, "zero2", grad_ckpt=True)).memory
+    assert one.phases["optimizer"] - one.phases["forward"] > 6 * P
+
+
+def test_deepspeed_offload_reserves_a_side_stream_pool_for_the_largest_gradient(monkeypatch):
+    # stage_1_and_2.py:1873-1900: each gradient's fp64 norm copy on reduction_stream, whose cached blocks the compute
+    # stream never reuses (CUDACachingAllocator get_free_block compares block->stream); the largest gradient of
+    # Llama-3.1-8B is the untied embedding's V x h
+    off = estimate(LLAMA, make("full", 1, "zero2", grad_ckpt=True, offload="optimizer")).memory
+    assert off.reserved_rule != "simulated"
+    from vramplan.memory.deepspeed import zero2_offload_stream_pool
+
+    assert zero2_offload_stream_pool(VH) == pytest.approx(8 * VH, abs=2 * 1024**2)
+    import vramplan.memory.parallel as parallel
+
+    monkeypatch.setattr(parallel, "zero2_offload_stream_pool", lambda numel: 0)
+    without = estimate(LLAMA, make("full", 1, "zero2", grad_ckpt=True, offload="optimizer")).memory
+    assert without.peak_allocated_bytes == off.peak_allocated_bytes  # reserved, never allocated at the peak
+    assert off.peak_reserved_bytes - without.peak_reserved_bytes == zero2_offload_stream_pool(VH)
 
 
 def test_fsdp_full_ft_shards_fp32_upcast_weights_grads_and_adam_states():
@@ -158,8 +183,10 @@ def test_sharded_memory_per_gpu_decreases_with_more_gpus(setup, strategy):
 @given(setup=setups, n=st.sampled_from([2, 4, 8]))
 def test_zero3_per_gpu_is_at_most_zero2(setup, n):
     method, kw = setup
-    zero2 = estimate(LLAMA, make(method, n, "zero2", **kw)).memory.device_peak_bytes
-    zero3 = estimate(LLAMA, make(method, n, "zero3", **kw)).memory.device_peak_bytes
+    # allocated: at n = 2 ZeRO-3's persistent bf16 gradient partitions (2P/n) equal the half of the weights it shards,
+    # so a forward-bound peak is ZeRO-2's plus the live gathered params exactly, and reserved adds fragmentation on top
+    zero2 = estimate(LLAMA, make(method, n, "zero2", **kw)).memory.peak_allocated_bytes
+    zero3 = estimate(LLAMA, make(method, n, "zero3", **kw)).memory.peak_allocated_bytes
     assert zero3 <= zero2 + 4 * VH  # ZeRO-3 shards what ZeRO-2 replicates, at the cost of live gathered params
 
 
@@ -226,3 +253,32 @@ def test_deepspeed_at_world_size_1_states_its_assumptions_and_the_measured_offlo
     assert OFFLOAD_MEASURED_NOTE not in plain and OFFLOAD_MEASURED_NOTE in offload
     assert DEEPSPEED_MEASURED_NOTE in plain and DEEPSPEED_MEASURED_NOTE not in offload
     assert parallel_assumptions(TrainingSetup(method="full")) == ()
+
+
+def test_zero2_engine_init_holds_the_flat_copy_with_the_weights_and_is_the_3b_offload_peak():
+    # stage_1_and_2.py:505-534: the flat bf16 group is made while the original parameters exist (offload: 4 bytes
+    # per trainable parameter); without offload the fp32 master and the fp32 zeros of initialize_optimizer_states
+    # come on top (2 + 4 + 4). Measured at world size 1: Llama-3.2-3B offload peak 11.97 GiB (4P = 11.96), 1B without
+    # offload load peak 11.51 GiB (10P = 11.51)
+    from vramplan.models import resolve_model
+
+    l3, l1 = resolve_model("llama-3.2-3b"), resolve_model("llama-3.2-1b")
+    p3, p1 = 3_212_749_824, 1_235_814_400
+    off = estimate(l3, make("full", 1, "zero2", grad_ckpt=True, offload="optimizer")).memory
+    assert off.peak_phase == "engine_init"
+    assert off.peak_allocated_bytes == pytest.approx(4 * p3, rel=1e-3)
+    plain = estimate(l1, make("full", 1, "zero2", grad_ckpt=True)).memory
+    assert plain.phases["engine_init"] == pytest.approx(10 * p1, rel=1e-3)
+
+
+def test_zero3_keeps_the_head_and_the_trailing_layers_within_the_reuse_distance_gathered():
+    # partitioned_param_coordinator.py:634-665, max_reuse_distance 1e9 elements: Llama-3.2-1B's tied head
+    # (128256 x 2048) and the last 12 of its 16 layers (60,821,504 parameters each) stay gathered in bf16
+    from vramplan.memory.deepspeed import zero3_held_parameters
+    from vramplan.models import resolve_model
+
+    head, layer = 128256 * 2048, 60_821_504
+    assert layer_params(resolve_model("llama-3.2-1b")) == layer
+    assert zero3_held_parameters(head, layer, 16) == pytest.approx(2 * (head + 12 * layer), abs=2 * 1024**2)
+    assert zero3_held_parameters(head, layer, 4) == pytest.approx(2 * (head + 4 * layer), abs=2 * 1024**2)
+    assert zero3_held_parameters(2 * 10**9, layer, 16) == pytest.approx(4 * 10**9, abs=2 * 1024**2)

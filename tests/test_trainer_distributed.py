@@ -231,6 +231,40 @@ def test_zero3_config_offloads_what_the_setup_says():
     assert plain["train_micro_batch_size_per_gpu"] == plain["gradient_accumulation_steps"] == "auto"
 
 
+def test_zero3_builds_the_model_under_a_registered_deepspeed_config_and_only_zero3():
+    from vramplan.trainer.deepspeed_config import zero3_load_config
+
+    assert zero3_load_config(TrainingSetup(method="full")) is None
+    assert zero3_load_config(TrainingSetup(method="full", parallel="zero2", offload="optimizer")) is None
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("the registered config needs deepspeed (GPU machine)")
+    from transformers.integrations.deepspeed import deepspeed_config, is_deepspeed_zero3_enabled
+
+    held = zero3_load_config(TrainingSetup(method="full", parallel="zero3", offload="all"))
+    assert is_deepspeed_zero3_enabled()  # from_config / from_pretrained now build inside zero.Init
+    assert deepspeed_config()["bf16"] == {"enabled": True}  # zero.Init casts to the config's dtype
+    assert deepspeed_config()["zero_optimization"]["offload_param"]["device"] == "cpu"
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    parsed = DeepSpeedConfig(deepspeed_config())  # what zero.Init parses: no "auto" batch size left
+    assert parsed.train_batch_size == 1 and parsed.zero_optimization_stage == 3
+    del held
+    assert not is_deepspeed_zero3_enabled()  # a weak reference: the Trainer's own config takes over
+
+
+def test_memory_snapshot_is_one_process_deepspeed_at_world_size_one_but_not_two_gpus(monkeypatch):
+    from vramplan.trainer.worker import measure_in_subprocess
+
+    with pytest.raises(MeasurementError, match="records one process"):
+        measure_in_subprocess("tiny", DDP_LORA, memory_snapshot="x.pickle", python="/nonexistent/python")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name, *a))
+    zero = TrainingSetup(method="full", parallel="zero3")
+    with pytest.raises((MeasurementError, OSError)) as info:  # past the snapshot check, to the missing interpreter
+        measure_in_subprocess("tiny", zero, memory_snapshot="x.pickle", python="/nonexistent/python", timeout_s=5)
+    assert "records one process" not in str(info.value)
+
+
 def test_deepspeed_measures_at_world_size_one_but_ddp_needs_two_gpus(monkeypatch):
     import importlib.util
 

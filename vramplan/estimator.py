@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from .assumptions import estimate_assumptions
 from .errors import VramplanError
+from .memory.activations import rotary_tables
 from .memory.adapters import adapter_autocast_copy_bytes, adapter_bytes, check_lora_supported, lora_param_count
 from .memory.allocator import block_bytes, reserved_from_allocated, steady_loss_reserved, workspace_bytes
 from .memory.constants import (
@@ -112,6 +113,8 @@ class _Terms:
     #: autocast's bf16 copies of the LoRA weights with checkpointing: every layer's (forward), one layer's (recompute)
     adapter_copies_fwd: int = 0
     adapter_copies_layer: int = 0
+    #: the rotary embedding's cos and sin, from the forward's start to the end of the layers' backward
+    rotary_tables: int = 0
     #: multi-GPU terms (memory/parallel.py): every phase / forward / backward / reduce phases, and outside torch
     parallel_persistent: dict[str, int] = field(default_factory=dict)
     parallel_gather_fwd: dict[str, int] = field(default_factory=dict)
@@ -119,6 +122,9 @@ class _Terms:
     parallel_reduce: dict[str, int] = field(default_factory=dict)
     parallel_outside: int = 0
     parallel_fragmentation: float = 0.0
+    parallel_stream_pools: dict[str, int] = field(default_factory=dict)
+    parallel_init: dict[str, int] = field(default_factory=dict)
+    parallel_init_reserved: int = 0
 
 
 def estimate(
@@ -236,6 +242,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         largest_state=max((g.numel * g.itemsize for g in groups), default=0),
         adapter_copies_fwd=copies_fwd,
         adapter_copies_layer=copies_layer,
+        rotary_tables=sum(rotary_tables(model, setup, profile.residual_bytes(setup))),
         tied_load=tied_lm_head_load_bytes(model, setup, weights, from_pretrained=profile.loads_checkpoint),
         loss_saved=head.saved,
         loss_fwd_tmp=head.forward_tmp,
@@ -250,6 +257,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         embedding_grad=p.embedding_grad, opt_transient=p.opt_transient, parallel_persistent=p.persistent,
         parallel_gather_fwd=p.gather_forward, parallel_gather_bwd=p.gather_backward, parallel_reduce=p.reduce,
         parallel_outside=p.outside_allocator_bytes, parallel_fragmentation=p.extra_fragmentation,
+        parallel_stream_pools=p.stream_pools, parallel_init=p.engine_init, parallel_init_reserved=p.engine_init_reserved,
     )  # fmt: skip
 
 
@@ -291,6 +299,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
     activations = "activations.checkpoints" if setup.grad_ckpt else "activations.layers"
     phase_terms: dict[str, dict[str, int]] = {
         **_load_phase(t),
+        **({"engine_init": {**t.weights, **t.parallel_init}} if t.parallel_init else {}),
         "forward": {
             **common,
             activations: t.saved_layers,
@@ -298,6 +307,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "logits_loss": t.loss_fwd,
             "autocast_weight_copies": t.autocast_cache_fwd,
             "autocast_adapter_copies": t.adapter_copies_fwd,
+            "rotary_tables": t.rotary_tables,
             "int8_matmul_state": t.quant_state,
             **fwd_extra,
         },
@@ -307,6 +317,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "activations.final": t.final,
             "logits_loss": t.loss_bwd,
             "autocast_weight_copies": t.autocast_cache_bwd,
+            "rotary_tables": t.rotary_tables,
             "int8_matmul_state": t.quant_state,
             **fwd_extra,
         },
@@ -318,6 +329,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "gradients": t.grads if not full else accum_grads,
             "autocast_weight_copies": t.autocast_cache_bwd if not setup.grad_ckpt else 0,
             "autocast_adapter_copies": t.adapter_copies_layer,
+            "rotary_tables": t.rotary_tables,
             "int8_matmul_state": t.quant_state,
             **bwd_extra,
         },
@@ -333,6 +345,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "gradients": before_embedding,
             "activations.first_layer": first_layer,
             "backward_transients": t.t_bwd,
+            "rotary_tables": t.rotary_tables,
             **bwd_extra,
         }
         phase_terms["embedding_backward"] = {
@@ -359,6 +372,8 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
         )
         if steady > reserved:
             reserved, reserved_rule = steady, RESERVED_BY_STEADY_LOSS
+    reserved = max(reserved, t.parallel_init_reserved)  # what DeepSpeed's init left cached
+    reserved += sum(t.parallel_stream_pools.values())  # side streams' cached segments (DeepSpeed offload)
     context = int(constants["cuda_context_bytes"])
     outside = t.managed_states + t.parallel_outside
     device = reserved + context + outside

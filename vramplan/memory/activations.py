@@ -60,6 +60,28 @@ def residual_bytes_per_element(setup: TrainingSetup) -> int:
     return 2
 
 
+def rotary_tables(spec: ModelSpec, setup: TrainingSetup, itemsize: int) -> list[int]:
+    """The bytes of the rotary embedding's cos and sin (cos, sin per rotary embedding), b*s*d elements each of `itemsize`
+    (the hidden states' dtype), made once per forward and alive to the end of the layers' backward.
+
+    transformers <Model>.forward calls ``position_embeddings = self.rotary_emb(hidden_states, position_ids)`` once and
+    passes it to every decoder layer (qwen2/modeling_qwen2.py:379); LlamaRotaryEmbedding.forward (and each family's
+    copy) returns ``cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)`` of width d = head_dim (``cat((freqs, freqs))``);
+    every layer's RoPE multiply saves them, a checkpointed layer keeps them as its inputs (history
+    h-q7-qlora-r64-gc-s4096: freed right after layer 0's backward). d is qk_rope_head_dim for MLA
+    (DeepseekV3RotaryEmbedding), head_dim / 2 for gpt-oss (GptOssRotaryEmbedding: ``emb = freqs``); Gemma 3 makes one
+    pair per layer type (Gemma3TextModel: ``position_embeddings[layer_type]``). A traced type: none here (models/traced.py
+    charges a saved tensor to the decoder layer that first saves it)."""
+    if spec.traced is not None:
+        return []
+    d = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
+    if spec.model_type == "gpt_oss":
+        d //= 2
+    sliding = spec.sliding_layers if spec.sliding_layers is not None else (spec.num_layers if spec.sliding_window else 0)
+    pairs = 2 if spec.model_type == "gemma3_text" and 0 < sliding < spec.num_layers else 1  # set(config.layer_types)
+    return [setup.batch_size * setup.seq_len * d * itemsize] * (2 * pairs)
+
+
 def layer_activations(spec: ModelSpec, setup: TrainingSetup) -> LayerActivations:
     """Saved activation units of one average decoder layer for this model and setup."""
     if spec.traced is not None:

@@ -14,15 +14,16 @@ the weights, gradients and optimizer states live, plus communication buffers.
 * zero2 / zero3 (DeepSpeed, bf16 mode: the engine runs the model in bf16 and keeps fp32 master partitions):
         deepspeed stage_1_and_2.py::estimate_zero2_model_states_mem_needs = 4P + 16P/n and
         stage3.py::estimate_zero3_model_states_mem_needs = 4 * largest_layer + 18P/n (P trainable, Adam), with
-        frozen parameters replicated (ZeRO-2) or sharded (ZeRO-3) in bf16.
+        frozen parameters replicated (ZeRO-2) or sharded (ZeRO-3) in bf16; the fp32 gradients those estimators
+        keep are made in the step only, ZeRO-2's from a flattened bf16 copy (deepspeed.py, read from the engine).
 * QLoRA with fsdp/zero3: packed 4-bit data stored as bf16 elements (bnb_4bit_quant_storage=bf16) is sharded;
         the QuantState (absmax, code, nested state) is not a parameter and stays replicated.
 * CPU offload (setup.offload): the offloaded sharded state leaves the GPU and only the communication and
         gathered-parameter buffers stay: FSDP CPUOffloadPolicy moves parameters, gradients and optimizer states
         ("all"); ZeRO offload_optimizer moves fp32 master weights, gradient partitions and optimizer states
         ("optimizer"), ZeRO-3 offload_param the bf16 parameter partitions too ("all"). This follows DeepSpeed's
-        estimators (ZeRO-2 offload: 2P on the GPU; ZeRO-3: 4 x largest layer + 2P/n, or 4 x largest layer);
-        unmeasured here: no offload run has been recorded yet.
+        estimators (ZeRO-2 offload: 2P on the GPU; ZeRO-3: 4 x largest layer + 2P/n, or 4 x largest layer),
+        plus the segments the side streams cache for their gradient copies (deepspeed.py), measured at world size 1.
 """
 
 from dataclasses import dataclass, field, replace
@@ -34,11 +35,18 @@ from ..specs import ModelSpec, TrainingSetup
 from .allocator import block_bytes
 from .constants import MIB
 from .deepspeed import (
+    zero2_engine_init,
     zero2_ipg_buffers,
     zero2_offload_gpu_grad_buffer,
+    zero2_offload_init_reserved,
+    zero2_offload_stream_pool,
+    zero2_step_transient,
     zero3_gathers_copy,
     zero3_gradient_partitions,
+    zero3_gather_stream_pool,
+    zero3_held_parameters,
     zero3_ipg_buffer,
+    zero3_offload_stream_pool,
     zero3_step_fp32_gradient,
 )
 from .optimizer import (
@@ -85,6 +93,12 @@ class ParallelTerms:
     outside_allocator_bytes: int = NCCL_BUFFERS_BYTES
     #: added to the allocator's fragmentation fraction (reserved / allocated - 1)
     extra_fragmentation: float = 0.0
+    #: segments cached for side streams (reserved, never reused by the compute stream's requests)
+    stream_pools: dict[str, int] = field(default_factory=dict)
+    #: what the engine's init holds with the weights at its peak (a phase of its own)
+    engine_init: dict[str, int] = field(default_factory=dict)
+    #: the compute stream's segments the engine's init leaves cached: reserved is at least this
+    engine_init_reserved: int = 0
 
 
 def check_parallel_supported(setup: TrainingSetup) -> None:
@@ -157,14 +171,27 @@ def _zero(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], group
     if stage == 2:
         bf16_grads = gradient_bytes(bf16_groups)
         embed = model.vocab_size * model.hidden_size * BF16 if setup.method == "full" else 0
-        persistent = {**master, "zero.fp32_gradient_partitions": _ceil_div(trainable * FP32, n)}
+        largest = max(g.numel for g in groups)
+        pools = {}
         if setup.offload != "none":
-            persistent["zero.offload_gpu_grad_buffer"] = zero2_offload_gpu_grad_buffer(max(g.numel for g in groups))
+            master["zero.offload_gpu_grad_buffer"] = zero2_offload_gpu_grad_buffer(largest)
+            pools["zero.reduction_stream_pool"] = zero2_offload_stream_pool(largest)
         return ParallelTerms(
-            weights=bf16_weights, grads=bf16_grads, embedding_grad=embed, opt_transient=adam_transient,
-            persistent=persistent, reduce={"zero.reduce_bucket": zero2_ipg_buffers(model)}, **common,
+            weights=bf16_weights, grads=bf16_grads, embedding_grad=embed,
+            opt_transient=zero2_step_transient(trainable, n, adam_transient),
+            persistent=master, reduce={"zero.reduce_bucket": zero2_ipg_buffers(model)}, stream_pools=pools,
+            engine_init=zero2_engine_init(trainable, n, setup.offload),
+            engine_init_reserved=zero2_offload_init_reserved(trainable) if setup.offload != "none" else 0, **common,
         )  # fmt: skip
-    live = {"zero3.live_parameters": 2 * BF16 * largest_module_params(model)} if zero3_gathers_copy(n, setup.offload) else {}
+    live = {}
+    if zero3_gathers_copy(n, setup.offload):  # two fetched modules, or what the reuse distance keeps gathered
+        held = zero3_held_parameters(model.vocab_size * model.hidden_size, layer_params(model), model.num_layers)
+        live["zero3.live_parameters"] = max(2 * BF16 * largest_module_params(model), held)
+    pools = {}
+    if setup.offload != "none":
+        pools["zero3.reduce_stream_pool"] = zero3_offload_stream_pool(max(g.numel for g in groups))
+    if setup.offload == "all":
+        pools["zero3.gather_stream_pool"] = zero3_gather_stream_pool(largest_module_params(model))
     # fp32 gradients exist per sub-group during the step only (stage3.py:2686); the bf16 partitions persist
     step = zero3_step_fp32_gradient(trainable, n, adam_transient)
     return ParallelTerms(
@@ -176,12 +203,13 @@ def _zero(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], group
         reduce={"zero.reduce_bucket": zero3_ipg_buffer(model)},
         gather_forward=live,
         gather_backward=live,
+        stream_pools=pools,
         **common,
     )
 
 
 #: ZeRO's fp32 partitions that offload_optimizer moves to the CPU with the optimizer states
-ZERO_OPTIMIZER_PARTITIONS = ("zero.fp32_master_weights", "zero.fp32_gradient_partitions", "zero.gradient_partitions")
+ZERO_OPTIMIZER_PARTITIONS = ("zero.fp32_master_weights", "zero.gradient_partitions")
 
 
 def _offload(terms: ParallelTerms, offload: str) -> ParallelTerms:
@@ -280,15 +308,16 @@ def largest_module_params(model: ModelSpec) -> int:
     return max(vh, linear, experts)
 
 
-#: what the DeepSpeed runs measured against these terms (H200, world size 1, 2026-12-01, DeepSpeed 0.19.8)
+#: what the DeepSpeed runs measured against these terms (H200, world size 1, 13 runs of 2026-12-01/02, DeepSpeed 0.19.8)
 DEEPSPEED_MEASURED_NOTE = (
-    "DeepSpeed measured at world size 1 (H200): allocated within 5 % of this estimate without offload, but reserved "
-    "memory up to 12 % above it (ZeRO-3), keep that margin"
+    "DeepSpeed measured at world size 1 (H200, 11 runs): allocated within 1.3 % of this estimate; reserved within "
+    "4.4 % for LoRA, but 10-12 % above it for full fine-tuning (the ZeRO step's flat copies strand cached blocks, "
+    "not modelled): keep that margin"
 )
 OFFLOAD_MEASURED_NOTE = (
-    "DeepSpeed offload reserved memory is under-predicted: measured at world size 1 (H200), allocated matched for "
-    "ZeRO-2 optimizer offload but reserved was 29 % higher, and ZeRO-3 full offload held 9 % more allocated (steady "
-    "steps) and 2.7x the reserved memory of this estimate: treat the offload numbers as a lower bound"
+    "DeepSpeed offload, measured at world size 1 (H200, 7 runs): allocated within 1.3 %; reserved from 20 % above "
+    "this estimate (a hold-out: Qwen2.5-1.5B ZeRO-2 optimizer offload) to 9 % below it: the reserved number is not "
+    "reliable with offload, keep a wide margin"
 )
 
 

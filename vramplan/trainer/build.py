@@ -212,7 +212,7 @@ def param_counts_of(model) -> tuple[int, int]:
     (the rule of ``peft.PeftModel.get_nb_trainable_parameters``); adapters excluded from the base."""
     total = trainable = adapters = 0
     for name, p in model.named_parameters():
-        n = p.numel()
+        n = getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 partitioned: the full count is ds_numel
         if p.__class__.__name__ == "Params4bit":
             n = n * 2 * p.element_size()
         if "lora_" in name:

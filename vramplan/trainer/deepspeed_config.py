@@ -77,3 +77,37 @@ def deepspeed_config(setup: TrainingSetup) -> dict[str, Any]:
             raise MeasurementError("--offload all (parameters) needs --parallel zero3; ZeRO-2 offloads the optimizer only")
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     return config
+
+
+def zero3_load_config(setup: TrainingSetup):
+    """For ZeRO-3: the DeepSpeed config object transformers builds the model under, or None for other setups.
+
+    Users create ``TrainingArguments(deepspeed=...)`` before loading the model (the transformers DeepSpeed
+    guide, Axolotl, LLaMA-Factory): its ``HfTrainerDeepSpeedConfig`` registers itself
+    (``integrations/deepspeed.py::set_hf_deepspeed_config``, a weak reference), ``is_deepspeed_zero3_enabled()``
+    turns true, and ``PreTrainedModel._from_config`` / ``from_pretrained`` build every module inside
+    ``deepspeed.zero.Init`` (modeling_utils.py ``needs_zero3_init``), which partitions each parameter as it is
+    made: the whole bf16 model never sits on the GPU (on the CPU with parameter offload). The measuring run
+    holds this object while it builds the model, so it loads as those users do. "auto" values are fine here:
+    DeepSpeed's config models drop them (runtime/config_utils.py ``DeepSpeedConfigModel.__init__``) and use
+    their defaults; the precision is set explicitly, as ``TrainingArguments(bf16=True)`` fills it, because
+    zero.Init casts the parameters it partitions to the config's dtype.
+    """
+    if ZERO_STAGES.get(setup.parallel) != 3:
+        return None
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+    config = deepspeed_config(setup)
+    config["bf16"] = {"enabled": setup.dtype == "bf16"}
+    config["fp16"] = {"enabled": setup.dtype == "fp16"}
+    # zero.Init parses the whole config (runtime/config.py::DeepSpeedConfig): the batch sizes are checked as
+    # numbers (_batch_assertion), so they are filled as TrainingArguments fill them; the optimizer and clipping
+    # play no part in building the model and are left to the Trainer's own config
+    config.pop("optimizer", None)
+    config.pop("gradient_clipping", None)
+    config.update(
+        train_micro_batch_size_per_gpu=setup.batch_size,
+        gradient_accumulation_steps=setup.grad_accum,
+        train_batch_size=setup.batch_size * setup.grad_accum * setup.num_gpus,
+    )
+    return HfDeepSpeedConfig(config)

@@ -40,6 +40,7 @@ from .environment import (
     package_version,
 )
 from .cuda_start import dump_memory_history, start_cuda, start_memory_history
+from .deepspeed_config import zero3_load_config
 from .errors import MeasurementError
 from .stacks import check_stack_installed, make_trainer, wraps_peft_itself
 
@@ -151,7 +152,8 @@ def _raw_config(model: str, config: dict | None, model_path: str | Path | None) 
 
 
 def _vocab_rows(model) -> int:
-    return int(model.get_input_embeddings().weight.shape[0])
+    weight = model.get_input_embeddings().weight
+    return int((getattr(weight, "ds_shape", None) or weight.shape)[0])  # ZeRO-3 partitioned: ds_shape is whole
 
 
 def _build(raw: dict | None, setup: TrainingSetup, **kwargs):
@@ -269,9 +271,13 @@ def run_measurement(
     try:
         with tempfile.TemporaryDirectory(prefix="vramplan-trainer-") as output_dir:
             say(f"building {model} ({setup.method}) on {'cuda' if on_cuda else 'cpu'}")
+            zero3_load = zero3_load_config(setup)  # ZeRO-3 builds the model partitioned, as users' runs do
+            if zero3_load is not None:
+                extra["deepspeed_zero3_init_at_load"] = True
             built = _build(raw, setup, model_path=model_path, checkpoint_cache=checkpoint_cache, name=model,
                            device=f"cuda:{ctx.local_rank}" if on_cuda else "cpu")  # fmt: skip
             extra.update(built.extra)
+            del zero3_load  # the Trainer's TrainingArguments register their own DeepSpeed config
             t_loaded = time.perf_counter()
             trainable_dtypes = {p.dtype for p in built.model.parameters() if p.requires_grad}
             precision = mixed_precision(setup, trainable_dtypes, on_cuda=on_cuda)

@@ -301,7 +301,8 @@ def measure_in_subprocess(
     For QLoRA without ``model_path`` a random bf16 checkpoint is first built in a separate child
     (on the GPU, fast) and cached under ``checkpoint_cache`` (default
     ``default_checkpoint_cache()``), so the measuring child only loads and quantizes it.
-    ``timeout_s`` bounds each child. ``memory_snapshot``: see ``run_measurement`` (single GPU only).
+    ``timeout_s`` bounds each child. ``memory_snapshot``: see ``run_measurement`` (one GPU only: a single-GPU
+    setup, or DeepSpeed at world size 1).
 
     A setup with ``num_gpus > 1`` is launched with torchrun, one rank per GPU, each a new
     interpreter (the fork server is not used), and the ranks' records are merged into one
@@ -314,7 +315,7 @@ def measure_in_subprocess(
     """
     if setup.num_gpus > 1 or setup.parallel is not None:
         check_parallel(setup)
-        if memory_snapshot is not None:
+        if memory_snapshot is not None and setup.num_gpus > 1:  # DeepSpeed at world size 1 is one process
             raise MeasurementError("--memory-snapshot records one process: measure a single-GPU setup")
     request = MeasureRequest(
         model=model,

@@ -1,6 +1,7 @@
 """Loading the model and the PEFT wrap: the first stretch of the predicted sequence (sequence.py's "start", "load"
 and "PEFT wrap"): every parameter created in module order (full / LoRA), or the checkpoint loaded and quantized on the
-device with its warmup and prepare_model_for_kbit_training's fp32 cast (QLoRA); then lora_A / lora_B per target.
+device with its warmup and prepare_model_for_kbit_training's fp32 cast (QLoRA); then lora_A / lora_B per target, in
+the base layer's dtype, each then replaced by its fp32 copy.
 
 A mixin of sequence._Builder (it uses the builder's m, s, t, seq, layers, profile, quant_steps and repeated); kept
 apart so that sequence.py stays the training step's builder.
@@ -11,8 +12,9 @@ from __future__ import annotations
 from functools import partial
 
 from ...models.params import linear_shapes, param_counts
+from ..adapters import adapter_pairs, lora_targets
 from ..constants import BYTES_PER_DTYPE
-from .tensors import layer_adapter_tensors
+from .tensors import layer_adapter_tensors, spread
 
 BF16 = 2
 #: vramplan/trainer/cuda_start.py::start_cuda makes and frees ``torch.empty(1)`` (fp32) before anything else: the
@@ -43,7 +45,35 @@ class LoadSteps:
             elif t.tied_load:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
                 seq.free(seq.alloc(t.tied_load))
         seq.mark("peft")
-        seq.alloc_all([x for layer in layer_adapter_tensors(m, s, self.profile.adapter_itemsize) for x in layer])
+        self._peft_wrap()
+
+    def _peft_wrap(self) -> None:
+        """lora_A, lora_B per target module, in module order, first in the base layer's dtype, then each replaced by its
+        fp32 copy.
+
+        peft tuners_utils.py::BaseTunerLayer._move_adapter_to_device_of_base_layer moves each new adapter to the GPU in
+        its base layer's float dtype (_get_base_layer_device_and_dtype: the weight's, a bnb Linear4bit's compute_dtype;
+        an int8 weight's is no float, so the adapter stays fp32), BaseTuner.inject_adapter making the target modules'
+        adapters, then (_inject_parameters) the target parameters' (MoE experts); then PeftModel.__init__'s
+        _cast_adapter_dtype (cast_adapter_dtype, autocast_adapter_dtype=True) replaces each bf16 / fp16 adapter weight
+        by an fp32 copy, in model.modules() order (histories h-q7-qlora-r64-gc-s4096, s-olmoe-liger-lora-gc: every
+        adapter in bf16, then each fp32 copy made and the bf16 one freed)."""
+        m, s, seq = self.m, self.s, self.seq
+        itemsize = self.profile.adapter_itemsize
+        layers = layer_adapter_tensors(m, s, itemsize)
+        if s.lora is None or itemsize != 4 or s.dtype not in ("bf16", "fp16") or s.quant == "int8":
+            seq.alloc_all([x for layer in layers for x in layer])
+            return
+        halves = layer_adapter_tensors(m, s, 2)
+        modules = adapter_pairs(m, s.lora)[: len(lora_targets(m, s.lora))]
+        n = [2 * sum(spread(p.count, self.L)[k] for p in modules) for k in range(self.L)]  # per layer, target modules'
+        moved = [list(seq.alloc_all(layer[:n_k])) for layer, n_k in zip(halves, n)]
+        for ids, layer, n_k in zip(moved, halves, n):  # then the target parameters'
+            ids += seq.alloc_all(layer[n_k:])
+        for layer, half in zip(layers, moved):
+            for x, i in zip(layer, half, strict=True):
+                seq.alloc(x)
+                seq.free(i)
 
     def _load_quantized(
         self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int

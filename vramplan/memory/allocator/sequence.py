@@ -19,10 +19,12 @@ Where each step comes from:
   (``memory_reserved - memory_allocated``: start_cuda's segment) and frees it; then each bf16
   weight is loaded and quantized (the bf16 copy freed); then peft prepare_model_for_kbit_training casts
   every non-quantized parameter to fp32 (new tensor, old freed).
-* PEFT wrap: lora_A, lora_B per target module, in module order.
+* PEFT wrap: lora_A, lora_B per target module, in module order, first in the base layer's dtype, then each replaced by
+  its fp32 copy (PEFT's cast_adapter_dtype).
 * training start: Trainer._inner_training_loop calls accelerator.free_memory(), whose torch.cuda.empty_cache()
   releases every cached segment the load left unused (history r-l1-full: right after the tied lm_head copy's free).
-* forward: the forward thread's cuBLAS workspace at the first matmul (the autograd thread's comes with the first
+* forward: the rotary embedding's cos and sin, kept to the end of the layers' backward, and the forward thread's cuBLAS
+  workspace at the first matmul, the rotary embedding's freqs (the autograd thread's comes with the first
   backward matmul); per layer the saved tensors (or, with checkpointing, the
   layer input kept and the layer's tensors freed at its end; its output, the next layer's input, made while its
   residual and MLP output are alive; layer 0's input, the embedding's output, before any matmul), and without checkpointing each LoRA target's
@@ -53,6 +55,7 @@ from functools import partial
 
 from ...models.params import linear_shapes
 from ...specs import ModelSpec, TrainingSetup
+from ..activations import rotary_tables
 from ..adapters import adapter_pairs, lora_targets
 from ..constants import BYTES_PER_DTYPE, NF4_BLOCKSIZE
 from ..stacks import stack_profile
@@ -79,7 +82,7 @@ from .tensors import (
     spread,
 )
 
-BF16 = 2
+BF16, FP32 = 2, 4
 
 
 def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
@@ -231,8 +234,7 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         s, t, seq = self.s, self.t, self.seq
         # with checkpointing each layer keeps its input: the embedding's output for layer 0, made before any matmul
         self.ckpt: list[int] = [seq.alloc(t.one_checkpoint)] if s.grad_ckpt else []
-        if first:  # the forward thread's cuBLAS workspace, at the first matmul (the autograd thread's: backward)
-            self.workspace = [seq.alloc(t.workspace // 2)]
+        self.rotary = self._rotary_tables(first)
         self.quant = seq.alloc(t.quant_state)
         self.saved: list[list[int]] = []
         self.cache: list[list[int]] = []
@@ -256,6 +258,35 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         if s.grad_ckpt:  # autocast's per-layer weight copies are not saved through checkpointing
             seq.free(*[i for ids in self.cache for i in ids])
             self.cache = []
+
+    def _rotary_tables(self, first: bool) -> list[int]:
+        """The rotary embedding's cos and sin (activations.rotary_tables), kept to the end of the layers' backward, and at
+        step 0 the forward thread's cuBLAS workspace, made by the forward's first matmul (the recorded runs' transformers
+        5.17 computes freqs as ``inv_freq_expanded @ position_ids_expanded``; the autograd thread's workspace comes with
+        the first backward matmul). As recorded (h-q7-qlora-r64-gc-s4096, s-h200-l8-lora-gc), per rotary embedding:
+        freqs (fp32, half the width), the workspace, emb = cat(freqs, freqs), cos and sin each as emb.cos() and its
+        ``* attention_scaling`` (the first freed), each cast to the hidden states' dtype unless they are fp32, then freqs,
+        the fp32 cos and sin and emb freed (gpt-oss's emb is freqs itself: its transients are modelled the same)."""
+        seq, t = self.seq, self.t
+        itemsize = self.profile.residual_bytes(self.s)
+        kept: list[int] = []
+        for table in rotary_tables(self.m, self.s, itemsize)[::2]:
+            fp32 = table * FP32 // itemsize
+            freqs = seq.alloc(fp32 // 2)
+            if first and not self.workspace:
+                self.workspace = [seq.alloc(t.workspace // 2)]
+            emb = seq.alloc(fp32)
+            made = []
+            for _ in ("cos", "sin"):
+                raw = seq.alloc(fp32)
+                made.append(seq.alloc(fp32))
+                seq.free(raw)
+            cast = [seq.alloc(table) for _ in made] if fp32 != table else made  # .to(dtype=x.dtype)
+            seq.free(freqs, *[i for i in made if i not in cast], emb)
+            kept += cast
+        if first and not self.workspace:  # no rotary embedding: the first Linear's matmul
+            self.workspace = [seq.alloc(t.workspace // 2)]
+        return kept
 
     def _forward_layer(self, k: int) -> tuple[list[int], list[int], list[int]]:
         """Layer k's forward: (autocast's copies of its fp32 weights, autocast's copies of its adapters, what it keeps:
@@ -407,6 +438,7 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
             self.grads += grads
         if new_grads:
             self.grad_stretches.append((layers_start, len(seq.ops)))
+        seq.free(*self.rotary)  # layer 0's backward drops the last reference (activations.rotary_tables)
         seq.free(carry)  # consumed by the embedding's backward
         if not s.grad_ckpt:
             seq.free(self.lm_cache)
