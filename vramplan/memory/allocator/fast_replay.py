@@ -4,8 +4,10 @@ The same rules as caching.py (``c10/cuda/CUDACachingAllocator.cpp``: round_size,
 should_split, alloc_found_block, free_block / try_merge_blocks, release_cached_blocks, get_allocation_size),
 restricted to what an estimate replays: one stream, no expandable segments, no memory cap,
 ``max_split_size_mb`` unset. Inlined into one function over integer keys (size << 48 | address, the
-BlockComparatorSize order for one stream) it runs about twice as fast as the class; the result is the same to the
-byte (tests/test_allocator_fast_replay.py replays every shipped run's sequence and random traces through both).
+BlockComparatorSize order for one stream), each pool with its own branch and the blocks' fields in lists of
+integers (no object per block, so nothing for the cyclic garbage collector, which otherwise ran a few ms per 8B
+replay), it runs about 2.5 times as fast as the class; the result is the same to the byte
+(tests/test_allocator_fast_replay.py replays every shipped run's sequence and random traces through both).
 """
 
 from __future__ import annotations
@@ -26,111 +28,170 @@ from .blocks import (
 _ADDR_BITS = 48
 
 
-class _Block:
-    """blocks.Block with only what one stream without expandable segments needs."""
-
-    __slots__ = ("addr", "allocated", "next", "prev", "size", "small")
-
-    def __init__(self, addr: int, size: int, small: bool, prev, nxt):
-        self.addr, self.size, self.small, self.allocated, self.prev, self.next = addr, size, small, False, prev, nxt
-
-
 def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
     """(peak reserved, (allocated, free in segments, largest free block) when reserved last peaked, peak allocated,
     segments) of replaying `ops` (i >= 0 allocates tensor i of sizes[i], ~i frees it, empty_cache_op empties the
-    cache) through DeviceCachingAllocator with the default settings."""
-    shift = _ADDR_BITS
+    cache) through DeviceCachingAllocator with the default settings.
+
+    Block b (blocks.Block with what one stream without expandable segments needs) is address[b], size[b], prev[b] and
+    next[b] (the neighbouring blocks, -1 for none) and used[b] (allocated). An allocated block of at most kSmallSize
+    is a small-pool one: the small pool splits off every remainder (should_split), the large pool serves only larger
+    requests."""
+    shift, min_block, small_max = _ADDR_BITS, MIN_BLOCK_BYTES, SMALL_SIZE_BYTES
+    round_mask = MIN_BLOCK_BYTES - 1  # round_size up to a multiple of kMinBlockSize, a power of two
     small_keys: list[int] = []
-    small_blocks: dict[int, _Block] = {}
+    small_blocks: dict[int, int] = {}  # key -> free block
     large_keys: list[int] = []
-    large_blocks: dict[int, _Block] = {}
-    blocks: list[_Block | None] = [None] * len(sizes)
+    large_blocks: dict[int, int] = {}
+    address: list[int] = []
+    size_of: list[int] = []
+    prev: list[int] = []
+    nxt: list[int] = []
+    used: list[bool] = []
+    blocks = [0] * len(sizes)  # tensor -> its block
     allocated = reserved = peak_allocated = peak_reserved = 0
     at_peak = (0, 0, 0)
+    at_peak_allocated = 0  # at_peak[0]
     segments = 0
     addresses = DeviceAddresses()
     take_address = addresses.take
+    end = len(ops)  # the frees after the last allocation or empty_cache change none of the results: left out
+    while end and ops[end - 1] < 0 and ops[end - 1] != empty_cache_op:
+        end -= 1
 
-    for op in ops:
+    for op in ops if end == len(ops) else ops[:end]:
         if op >= 0:
             nbytes = sizes[op]
-            size = MIN_BLOCK_BYTES if nbytes < MIN_BLOCK_BYTES else -(-nbytes // MIN_BLOCK_BYTES) * MIN_BLOCK_BYTES
-            small = size <= SMALL_SIZE_BYTES
-            keys, pool = (small_keys, small_blocks) if small else (large_keys, large_blocks)
-            i = bisect_left(keys, size << shift)
-            if i < len(keys):  # get_free_block: best fit on (size, address)
-                block = pool.pop(keys.pop(i))
-            else:  # alloc_block: a new segment (get_allocation_size) where cudaMalloc puts it (addresses.py)
-                if small:
-                    seg = SMALL_BUFFER_BYTES
-                elif size < MIN_LARGE_ALLOC_BYTES:
-                    seg = LARGE_BUFFER_BYTES
-                else:
-                    seg = -(-size // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
-                block = _Block(take_address(seg), seg, small, None, None)
-                reserved += seg
-                segments += 1
-                if reserved > peak_reserved:
-                    peak_reserved = reserved
-                    at_peak = (allocated, reserved - allocated, _largest(small_keys, large_keys, shift))
-            remaining = block.size - size
-            if remaining >= MIN_BLOCK_BYTES if small else remaining > SMALL_SIZE_BYTES:  # should_split
-                rest = _Block(block.addr + size, remaining, small, block, block.next)
-                if rest.next is not None:
-                    rest.next.prev = rest
-                block.next = rest
-                block.size = size
-                k = remaining << shift | rest.addr
-                insort(keys, k)
-                pool[k] = rest
-            block.allocated = True
-            allocated += block.size
+            size = nbytes + (-nbytes & round_mask) if nbytes > min_block else min_block  # round_size
+            if size <= small_max:  # get_pool: the small pool
+                i = bisect_left(small_keys, size << shift)
+                if i < len(small_keys):  # get_free_block: best fit on (size, address)
+                    b = small_blocks.pop(small_keys.pop(i))
+                    remaining = size_of[b] - size
+                else:  # alloc_block: a new kSmallBuffer segment where cudaMalloc puts it (addresses.py)
+                    b = len(address)
+                    address.append(take_address(SMALL_BUFFER_BYTES))
+                    size_of.append(SMALL_BUFFER_BYTES)
+                    prev.append(-1)
+                    nxt.append(-1)
+                    used.append(True)
+                    reserved += SMALL_BUFFER_BYTES
+                    segments += 1
+                    if reserved > peak_reserved:
+                        peak_reserved, at_peak_allocated = reserved, allocated
+                        at_peak = (allocated, reserved - allocated, max(
+                            small_keys[-1] >> shift if small_keys else 0, large_keys[-1] >> shift if large_keys else 0
+                        ))  # fmt: skip
+                    remaining = SMALL_BUFFER_BYTES - size
+                if remaining:  # should_split: >= kMinBlockSize left (sizes are multiples of it)
+                    rest, after, at = len(address), nxt[b], address[b] + size
+                    address.append(at)
+                    size_of.append(remaining)
+                    prev.append(b)
+                    nxt.append(after)
+                    used.append(False)
+                    if after >= 0:
+                        prev[after] = rest
+                    nxt[b] = rest
+                    size_of[b] = size
+                    k = remaining << shift | at
+                    insort(small_keys, k)
+                    small_blocks[k] = rest
+                used[b] = True
+                allocated += size
+            else:  # the large pool
+                i = bisect_left(large_keys, size << shift)
+                if i < len(large_keys):
+                    b = large_blocks.pop(large_keys.pop(i))
+                else:  # get_allocation_size: kLargeBuffer below kMinLargeAlloc, else the request in kRoundLarge steps
+                    if size < MIN_LARGE_ALLOC_BYTES:
+                        seg = LARGE_BUFFER_BYTES
+                    else:
+                        seg = -(-size // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
+                    b = len(address)
+                    address.append(take_address(seg))
+                    size_of.append(seg)
+                    prev.append(-1)
+                    nxt.append(-1)
+                    used.append(True)
+                    reserved += seg
+                    segments += 1
+                    if reserved > peak_reserved:
+                        peak_reserved, at_peak_allocated = reserved, allocated
+                        at_peak = (allocated, reserved - allocated, max(
+                            small_keys[-1] >> shift if small_keys else 0, large_keys[-1] >> shift if large_keys else 0
+                        ))  # fmt: skip
+                remaining = size_of[b] - size
+                if remaining > small_max:  # should_split: more than kSmallSize left
+                    rest, after, at = len(address), nxt[b], address[b] + size
+                    address.append(at)
+                    size_of.append(remaining)
+                    prev.append(b)
+                    nxt.append(after)
+                    used.append(False)
+                    if after >= 0:
+                        prev[after] = rest
+                    nxt[b] = rest
+                    size_of[b] = size
+                    k = remaining << shift | at
+                    insort(large_keys, k)
+                    large_blocks[k] = rest
+                    allocated += size
+                else:  # the whole block
+                    allocated += size_of[b]
+                used[b] = True
             if allocated > peak_allocated:  # noqa: PLR1730 (a branch is faster than max() in this loop)
                 peak_allocated = allocated
-            if reserved == peak_reserved and allocated > at_peak[0]:
-                at_peak = (allocated, reserved - allocated, _largest(small_keys, large_keys, shift))
-            blocks[op] = block
+            if allocated > at_peak_allocated and reserved == peak_reserved:
+                at_peak_allocated = allocated
+                largest_small = small_keys[-1] >> shift if small_keys else 0  # cacheInfo's largest free block:
+                largest_large = large_keys[-1] >> shift if large_keys else 0
+                largest = largest_small if largest_small > largest_large else largest_large  # noqa: FURB136 (faster)
+                at_peak = (allocated, reserved - allocated, largest)
+            blocks[op] = b
         elif op == empty_cache_op:  # release_cached_blocks: cudaFree every unsplit cached block
             for keys, pool in ((large_keys, large_blocks), (small_keys, small_blocks)):
                 kept = []
                 for k in keys:
                     b = pool[k]
-                    if b.prev is None and b.next is None:
+                    if prev[b] < 0 and nxt[b] < 0:
                         del pool[k]
-                        reserved -= b.size
+                        reserved -= size_of[b]
                         segments -= 1
-                        addresses.give_back(b.addr)
+                        addresses.give_back(address[b])
                     else:
                         kept.append(k)
                 keys[:] = kept
-        else:  # free_block: merge with free neighbours, back to the pool
-            block = blocks[~op]
-            block.allocated = False
-            allocated -= block.size
-            keys, pool = (small_keys, small_blocks) if block.small else (large_keys, large_blocks)
-            prev, nxt = block.prev, block.next
-            if prev is not None and not prev.allocated:
-                k = prev.size << shift | prev.addr
+        else:  # free_block: merge with free neighbours (try_merge_blocks), back to the pool
+            b = blocks[~op]
+            used[b] = False
+            size = size_of[b]
+            allocated -= size
+            if size <= small_max:
+                keys, pool = small_keys, small_blocks
+            else:
+                keys, pool = large_keys, large_blocks
+            p = prev[b]
+            if p >= 0 and not used[p]:
+                k = size_of[p] << shift | address[p]
                 del keys[bisect_left(keys, k)]
                 del pool[k]
-                block.addr, block.prev = prev.addr, prev.prev
-                if block.prev is not None:
-                    block.prev.next = block
-                block.size += prev.size
-            if nxt is not None and not nxt.allocated:
-                k = nxt.size << shift | nxt.addr
+                address[b] = address[p]
+                before = prev[b] = prev[p]
+                if before >= 0:
+                    nxt[before] = b
+                size += size_of[p]
+            n = nxt[b]
+            if n >= 0 and not used[n]:
+                k = size_of[n] << shift | address[n]
                 del keys[bisect_left(keys, k)]
                 del pool[k]
-                block.next = nxt.next
-                if block.next is not None:
-                    block.next.prev = block
-                block.size += nxt.size
-            k = block.size << shift | block.addr
+                after = nxt[b] = nxt[n]
+                if after >= 0:
+                    prev[after] = b
+                size += size_of[n]
+            size_of[b] = size
+            k = size << shift | address[b]
             insort(keys, k)
-            pool[k] = block
+            pool[k] = b
     return peak_reserved, at_peak, peak_allocated, segments
-
-
-def _largest(small_keys: list[int], large_keys: list[int], shift: int) -> int:
-    """cacheInfo's largest free block: the last key of each pool."""
-    return max(small_keys[-1] >> shift if small_keys else 0, large_keys[-1] >> shift if large_keys else 0)

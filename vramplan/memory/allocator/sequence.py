@@ -51,7 +51,9 @@ tied gradient is accumulated in place.
 
 from __future__ import annotations
 
-from ...models.params import linear_shapes, param_counts
+from functools import partial
+
+from ...models.params import linear_shapes
 from ...specs import ModelSpec, TrainingSetup
 from ..activations import rotary_tables
 from ..adapters import adapter_pairs, lora_targets
@@ -60,8 +62,10 @@ from ..stacks import stack_profile
 from ..trainable import trainable_groups
 from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, expert_lora_transient_bytes
 from ..weights import lm_head_params
-from .ops import EMPTY_CACHE, Sequence, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
+from .ops import EMPTY_CACHE, Repeats, Sequence, live_peaks, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .lora_chain import checkpointed_mlp, lora_chains
+from .load_steps import START_CUDA_TENSOR_BYTES, LoadSteps
+from .optimizer_steps import OptimizerSteps
 from .qlora_steps import CheckpointedQloraSteps
 from .rules import block_bytes
 from .tensors import (
@@ -72,19 +76,13 @@ from .tensors import (
     grouped_by_layer,
     lora_target_pieces,
     layer_adapter_copies,
-    layer_adapter_tensors,
     layer_weight_tensors,
     pieces_bytes,
     quantization_steps,
     spread,
-    state_tensors,
 )
 
 BF16, FP32 = 2, 4
-#: vramplan/trainer/cuda_start.py::start_cuda makes and frees ``torch.empty(1)`` (fp32) before anything else: the
-#: process's first segment (a 2 MiB small-pool one, kSmallBuffer), cached and unused from then on
-START_CUDA_TENSOR_BYTES = 4
-START_CUDA_SEGMENT_BYTES = 2 * 1024**2
 
 
 def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
@@ -92,20 +90,36 @@ def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2)
 
     A checkpointed QLoRA layer's backward makes its adapters' gradients as autograd reaches each target (_Builder.
     backward); where that would hold fewer bytes at once than the estimator's layer_backward, which counts every
-    adapter's gradient in the last layer's backward (its peak allocated), they are all made there instead."""
-    seq, per_layer = _training_sequence(model, setup, t, steps, layer_grads=True)
-    if per_layer:
+    adapter's gradient in the last layer's backward (its peak allocated), they are all made there instead. That order
+    is built only when it could hold more (_all_at_once_cannot_peak_higher)."""
+    seq, b = _training_sequence(model, setup, t, steps, layer_grads=True)
+    if b.layer_grads and not _all_at_once_cannot_peak_higher(seq, b.grad_stretches, b.layer_grad_bytes()):
         whole, _ = _training_sequence(model, setup, t, steps, layer_grads=False)
         if whole.live_peak() > seq.live_peak():
             return whole
     return seq
 
 
+def _all_at_once_cannot_peak_higher(seq: Sequence, grad_stretches: list[tuple[int, int]], grad_bytes: int) -> bool:
+    """Whether the all-at-once gradient order cannot hold more bytes at once than `seq` (the per-layer order).
+
+    The two orders differ only inside the decoder layers' backward passes that make the gradients (`grad_stretches`,
+    op ranges): the same tensors, the adapters' gradients made at the last layer instead of each in its own. Each layer's
+    backward holds the same recompute, transients and dequantized weights in both, and by then the per-layer order
+    has made no more of the gradients, so at any point of those passes the all-at-once order holds at most
+    `grad_bytes` (all of them) more than the per-layer stretch's peak; elsewhere the same bytes at each allocation
+    but in a later micro-batch's backward, whose layers dequantize their weights one at a time in another order, to
+    the same peak (tests/test_allocator_sequence_build.py checks the bound and the choice against both orders)."""
+    peak, within = live_peaks(seq, grad_stretches)
+    return all(top + grad_bytes <= peak for top in within)
+
+
 def _training_sequence(
-    model: ModelSpec, setup: TrainingSetup, t, steps: int, layer_grads: bool
-) -> tuple[Sequence, bool]:
+    model: ModelSpec, setup: TrainingSetup, t, steps: int, layer_grads: bool, repeat_layers: bool = True
+) -> tuple[Sequence, _Builder]:
+    """The sequence and its builder; `repeat_layers` False builds every decoder layer's ops anew (ops.Repeats)."""
     seq = Sequence()
-    b = _Builder(model, setup, t, seq, layer_grads)
+    b = _Builder(model, setup, t, seq, layer_grads, repeat_layers)
     seq.mark("start_cuda")
     seq.free(seq.alloc(START_CUDA_TENSOR_BYTES))
     seq.mark("load")
@@ -124,12 +138,16 @@ def _training_sequence(
         b.optimizer_step(first=step == 0)
         seq.mark(f"step{step}.zero_grad")
         b.zero_grad()
-    return seq, b.layer_grads
+    return seq, b
 
 
-class _Builder(CheckpointedQloraSteps):
-    def __init__(self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False):
+class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
+    def __init__(
+        self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False, repeat_layers: bool = True
+    ):
         self.m, self.s, self.t, self.seq = model, setup, t, seq
+        #: a decoder layer like the last one recorded of its kind appends that one's ops again (ops.Repeats)
+        self.repeated = Repeats(seq, repeat_layers)
         self.L = model.num_layers
         # the stack's kernels, adapter dtype and QLoRA upcast (memory/stacks); hf: the setup's own eager activations
         self.profile = profile = stack_profile(setup)
@@ -151,15 +169,18 @@ class _Builder(CheckpointedQloraSteps):
         self.lora_chains = {} if setup.grad_ckpt else lora_chains(
             model, act_setup, act, unit, profile.adapter_itemsize, profile.kbit_fp32_upcast
         )
-        self.dequant_fwd = [_dequant_slots(layer, activation_anchors(model, setup, act), len(self.saved_layer))
-                            for layer in self.layers]  # fmt: skip
+        anchors = activation_anchors(model, setup, act)
+        self.dequant_fwd = []
+        for k, layer in enumerate(self.layers):  # (a layer like the one before it has its slots)
+            same = k and layer == self.layers[k - 1]
+            self.dequant_fwd.append(self.dequant_fwd[-1] if same else _dequant_slots(layer, anchors, len(self.saved_layer)))
         # a checkpointed QLoRA layer's MLP as its forward runs it, keeping nothing (lora_chain.CheckpointedMlp): from
         # the first MLP target's saved piece on; the attention's pieces are freed before it, the second norm's after
         self.ckpt_mlp = None if profile.liger else checkpointed_mlp(model, act_setup, unit, profile.kbit_fp32_upcast)
         # the adapters' gradients made in each layer's backward, as autograd reaches each target (training_sequence)
         self.layer_grads = layer_grads and self.ckpt_mlp is not None
         if self.ckpt_mlp is not None:
-            _, a_end, m0 = activation_anchors(model, setup, act)
+            _, a_end, m0 = anchors
             mlp_lora = [at for x, at in lora_target_pieces(model, act_setup, act) if x.role == "mlp"]
             self.mlp_at, self.attn_end = min(mlp_lora, default=m0), a_end
         self.quant_steps = {  # (pieces, their bytes) -> the quantization's allocations, per Linear kind
@@ -180,6 +201,8 @@ class _Builder(CheckpointedQloraSteps):
         groups = trainable_groups(model, setup, adapter_itemsize=profile.adapter_itemsize)
         self.layer_groups, self.head_groups = grouped_by_layer(groups, self.L)
         self.grads: list[int] = []
+        #: op ranges of the decoder layers' backward passes that make gradients (training_sequence's bound)
+        self.grad_stretches: list[tuple[int, int]] = []
         self.workspace: list[int] = []
         lm_copy = block_bytes(lm_head_params(model) * BF16) if t.autocast_cache_fwd else 0
         per_layer_cache = t.autocast_cache_fwd - lm_copy
@@ -206,96 +229,6 @@ class _Builder(CheckpointedQloraSteps):
         #: indices of those copies (lora_A's and lora_B's) in a layer's copies: not made at the layer's start
         self.copies_at_use = {j for i in self.mlp_copies.values() for j in (i, i + 1)}
 
-    # ------------------------------------------------------------------ load
-    def load(self) -> None:
-        m, s, t, seq = self.m, self.s, self.t, self.seq
-        layers = self.layers
-        nbytes = 4 if s.method == "qlora" and self.profile.kbit_fp32_upcast else BYTES_PER_DTYPE[s.dtype]
-        final_norm = m.hidden_size * nbytes
-        linear_key = "weights.quantized" if s.method == "qlora" else "weights.linear"
-        listed = sum(sum(x) for layer in layers for _, x, _ in layer) + final_norm - t.weights.get(linear_key, 0)
-        residual = t.weights.get("weights.other", 0) - listed  # 0 unless a parameter kind is missing above
-        embed, lm_head = t.weights.get("weights.embeddings", 0), t.weights.get("weights.lm_head", 0)
-        if s.method == "qlora":
-            self._load_quantized(layers, embed, lm_head, final_norm, residual)
-        else:
-            seq.alloc(embed)
-            for layer in layers:
-                for _, pieces, _ in layer:
-                    for x in pieces:
-                        seq.alloc(x)
-            seq.alloc(final_norm)
-            seq.alloc(residual)
-            if lm_head:
-                seq.alloc(lm_head)
-            elif t.tied_load:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
-                seq.free(seq.alloc(t.tied_load))
-        seq.mark("peft")
-        itemsize = self.profile.adapter_itemsize
-        # peft tuners_utils.py::BaseTunerLayer._move_adapter_to_device_of_base_layer moves each new adapter to the GPU in
-        # its base layer's float dtype (_get_base_layer_device_and_dtype: the weight's, a bnb Linear4bit's compute_dtype;
-        # an int8 weight's is no float, so the adapter stays fp32), BaseTuner.inject_adapter making the target modules'
-        # adapters, then (_inject_parameters) the target parameters' (MoE experts); then PeftModel.__init__'s
-        # _cast_adapter_dtype (cast_adapter_dtype, autocast_adapter_dtype=True) replaces each bf16 / fp16 adapter weight
-        # by an fp32 copy, in model.modules() order (histories h-q7-qlora-r64-gc-s4096, s-olmoe-liger-lora-gc: every
-        # adapter in bf16, then each fp32 copy made and the bf16 one freed)
-        layers = layer_adapter_tensors(m, s, itemsize)
-        moved: list[list[int]] = [[]] * self.L
-        if s.lora is not None and itemsize == 4 and s.dtype in ("bf16", "fp16") and s.quant != "int8":
-            halves = layer_adapter_tensors(m, s, 2)
-            modules = adapter_pairs(m, s.lora)[: len(lora_targets(m, s.lora))]
-            n = [2 * sum(spread(p.count, self.L)[k] for p in modules) for k in range(self.L)]  # per layer, first
-            moved = [[seq.alloc(x) for x in layer[:n_k]] for layer, n_k in zip(halves, n)]
-            for ids, layer, n_k in zip(moved, halves, n):
-                ids += [seq.alloc(x) for x in layer[n_k:]]
-        for layer, half in zip(layers, moved):
-            for j, x in enumerate(layer):
-                seq.alloc(x)
-                if half:
-                    seq.free(half[j])
-
-    def _load_quantized(
-        self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
-    ) -> None:
-        """from_pretrained with a BitsAndBytesConfig, then prepare_model_for_kbit_training's fp32 cast.
-
-        transformers core_model_loading.py::convert_and_load_state_dict_in_model loads the checkpoint in
-        dot_natural_key order (lm_head, embed_tokens, layers 0, 1, 2, ... each in alphabetical order of its
-        modules, norm); each 4-bit weight is loaded in bf16 and quantized on the device. PEFT's cast
-        (utils/other.py, model.parameters() order) makes a new fp32 tensor and frees the bf16 one, then calls
-        torch.cuda.empty_cache() (auto_clear_cache=True). A stack without that call (StackProfile.kbit_fp32_upcast
-        False: TRL) keeps every non-quantized weight as loaded, in bf16."""
-        m, s, seq = self.m, self.s, self.seq
-        up = 2 if self.profile.kbit_fp32_upcast else 1  # resident bytes per loaded bf16 byte
-        per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
-        quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
-        unquantized = sum(param_counts(m).values()) - quantized  # a tied lm_head counts once
-        # caching_allocator_warmup: the weights' bytes less the reserved bytes no tensor uses (start_cuda's segment),
-        # as one fp16 tensor of byte_count // 2 elements
-        warmup = int(quantized * per_elem) + unquantized * BF16 - START_CUDA_SEGMENT_BYTES
-        seq.free(seq.alloc(warmup // 2 * 2))
-        head = seq.alloc(lm_head // up)
-        bf16_embed = seq.alloc(embed // up)
-        bf16_layers = []
-        for layer in layers:
-            kept: dict[int, int] = {}
-            for k, (_, pieces, bf16) in sorted(enumerate(layer), key=lambda item: item[1][0]):
-                if len(pieces) == 1 and pieces[0] // up == bf16:  # kept in bf16 now, cast to fp32 below (upcast)
-                    kept[k] = seq.alloc(bf16)
-                    continue
-                loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
-                steps = self.quant_steps[len(pieces), sum(pieces)]
-                made = [(seq.alloc(x), tmp) for x, tmp in steps]
-                seq.free(loaded, *[i for i, tmp in made if tmp])
-            bf16_layers += [kept[k] for k in sorted(kept)]  # back in module order
-        bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // up), seq.alloc(residual // up), head]
-        if up == 1:
-            return
-        for i in bf16_params:  # param.data = param.data.to(torch.float32)
-            seq.alloc(seq.sizes[i] * 2)
-            seq.free(i)
-        seq.empty_cache()
-
     # ------------------------------------------------------------------ one micro-step
     def forward(self, first: bool) -> None:
         s, t, seq = self.s, self.t, self.seq
@@ -308,14 +241,16 @@ class _Builder(CheckpointedQloraSteps):
         self.copies: list[int] = []
         self.final_ids: list[int] = []
         for k in range(self.L):
-            self.cache.append([seq.alloc(x) for x in self.cache_layer[k]])
-            self.copies += [seq.alloc(x) for j, x in enumerate(self.adapter_copies[k]) if j not in self.copies_at_use]
-            if s.grad_ckpt:  # the layer's tensors, as its recompute holds them, then freed
-                # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
-                seq.free(*self._layer_forward(k))
-                self._checkpointed_layer_output(k)
+            made_of = (self.cache_layer[k], self.adapter_copies[k], self.dequant_fwd[k], self.layers[k])
+            cache, copies, kept = self.repeated(("forward", k == self.L - 1), made_of, [], partial(self._forward_layer, k))
+            self.cache.append(cache)
+            self.copies += copies
+            if not s.grad_ckpt:
+                self.saved.append(kept)
+            elif k < self.L - 1:
+                self.ckpt += kept
             else:
-                self.saved.append(self._layer_forward(k))
+                self.final_ids = kept
         if not s.grad_ckpt:
             self.final_ids = [seq.alloc(x) for x in self.final]
         self.lm_cache = seq.alloc(self.cache_lm)
@@ -353,21 +288,33 @@ class _Builder(CheckpointedQloraSteps):
             self.workspace = [seq.alloc(t.workspace // 2)]
         return kept
 
-    def _checkpointed_layer_output(self, k: int) -> None:
+    def _forward_layer(self, k: int) -> tuple[list[int], list[int], list[int]]:
+        """Layer k's forward: (autocast's copies of its fp32 weights, autocast's copies of its adapters, what it keeps:
+        its saved tensors, or with checkpointing its output, the next layer's input, after the last layer the final
+        norm's tensors)."""
+        seq = self.seq
+        cache = [seq.alloc(x) for x in self.cache_layer[k]]
+        copies = [seq.alloc(x) for j, x in enumerate(self.adapter_copies[k]) if j not in self.copies_at_use]
+        if not self.s.grad_ckpt:
+            return cache, copies, self._layer_forward(k, copies)
+        # the layer's tensors, as its recompute holds them, then freed
+        # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
+        seq.free(*self._layer_forward(k, copies))
+        return cache, copies, self._checkpointed_layer_output(k)
+
+    def _checkpointed_layer_output(self, k: int) -> list[int]:
         """A checkpointed layer's end, as its no-grad forward runs it (every recorded checkpointed history): its output
         `residual + mlp_out` is made while both (residual-sized) are alive, then they are freed. The output is the
         next layer's kept input, or after the last layer the final norm's (the estimator's `final` tensors)."""
         seq, one = self.seq, self.t.one_checkpoint
         residual, mlp_out = seq.alloc(one), seq.alloc(one)
-        if k < self.L - 1:
-            self.ckpt.append(seq.alloc(one))
-        else:
-            self.final_ids = [seq.alloc(x) for x in self.final]
+        out = [seq.alloc(one)] if k < self.L - 1 else [seq.alloc(x) for x in self.final]
         seq.free(residual, mlp_out)
+        return out
 
-    def _layer_forward(self, k: int) -> list[int]:
+    def _layer_forward(self, k: int, copies: list[int]) -> list[int]:
         """Layer k's saved tensors; bitsandbytes gemm_4bit dequantizes each 4-bit weight for its matmul, alive
-        while the matmul's output is made."""
+        while the matmul's output is made. A checkpointed QLoRA MLP adds the adapter copies it makes to `copies`."""
         seq, slots, saved = self.seq, self.dequant_fwd[k], self.saved_layer
         ids: list[int] = []
         n = 0
@@ -395,7 +342,7 @@ class _Builder(CheckpointedQloraSteps):
             seq.free(*ids)
             ids = [seq.alloc(x) for x in self.saved_layer[self.attn_end : self.mlp_at]]
             weights = [bf16 for name, pieces, bf16 in self.layers[k] if len(pieces) > 1 and name.startswith("mlp.")]
-            self._checkpointed_mlp(dict(zip(("gate_proj", "up_proj", "down_proj"), weights)), k)
+            self._checkpointed_mlp(dict(zip(("gate_proj", "up_proj", "down_proj"), weights)), k, copies)
         return ids
 
     def _lora_target(self, chain, pieces: list[int], weights: list[int]) -> list[int]:
@@ -481,30 +428,16 @@ class _Builder(CheckpointedQloraSteps):
         seq.free(*([logits_grad] if self.loss_saved else []), *self.final_ids)
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
             seq.free(self.lm_cache)
+        layers_start = len(seq.ops)
         for k in reversed(range(self.L)):
-            recompute = [seq.alloc(x) for x in [*self.adapter_copies[k], *self.saved_layer]] if s.grad_ckpt else []
-            tmp = [seq.alloc(x) for x in self.t_bwd]
-            if new_grads and not self.layer_grads:  # full FT: this layer's; LoRA: every adapter's at once
-                if full:  # backward reaches the layer's modules last to first: down_proj's gradient comes first
-                    groups = self.layer_groups[k][::-1]
-                else:  # (estimator's layer_backward)
-                    groups = [g for gs in self.layer_groups for g in gs] if k == self.L - 1 else []
-                self.grads += [seq.alloc(grad_tensor(g)) for g in groups]
-            whole = [seq.alloc(x) for x in self.whole_bwd]
-            if self.layer_grads:
-                self._layer_grads_and_dequant(k, new_grads)
-            else:
-                for x in self.dequant[k]:
-                    seq.free(self._dequantize(x))
-            seq.free(*whole, *tmp, *recompute)
-            carry_in, carry = carry, seq.alloc(self.carry)  # this layer's input gradient replaces its output's
-            seq.free(carry_in)
-            if s.grad_ckpt:
-                seq.free(self.ckpt[k])
-            else:
-                seq.free(*self.saved[k])
-            if self.cache:
-                seq.free(*self.cache[k])
+            kept = [self.ckpt[k]] if s.grad_ckpt else self.saved[k]
+            cache = self.cache[k] if self.cache else []
+            made_of = (self.adapter_copies[k], self.dequant[k], self.layers[k], self.layer_groups[k])
+            (carry,), grads = self.repeated(("backward", k == self.L - 1, new_grads), made_of, [carry, *kept, *cache],
+                                            partial(self._backward_layer, k, carry, kept, cache, new_grads))  # fmt: skip
+            self.grads += grads
+        if new_grads:
+            self.grad_stretches.append((layers_start, len(seq.ops)))
         seq.free(*self.rotary)  # layer 0's backward drops the last reference (activations.rotary_tables)
         seq.free(carry)  # consumed by the embedding's backward
         if not s.grad_ckpt:
@@ -522,6 +455,32 @@ class _Builder(CheckpointedQloraSteps):
             else:
                 self.grads.append(seq.alloc(grad_tensor(embed)))
         seq.free(self.quant)
+
+    def _backward_layer(self, k: int, carry: int, kept: list[int], cache: list[int], new_grads: bool):
+        """Layer k's backward from the gradient of its output (`carry`); what its forward kept and its weights' autocast
+        copies (`cache`) are freed at its end: ([the gradient of its input], the gradients it made)."""
+        s, seq = self.s, self.seq
+        recompute = [seq.alloc(x) for x in [*self.adapter_copies[k], *self.saved_layer]] if s.grad_ckpt else []
+        tmp = [seq.alloc(x) for x in self.t_bwd]
+        grads: list[int] = []
+        if new_grads and not self.layer_grads:  # full FT: this layer's; LoRA: every adapter's at once
+            if s.method == "full":  # backward reaches the layer's modules last to first: down_proj's gradient first
+                groups = self.layer_groups[k][::-1]
+            else:  # (estimator's layer_backward)
+                groups = [g for gs in self.layer_groups for g in gs] if k == self.L - 1 else []
+            grads = [seq.alloc(grad_tensor(g)) for g in groups]
+        whole = [seq.alloc(x) for x in self.whole_bwd]
+        if self.layer_grads:
+            grads = self._layer_grads_and_dequant(k, new_grads)
+        else:
+            for x in self.dequant[k]:
+                seq.free(self._dequantize(x))
+        seq.free(*whole, *tmp, *recompute)
+        carry_in, carry = carry, seq.alloc(self.carry)  # this layer's input gradient replaces its output's
+        seq.free(carry_in)
+        seq.free(*kept)
+        seq.free(*cache)
+        return [carry], grads
 
     def _autograd_workspace(self) -> None:
         """The autograd thread's cuBLAS workspace, made by the first backward matmul right after its first output
@@ -551,35 +510,9 @@ class _Builder(CheckpointedQloraSteps):
         """The trainable group that holds the lm_head weight."""
         return "embed_tokens" if self.m.tie_word_embeddings else "lm_head"
 
-    def optimizer_step(self, first: bool) -> None:
-        """torch.optim: for each of the Trainer's two param groups (weight decay, then none), _init_group makes
-        the group's states at step 0, then the update runs; foreach AdamW makes one temporary per parameter
-        (torch._foreach_sqrt of exp_avg_sq), kept here until the step ends so that the step's total is the
-        estimator's; Adafactor one set of fp32 temporaries."""
-        s, t, seq = self.s, self.t, self.seq
-        groups = self._parameters_in_order()
-        temporaries: list[int] = []
-        for group in ([g for g in groups if not _no_decay(g)], [g for g in groups if _no_decay(g)]):
-            if first:
-                for g in group:
-                    for x in state_tensors(g, s):
-                        seq.alloc(x)
-            if s.optimizer == "adamw_torch" and t.opt_transient:
-                temporaries += [seq.alloc(grad_tensor(g)) for g in group]
-        if t.opt_transient and s.optimizer != "adamw_torch":
-            temporaries.append(seq.alloc(t.opt_transient))
-        seq.free(*temporaries)
-
-    def _parameters_in_order(self) -> list:
-        """model.parameters() order: embed_tokens, the layers, the final norm, lm_head."""
-        head = {g.name: g for g in self.head_groups}
-        first = [head["embed_tokens"]] if "embed_tokens" in head else []
-        last = [head[n] for n in ("norms", "lm_head") if n in head]
-        return first + [g for gs in self.layer_groups for g in gs] + last
-
-    def zero_grad(self) -> None:
-        self.seq.free(*self.grads)
-        self.grads = []
+    def layer_grad_bytes(self) -> int:
+        """The gradients the decoder layers' backward makes (the adapters' under LoRA / QLoRA)."""
+        return sum(grad_tensor(g) for gs in self.layer_groups for g in gs)
 
 
 def _dequant_slots(layer: list[tuple[str, list[int], int]], anchors: tuple[int, int, int], n_pieces: int):
@@ -594,7 +527,3 @@ def _dequant_slots(layer: list[tuple[str, list[int], int]], anchors: tuple[int, 
     other = [bf16 for name, pieces, bf16 in layer if len(pieces) > 1 and not name.startswith(("self_attn", "mlp"))]
     return out + [(n_pieces, w) for w in other]
 
-
-def _no_decay(g) -> bool:
-    """Trainer.get_decay_parameter_names: biases and norm weights get no weight decay (a second group)."""
-    return g.name == "norms" or g.name.endswith(".bias")

@@ -1,0 +1,126 @@
+"""Loading the model and the PEFT wrap: the first stretch of the predicted sequence (sequence.py's "start", "load"
+and "PEFT wrap"): every parameter created in module order (full / LoRA), or the checkpoint loaded and quantized on the
+device with its warmup and prepare_model_for_kbit_training's fp32 cast (QLoRA); then lora_A / lora_B per target, in
+the base layer's dtype, each then replaced by its fp32 copy.
+
+A mixin of sequence._Builder (it uses the builder's m, s, t, seq, layers, profile, quant_steps and repeated); kept
+apart so that sequence.py stays the training step's builder.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from ...models.params import linear_shapes, param_counts
+from ..adapters import adapter_pairs, lora_targets
+from ..constants import BYTES_PER_DTYPE
+from .tensors import layer_adapter_tensors, spread
+
+BF16 = 2
+#: vramplan/trainer/cuda_start.py::start_cuda makes and frees ``torch.empty(1)`` (fp32) before anything else: the
+#: process's first segment (a 2 MiB small-pool one, kSmallBuffer), cached and unused from then on
+START_CUDA_TENSOR_BYTES = 4
+START_CUDA_SEGMENT_BYTES = 2 * 1024**2
+
+
+class LoadSteps:
+    def load(self) -> None:
+        m, s, t, seq = self.m, self.s, self.t, self.seq
+        layers = self.layers
+        nbytes = 4 if s.method == "qlora" and self.profile.kbit_fp32_upcast else BYTES_PER_DTYPE[s.dtype]
+        final_norm = m.hidden_size * nbytes
+        linear_key = "weights.quantized" if s.method == "qlora" else "weights.linear"
+        listed = sum(sum(x) for layer in layers for _, x, _ in layer) + final_norm - t.weights.get(linear_key, 0)
+        residual = t.weights.get("weights.other", 0) - listed  # 0 unless a parameter kind is missing above
+        embed, lm_head = t.weights.get("weights.embeddings", 0), t.weights.get("weights.lm_head", 0)
+        if s.method == "qlora":
+            self._load_quantized(layers, embed, lm_head, final_norm, residual)
+        else:
+            seq.alloc(embed)
+            seq.alloc_all([x for layer in layers for _, pieces, _ in layer for x in pieces])
+            seq.alloc(final_norm)
+            seq.alloc(residual)
+            if lm_head:
+                seq.alloc(lm_head)
+            elif t.tied_load:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
+                seq.free(seq.alloc(t.tied_load))
+        seq.mark("peft")
+        self._peft_wrap()
+
+    def _peft_wrap(self) -> None:
+        """lora_A, lora_B per target module, in module order, first in the base layer's dtype, then each replaced by its
+        fp32 copy.
+
+        peft tuners_utils.py::BaseTunerLayer._move_adapter_to_device_of_base_layer moves each new adapter to the GPU in
+        its base layer's float dtype (_get_base_layer_device_and_dtype: the weight's, a bnb Linear4bit's compute_dtype;
+        an int8 weight's is no float, so the adapter stays fp32), BaseTuner.inject_adapter making the target modules'
+        adapters, then (_inject_parameters) the target parameters' (MoE experts); then PeftModel.__init__'s
+        _cast_adapter_dtype (cast_adapter_dtype, autocast_adapter_dtype=True) replaces each bf16 / fp16 adapter weight
+        by an fp32 copy, in model.modules() order (histories h-q7-qlora-r64-gc-s4096, s-olmoe-liger-lora-gc: every
+        adapter in bf16, then each fp32 copy made and the bf16 one freed)."""
+        m, s, seq = self.m, self.s, self.seq
+        itemsize = self.profile.adapter_itemsize
+        layers = layer_adapter_tensors(m, s, itemsize)
+        if s.lora is None or itemsize != 4 or s.dtype not in ("bf16", "fp16") or s.quant == "int8":
+            seq.alloc_all([x for layer in layers for x in layer])
+            return
+        halves = layer_adapter_tensors(m, s, 2)
+        modules = adapter_pairs(m, s.lora)[: len(lora_targets(m, s.lora))]
+        n = [2 * sum(spread(p.count, self.L)[k] for p in modules) for k in range(self.L)]  # per layer, target modules'
+        moved = [list(seq.alloc_all(layer[:n_k])) for layer, n_k in zip(halves, n)]
+        for ids, layer, n_k in zip(moved, halves, n):  # then the target parameters'
+            ids += seq.alloc_all(layer[n_k:])
+        for layer, half in zip(layers, moved):
+            for x, i in zip(layer, half, strict=True):
+                seq.alloc(x)
+                seq.free(i)
+
+    def _load_quantized(
+        self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
+    ) -> None:
+        """from_pretrained with a BitsAndBytesConfig, then prepare_model_for_kbit_training's fp32 cast.
+
+        transformers core_model_loading.py::convert_and_load_state_dict_in_model loads the checkpoint in
+        dot_natural_key order (lm_head, embed_tokens, layers 0, 1, 2, ... each in alphabetical order of its
+        modules, norm); each 4-bit weight is loaded in bf16 and quantized on the device. PEFT's cast
+        (utils/other.py, model.parameters() order) makes a new fp32 tensor and frees the bf16 one, then calls
+        torch.cuda.empty_cache() (auto_clear_cache=True). A stack without that call (StackProfile.kbit_fp32_upcast
+        False: TRL) keeps every non-quantized weight as loaded, in bf16."""
+        m, s, seq = self.m, self.s, self.seq
+        up = 2 if self.profile.kbit_fp32_upcast else 1  # resident bytes per loaded bf16 byte
+        per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
+        quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
+        unquantized = sum(param_counts(m).values()) - quantized  # a tied lm_head counts once
+        # caching_allocator_warmup: the weights' bytes less the reserved bytes no tensor uses (start_cuda's segment),
+        # as one fp16 tensor of byte_count // 2 elements
+        warmup = int(quantized * per_elem) + unquantized * BF16 - START_CUDA_SEGMENT_BYTES
+        seq.free(seq.alloc(warmup // 2 * 2))
+        head = seq.alloc(lm_head // up)
+        bf16_embed = seq.alloc(embed // up)
+        bf16_layers = []
+        for layer in layers:  # a layer like the one before it repeats its ops (ops.Repeats)
+            (kept,) = self.repeated(("load",), (layer,), [], partial(self._load_quantized_layer, layer, up))
+            bf16_layers += kept
+        bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // up), seq.alloc(residual // up), head]
+        if up == 1:
+            return
+        for i in bf16_params:  # param.data = param.data.to(torch.float32)
+            seq.alloc(seq.sizes[i] * 2)
+            seq.free(i)
+        seq.empty_cache()
+
+    def _load_quantized_layer(self, layer: list[tuple[str, list[int], int]], up: int) -> tuple[list[int]]:
+        """One decoder layer of the checkpoint, its modules in alphabetical order: each 4-bit weight loaded in bf16 and
+        quantized (quantization_steps), the other weights kept as loaded; ([those kept], in module order). `up`: resident
+        bytes per loaded bf16 byte."""
+        seq = self.seq
+        kept: dict[int, int] = {}
+        for k, (_, pieces, bf16) in sorted(enumerate(layer), key=lambda item: item[1][0]):
+            if len(pieces) == 1 and pieces[0] // up == bf16:  # kept in bf16 now, cast to fp32 later (upcast)
+                kept[k] = seq.alloc(bf16)
+                continue
+            loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
+            steps = self.quant_steps[len(pieces), sum(pieces)]
+            made = [(seq.alloc(x), tmp) for x, tmp in steps]
+            seq.free(loaded, *[i for i, tmp in made if tmp])
+        return ([kept[k] for k in sorted(kept)],)  # back in module order
