@@ -292,3 +292,11 @@ def test_validation_reports_a_strategys_runs_apart_from_the_stacks_single_gpu_ru
     v = validate(zero)
     assert set(v.stacks()) == {"hf 1xzero2", "hf 1xzero3"}  # not mixed into "hf", whose targets are single-GPU
     assert v.stats("allocated", "hf 1xzero3")["runs"] == sum(r.setup.parallel == "zero3" for r in zero)
+
+
+def test_a_deepspeed_estimate_does_not_claim_there_is_no_fp32_master_copy():
+    zero = estimate(LLAMA, make("full", 1, "zero2", grad_ckpt=True)).assumptions
+    plain = estimate(LLAMA, make("full", grad_ckpt=True)).assumptions
+    assert any("no separate fp32 master copy" in a for a in plain)
+    assert not any("no separate fp32 master copy" in a for a in zero)
+    assert any("fp32 master weights" in a for a in zero)

@@ -15,8 +15,9 @@ def estimate_assumptions(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | 
         *profile.assumptions(model, setup),
         f"constants read from {versions}",
         "fixed-length batches without padding (attention_mask=None, packed or synthetic data)",
-        f"weights trained in {setup.dtype}; no separate fp32 master copy (HF Trainer/accelerate keep none)",
     ]
+    if setup.parallel not in ("zero2", "zero3"):  # DeepSpeed's bf16 mode keeps fp32 masters (its own line says so)
+        out.append(f"weights trained in {setup.dtype}; no separate fp32 master copy (HF Trainer/accelerate keep none)")
     # families with their own attention note (models/families.py FAMILY_NOTES) say what their kernels are
     own_attention_note = model.model_type in NO_SDPA
     if setup.attn == "flash" and not own_attention_note:
