@@ -28,6 +28,7 @@ import fnmatch
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,12 @@ L1, L3, L8, Q7 = single.L1, single.L3, single.L8, single.Q7
 
 def _multi(spec: RunSpec, parallel: str, num_gpus: int) -> RunSpec:
     return replace(spec, setup=spec.setup.model_copy(update={"parallel": parallel, "num_gpus": num_gpus}))
+
+
+def _zero(spec: RunSpec, stage: str, offload: str = "none", *, num_gpus: int) -> RunSpec:
+    """`spec` as a DeepSpeed run (ZeRO `stage`, CPU `offload`) on `num_gpus` GPUs, its name ending in -x<num_gpus>."""
+    update = {"parallel": stage, "num_gpus": num_gpus, "offload": offload}
+    return replace(spec, name=f"{spec.name}-x{num_gpus}", setup=spec.setup.model_copy(update=update))
 
 
 def multi_grid(num_gpus: int = 2) -> list[RunSpec]:
@@ -84,9 +91,7 @@ def scale_grid(num_gpus: int = 4) -> list[RunSpec]:
 def zero_grid(num_gpus: int = 2) -> list[RunSpec]:
     """Issue 15: DeepSpeed ZeRO-2/3 with and without CPU offload (LoRA and full fine-tuning) and QLoRA with
     FSDP (bf16 quant storage) on `num_gpus` GPUs; at num_gpus 1, ZeRO-3 with offload at world size 1."""
-    def zero(spec: RunSpec, stage: str, offload: str = "none") -> RunSpec:
-        update = {"parallel": stage, "num_gpus": num_gpus, "offload": offload}
-        return replace(spec, name=f"{spec.name}-x{num_gpus}", setup=spec.setup.model_copy(update=update))
+    zero = partial(_zero, num_gpus=num_gpus)
 
     return [
         zero(single.full("l1-zero2-full-gc", L1, "ZeRO-2 full FT 1B", grad_ckpt=True), "zero2"),
@@ -105,9 +110,7 @@ def zero_holdout_grid(num_gpus: int = 1) -> list[RunSpec]:
     """Issue 15 at world size 1, a hold-out for the DeepSpeed buffers read from the source (2026-12-02): setups
     none of the zero-grid runs has (another vocabulary-to-parameter ratio, a larger largest gradient, ZeRO-3's
     sub-groups at another size), predicted and committed before they run."""
-    def zero(spec: RunSpec, stage: str, offload: str = "none") -> RunSpec:
-        update = {"parallel": stage, "num_gpus": num_gpus, "offload": offload}
-        return replace(spec, name=f"{spec.name}-x{num_gpus}", setup=spec.setup.model_copy(update=update))
+    zero = partial(_zero, num_gpus=num_gpus)
 
     return [
         zero(single.full("h-q05-zero2-full-gc", "qwen2.5-0.5b", "ZeRO-2 full FT, vocab 152k on 0.5B", grad_ckpt=True), "zero2"),
@@ -120,9 +123,7 @@ def zero_holdout_grid(num_gpus: int = 1) -> list[RunSpec]:
 def zero_holdout2_grid(num_gpus: int = 1) -> list[RunSpec]:
     """A second world-size-1 hold-out, for what the first one led to (ZeRO-2's init phase and its cached segments
     with offload, ZeRO-3's reuse distance): other models, predicted and committed before they run."""
-    def zero(spec: RunSpec, stage: str, offload: str = "none") -> RunSpec:
-        update = {"parallel": stage, "num_gpus": num_gpus, "offload": offload}
-        return replace(spec, name=f"{spec.name}-x{num_gpus}", setup=spec.setup.model_copy(update=update))
+    zero = partial(_zero, num_gpus=num_gpus)
 
     return [
         zero(single.full("h2-q15-zero2-full-gc-offopt", "qwen2.5-1.5b", "ZeRO-2 optimizer offload 1.5B", grad_ckpt=True), "zero2", "optimizer"),

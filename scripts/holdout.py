@@ -62,8 +62,7 @@ def grid_specs(grid: str) -> list:
     if grid in ("zero-x1", "zero-holdout", "zero-holdout2"):
         import campaign_multi
 
-        runs = {"zero-x1": campaign_multi.zero_grid, "zero-holdout": campaign_multi.zero_holdout_grid,
-                "zero-holdout2": campaign_multi.zero_holdout2_grid}[grid](1)
+        runs = campaign_multi.GRIDS["zero" if grid == "zero-x1" else grid](1)
         return [r for r in runs if r.setup.parallel in ("zero2", "zero3")]
     return getattr(campaign, GRIDS[grid])()
 
