@@ -216,13 +216,13 @@ def compare_predicted(path: Path, run) -> dict:
 
 
 def main_predicted(paths: list[Path]) -> int:
-    from vramplan.runs import load_runs, shipped_runs_dir
+    from vramplan.runs import load_runs, shipped_runs_dir, single_gpu_run
 
     by_trace = {}
     for r in load_runs([shipped_runs_dir()]):
         name = (r.extra or {}).get("memory_snapshot", "").removesuffix(".pickle")
-        # one GPU, a setup the sequence covers (no Unsloth), the default allocator settings, one micro-step
-        if name and r.setup.stack != "unsloth" and not r.setup.expandable_segments and r.setup.grad_accum == 1:
+        # one GPU, a setup the sequence covers (no DeepSpeed), the default allocator settings, one micro-step
+        if name and single_gpu_run(r) and not r.setup.expandable_segments and r.setup.grad_accum == 1:
             by_trace.setdefault(name, r)
     rows = [compare_predicted(p, by_trace[n]) for p in paths if (n := p.name.removesuffix(".events.json.gz")) in by_trace]
     for r in rows:

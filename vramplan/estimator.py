@@ -201,7 +201,8 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
     act = profile.activations(model, setup)
     layer = int(act.layer_units * unit)
     ckpt = int(act.checkpoint_units * unit)
-    saved_layers = profile.checkpoint_copies(model.num_layers) * ckpt if setup.grad_ckpt else model.num_layers * layer
+    saved_layers = profile.checkpoint_copies(model.num_layers, setup, ckpt) * ckpt if setup.grad_ckpt else model.num_layers * layer
+    weights |= profile.checkpoint_buffers(setup, ckpt)
     head = profile.head_bytes(model, setup)
     i_ratio = model.intermediate_size / model.hidden_size
     t_bwd_units = constants["t_bwd_i_factor"] * i_ratio + constants["t_bwd_const_units"]

@@ -33,8 +33,8 @@ class LoadSteps:
         listed = sum(sum(x) for layer in layers for _, x, _ in layer) + final_norm - t.weights.get(linear_key, 0)
         residual = t.weights.get("weights.other", 0) - listed  # 0 unless a parameter kind is missing above
         embed, lm_head = t.weights.get("weights.embeddings", 0), t.weights.get("weights.lm_head", 0)
-        if s.method == "qlora":
-            self._load_quantized(layers, embed, lm_head, final_norm, residual)
+        if s.method == "qlora" or self.profile.loads_checkpoint:
+            self._load_checkpoint(layers, embed, lm_head, final_norm, residual)
         else:
             seq.alloc(embed)
             seq.alloc_all([x for layer in layers for _, pieces, _ in layer for x in pieces])
@@ -75,10 +75,12 @@ class LoadSteps:
                 seq.alloc(x)
                 seq.free(i)
 
-    def _load_quantized(
+    def _load_checkpoint(
         self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
     ) -> None:
-        """from_pretrained with a BitsAndBytesConfig, then prepare_model_for_kbit_training's fp32 cast.
+        """from_pretrained (with a BitsAndBytesConfig for QLoRA), then prepare_model_for_kbit_training's fp32 cast.
+        A stack that loads every method from a saved checkpoint (StackProfile.loads_checkpoint: Unsloth) takes the same
+        path for full / LoRA: the warmup of the weights' bytes in their dtype, then each weight loaded as it is kept.
 
         transformers core_model_loading.py::convert_and_load_state_dict_in_model loads the checkpoint in
         dot_natural_key order (lm_head, embed_tokens, layers 0, 1, 2, ... each in alphabetical order of its
@@ -88,12 +90,17 @@ class LoadSteps:
         False: TRL) keeps every non-quantized weight as loaded, in bf16."""
         m, s, seq = self.m, self.s, self.seq
         up = 2 if self.profile.kbit_fp32_upcast else 1  # resident bytes per loaded bf16 byte
-        per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
-        quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
-        unquantized = sum(param_counts(m).values()) - quantized  # a tied lm_head counts once
+        itemsize = BF16 if s.method == "qlora" else BYTES_PER_DTYPE[s.dtype]
+        total = sum(param_counts(m).values())  # a tied lm_head counts once
+        if s.method == "qlora":
+            per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
+            quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
+            weight_bytes = int(quantized * per_elem) + (total - quantized) * itemsize
+        else:
+            weight_bytes = total * itemsize
         # caching_allocator_warmup: the weights' bytes less the reserved bytes no tensor uses (start_cuda's segment),
         # as one fp16 tensor of byte_count // 2 elements
-        warmup = int(quantized * per_elem) + unquantized * BF16 - START_CUDA_SEGMENT_BYTES
+        warmup = weight_bytes - START_CUDA_SEGMENT_BYTES
         seq.free(seq.alloc(warmup // 2 * 2))
         head = seq.alloc(lm_head // up)
         bf16_embed = seq.alloc(embed // up)
@@ -116,8 +123,8 @@ class LoadSteps:
         seq = self.seq
         kept: dict[int, int] = {}
         for k, (_, pieces, bf16) in sorted(enumerate(layer), key=lambda item: item[1][0]):
-            if len(pieces) == 1 and pieces[0] // up == bf16:  # kept in bf16 now, cast to fp32 later (upcast)
-                kept[k] = seq.alloc(bf16)
+            if len(pieces) == 1 and (pieces[0] // up == bf16 or not self.quant_steps):  # kept as loaded (upcast later)
+                kept[k] = seq.alloc(pieces[0] // up)
                 continue
             loaded = seq.alloc(bf16)  # the bf16 checkpoint tensor, quantized on the device
             steps = self.quant_steps[len(pieces), sum(pieces)]

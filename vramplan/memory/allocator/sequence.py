@@ -83,6 +83,8 @@ from .tensors import (
 )
 
 BF16, FP32 = 2, 4
+#: unsloth_zoo gradient_checkpointing.py INITIAL_GPU_BUFFER_SIZE: 2 * 256 * 2048 bf16 elements per staging buffer
+UNSLOTH_STAGING_INITIAL_BYTES = 2 * 256 * 2048 * BF16
 
 
 def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
@@ -132,6 +134,8 @@ def _training_sequence(
         for micro in range(setup.grad_accum):
             seq.mark(f"step{step}.forward" if micro == 0 else f"step{step}.micro{micro}.forward")
             b.forward(first=step == 0 and micro == 0)
+            if step == 0 and micro == 0 and b.profile.empties_cache_before_first_backward:
+                seq.empty_cache()
             seq.mark(f"step{step}.backward" if micro == 0 else f"step{step}.micro{micro}.backward")
             b.backward(first_micro=micro == 0)
         seq.mark(f"step{step}.optimizer")
@@ -204,6 +208,9 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         #: op ranges of the decoder layers' backward passes that make gradients (training_sequence's bound)
         self.grad_stretches: list[tuple[int, int]] = []
         self.workspace: list[int] = []
+        # Unsloth's offloaded checkpoints (_staging_buffers): the staging buffers, and whether a backward has run yet
+        self.staging: list[int] = []
+        self.first_pass, self.double_buffered = True, False
         lm_copy = block_bytes(lm_head_params(model) * BF16) if t.autocast_cache_fwd else 0
         per_layer_cache = t.autocast_cache_fwd - lm_copy
         # autocast's bf16 copy of each fp32 Linear weight, made at its first use in the forward
@@ -233,9 +240,14 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
     def forward(self, first: bool) -> None:
         s, t, seq = self.s, self.t, self.seq
         # with checkpointing each layer keeps its input: the embedding's output for layer 0, made before any matmul
-        self.ckpt: list[int] = [seq.alloc(t.one_checkpoint)] if s.grad_ckpt else []
+        self.ckpt: list[int | None] = [seq.alloc(t.one_checkpoint)] if s.grad_ckpt else []
         self.rotary = self._rotary_tables(first)
         self.quant = seq.alloc(t.quant_state)
+        offloads = self.profile.offloaded(s, t.one_checkpoint)
+        if offloads:
+            self._staging_buffers()
+        if first:
+            self._stack_buffers()
         self.saved: list[list[int]] = []
         self.cache: list[list[int]] = []
         self.copies: list[int] = []
@@ -245,6 +257,9 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
             cache, copies, kept = self.repeated(("forward", k == self.L - 1), made_of, [], partial(self._forward_layer, k))
             self.cache.append(cache)
             self.copies += copies
+            if offloads and (self.first_pass or k < self.L - 1):  # its input went to host memory: freed on return
+                seq.free(self.ckpt[k])
+                self.ckpt[k] = None
             if not s.grad_ckpt:
                 self.saved.append(kept)
             elif k < self.L - 1:
@@ -258,6 +273,34 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         if s.grad_ckpt:  # autocast's per-layer weight copies are not saved through checkpointing
             seq.free(*[i for ids in self.cache for i in ids])
             self.cache = []
+
+    def _staging_buffers(self) -> None:
+        """Unsloth's offloaded checkpointing (unsloth_zoo/gradient_checkpointing.py): at the first offload,
+        _ensure_device_buffers makes GPU_BUFFERS' and GPU_BUFFERS_B's staging buffers (INITIAL_GPU_BUFFER_SIZE, 2 MiB
+        of bf16 each) and the first grows to the checkpoint's size (``GPU_BUFFER.resize_``: a new storage, the old one
+        freed); the second grows in the first forward after a backward, when double buffering is switched on (free
+        memory above DOUBLE_BUFFER_HEADROOM). Both stay to the end; each layer's backward copies its checkpoint back
+        into one of them (no allocation). History u-l8-qlora-gc-s4096: +2 +2 +32 -2 MiB before layer 0."""
+        if not self.staging:
+            self.staging = [self.seq.alloc(UNSLOTH_STAGING_INITIAL_BYTES) for _ in range(2)]
+            self._grow_staging(0)
+        elif not self.first_pass and not self.double_buffered:
+            self.double_buffered = True
+            self._grow_staging(1)
+
+    def _grow_staging(self, k: int) -> None:
+        """``GPU_BUFFER.resize_(gpu_numel)`` when the checkpoint is larger: the new storage made, the old freed."""
+        seq, one = self.seq, self.t.one_checkpoint
+        if one > seq.sizes[self.staging[k]]:
+            grown = seq.alloc(one)
+            seq.free(self.staging[k])
+            self.staging[k] = grown
+
+    def _stack_buffers(self) -> None:
+        """Buffers the stack keeps from its first forward on (StackProfile.buffers: Unsloth's global dequantization
+        buffer), made before layer 0's first matmul."""
+        for nbytes in self.profile.buffers(self.m, self.s).values():
+            self.seq.alloc(nbytes)
 
     def _rotary_tables(self, first: bool) -> list[int]:
         """The rotary embedding's cos and sin (activations.rotary_tables), kept to the end of the layers' backward, and at
@@ -429,8 +472,9 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
             seq.free(self.lm_cache)
         layers_start = len(seq.ops)
+        self.first_pass = False
         for k in reversed(range(self.L)):
-            kept = [self.ckpt[k]] if s.grad_ckpt else self.saved[k]
+            kept = [x for x in self.ckpt[k : k + 1] if x is not None] if s.grad_ckpt else self.saved[k]
             cache = self.cache[k] if self.cache else []
             made_of = (self.adapter_copies[k], self.dequant[k], self.layers[k], self.layer_groups[k])
             (carry,), grads = self.repeated(("backward", k == self.L - 1, new_grads), made_of, [carry, *kept, *cache],

@@ -3,9 +3,9 @@
 No fitted fragmentation constant: the predicted allocation sequence of loading and two optimizer steps
 (sequence.py) is replayed through CachingAllocator (caching.py); the reserved peak is the model's
 max_memory_reserved, and at that moment it reports the allocated bytes, the free bytes inside segments
-and the largest free block. Single GPU only (the sequence has no DDP buckets or FSDP gathers,
-and no Unsloth sequence: its offloaded checkpoints and fused kernels). The hf, hf+liger, trl and trl+liger
-stacks are simulated from their profiles' terms (memory/stacks).
+and the largest free block. Single GPU only (the sequence has no DDP buckets or FSDP gathers, and no DeepSpeed
+partitions). Every stack (hf, trl, each with or without Liger, and Unsloth: its offloaded checkpoints, checkpoint
+load and first-backward empty_cache in sequence.py) is simulated from its profile's terms (memory/stacks).
 """
 
 from __future__ import annotations
@@ -37,12 +37,6 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup) -> None:
         raise VramplanError(
             f"--reserved-rule simulated with --num-gpus {setup.num_gpus}: the allocator simulation is single-GPU; "
             "accepted: --num-gpus 1, or --reserved-rule rules"
-        )
-    if reserved_rule == RESERVED_BY_SIMULATION and not stack_profile(setup).allocation_sequence:
-        raise VramplanError(
-            f"--reserved-rule simulated with --stack {setup.stack}: there is no predicted allocation sequence for this "
-            "stack (offloaded checkpoints, fused kernels); accepted: --stack hf|trl (with or without --liger), or "
-            "--reserved-rule rules"
         )
 
 

@@ -25,6 +25,7 @@ from .heads import HeadBytes, hf_head, liger_flce_head, trl_fused_head, unsloth_
 from .kernels import (
     LIGER_PATCHED,
     UNSLOTH_GPU_STAGING_BUFFERS,
+    UNSLOTH_OFFLOAD_MINIMUM_BYTES,
     fused_head_final_units,
     liger_activations,
     masked_attention,
@@ -67,9 +68,10 @@ class StackProfile:
     backward_transient_units: Callable[[ModelSpec, TrainingSetup], float] = lambda spec, setup: 0.0
     #: every method loads a saved checkpoint with from_pretrained (ties before loading: no tied lm_head copy)
     loads_checkpoint: bool = False
-    #: memory/allocator/sequence.py builds this stack's allocation sequence (--reserved-rule simulated); Unsloth's
-    #: offloaded checkpoints, chunked loss and fused LoRA kernels are not in it
-    allocation_sequence: bool = True
+    #: the cache is emptied between the first forward and its backward (every Unsloth history of 2026-12-01/02, 11
+    #: of 11: right after the loss's last chunk is freed, before the first recompute; the caller is not in unsloth
+    #: or unsloth_zoo 2026.10.9's Python, so most likely the first backward's torch.compile / Triton set-up)
+    empties_cache_before_first_backward: bool = False
 
     def activation_setup(self, setup: TrainingSetup) -> TrainingSetup:
         """The setup whose transformers-eager activations this stack starts from: QLoRA without the fp32 upcast
@@ -102,9 +104,24 @@ class StackProfile:
     def head_bytes(self, spec: ModelSpec, setup: TrainingSetup) -> HeadBytes:
         return self.head(spec, setup, self)
 
-    def checkpoint_copies(self, num_layers: int) -> int:
-        """How many layer checkpoints are resident on the GPU under gradient checkpointing."""
-        return UNSLOTH_GPU_STAGING_BUFFERS if self.offloads_checkpoints else num_layers
+    def offloaded(self, setup: TrainingSetup, checkpoint_bytes: int) -> bool:
+        """Whether the layers' checkpoints go to host memory: Unsloth offloads a checkpoint of more than MINIMUM_SIZE
+        bytes (unsloth_zoo gradient_checkpointing.py: ``new_size > MINIMUM_SIZE``) and keeps a smaller one."""
+        return setup.grad_ckpt and self.offloads_checkpoints and checkpoint_bytes > UNSLOTH_OFFLOAD_MINIMUM_BYTES
+
+    def checkpoint_copies(self, num_layers: int, setup: TrainingSetup, checkpoint_bytes: int) -> int:
+        """How many layer checkpoints are resident on the GPU under gradient checkpointing, as activations. Unsloth's
+        offloaded checkpointing keeps one: from the second forward on, the last layer's input (unsloth_zoo
+        gradient_checkpointing.py: LAST_GC_INDEX, counted in the first pass, is not offloaded) until that layer's
+        backward, the first; its staging buffers are checkpoint_buffers."""
+        return 1 if self.offloaded(setup, checkpoint_bytes) else num_layers
+
+    def checkpoint_buffers(self, setup: TrainingSetup, checkpoint_bytes: int) -> dict[str, int]:
+        """Buffers of offloaded checkpointing, kept from the first forward to the end ("weights.*" terms): Unsloth's
+        GPU_BUFFERS and GPU_BUFFERS_B staging buffers, each grown to one checkpoint (sequence.py _staging_buffers)."""
+        if not self.offloaded(setup, checkpoint_bytes):
+            return {}
+        return {"weights.checkpoint_staging_buffers": UNSLOTH_GPU_STAGING_BUFFERS * checkpoint_bytes}
 
 
 def _lm_head_trainable(setup: TrainingSetup) -> bool:
@@ -271,7 +288,7 @@ _PROFILES: dict[tuple[str, bool], StackProfile] = {
     ("unsloth", False): StackProfile(
         "unsloth", PROFILE_VERSIONS["unsloth"], False, FP32, True, _head_unsloth, _kernels_unsloth, _assume_unsloth,
         buffers=_buffers_unsloth, backward_transient_units=unsloth_backward_transient_units, loads_checkpoint=True,
-        allocation_sequence=False,
+        empties_cache_before_first_backward=True,
     ),
 }  # fmt: skip
 

@@ -21,6 +21,8 @@ LIGER_PATCHED = frozenset({
 #: Unsloth's offloaded checkpointing copies each checkpoint back through GPU staging buffers
 #: (unsloth_zoo/gradient_checkpointing.py: GPU_BUFFERS, and GPU_BUFFERS_B when double buffering)
 UNSLOTH_GPU_STAGING_BUFFERS = 2
+#: a checkpoint of at most this many bytes stays on the GPU (gradient_checkpointing.py MINIMUM_SIZE)
+UNSLOTH_OFFLOAD_MINIMUM_BYTES = 2 * 1024 * 1024
 #: bytes per element of a bf16 activation, in the units of `LayerActivations` (bytes per b s h)
 BF16_UNITS = 2
 #: a torch.native_dropout mask: one bool byte per element
