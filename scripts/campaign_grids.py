@@ -405,3 +405,26 @@ def simulated_holdout_grid() -> list[RunSpec]:
         qlora("h-phi3-qlora-gc", PHI3, "Phi-3 QLoRA (fused qkv)", grad_ckpt=True),
         tl("h-l3-trl-lora-gc-s4096", L3, "TRL LoRA 3B at 4k", grad_ckpt=True, seq_len=4096),
     ]
+
+
+def default_rule_holdout_grid() -> list[RunSpec]:
+    """Issue 11, session 8: the simulated reserved peak as the default ("auto"), with Unsloth's sequence, predicted
+    before any of these ran (docs/holdout/default-predictions.json): setups no shipped run has, Unsloth first (its
+    sequence was read from its own 12 histories), then hf / TRL / Liger ones. Unsloth with LoRA dropout 0 (its
+    notebooks' value), 5 steps (each Unsloth run spends ~40 s importing and compiling)."""
+    ul, uq = _stack(lora, "unsloth"), _stack(qlora, "unsloth")
+    tq, tl = _stack(qlora, "trl"), _stack(lora, "trl")
+    hq = _stack(qlora, "hf", True)
+    fast = {"lora_dropout": 0.0, "steps": 5}
+    return [
+        uq("d-u-q3-8-qlora-gc-s4096", Q3_8, "Unsloth Qwen3-8B QLoRA at 4k", grad_ckpt=True, seq_len=4096, **fast),
+        uq("d-u-m7-qlora-gc", M7, "Unsloth Mistral QLoRA", grad_ckpt=True, **fast),
+        ul("d-u-l3-lora-gc-s4096", L3, "Unsloth 3B LoRA at 4k", grad_ckpt=True, seq_len=4096, **fast),
+        uq("d-u-l8-qlora-r64-gc", L8, "Unsloth 8B QLoRA r64", grad_ckpt=True, lora_rank=64, **fast),
+        tq("d-l8-trl-qlora-gc-s3072", L8, "TRL 8B QLoRA at 3k", grad_ckpt=True, seq_len=3072),
+        lora("d-q3-8-lora-gc-b2", Q3_8, "hf Qwen3-8B LoRA b2", grad_ckpt=True, batch_size=2),
+        hq("d-m7-liger-qlora-gc", M7, "hf + Liger Mistral QLoRA", grad_ckpt=True),
+        full("d-l3-full-gc-s4096", L3, "hf 3B full FT at 4k", grad_ckpt=True, seq_len=4096),
+        tl("d-q7-trl-lora-s1024", Q7, "TRL Qwen2.5-7B LoRA without GC", seq_len=1024),
+        qlora("d-g3-4-qlora-gc", G3_4, "hf Gemma 3 4B QLoRA (262k vocabulary)", grad_ckpt=True),
+    ]

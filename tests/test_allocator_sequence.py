@@ -189,8 +189,9 @@ def test_a_cap_that_two_steps_survive_fails_in_the_third_as_measured():
 def test_simulated_rule_reports_the_allocator_state_at_the_reserved_peak():
     model = resolve_model("llama-3.1-8b")
     setup = TrainingSetup(method="lora", lora=LoraSpec(rank=16), grad_ckpt=True)
-    rules = estimate(model, setup, H100).memory
+    rules = estimate(model, setup, H100, reserved_rule="rules").memory
     m = estimate(model, setup, H100, reserved_rule="simulated").memory
+    assert estimate(model, setup, H100).memory == m  # "auto", the default, simulates one GPU
     assert m.reserved_rule == "simulated" and m.rules_reserved_bytes == rules.peak_reserved_bytes
     assert m.allocated_at_reserved_peak_bytes + m.free_in_segments_at_reserved_peak_bytes == m.peak_reserved_bytes
     assert 0 < m.largest_free_block_at_reserved_peak_bytes <= m.free_in_segments_at_reserved_peak_bytes
@@ -202,7 +203,7 @@ def test_simulated_rule_reports_the_allocator_state_at_the_reserved_peak():
     "setup, rule",
     [
         (TrainingSetup(method="full"), "fitted"),
-        (TrainingSetup(method="full", num_gpus=2, parallel="ddp"), "simulated"),
+        (TrainingSetup(method="full", num_gpus=2, parallel="fsdp"), "simulated"),
         (TrainingSetup(method="full", parallel="zero2"), "simulated"),
     ],
     ids=["unknown-rule", "multi-gpu", "deepspeed"],
@@ -293,7 +294,7 @@ def test_cli_estimate_json_shows_the_simulated_reserved_peak_and_the_allocator_s
     ]
     assert mem["largest_free_block_at_reserved_peak_bytes"] > 0 and mem["rules_reserved_bytes"] > 0
     bad = CliRunner().invoke(app, [*args, "--reserved-rule", "fitted"])
-    assert bad.exit_code == 2 and "accepted: rules | simulated" in bad.output
+    assert bad.exit_code == 2 and "accepted: auto | rules | simulated" in bad.output
 
 
 @pytest.mark.parametrize("name, rank", [("llama-3.1-8b", 16), ("llama-3.1-8b", 64), ("qwen3-1.7b", 8)])
@@ -680,3 +681,20 @@ def test_unsloth_sequence_reaches_the_reserved_peak_of_its_recorded_history(path
     run = next(r for r in load_runs([shipped_runs_dir()]) if (r.extra or {}).get("memory_snapshot") == name + ".pickle")
     row = trace_replay_check.compare_predicted(path, run)
     assert -0.03 <= row["peak_error"] <= 0.01, row
+
+
+@pytest.mark.parametrize("name, method", [("llama-3.2-1b", "full"), ("llama-3.1-8b", "lora"), ("qwen2.5-7b", "qlora")])
+def test_a_ddp_sequence_is_the_one_gpu_sequence_plus_the_reducers_buckets(name, method):
+    model = resolve_model(name)
+    lora = LoraSpec(rank=16) if method != "full" else None
+    one = TrainingSetup(method=method, lora=lora, quant="nf4" if method == "qlora" else None, grad_ckpt=True)
+    ddp = one.model_copy(update={"num_gpus": 4, "parallel": "ddp"})
+    single, per_gpu = (training_sequence(model, s, _terms_of(model, s)) for s in (one, ddp))
+    grads = _terms_of(model, one).grads
+    assert per_gpu.live_peak() == estimate(model, ddp, H100).memory.peak_allocated_bytes
+    assert per_gpu.live_peak() - single.live_peak() == grads  # every gradient has its bucket copy
+    forward = per_gpu.marks["step0.forward"]  # training starts: free_memory(), then the DDP wrap's buckets
+    start = max(i for i, op in enumerate(per_gpu.ops[:forward]) if op == EMPTY_CACHE) + 1
+    buckets = [per_gpu.sizes[op] for op in per_gpu.ops[start : per_gpu.marks["step0.forward"]]]
+    assert sum(buckets) == grads and buckets[0] <= 1024**2 and max(buckets) <= 25 * 1024**2  # first bucket, cap
+    assert estimate(model, ddp, H100).memory.reserved_rule == "simulated"

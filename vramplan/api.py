@@ -34,7 +34,7 @@ def estimate_for(
     gpu: str | None = None,
     headroom: float = DEFAULT_HEADROOM,
     assumptions: tuple[str, ...] = (),
-    reserved_rule: str = "rules",
+    reserved_rule: str = "auto",
 ) -> Estimate:
     """Resolve names (model catalog / path, GPU catalog) and estimate; `assumptions`: what reading a
     config file assumed (listed first). The Estimate carries the setup. Raises VramplanError on bad input."""

@@ -72,8 +72,12 @@ def estimate(
     from_config: o.FromConfig = None,
     fmt: o.FormatOpt = "table",
     reserved_rule: Annotated[
-        str, typer.Option("--reserved-rule", help="rules (closed forms, default) | simulated (allocator replay)")
-    ] = "rules",
+        str,
+        typer.Option(
+            "--reserved-rule",
+            help="auto (default: allocator replay on one GPU, closed forms for multi-GPU / DeepSpeed) | simulated | rules",
+        ),
+    ] = "auto",
 ) -> None:
     """Predict peak GPU memory of one fine-tuning setup, with a breakdown and a verdict per GPU.
 

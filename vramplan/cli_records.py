@@ -42,22 +42,29 @@ def validate(
     ] = True,
     fmt: o.FormatOpt = "table",
     reserved_rule: Annotated[
-        str, typer.Option("--reserved-rule", help="rules (default) | simulated (allocator replay, single-GPU runs)")
-    ] = "rules",
+        str,
+        typer.Option(
+            "--reserved-rule",
+            help="auto (default: allocator replay for single-GPU runs, closed forms for the others) | simulated | rules",
+        ),
+    ] = "auto",
 ) -> None:
     """Predicted vs measured for every run record: the error of each, the median and the worst."""
     from .report.validation_view import validation_doc, validation_renderable
     from .calibration import leave_one_out
+    from .memory.allocator.simulated import RESERVED_RULES
     from .validation import validate as run_validation
 
     _check_format(fmt)
-    if reserved_rule not in ("rules", "simulated"):
-        _fail(f"--reserved-rule {reserved_rule}: accepted: rules | simulated")
+    if reserved_rule not in RESERVED_RULES:
+        _fail(f"--reserved-rule {reserved_rule}: accepted: {' | '.join(RESERVED_RULES)}")
     runs = _records(runs_dir)
     result = leave_one_out(runs, reserved_rule) if loo else run_validation(runs, reserved_rule=reserved_rule)
     mode = "leave-one-out calibrated" if loo else "raw model"
-    if reserved_rule != "rules":
+    if reserved_rule == "simulated":
         mode += ", reserved simulated"
+    elif reserved_rule == "auto":
+        mode += ", reserved simulated on one GPU"
     if fmt == "json":
         typer.echo(_json({"mode": mode, **validation_doc(result)}))
         return

@@ -18,6 +18,12 @@ from .errors import VramplanError
 from .memory.activations import rotary_tables
 from .memory.adapters import adapter_autocast_copy_bytes, adapter_bytes, check_lora_supported, lora_param_count
 from .memory.allocator import block_bytes, reserved_from_allocated, steady_loss_reserved, workspace_bytes
+from .memory.allocator.simulated import (
+    RESERVED_BY_SIMULATION,
+    SIMULATED_ASSUMPTION,
+    resolve_reserved_rule,
+    simulated_memory,
+)
 from .memory.constants import (
     BYTES_PER_DTYPE,
     PRIOR_CUDA_CONTEXT_BYTES,
@@ -135,17 +141,16 @@ def estimate(
     headroom: float = DEFAULT_HEADROOM,
     calibration: Calibration | None = None,
     assumptions: tuple[str, ...] = (),
-    reserved_rule: str = "rules",
+    reserved_rule: str = "auto",
 ) -> Estimate:
     """Predict peak memory of one training step on one GPU. Raises VramplanError for unsupported setups.
 
-    reserved_rule "simulated" replaces the closed-form reserved rules by a replay of the predicted allocation
-    sequence through the caching-allocator model (memory/allocator/simulated.py)."""
+    The reserved peak ("auto", the default) is simulated wherever the simulation covers the setup (one GPU, no
+    DeepSpeed): the predicted allocation sequence replayed through the caching-allocator model
+    (memory/allocator/simulated.py); elsewhere, and for reserved_rule "rules", the closed-form reserved rules."""
     _check_supported(model, setup, headroom)
-    if reserved_rule != "rules":  # imported here: the default path does not load the allocator simulation
-        from .memory.allocator.simulated import SIMULATED_ASSUMPTION, check_reserved_rule, simulated_memory
-
-        check_reserved_rule(reserved_rule, setup)
+    auto = reserved_rule == "auto"
+    reserved_rule = resolve_reserved_rule(reserved_rule, setup)
     constants = dict(CALIBRATED_DEFAULTS)
     terms = _terms(model, setup, gpu, constants)
     raw = _memory(terms, setup, constants)
@@ -157,8 +162,8 @@ def estimate(
         if term_constants_changed:  # only the backward-transient constants change the terms themselves
             terms = _terms(model, setup, gpu, constants)
         calibrated = _memory(terms, setup, constants)
-    if reserved_rule != "rules":
-        total = gpu.memory_bytes if gpu else SIMULATED_DEFAULT_TOTAL_BYTES
+    total = gpu.memory_bytes if gpu else SIMULATED_DEFAULT_TOTAL_BYTES
+    if reserved_rule == RESERVED_BY_SIMULATION and not _beyond_simulation(raw, gpu if auto else None):
         raw = simulated_memory(model, setup, terms, raw, total)
         calibrated = simulated_memory(model, setup, terms, calibrated, total) if calibrated else None
         assumptions = (*assumptions, SIMULATED_ASSUMPTION)
@@ -177,6 +182,23 @@ def estimate(
         assumptions=tuple(assumptions) + estimate_assumptions(model, setup, gpu),
         verdict=verdict,
     )
+
+
+#: "auto" skips the simulation where the allocated peak alone exceeds this many times the GPU's memory: the setup
+#: cannot fit whatever the fragmentation, and the replay would model segments beyond any device (fit's search
+#: probes batch sizes and lengths up to its limits); the closed-form rules give its reserved peak
+AUTO_SIMULATION_MAX_OVERSUBSCRIPTION = 2
+#: the most bytes a replay may allocate: the modelled device address space (allocator/addresses.py TOP_ADDRESS)
+#: with room for fragmentation
+SIMULATION_MAX_ALLOCATED_BYTES = 1 << 44
+
+
+def _beyond_simulation(memory: MemoryBreakdown, gpu: GpuSpec | None) -> bool:
+    """Whether the setup is not replayed: more allocated than the modelled address space holds, or (`gpu`: "auto" on
+    a given GPU) more than AUTO_SIMULATION_MAX_OVERSUBSCRIPTION times its memory."""
+    if memory.peak_allocated_bytes > SIMULATION_MAX_ALLOCATED_BYTES:
+        return True
+    return gpu is not None and memory.peak_allocated_bytes > AUTO_SIMULATION_MAX_OVERSUBSCRIPTION * gpu.memory_bytes
 
 
 def _check_supported(model: ModelSpec, setup: TrainingSetup, headroom: float) -> None:

@@ -87,10 +87,11 @@ def estimate(
     parallel: str | None = None,
     offload: str = "none",
     from_config: ConfigFiles = None,
-    reserved_rule: str = "rules",
+    reserved_rule: str = "auto",
 ) -> Estimate:
     """`vramplan estimate`: peak memory of one setup, with a verdict when `gpu` is given. method qlora
-    defaults quant to nf4; reserved_rule "simulated" replays an allocator model (docs/allocator_simulation.md).
+    defaults quant to nf4; reserved_rule "auto" (default) replays an allocator model (docs/allocator_simulation.md)
+    on one GPU and keeps the closed-form rules for multi-GPU and DeepSpeed setups ("rules": everywhere).
     Raises VramplanError (one line) on bad input."""
     resolved = _resolve({k: v for k, v in locals().items() if k != "reserved_rule"})
     return api.estimate_for(resolved.model, _setup(resolved), gpu=gpu, headroom=headroom,

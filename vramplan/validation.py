@@ -68,7 +68,7 @@ def setup_summary(run: MeasuredRun) -> str:
     return setup_label(run.setup)
 
 
-def compare_run(run: MeasuredRun, calibration: Calibration | None = None, reserved_rule: str = "rules") -> RunComparison:
+def compare_run(run: MeasuredRun, calibration: Calibration | None = None, reserved_rule: str = "auto") -> RunComparison:
     """Estimate the run's setup on its GPU and pair it with the measured totals."""
     spec = resolve_model(run.model_source or run.model)
     gpu = None
@@ -101,7 +101,7 @@ def compare_run(run: MeasuredRun, calibration: Calibration | None = None, reserv
     )
 
 
-def validate(runs: list[MeasuredRun], calibration: Calibration | None = None, reserved_rule: str = "rules") -> Validation:
+def validate(runs: list[MeasuredRun], calibration: Calibration | None = None, reserved_rule: str = "auto") -> Validation:
     out = Validation()
     for run in runs:
         m = run.measurements

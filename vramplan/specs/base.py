@@ -153,7 +153,7 @@ class Spec:
 
     def __hash__(self) -> int:
         values = self.__dict__
-        return hash(tuple(values[name] for name in self._spec_schema_of().infos))
+        return hash(tuple(_frozen(values[name]) for name in self._spec_schema_of().infos))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._spec_fields_text(', ')})"
@@ -182,4 +182,13 @@ def _plain(value: Any, json_mode: bool) -> Any:
     if isinstance(value, list | tuple):
         items = [_plain(v, json_mode) for v in value]
         return items if json_mode or isinstance(value, list) else tuple(items)
+    return value
+
+
+def _frozen(value):
+    """A hashable stand-in for a field value: dicts and lists (a traced model's counts) as sorted / plain tuples."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
     return value

@@ -83,6 +83,9 @@ from .tensors import (
 )
 
 BF16, FP32 = 2, 4
+#: DDP's Reducer buckets (torch/nn/parallel/distributed.py: _DEFAULT_FIRST_BUCKET_BYTES, bucket_cap_mb=25)
+DDP_FIRST_BUCKET_BYTES = 1024**2
+DDP_BUCKET_BYTES = 25 * 1024**2
 #: unsloth_zoo gradient_checkpointing.py INITIAL_GPU_BUFFER_SIZE: 2 * 256 * 2048 bf16 elements per staging buffer
 UNSLOTH_STAGING_INITIAL_BYTES = 2 * 256 * 2048 * BF16
 
@@ -130,6 +133,7 @@ def _training_sequence(
     # utils/memory.py::release_memory -> clear_device_cache -> torch.cuda.empty_cache()): the segments the load
     # left cached and unused go back (history r-l1-full: the tied lm_head copy's 501 MiB segment, then this)
     seq.empty_cache()
+    b.ddp_buckets()
     for step in range(steps):
         for micro in range(setup.grad_accum):
             seq.mark(f"step{step}.forward" if micro == 0 else f"step{step}.micro{micro}.forward")
@@ -273,6 +277,21 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         if s.grad_ckpt:  # autocast's per-layer weight copies are not saved through checkpointing
             seq.free(*[i for ids in self.cache for i in ids])
             self.cache = []
+
+    def ddp_buckets(self) -> None:
+        """DDP (--parallel ddp): accelerator.prepare wraps the model after free_memory(); torch's Reducer
+        (torch/csrc/distributed/c10d/reducer.cpp, initialize_buckets) allocates each bucket's contiguous gradient
+        buffer, first bucket 1 MiB, the others up to bucket_cap_mb = 25 MiB (distributed.py
+        _DEFAULT_FIRST_BUCKET_BYTES, bucket_cap_mb), together the trainable gradients' bytes (estimator's
+        ddp.gradient_buckets), kept to the end. Modelled in order of size caps, not of the parameters' dtypes."""
+        total = sum(self.t.parallel_persistent.values())
+        sizes = []
+        for cap in (DDP_FIRST_BUCKET_BYTES, *[DDP_BUCKET_BYTES] * (total // DDP_BUCKET_BYTES + 1)):
+            if total <= 0:
+                break
+            sizes.append(min(cap, total))
+            total -= sizes[-1]
+        self.seq.alloc_all(sizes)
 
     def _staging_buffers(self) -> None:
         """Unsloth's offloaded checkpointing (unsloth_zoo/gradient_checkpointing.py): at the first offload,

@@ -21,8 +21,24 @@ SIMULATED_ASSUMPTION = (
     "reserved peak simulated: the predicted allocations of loading and two steps replayed through a model of "
     "torch's CUDACachingAllocator (docs/allocator_simulation.md), not the fitted fragmentation rules"
 )
-#: MemoryBreakdown.reserved_rule values estimate(reserved_rule=...) accepts: "rules" keeps the closed forms
-RESERVED_RULES = ("rules", RESERVED_BY_SIMULATION)
+#: the reserved rules estimate(reserved_rule=...) accepts: "auto" (the default) simulates every setup the simulation
+#: covers (one GPU, no DeepSpeed) and keeps the closed-form rules for the others; "rules" keeps them for every setup
+AUTO = "auto"
+RESERVED_RULES = (AUTO, "rules", RESERVED_BY_SIMULATION)
+
+
+def simulation_covers(setup: TrainingSetup) -> bool:
+    """One GPU without a DeepSpeed engine, or DDP (each GPU runs the one-GPU sequence plus its Reducer's buckets,
+    sequence.py ddp_buckets): the sequence has no FSDP gathers or ZeRO partitions."""
+    return setup.parallel == "ddp" or (setup.num_gpus == 1 and setup.parallel not in ("zero2", "zero3"))
+
+
+def resolve_reserved_rule(reserved_rule: str, setup: TrainingSetup) -> str:
+    """"rules" or "simulated" for `setup`; raises VramplanError for an unknown rule or a simulation it cannot run."""
+    if reserved_rule == AUTO:
+        return RESERVED_BY_SIMULATION if simulation_covers(setup) else "rules"
+    check_reserved_rule(reserved_rule, setup)
+    return reserved_rule
 
 
 def check_reserved_rule(reserved_rule: str, setup: TrainingSetup) -> None:
@@ -33,10 +49,10 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup) -> None:
             f"--reserved-rule simulated with --parallel {setup.parallel}: DeepSpeed's partitioned buffers are not in "
             "the simulated sequence; accepted: no --parallel, or --reserved-rule rules"
         )
-    if reserved_rule == RESERVED_BY_SIMULATION and setup.num_gpus > 1:
+    if reserved_rule == RESERVED_BY_SIMULATION and setup.num_gpus > 1 and setup.parallel != "ddp":
         raise VramplanError(
-            f"--reserved-rule simulated with --num-gpus {setup.num_gpus}: the allocator simulation is single-GPU; "
-            "accepted: --num-gpus 1, or --reserved-rule rules"
+            f"--reserved-rule simulated with --num-gpus {setup.num_gpus} --parallel {setup.parallel}: the allocator "
+            "simulation has no FSDP gathers; accepted: --num-gpus 1, --parallel ddp, or --reserved-rule auto|rules"
         )
 
 
@@ -48,7 +64,9 @@ _CACHE_MAX = 512
 def simulate(model: ModelSpec, setup: TrainingSetup, terms, total_memory_bytes: int) -> ReplayResult:
     """Replay the setup's predicted sequence; `terms` is estimator._Terms (a function of the key's parts)."""
     expandable = setup.expandable_segments
-    key = (model, setup, terms.workspace, terms.t_bwd, total_memory_bytes if expandable else 0)
+    # DDP's sequence is the same on any number of GPUs (each holds everything plus its buckets): one replay for all
+    same = setup.model_copy(update={"num_gpus": 2}) if setup.parallel == "ddp" and setup.num_gpus != 2 else setup
+    key = (model, same, terms.workspace, terms.t_bwd, total_memory_bytes if expandable else 0)
     hit = _CACHE.get(key)
     if hit is None:
         if len(_CACHE) >= _CACHE_MAX:
