@@ -25,6 +25,8 @@ fi
 # Unsloth pins trl <= 1.15 and must see its own set only
 SITE=/tmp/site
 case " $* " in *" --grid unsloth "*) SITE=/tmp/site-unsloth ;; esac
+# a mixed grid's Unsloth runs (--only ...) name their site: VRAMPLAN_DEVICE_SITE=/tmp/site-unsloth
+SITE="${VRAMPLAN_DEVICE_SITE:-$SITE}"
 [ -d "$SITE" ] && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export UNSLOTH_DISABLE_STATISTICS=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false

