@@ -105,6 +105,18 @@ def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2)
     return seq
 
 
+def ddp_bucket_sizes(t) -> list[int]:
+    """The Reducer's bucket buffers (_Builder.ddp_buckets) for terms `t`: none without DDP."""
+    total = sum(t.parallel_persistent.values())
+    sizes = []
+    for cap in (DDP_FIRST_BUCKET_BYTES, *[DDP_BUCKET_BYTES] * (total // DDP_BUCKET_BYTES + 1)):
+        if total <= 0:
+            break
+        sizes.append(min(cap, total))
+        total -= sizes[-1]
+    return sizes
+
+
 def _all_at_once_cannot_peak_higher(seq: Sequence, grad_stretches: list[tuple[int, int]], grad_bytes: int) -> bool:
     """Whether the all-at-once gradient order cannot hold more bytes at once than `seq` (the per-layer order).
 
@@ -284,14 +296,7 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         buffer, first bucket 1 MiB, the others up to bucket_cap_mb = 25 MiB (distributed.py
         _DEFAULT_FIRST_BUCKET_BYTES, bucket_cap_mb), together the trainable gradients' bytes (estimator's
         ddp.gradient_buckets), kept to the end. Modelled in order of size caps, not of the parameters' dtypes."""
-        total = sum(self.t.parallel_persistent.values())
-        sizes = []
-        for cap in (DDP_FIRST_BUCKET_BYTES, *[DDP_BUCKET_BYTES] * (total // DDP_BUCKET_BYTES + 1)):
-            if total <= 0:
-                break
-            sizes.append(min(cap, total))
-            total -= sizes[-1]
-        self.seq.alloc_all(sizes)
+        self.seq.alloc_all(ddp_bucket_sizes(self.t))
 
     def _staging_buffers(self) -> None:
         """Unsloth's offloaded checkpointing (unsloth_zoo/gradient_checkpointing.py): at the first offload,
