@@ -46,7 +46,8 @@ def test_raw_model_allocated_peak_within_2_percent_on_every_run():
 #: (docs/holdout/default-compare.txt): Llama-3.2-3B full FT with checkpointing at s = 4096, -6.6 % reserved, not
 #: diagnosed yet (it has no history); without it reserved is within -2.8 / +3.6 % and device -4.0 / +3.5 % (the Gemma 3
 #: Unsloth run's CUDA context, not its reserved peak: -1.6 %)
-DEFAULT_HOLDOUT_MISS = "llama-3.2-3b-full-s4096-b1-gc-adamwtorchfused-bf16-sdpa-aaf9bde4"
+#: and its rerun with an allocator history (d-l3-full-gc-s4096), the same reserved bytes
+DEFAULT_HOLDOUT_MISS = ("llama-3.2-3b-full-s4096-b1-gc-adamwtorchfused-bf16-sdpa-aaf9bde4", "llama-3.2-3b-full-s4096-b1-gc-adamwtorchfused-bf16-sdpa-9aa8c654")
 WORST_UNDER = {"reserved": -0.03, "device": -0.045}
 
 
@@ -56,10 +57,10 @@ def test_leave_one_out_median_and_worst_error(total):
     assert stats["runs"] >= 150
     assert stats["median_abs"] <= 0.015, stats
     errors = {c.run_id: c.error(total) for c in LOO.comparisons if c.error(total) is not None}
-    miss = errors.pop(DEFAULT_HOLDOUT_MISS)
+    misses = [errors.pop(i) for i in DEFAULT_HOLDOUT_MISS]
     assert max(map(abs, errors.values())) <= 0.05
     assert min(errors.values()) >= WORST_UNDER[total]  # an under-prediction is an OOM for the user
-    assert -0.07 <= miss <= -0.06  # the known miss, as measured (a fix moves it: update this line)
+    assert all(-0.07 <= miss <= -0.06 for miss in misses)  # the known miss, as measured (a fix moves it: update)
 
 
 @pytest.mark.parametrize("total", ["reserved", "device"])
