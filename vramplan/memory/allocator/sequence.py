@@ -64,6 +64,7 @@ from ..transients import dequant_transient_bytes, expert_grad_transient_bytes, e
 from ..weights import lm_head_params
 from .ops import EMPTY_CACHE, Repeats, Sequence, live_peaks, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .lora_chain import checkpointed_mlp, lora_chains
+from .no_grad_layer import LLAMA_NO_GRAD_LAYER, NO_GRAD_OUTPUT, no_grad_layer_sizes, no_grad_pattern_applies
 from .load_steps import START_CUDA_TENSOR_BYTES, LoadSteps
 from .optimizer_steps import OptimizerSteps
 from .qlora_steps import CheckpointedQloraSteps
@@ -224,6 +225,8 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         #: op ranges of the decoder layers' backward passes that make gradients (training_sequence's bound)
         self.grad_stretches: list[tuple[int, int]] = []
         self.workspace: list[int] = []
+        #: a checkpointed full FT Llama-family layer's no-grad forward (no_grad_layer.py): its kinds' bytes, or empty
+        self.no_grad_sizes = no_grad_layer_sizes(model, setup) if no_grad_pattern_applies(model, setup, profile.liger) else {}
         # Unsloth's offloaded checkpoints (_staging_buffers): the staging buffers, and whether a backward has run yet
         self.staging: list[int] = []
         self.first_pass, self.double_buffered = True, False
@@ -364,10 +367,30 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         copies = [seq.alloc(x) for j, x in enumerate(self.adapter_copies[k]) if j not in self.copies_at_use]
         if not self.s.grad_ckpt:
             return cache, copies, self._layer_forward(k, copies)
+        if self.no_grad_sizes:  # a full FT Llama-family layer: its recorded no-grad forward (no_grad_layer.py)
+            return cache, copies, self._no_grad_layer(k)
         # the layer's tensors, as its recompute holds them, then freed
         # (keeping only a few alive at once, as a bare forward would, disagreed with the LoRA runs)
         seq.free(*self._layer_forward(k, copies))
         return cache, copies, self._checkpointed_layer_output(k)
+
+    def _no_grad_layer(self, k: int) -> list[int]:
+        """Layer k's first forward under checkpointing as LLAMA_NO_GRAD_LAYER: its output, the next layer's input; after
+        the last layer the final norm's tensors, made from it (the output freed once they are)."""
+        seq, sizes = self.seq, self.no_grad_sizes
+        made: list[int] = []  # tensor of each op of the pattern (-1 for a free)
+        for tok in LLAMA_NO_GRAD_LAYER:
+            if tok[0] == "-":
+                seq.free(made[len(made) - int(tok[1:])])
+                made.append(-1)
+            else:
+                made.append(seq.alloc(sizes[tok]))
+        out = made[NO_GRAD_OUTPUT]
+        if k < self.L - 1:
+            return [out]
+        final = [seq.alloc(x) for x in self.final]
+        seq.free(out)
+        return final
 
     def _checkpointed_layer_output(self, k: int) -> list[int]:
         """A checkpointed layer's end, as its no-grad forward runs it (every recorded checkpointed history): its output
