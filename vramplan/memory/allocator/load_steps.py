@@ -66,7 +66,8 @@ class LoadSteps:
             return
         halves = layer_adapter_tensors(m, s, 2)
         modules = adapter_pairs(m, s.lora)[: len(lora_targets(m, s.lora))]
-        n = [2 * sum(spread(p.count, self.L)[k] for p in modules) for k in range(self.L)]  # per layer, target modules'
+        per_module = [spread(p.count, self.L) for p in modules] or [[0] * self.L]
+        n = [2 * sum(counts) for counts in zip(*per_module)]  # per layer, the target modules' adapters
         moved = [list(seq.alloc_all(layer[:n_k])) for layer, n_k in zip(halves, n)]
         for ids, layer, n_k in zip(moved, halves, n):  # then the target parameters'
             ids += seq.alloc_all(layer[n_k:])
