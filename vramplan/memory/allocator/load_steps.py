@@ -71,10 +71,7 @@ class LoadSteps:
         moved = [list(seq.alloc_all(layer[:n_k])) for layer, n_k in zip(halves, n)]
         for ids, layer, n_k in zip(moved, halves, n):  # then the target parameters'
             ids += seq.alloc_all(layer[n_k:])
-        for layer, half in zip(layers, moved):
-            for x, i in zip(layer, half, strict=True):
-                seq.alloc(x)
-                seq.free(i)
+        seq.replace_all([x for layer in layers for x in layer], [i for half in moved for i in half])
 
     def _load_quantized(
         self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
@@ -105,9 +102,7 @@ class LoadSteps:
         bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // up), seq.alloc(residual // up), head]
         if up == 1:
             return
-        for i in bf16_params:  # param.data = param.data.to(torch.float32)
-            seq.alloc(seq.sizes[i] * 2)
-            seq.free(i)
+        seq.replace_all([seq.sizes[i] * 2 for i in bf16_params], bf16_params)  # param.data = param.data.to(torch.float32)
         seq.empty_cache()
 
     def _load_quantized_layer(self, layer: list[tuple[str, list[int], int]], up: int) -> tuple[list[int]]:

@@ -42,9 +42,22 @@ class Sequence:
         return range(first, len(self.sizes))
 
     def free(self, *ids: int) -> None:
+        sizes, ops = self.sizes, self.ops
         for i in ids:
-            if self.sizes[i] > 0:
-                self.ops.append(~i)
+            if sizes[i] > 0:
+                ops.append(~i)
+
+    def replace_all(self, sizes: list[int], old: list[int]) -> range:
+        """alloc(sizes[k]) then free(old[k]), for each k in order (each tensor replaced by a copy): the copies' ids."""
+        first = len(self.sizes)
+        self.sizes += sizes
+        known, ops = self.sizes, self.ops
+        for i, j in zip(range(first, len(known)), old, strict=True):
+            if known[i] > 0:
+                ops.append(i)
+            if known[j] > 0:
+                ops.append(~j)
+        return range(first, len(known))
 
     def empty_cache(self) -> None:
         """torch.cuda.empty_cache(): release every cached segment that holds no live block."""
