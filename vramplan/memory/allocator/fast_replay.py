@@ -60,6 +60,8 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
     round_large = ROUND_LARGE_BYTES >> unit
     n = len(sizes)
     cap = 2 * n + 2  # tensors, at most one segment per allocation, the sentinel
+    if ~empty_cache_op < cap:
+        raise ValueError(f"empty_cache_op {empty_cache_op}: ~it must be past every block id (ops.EMPTY_CACHE is)")
     sentinel = cap - 1
     ib = cap.bit_length()
     sh = ib + _ADDRESS_BITS
@@ -85,165 +87,154 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
     end = len(ops)
     while end and ops[end - 1] < 0 and ops[end - 1] != empty_cache_op:
         end -= 1
-    for chunk in _between_empty_caches(ops, end, empty_cache_op):
-        if chunk is None:  # release_cached_blocks: cudaFree every unsplit cached block, the large pool's first
-            for keys in (large_keys, small_keys):
-                kept = [0]
-                for k in keys[1:-1]:
-                    b = k & id_mask
-                    if prev[b] == sentinel and nxt[b] == sentinel:
-                        reserved -= (k >> sh) << unit
-                        segments -= 1
-                        addresses.give_back(((k & low_mask) >> ib) << unit)
+    for op in ops if end == len(ops) else ops[:end]:
+        if op >= 0:
+            size = (sizes[op] + round_up) >> unit  # round_size
+            sk = size << sh
+            if size <= small_max:  # get_pool: the small pool
+                i = bisect_left(small_keys, sk)  # get_free_block: best fit on (size, address)
+                k = small_keys[i]
+                if k == inf:  # alloc_block: a new kSmallBuffer segment where cudaMalloc puts it (addresses.py)
+                    b, new_block = new_block, new_block + 1
+                    address = take_address(SMALL_BUFFER_BYTES) >> unit
+                    k = (SMALL_BUFFER_BYTES >> unit) << sh | address << ib | b
+                    small_keys.insert(i, k)
+                    reserved += SMALL_BUFFER_BYTES
+                    segments += 1
+                    peak_allocated = max(peak_allocated, watch)
+                    if reserved > peak_reserved:
+                        peak_reserved, at_top, watch = reserved, True, allocated
                     else:
-                        kept.append(k)
-                kept.append(inf)
-                keys[:] = kept
-            peak_allocated = max(peak_allocated, watch)
-            at_top = reserved == peak_reserved
-            watch = at_peak[0] if at_top else peak_allocated
-            continue
-        for op in chunk:
-            if op >= 0:
-                size = (sizes[op] + round_up) >> unit  # round_size
-                sk = size << sh
-                if size <= small_max:  # get_pool: the small pool
-                    i = bisect_left(small_keys, sk)  # get_free_block: best fit on (size, address)
-                    k = small_keys[i]
-                    if k == inf:  # alloc_block: a new kSmallBuffer segment where cudaMalloc puts it (addresses.py)
-                        b, new_block = new_block, new_block + 1
-                        address = take_address(SMALL_BUFFER_BYTES) >> unit
-                        k = (SMALL_BUFFER_BYTES >> unit) << sh | address << ib | b
-                        small_keys.insert(i, k)
-                        reserved += SMALL_BUFFER_BYTES
-                        segments += 1
-                        peak_allocated = max(peak_allocated, watch)
-                        if reserved > peak_reserved:
-                            peak_reserved, at_top, watch = reserved, True, allocated
-                        else:
-                            at_top = reserved == peak_reserved
-                            watch = at_peak[0] if at_top else peak_allocated
-                    b = k & id_mask
-                    rest = k - sk
-                    if rest >= one:  # should_split: >= kMinBlockSize left; the rest starts size units higher
-                        rest += sk >> _ADDRESS_BITS
-                        if rest > small_keys[i - 1]:
-                            small_keys[i] = rest
-                        else:
-                            del small_keys[i]
-                            insort(small_keys, rest, 1, i)
-                        key[b] = rest
-                        key[op] = b - op - (k & low_mask) - sk
-                        p = prev[op] = prev[b]
-                        nxt[p] = op
-                        nxt[op] = b
-                        prev[b] = op
+                        at_top = reserved == peak_reserved
+                        watch = at_peak[0] if at_top else peak_allocated
+                b = k & id_mask
+                rest = k - sk
+                if rest >= one:  # should_split: >= kMinBlockSize left; the rest starts size units higher
+                    rest += sk >> _ADDRESS_BITS
+                    if rest > small_keys[i - 1]:
+                        small_keys[i] = rest
                     else:
                         del small_keys[i]
-                        key[op] = b - op - k
-                        p = prev[op] = prev[b]
-                        nxt[p] = op
-                        after = nxt[op] = nxt[b]
-                        prev[after] = op
-                    allocated += size
-                else:  # the large pool
-                    i = bisect_left(large_keys, sk)
-                    k = large_keys[i]
-                    if k == inf:  # get_allocation_size: kLargeBuffer below kMinLargeAlloc, else in kRoundLarge steps
-                        seg = LARGE_BUFFER_BYTES >> unit if size < min_large else -(-size // round_large) * round_large
-                        b, new_block = new_block, new_block + 1
-                        address = take_address(seg << unit) >> unit
-                        k = seg << sh | address << ib | b
-                        large_keys.insert(i, k)
-                        reserved += seg << unit
-                        segments += 1
-                        peak_allocated = max(peak_allocated, watch)
-                        if reserved > peak_reserved:
-                            peak_reserved, at_top, watch = reserved, True, allocated
-                        else:
-                            at_top = reserved == peak_reserved
-                            watch = at_peak[0] if at_top else peak_allocated
-                    b = k & id_mask
-                    rest = k - sk
-                    if rest > large_split:  # should_split: more than kSmallSize left
-                        rest += sk >> _ADDRESS_BITS
-                        if rest > large_keys[i - 1]:
-                            large_keys[i] = rest
-                        else:
-                            del large_keys[i]
-                            insort(large_keys, rest, 1, i)
-                        key[b] = rest
-                        key[op] = b - op - (k & low_mask) - sk
-                        p = prev[op] = prev[b]
-                        nxt[p] = op
-                        nxt[op] = b
-                        prev[b] = op
-                        allocated += size
-                    else:  # the whole block
+                        insort(small_keys, rest, 1, i)
+                    key[b] = rest
+                    key[op] = b - op - (k & low_mask) - sk
+                    p = prev[op] = prev[b]
+                    nxt[p] = op
+                    nxt[op] = b
+                    prev[b] = op
+                else:
+                    del small_keys[i]
+                    key[op] = b - op - k
+                    p = prev[op] = prev[b]
+                    nxt[p] = op
+                    after = nxt[op] = nxt[b]
+                    prev[after] = op
+                allocated += size
+            else:  # the large pool
+                i = bisect_left(large_keys, sk)
+                k = large_keys[i]
+                if k == inf:  # get_allocation_size: kLargeBuffer below kMinLargeAlloc, else in kRoundLarge steps
+                    seg = LARGE_BUFFER_BYTES >> unit if size < min_large else -(-size // round_large) * round_large
+                    b, new_block = new_block, new_block + 1
+                    address = take_address(seg << unit) >> unit
+                    k = seg << sh | address << ib | b
+                    large_keys.insert(i, k)
+                    reserved += seg << unit
+                    segments += 1
+                    peak_allocated = max(peak_allocated, watch)
+                    if reserved > peak_reserved:
+                        peak_reserved, at_top, watch = reserved, True, allocated
+                    else:
+                        at_top = reserved == peak_reserved
+                        watch = at_peak[0] if at_top else peak_allocated
+                b = k & id_mask
+                rest = k - sk
+                if rest > large_split:  # should_split: more than kSmallSize left
+                    rest += sk >> _ADDRESS_BITS
+                    if rest > large_keys[i - 1]:
+                        large_keys[i] = rest
+                    else:
                         del large_keys[i]
-                        key[op] = b - op - k
-                        p = prev[op] = prev[b]
-                        nxt[p] = op
-                        after = nxt[op] = nxt[b]
-                        prev[after] = op
-                        allocated += k >> sh
-                if allocated > watch:
-                    watch = allocated
-                    if at_top:
-                        at_peak = (allocated, small_keys[-2], large_keys[-2])
-            else:  # free_block: merge with free neighbours (try_merge_blocks), back to the pool
-                b = ~op
+                        insort(large_keys, rest, 1, i)
+                    key[b] = rest
+                    key[op] = b - op - (k & low_mask) - sk
+                    p = prev[op] = prev[b]
+                    nxt[p] = op
+                    nxt[op] = b
+                    prev[b] = op
+                    allocated += size
+                else:  # the whole block
+                    del large_keys[i]
+                    key[op] = b - op - k
+                    p = prev[op] = prev[b]
+                    nxt[p] = op
+                    after = nxt[op] = nxt[b]
+                    prev[after] = op
+                    allocated += k >> sh
+            if allocated > watch:
+                watch = allocated
+                if at_top:
+                    at_peak = (allocated, small_keys[-2], large_keys[-2])
+        else:  # free_block: merge with free neighbours (try_merge_blocks), back to the pool
+            b = ~op
+            try:
                 k = -key[b]
-                allocated -= k >> sh
-                keys = small_keys if k < small_key else large_keys
-                after = nxt[b]
-                k_after = key[after]
-                p = prev[b]
-                k_prev = key[p]
-                if k_after > 0:  # b takes in the free block after it
-                    k += k_after - (k_after & low_mask)
-                    after = nxt[b] = nxt[after]
-                    prev[after] = b
-                    j = bisect_left(keys, k_after)
-                    if k_prev <= 0:
-                        if keys[j + 1] > k:
-                            keys[j] = k
+            except IndexError:  # ~empty_cache_op is past every block: release_cached_blocks, cudaFree every
+                if op != empty_cache_op:  # unsplit cached block, the large pool's first
+                    raise
+                for keys in (large_keys, small_keys):
+                    kept = [0]
+                    for k in keys[1:-1]:
+                        b = k & id_mask
+                        if prev[b] == sentinel and nxt[b] == sentinel:
+                            reserved -= (k >> sh) << unit
+                            segments -= 1
+                            addresses.give_back(((k & low_mask) >> ib) << unit)
                         else:
-                            del keys[j]
-                            insort(keys, k, j)
-                        key[b] = k
-                        continue
-                    del keys[j]
-                if k_prev > 0:  # the free block before b takes b in
-                    k = k_prev + k - (k & low_mask)
-                    nxt[p] = after
-                    prev[after] = p
-                    j = bisect_left(keys, k_prev)
+                            kept.append(k)
+                    kept.append(inf)
+                    keys[:] = kept
+                peak_allocated = max(peak_allocated, watch)
+                at_top = reserved == peak_reserved
+                watch = at_peak[0] if at_top else peak_allocated
+                continue
+            allocated -= k >> sh
+            keys = small_keys if k < small_key else large_keys
+            after = nxt[b]
+            k_after = key[after]
+            p = prev[b]
+            k_prev = key[p]
+            if k_after > 0:  # b takes in the free block after it
+                k += k_after - (k_after & low_mask)
+                after = nxt[b] = nxt[after]
+                prev[after] = b
+                j = bisect_left(keys, k_after)
+                if k_prev <= 0:
                     if keys[j + 1] > k:
                         keys[j] = k
                     else:
                         del keys[j]
                         insort(keys, k, j)
-                    key[p] = k
-                else:
                     key[b] = k
-                    insort(keys, k)
+                    continue
+                del keys[j]
+            if k_prev > 0:  # the free block before b takes b in
+                k = k_prev + k - (k & low_mask)
+                nxt[p] = after
+                prev[after] = p
+                j = bisect_left(keys, k_prev)
+                if keys[j + 1] > k:
+                    keys[j] = k
+                else:
+                    del keys[j]
+                    insort(keys, k, j)
+                key[p] = k
+            else:
+                key[b] = k
+                insort(keys, k)
     peak_allocated = max(peak_allocated, watch)
     alloc_units, k_small, k_large = at_peak
     alloc_bytes = alloc_units << unit
     largest = (max(k_small, k_large) >> sh) << unit  # cacheInfo's largest free block
     return peak_reserved, (alloc_bytes, peak_reserved - alloc_bytes, largest), peak_allocated << unit, segments
 
-
-def _between_empty_caches(ops: list[int], end: int, empty_cache_op: int) -> list[list[int] | None]:
-    """ops[:end] as the stretches between empty_cache ops, None standing for each of those."""
-    out: list[list[int] | None] = []
-    start = 0
-    while True:
-        try:
-            at = ops.index(empty_cache_op, start, end)
-        except ValueError:
-            out.append(ops[start:end])
-            return out
-        out += [ops[start:at], None]
-        start = at + 1
