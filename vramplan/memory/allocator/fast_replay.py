@@ -15,9 +15,9 @@ How the loop holds the allocator (sizes and addresses in 512-byte units, kMinBlo
   comes out of the key's low bits. Each pool keeps its keys in a list between two sentinels, 0 (below any request,
   so ``keys[i - 1]`` always exists and ``keys[-2]`` is the largest free block, 0 if none) and INF (above every key:
   a bisect that lands on it found no block).
-* ``key[b]`` is block b's key while it is free, minus it while it is allocated; ``prev[b]`` / ``nxt[b]`` its
-  neighbours in its segment (the sentinel block, whose key is 0, where there is none). A freed block merges with a
-  neighbour whose key is positive.
+* ``key[b]`` is block b's key while it is free and 0 while it is allocated (its key is then ``taken[b]``);
+  ``prev[b]`` / ``nxt[b]`` its neighbours in its segment (the sentinel block, key 0, where there is none). A freed
+  block merges with a neighbour whose key is not 0.
 * The block allocated for tensor i is block i (a found block keeps its id for the remainder it splits off, or gives
   its place to i when it is used whole); segments made by cudaMalloc take ids after the tensors'.
 * A split whose remainder still sorts where the found block sat, and a merge whose block still sorts where its
@@ -68,10 +68,10 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
     id_mask = (1 << ib) - 1
     low_mask = (1 << sh) - 1  # a key's address and block
     one = 1 << sh  # a key of one unit
-    small_key = (small_max + 1) << sh  # the keys of small-pool blocks are below it
     large_split = small_max << sh | low_mask  # a large-pool remainder above it is split off
     inf = 1 << (sh + 64)
-    key = [0] * cap
+    key = [0] * cap  # a free block's key; 0 for an allocated one (and the sentinel)
+    taken = [0] * cap  # an allocated block's key
     prev = [sentinel] * cap
     nxt = [sentinel] * cap
     small_keys, large_keys = [0, inf], [0, inf]
@@ -94,7 +94,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
             if size <= small_max:  # get_pool: the small pool
                 i = bisect_left(small_keys, sk)  # get_free_block: best fit on (size, address)
                 k = small_keys[i]
-                if k == inf:  # alloc_block: a new kSmallBuffer segment where cudaMalloc puts it (addresses.py)
+                if k is inf:  # alloc_block: a new kSmallBuffer segment where cudaMalloc puts it (addresses.py)
                     b, new_block = new_block, new_block + 1
                     address = take_address(SMALL_BUFFER_BYTES) >> unit
                     k = (SMALL_BUFFER_BYTES >> unit) << sh | address << ib | b
@@ -117,14 +117,14 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                         del small_keys[i]
                         insort(small_keys, rest, 1, i)
                     key[b] = rest
-                    key[op] = b - op - (k & low_mask) - sk
+                    taken[op] = sk + (k & low_mask) - b + op
                     p = prev[op] = prev[b]
                     nxt[p] = op
                     nxt[op] = b
                     prev[b] = op
                 else:
                     del small_keys[i]
-                    key[op] = b - op - k
+                    taken[op] = k - b + op
                     p = prev[op] = prev[b]
                     nxt[p] = op
                     after = nxt[op] = nxt[b]
@@ -133,7 +133,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
             else:  # the large pool
                 i = bisect_left(large_keys, sk)
                 k = large_keys[i]
-                if k == inf:  # get_allocation_size: kLargeBuffer below kMinLargeAlloc, else in kRoundLarge steps
+                if k is inf:  # get_allocation_size: kLargeBuffer below kMinLargeAlloc, else in kRoundLarge steps
                     seg = LARGE_BUFFER_BYTES >> unit if size < min_large else -(-size // round_large) * round_large
                     b, new_block = new_block, new_block + 1
                     address = take_address(seg << unit) >> unit
@@ -157,7 +157,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                         del large_keys[i]
                         insort(large_keys, rest, 1, i)
                     key[b] = rest
-                    key[op] = b - op - (k & low_mask) - sk
+                    taken[op] = sk + (k & low_mask) - b + op
                     p = prev[op] = prev[b]
                     nxt[p] = op
                     nxt[op] = b
@@ -165,7 +165,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                     allocated += size
                 else:  # the whole block
                     del large_keys[i]
-                    key[op] = b - op - k
+                    taken[op] = k - b + op
                     p = prev[op] = prev[b]
                     nxt[p] = op
                     after = nxt[op] = nxt[b]
@@ -178,7 +178,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
         else:  # free_block: merge with free neighbours (try_merge_blocks), back to the pool
             b = ~op
             try:
-                k = -key[b]
+                k = taken[b]
             except IndexError:  # ~empty_cache_op is past every block: release_cached_blocks, cudaFree every
                 if op != empty_cache_op:  # unsplit cached block, the large pool's first
                     raise
@@ -198,18 +198,19 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                 at_top = reserved == peak_reserved
                 watch = at_peak[0] if at_top else peak_allocated
                 continue
-            allocated -= k >> sh
-            keys = small_keys if k < small_key else large_keys
+            size = k >> sh
+            allocated -= size
+            keys = small_keys if size <= small_max else large_keys
             after = nxt[b]
             k_after = key[after]
             p = prev[b]
             k_prev = key[p]
-            if k_after > 0:  # b takes in the free block after it
+            if k_after:  # b takes in the free block after it
                 k += k_after - (k_after & low_mask)
                 after = nxt[b] = nxt[after]
                 prev[after] = b
                 j = bisect_left(keys, k_after)
-                if k_prev <= 0:
+                if not k_prev:
                     if keys[j + 1] > k:
                         keys[j] = k
                     else:
@@ -218,7 +219,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                     key[b] = k
                     continue
                 del keys[j]
-            if k_prev > 0:  # the free block before b takes b in
+            if k_prev:  # the free block before b takes b in
                 k = k_prev + k - (k & low_mask)
                 nxt[p] = after
                 prev[after] = p
