@@ -77,9 +77,9 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
     small_keys, large_keys = [0, inf], [0, inf]
     allocated = reserved = peak_allocated = peak_reserved = 0
     # allocated and the two pools' largest free keys when reserved last peaked (or allocated last rose while it was)
-    at_peak = (0, 0, 0)
+    at_alloc = at_small = at_large = 0
     at_top = True  # reserved == peak_reserved
-    watch = 0  # an allocation above it updates the peaks: at_peak[0] at the top, else peak_allocated
+    watch = 0  # an allocation above it updates the peaks: at_alloc at the top, else peak_allocated
     new_block, segments = n, 0
     addresses = DeviceAddresses()
     take_address = addresses.take
@@ -106,7 +106,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                         peak_reserved, at_top, watch = reserved, True, allocated
                     else:
                         at_top = reserved == peak_reserved
-                        watch = at_peak[0] if at_top else peak_allocated
+                        watch = at_alloc if at_top else peak_allocated
                 b = k & id_mask
                 rest = k - sk
                 if rest >= one:  # should_split: >= kMinBlockSize left; the rest starts size units higher
@@ -146,7 +146,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                         peak_reserved, at_top, watch = reserved, True, allocated
                     else:
                         at_top = reserved == peak_reserved
-                        watch = at_peak[0] if at_top else peak_allocated
+                        watch = at_alloc if at_top else peak_allocated
                 b = k & id_mask
                 rest = k - sk
                 if rest > large_split:  # should_split: more than kSmallSize left
@@ -174,7 +174,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
             if allocated > watch:
                 watch = allocated
                 if at_top:
-                    at_peak = (allocated, small_keys[-2], large_keys[-2])
+                    at_alloc, at_small, at_large = allocated, small_keys[-2], large_keys[-2]
         else:  # free_block: merge with free neighbours (try_merge_blocks), back to the pool
             b = ~op
             try:
@@ -196,7 +196,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                     keys[:] = kept
                 peak_allocated = max(peak_allocated, watch)
                 at_top = reserved == peak_reserved
-                watch = at_peak[0] if at_top else peak_allocated
+                watch = at_alloc if at_top else peak_allocated
                 continue
             size = k >> sh
             allocated -= size
@@ -234,8 +234,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                 key[b] = k
                 insort(keys, k)
     peak_allocated = max(peak_allocated, watch)
-    alloc_units, k_small, k_large = at_peak
-    alloc_bytes = alloc_units << unit
-    largest = (max(k_small, k_large) >> sh) << unit  # cacheInfo's largest free block
+    alloc_bytes = at_alloc << unit
+    largest = (max(at_small, at_large) >> sh) << unit  # cacheInfo's largest free block
     return peak_reserved, (alloc_bytes, peak_reserved - alloc_bytes, largest), peak_allocated << unit, segments
 
