@@ -102,7 +102,8 @@ class LoadSteps:
         bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // up), seq.alloc(residual // up), head]
         if up == 1:
             return
-        seq.replace_all([seq.sizes[i] * 2 for i in bf16_params], bf16_params)  # param.data = param.data.to(torch.float32)
+        # param.data = param.data.to(torch.float32), parameter by parameter
+        seq.replace_all([seq.sizes[i] * 2 for i in bf16_params], bf16_params)
         seq.empty_cache()
 
     def _load_quantized_layer(self, layer: list[tuple[str, list[int], int]], up: int) -> tuple[list[int]]:
