@@ -72,3 +72,14 @@ def test_best_fit_breaks_a_size_tie_by_address_so_the_later_segment_is_split():
     assert c.addr == second.addr
     a.empty_cache()  # both segments are split now: nothing to release (with the first's free 40 taken, 40 would go)
     assert a.reserved == 100 * MIB
+
+
+def test_a_room_is_used_from_its_bottom_up_and_room_freed_next_to_it_joins_it():
+    va, _ = _after_first()
+    twenty = va.take(20 * MIB)  # 12 MiB room above it
+    smalls = [va.take(2 * MIB) for _ in range(3)]
+    assert smalls == [twenty + 20 * MIB, twenty + 22 * MIB, twenty + 24 * MIB]  # the room shrinks from below
+    va.give_back(smalls[1])  # 2 MiB of room below the 6 MiB left: two rooms of one run, apart
+    assert va.take(4 * MIB) == twenty + 26 * MIB  # the 2 MiB hole does not hold it
+    va.give_back(smalls[2])  # joins the hole below it: 4 MiB of room, below the 2 MiB left at the chunk's top
+    assert va.take(4 * MIB) == twenty + 22 * MIB

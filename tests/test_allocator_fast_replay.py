@@ -53,3 +53,47 @@ def test_fast_replay_equals_the_class_on_random_traces(seed):
         else:
             ops.append(~live.pop(rng.randrange(len(live))))
     assert replay_default(sizes, ops, EMPTY_CACHE) == _by_class(sizes, ops)
+
+
+
+MIB = 2**20
+KIB = 2**10
+
+
+def _both(sizes: list[int], ops: list[int]):
+    fast = replay_default(sizes, ops, EMPTY_CACHE)
+    assert fast == _by_class(sizes, ops)
+    return fast
+
+
+def test_a_large_remainder_smaller_than_another_free_block_is_sorted_before_it():
+    # one 20 MiB segment: 5 MiB freed behind a live 4 MiB block, 11 MiB free after it; 8 MiB splits the 11 MiB block
+    # (the 5 MiB one is too small), its 3 MiB rest now sorts below the 5 MiB block: 3 MiB takes it, 5 MiB the other
+    sizes = [5 * MIB, 4 * MIB, 8 * MIB, 3 * MIB, 5 * MIB]
+    assert _both(sizes, [0, 1, ~0, 2, 3, 4]) == (20 * MIB, (20 * MIB, 0, 0), 20 * MIB, 1)
+
+
+def test_a_small_remainder_smaller_than_another_free_block_is_sorted_before_it():
+    # the same in one 2 MiB small-pool segment: 512 KiB freed behind 256 KiB, 1 MiB splits the 1.25 MiB block
+    sizes = [512 * KIB, 256 * KIB, MIB, 256 * KIB, 512 * KIB]
+    assert _both(sizes, [0, 1, ~0, 2, 3, 4]) == (2 * MIB, (2 * MIB, 0, 0), 2 * MIB, 1)
+
+
+def test_neighbours_freed_in_any_order_merge_into_one_block_as_the_class_merges_them():
+    sizes = [3 * MIB, 4 * MIB, 5 * MIB, 7 * MIB, 12 * MIB, 6 * MIB]
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2], [1, 2, 0], [0, 2, 1], [2, 0, 1]):
+        # the 7 MiB request takes the segment's last 8 MiB whole; once all four are free, 12 and 6 MiB split the
+        # merged 20 MiB block
+        assert _both(sizes, [0, 1, 2, 3, ~3, *[~i for i in order], 4, 5]) == (20 * MIB, (20 * MIB, 0, 0), 20 * MIB, 1)
+
+
+def test_allocations_at_a_reserved_peak_reached_again_after_empty_cache_move_its_snapshot():
+    # 20 + 30 + 20 MiB reserved at 55 MiB allocated; the 30 MiB segment freed and released, then made again: reserved
+    # is back at its peak, and the 6 MiB request (split from the 15 MiB left in a 20 MiB segment) is the last rise
+    sizes = [20 * MIB, 30 * MIB, 5 * MIB, 30 * MIB, 6 * MIB]
+    assert _both(sizes, [0, 1, 2, ~1, EMPTY_CACHE, 3, 4]) == (70 * MIB, (61 * MIB, 9 * MIB, 9 * MIB), 61 * MIB, 3)
+
+
+def test_an_empty_cache_op_that_could_be_a_free_is_refused():
+    with pytest.raises(ValueError, match="empty_cache_op"):
+        replay_default([512], [0, -2], -2)

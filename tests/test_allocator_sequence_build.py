@@ -9,7 +9,7 @@ import pytest
 from gpu_catalog import find_gpu
 from vramplan.errors import VramplanError
 from vramplan.estimator import CALIBRATED_DEFAULTS, _terms
-from vramplan.memory.allocator import sequence
+from vramplan.memory.allocator import sequence, tensors
 from vramplan.memory.allocator.ops import EMPTY_CACHE, Sequence, live_bytes, live_peaks
 from vramplan.memory.allocator.simulated import check_reserved_rule
 from vramplan.models import resolve_model
@@ -149,3 +149,24 @@ def test_live_peaks_counts_repeated_layers_by_their_excursion_as_op_by_op(name, 
     ]:
         within = [max(live[a - 1] if a else 0, max(live[a:e], default=0)) for a, e in ranges]
         assert live_peaks(seq, ranges) == (max(0, *live), within)
+
+
+def test_spread_puts_the_kth_tensor_in_layer_k_times_layers_over_count():
+    for layers in (1, 2, 3, 7, 32, 61):
+        for count in (0, 1, layers - 1, layers, layers + 1, 2 * layers, 5 * layers + 3, 128 * layers):
+            expected = [0] * layers
+            for k in range(count):
+                expected[k * layers // count] += 1
+            assert tensors.spread(count, layers) == expected
+    assert tensors.spread(3, 4) == [1, 1, 1, 0] and tensors.spread(6, 4) == [2, 1, 2, 1]
+
+
+def test_replace_all_is_each_copy_made_then_its_original_freed():
+    fast, slow = Sequence(), Sequence()
+    for seq in (fast, slow):
+        seq.alloc_all([8, 0, 6])
+    assert list(fast.replace_all([16, 4, 0], [0, 1, 2])) == [3, 4, 5]
+    for x, old in zip([16, 4, 0], [0, 1, 2]):
+        slow.alloc(x)
+        slow.free(old)
+    assert fast == slow and fast.ops == [0, 2, 3, ~0, 4, ~2]

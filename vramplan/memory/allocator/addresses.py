@@ -57,13 +57,17 @@ class DeviceAddresses:
 
     def take(self, nbytes: int) -> int:
         size = -(-nbytes // PAGE_BYTES) * PAGE_BYTES
-        if self._room_sizes and self._room_sizes[-1] >= size:  # rule 2: the lowest room that holds it
-            for i, (addr, room, run) in enumerate(self._rooms):
+        room_sizes = self._room_sizes
+        if room_sizes and room_sizes[-1] >= size:  # rule 2: the lowest room that holds it
+            rooms = self._rooms
+            for i, (addr, room, run) in enumerate(rooms):
                 if room >= size:
-                    del self._rooms[i]
-                    self._room_sizes.pop(bisect_left(self._room_sizes, room))
-                    if room > size:
-                        self._add_room(addr + size, room - size, run)
+                    del room_sizes[bisect_left(room_sizes, room)]
+                    if room > size:  # the rest stays room, in the same place (no room of its run touches it)
+                        rooms[i] = (addr + size, room - size, run)
+                        insort(room_sizes, room - size)
+                    else:
+                        del rooms[i]
                     self._runs[run][1] += 1
                     self._segments[addr] = (run, size)
                     return addr
@@ -73,12 +77,12 @@ class DeviceAddresses:
             base = self._take_chunks(chunks)
             addr = base + chunks - size
             if addr > base:
-                self._add_room(base, addr - base, base)
+                self._new_room(base, addr - base, base)
         else:  # rule 1: new chunks, the segment at their bottom, the rest room
             chunks = -(-size // CHUNK_BYTES) * CHUNK_BYTES
             base = addr = self._take_chunks(chunks)
             if chunks > size:
-                self._add_room(base + size, chunks - size, base)
+                self._new_room(base + size, chunks - size, base)
         self._runs[base] = [base + chunks, 1]
         self._segments[addr] = (base, size)
         return addr
@@ -120,8 +124,13 @@ class DeviceAddresses:
         else:
             self._free.insert(i, [start, end])
 
+    def _new_room(self, addr: int, size: int, run: int) -> None:
+        """Room in a run just taken (so no other room of it to merge with)."""
+        insort(self._rooms, (addr, size, run))
+        insort(self._room_sizes, size)
+
     def _add_room(self, addr: int, size: int, run: int) -> None:
-        """Room in `run`, merged with the room of that run right below or above it."""
+        """Room in `run`, merged with the room of that run right below or above it (rooms of one run never touch)."""
         i = bisect_left(self._rooms, (addr,))
         if i < len(self._rooms) and self._rooms[i][2] == run and self._rooms[i][0] == addr + size:
             size += self._rooms[i][1]

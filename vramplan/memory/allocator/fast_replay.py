@@ -3,18 +3,32 @@
 The same rules as caching.py (``c10/cuda/CUDACachingAllocator.cpp``: round_size, get_pool, get_free_block,
 should_split, alloc_found_block, free_block / try_merge_blocks, release_cached_blocks, get_allocation_size),
 restricted to what an estimate replays: one stream, no expandable segments, no memory cap,
-``max_split_size_mb`` unset. Inlined into one function over integer keys (size << 48 | address, the
-BlockComparatorSize order for one stream), each pool with its own branch and the blocks' fields in lists of
-integers (no object per block, so nothing for the cyclic garbage collector, which otherwise ran a few ms per 8B
-replay), it runs about 2.5 times as fast as the class; the result is the same to the byte
-(tests/test_allocator_fast_replay.py replays every shipped run's sequence and random traces through both).
+``max_split_size_mb`` unset. Inlined into one function over integers (no object per block, so nothing for the cyclic
+garbage collector, which otherwise ran a few ms per 8B replay), it takes about 0.5 µs per event on a 7-8B sequence,
+2.3 times as fast as the class; the result is the same to the byte (tests/test_allocator_fast_replay.py replays every
+shipped run's sequence, hand-built and random traces through both).
+
+How the loop holds the allocator (sizes and addresses in 512-byte units, kMinBlockSize: every block is a multiple):
+
+* A free block is its key, ``size << SH | address << IB | block``: sorted keys are BlockComparatorSize's order for
+  one stream (size, then address; two free blocks never share an address), so best fit is one bisect, and the block
+  comes out of the key's low bits. Each pool keeps its keys in a list between two sentinels, 0 (below any request,
+  so ``keys[i - 1]`` always exists and ``keys[-2]`` is the largest free block, 0 if none) and INF (above every key:
+  a bisect that lands on it found no block).
+* ``key[b]`` is block b's key while it is free and 0 while it is allocated (its key is then ``taken[b]``);
+  ``prev[b]`` / ``nxt[b]`` its neighbours in its segment (the sentinel block, key 0, where there is none). A freed
+  block merges with a neighbour whose key is not 0.
+* The block allocated for tensor i is block i (a found block keeps its id for the remainder it splits off, or gives
+  its place to i when it is used whole); segments made by cudaMalloc take ids after the tensors'.
+* A split whose remainder still sorts where the found block sat, and a merge whose block still sorts where its
+  neighbour sat, overwrite that key in place instead of deleting and inserting one (the same sorted list).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
 
-from .addresses import DeviceAddresses
+from .addresses import TOP_ADDRESS, DeviceAddresses
 from .blocks import (
     LARGE_BUFFER_BYTES,
     MIN_BLOCK_BYTES,
@@ -24,174 +38,203 @@ from .blocks import (
     SMALL_SIZE_BYTES,
 )
 
-#: a free block's key: its size above this many bits, its (virtual) address below
-_ADDR_BITS = 48
+#: sizes and addresses in units of kMinBlockSize (512 bytes, a power of two): round_size is a ceiling division
+_UNIT_BITS = MIN_BLOCK_BYTES.bit_length() - 1
+#: bits of a unit address (addresses.py keeps every address below TOP_ADDRESS)
+_ADDRESS_BITS = (TOP_ADDRESS >> _UNIT_BITS).bit_length()
 
 
 def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
     """(peak reserved, (allocated, free in segments, largest free block) when reserved last peaked, peak allocated,
-    segments) of replaying `ops` (i >= 0 allocates tensor i of sizes[i], ~i frees it, empty_cache_op empties the
-    cache) through DeviceCachingAllocator with the default settings.
+    segments) of replaying `ops` (i >= 0 allocates tensor i of sizes[i] > 0 bytes, ~i frees it, empty_cache_op empties
+    the cache; each tensor allocated at most once, freed only while allocated, as ops.Sequence makes them) through
+    DeviceCachingAllocator with the default settings. The frees after the last allocation or empty_cache change none
+    of the results and are left out.
 
-    Block b (blocks.Block with what one stream without expandable segments needs) is address[b], size[b], prev[b] and
-    next[b] (the neighbouring blocks, -1 for none) and used[b] (allocated). An allocated block of at most kSmallSize
-    is a small-pool one: the small pool splits off every remainder (should_split), the large pool serves only larger
-    requests."""
-    shift, min_block, small_max = _ADDR_BITS, MIN_BLOCK_BYTES, SMALL_SIZE_BYTES
-    round_mask = MIN_BLOCK_BYTES - 1  # round_size up to a multiple of kMinBlockSize, a power of two
-    small_keys: list[int] = []
-    small_blocks: dict[int, int] = {}  # key -> free block
-    large_keys: list[int] = []
-    large_blocks: dict[int, int] = {}
-    address: list[int] = []
-    size_of: list[int] = []
-    prev: list[int] = []
-    nxt: list[int] = []
-    used: list[bool] = []
-    blocks = [0] * len(sizes)  # tensor -> its block
+    The small pool (requests of at most kSmallSize) splits off every remainder, the large pool only one of more than
+    kSmallSize (should_split), so an allocated block of at most kSmallSize is a small-pool one."""
+    unit = _UNIT_BITS
+    round_up = (1 << unit) - 1
+    small_max = SMALL_SIZE_BYTES >> unit
+    min_large = MIN_LARGE_ALLOC_BYTES >> unit
+    round_large = ROUND_LARGE_BYTES >> unit
+    n = len(sizes)
+    cap = 2 * n + 2  # tensors, at most one segment per allocation, the sentinel
+    if ~empty_cache_op < cap:
+        raise ValueError(f"empty_cache_op {empty_cache_op}: ~it must be past every block id (ops.EMPTY_CACHE is)")
+    sentinel = cap - 1
+    ib = cap.bit_length()
+    sh = ib + _ADDRESS_BITS
+    id_mask = (1 << ib) - 1
+    low_mask = (1 << sh) - 1  # a key's address and block
+    one = 1 << sh  # a key of one unit
+    large_split = small_max << sh | low_mask  # a large-pool remainder above it is split off
+    inf = 1 << (sh + 64)
+    key = [0] * cap  # a free block's key; 0 for an allocated one (and the sentinel)
+    taken = [0] * n  # an allocated block's key (allocated blocks are tensors')
+    prev = [sentinel] * cap
+    nxt = [sentinel] * cap
+    small_keys, large_keys = [0, inf], [0, inf]
     allocated = reserved = peak_allocated = peak_reserved = 0
-    at_peak = (0, 0, 0)
-    at_peak_allocated = 0  # at_peak[0]
-    segments = 0
+    # allocated and the two pools' largest free keys when reserved last peaked (or allocated last rose while it was)
+    at_alloc = at_small = at_large = 0
+    at_top = True  # reserved == peak_reserved
+    watch = 0  # an allocation above it updates the peaks: at_alloc at the top, else peak_allocated
+    new_block, segments = n, 0
     addresses = DeviceAddresses()
     take_address = addresses.take
-    end = len(ops)  # the frees after the last allocation or empty_cache change none of the results: left out
+
+    end = len(ops)
     while end and ops[end - 1] < 0 and ops[end - 1] != empty_cache_op:
         end -= 1
-
     for op in ops if end == len(ops) else ops[:end]:
         if op >= 0:
-            nbytes = sizes[op]
-            size = nbytes + (-nbytes & round_mask) if nbytes > min_block else min_block  # round_size
+            size = (sizes[op] + round_up) >> unit  # round_size
+            sk = size << sh
             if size <= small_max:  # get_pool: the small pool
-                i = bisect_left(small_keys, size << shift)
-                if i < len(small_keys):  # get_free_block: best fit on (size, address)
-                    b = small_blocks.pop(small_keys.pop(i))
-                    remaining = size_of[b] - size
-                else:  # alloc_block: a new kSmallBuffer segment where cudaMalloc puts it (addresses.py)
-                    b = len(address)
-                    address.append(take_address(SMALL_BUFFER_BYTES))
-                    size_of.append(SMALL_BUFFER_BYTES)
-                    prev.append(-1)
-                    nxt.append(-1)
-                    used.append(True)
+                i = bisect_left(small_keys, sk)  # get_free_block: best fit on (size, address)
+                k = small_keys[i]
+                if k is inf:  # alloc_block: a new kSmallBuffer segment where cudaMalloc puts it (addresses.py)
+                    b, new_block = new_block, new_block + 1
+                    address = take_address(SMALL_BUFFER_BYTES) >> unit
+                    k = (SMALL_BUFFER_BYTES >> unit) << sh | address << ib | b
+                    small_keys.insert(i, k)
                     reserved += SMALL_BUFFER_BYTES
                     segments += 1
+                    peak_allocated = max(peak_allocated, watch)
                     if reserved > peak_reserved:
-                        peak_reserved, at_peak_allocated = reserved, allocated
-                        at_peak = (allocated, reserved - allocated, max(
-                            small_keys[-1] >> shift if small_keys else 0, large_keys[-1] >> shift if large_keys else 0
-                        ))  # fmt: skip
-                    remaining = SMALL_BUFFER_BYTES - size
-                if remaining:  # should_split: >= kMinBlockSize left (sizes are multiples of it)
-                    rest, after, at = len(address), nxt[b], address[b] + size
-                    address.append(at)
-                    size_of.append(remaining)
-                    prev.append(b)
-                    nxt.append(after)
-                    used.append(False)
-                    if after >= 0:
-                        prev[after] = rest
-                    nxt[b] = rest
-                    size_of[b] = size
-                    k = remaining << shift | at
-                    insort(small_keys, k)
-                    small_blocks[k] = rest
-                used[b] = True
+                        peak_reserved, at_top, watch = reserved, True, allocated
+                    else:
+                        at_top = reserved == peak_reserved
+                        watch = at_alloc if at_top else peak_allocated
+                b = k & id_mask
+                rest = k - sk
+                if rest >= one:  # should_split: >= kMinBlockSize left; the rest starts size units higher
+                    rest += sk >> _ADDRESS_BITS
+                    if rest > small_keys[i - 1]:
+                        small_keys[i] = rest
+                    else:
+                        del small_keys[i]
+                        insort(small_keys, rest, 1, i)
+                    key[b] = rest
+                    taken[op] = sk + (k & low_mask) - b + op
+                    p = prev[op] = prev[b]
+                    nxt[p] = op
+                    nxt[op] = b
+                    prev[b] = op
+                else:
+                    del small_keys[i]
+                    taken[op] = k - b + op
+                    p = prev[op] = prev[b]
+                    nxt[p] = op
+                    after = nxt[op] = nxt[b]
+                    prev[after] = op
                 allocated += size
             else:  # the large pool
-                i = bisect_left(large_keys, size << shift)
-                if i < len(large_keys):
-                    b = large_blocks.pop(large_keys.pop(i))
-                else:  # get_allocation_size: kLargeBuffer below kMinLargeAlloc, else the request in kRoundLarge steps
-                    if size < MIN_LARGE_ALLOC_BYTES:
-                        seg = LARGE_BUFFER_BYTES
-                    else:
-                        seg = -(-size // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
-                    b = len(address)
-                    address.append(take_address(seg))
-                    size_of.append(seg)
-                    prev.append(-1)
-                    nxt.append(-1)
-                    used.append(True)
-                    reserved += seg
+                i = bisect_left(large_keys, sk)
+                k = large_keys[i]
+                if k is inf:  # get_allocation_size: kLargeBuffer below kMinLargeAlloc, else in kRoundLarge steps
+                    seg = LARGE_BUFFER_BYTES >> unit if size < min_large else -(-size // round_large) * round_large
+                    b, new_block = new_block, new_block + 1
+                    address = take_address(seg << unit) >> unit
+                    k = seg << sh | address << ib | b
+                    large_keys.insert(i, k)
+                    reserved += seg << unit
                     segments += 1
+                    peak_allocated = max(peak_allocated, watch)
                     if reserved > peak_reserved:
-                        peak_reserved, at_peak_allocated = reserved, allocated
-                        at_peak = (allocated, reserved - allocated, max(
-                            small_keys[-1] >> shift if small_keys else 0, large_keys[-1] >> shift if large_keys else 0
-                        ))  # fmt: skip
-                remaining = size_of[b] - size
-                if remaining > small_max:  # should_split: more than kSmallSize left
-                    rest, after, at = len(address), nxt[b], address[b] + size
-                    address.append(at)
-                    size_of.append(remaining)
-                    prev.append(b)
-                    nxt.append(after)
-                    used.append(False)
-                    if after >= 0:
-                        prev[after] = rest
-                    nxt[b] = rest
-                    size_of[b] = size
-                    k = remaining << shift | at
-                    insort(large_keys, k)
-                    large_blocks[k] = rest
+                        peak_reserved, at_top, watch = reserved, True, allocated
+                    else:
+                        at_top = reserved == peak_reserved
+                        watch = at_alloc if at_top else peak_allocated
+                b = k & id_mask
+                rest = k - sk
+                if rest > large_split:  # should_split: more than kSmallSize left
+                    rest += sk >> _ADDRESS_BITS
+                    if rest > large_keys[i - 1]:
+                        large_keys[i] = rest
+                    else:
+                        del large_keys[i]
+                        insort(large_keys, rest, 1, i)
+                    key[b] = rest
+                    taken[op] = sk + (k & low_mask) - b + op
+                    p = prev[op] = prev[b]
+                    nxt[p] = op
+                    nxt[op] = b
+                    prev[b] = op
                     allocated += size
                 else:  # the whole block
-                    allocated += size_of[b]
-                used[b] = True
-            if allocated > peak_allocated:  # noqa: PLR1730 (a branch is faster than max() in this loop)
-                peak_allocated = allocated
-            if allocated > at_peak_allocated and reserved == peak_reserved:
-                at_peak_allocated = allocated
-                largest_small = small_keys[-1] >> shift if small_keys else 0  # cacheInfo's largest free block:
-                largest_large = large_keys[-1] >> shift if large_keys else 0
-                largest = largest_small if largest_small > largest_large else largest_large  # noqa: FURB136 (faster)
-                at_peak = (allocated, reserved - allocated, largest)
-            blocks[op] = b
-        elif op == empty_cache_op:  # release_cached_blocks: cudaFree every unsplit cached block
-            for keys, pool in ((large_keys, large_blocks), (small_keys, small_blocks)):
-                kept = []
-                for k in keys:
-                    b = pool[k]
-                    if prev[b] < 0 and nxt[b] < 0:
-                        del pool[k]
-                        reserved -= size_of[b]
-                        segments -= 1
-                        addresses.give_back(address[b])
-                    else:
-                        kept.append(k)
-                keys[:] = kept
+                    del large_keys[i]
+                    taken[op] = k - b + op
+                    p = prev[op] = prev[b]
+                    nxt[p] = op
+                    after = nxt[op] = nxt[b]
+                    prev[after] = op
+                    allocated += k >> sh
+            if allocated > watch:
+                watch = allocated
+                if at_top:
+                    at_alloc, at_small, at_large = allocated, small_keys[-2], large_keys[-2]
         else:  # free_block: merge with free neighbours (try_merge_blocks), back to the pool
-            b = blocks[~op]
-            used[b] = False
-            size = size_of[b]
+            b = ~op
+            try:
+                k = taken[b]
+            except IndexError:  # ~empty_cache_op is past every block: release_cached_blocks, cudaFree every
+                if op != empty_cache_op:  # unsplit cached block, the large pool's first
+                    raise
+                for keys in (large_keys, small_keys):
+                    kept = [0]
+                    for k in keys[1:-1]:
+                        b = k & id_mask
+                        if prev[b] == sentinel and nxt[b] == sentinel:
+                            reserved -= (k >> sh) << unit
+                            segments -= 1
+                            addresses.give_back(((k & low_mask) >> ib) << unit)
+                        else:
+                            kept.append(k)
+                    kept.append(inf)
+                    keys[:] = kept
+                peak_allocated = max(peak_allocated, watch)
+                at_top = reserved == peak_reserved
+                watch = at_alloc if at_top else peak_allocated
+                continue
+            size = k >> sh
             allocated -= size
-            if size <= small_max:
-                keys, pool = small_keys, small_blocks
-            else:
-                keys, pool = large_keys, large_blocks
+            keys = small_keys if size <= small_max else large_keys
+            after = nxt[b]
+            k_after = key[after]
             p = prev[b]
-            if p >= 0 and not used[p]:
-                k = size_of[p] << shift | address[p]
-                del keys[bisect_left(keys, k)]
-                del pool[k]
-                address[b] = address[p]
-                before = prev[b] = prev[p]
-                if before >= 0:
-                    nxt[before] = b
-                size += size_of[p]
-            n = nxt[b]
-            if n >= 0 and not used[n]:
-                k = size_of[n] << shift | address[n]
-                del keys[bisect_left(keys, k)]
-                del pool[k]
-                after = nxt[b] = nxt[n]
-                if after >= 0:
-                    prev[after] = b
-                size += size_of[n]
-            size_of[b] = size
-            k = size << shift | address[b]
-            insort(keys, k)
-            pool[k] = b
-    return peak_reserved, at_peak, peak_allocated, segments
+            k_prev = key[p]
+            if k_after:  # b takes in the free block after it
+                k += k_after - (k_after & low_mask)
+                after = nxt[b] = nxt[after]
+                prev[after] = b
+                j = bisect_left(keys, k_after)
+                if not k_prev:
+                    if keys[j + 1] > k:
+                        keys[j] = k
+                    else:
+                        del keys[j]
+                        insort(keys, k, j)
+                    key[b] = k
+                    continue
+                del keys[j]
+            if k_prev:  # the free block before b takes b in
+                k = k_prev + k - (k & low_mask)
+                nxt[p] = after
+                prev[after] = p
+                j = bisect_left(keys, k_prev)
+                if keys[j + 1] > k:
+                    keys[j] = k
+                else:
+                    del keys[j]
+                    insort(keys, k, j)
+                key[p] = k
+            else:
+                key[b] = k
+                insort(keys, k)
+    peak_allocated = max(peak_allocated, watch)
+    alloc_bytes = at_alloc << unit
+    largest = (max(at_small, at_large) >> sh) << unit  # cacheInfo's largest free block
+    return peak_reserved, (alloc_bytes, peak_reserved - alloc_bytes, largest), peak_allocated << unit, segments
+

@@ -66,14 +66,12 @@ class LoadSteps:
             return
         halves = layer_adapter_tensors(m, s, 2)
         modules = adapter_pairs(m, s.lora)[: len(lora_targets(m, s.lora))]
-        n = [2 * sum(spread(p.count, self.L)[k] for p in modules) for k in range(self.L)]  # per layer, target modules'
+        per_module = [spread(p.count, self.L) for p in modules] or [[0] * self.L]
+        n = [2 * sum(counts) for counts in zip(*per_module)]  # per layer, the target modules' adapters
         moved = [list(seq.alloc_all(layer[:n_k])) for layer, n_k in zip(halves, n)]
         for ids, layer, n_k in zip(moved, halves, n):  # then the target parameters'
             ids += seq.alloc_all(layer[n_k:])
-        for layer, half in zip(layers, moved):
-            for x, i in zip(layer, half, strict=True):
-                seq.alloc(x)
-                seq.free(i)
+        seq.replace_all([x for layer in layers for x in layer], [i for half in moved for i in half])
 
     def _load_checkpoint(
         self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int
@@ -111,9 +109,8 @@ class LoadSteps:
         bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // up), seq.alloc(residual // up), head]
         if up == 1:
             return
-        for i in bf16_params:  # param.data = param.data.to(torch.float32)
-            seq.alloc(seq.sizes[i] * 2)
-            seq.free(i)
+        # param.data = param.data.to(torch.float32), parameter by parameter
+        seq.replace_all([seq.sizes[i] * 2 for i in bf16_params], bf16_params)
         seq.empty_cache()
 
     def _load_quantized_layer(self, layer: list[tuple[str, list[int], int]], up: int) -> tuple[list[int]]:

@@ -42,9 +42,22 @@ class Sequence:
         return range(first, len(self.sizes))
 
     def free(self, *ids: int) -> None:
+        sizes, ops = self.sizes, self.ops
         for i in ids:
-            if self.sizes[i] > 0:
-                self.ops.append(~i)
+            if sizes[i] > 0:
+                ops.append(~i)
+
+    def replace_all(self, sizes: list[int], old: list[int]) -> range:
+        """alloc(sizes[k]) then free(old[k]), for each k in order (each tensor replaced by a copy): the copies' ids."""
+        first = len(self.sizes)
+        self.sizes += sizes
+        known, ops = self.sizes, self.ops
+        for i, j in zip(range(first, len(known)), old, strict=True):
+            if known[i] > 0:
+                ops.append(i)
+            if known[j] > 0:
+                ops.append(~j)
+        return range(first, len(known))
 
     def empty_cache(self) -> None:
         """torch.cuda.empty_cache(): release every cached segment that holds no live block."""
@@ -63,31 +76,27 @@ class Sequence:
         returns) hold a tensor it did not make."""
         first_id, first_op = since
         slot = {i: j for j, i in enumerate(inputs)}
-        if len(slot) != len(inputs) or any(i < first_id for out in outputs for i in out):
+        stretch = self.ops[first_op:]
+        if len(slot) != len(inputs) or any(i < first_id for out in outputs for i in out) or EMPTY_CACHE in stretch:
             return None
-        ops: list[int] = []
-        input_at: list[tuple[int, int]] = []
-        live = peak = 0
-        for n, op in enumerate(self.ops[first_op:]):
-            if op == EMPTY_CACHE:
-                return None
-            if (op if op >= 0 else ~op) >= first_id:  # a tensor of the stretch: its id relative to the first
-                ops.append(op - first_id if op >= 0 else op + first_id)
-            elif ~op in slot:  # the free of an input
-                ops.append(0)
-                input_at.append((n, slot[~op]))
-            else:
-                return None
-            live += self.sizes[op] if op >= 0 else -self.sizes[~op]
-            peak = max(peak, live)
+        # a tensor of the stretch by its id relative to the first (allocations are all of its own tensors), a free of
+        # a tensor made before it (~i >= ~first_id, so op + first_id >= 0) by 0, at the input's place
+        ops = [op - first_id if op >= 0 else op + first_id for op in stretch]
+        input_at = [(n, slot.get(~op)) for n, op in enumerate(stretch) if op < 0 and ~op < first_id]
+        if any(j is None for _, j in input_at):
+            return None
+        for n, _ in input_at:
+            ops[n] = 0
+        sizes = self.sizes
+        live = list(accumulate([sizes[op] if op >= 0 else -sizes[~op] for op in stretch], initial=0))
         return Template(
-            sizes=self.sizes[first_id:],
+            sizes=sizes[first_id:],
             ops=ops,
             input_at=input_at,
-            input_sizes=[self.sizes[i] for i in inputs],
+            input_sizes=[sizes[i] for i in inputs],
             outputs=tuple([i - first_id for i in out] for out in outputs),
-            net_bytes=live,
-            peak_bytes=peak,
+            net_bytes=live[-1],
+            peak_bytes=max(live),
         )
 
     def repeat(self, template: Template, inputs: list[int]) -> tuple[list[int], ...] | None:

@@ -4,8 +4,8 @@ torch optimizers create their states lazily, in the first step() (adam.py::_init
 order for each of the Trainer's param groups; the step's temporaries are freed when it ends, and
 zero_grad(set_to_none=True) frees the gradients.
 
-A mixin of sequence._Builder (it uses the builder's s, t, seq, head_groups, layer_groups and grads); kept apart so
-that sequence.py stays the forward and backward's builder.
+A mixin of sequence._Builder (it uses the builder's s, t, seq, head_groups, layer_groups, grads and param_groups, None
+until the first step); kept apart so that sequence.py stays the forward and backward's builder.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ class OptimizerSteps:
         (torch._foreach_sqrt of exp_avg_sq), kept here until the step ends so that the step's total is the
         estimator's; Adafactor one set of fp32 temporaries."""
         s, t, seq = self.s, self.t, self.seq
-        groups = self._parameters_in_order()
         temporaries: list[int] = []
         made: dict[int, list[int]] = {}  # id of a TensorGroup (the layers share them) -> its state tensors
-        for group in ([g for g in groups if not _no_decay(g)], [g for g in groups if _no_decay(g)]):
+        for group in self._param_groups():
             if first:
                 states: list[int] = []
                 for g in group:
@@ -31,17 +30,22 @@ class OptimizerSteps:
                     states += made.setdefault(id(g), state_tensors(g, s)) if x is None else x
                 seq.alloc_all(states)
             if s.optimizer == "adamw_torch" and t.opt_transient:
-                temporaries += [seq.alloc(grad_tensor(g)) for g in group]
+                temporaries += seq.alloc_all([grad_tensor(g) for g in group])
         if t.opt_transient and s.optimizer != "adamw_torch":
             temporaries.append(seq.alloc(t.opt_transient))
         seq.free(*temporaries)
 
-    def _parameters_in_order(self) -> list:
-        """model.parameters() order: embed_tokens, the layers, the final norm, lm_head."""
-        head = {g.name: g for g in self.head_groups}
-        first = [head["embed_tokens"]] if "embed_tokens" in head else []
-        last = [head[n] for n in ("norms", "lm_head") if n in head]
-        return first + [g for gs in self.layer_groups for g in gs] + last
+    def _param_groups(self) -> tuple[list, list]:
+        """The Trainer's two param groups (weight decay, then none), each in model.parameters() order: embed_tokens,
+        the layers, the final norm, lm_head (the same at every step: made once)."""
+        if self.param_groups is None:
+            head = {g.name: g for g in self.head_groups}
+            first = [head["embed_tokens"]] if "embed_tokens" in head else []
+            last = [head[n] for n in ("norms", "lm_head") if n in head]
+            groups = first + [g for gs in self.layer_groups for g in gs] + last
+            no_decay = {id(g): _no_decay(g) for g in groups}  # the layers share their TensorGroups
+            self.param_groups = ([g for g in groups if not no_decay[id(g)]], [g for g in groups if no_decay[id(g)]])
+        return self.param_groups
 
     def zero_grad(self) -> None:
         self.seq.free(*self.grads)

@@ -221,7 +221,10 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         self.t_bwd = pieces_bytes(units_bytes / unit, i_units, unit, units_bytes) if units_bytes > 0 else []
         groups = trainable_groups(model, setup, adapter_itemsize=profile.adapter_itemsize)
         self.layer_groups, self.head_groups = grouped_by_layer(groups, self.L)
+        #: each layer's gradients' bytes, in layer_groups' order
+        self.layer_grad_sizes = [[grad_tensor(g) for g in gs] for gs in self.layer_groups]
         self.grads: list[int] = []
+        self.param_groups: tuple[list, list] | None = None  # the optimizer's (OptimizerSteps._param_groups)
         #: op ranges of the decoder layers' backward passes that make gradients (training_sequence's bound)
         self.grad_stretches: list[tuple[int, int]] = []
         self.workspace: list[int] = []
@@ -551,16 +554,16 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
         """Layer k's backward from the gradient of its output (`carry`); what its forward kept and its weights' autocast
         copies (`cache`) are freed at its end: ([the gradient of its input], the gradients it made)."""
         s, seq = self.s, self.seq
-        recompute = [seq.alloc(x) for x in [*self.adapter_copies[k], *self.saved_layer]] if s.grad_ckpt else []
-        tmp = [seq.alloc(x) for x in self.t_bwd]
+        recompute = seq.alloc_all([*self.adapter_copies[k], *self.saved_layer]) if s.grad_ckpt else ()
+        tmp = seq.alloc_all(self.t_bwd)
         grads: list[int] = []
         if new_grads and not self.layer_grads:  # full FT: this layer's; LoRA: every adapter's at once
             if s.method == "full":  # backward reaches the layer's modules last to first: down_proj's gradient first
-                groups = self.layer_groups[k][::-1]
+                sizes = self.layer_grad_sizes[k][::-1]
             else:  # (estimator's layer_backward)
-                groups = [g for gs in self.layer_groups for g in gs] if k == self.L - 1 else []
-            grads = [seq.alloc(grad_tensor(g)) for g in groups]
-        whole = [seq.alloc(x) for x in self.whole_bwd]
+                sizes = [x for xs in self.layer_grad_sizes for x in xs] if k == self.L - 1 else []
+            grads = list(seq.alloc_all(sizes))
+        whole = seq.alloc_all(self.whole_bwd)
         if self.layer_grads:
             grads = self._layer_grads_and_dequant(k, new_grads)
         else:
@@ -603,7 +606,7 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps):
 
     def layer_grad_bytes(self) -> int:
         """The gradients the decoder layers' backward makes (the adapters' under LoRA / QLoRA)."""
-        return sum(grad_tensor(g) for gs in self.layer_groups for g in gs)
+        return sum(map(sum, self.layer_grad_sizes))
 
 
 def _dequant_slots(layer: list[tuple[str, list[int], int]], anchors: tuple[int, int, int], n_pieces: int):

@@ -27,11 +27,12 @@ FP32 = 4
 
 
 def spread(count: int, layers: int) -> list[int]:
-    """How many of `count` tensors of one kind each decoder layer holds (k-th tensor in layer k*L//count)."""
-    out = [0] * layers
-    for k in range(count):
-        out[k * layers // count] += 1
-    return out
+    """How many of `count` tensors of one kind each decoder layer holds (k-th tensor in layer k*L//count): layer j
+    holds the k with j*count <= k*L < (j+1)*count, ceil((j+1)*count/L) - ceil(j*count/L) of them."""
+    if count == layers:
+        return [1] * layers
+    starts = [-(-j * count // layers) for j in range(layers + 1)]
+    return [b - a for a, b in zip(starts, starts[1:])]
 
 
 def layer_weight_tensors(
