@@ -428,3 +428,19 @@ def default_rule_holdout_grid() -> list[RunSpec]:
         tl("d-q7-trl-lora-s1024", Q7, "TRL Qwen2.5-7B LoRA without GC", seq_len=1024),
         qlora("d-g3-4-qlora-gc", G3_4, "hf Gemma 3 4B QLoRA (262k vocabulary)", grad_ckpt=True),
     ]
+
+
+def no_grad_holdout_grid() -> list[RunSpec]:
+    """Issue 11, session 8: checkpointed full fine-tuning, where the sequence now runs each layer's first forward as
+    the recorded no-grad pattern (vramplan/memory/allocator/no_grad_layer.py, read from the 1B and 3B histories),
+    predicted before any of these ran (docs/holdout/nograd-predictions.json): other Llama-family models, lengths
+    and batch sizes, and one family the pattern does not apply to (Gemma 3: four norms, GeGLU)."""
+    return [
+        full("n-q15-full-gc-s4096", "qwen2.5-1.5b", "Qwen2.5-1.5B at 4k (q/k/v biases, tied)", grad_ckpt=True, seq_len=4096),
+        full("n-l1-full-gc-b2-s4096", L1, "1B b2 at 4k", grad_ckpt=True, seq_len=4096, batch_size=2),
+        full("n-smol17-full-gc-s4096", "smollm2-1.7b-instruct", "SmolLM2-1.7B at 4k", grad_ckpt=True, seq_len=4096),
+        full("n-l3-full-gc-b2", L3, "3B b2 at 2k", grad_ckpt=True, batch_size=2),
+        full("n-tiny-full-gc-s4096", "tinyllama-1.1b-chat-v1.0", "TinyLlama at 4k (+2.5 % at 2k)", grad_ckpt=True,
+             seq_len=4096),
+        full("n-g3-1-full-gc-s4096", G3_1, "Gemma 3 1B at 4k: the pattern does not apply", grad_ckpt=True, seq_len=4096),
+    ]
