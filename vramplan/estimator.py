@@ -127,6 +127,8 @@ class _Terms:
     parallel_gather_bwd: dict[str, int] = field(default_factory=dict)
     parallel_reduce: dict[str, int] = field(default_factory=dict)
     parallel_outside: int = 0
+    #: device memory the stack itself takes outside torch's allocator (StackProfile.outside_allocator)
+    stack_outside: int = 0
     parallel_fragmentation: float = 0.0
     parallel_stream_pools: dict[str, int] = field(default_factory=dict)
     parallel_init: dict[str, int] = field(default_factory=dict)
@@ -270,6 +272,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         loss_saved=head.saved,
         loss_fwd_tmp=head.forward_tmp,
         loss_bwd_tmp=head.backward_tmp,
+        stack_outside=profile.outside_allocator(setup, ckpt),
     )
     # DeepSpeed ZeRO runs (and offloads) at world size 1 too; DDP/FSDP on one GPU change nothing
     if setup.parallel is None or (setup.num_gpus == 1 and setup.parallel not in ("zero2", "zero3")):
@@ -398,7 +401,7 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
     reserved = max(reserved, t.parallel_init_reserved)  # what DeepSpeed's init left cached
     reserved += sum(t.parallel_stream_pools.values())  # side streams' cached segments (DeepSpeed offload)
     context = int(constants["cuda_context_bytes"])
-    outside = t.managed_states + t.parallel_outside
+    outside = t.managed_states + t.parallel_outside + t.stack_outside
     device = reserved + context + outside
     return MemoryBreakdown(
         peak_allocated_bytes=peak_alloc,

@@ -26,6 +26,7 @@ from .kernels import (
     LIGER_PATCHED,
     UNSLOTH_GPU_STAGING_BUFFERS,
     UNSLOTH_OFFLOAD_MINIMUM_BYTES,
+    UNSLOTH_OFFLOAD_OUTSIDE_ALLOCATOR_BYTES,
     fused_head_final_units,
     liger_activations,
     masked_attention,
@@ -115,6 +116,11 @@ class StackProfile:
         gradient_checkpointing.py: LAST_GC_INDEX, counted in the first pass, is not offloaded) until that layer's
         backward, the first; its staging buffers are checkpoint_buffers."""
         return 1 if self.offloaded(setup, checkpoint_bytes) else num_layers
+
+    def outside_allocator(self, setup: TrainingSetup, checkpoint_bytes: int) -> int:
+        """Device memory the stack takes outside torch's caching allocator (in the device peak, not in reserved):
+        Unsloth's offloaded checkpointing, UNSLOTH_OFFLOAD_OUTSIDE_ALLOCATOR_BYTES (measured, its source not read)."""
+        return UNSLOTH_OFFLOAD_OUTSIDE_ALLOCATOR_BYTES if self.offloaded(setup, checkpoint_bytes) else 0
 
     def checkpoint_buffers(self, setup: TrainingSetup, checkpoint_bytes: int) -> dict[str, int]:
         """Buffers of offloaded checkpointing, kept from the first forward to the end ("weights.*" terms): Unsloth's

@@ -23,6 +23,11 @@ LIGER_PATCHED = frozenset({
 UNSLOTH_GPU_STAGING_BUFFERS = 2
 #: a checkpoint of at most this many bytes stays on the GPU (gradient_checkpointing.py MINIMUM_SIZE)
 UNSLOTH_OFFLOAD_MINIMUM_BYTES = 2 * 1024 * 1024
+#: device memory outside torch's allocator that Unsloth's offloaded checkpointing adds to the device peak: on the H200
+#: (2026-12-01/02) device - reserved was 764-766 MiB on every hf / TRL run and on Unsloth's two runs without
+#: checkpointing, 834-840 MiB on 13 of its 14 checkpointed runs (Gemma 3 4B: 1018). Where it goes (the side
+#: stream's copies of pinned host memory, or the compiled blocks' kernel images) is not read from the source yet
+UNSLOTH_OFFLOAD_OUTSIDE_ALLOCATOR_BYTES = 70 * 1024**2
 #: bytes per element of a bf16 activation, in the units of `LayerActivations` (bytes per b s h)
 BF16_UNITS = 2
 #: a torch.native_dropout mask: one bool byte per element
