@@ -105,8 +105,12 @@ def dataset_total_tokens(
     return total
 
 
-def fit_for(model: str, setup: TrainingSetup, *, gpu: str, solve: str, headroom: float = DEFAULT_HEADROOM) -> "FitResult":
-    """The largest batch size / sequence length / LoRA rank that fits `gpu`. Raises VramplanError on bad input."""
+def fit_for(
+    model: str, setup: TrainingSetup, *, gpu: str, solve: str, headroom: float = DEFAULT_HEADROOM, quick: bool = False
+) -> "FitResult":
+    """The largest batch size / sequence length / LoRA rank that fits `gpu` (`quick`: planner.fit's few-replay search,
+    a value that fits at or a little below the largest). Raises VramplanError on bad input."""
     from .planner import fit
 
-    return fit(resolve_model(model), setup, find_gpu(gpu), solve, headroom=headroom, calibration=default_calibration())
+    return fit(resolve_model(model), setup, find_gpu(gpu), solve, headroom=headroom, calibration=default_calibration(),
+               quick=quick)  # fmt: skip

@@ -41,6 +41,10 @@ def setup_title(setup) -> str:
     return title + f" · b{setup.batch_size} × s{setup.seq_len}" + (" · grad-ckpt" if setup.grad_ckpt else "")
 
 
+#: what the largest-fit hint under `vramplan estimate` is (planner.fit quick=True)
+QUICK_FIT_NOTE = "searched with the closed-form rules, checked with the simulated estimate: `vramplan fit` for the exact largest"
+
+
 def run_estimate(params: dict) -> None:
     """`vramplan estimate`: the estimate, and with --gpu the largest micro-batch and sequence that fit."""
     from .api import estimate_for, fit_for
@@ -53,7 +57,7 @@ def run_estimate(params: dict) -> None:
         result = estimate_for(model, setup, gpu=gpu, headroom=headroom, assumptions=resolved.assumptions,
                               reserved_rule=params["reserved_rule"])  # fmt: skip
         largest = (
-            {solve: fit_for(model, setup, gpu=gpu, solve=solve, headroom=headroom).value
+            {solve: fit_for(model, setup, gpu=gpu, solve=solve, headroom=headroom, quick=True).value
              for solve in ("batch-size", "seq-len")}
             if gpu else None
         )  # fmt: skip
@@ -64,7 +68,8 @@ def run_estimate(params: dict) -> None:
 
         doc = estimate_doc(result)
         if largest is not None:
-            doc["largest_fit"] = {"batch_size": largest["batch-size"], "seq_len": largest["seq-len"]}
+            doc["largest_fit"] = {"batch_size": largest["batch-size"], "seq_len": largest["seq-len"],
+                                  "search": QUICK_FIT_NOTE}  # fmt: skip
         print(to_json(doc))
         return
     from .report.estimate_view import estimate_text
@@ -74,7 +79,7 @@ def run_estimate(params: dict) -> None:
         batch, seq = largest["batch-size"], largest["seq-len"]
         print(
             f"largest that fits {result.verdict.gpu}: micro-batch {batch if batch else 'none'} "
-            f"(at s{setup.seq_len}), sequence {seq if seq else 'none'} (at b{setup.batch_size})"
+            f"(at s{setup.seq_len}), sequence {seq if seq else 'none'} (at b{setup.batch_size}); {QUICK_FIT_NOTE}"
         )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .errors import VramplanError
 from .estimator import DEFAULT_HEADROOM, estimate
+from .search import largest, near_fit
 from .memory.allocator import workspace_bytes
 from .memory.constants import GIB
 from .specs import (
@@ -261,9 +262,16 @@ def fit(
     *,
     headroom: float = DEFAULT_HEADROOM,
     calibration: Calibration | None = None,
+    quick: bool = False,
 ) -> FitResult:
     """Largest batch size, sequence length or LoRA rank (other settings as given) whose device peak per GPU fits
-    gpu with headroom: binary search on the estimate, so value fits and value + 1 does not (or is the limit)."""
+    gpu with headroom: bisection on the estimate, so value fits and value + 1 does not (or is the limit). A probe
+    whose allocated peak alone, with the memory outside the allocator, is over the usable bytes does not fit whatever
+    the reserved rule says, and needs no allocator replay.
+
+    `quick` (the hint under `vramplan estimate`, which must answer in a fraction of a second): bisection with the
+    closed-form rules (0.2 ms a probe), then a few default estimates (3-16 ms each, search.near_fit): a value that
+    fits, at or a little below the largest; next_device_peak_bytes is not computed."""
     if solve not in SOLVES:
         raise VramplanError(f"--solve {solve}: accepted: {' | '.join(SOLVES)}")
     if solve == "lora-rank" and setup.lora is None:
@@ -278,42 +286,50 @@ def fit(
             return _with(setup, lora=setup.lora.model_copy(update={"rank": v}))
         return _with(setup, **{"batch_size" if solve == "batch-size" else "seq_len": v})
 
-    def device(v: int) -> int | None:
+    def shown(v: int, rule: str = "auto") -> MemoryBreakdown | None:
         try:
-            return _shown(estimate(model, changed(v), gpu, headroom=headroom, calibration=calibration)).device_peak_bytes
+            return _shown(estimate(model, changed(v), gpu, headroom=headroom, calibration=calibration, reserved_rule=rule))
         except VramplanError:  # e.g. a rank larger than a layer
             return None
 
+    def device(v: int) -> int | None:
+        m = shown(v)
+        return None if m is None else m.device_peak_bytes
+
     def fits(v: int) -> bool:
+        rules = shown(v, "rules")
+        if rules is None:
+            return False
+        if rules.device_peak_bytes - rules.peak_reserved_bytes + rules.peak_allocated_bytes > usable:
+            return False  # the allocated peak alone is over: no reserved rule fits it
         peak = device(v)
         return peak is not None and peak <= usable
 
     limit = {"batch-size": MAX_BATCH_SIZE, "lora-rank": MAX_LORA_RANK, "seq-len": MAX_SEQ_LEN}[solve]
     if solve == "seq-len" and model.max_position_embeddings:
         limit = min(limit, model.max_position_embeddings)
-    value = _largest(fits, 1, limit)
+    if quick:
+        def by_rules(v: int, margin: int = 0) -> bool:
+            rules = shown(v, "rules")
+            return rules is not None and rules.device_peak_bytes + margin <= usable
+
+        def shifted(g: int) -> int | None:  # the rules' threshold moved by the default estimate's difference at g
+            margin = (device(g) or 0) - shown(g, "rules").device_peak_bytes
+            return largest(lambda v: by_rules(v, margin), 1, limit)
+
+        guess = largest(by_rules, 1, limit)
+        value = near_fit(fits, guess, shifted) if guess is not None else None
+    else:
+        value = largest(fits, 1, limit)
     return FitResult(
         solve=solve,
         value=value,
         gpu=gpu,
         usable_bytes=usable,
         device_peak_bytes=device(value) if value is not None else None,
-        next_device_peak_bytes=device(value + 1) if value is not None and value < limit else None,
+        next_device_peak_bytes=device(value + 1) if value is not None and value < limit and not quick else None,
         limit=limit,
     )
-
-
-def _largest(fits: Callable[[int], bool], lo: int, hi: int) -> int | None:
-    """Largest v in [lo, hi] with fits(v), for fits true below a threshold: None if not fits(lo)."""
-    if hi < lo or not fits(lo):
-        return None
-    if fits(hi):
-        return hi
-    good, bad = lo, hi
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        good, bad = (mid, bad) if fits(mid) else (good, mid)
-    return good
 
 
 def _with(setup: TrainingSetup, **changes) -> TrainingSetup:

@@ -11,11 +11,11 @@ from .planner import (
     SEQ_LEN_STEP,
     Suggestion,
     _default_calibration,
-    _largest,
     _shown,
     _with,
     gpu_counts,
 )
+from .search import largest
 from .specs import Calibration, GpuSpec, LoraSpec, ModelSpec, TrainingSetup
 
 def suggestions(
@@ -67,7 +67,7 @@ def _changes(model: ModelSpec, s: TrainingSetup, fits: Callable[[TrainingSetup],
     if s.stack in ("hf", "trl") and not s.liger:
         yield "--liger", _with(s, liger=True)
     if s.batch_size > 1:
-        b = _largest(lambda v: _fits_or_false(fits, s, batch_size=v), 1, s.batch_size - 1) or 1
+        b = largest(lambda v: _fits_or_false(fits, s, batch_size=v), 1, s.batch_size - 1) or 1
         ga = -(-s.batch_size * s.grad_accum // b)
         yield f"--batch-size {b} --grad-accum {ga}", _with(s, batch_size=b, grad_accum=ga)
     if s.optimizer not in ("adamw_8bit", "paged_adamw_8bit"):
@@ -80,7 +80,7 @@ def _changes(model: ModelSpec, s: TrainingSetup, fits: Callable[[TrainingSetup],
     if s.lora is not None and not set(s.lora.targets) <= set(FEW_TARGETS):
         yield f"--lora-targets {','.join(FEW_TARGETS)}", _with(s, lora=s.lora.model_copy(update={"targets": FEW_TARGETS}))
     if s.seq_len > 1:
-        seq = _largest(lambda v: _fits_or_false(fits, s, seq_len=v), 1, s.seq_len - 1) or s.seq_len // 2
+        seq = largest(lambda v: _fits_or_false(fits, s, seq_len=v), 1, s.seq_len - 1) or s.seq_len // 2
         seq = seq // SEQ_LEN_STEP * SEQ_LEN_STEP or seq
         yield f"--seq-len {seq}", _with(s, seq_len=seq)
     if not s.expandable_segments:
