@@ -16,7 +16,8 @@ from ...errors import VramplanError
 from ...specs import MemoryBreakdown, ModelSpec, TrainingSetup
 from .blocks import ROUND_LARGE_BYTES
 from .replay import ReplayResult, replay
-from .sequence import ddp_bucket_sizes, training_sequence
+from .sequence import training_sequence
+from .stack_steps import ddp_bucket_sizes
 
 RESERVED_BY_SIMULATION = "simulated"
 SIMULATED_ASSUMPTION = (

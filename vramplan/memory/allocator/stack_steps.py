@@ -1,0 +1,86 @@
+"""Steps of the predicted sequence that a stack, a strategy or a layer kind adds (sequence.py's _Builder mixes them
+in): DDP's Reducer buckets, Unsloth's staging buffers for offloaded checkpoints and its kept buffers, and a
+checkpointed full fine-tuning layer's recorded no-grad forward (no_grad_layer.py).
+
+A mixin of sequence._Builder (it uses the builder's m, s, t, seq, L, profile, final, staging, first_pass,
+double_buffered and no_grad_sizes); kept apart so that sequence.py stays the training step's builder.
+"""
+
+from __future__ import annotations
+
+from .no_grad_layer import LLAMA_NO_GRAD_LAYER, NO_GRAD_OUTPUT
+
+BF16 = 2
+#: DDP's Reducer buckets (torch/nn/parallel/distributed.py: _DEFAULT_FIRST_BUCKET_BYTES, bucket_cap_mb=25)
+DDP_FIRST_BUCKET_BYTES = 1024**2
+DDP_BUCKET_BYTES = 25 * 1024**2
+#: unsloth_zoo gradient_checkpointing.py INITIAL_GPU_BUFFER_SIZE: 2 * 256 * 2048 bf16 elements per staging buffer
+UNSLOTH_STAGING_INITIAL_BYTES = 2 * 256 * 2048 * BF16
+
+
+def ddp_bucket_sizes(t) -> list[int]:
+    """The Reducer's bucket buffers (_Builder.ddp_buckets) for terms `t`: none without DDP."""
+    total = sum(t.parallel_persistent.values())
+    sizes = []
+    for cap in (DDP_FIRST_BUCKET_BYTES, *[DDP_BUCKET_BYTES] * (total // DDP_BUCKET_BYTES + 1)):
+        if total <= 0:
+            break
+        sizes.append(min(cap, total))
+        total -= sizes[-1]
+    return sizes
+
+
+class StackSteps:
+    def ddp_buckets(self) -> None:
+        """DDP (--parallel ddp): accelerator.prepare wraps the model after free_memory(); torch's Reducer
+        (torch/csrc/distributed/c10d/reducer.cpp, initialize_buckets) allocates each bucket's contiguous gradient
+        buffer, first bucket 1 MiB, the others up to bucket_cap_mb = 25 MiB (distributed.py
+        _DEFAULT_FIRST_BUCKET_BYTES, bucket_cap_mb), together the trainable gradients' bytes (estimator's
+        ddp.gradient_buckets), kept to the end. Modelled in order of size caps, not of the parameters' dtypes."""
+        self.seq.alloc_all(ddp_bucket_sizes(self.t))
+
+    def _staging_buffers(self) -> None:
+        """Unsloth's offloaded checkpointing (unsloth_zoo/gradient_checkpointing.py): at the first offload,
+        _ensure_device_buffers makes GPU_BUFFERS' and GPU_BUFFERS_B's staging buffers (INITIAL_GPU_BUFFER_SIZE, 2 MiB
+        of bf16 each) and the first grows to the checkpoint's size (``GPU_BUFFER.resize_``: a new storage, the old one
+        freed); the second grows in the first forward after a backward, when double buffering is switched on (free
+        memory above DOUBLE_BUFFER_HEADROOM). Both stay to the end; each layer's backward copies its checkpoint back
+        into one of them (no allocation). History u-l8-qlora-gc-s4096: +2 +2 +32 -2 MiB before layer 0."""
+        if not self.staging:
+            self.staging = [self.seq.alloc(UNSLOTH_STAGING_INITIAL_BYTES) for _ in range(2)]
+            self._grow_staging(0)
+        elif not self.first_pass and not self.double_buffered:
+            self.double_buffered = True
+            self._grow_staging(1)
+
+    def _grow_staging(self, k: int) -> None:
+        """``GPU_BUFFER.resize_(gpu_numel)`` when the checkpoint is larger: the new storage made, the old freed."""
+        seq, one = self.seq, self.t.one_checkpoint
+        if one > seq.sizes[self.staging[k]]:
+            grown = seq.alloc(one)
+            seq.free(self.staging[k])
+            self.staging[k] = grown
+
+    def _stack_buffers(self) -> None:
+        """Buffers the stack keeps from its first forward on (StackProfile.buffers: Unsloth's global dequantization
+        buffer), made before layer 0's first matmul."""
+        for nbytes in self.profile.buffers(self.m, self.s).values():
+            self.seq.alloc(nbytes)
+
+    def _no_grad_layer(self, k: int) -> list[int]:
+        """Layer k's first forward under checkpointing as LLAMA_NO_GRAD_LAYER: its output, the next layer's input; after
+        the last layer the final norm's tensors, made from it (the output freed once they are)."""
+        seq, sizes = self.seq, self.no_grad_sizes
+        made: list[int] = []  # tensor of each op of the pattern (-1 for a free)
+        for tok in LLAMA_NO_GRAD_LAYER:
+            if tok[0] == "-":
+                seq.free(made[len(made) - int(tok[1:])])
+                made.append(-1)
+            else:
+                made.append(seq.alloc(sizes[tok]))
+        out = made[NO_GRAD_OUTPUT]
+        if k < self.L - 1:
+            return [out]
+        final = [seq.alloc(x) for x in self.final]
+        seq.free(out)
+        return final
