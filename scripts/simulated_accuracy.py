@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     # single-GPU runs without DeepSpeed (the simulation has no ZeRO sequence)
     runs = [r for r in load_runs(args.runs) if single_gpu_run(r)]
     by_id = {r.run_id: r for r in runs}
-    rules, sim = leave_one_out(runs), leave_one_out(runs, reserved_rule="simulated")
+    rules, sim = leave_one_out(runs, reserved_rule="rules"), leave_one_out(runs, reserved_rule="simulated")
     lines: list[str] = []
     for column, key in (("method", lambda s: s.method), ("stack", _stack)):
         lines += [""] if lines else []
