@@ -45,7 +45,7 @@ from .errors import VramplanError
 from .memory.adapters import adapter_pairs
 from .memory.parallel import packed_4bit_bytes
 from .memory.trainable import trainable_groups
-from .models.params import linear_shapes, param_counts
+from .models.params import linear_shapes, param_counts, quantizable_params
 from .specs import Calibration, GpuSpec, MeasuredRun, ModelSpec, TrainingSetup
 
 THROUGHPUT_FILE = "throughput.json"
@@ -130,11 +130,7 @@ def flops_per_token(model: ModelSpec, setup: TrainingSetup) -> dict[str, float]:
 def _active_adapter_params(model: ModelSpec, setup: TrainingSetup) -> float:
     if setup.lora is None:
         return 0.0
-    total = 0.0
-    for p in adapter_pairs(model, setup.lora):
-        share = model.moe.top_k / model.moe.num_experts if model.moe and "experts" in p.name else 1.0
-        total += p.params * share
-    return total
+    return sum(p.params * _token_share(model, p) for p in adapter_pairs(model, setup.lora))
 
 
 def peak_flops(gpu: GpuSpec, setup: TrainingSetup) -> float | None:
@@ -174,20 +170,16 @@ def _passes(setup: TrainingSetup) -> int:
     return 3 if setup.grad_ckpt else 2
 
 
-def _quantized_weights(model: ModelSpec) -> int:
-    """Weights bitsandbytes quantizes: every nn.Linear but lm_head."""
-    return sum(s.count * s.in_features * s.out_features for s in linear_shapes(model) if s.role != "lm_head")
-
-
 def _adapter_elements_per_token(model: ModelSpec, setup: TrainingSetup) -> float:
     """Sum over the LoRA-wrapped modules a token passes through of in + out features (experts by top_k / E)."""
     if setup.lora is None:
         return 0.0
-    total = 0.0
-    for p in adapter_pairs(model, setup.lora):
-        share = model.moe.top_k / model.moe.num_experts if model.moe and "experts" in p.name else 1.0
-        total += p.count * share * (p.a_cols + p.b_rows)
-    return total
+    return sum(p.count * _token_share(model, p) * (p.a_cols + p.b_rows) for p in adapter_pairs(model, setup.lora))
+
+
+def _token_share(model: ModelSpec, pair) -> float:
+    """The share of tokens an adapter pair sees: an MoE expert's top_k / E, every other module all of them."""
+    return model.moe.top_k / model.moe.num_experts if model.moe and "experts" in pair.name else 1.0
 
 
 def step_work(model: ModelSpec, setup: TrainingSetup) -> StepWork:
@@ -216,7 +208,7 @@ def step_work(model: ModelSpec, setup: TrainingSetup) -> StepWork:
     gathered = 2 * total
     tokens = setup.batch_size * setup.seq_len * micro
     if setup.method == "qlora":
-        gathered = packed_4bit_bytes(model) + 2 * (total - _quantized_weights(model))
+        gathered = packed_4bit_bytes(model) + 2 * (total - quantizable_params(model))
     return StepWork(
         flops=tokens * sum(flops_per_token(model, setup).values()),
         overheads=overheads,
@@ -225,7 +217,7 @@ def step_work(model: ModelSpec, setup: TrainingSetup) -> StepWork:
         trainable_params=trainable,
         gathered_bytes=gathered,
         adapter_elements=tokens * passes * _adapter_elements_per_token(model, setup),
-        dequantized_weights=micro * passes * _quantized_weights(model) if setup.method == "qlora" else 0.0,
+        dequantized_weights=micro * passes * quantizable_params(model) if setup.method == "qlora" else 0.0,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from ...models.params import linear_shapes, param_counts
+from ...models.params import param_counts, quantizable_params
 from ..adapters import adapter_pairs, lora_targets
 from ..constants import BYTES_PER_DTYPE
 from .tensors import layer_adapter_tensors, spread
@@ -92,7 +92,7 @@ class LoadSteps:
         total = sum(param_counts(m).values())  # a tied lm_head counts once
         if s.method == "qlora":
             per_elem = 1 if s.quant == "int8" else 0.5  # HfQuantizer.quantized_element_size
-            quantized = sum(x.count * x.in_features * x.out_features for x in linear_shapes(m) if x.role != "lm_head")
+            quantized = quantizable_params(m)
             weight_bytes = int(quantized * per_elem) + (total - quantized) * itemsize
         else:
             weight_bytes = total * itemsize
@@ -104,7 +104,7 @@ class LoadSteps:
         bf16_embed = seq.alloc(embed // up)
         bf16_layers = []
         for layer in layers:  # a layer like the one before it repeats its ops (ops.Repeats)
-            (kept,) = self.repeated(("load",), (layer,), [], partial(self._load_quantized_layer, layer, up))
+            (kept,) = self.repeated(("load",), (layer,), [], partial(self._load_checkpoint_layer, layer, up))
             bf16_layers += kept
         bf16_params = [bf16_embed, *bf16_layers, seq.alloc(final_norm // up), seq.alloc(residual // up), head]
         if up == 1:
@@ -113,7 +113,7 @@ class LoadSteps:
         seq.replace_all([seq.sizes[i] * 2 for i in bf16_params], bf16_params)
         seq.empty_cache()
 
-    def _load_quantized_layer(self, layer: list[tuple[str, list[int], int]], up: int) -> tuple[list[int]]:
+    def _load_checkpoint_layer(self, layer: list[tuple[str, list[int], int]], up: int) -> tuple[list[int]]:
         """One decoder layer of the checkpoint, its modules in alphabetical order: each 4-bit weight loaded in bf16 and
         quantized (quantization_steps), the other weights kept as loaded; ([those kept], in module order). `up`: resident
         bytes per loaded bf16 byte."""

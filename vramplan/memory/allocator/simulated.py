@@ -14,7 +14,7 @@ from dataclasses import replace as _replace
 
 from ...errors import VramplanError
 from ...specs import MemoryBreakdown, ModelSpec, TrainingSetup
-from .blocks import ROUND_LARGE_BYTES
+from .caching import allocation_size, round_size
 from .replay import ReplayResult, replay
 from .sequence import training_sequence
 from .stack_steps import ddp_bucket_sizes
@@ -90,7 +90,7 @@ def _at_least_one_gpu_plus_buckets(model, setup: TrainingSetup, terms, total_mem
     less memory per GPU, so the larger is kept."""
     one = setup.model_copy(update={"num_gpus": 1, "parallel": None})
     single = simulate(model, one, _replace(terms, parallel_persistent={}), total_memory_bytes)
-    buckets = sum(-(-x // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES for x in ddp_bucket_sizes(terms))
+    buckets = sum(allocation_size(round_size(x)) for x in ddp_bucket_sizes(terms))  # a segment each
     floor = single.peak_reserved_bytes + buckets
     if ddp.peak_reserved_bytes >= floor:
         return ddp
