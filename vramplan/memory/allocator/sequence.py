@@ -66,6 +66,7 @@ from ..transients import (
     expert_lora_transient_bytes,
 )
 from ..weights import lm_head_params
+from .layer_patterns import LayerPatterns
 from .load_steps import START_CUDA_TENSOR_BYTES, LoadSteps
 from .lora_chain import checkpointed_mlp, lora_chains
 from .no_grad_layer import no_grad_layer_sizes, no_grad_pattern_applies
@@ -150,7 +151,7 @@ def _training_sequence(
     return seq, b
 
 
-class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps):
+class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, LayerPatterns):
     def __init__(
         self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False, repeat_layers: bool = True
     ):

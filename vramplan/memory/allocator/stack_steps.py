@@ -1,14 +1,11 @@
-"""Steps of the predicted sequence that a stack, a strategy or a layer kind adds (sequence.py's _Builder mixes them
-in): DDP's Reducer buckets, Unsloth's staging buffers for offloaded checkpoints and its kept buffers, and a
-checkpointed full fine-tuning layer's recorded no-grad forward (no_grad_layer.py).
+"""Steps of the predicted sequence that a stack or a strategy adds (sequence.py's _Builder mixes them in): DDP's
+Reducer buckets, Unsloth's staging buffers for offloaded checkpoints and its kept buffers.
 
-A mixin of sequence._Builder (it uses the builder's m, s, t, seq, L, profile, final, staging, first_pass,
-double_buffered and no_grad_sizes); kept apart so that sequence.py stays the training step's builder.
+A mixin of sequence._Builder (it uses the builder's m, s, t, seq, profile, staging, first_pass and double_buffered);
+kept apart so that sequence.py stays the training step's builder.
 """
 
 from __future__ import annotations
-
-from .no_grad_layer import LLAMA_NO_GRAD_LAYER, NO_GRAD_OUTPUT
 
 BF16 = 2
 #: DDP's Reducer buckets (torch/nn/parallel/distributed.py: _DEFAULT_FIRST_BUCKET_BYTES, bucket_cap_mb=25)
@@ -66,21 +63,3 @@ class StackSteps:
         buffer), made before layer 0's first matmul."""
         for nbytes in self.profile.buffers(self.m, self.s).values():
             self.seq.alloc(nbytes)
-
-    def _no_grad_layer(self, k: int) -> list[int]:
-        """Layer k's first forward under checkpointing as LLAMA_NO_GRAD_LAYER: its output, the next layer's input; after
-        the last layer the final norm's tensors, made from it (the output freed once they are)."""
-        seq, sizes = self.seq, self.no_grad_sizes
-        made: list[int] = []  # tensor of each op of the pattern (-1 for a free)
-        for tok in LLAMA_NO_GRAD_LAYER:
-            if tok[0] == "-":
-                seq.free(made[len(made) - int(tok[1:])])
-                made.append(-1)
-            else:
-                made.append(seq.alloc(sizes[tok]))
-        out = made[NO_GRAD_OUTPUT]
-        if k < self.L - 1:
-            return [out]
-        final = [seq.alloc(x) for x in self.final]
-        seq.free(out)
-        return final

@@ -1,0 +1,103 @@
+"""A checkpointed full fine-tuning layer's backward, as torch runs it: the recompute, then each op's tensors made and
+freed in order, the layer's gradients made where autograd reaches each weight.
+
+The summary this replaces (the recompute's saved tensors, the estimator's backward transients and the layer's
+gradients made at once, a new carry per layer) carved the free blocks the step-0 backward leaves differently from the
+real run: in the Qwen2.5-1.5B s 4096 hold-out (tied embeddings) the optimizer's states then found a 1365 MiB block
+the recorded history does not have, and step 1's logits landed in it (-5.9 %, docs/allocator_simulation.md). The
+pattern is data, read from the H200 histories of transformers 5.17's eager Llama-family decoder layer (bf16, SDPA,
+SwiGLU, two RMSNorms, torch's non-reentrant checkpoint stopping its recompute at the last saved tensor):
+
+* LLAMA_CKPT_BACKWARD_LAYER: identical, 210 ops per layer, in every layer of n-tiny-full-gc-s4096 (TinyLlama, GQA
+  8:1), d-l3-full-gc-s4096 (Llama-3.2-3B), n-smol17-full-gc-s4096 (SmolLM2-1.7B, MHA) and n-l1-full-gc-b2-s4096
+  (Llama-3.2-1B, b 2), tests/test_allocator_ckpt_backward.py;
+* LLAMA_CKPT_BACKWARD_LAYER_QKV_BIAS: Qwen2's q / k / v biases (n-q15-full-gc-s4096, 225 ops): each biased
+  projection's backward (AddmmBackward) makes its input's gradient first, then the weight's and the bias's, the bias's
+  reduction through an n x out x 8-byte buffer (recorded). The first biased backward also makes the autograd thread's
+  1 MiB cuBLASLt workspace (small pool, not modelled);
+* LLAMA_FINAL_NORM_BACKWARD: the final norm's backward after lm_head's, whose output is the gradient carried
+  through every layer: autograd's InputBuffer adds each layer's residual branch into it in place, so no layer makes
+  a new one (every history above).
+
+Each token allocates one tensor of a kind, frees the tensor allocated n ops earlier (-n), or frees the layer's
+inputs (x: its checkpointed input; at layer 0 first the rotary cos and sin). The final norm's pattern frees its saved
+tensors by name (~g: lm_head's gradient of the hidden state, ~n: the normalised bf16 copy, ~r: the rsqrt, ~h: the fp32 input).
+Kinds, for n = b s tokens: F fp32 [n, h]; r fp32 [n] (RMSNorm's mean, + eps, rsqrt, and their gradients); X [n, h],
+Q [n, q width], K [n, kv width] in the compute dtype; Qh / Kh: rotate_half's negated half; L: SDPA's fp32 logsumexp
+[b, heads, s]; t: a few bytes (SDPA's seed and offset, reductions' partial sums); I [n, intermediate]; A: SDPA's
+backward buffer (fp32 dq accumulator, with GQA the expanded dk and dv, the fp32 softmax row sums, 256 bytes: 64.5 MiB
+recorded for TinyLlama s 4096); Rh / Rk / Rq: a sum over the tokens' buffer, n x width x 8 bytes (the norm weight's
+gradient, the biases'); G... / B...: a weight's / a bias's gradient (GRAD_GROUPS: the trainable group it belongs
+to), kept when the micro-step makes gradients, else added into the existing one (made and freed at once).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ...specs import ModelSpec, TrainingSetup
+
+#: one eager Llama-family decoder layer's checkpointed backward (module docstring)
+LLAMA_CKPT_BACKWARD_LAYER = (
+    # recompute: input_layernorm, q / k / v, rotary on q and k, SDPA, o_proj, the residual sum, the second norm,
+    # gate, SiLU, up and their product (the recompute stops at the last tensor the backward needs)
+    "F F r -2 r r -2 F X X -3 -9 Q K K Q Qh Q -2 Q -3 Q -7 -4 K Kh K -2 K -3 K -7 -4 -21 -21 t t Q L t "
+    "-1 X X -2 F F r -2 r r -2 F X X -3 -9 I I I I -18 "
+    # MLP backward: down, the product, up, SiLU, gate; the two branches' gradients summed
+    "Gdown I -4 I I -9 -9 -6 Gup X -7 I -17 -9 Ggate X -24 -6 X -10 -5 "
+    # post_attention_layernorm backward (its result added into the carried gradient)
+    "X X -32 Gnorm Rh t -1 -3 -7 -12 F -11 F F r -3 -6 r r r -2 -4 -55 -9 F -6 F F F -2 -4 -69 -8 -5 X -22 -2 "
+    # o_proj, SDPA, rotary on k and q backward
+    "Go Q Q K K A -1 -91 -91 -91 -91 -116 -110 -102 -13 K Kh K -2 K -5 -2 K -20 -2 Q Qh Q -2 Q -5 -2 Q -31 -2 "
+    # v, k, q projections' backward
+    "Gv X -33 K -22 Gk X -4 X -8 -4 Q -20 Gq X -160 -5 -3 "
+    # input_layernorm backward; the layer's input freed; its result added into the carried gradient
+    "X X -166 Gnorm Rh t -1 -3 -7 -19 F -11 F F r -3 -6 r r r -2 -4 -189 -9 F -6 F F F -2 -4 -203 -8 x -6 X -23 -2"
+).split()
+
+#: the same with biases on q, k and v (Qwen2): ops 0-153 as LLAMA_CKPT_BACKWARD_LAYER, then the biased projections
+LLAMA_CKPT_BACKWARD_LAYER_QKV_BIAS = LLAMA_CKPT_BACKWARD_LAYER[:154] + (
+    "X Gv Bv Rk t -1 -3 -38 K -27 X Gk Bk Rk t -1 -3 -9 X -19 -10 Q -30 X Gq -170 Bq Rq t -1 -3 -10 -9 "
+    "X X -181 Gnorm Rh t -1 -3 -7 -24 F -11 F F r -3 -6 r r r -2 -4 -204 -9 F -6 F F F -2 -4 -218 -8 x -6 X -23 -2"
+).split()
+
+#: the final norm's backward (its weight's gradient among them), from lm_head's gradient of the hidden state to the
+#: gradient of the last layer's output (the pattern's last X), which is carried through the layers
+LLAMA_FINAL_NORM_BACKWARD = (
+    "X X Gnorm Rh t -1 -3 -6 ~g ~n F -11 F F r -3 -6 r r r -2 -4 -8 ~r F -6 F F F -2 -4 -7 ~h -5 X -22"
+).split()
+
+#: a gradient token's trainable group (memory/trainable.py's names)
+GRAD_GROUPS = {
+    "Gq": "self_attn.q_proj", "Gk": "self_attn.k_proj", "Gv": "self_attn.v_proj", "Go": "self_attn.o_proj",
+    "Ggate": "mlp.gate_proj", "Gup": "mlp.up_proj", "Gdown": "mlp.down_proj", "Gnorm": "norms",
+    "Bq": "self_attn.q_proj.bias", "Bk": "self_attn.k_proj.bias", "Bv": "self_attn.v_proj.bias",
+}  # fmt: skip
+#: SDPA's seed / offset and the reductions' partial sums (8 to 256 bytes recorded): one small block each
+TINY_BYTES = 8
+#: SDPA's backward buffer beyond its parts (recorded: every history, every layer)
+SDPA_BACKWARD_EXTRA_BYTES = 256
+
+
+def ckpt_backward_layer(group_names: list[str]) -> list[str] | None:
+    """The pattern whose gradients are exactly the layer's trainable groups (`group_names`), or None."""
+    have = Counter(group_names)
+    for pattern in (LLAMA_CKPT_BACKWARD_LAYER, LLAMA_CKPT_BACKWARD_LAYER_QKV_BIAS):
+        if Counter(GRAD_GROUPS[x] for x in pattern if x in GRAD_GROUPS) == have:
+            return pattern
+    return None
+
+
+def ckpt_backward_sizes(model: ModelSpec, setup: TrainingSetup) -> dict[str, int]:
+    """Bytes of each activation kind of the patterns for one micro-batch (the gradients' come from their groups)."""
+    b, s = setup.batch_size, setup.seq_len
+    n, h, e = b * s, model.hidden_size, 2
+    q, kv = model.num_heads * model.head_dim, model.num_kv_heads * model.head_dim
+    lse = b * model.num_heads * s * 4
+    expanded = 2 * n * q * e if kv < q else 0  # GQA: dk and dv at the query heads' width, then summed
+    return {
+        "F": n * h * 4, "r": n * 4, "X": n * h * e, "Q": n * q * e, "K": n * kv * e, "Qh": n * q * e // 2,
+        "Kh": n * kv * e // 2, "L": lse, "t": TINY_BYTES, "I": n * model.intermediate_size * e,
+        "A": n * q * 4 + expanded + lse + SDPA_BACKWARD_EXTRA_BYTES,
+        "Rh": n * h * 8, "Rq": n * q * 8, "Rk": n * kv * 8,
+    }  # fmt: skip
