@@ -41,19 +41,18 @@ def test_raw_model_allocated_peak_within_2_percent_on_every_run():
 
 
 #: the default reserved rule ("auto": simulated on one GPU) over every shipped single-GPU run, leave-one-out context.
-#: Issue 11 asks median <= 1.5 %, worst <= 5 %, no under-prediction beyond 3 %. Session 8 (2026-12-02): reserved
-#: median 0.42 %, device 0.43 %; the one run beyond was DEFAULT_HOLDOUT_MISS, predicted before it ran
-#: (docs/holdout/default-compare.txt): Llama-3.2-3B full FT with checkpointing at s = 4096, -6.6 % reserved, until its
-#: rerun's history showed the checkpointed forward's no-grad frees (allocator/no_grad_layer.py): -0.2 % since. Device
-#: worst under -4.0 %: the Gemma 3 Unsloth run's CUDA context, not its reserved peak (-1.6 %)
-#: and its rerun with an allocator history (d-l3-full-gc-s4096), the same reserved bytes
-#: the second hold-out (docs/holdout/nograd-compare.txt, predicted before it ran): 5 of 6 within 1.3 %, and
-#: Qwen2.5-1.5B full FT with checkpointing at s = 4096 (tied embeddings) -5.9 %: the allocator state at step 0's loss
-#: is the recorded one (3.713 GiB), step 0's backward and optimizer states then leave a 1365 MiB hole the recorded run
-#: does not have, which takes step 1's bf16 logits (one 1188 MiB segment fewer); not fixed yet
+#: Issue 11 asks median <= 1.5 %, worst <= 5 %, no under-prediction beyond 3 %. Session 9 (2026-12-02): reserved
+#: median 0.32 %, worst 3.6 %, worst under -2.8 %; device 0.30 / 3.5 / -3.3 % (the Gemma 3 Unsloth run: 254 MiB outside
+#: the allocator where its other checkpointed runs take 70, not its reserved peak). The hold-out misses, each predicted
+#: before it ran, stay fixed:
+#: * DEFAULT_HOLDOUT_MISS (docs/holdout/default-compare.txt): Llama-3.2-3B full FT with checkpointing at s = 4096, -6.6 %,
+#:   until its rerun's history showed the checkpointed forward's no-grad frees (allocator/no_grad_layer.py);
+#: * NOGRAD_HOLDOUT_MISS (docs/holdout/nograd-compare.txt): Qwen2.5-1.5B full FT with checkpointing at s = 4096 (tied
+#:   embeddings), -5.9 %, until the checkpointed layers' backward ran as recorded (allocator/ckpt_backward_layer.py):
+#:   step 0's backward had left a 1365 MiB hole the recorded run does not have, which took step 1's bf16 logits
 NOGRAD_HOLDOUT_MISS = "qwen2.5-1.5b-full-s4096-b1-gc-adamwtorchfused-bf16-sdpa-0487c452"
 DEFAULT_HOLDOUT_MISS = ("llama-3.2-3b-full-s4096-b1-gc-adamwtorchfused-bf16-sdpa-aaf9bde4", "llama-3.2-3b-full-s4096-b1-gc-adamwtorchfused-bf16-sdpa-9aa8c654")
-WORST_UNDER = {"reserved": -0.03, "device": -0.045}
+WORST_UNDER = {"reserved": -0.03, "device": -0.035}
 
 
 @pytest.mark.parametrize("total", ["reserved", "device"])
@@ -62,10 +61,9 @@ def test_leave_one_out_median_and_worst_error(total):
     assert stats["runs"] >= 150
     assert stats["median_abs"] <= 0.015, stats
     errors = {c.run_id: c.error(total) for c in LOO.comparisons if c.error(total) is not None}
-    assert -0.065 <= errors.pop(NOGRAD_HOLDOUT_MISS) <= -0.055  # as measured (a fix moves it: update this line)
     assert max(map(abs, errors.values())) <= 0.05
     assert min(errors.values()) >= WORST_UNDER[total]  # an under-prediction is an OOM for the user
-    assert all(abs(errors[i]) <= 0.005 for i in DEFAULT_HOLDOUT_MISS)  # the fixed miss stays fixed
+    assert all(abs(errors[i]) <= 0.005 for i in (*DEFAULT_HOLDOUT_MISS, NOGRAD_HOLDOUT_MISS))  # the fixed misses
 
 
 @pytest.mark.parametrize("total", ["reserved", "device"])
@@ -140,14 +138,6 @@ def test_weights_after_load_match_the_real_stack():
 RAW = validate(RUNS)
 
 
-def _loo_without(runs):
-    """LOO restricted to `runs` (the comparisons are per run, so a subset of the full leave-one-out)."""
-    from vramplan.validation import Validation
-
-    ids = {r.run_id for r in runs}
-    return Validation(comparisons=[c for c in LOO.comparisons if c.run_id in ids], skipped=LOO.skipped)
-
-
 @pytest.mark.parametrize("stack", LOO.stacks())
 def test_every_stack_meets_its_targets_on_its_shipped_runs(stack):
     # issue 10: per stack, allocated (raw) median <= 1 %, worst <= 3 %; reserved and device (leave-one-out)
@@ -155,7 +145,6 @@ def test_every_stack_meets_its_targets_on_its_shipped_runs(stack):
     alloc = RAW.stats("allocated", stack)
     assert alloc["median_abs"] <= 0.01 and alloc["worst_abs"] <= 0.03, (stack, alloc)
     for total in ("reserved", "device"):
-        kept = [r for r in RUNS if r.run_id != NOGRAD_HOLDOUT_MISS]  # hf: its one miss, bounded above
-        s = LOO.stats(total, stack) if stack != "hf" else _loo_without(kept).stats(total, stack)
+        s = LOO.stats(total, stack)
         worst, under = 0.08, -0.05
         assert s["median_abs"] <= 0.03 and s["worst_abs"] <= worst and s["worst_under"] >= under, (stack, total, s)

@@ -46,7 +46,11 @@ def test_reference_worked_example_qlora_llama_8b_s4096():
 
 def test_full_ft_peak_is_at_the_optimizer_or_end_of_backward_not_forward():
     m = estimate(LLAMA, make("full", seq_len=2048, grad_ckpt=True)).memory
-    assert m.peak_phase in ("optimizer", "grads_complete")
+    # the recorded backward (allocator/ckpt_backward_layer.py): the embedding's gradient is made while the carried
+    # gradient (b s h bf16, 16 MiB) is alive, 16 MiB above the optimizer step (8B runs: -0.03 % -> -0.00 % measured)
+    assert m.peak_phase == "embedding_partial_sums"
+    assert m.phases["embedding_partial_sums"] - m.phases["optimizer"] == 2048 * 4096 * 2
+    assert max(m.phases["forward"], m.phases["loss_backward"]) < m.phases["optimizer"]
 
 
 def test_full_ft_peak_is_below_the_textbook_sum_of_everything():

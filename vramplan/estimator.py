@@ -4,8 +4,12 @@ Phases (steady state: optimizer states exist from the first step on; memory_mode
 * forward      weights + states (+ grads when accumulating) + saved activations + loss buffers
 * loss_backward  the same with the 12 N V loss-gradient buffers instead of the 10 N V forward ones
 * layer_backward the last layer's recompute (checkpointing) or the first layer's grads, plus transients
-* grads_complete full FT: every gradient exists while the first layer's backward finishes
+* first_layer_backward, embedding_backward  full FT: every gradient but the embedding's exists while layer 0's
+               backward runs, then the embedding's (a tied one summed out of place)
 * optimizer    weights + states + gradients + optimizer-step temporaries
+A checkpointed full FT Llama-family layer runs its recorded backward (allocator/ckpt_backward_layer.py): its three
+backward phases come from the pattern's bytes instead of the fitted transients, and embedding_partial_sums adds the
+embedding backward's partial sums and the carried gradient (_recorded_backward_phases).
 The step-0 optimizer step creates the states while gradients exist; its total equals `optimizer`.
 Reserved is the larger of the fragmentation rule (peak allocated x (1 + f) + f_logits x 4 N V) and, for
 large-pool optimizer states, the steady-step loss-segment rule (memory.allocator.steady_loss_reserved).
@@ -18,6 +22,7 @@ from .errors import VramplanError
 from .memory.activations import rotary_tables
 from .memory.adapters import adapter_autocast_copy_bytes, adapter_bytes, check_lora_supported, lora_param_count
 from .memory.allocator import block_bytes, reserved_from_allocated, steady_loss_reserved, workspace_bytes
+from .memory.allocator.ckpt_backward_layer import CkptBackwardPeaks, ckpt_backward_applies, ckpt_backward_peaks
 from .memory.allocator.simulated import (
     RESERVED_BY_SIMULATION,
     SIMULATED_ASSUMPTION,
@@ -34,6 +39,7 @@ from .memory.constants import (
     PRIOR_T_BWD_CONST_UNITS,
     PRIOR_T_BWD_I_FACTOR,
 )
+from .memory.allocator.tensors import grad_tensor, grouped_by_layer
 from .memory.optimizer import gradient_bytes, optimizer_state_bytes, optimizer_step_transient_bytes
 from .memory.parallel import check_parallel_supported, parallel_terms
 from .memory.stacks import check_stack_supported, stack_profile
@@ -133,6 +139,10 @@ class _Terms:
     parallel_stream_pools: dict[str, int] = field(default_factory=dict)
     parallel_init: dict[str, int] = field(default_factory=dict)
     parallel_init_reserved: int = 0
+    #: a checkpointed full FT Llama-family setup: its recorded backward patterns' terms (allocator/ckpt_backward_layer.py)
+    ckpt_backward: CkptBackwardPeaks | None = None
+    #: the decoder layers' gradients (all layers; with ckpt_backward only)
+    layer_grads: int = 0
 
 
 def estimate(
@@ -241,6 +251,12 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         + expert_lora_transient_bytes(model, setup)
     )
     owns_head = profile.owns_lm_head(model)
+    rotary = sum(rotary_tables(model, setup, profile.residual_bytes(setup)))
+    ckpt_bwd, layer_grads = None, 0
+    if ckpt_backward_applies(model, setup, profile):
+        layer_groups, head_groups = grouped_by_layer(groups, model.num_layers)
+        ckpt_bwd = ckpt_backward_peaks(model, setup, layer_groups, head_groups, ckpt, rotary)
+        layer_grads = sum(grad_tensor(g) for gs in layer_groups for g in gs)
     cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup, profile.lm_head_fp32(setup) and not owns_head)
     copies_fwd, copies_layer = adapter_autocast_copy_bytes(model, setup)
     terms = _Terms(
@@ -253,7 +269,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         saved_layers=saved_layers,
         one_layer=layer,
         one_checkpoint=ckpt,
-        final=int(act.final_units * unit),
+        final=int(act.final_units * unit) + (ckpt_bwd.final_rsqrt if ckpt_bwd else 0),
         loss_fwd=head.forward,
         loss_bwd=head.backward,
         t_bwd=t_bwd,
@@ -267,12 +283,14 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         largest_state=max((g.numel * g.itemsize for g in groups), default=0),
         adapter_copies_fwd=copies_fwd,
         adapter_copies_layer=copies_layer,
-        rotary_tables=sum(rotary_tables(model, setup, profile.residual_bytes(setup))),
+        rotary_tables=rotary,
         tied_load=tied_lm_head_load_bytes(model, setup, weights, from_pretrained=profile.loads_checkpoint),
         loss_saved=head.saved,
         loss_fwd_tmp=head.forward_tmp,
         loss_bwd_tmp=head.backward_tmp,
         stack_outside=profile.outside_allocator(setup, ckpt),
+        ckpt_backward=ckpt_bwd,
+        layer_grads=layer_grads,
     )
     # DeepSpeed ZeRO runs (and offloads) at world size 1 too; DDP/FSDP on one GPU change nothing
     if setup.parallel is None or (setup.num_gpus == 1 and setup.parallel not in ("zero2", "zero3")):
@@ -380,6 +398,8 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
             "tied_embedding_grad_accumulation": t.tied_grad,
             **bwd_extra,
         }
+    if t.ckpt_backward is not None:
+        phase_terms |= _recorded_backward_phases(t, setup, common, bwd_extra)
     phases = {name: sum(v for v in terms.values()) for name, terms in phase_terms.items()}
     peak_phase = max(phases, key=lambda p: phases[p])
     breakdown = {k: v for k, v in phase_terms[peak_phase].items() if v}
@@ -416,6 +436,42 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
         cuda_context_bytes=context,
         outside_allocator_bytes=outside,
     )
+
+
+def _recorded_backward_phases(t: _Terms, setup: TrainingSetup, common: dict, bwd_extra: dict) -> dict[str, dict]:
+    """The backward phases of a setup whose layers run the recorded patterns (allocator/ckpt_backward_layer.py), in
+    place of the fitted backward transients: the last layer's backward (every checkpoint, the head's gradients), layer
+    0's (every gradient but the embedding's), and the embedding's: its own gradient (a tied one: the new gradient, then
+    the sum) with the partial sums' buffer and the carried gradient. A later micro-step adds into the gradients the
+    first made (common holds them all)."""
+    pk = t.ckpt_backward
+    accum = setup.grad_accum > 1
+    head = t.grads - t.layer_grads - (0 if t.tied_grad else t.embedding_grad)  # lm_head's (or the tied), the norm's
+    layers = {"rotary_tables": t.rotary_tables, "carried_gradient": pk.carry, "int8_matmul_state": t.quant_state}
+    tied_sum = t.tied_grad and t.tied_grad != t.embedding_grad  # the gradient made, then the sum (not in place)
+    own = t.embedding_grad if accum else (t.tied_grad - (t.embedding_grad if tied_sum else 0))
+    return {
+        "layer_backward": {
+            **common, "activations.checkpoints": t.saved_layers, "gradients": t.grads if accum else head,
+            "backward_layer": pk.top_layer, **layers, **bwd_extra,
+        },
+        "first_layer_backward": {
+            **common, "activations.first_layer": t.one_checkpoint,
+            "gradients": t.grads if accum else t.grads - t.embedding_grad + (t.embedding_grad if t.tied_grad else 0)
+            - pk.first_layer_grads,
+            "backward_layer": pk.first_layer, **layers, **bwd_extra,
+        },
+        "embedding_backward": {
+            **common, "gradients": t.grads, "tied_embedding_grad_accumulation": t.tied_grad if tied_sum and not accum else 0,
+            **bwd_extra,
+        },
+        "embedding_partial_sums": {
+            **common, "gradients": t.grads, ("tied_embedding_grad_accumulation" if t.tied_grad and not accum else
+                                              "embedding_grad_accumulation"): own,
+            "embedding_partial_sums": pk.embedding_partials,
+            "carried_gradient": pk.carry, **bwd_extra,
+        },
+    }  # fmt: skip
 
 
 def _params(model: ModelSpec, setup: TrainingSetup) -> ParamCounts:

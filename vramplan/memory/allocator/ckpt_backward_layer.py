@@ -34,8 +34,11 @@ to), kept when the micro-step makes gradients, else added into the existing one 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from ...specs import ModelSpec, TrainingSetup
+from .no_grad_layer import no_grad_pattern_applies
+from .tensors import grad_tensor
 
 #: one eager Llama-family decoder layer's checkpointed backward (module docstring)
 LLAMA_CKPT_BACKWARD_LAYER = (
@@ -88,6 +91,24 @@ def ckpt_backward_layer(group_names: list[str]) -> list[str] | None:
     return None
 
 
+def ckpt_backward_applies(model: ModelSpec, setup: TrainingSetup, profile) -> bool:
+    """Whether the setup's layers run the transformers modules the patterns were read from: those that run the recorded
+    no-grad forward (no_grad_layer.py), on one GPU or DDP, not Unsloth (its own RMSNorm and RoPE kernels)."""
+    return (
+        setup.parallel in (None, "ddp") and profile.name != "unsloth"
+        and no_grad_pattern_applies(model, setup, profile.liger)
+    )  # fmt: skip
+
+
+def ckpt_backward_patterns(layer_groups, head_groups) -> list[list[str]] | None:
+    """Each layer's pattern when every layer's gradients are a pattern's and the head has the final norm's (the
+    setup must run the recorded no-grad forward too: no_grad_layer.no_grad_pattern_applies); else None."""
+    patterns = [ckpt_backward_layer([g.name for g in gs]) for gs in layer_groups]
+    if any(p is None for p in patterns) or not any(g.name == "norms" for g in head_groups):
+        return None
+    return patterns
+
+
 def ckpt_backward_sizes(model: ModelSpec, setup: TrainingSetup) -> dict[str, int]:
     """Bytes of each activation kind of the patterns for one micro-batch (the gradients' come from their groups)."""
     b, s = setup.batch_size, setup.seq_len
@@ -101,3 +122,80 @@ def ckpt_backward_sizes(model: ModelSpec, setup: TrainingSetup) -> dict[str, int
         "A": n * q * 4 + expanded + lse + SDPA_BACKWARD_EXTRA_BYTES,
         "Rh": n * h * 8, "Rq": n * q * 8, "Rk": n * kv * 8,
     }  # fmt: skip
+
+#: the final norm's forward with autograd (every history above): RMSNorm's ops, as at a layer pattern's start
+FINAL_NORM_FORWARD = "F F r -2 r r -2 F X X -3 -9".split()
+#: the tensors it saves for its backward, by token: the fp32 input, the rsqrt, the normalised bf16 copy, the output
+FINAL_NORM_SAVED = (0, 5, 8, 9)
+#: EmbeddingBackwardKernel.cu NROWS_PER_THREAD: the partial segments' bound is n / 10 + n
+EMBEDDING_ROWS_PER_PARTIAL = 10
+#: Embedding.cu embedding_dense_backward_cuda: up to this many indices one kernel adds into the zeroed gradient, no
+#: partial sums (s-h200-l8-full-gc, n 2048: the gradient, then the carried gradient freed)
+EMBEDDING_DIRECT_MAX_INDICES = 3072
+
+
+@dataclass(frozen=True)
+class CkptBackwardPeaks:
+    """The estimator's terms for a setup whose backward runs the patterns (they are the sequence's, so the estimator's
+    peak is the sequence's most live bytes): the carried gradient, the final norm's saved rsqrt, the most bytes the
+    last layer's and layer 0's backward hold above what was alive before them (layer 0's checkpointed input and the
+    rotary tables freed at its x), layer 0's gradients (among those), and the embedding backward's partial sums."""
+
+    carry: int
+    final_rsqrt: int
+    top_layer: int
+    first_layer: int
+    first_layer_grads: int
+    embedding_partials: int
+
+
+def ckpt_backward_peaks(
+    model: ModelSpec, setup: TrainingSetup, layer_groups, head_groups, checkpoint: int, rotary: int
+) -> CkptBackwardPeaks | None:
+    """The patterns' terms (CkptBackwardPeaks) when the setup's groups have patterns, else None; each layer keeps the
+    gradients it makes when there is one micro-step (a later micro-step adds into the kept ones)."""
+    patterns = ckpt_backward_patterns(layer_groups, head_groups)
+    if patterns is None:
+        return None
+    sizes = ckpt_backward_sizes(model, setup)
+    keep = setup.grad_accum == 1
+    n = setup.batch_size * setup.seq_len
+    top = _excursion(patterns[-1], sizes, grad_token_sizes(layer_groups[-1]), checkpoint, keep)
+    first = _excursion(patterns[0], sizes, grad_token_sizes(layer_groups[0]), checkpoint + rotary, keep)
+    partials = (n + n // EMBEDDING_ROWS_PER_PARTIAL) * model.hidden_size * 4 if n > EMBEDDING_DIRECT_MAX_INDICES else 0
+    return CkptBackwardPeaks(
+        carry=sizes["X"], final_rsqrt=sizes["r"], top_layer=top, first_layer=first,
+        first_layer_grads=sum(grad_tensor(g) for g in layer_groups[0]) if keep else 0, embedding_partials=partials,
+    )  # fmt: skip
+
+
+def grad_token_sizes(groups) -> dict[str, list[int]]:
+    """A pattern's gradient tokens -> the bytes of the groups' gradients, the first to be made last (popped)."""
+    sizes: dict[str, list[int]] = {}
+    token = {name: tok for tok, name in GRAD_GROUPS.items()}
+    for g in reversed(groups):
+        if g.name in token:
+            sizes.setdefault(token[g.name], []).append(grad_tensor(g))
+    return sizes
+
+
+def _excursion(tokens: list[str], sizes: dict[str, int], grads: dict[str, list[int]], inputs: int, keep: bool) -> int:
+    """The most bytes `tokens` hold at once above what was alive before them (x frees `inputs` bytes); a gradient
+    token's tensor is kept, or with `keep` False freed at once."""
+    live = top = 0
+    made: list[int] = []
+    for tok in tokens:
+        if tok[0] == "-":
+            live -= made[len(made) - int(tok[1:])]
+            nbytes = 0
+        elif tok == "x":
+            live -= inputs
+            nbytes = 0
+        else:
+            nbytes = grads[tok].pop() if tok in grads else sizes[tok]
+            live += nbytes
+            top = max(top, live)
+            if tok in grads and not keep:
+                live -= nbytes
+        made.append(nbytes)
+    return top

@@ -1,26 +1,54 @@
-"""Steps of the predicted sequence that run a recorded layer pattern (no_grad_layer.py): a list of tokens, each
-allocating a tensor of a kind or freeing one made a few ops earlier, as torch ran that layer op by op.
+"""Steps of the predicted sequence that run a recorded layer pattern: a list of tokens, each allocating a tensor of a
+kind or freeing one made a few ops earlier, as torch ran that layer op by op. A checkpointed full fine-tuning
+Llama-family layer's first forward (no_grad_layer.py), its backward and the final norm's (ckpt_backward_layer.py).
 
-A mixin of sequence._Builder (it uses the builder's seq, L, final and no_grad_sizes); kept apart so that sequence.py
-stays the training step's builder.
+A mixin of sequence._Builder (it uses the builder's m, s, t, seq, L, final, rotary, final_ids, head_groups,
+layer_groups, grads, no_grad_sizes and ckpt_bwd); kept apart so that sequence.py stays the training step's builder.
 """
 
 from __future__ import annotations
 
+from .ckpt_backward_layer import (
+    EMBEDDING_DIRECT_MAX_INDICES,
+    EMBEDDING_ROWS_PER_PARTIAL,
+    FINAL_NORM_FORWARD,
+    FINAL_NORM_SAVED,
+    LLAMA_FINAL_NORM_BACKWARD,
+    grad_token_sizes,
+)
 from .no_grad_layer import LLAMA_NO_GRAD_LAYER, NO_GRAD_OUTPUT
+from .tensors import grad_tensor
 
 
-def run_pattern(seq, tokens: list[str], sizes: dict[str, int]) -> list[int]:
-    """Append a pattern's ops to `seq`: a kind allocates sizes[kind], -n frees the tensor allocated n ops earlier.
-    The tensor of each token (-1 for a free)."""
+
+def run_pattern(seq, tokens: list[str], sizes: dict[str, int], inputs: list[int] = (), named: dict[str, int] | None = None,
+                grads: dict[str, list[int]] | None = None, keep_grads: bool = True) -> tuple[list[int], list[int]]:
+    """Append a pattern's ops to `seq`: a kind allocates sizes[kind], -n frees the tensor allocated n ops earlier,
+    x frees `inputs`, ~name frees named[name]; a gradient token allocates the next of grads[token], kept (or, when
+    `keep_grads` is False, added into the existing gradient: freed at once). The tensor of each token (-1 for a free)
+    and the gradients kept."""
     made: list[int] = []
+    kept: list[int] = []
     for tok in tokens:
-        if tok[0] == "-":
+        c = tok[0]
+        if c == "-":
             seq.free(made[len(made) - int(tok[1:])])
             made.append(-1)
+        elif c == "x":
+            seq.free(*inputs)
+            made.append(-1)
+        elif c == "~":
+            seq.free(named[tok[1:]])
+            made.append(-1)
+        elif grads is not None and tok in grads:
+            made.append(seq.alloc(grads[tok].pop()))
+            if keep_grads:
+                kept.append(made[-1])
+            else:
+                seq.free(made[-1])
         else:
             made.append(seq.alloc(sizes[tok]))
-    return made
+    return made, kept
 
 
 class LayerPatterns:
@@ -28,9 +56,61 @@ class LayerPatterns:
         """Layer k's first forward under checkpointing as LLAMA_NO_GRAD_LAYER: its output, the next layer's input; after
         the last layer the final norm's tensors, made from it (the output freed once they are)."""
         seq = self.seq
-        out = run_pattern(seq, LLAMA_NO_GRAD_LAYER, self.no_grad_sizes)[NO_GRAD_OUTPUT]
+        out = run_pattern(seq, LLAMA_NO_GRAD_LAYER, self.no_grad_sizes)[0][NO_GRAD_OUTPUT]
         if k < self.L - 1:
             return [out]
-        final = [seq.alloc(x) for x in self.final]
+        if self.ckpt_bwd:  # the final norm's forward with autograd (FINAL_NORM_FORWARD): what it saves, in order,
+            # then the rest of the estimator's final tensors (TRL with b > 1: its attention mask)
+            made, _ = run_pattern(seq, FINAL_NORM_FORWARD, self.ckpt_bwd_sizes)
+            final = [made[j] for j in FINAL_NORM_SAVED]
+            kept = sum(seq.sizes[i] for i in final) - (seq.sizes[final[3]] if self.profile.owns_lm_head(self.m) else 0)
+            final += [seq.alloc(self.t.final - kept)] if self.t.final > kept else []
+        else:
+            final = [seq.alloc(x) for x in self.final]
         seq.free(out)
         return final
+
+    def _ckpt_final_norm_backward(self, logits_grad: list[int], new_grads: bool) -> int:
+        """lm_head's gradient of the hidden state, then the final norm's backward (LLAMA_FINAL_NORM_BACKWARD): the
+        gradient carried through the layers (the pattern's last X)."""
+        seq = self.seq
+        grad = seq.alloc(self.ckpt_bwd_sizes["X"])
+        self._autograd_workspace()
+        h, r, normed, out, *rest = self.final_ids
+        seq.free(*logits_grad, *([] if self.profile.owns_lm_head(self.m) else [out]), *rest)  # lm_head's saved input
+        norms = [g for g in self.head_groups if g.name == "norms"]
+        made, grads = run_pattern(seq, LLAMA_FINAL_NORM_BACKWARD, self.ckpt_bwd_sizes, named={"g": grad, "n": normed, "r": r, "h": h},
+                                  grads=grad_token_sizes(norms), keep_grads=new_grads)  # fmt: skip
+        self.grads += grads
+        return made[-2]
+
+    def _ckpt_backward_layer(self, k: int, inputs: list[int], new_grads: bool) -> tuple[list[int]]:
+        """Layer k's recompute and backward as its pattern; `inputs`: its checkpointed input (at layer 0 after the
+        rotary cos and sin). The gradients it keeps."""
+        _, grads = run_pattern(self.seq, self.ckpt_bwd[k], self.ckpt_bwd_sizes, inputs=inputs,
+                               grads=grad_token_sizes(self.layer_groups[k]), keep_grads=new_grads)  # fmt: skip
+        return (grads,)
+
+    def _ckpt_embedding_backward(self, carry: int, new_grads: bool) -> None:
+        """The embedding's backward (embedding_dense_backward): its gradient, then over 3072 tokens an fp32 buffer of
+        partial sums, (n + n / 10) x h (EmbeddingBackwardKernel.cu's bound on the partial segments, recorded: 35.2 MiB
+        for TinyLlama s 4096), then the carried gradient freed. A tied embedding's gradient is then added to lm_head's
+        as a new tensor, the old two freed (a head that owns the lm_head adds it in place)."""
+        seq, t, m = self.seq, self.t, self.m
+        n = self.s.batch_size * self.s.seq_len
+        embed = next(g for g in self.head_groups if g.name == "embed_tokens")
+        tied = m.tie_word_embeddings
+        grad_bytes = seq.sizes[self.tied_grad_id] if tied and new_grads else grad_tensor(embed)
+        own = seq.alloc(t.tied_grad - grad_bytes if tied and new_grads and not self.profile.owns_lm_head(m) else
+                        t.tied_grad if tied and new_grads else grad_bytes)  # fmt: skip
+        if n > EMBEDDING_DIRECT_MAX_INDICES:
+            seq.free(seq.alloc((n + n // EMBEDDING_ROWS_PER_PARTIAL) * m.hidden_size * 4))
+        seq.free(carry)
+        if not new_grads or (tied and self.profile.owns_lm_head(m)):
+            seq.free(own)
+        elif tied:
+            total = seq.alloc(grad_bytes)
+            seq.free(self.tied_grad_id, own)
+            self.grads[self.grads.index(self.tied_grad_id)] = self.tied_grad_id = total
+        else:
+            self.grads.append(own)

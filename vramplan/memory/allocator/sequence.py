@@ -66,6 +66,7 @@ from ..transients import (
     expert_lora_transient_bytes,
 )
 from ..weights import lm_head_params
+from .ckpt_backward_layer import ckpt_backward_applies, ckpt_backward_patterns, ckpt_backward_sizes
 from .layer_patterns import LayerPatterns
 from .load_steps import START_CUDA_TENSOR_BYTES, LoadSteps
 from .lora_chain import checkpointed_mlp, lora_chains
@@ -219,6 +220,9 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
         self.workspace: list[int] = []
         #: a checkpointed full FT Llama-family layer's no-grad forward (no_grad_layer.py): its kinds' bytes, or empty
         self.no_grad_sizes = no_grad_layer_sizes(model, setup) if no_grad_pattern_applies(model, setup, profile.liger) else {}
+        #: and its recorded backward, each layer's pattern (ckpt_backward_layer.py), or None
+        self.ckpt_bwd = ckpt_backward_patterns(self.layer_groups, self.head_groups) if ckpt_backward_applies(model, setup, profile) else None
+        self.ckpt_bwd_sizes = ckpt_backward_sizes(model, setup) if self.ckpt_bwd else {}
         # Unsloth's offloaded checkpoints (_staging_buffers): the staging buffers, and whether a backward has run yet
         self.staging: list[int] = []
         self.first_pass, self.double_buffered = True, False
@@ -422,6 +426,8 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
             self.loss_saved = [self.logsm, extra_saved]
         else:  # an owned head: its saved buffers and forward transients (one buffer each when it lists none)
             self.head_saved = [seq.alloc(x) for x in t.loss_saved]
+            if self.ckpt_bwd:  # the final norm's output: the head keeps its own copy (s-l1-trl-full-gc: freed here)
+                seq.free(self.final_ids[3])
             seq.free(*[seq.alloc(x) for x in t.loss_fwd_tmp or (t.loss_fwd - sum(t.loss_saved),)])
             seq.free(*self.copies)
             self.loss_saved = []
@@ -442,6 +448,8 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
         tied = self.m.tie_word_embeddings
         if full and new_grads:  # lm_head backward: lm_head's (tied: the embedding's) gradient, the final norm's
             for g in self.head_groups:
+                if self.ckpt_bwd and g.name == "norms":  # made in the final norm's backward (_ckpt_final_norm_backward)
+                    continue
                 if g.name != "embed_tokens" or tied:
                     self.grads.append(seq.alloc(grad_tensor(g)))
                     if g.name == "embed_tokens":
@@ -451,9 +459,12 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
             self._autograd_workspace()
         if not self.loss_saved and not (full and new_grads):
             seq.free(*head, *self.head_saved)
-        carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
-        self._autograd_workspace()
-        seq.free(*([logits_grad] if self.loss_saved else []), *self.final_ids)
+        if self.ckpt_bwd:  # the gradient of the last hidden state, then the final norm's recorded backward
+            carry = self._ckpt_final_norm_backward([logits_grad] if self.loss_saved else [], new_grads)
+        else:
+            carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
+            self._autograd_workspace()
+            seq.free(*([logits_grad] if self.loss_saved else []), *self.final_ids)
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
             seq.free(self.lm_cache)
         layers_start = len(seq.ops)
@@ -462,11 +473,20 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
             kept = [x for x in self.ckpt[k : k + 1] if x is not None] if s.grad_ckpt else self.saved[k]
             cache = self.cache[k] if self.cache else []
             made_of = (self.adapter_copies[k], self.dequant[k], self.layers[k], self.layer_groups[k])
-            (carry,), grads = self.repeated(("backward", k == self.L - 1, new_grads), made_of, [carry, *kept, *cache],
-                                            partial(self._backward_layer, k, carry, kept, cache, new_grads))  # fmt: skip
+            if self.ckpt_bwd:  # its recorded backward; the carried gradient is added into in place
+                inputs = [*self.rotary, *kept] if k == 0 else kept  # layer 0 drops the rotary tables' last reference
+                (grads,) = self.repeated(("ckpt_backward", k == 0, new_grads), made_of, inputs,
+                                         partial(self._ckpt_backward_layer, k, inputs, new_grads))  # fmt: skip
+            else:
+                (carry,), grads = self.repeated(("backward", k == self.L - 1, new_grads), made_of, [carry, *kept, *cache],
+                                                partial(self._backward_layer, k, carry, kept, cache, new_grads))  # fmt: skip
             self.grads += grads
         if new_grads:
             self.grad_stretches.append((layers_start, len(seq.ops)))
+        if self.ckpt_bwd:
+            self._ckpt_embedding_backward(carry, new_grads)
+            seq.free(self.quant)
+            return
         seq.free(*self.rotary)  # layer 0's backward drops the last reference (activations.rotary_tables)
         seq.free(carry)  # consumed by the embedding's backward
         if not s.grad_ckpt:
