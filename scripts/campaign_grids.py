@@ -444,3 +444,23 @@ def no_grad_holdout_grid() -> list[RunSpec]:
              seq_len=4096),
         full("n-g3-1-full-gc-s4096", G3_1, "Gemma 3 1B at 4k: the pattern does not apply", grad_ckpt=True, seq_len=4096),
     ]
+
+
+def ckpt_backward_holdout_grid() -> list[RunSpec]:
+    """Issue 11, session 9: checkpointed full fine-tuning, where each Llama-family layer's backward now runs as recorded
+    (vramplan/memory/allocator/ckpt_backward_layer.py, read from the n-* histories) and the estimator's backward
+    phases come from it, predicted before any of these ran (docs/holdout/ckptbwd-predictions.json): Qwen2.5 (biases,
+    tied and untied), 3072 tokens (the embedding backward's one-kernel bound), long sequences, b 2, accumulation, TRL."""
+    tf = _stack(full, "trl")
+    return [
+        full("c-q05-full-gc-s4096", Q05, "Qwen2.5-0.5B at 4k (tied, biases)", grad_ckpt=True, seq_len=4096),
+        full("c-q3b-full-gc", "qwen2.5-3b", "Qwen2.5-3B (36 layers, tied, biases)", grad_ckpt=True),
+        full("c-q7-full-gc", Q7, "Qwen2.5-7B full FT (untied, biases)", grad_ckpt=True),
+        full("c-q15-full-gc-b2", "qwen2.5-1.5b", "Qwen2.5-1.5B b2 at 2k", grad_ckpt=True, batch_size=2),
+        full("c-l1-full-gc-s3072", L1, "1B at 3072 tokens (the embedding backward's one-kernel bound)", grad_ckpt=True,
+             seq_len=3072),
+        full("c-tiny-full-gc-s8192", "tinyllama-1.1b-chat-v1.0", "TinyLlama at 8k", grad_ckpt=True, seq_len=8192),
+        full("c-l3-full-gc-ga2-s4096", L3, "3B at 4k, two micro-steps", grad_ckpt=True, seq_len=4096, grad_accum=2),
+        tf("c-l1-trl-full-gc-s4096", L1, "TRL 1B full FT at 4k", grad_ckpt=True, seq_len=4096),
+    ]
+
