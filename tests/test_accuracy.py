@@ -109,16 +109,30 @@ def test_every_usable_run_is_compared():
 #: counts equal to the real model's
 #: gemma-3-1b-it: its s = 4096 full-FT hold-out run (2026-12-02, session 8) holds 50 MiB (2.6 %) more after load than its
 #: weights, as its TRL runs do at s = 2048; not explained yet
-UNEXPLAINED_AFTER_LOAD = {"qwen3-4b": 0.01, "gemma-3-1b-it": 0.03}
+def _allocated_after_load(spec, setup) -> int:
+    """torch.cuda.memory_allocated() after load as the allocator model counts it: the predicted sequence's load replayed,
+    each block it did not split counted whole (simulated.WHOLE_BLOCKS: Qwen2.5-3B holds 108.5 MiB more than its
+    weights' bytes)."""
+    from vramplan.estimator import CALIBRATED_DEFAULTS, _terms
+    from vramplan.memory.allocator.caching import CachingAllocator
+    from vramplan.memory.allocator.replay import apply_op
+    from vramplan.memory.allocator.sequence import training_sequence
+
+    seq = training_sequence(spec, setup, _terms(spec, setup, None, dict(CALIBRATED_DEFAULTS)), steps=0)
+    allocator, blocks = CachingAllocator(), [None] * len(seq.sizes)
+    for op in seq.ops:
+        apply_op(allocator, blocks, seq.sizes, op)
+    return allocator.allocated
 
 
 def test_weights_after_load_match_the_real_stack():
-    # issue 2 target: weights (+ adapters) after load within 0.5 % of torch.cuda.memory_allocated(),
-    # bf16 and NF4 with double quantization; models under 2 GiB carry a few MiB of fixed extras
+    # issue 2 target: after load within 0.5 % of torch.cuda.memory_allocated(), bf16 and NF4 with double quantization;
+    # models under 2 GiB carry a few MiB of fixed extras. The weights' (+ adapters') bytes, and the allocator's count
+    # of them (its whole blocks): Qwen2.5-3B and -7B hold 108.5 and 43.0 MiB more than their weights, as replayed
     from vramplan.memory.adapters import adapter_bytes
     from vramplan.memory.weights import weight_bytes
 
-    checked = 0
+    checked = whole = 0
     # hf stack only: with SFTTrainer "after load" is read after its own set-up (on_train_begin), and
     # gemma-3-1b TRL full FT holds 2.6 % there that the weights do not explain (open, issue 10)
     for run in HF_RUNS:
@@ -126,13 +140,15 @@ def test_weights_after_load_match_the_real_stack():
         if not (s.dtype == "bf16" and (s.quant is None or (s.quant == "nf4" and s.double_quant))):
             continue
         spec = resolve_model(run.model)
-        predicted = sum(weight_bytes(spec, s).values()) + (adapter_bytes(spec, s.lora) if s.lora else 0)
+        weights = sum(weight_bytes(spec, s).values()) + (adapter_bytes(spec, s.lora) if s.lora else 0)
+        counted = _allocated_after_load(spec, s)
+        assert counted >= weights
         measured = run.measurements.memory_after_load_bytes
         tolerance = 0.005 if measured > 2 * 2**30 else 0.01
-        tolerance = UNEXPLAINED_AFTER_LOAD.get(run.model, tolerance)
-        assert abs(predicted / measured - 1) <= tolerance, run.run_id
+        assert abs(counted / measured - 1) <= tolerance, run.run_id
+        whole += abs(weights / measured - 1) > tolerance  # the weights alone miss it
         checked += 1
-    assert checked >= 30
+    assert checked >= 30 and whole >= 2
 
 
 RAW = validate(RUNS)

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from gpu_catalog import find_gpu
 from vramplan.errors import VramplanError
 from vramplan.estimator import estimate
+from vramplan.memory.allocator.simulated import WHOLE_BLOCKS
 from vramplan.models import resolve_model
 from vramplan.specs import LoraSpec, TrainingSetup
 
@@ -25,10 +26,17 @@ def make(method: str, **kw) -> TrainingSetup:
     return TrainingSetup(method=method, lora=LoraSpec(rank=rank), quant=quant, **kw)
 
 
+def _tensors(m) -> int:
+    """Peak allocated as the tensors' bytes: less the blocks the allocator counts whole (simulated.WHOLE_BLOCKS)."""
+    return m.peak_allocated_bytes - m.breakdown.get(WHOLE_BLOCKS, 0)
+
+
 def test_breakdown_adds_up_to_peak_allocated():
     e = estimate(LLAMA, make("qlora", seq_len=4096, grad_ckpt=True))
     assert sum(e.memory.breakdown.values()) == e.memory.peak_allocated_bytes
-    assert e.memory.phases[e.memory.peak_phase] == e.memory.peak_allocated_bytes == max(e.memory.phases.values())
+    # the peak phase's tensors, plus what the replayed allocator counts beyond them (its unsplit blocks: 4.5 MiB here)
+    assert e.memory.phases[e.memory.peak_phase] == _tensors(e.memory) == max(e.memory.phases.values())
+    assert 0 < e.memory.breakdown[WHOLE_BLOCKS] < 0.01 * e.memory.peak_allocated_bytes
 
 
 def test_totals_are_ordered_allocated_reserved_device():
@@ -110,7 +118,8 @@ def test_trainable_params_full_vs_lora():
 def test_memory_grows_with_batch(method, b, s, ckpt):
     small = estimate(SMALL, make(method, batch_size=b, seq_len=s, grad_ckpt=ckpt)).memory
     big = estimate(SMALL, make(method, batch_size=b + 1, seq_len=s, grad_ckpt=ckpt)).memory
-    assert big.peak_allocated_bytes >= small.peak_allocated_bytes
+    # the tensors grow; the allocator's count of them (whole blocks) need not: it never falls below the smaller's tensors
+    assert _tensors(big) >= _tensors(small) and big.peak_allocated_bytes >= _tensors(small)
     # the simulated reserved peak (the default) follows the caching allocator, which is not monotonic: a larger
     # request can reuse blocks a smaller one strands, and the segments' addresses break best fit's ties differently
     # (b = 6 -> 7 at s = 64 on this toy full FT: 0.4 GB less, its largest stranded block gone). A larger batch
@@ -126,7 +135,7 @@ def test_memory_grows_with_batch(method, b, s, ckpt):
 def test_memory_grows_with_sequence(method, b, s, ckpt):
     short = estimate(SMALL, make(method, batch_size=b, seq_len=s, grad_ckpt=ckpt)).memory
     long = estimate(SMALL, make(method, batch_size=b, seq_len=s + 64, grad_ckpt=ckpt)).memory
-    assert long.peak_allocated_bytes >= short.peak_allocated_bytes
+    assert _tensors(long) >= _tensors(short)
 
 
 @settings(deadline=None, max_examples=30)
@@ -134,7 +143,7 @@ def test_memory_grows_with_sequence(method, b, s, ckpt):
 def test_memory_grows_with_rank(method, rank, s):
     low = estimate(SMALL, make(method, rank=rank, seq_len=s)).memory
     high = estimate(SMALL, make(method, rank=rank * 2, seq_len=s)).memory
-    assert high.peak_allocated_bytes > low.peak_allocated_bytes
+    assert _tensors(high) > _tensors(low)
 
 
 @settings(deadline=None, max_examples=40)
