@@ -60,15 +60,16 @@ GIB = 2**30
 # ============================================================================ the grids (campaign_grids.py)
 from campaign_grids import (  # noqa: E402, F401  (re-exported: campaign_multi.py and the tests use campaign.X)
     G2, G3_1, G3_4, L1, L3, L3B, L8, M7, OLMOE, PHI3, Q05, Q3_8, Q3_MOE, Q7, CapFrom, RunSpec, full, holdout_grid,
-    ckpt_backward_holdout_grid, default_rule_holdout_grid, issue3_grid, lora, no_grad_holdout_grid, qlora, simulated_holdout_grid, stacks_grid,
-    tail_grid, timing_grid, unsloth_grid,
+    ckpt_backward_holdout_grid, default_rule_holdout_grid, families_holdout_grid, issue3_grid, lora,
+    no_grad_holdout_grid, qlora, simulated_holdout_grid, stacks_grid, tail_grid, timing_grid, unsloth_grid,
 )
 
 #: grid name -> the function (looked up by name at run time, so tests can replace a grid)
 GRIDS = {"issue3": "issue3_grid", "holdout": "holdout_grid", "stacks": "stacks_grid", "unsloth": "unsloth_grid",
          "timing": "timing_grid", "tail": "tail_grid",
          "sim": "simulated_holdout_grid", "default": "default_rule_holdout_grid",
-         "nograd": "no_grad_holdout_grid", "ckptbwd": "ckpt_backward_holdout_grid"}
+         "nograd": "no_grad_holdout_grid", "ckptbwd": "ckpt_backward_holdout_grid",
+         "families": "families_holdout_grid"}
 
 
 # ============================================================================ GPU and size checks

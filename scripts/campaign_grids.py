@@ -464,3 +464,20 @@ def ckpt_backward_holdout_grid() -> list[RunSpec]:
         tf("c-l1-trl-full-gc-s4096", L1, "TRL 1B full FT at 4k", grad_ckpt=True, seq_len=4096),
     ]
 
+
+def families_holdout_grid() -> list[RunSpec]:
+    """Issue 11, session 9: checkpointed full fine-tuning of the families the recorded patterns do not cover (Qwen3's
+    q/k norms, Phi-3's fused projections, Gemma 2's soft-capping and Gemma 3's four norms keep the summary sequence)
+    and Mistral, which they do, at lengths no shipped run has, predicted before any ran
+    (docs/holdout/families-predictions.json); each with a history."""
+    return [
+        full("f-q3-17-full-gc-s4096", "qwen3-1.7b", "Qwen3-1.7B at 4k (q/k norms, tied)", grad_ckpt=True, seq_len=4096),
+        full("f-q3-06-full-gc-b2-s4096", "qwen3-0.6b", "Qwen3-0.6B b2 at 4k", grad_ckpt=True, seq_len=4096, batch_size=2),
+        full("f-q3-4b-full-gc", "qwen3-4b", "Qwen3-4B (36 layers)", grad_ckpt=True),
+        full("f-phi3-full-gc", PHI3, "Phi-3-mini (fused qkv and gate_up)", grad_ckpt=True),
+        full("f-g3-1-full-gc-s8192", G3_1, "Gemma 3 1B at 8k (262k vocabulary)", grad_ckpt=True, seq_len=8192),
+        full("f-m7-full-gc", M7, "Mistral-7B full FT (the Llama pattern)", grad_ckpt=True),
+        full("f-g2-full-gc-s2048", G2, "Gemma 2 2B at 2k (soft-capping, eager)", grad_ckpt=True, seq_len=2048,
+             attn="eager"),
+    ]
+
