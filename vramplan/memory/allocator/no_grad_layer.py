@@ -36,21 +36,40 @@ LLAMA_NO_GRAD_LAYER = (
 ).split()
 #: the op of LLAMA_NO_GRAD_LAYER whose tensor is the layer's output (the only one left at its end)
 NO_GRAD_OUTPUT = 80
+#: Qwen3's layer: q_norm and k_norm (RMSNorm over each head, fp32 inside) right after the q and k projections, the rest
+#: as LLAMA_NO_GRAD_LAYER; identical, 115 ops per layer, in every layer of f-q3-4b-full-gc, f-q3-17-full-gc-s4096 and
+#: f-q3-06-full-gc-b2-s4096 (QF / KF: fp32 [b s, q or kv width]; rQ / rK: fp32 [b s, heads or kv heads])
+QWEN3_NO_GRAD_LAYER = (
+    "F F r -2 r r -2 F -3 -9 X X -2 -6 -12 Q QF QF rQ -2 rQ rQ -2 QF -3 -9 Q Q -2 -6 -12 -16 K KF KF rK -2 rK rK -2 "
+    "KF -3 -9 K K -2 -6 -12 -16 K Q Qh Q -2 Q -3 Q -7 -4 K Kh K -2 K -3 K -7 -4 -41 -25 t t Q L t -1 -3 -7 -7 X -8 "
+    "-25 -17 -34 -73 X -7 F F r -2 r r -2 F -3 -9 X X -2 -6 -12 I I -2 I I -4 -3 X -4 -13 X -4 -29"
+).split()
+QWEN3_NO_GRAD_OUTPUT = 112
 #: SDPA's seed / offset tensors (8 and 256 bytes recorded): block-rounded, so their exact size never matters
 TINY_BYTES = 8
 
 
-def no_grad_pattern_applies(model: ModelSpec, setup: TrainingSetup, liger: bool) -> bool:
-    """Whether LLAMA_NO_GRAD_LAYER is the setup's checkpointed forward: full fine-tuning in bf16 / fp16 with checkpointing,
-    SDPA, the transformers modules (no Liger kernels), and a Llama-family layer (two RMSNorms, separate q / k / v and
-    gate / up projections, SwiGLU, no q/k norms, no MoE, no soft-capping)."""
-    return (
+def no_grad_pattern(model: ModelSpec, setup: TrainingSetup, liger: bool) -> tuple[list[str], int] | None:
+    """The setup's checkpointed forward (the pattern, its output's op) for full fine-tuning in bf16 / fp16 with
+    checkpointing, SDPA, the transformers modules (no Liger kernels), and a Llama-family layer (two RMSNorms, separate
+    q / k / v and gate / up projections, SwiGLU, no MoE, no soft-capping): LLAMA_NO_GRAD_LAYER, or with Qwen3's per-head
+    q/k norms QWEN3_NO_GRAD_LAYER (other q/k norms, OLMo 2's over the whole width: none); else None."""
+    applies = (
         setup.method == "full" and setup.grad_ckpt and setup.dtype in ("bf16", "fp16") and setup.attn == "sdpa"
         and not liger and model.traced is None and model.moe is None and model.mla is None
-        and model.norms_per_layer == 2 and not model.qk_norm and not model.post_norm
+        and model.norms_per_layer == 2 and not model.post_norm
         and not model.fused_qkv and not model.fused_gate_up and model.hidden_act == "silu"
         and model.attn_logit_softcapping is None and not model.attention_sinks
     )  # fmt: skip
+    if not applies:
+        return None
+    if not model.qk_norm:
+        return LLAMA_NO_GRAD_LAYER, NO_GRAD_OUTPUT
+    return (QWEN3_NO_GRAD_LAYER, QWEN3_NO_GRAD_OUTPUT) if model.model_type == "qwen3" else None
+
+
+def no_grad_pattern_applies(model: ModelSpec, setup: TrainingSetup, liger: bool) -> bool:
+    return no_grad_pattern(model, setup, liger) is not None
 
 
 def no_grad_layer_sizes(model: ModelSpec, setup: TrainingSetup) -> dict[str, int]:
@@ -62,4 +81,5 @@ def no_grad_layer_sizes(model: ModelSpec, setup: TrainingSetup) -> dict[str, int
         "Q": n * q * e, "Qh": n * q * e // 2, "K": n * kv * e, "Kh": n * kv * e // 2,
         "L": setup.batch_size * model.num_heads * setup.seq_len * 4, "t": TINY_BYTES,
         "I": n * model.intermediate_size * e,
+        "QF": n * q * 4, "KF": n * kv * 4, "rQ": n * model.num_heads * 4, "rK": n * model.num_kv_heads * 4,
     }  # fmt: skip

@@ -70,7 +70,7 @@ from .ckpt_backward_layer import ckpt_backward_applies, ckpt_backward_patterns, 
 from .layer_patterns import LayerPatterns
 from .load_steps import START_CUDA_TENSOR_BYTES, LoadSteps
 from .lora_chain import checkpointed_mlp, lora_chains
-from .no_grad_layer import no_grad_layer_sizes, no_grad_pattern_applies
+from .no_grad_layer import no_grad_layer_sizes, no_grad_pattern
 from .ops import EMPTY_CACHE, Repeats, Sequence, live_peaks, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .optimizer_steps import OptimizerSteps
 from .qlora_steps import CheckpointedQloraSteps
@@ -219,9 +219,10 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
         self.grad_stretches: list[tuple[int, int]] = []
         self.workspace: list[int] = []
         #: a checkpointed full FT Llama-family layer's no-grad forward (no_grad_layer.py): its kinds' bytes, or empty
-        self.no_grad_sizes = no_grad_layer_sizes(model, setup) if no_grad_pattern_applies(model, setup, profile.liger) else {}
+        self.no_grad = no_grad_pattern(model, setup, profile.liger)
+        self.no_grad_sizes = no_grad_layer_sizes(model, setup) if self.no_grad else {}
         #: and its recorded backward, each layer's pattern (ckpt_backward_layer.py), or None
-        self.ckpt_bwd = ckpt_backward_patterns(self.layer_groups, self.head_groups) if ckpt_backward_applies(model, setup, profile) else None
+        self.ckpt_bwd = ckpt_backward_patterns(model, self.layer_groups, self.head_groups) if ckpt_backward_applies(model, setup, profile) else None
         self.ckpt_bwd_sizes = ckpt_backward_sizes(model, setup) if self.ckpt_bwd else {}
         # Unsloth's offloaded checkpoints (_staging_buffers): the staging buffers, and whether a backward has run yet
         self.staging: list[int] = []
