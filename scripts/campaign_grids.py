@@ -481,3 +481,18 @@ def families_holdout_grid() -> list[RunSpec]:
              attn="eager"),
     ]
 
+
+def qwen3_holdout_grid() -> list[RunSpec]:
+    """Issue 11, session 9: Qwen3 checkpointed full fine-tuning with its recorded patterns (no_grad_layer.py,
+    ckpt_backward_layer.py, read from the families hold-out's three Qwen3 histories), predicted before any of these ran
+    (docs/holdout/qwen3-predictions.json): other sizes, lengths, batches, accumulation and TRL."""
+    tf = _stack(full, "trl")
+    return [
+        full("q-q3-8b-full-gc", Q3_8, "Qwen3-8B full FT (untied)", grad_ckpt=True),
+        full("q-q3-06-full-gc-s8192", "qwen3-0.6b", "Qwen3-0.6B at 8k", grad_ckpt=True, seq_len=8192),
+        full("q-q3-4b-full-gc-s4096", "qwen3-4b", "Qwen3-4B at 4k", grad_ckpt=True, seq_len=4096),
+        full("q-q3-17-full-gc-b2-ga2", "qwen3-1.7b", "Qwen3-1.7B b2, two micro-steps", grad_ckpt=True, batch_size=2,
+             grad_accum=2),
+        tf("q-q3-17-trl-full-gc-s4096", "qwen3-1.7b", "TRL Qwen3-1.7B full FT at 4k", grad_ckpt=True, seq_len=4096),
+    ]
+
