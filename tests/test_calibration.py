@@ -24,7 +24,7 @@ def test_fitted_constants_lie_within_their_bounds():
     # timing reruns, 4 hf allocator-history runs and 6 hf hold-out runs of 2026-12-02, and the Qwen2.5-7B QLoRA r64
     # s4096 hold-out rerun with its history (single GPU, not capped, no DeepSpeed); the TRL, Liger and Unsloth runs
     # are judged, not fitted (fitting_runs); session 8: the 3 hf runs of the default rule's hold-out and the 3B rerun with its history
-    assert len(cal.fitted_on) == 129  # + the 14 hf checkpointed full-FT hold-out runs of session 9 (ckptbwd, families)
+    assert len(cal.fitted_on) == 133  # + the 18 hf checkpointed full-FT hold-out runs of session 9 (ckptbwd, families, qwen3)
     by_id = {r.run_id: r for r in RUNS}
     assert all(by_id[i].setup.stack == "hf" and not by_id[i].setup.liger for i in cal.fitted_on)
 
