@@ -15,13 +15,15 @@ SwiGLU, two RMSNorms, torch's non-reentrant checkpoint stopping its recompute at
   projection's backward (AddmmBackward) makes its input's gradient first, then the weight's and the bias's, the bias's
   reduction through an n x out x 8-byte buffer (recorded). The first biased backward also makes the autograd thread's
   1 MiB cuBLASLt workspace (small pool, not modelled);
+* QWEN3_CKPT_BACKWARD_LAYER: Qwen3's per-head q/k norms (308 ops, the three Qwen3 histories f-q3-*);
 * LLAMA_FINAL_NORM_BACKWARD: the final norm's backward after lm_head's, whose output is the gradient carried
   through every layer: autograd's InputBuffer adds each layer's residual branch into it in place, so no layer makes
   a new one (every history above).
 
 Each token allocates one tensor of a kind, frees the tensor allocated n ops earlier (-n), or frees the layer's
 inputs (x: its checkpointed input; at layer 0 first the rotary cos and sin). The final norm's pattern frees its saved
-tensors by name (~g: lm_head's gradient of the hidden state, ~n: the normalised bf16 copy, ~r: the rsqrt, ~h: the fp32 input).
+tensors by name (~g: lm_head's gradient of the hidden state, ~n: the normalised bf16 copy, ~r: the rsqrt, ~h: the
+fp32 input).
 Kinds, for n = b s tokens: F fp32 [n, h]; r fp32 [n] (RMSNorm's mean, + eps, rsqrt, and their gradients); X [n, h],
 Q [n, q width], K [n, kv width] in the compute dtype; Qh / Kh: rotate_half's negated half; L: SDPA's fp32 logsumexp
 [b, heads, s]; t: a few bytes (SDPA's seed and offset, reductions' partial sums); I [n, intermediate]; A: SDPA's
@@ -103,7 +105,10 @@ SDPA_BACKWARD_EXTRA_BYTES = 256
 def ckpt_backward_layer(model: ModelSpec, group_names: list[str]) -> list[str] | None:
     """The model's pattern whose gradients are exactly the layer's trainable groups (`group_names`), or None."""
     have = Counter(group_names)
-    kinds = (QWEN3_CKPT_BACKWARD_LAYER,) if model.qk_norm else (LLAMA_CKPT_BACKWARD_LAYER, LLAMA_CKPT_BACKWARD_LAYER_QKV_BIAS)
+    if model.qk_norm:
+        kinds = (QWEN3_CKPT_BACKWARD_LAYER,)
+    else:
+        kinds = (LLAMA_CKPT_BACKWARD_LAYER, LLAMA_CKPT_BACKWARD_LAYER_QKV_BIAS)
     for pattern in kinds:
         if Counter(GRAD_GROUPS[x] for x in pattern if x in GRAD_GROUPS) == have:
             return pattern
@@ -143,6 +148,7 @@ def ckpt_backward_sizes(model: ModelSpec, setup: TrainingSetup) -> dict[str, int
         "QF": n * q * 4, "KF": n * kv * 4, "rQ": n * model.num_heads * 4, "rK": n * model.num_kv_heads * 4, "Gqn": 0,
     }  # fmt: skip
 
+
 #: the final norm's forward with autograd (every history above): RMSNorm's ops, as at a layer pattern's start
 FINAL_NORM_FORWARD = "F F r -2 r r -2 F X X -3 -9".split()
 #: the tensors it saves for its backward, by token: the fp32 input, the rsqrt, the normalised bf16 copy, the output
@@ -179,14 +185,19 @@ def ckpt_backward_peaks(
         return None
     sizes = ckpt_backward_sizes(model, setup)
     keep = setup.grad_accum == 1
-    n = setup.batch_size * setup.seq_len
     top = _excursion(patterns[-1], sizes, grad_token_sizes(layer_groups[-1]), checkpoint, keep)
     first = _excursion(patterns[0], sizes, grad_token_sizes(layer_groups[0]), checkpoint + rotary, keep)
-    partials = (n + n // EMBEDDING_ROWS_PER_PARTIAL) * model.hidden_size * 4 if n > EMBEDDING_DIRECT_MAX_INDICES else 0
     return CkptBackwardPeaks(
         carry=sizes["X"], final_rsqrt=sizes["r"], top_layer=top, first_layer=first,
-        first_layer_grads=sum(grad_tensor(g) for g in layer_groups[0]) if keep else 0, embedding_partials=partials,
+        first_layer_grads=sum(grad_tensor(g) for g in layer_groups[0]) if keep else 0,
+        embedding_partials=embedding_partial_sums_bytes(model, setup),
     )  # fmt: skip
+
+
+def embedding_partial_sums_bytes(model: ModelSpec, setup: TrainingSetup) -> int:
+    """embedding_dense_backward's fp32 partial sums over more than 3072 tokens: (n + n / 10) x h (0 up to 3072)."""
+    n = setup.batch_size * setup.seq_len
+    return (n + n // EMBEDDING_ROWS_PER_PARTIAL) * model.hidden_size * 4 if n > EMBEDDING_DIRECT_MAX_INDICES else 0
 
 
 def grad_token_sizes(groups) -> dict[str, list[int]]:

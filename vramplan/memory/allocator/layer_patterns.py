@@ -1,6 +1,7 @@
 """Steps of the predicted sequence that run a recorded layer pattern: a list of tokens, each allocating a tensor of a
 kind or freeing one made a few ops earlier, as torch ran that layer op by op. A checkpointed full fine-tuning
-Llama-family layer's first forward (no_grad_layer.py), its backward and the final norm's (ckpt_backward_layer.py).
+Llama-family (or Qwen3) layer's first forward (no_grad_layer.py), its backward and the final norm's
+(ckpt_backward_layer.py).
 
 A mixin of sequence._Builder (it uses the builder's m, s, t, seq, L, final, rotary, final_ids, head_groups,
 layer_groups, grads, no_grad_sizes and ckpt_bwd); kept apart so that sequence.py stays the training step's builder.
@@ -9,19 +10,19 @@ layer_groups, grads, no_grad_sizes and ckpt_bwd); kept apart so that sequence.py
 from __future__ import annotations
 
 from .ckpt_backward_layer import (
-    EMBEDDING_DIRECT_MAX_INDICES,
-    EMBEDDING_ROWS_PER_PARTIAL,
     FINAL_NORM_FORWARD,
     FINAL_NORM_SAVED,
     LLAMA_FINAL_NORM_BACKWARD,
+    embedding_partial_sums_bytes,
     grad_token_sizes,
 )
 from .tensors import grad_tensor
 
 
-
-def run_pattern(seq, tokens: list[str], sizes: dict[str, int], inputs: list[int] = (), named: dict[str, int] | None = None,
-                grads: dict[str, list[int]] | None = None, keep_grads: bool = True) -> tuple[list[int], list[int]]:
+def run_pattern(
+    seq, tokens: list[str], sizes: dict[str, int], inputs: list[int] = (), named: dict[str, int] | None = None,
+    grads: dict[str, list[int]] | None = None, keep_grads: bool = True,
+) -> tuple[list[int], list[int]]:
     """Append a pattern's ops to `seq`: a kind allocates sizes[kind], -n frees the tensor allocated n ops earlier,
     x frees `inputs`, ~name frees named[name]; a gradient token allocates the next of grads[token], kept (or, when
     `keep_grads` is False, added into the existing gradient: freed at once). The tensor of each token (-1 for a free)
@@ -52,8 +53,8 @@ def run_pattern(seq, tokens: list[str], sizes: dict[str, int], inputs: list[int]
 
 class LayerPatterns:
     def _no_grad_layer(self, k: int) -> list[int]:
-        """Layer k's first forward under checkpointing as its no-grad pattern (no_grad_layer.py): its output, the next layer's input; after
-        the last layer the final norm's tensors, made from it (the output freed once they are)."""
+        """Layer k's first forward under checkpointing as its no-grad pattern (no_grad_layer.py): its output, the next
+        layer's input; after the last layer the final norm's tensors, made from it (the output freed once they are)."""
         seq = self.seq
         tokens, output = self.no_grad
         out = run_pattern(seq, tokens, self.no_grad_sizes)[0][output]
@@ -79,7 +80,8 @@ class LayerPatterns:
         h, r, normed, out, *rest = self.final_ids
         seq.free(*logits_grad, *([] if self.profile.owns_lm_head(self.m) else [out]), *rest)  # lm_head's saved input
         norms = [g for g in self.head_groups if g.name == "norms"]
-        made, grads = run_pattern(seq, LLAMA_FINAL_NORM_BACKWARD, self.ckpt_bwd_sizes, named={"g": grad, "n": normed, "r": r, "h": h},
+        named = {"g": grad, "n": normed, "r": r, "h": h}
+        made, grads = run_pattern(seq, LLAMA_FINAL_NORM_BACKWARD, self.ckpt_bwd_sizes, named=named,
                                   grads=grad_token_sizes(norms), keep_grads=new_grads)  # fmt: skip
         self.grads += grads
         return made[-2]
@@ -97,19 +99,20 @@ class LayerPatterns:
         for TinyLlama s 4096), then the carried gradient freed. A tied embedding's gradient is then added to lm_head's
         as a new tensor, the old two freed (a head that owns the lm_head adds it in place)."""
         seq, t, m = self.seq, self.t, self.m
-        n = self.s.batch_size * self.s.seq_len
         embed = next(g for g in self.head_groups if g.name == "embed_tokens")
-        tied = m.tie_word_embeddings
-        grad_bytes = seq.sizes[self.tied_grad_id] if tied and new_grads else grad_tensor(embed)
-        own = seq.alloc(t.tied_grad - grad_bytes if tied and new_grads and not self.profile.owns_lm_head(m) else
-                        t.tied_grad if tied and new_grads else grad_bytes)  # fmt: skip
-        if n > EMBEDDING_DIRECT_MAX_INDICES:
-            seq.free(seq.alloc((n + n // EMBEDDING_ROWS_PER_PARTIAL) * m.hidden_size * 4))
+        tied, owned = m.tie_word_embeddings, self.profile.owns_lm_head(m)
+        if not new_grads or not tied:  # its own gradient (a later micro-step's is added into the kept one)
+            own = seq.alloc(grad_tensor(embed))
+        elif owned:  # added in place into the owned head's contiguous gradient
+            own = seq.alloc(t.tied_grad)
+        else:  # AccumulateGrad: the embedding's own gradient, then grad + it as a new tensor (tied_grad: both)
+            own = seq.alloc(t.tied_grad - seq.sizes[self.tied_grad_id])
+        seq.free(seq.alloc(embedding_partial_sums_bytes(m, self.s)))
         seq.free(carry)
-        if not new_grads or (tied and self.profile.owns_lm_head(m)):
+        if not new_grads or (tied and owned):
             seq.free(own)
         elif tied:
-            total = seq.alloc(grad_bytes)
+            total = seq.alloc(seq.sizes[self.tied_grad_id])
             seq.free(self.tied_grad_id, own)
             self.grads[self.grads.index(self.tied_grad_id)] = self.tied_grad_id = total
         else:
