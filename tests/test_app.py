@@ -40,6 +40,13 @@ def test_chart_rows_are_grouped_weights_first_runtime_last():
     assert groups[0] == "weights" and groups[-1] == "runtime"
 
 
+def test_the_allocators_whole_blocks_chart_with_the_runtime():
+    # the blocks torch counts allocated whole (simulated.WHOLE_BLOCKS) are the allocator's, not an activation
+    rows = whatif.chart_rows(whatif.shown_memory(whatif.estimate(QLORA_4090.with_(model="qwen2.5-3b", method="full"))))
+    whole = [r for r in rows if r["term"] == "allocator_whole_blocks"]
+    assert len(whole) == 1 and whole[0]["group"] == "runtime" and whole[0]["GiB"] > 0
+
+
 def test_capacity_lines_are_usable_memory_after_headroom():
     (line,) = whatif.capacity_lines(["rtx-4090", "rtx-4090"], 0.1)
     assert line["GiB"] * whatif.GIB == pytest.approx(find_gpu("rtx-4090").memory_bytes * 0.9)

@@ -113,8 +113,10 @@ def shown_memory(e: Estimate) -> MemoryBreakdown:
 
 
 #: chart groups of the breakdown terms (anything else is "activations & transients")
-_STATE_TERMS = ("optimizer_states", "gradients", "optimizer_step_temporaries", "tied_embedding_grad_accumulation")
-_RUNTIME_TERMS = ("cuda_workspace", "allocator fragmentation", "outside allocator (paged states)", "CUDA context")
+_STATE_TERMS = ("optimizer_states", "gradients", "optimizer_step_temporaries", "tied_embedding_grad_accumulation",
+                "embedding_grad_accumulation")
+_RUNTIME_TERMS = ("cuda_workspace", "allocator_whole_blocks", "allocator fragmentation",
+                  "outside allocator (paged states)", "CUDA context")
 GROUPS = ("weights", "gradients & optimizer", "activations & transients", "runtime")
 
 
