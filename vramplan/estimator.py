@@ -288,7 +288,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         loss_saved=head.saved,
         loss_fwd_tmp=head.forward_tmp,
         loss_bwd_tmp=head.backward_tmp,
-        stack_outside=profile.outside_allocator(setup, ckpt),
+        stack_outside=profile.outside_allocator(model, setup, ckpt),
         ckpt_backward=ckpt_bwd,
         layer_grads=layer_grads,
     )

@@ -130,6 +130,14 @@ def count_params(raw: dict[str, Any]) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _savable_generation_config(model) -> None:
+    """save_pretrained validates the generation config and refuses one that names a cache_implementation with use_cache
+    off (Gemma 3 1B's config.json: "hybrid", use_cache false); training never generates, so the name is dropped."""
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and getattr(gen, "cache_implementation", None) and not getattr(gen, "use_cache", True):
+        gen.cache_implementation = None
+
+
 def ensure_checkpoint(raw: dict[str, Any], cache_dir: str | Path, *, name: str = "model", device: str = "cpu") -> Path:
     """A folder holding a random-init bf16 checkpoint (safetensors) of ``raw``; built once.
 
@@ -160,6 +168,7 @@ def ensure_checkpoint(raw: dict[str, Any], cache_dir: str | Path, *, name: str =
     try:
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(hf_config(raw), dtype=CHECKPOINT_DTYPE)
+        _savable_generation_config(model)
         model.save_pretrained(tmp)
         del model
         (tmp / _CHECKPOINT_MARKER).write_text(json.dumps({"name": name, "config_key": config_key(raw)}))

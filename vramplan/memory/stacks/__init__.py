@@ -26,6 +26,8 @@ from .kernels import (
     LIGER_PATCHED,
     UNSLOTH_GPU_STAGING_BUFFERS,
     UNSLOTH_OFFLOAD_MINIMUM_BYTES,
+    UNSLOTH_COMPILED_MODEL_TYPES,
+    UNSLOTH_GEMMA3_OUTSIDE_ALLOCATOR_BYTES,
     UNSLOTH_OFFLOAD_OUTSIDE_ALLOCATOR_BYTES,
     fused_head_final_units,
     liger_activations,
@@ -117,10 +119,13 @@ class StackProfile:
         backward, the first; its staging buffers are checkpoint_buffers."""
         return 1 if self.offloaded(setup, checkpoint_bytes) else num_layers
 
-    def outside_allocator(self, setup: TrainingSetup, checkpoint_bytes: int) -> int:
+    def outside_allocator(self, spec: ModelSpec, setup: TrainingSetup, checkpoint_bytes: int) -> int:
         """Device memory the stack takes outside torch's caching allocator (in the device peak, not in reserved):
-        Unsloth's offloaded checkpointing, UNSLOTH_OFFLOAD_OUTSIDE_ALLOCATOR_BYTES (measured, its source not read)."""
-        return UNSLOTH_OFFLOAD_OUTSIDE_ALLOCATOR_BYTES if self.offloaded(setup, checkpoint_bytes) else 0
+        Unsloth's offloaded checkpointing, UNSLOTH_OFFLOAD_OUTSIDE_ALLOCATOR_BYTES, and on Gemma 3
+        UNSLOTH_GEMMA3_OUTSIDE_ALLOCATOR_BYTES more (both measured, their source not read)."""
+        offload = UNSLOTH_OFFLOAD_OUTSIDE_ALLOCATOR_BYTES if self.offloaded(setup, checkpoint_bytes) else 0
+        compiled = self.name == "unsloth" and spec.model_type in UNSLOTH_COMPILED_MODEL_TYPES
+        return offload + (UNSLOTH_GEMMA3_OUTSIDE_ALLOCATOR_BYTES if compiled else 0)
 
     def checkpoint_buffers(self, setup: TrainingSetup, checkpoint_bytes: int) -> dict[str, int]:
         """Buffers of offloaded checkpointing, kept from the first forward to the end ("weights.*" terms): Unsloth's

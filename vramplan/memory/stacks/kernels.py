@@ -28,6 +28,12 @@ UNSLOTH_OFFLOAD_MINIMUM_BYTES = 2 * 1024 * 1024
 #: checkpointing, 834-840 MiB on 13 of its 14 checkpointed runs (Gemma 3 4B: 1018). Where it goes (the side
 #: stream's copies of pinned host memory, or the compiled blocks' kernel images) is not read from the source yet
 UNSLOTH_OFFLOAD_OUTSIDE_ALLOCATOR_BYTES = 70 * 1024**2
+#: Unsloth on Gemma 3, on top of that: device - reserved 1017.6, 1017.6 and 1019.6 MiB on its three H200 runs (4B LoRA
+#: at s 2048 and s 4096, 4B QLoRA; session 9's unsloth-gemma grid), 184.0 MiB above Unsloth's other checkpointed runs
+#: every time. unsloth_zoo compiles Gemma 3's modules (the kernels' images are device memory outside the allocator is
+#: the likely place; not read from the source). Measured with checkpointing only
+UNSLOTH_GEMMA3_OUTSIDE_ALLOCATOR_BYTES = 184 * 1024**2
+UNSLOTH_COMPILED_MODEL_TYPES = ("gemma3", "gemma3_text")
 #: bytes per element of a bf16 activation, in the units of `LayerActivations` (bytes per b s h)
 BF16_UNITS = 2
 #: a torch.native_dropout mask: one bool byte per element
