@@ -509,3 +509,15 @@ def unsloth_gemma_grid() -> list[RunSpec]:
         ul("ug-g3-4-lora-gc-s4096", G3_4, "Unsloth Gemma 3 4B LoRA at 4k", grad_ckpt=True, seq_len=4096, **fast),
     ]
 
+
+def unsloth_gemma_holdout_grid() -> list[RunSpec]:
+    """The hold-out of kernels.UNSLOTH_GEMMA3_OUTSIDE_ALLOCATOR_BYTES (184 MiB, read from unsloth-gemma's runs), predicted
+    with it before these ran (docs/holdout/unsloth-gemma2-predictions.json): Gemma 3 1B, whose checkpoint the trainer
+    could not save before (build._savable_generation_config)."""
+    ul, uq = _stack(lora, "unsloth"), _stack(qlora, "unsloth")
+    fast = {"lora_dropout": 0.0, "steps": 5}
+    return [
+        ul("ug2-g3-1-lora-gc", G3_1, "Unsloth Gemma 3 1B LoRA", grad_ckpt=True, **fast),
+        uq("ug2-g3-1-qlora-gc-s4096", G3_1, "Unsloth Gemma 3 1B QLoRA at 4k", grad_ckpt=True, seq_len=4096, **fast),
+    ]
+
