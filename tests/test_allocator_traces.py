@@ -51,25 +51,33 @@ PLACEMENT_MISS = "u-l8-qlora-gc-drop"
 #: the second (+0.86 %, 2026-12-02, session 8): Unsloth 8B QLoRA r64, recorded without segment addresses, so which of
 #: the driver's placements the model gets wrong is not known yet; the first difference is after its load (op 5454)
 UNEXPLAINED_MISS = "d-u-l8-qlora-r64-gc"
+#: the third (+1.42 %, session 9): Unsloth Gemma 3 4B QLoRA; with its recorded segment addresses it replays exactly,
+#: so it is the driver's placement again (addresses.py), first apart after op 19221
+GEMMA3_PLACEMENT_MISS = "ug-g3-4-qlora-gc"
 
 
 def test_every_trace_replays_to_its_reserved_peak_within_half_a_percent():
     # the target. 2026-12-01, with segments placed one after another: 37 of 47, worst +5.45 % (gemma-3-1b
     # TRL full FT); with cudaMalloc's placement as recorded (addresses.py): 47 of 47, 45 to the byte, worst -0.03 %;
-    # 2026-12-02: 74 of the 75, the other -0.78 %; session 8: 77 of 79 (UNEXPLAINED_MISS +0.86 %)
+    # 2026-12-02: 74 of the 75, the other -0.78 %; session 8: 77 of 79 (UNEXPLAINED_MISS +0.86 %); session 9: 108 of
+    # 111 (GEMMA3_PLACEMENT_MISS +1.42 %)
     rows = {r["trace"]: r for r in _rows()}
-    errors = sorted(abs(r["error"]) for name, r in rows.items() if name not in (PLACEMENT_MISS, UNEXPLAINED_MISS))
+    misses = (PLACEMENT_MISS, UNEXPLAINED_MISS, GEMMA3_PLACEMENT_MISS)
+    errors = sorted(abs(r["error"]) for name, r in rows.items() if name not in misses)
     assert errors[-1] <= 0.005
     assert sum(e == 0 for e in errors) >= 45
     assert abs(rows[PLACEMENT_MISS]["error"]) <= 0.01 and abs(rows[UNEXPLAINED_MISS]["error"]) <= 0.01
+    assert 0.013 <= rows[GEMMA3_PLACEMENT_MISS]["error"] <= 0.015
 
 
-def test_the_placement_miss_replays_exactly_with_its_recorded_addresses():
-    doc = json.loads(gzip.decompress((TRACES[0].parent / f"{PLACEMENT_MISS}.events.json.gz").read_bytes()))
+@pytest.mark.parametrize("miss", [PLACEMENT_MISS, GEMMA3_PLACEMENT_MISS])
+def test_the_placement_miss_replays_exactly_with_its_recorded_addresses(miss):
+    doc = json.loads(gzip.decompress((TRACES[0].parent / f"{miss}.events.json.gz").read_bytes()))
     a = trace_replay_check.replay_with_recorded_addresses(doc)
     recorded = doc["recorded"]["peak_reserved"] + trace_replay_check.PRE_RECORDING_SEGMENT_BYTES
     assert a.peak_reserved == recorded
-    assert doc["ops"].count(EMPTY_CACHE) == 3
+    if miss == PLACEMENT_MISS:  # the dropout route's three empty_cache calls
+        assert doc["ops"].count(EMPTY_CACHE) == 3
 
 
 #: Unsloth histories of 2026-12-01, recorded after `import unsloth` (later ones record it: 32 MiB at op 4)
