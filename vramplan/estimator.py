@@ -256,7 +256,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
     if ckpt_backward_applies(model, setup, profile):
         layer_groups, head_groups = grouped_by_layer(groups, model.num_layers)
         ckpt_bwd = ckpt_backward_peaks(model, setup, layer_groups, head_groups, ckpt, rotary)
-        layer_grads = sum(grad_tensor(g) for gs in layer_groups for g in gs)
+        layer_grads = gradient_bytes(groups) - sum(grad_tensor(g) for g in head_groups)  # (the rest is the layers')
     cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup, profile.lm_head_fp32(setup) and not owns_head)
     copies_fwd, copies_layer = adapter_autocast_copy_bytes(model, setup)
     terms = _Terms(
@@ -446,7 +446,8 @@ def _recorded_backward_phases(t: _Terms, setup: TrainingSetup, common: dict, bwd
     first made (common holds them all)."""
     pk = t.ckpt_backward
     accum = setup.grad_accum > 1
-    head = t.grads - t.layer_grads - (0 if t.tied_grad else t.embedding_grad)  # lm_head's (or the tied), the norm's
+    before_embedding = t.grads - (0 if t.tied_grad else t.embedding_grad)  # (a tied one exists from lm_head's on)
+    head = before_embedding - t.layer_grads  # lm_head's (or the tied embedding's), the final norm's
     layers = {"rotary_tables": t.rotary_tables, "carried_gradient": pk.carry, "int8_matmul_state": t.quant_state}
     tied_sum = t.tied_grad and t.tied_grad != t.embedding_grad  # the gradient made, then the sum (not in place)
     own = t.embedding_grad if accum else (t.tied_grad - (t.embedding_grad if tied_sum else 0))
@@ -457,8 +458,7 @@ def _recorded_backward_phases(t: _Terms, setup: TrainingSetup, common: dict, bwd
         },
         "first_layer_backward": {
             **common, "activations.first_layer": t.one_checkpoint,
-            "gradients": t.grads if accum else t.grads - t.embedding_grad + (t.embedding_grad if t.tied_grad else 0)
-            - pk.first_layer_grads,
+            "gradients": t.grads if accum else before_embedding - pk.first_layer_grads,
             "backward_layer": pk.first_layer, **layers, **bwd_extra,
         },
         "embedding_backward": {

@@ -102,17 +102,23 @@ TINY_BYTES = 8
 SDPA_BACKWARD_EXTRA_BYTES = 256
 
 
+def _grad_groups(pattern: list[str]) -> Counter:
+    """The trainable groups a pattern's gradient tokens make, with their counts."""
+    return Counter(GRAD_GROUPS[x] for x in pattern if x in GRAD_GROUPS)
+
+
+#: each model kind's patterns with the groups their gradients make (counted once, not per layer and estimate)
+_PATTERNS_BY_GROUPS = {
+    qk_norm: [(_grad_groups(p), p) for p in patterns]
+    for qk_norm, patterns in ((True, (QWEN3_CKPT_BACKWARD_LAYER,)),
+                              (False, (LLAMA_CKPT_BACKWARD_LAYER, LLAMA_CKPT_BACKWARD_LAYER_QKV_BIAS)))
+}  # fmt: skip
+
+
 def ckpt_backward_layer(model: ModelSpec, group_names: list[str]) -> list[str] | None:
     """The model's pattern whose gradients are exactly the layer's trainable groups (`group_names`), or None."""
     have = Counter(group_names)
-    if model.qk_norm:
-        kinds = (QWEN3_CKPT_BACKWARD_LAYER,)
-    else:
-        kinds = (LLAMA_CKPT_BACKWARD_LAYER, LLAMA_CKPT_BACKWARD_LAYER_QKV_BIAS)
-    for pattern in kinds:
-        if Counter(GRAD_GROUPS[x] for x in pattern if x in GRAD_GROUPS) == have:
-            return pattern
-    return None
+    return next((p for groups, p in _PATTERNS_BY_GROUPS[bool(model.qk_norm)] if groups == have), None)
 
 
 def ckpt_backward_applies(model: ModelSpec, setup: TrainingSetup, profile) -> bool:
@@ -127,7 +133,13 @@ def ckpt_backward_applies(model: ModelSpec, setup: TrainingSetup, profile) -> bo
 def ckpt_backward_patterns(model: ModelSpec, layer_groups, head_groups) -> list[list[str]] | None:
     """Each layer's pattern when every layer's gradients are a pattern's and the head has the final norm's (the
     setup must run the recorded no-grad forward too: no_grad_layer.no_grad_pattern_applies); else None."""
-    patterns = [ckpt_backward_layer(model, [g.name for g in gs]) for gs in layer_groups]
+    by_names: dict[tuple[str, ...], list[str] | None] = {}  # the layers share their groups' names: one lookup each
+    patterns = []
+    for gs in layer_groups:
+        names = tuple(g.name for g in gs)
+        if names not in by_names:
+            by_names[names] = ckpt_backward_layer(model, list(names))
+        patterns.append(by_names[names])
     if any(p is None for p in patterns) or not any(g.name == "norms" for g in head_groups):
         return None
     return patterns
