@@ -162,7 +162,7 @@ def estimate(
     (memory/allocator/simulated.py); elsewhere, and for reserved_rule "rules", the closed-form reserved rules."""
     _check_supported(model, setup, headroom)
     auto = reserved_rule == "auto"
-    reserved_rule = resolve_reserved_rule(reserved_rule, setup)
+    reserved_rule = resolve_reserved_rule(reserved_rule, setup, model)
     constants = dict(CALIBRATED_DEFAULTS)
     terms = _terms(model, setup, gpu, constants)
     raw = _memory(terms, setup, constants)

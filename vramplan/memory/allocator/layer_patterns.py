@@ -21,12 +21,12 @@ from .tensors import grad_tensor
 
 def run_pattern(
     seq, tokens: list[str], sizes: dict[str, int], inputs: list[int] = (), named: dict[str, int] | None = None,
-    grads: dict[str, list[int]] | None = None, keep_grads: bool = True,
+    grads: dict[str, list[int]] | None = None, keep_grads: bool = True, hook=None,
 ) -> tuple[list[int], list[int]]:
     """Append a pattern's ops to `seq`: a kind allocates sizes[kind], -n frees the tensor allocated n ops earlier,
     x frees `inputs`, ~name frees named[name]; a gradient token allocates the next of grads[token], kept (or, when
-    `keep_grads` is False, added into the existing gradient: freed at once). The tensor of each token (-1 for a free)
-    and the gradients kept."""
+    `keep_grads` is False, added into the existing gradient: freed at once; or handed to `hook`, a DeepSpeed engine's
+    gradient hook, zero_steps.py). The tensor of each token (-1 for a free) and the gradients kept."""
     made: list[int] = []
     kept: list[int] = []
     for tok in tokens:
@@ -42,7 +42,9 @@ def run_pattern(
             made.append(-1)
         elif grads is not None and tok in grads:
             made.append(seq.alloc(grads[tok].pop()))
-            if keep_grads:
+            if hook is not None:
+                hook(made[-1])
+            elif keep_grads:
                 kept.append(made[-1])
             else:
                 seq.free(made[-1])
@@ -82,7 +84,7 @@ class LayerPatterns:
         norms = [g for g in self.head_groups if g.name == "norms"]
         named = {"g": grad, "n": normed, "r": r, "h": h}
         made, grads = run_pattern(seq, LLAMA_FINAL_NORM_BACKWARD, self.ckpt_bwd_sizes, named=named,
-                                  grads=grad_token_sizes(norms), keep_grads=new_grads)  # fmt: skip
+                                  grads=grad_token_sizes(norms), keep_grads=new_grads, hook=self.grad_hook)  # fmt: skip
         self.grads += grads
         return made[-2]
 
@@ -90,7 +92,8 @@ class LayerPatterns:
         """Layer k's recompute and backward as its pattern; `inputs`: its checkpointed input (at layer 0 after the
         rotary cos and sin). The gradients it keeps."""
         _, grads = run_pattern(self.seq, self.ckpt_bwd[k], self.ckpt_bwd_sizes, inputs=inputs,
-                               grads=grad_token_sizes(self.layer_groups[k]), keep_grads=new_grads)  # fmt: skip
+                               grads=grad_token_sizes(self.layer_groups[k]), keep_grads=new_grads,
+                               hook=self.grad_hook)  # fmt: skip
         return (grads,)
 
     def _ckpt_embedding_backward(self, carry: int, new_grads: bool) -> None:
@@ -114,6 +117,11 @@ class LayerPatterns:
         elif tied:
             total = seq.alloc(seq.sizes[self.tied_grad_id])
             seq.free(self.tied_grad_id, own)
-            self.grads[self.grads.index(self.tied_grad_id)] = self.tied_grad_id = total
+            if self.grad_hook is not None:  # the shared weight's hook runs once, on the sum
+                self.grad_hook(total)
+            else:
+                self.grads[self.grads.index(self.tied_grad_id)] = self.tied_grad_id = total
+        elif self.grad_hook is not None:
+            self.grad_hook(own)
         else:
             self.grads.append(own)

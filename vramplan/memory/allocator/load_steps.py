@@ -36,13 +36,17 @@ class LoadSteps:
         if s.method == "qlora" or self.profile.loads_checkpoint:
             self._load_checkpoint(layers, embed, lm_head, final_norm, residual)
         else:
-            seq.alloc(embed)
-            seq.alloc_all([x for layer in layers for _, pieces, _ in layer for x in pieces])
-            seq.alloc(final_norm)
-            seq.alloc(residual)
+            # each parameter's tensor with whether the Trainer gives it no weight decay (a bias or a norm weight),
+            # in module order (a DeepSpeed engine frees them into its flat buffers: zero_steps.py)
+            params = [(seq.alloc(embed), False)]
+            names = [name for layer in layers for name, pieces, _ in layer for _ in pieces]
+            pieces = seq.alloc_all([x for layer in layers for _, pieces, _ in layer for x in pieces])
+            params += [(i, name.endswith(".bias") or "norm" in name) for i, name in zip(pieces, names)]
+            params += [(seq.alloc(final_norm), True), (seq.alloc(residual), False)]
             if lm_head:
-                seq.alloc(lm_head)
-            elif t.tied_load:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
+                params.append((seq.alloc(lm_head), False))
+            self.loaded_params = params
+            if not lm_head and t.tied_load:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
                 seq.free(seq.alloc(t.tied_load))
         seq.mark("peft")
         self._peft_wrap()

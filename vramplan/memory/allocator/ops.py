@@ -26,6 +26,16 @@ class Sequence:
     marks: dict[str, int] = field(default_factory=dict)
     #: (op index, template) of each repeated stretch (Sequence.repeat): live_peaks counts it by its excursion
     repeats: list[tuple[int, Template]] = field(default_factory=list, compare=False, repr=False)
+    #: the CUDA stream (1, 2, ...) of each tensor allocated off the default one (alloc_on); empty: one stream
+    streams: dict[int, int] = field(default_factory=dict)
+
+    def alloc_on(self, nbytes: int, stream: int) -> int:
+        """alloc() on a side stream (DeepSpeed's reduction stream): its block comes from, and goes back to, that
+        stream's cached blocks only (CachingAllocator.malloc's stream)."""
+        i = self.alloc(nbytes)
+        if stream:
+            self.streams[i] = stream
+        return i
 
     def alloc(self, nbytes: int) -> int:
         i = len(self.sizes)

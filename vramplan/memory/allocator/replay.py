@@ -41,21 +41,21 @@ def replay(
     allowed_bytes: int | None = None,
     total_memory_bytes: int = 80 * 1024**3,
 ) -> ReplayResult:
-    """Feed every allocation and free of `seq` to a CachingAllocator (one stream); the default settings take
-    fast_replay.py's inlined loop (same rules, same result)."""
-    if not expandable_segments and allowed_bytes is None:
+    """Feed every allocation and free of `seq` to a CachingAllocator, each allocation on its stream (Sequence.streams);
+    the default settings on one stream take fast_replay.py's inlined loop (same rules, same result)."""
+    if not expandable_segments and allowed_bytes is None and not seq.streams:
         peak, (alloc, free_bytes, largest), peak_alloc, segments = replay_default(seq.sizes, seq.ops, EMPTY_CACHE)
         return ReplayResult(peak, alloc, free_bytes, largest, peak_alloc, segments)
     a = CachingAllocator(
         expandable_segments=expandable_segments, allowed_bytes=allowed_bytes, total_memory_bytes=total_memory_bytes
     )
-    sizes, blocks = seq.sizes, [None] * len(seq.sizes)
+    sizes, blocks, streams = seq.sizes, [None] * len(seq.sizes), seq.streams
     malloc, free = a.malloc, a.free
     oom_at = None
     try:
         for n, op in enumerate(seq.ops):
             if op >= 0:
-                blocks[op] = malloc(sizes[op])
+                blocks[op] = malloc(sizes[op], streams.get(op, 0))
             elif op == EMPTY_CACHE:
                 a.empty_cache()
             else:

@@ -89,6 +89,7 @@ from .tensors import (
     quantized_pieces,
     spread,
 )
+from .zero_steps import ZeroSteps, zero_plan, zero_sequence_applies
 
 BF16, FP32 = 2, 4
 
@@ -137,6 +138,8 @@ def _training_sequence(
     # left cached and unused go back (history r-l1-full: the tied lm_head copy's 501 MiB segment, then this)
     seq.empty_cache()
     b.ddp_buckets()
+    if b.zero is not None:
+        b.zero_init()
     for step in range(steps):
         for micro in range(setup.grad_accum):
             seq.mark(f"step{step}.forward" if micro == 0 else f"step{step}.micro{micro}.forward")
@@ -146,19 +149,22 @@ def _training_sequence(
             seq.mark(f"step{step}.backward" if micro == 0 else f"step{step}.micro{micro}.backward")
             b.backward(first_micro=micro == 0)
         seq.mark(f"step{step}.optimizer")
-        b.optimizer_step(first=step == 0)
+        if b.zero is not None:
+            b.zero_step(first=step == 0)
+        else:
+            b.optimizer_step(first=step == 0)
         seq.mark(f"step{step}.zero_grad")
         b.zero_grad()
     return seq, b
 
 
-class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, LayerPatterns):
+class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, LayerPatterns, ZeroSteps):
     def __init__(
         self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False, repeat_layers: bool = True
     ):
         self.m, self.s, self.t, self.seq = model, setup, t, seq
-        #: a decoder layer like the last one recorded of its kind appends that one's ops again (ops.Repeats)
-        self.repeated = Repeats(seq, repeat_layers)
+        #: DeepSpeed ZeRO-2 on one GPU where the layers run the recorded backward (zero_steps.py)
+        zero = zero_sequence_applies(model, setup)
         self.L = model.num_layers
         # the stack's kernels, adapter dtype and QLoRA upcast (memory/stacks); hf: the setup's own eager activations
         self.profile = profile = stack_profile(setup)
@@ -222,8 +228,14 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
         self.no_grad = no_grad_pattern(model, setup, profile.liger)
         self.no_grad_sizes = no_grad_layer_sizes(model, setup) if self.no_grad else {}
         #: and its recorded backward, each layer's pattern (ckpt_backward_layer.py), or None
-        self.ckpt_bwd = ckpt_backward_patterns(model, self.layer_groups, self.head_groups) if ckpt_backward_applies(model, setup, profile) else None
+        self.ckpt_bwd = ckpt_backward_patterns(model, self.layer_groups, self.head_groups) if zero or ckpt_backward_applies(model, setup, profile) else None
         self.ckpt_bwd_sizes = ckpt_backward_sizes(model, setup) if self.ckpt_bwd else {}
+        #: the engine's plan, and the hook each gradient goes to (None: kept as a tensor of self.grads)
+        self.zero = zero_plan(model, setup) if zero else None
+        self.grad_hook = self.zero_hook if zero else None
+        #: a decoder layer like the last one recorded of its kind appends that one's ops again (ops.Repeats); not
+        #: with DeepSpeed's hooks, whose state runs across the layers
+        self.repeated = Repeats(seq, repeat_layers and not zero)
         # Unsloth's offloaded checkpoints (_staging_buffers): the staging buffers, and whether a backward has run yet
         self.staging: list[int] = []
         self.first_pass, self.double_buffered = True, False
@@ -421,9 +433,12 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
             self.logsm = seq.alloc(nv4)  # log_softmax output, saved for backward
             seq.free(extra_tmp, upcast)
             seq.free(*self.copies)  # autocast exits: its cache is cleared
-            fp32_copy = seq.alloc(nv4)  # accelerate convert_outputs_to_fp32
+            # accelerate convert_outputs_to_fp32 (not for a DeepSpeed engine: accelerate's _prepare_deepspeed does not
+            # wrap its forward; h-q05-zero2-full-gc-x1 frees the bf16 logits right after the log_softmax)
+            fp32_copy = seq.alloc(nv4) if self.zero is None else None
             seq.free(bf16)
-            seq.free(fp32_copy)  # Trainer.compute_loss drops outputs before backward
+            if fp32_copy is not None:
+                seq.free(fp32_copy)  # Trainer.compute_loss drops outputs before backward
             self.loss_saved = [self.logsm, extra_saved]
         else:  # an owned head: its saved buffers and forward transients (one buffer each when it lists none)
             self.head_saved = [seq.alloc(x) for x in t.loss_saved]
@@ -452,9 +467,13 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
                 if self.ckpt_bwd and g.name == "norms":  # made in the final norm's backward (_ckpt_final_norm_backward)
                     continue
                 if g.name != "embed_tokens" or tied:
-                    self.grads.append(seq.alloc(grad_tensor(g)))
-                    if g.name == "embed_tokens":
-                        self.tied_grad_id = self.grads[-1]
+                    grad = seq.alloc(grad_tensor(g))
+                    if g.name == "embed_tokens":  # (a DeepSpeed hook runs on the sum: _ckpt_embedding_backward)
+                        self.tied_grad_id = grad
+                    if self.grad_hook is not None and g.name != "embed_tokens":
+                        self.grad_hook(grad)
+                    elif self.grad_hook is None:
+                        self.grads.append(grad)
                 if g.name == self._head_weight() and not self.loss_saved:  # the owned head ends with its weight's gradient
                     seq.free(*head, *self.head_saved)
             self._autograd_workspace()
@@ -487,6 +506,8 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
         if self.ckpt_bwd:
             self._ckpt_embedding_backward(carry, new_grads)
             seq.free(self.quant)
+            if self.zero is not None:
+                self.zero_backward_end()
             return
         seq.free(*self.rotary)  # layer 0's backward drops the last reference (activations.rotary_tables)
         seq.free(carry)  # consumed by the embedding's backward

@@ -18,6 +18,7 @@ from .caching import allocation_size, round_size
 from .replay import ReplayResult, replay
 from .sequence import training_sequence
 from .stack_steps import ddp_bucket_sizes
+from .zero_steps import zero_sequence_applies
 
 RESERVED_BY_SIMULATION = "simulated"
 SIMULATED_ASSUMPTION = (
@@ -34,27 +35,34 @@ AUTO = "auto"
 RESERVED_RULES = (AUTO, "rules", RESERVED_BY_SIMULATION)
 
 
-def simulation_covers(setup: TrainingSetup) -> bool:
+def simulation_covers(setup: TrainingSetup, model: ModelSpec | None = None) -> bool:
     """One GPU without a DeepSpeed engine, or DDP (each GPU runs the one-GPU sequence plus its Reducer's buckets,
-    sequence.py ddp_buckets): the sequence has no FSDP gathers or ZeRO partitions."""
-    return setup.parallel == "ddp" or (setup.num_gpus == 1 and setup.parallel not in ("zero2", "zero3"))
+    sequence.py ddp_buckets), or ZeRO-2 on one GPU where zero_steps.py models the engine (`model` given): the
+    sequence has no FSDP gathers or ZeRO-3 partitions."""
+    if setup.parallel in ("zero2", "zero3"):
+        return model is not None and zero_sequence_applies(model, setup)
+    return setup.parallel == "ddp" or setup.num_gpus == 1
 
 
-def resolve_reserved_rule(reserved_rule: str, setup: TrainingSetup) -> str:
+def resolve_reserved_rule(reserved_rule: str, setup: TrainingSetup, model: ModelSpec | None = None) -> str:
     """"rules" or "simulated" for `setup`; raises VramplanError for an unknown rule or a simulation it cannot run."""
     if reserved_rule == AUTO:
-        return RESERVED_BY_SIMULATION if simulation_covers(setup) else "rules"
-    check_reserved_rule(reserved_rule, setup)
+        return RESERVED_BY_SIMULATION if simulation_covers(setup, model) else "rules"
+    check_reserved_rule(reserved_rule, setup, model)
     return reserved_rule
 
 
-def check_reserved_rule(reserved_rule: str, setup: TrainingSetup) -> None:
+def check_reserved_rule(reserved_rule: str, setup: TrainingSetup, model: ModelSpec | None = None) -> None:
     if reserved_rule not in RESERVED_RULES:
         raise VramplanError(f"--reserved-rule {reserved_rule}: accepted: {' | '.join(RESERVED_RULES)}")
-    if reserved_rule == RESERVED_BY_SIMULATION and setup.parallel in ("zero2", "zero3"):
+    if reserved_rule == RESERVED_BY_SIMULATION and setup.parallel in ("zero2", "zero3") and not simulation_covers(
+        setup, model
+    ):
         raise VramplanError(
-            f"--reserved-rule simulated with --parallel {setup.parallel}: DeepSpeed's partitioned buffers are not in "
-            "the simulated sequence; accepted: no --parallel, or --reserved-rule rules"
+            f"--reserved-rule simulated with --parallel {setup.parallel}: the simulated sequence has DeepSpeed's engine "
+            "for ZeRO-2 on one GPU only (full fine-tuning with checkpointing of a Llama-family, Qwen2 or Qwen3 model, "
+            "fused AdamW, bf16, one micro-step, no offload or --offload optimizer); accepted: such a setup, no "
+            "--parallel, or --reserved-rule rules"
         )
     if reserved_rule == RESERVED_BY_SIMULATION and setup.num_gpus > 1 and setup.parallel != "ddp":
         raise VramplanError(

@@ -34,7 +34,8 @@ class StackSteps:
         buffer, first bucket 1 MiB, the others up to bucket_cap_mb = 25 MiB (distributed.py
         _DEFAULT_FIRST_BUCKET_BYTES, bucket_cap_mb), together the trainable gradients' bytes (estimator's
         ddp.gradient_buckets), kept to the end. Modelled in order of size caps, not of the parameters' dtypes."""
-        self.seq.alloc_all(ddp_bucket_sizes(self.t))
+        if self.s.parallel == "ddp":
+            self.seq.alloc_all(ddp_bucket_sizes(self.t))
 
     def _staging_buffers(self) -> None:
         """Unsloth's offloaded checkpointing (unsloth_zoo/gradient_checkpointing.py): at the first offload,

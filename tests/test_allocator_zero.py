@@ -1,0 +1,123 @@
+"""DeepSpeed ZeRO-2 on one GPU in the predicted sequence (vramplan/memory/allocator/zero_steps.py): the engine's hooks
+worked by hand, the predicted sequences against the four recorded ZeRO-2 histories, and the default rule's choice."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from vramplan.estimator import CALIBRATED_DEFAULTS, _terms, estimate
+from vramplan.memory.allocator.ops import EMPTY_CACHE, Sequence
+from vramplan.memory.allocator.replay import replay
+from vramplan.memory.allocator.sequence import training_sequence
+from vramplan.memory.allocator.zero_steps import REDUCTION_STREAM, ZeroPlan, ZeroSteps, zero_sequence_applies
+from vramplan.models import resolve_model
+from vramplan.runs import load_runs, shipped_runs_dir
+from vramplan.specs import LoraSpec, TrainingSetup
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACES = ROOT / "docs" / "allocator_traces" / "deepspeed"
+MIB = 2**20
+#: start_cuda's 2 MiB small-pool segment, made before the histories start recording (scripts/trace_replay_check.py)
+PRE_RECORDING_SEGMENT = 2 * MIB
+ZERO2_HISTORIES = ("h-q05-zero2-full-gc-x1", "h-l3-zero2-full-gc-offopt-x1", "h2-q15-zero2-full-gc-offopt-x1",
+                   "l1-zero2-full-gc-offopt-x1")  # fmt: skip
+
+
+class _Engine(ZeroSteps):
+    """ZeroSteps on its own: a sequence, a plan, the loaded parameters (id, no decay)."""
+
+    def __init__(self, plan: ZeroPlan, params: list[tuple[int, bool]], seq: Sequence):
+        self.seq, self.zero, self.loaded_params = seq, plan, params
+
+
+def _live(seq: Sequence) -> set[int]:
+    live: set[int] = set()
+    for op in seq.ops:
+        if op == EMPTY_CACHE:
+            continue
+        live.add(op) if op >= 0 else live.discard(~op)
+    return live
+
+
+def test_hooks_keep_an_extra_large_gradient_until_the_next_hook_and_free_small_ones_at_once():
+    seq = Sequence()
+    engine = _Engine(ZeroPlan(group_numels=(300, 10), largest_numel=200, bucket_numel=100, offload=False), [], seq)
+    engine._zero_reset()
+    big = seq.alloc(200 * 2)  # 200 elements > the bucket's 100: kept until the next hook reduces it
+    engine.zero_hook(big)
+    ipg = engine.zero_ipg
+    assert len(ipg) == 2 and all(seq.sizes[i] == 512 for i in ipg)  # setup_buckets: two bf16 buffers (block-rounded)
+    assert big in _live(seq) and engine.zero_partition is None
+    small = seq.alloc(40 * 2)
+    engine.zero_hook(small)  # reduces the big one into grads_in_partition (made now, on the reduction stream)
+    live = _live(seq)
+    assert big not in live and small not in live
+    part = engine.zero_partition
+    assert seq.streams == {part: REDUCTION_STREAM} and seq.sizes[part] == 1024  # 310 bf16 elements, block-rounded
+    engine.zero_backward_end()
+    assert _live(seq) == {part}  # the IPG buffers go at the backward's end; the partition lives until the step
+
+
+def test_offload_casts_each_gradient_on_the_reduction_stream_and_makes_no_partition():
+    seq = Sequence()
+    engine = _Engine(ZeroPlan(group_numels=(300,), largest_numel=200, bucket_numel=100, offload=True), [], seq)
+    engine._zero_reset()
+    for numel in (200, 40, 60):
+        engine.zero_hook(seq.alloc(numel * 2))
+    engine.zero_backward_end()
+    casts = sorted(seq.sizes[i] for i in seq.streams)
+    assert casts == sorted([200 * 8, 200 * 4, 40 * 8, 40 * 4, 60 * 8, 60 * 4])  # fp64 norm copy, fp32 host copy
+    assert engine.zero_partition is None and not _live(seq) - {i for i in seq.streams}
+
+
+def test_init_frees_each_group_into_its_flat_buffer_and_makes_masters_without_offload():
+    seq = Sequence()
+    params = [(seq.alloc(4096), False), (seq.alloc(1024), True), (seq.alloc(4096), False)]
+    engine = _Engine(ZeroPlan(group_numels=(4096, 512), largest_numel=2048, bucket_numel=100, offload=False), params,
+                     seq)  # fmt: skip
+    engine.zero_init()
+    live = _live(seq)
+    assert not live & {i for i, _ in params}
+    # two flat bf16 buffers and two fp32 masters stay; the clones and initialize_optimizer_states' zeros are freed
+    assert sorted(seq.sizes[i] for i in live) == sorted([8192, 1024, 16384, 2048])
+    assert seq.ops.count(EMPTY_CACHE) == 2
+
+
+def _history_run(name: str):
+    for r in load_runs([shipped_runs_dir()]):
+        if (r.extra or {}).get("memory_snapshot", "").removesuffix(".pickle") == name:
+            return r
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ZERO2_HISTORIES)
+def test_predicted_zero2_sequence_reaches_the_recorded_peaks(name):
+    # every ZeRO-2 history of 2026-12-02 (no offload, offload_optimizer; Qwen2.5 0.5B / 1.5B, Llama-3.2 1B / 3B):
+    # reserved exact to the MiB (the recorded peak plus start_cuda's segment), allocated within 0.05 %
+    doc = json.loads(gzip.decompress((TRACES / f"{name}.events.json.gz").read_bytes()))
+    run = _history_run(name)
+    model = resolve_model(run.model_source or run.model)
+    assert zero_sequence_applies(model, run.setup)
+    seq = training_sequence(model, run.setup, _terms(model, run.setup, None, dict(CALIBRATED_DEFAULTS)))
+    result = replay(seq)
+    assert abs(result.peak_reserved_bytes - (doc["recorded"]["peak_reserved"] + PRE_RECORDING_SEGMENT)) <= MIB
+    assert abs(seq.live_peak() / doc["recorded"]["peak_allocated"] - 1) <= 0.0005
+
+
+def test_default_rule_simulates_the_zero2_setups_the_engine_model_covers():
+    qwen = resolve_model("qwen2.5-0.5b")
+    covered = TrainingSetup(method="full", grad_ckpt=True, parallel="zero2", optimizer="adamw_torch_fused")
+    assert estimate(qwen, covered).memory.reserved_rule == "simulated"
+    not_covered = [
+        covered.model_copy(update={"parallel": "zero3"}),
+        covered.model_copy(update={"grad_ckpt": False}),
+        covered.model_copy(update={"optimizer": "adamw_8bit"}),
+        covered.model_copy(update={"grad_accum": 2}),
+        TrainingSetup(method="lora", lora=LoraSpec(rank=16), grad_ckpt=True, parallel="zero2"),
+    ]
+    for setup in not_covered:
+        assert estimate(qwen, setup).memory.reserved_rule != "simulated", setup

@@ -1,0 +1,182 @@
+"""DeepSpeed ZeRO-2 on one GPU in the predicted sequence: the engine's init after the load, its gradient hooks in the
+backward, the gradient norm and its optimizer step (DeepSpeed 0.19.8, runtime/zero/stage_1_and_2.py, bf16, the
+config of vramplan/trainer/deepspeed_config.py: overlap_comm and contiguous_gradients on, HF's "auto" buckets).
+
+Read from the recorded H200 histories docs/allocator_traces/deepspeed/h-q05-zero2-full-gc-x1 (no offload),
+h-l3-zero2-full-gc-offopt-x1 and h2-q15-zero2-full-gc-offopt-x1 (offload_optimizer), each allocation on its stream:
+
+* init, per param group (the Trainer's two, weight decay then none; with offload one: the config names DeepSpeed's
+  AdamW, which DeepSpeed builds over model.parameters(), vramplan/trainer/deepspeed_config.py, and the offload
+  histories free every parameter into one flat buffer in module order): ``empty_cache()`` (:449), the group's flat bf16
+  buffer (flatten_dense_tensors_aligned), each parameter freed as it becomes a view of it, the partition's bf16
+  ``.clone()`` and its fp32 master copy (``.to(device, fp32)``, :560; host memory with offload), the clone freed; then
+  with offload ``temp_grad_buffer_for_gpu_offload`` (the largest parameter's numel in bf16, kept, :659), without it
+  initialize_optimizer_states' fp32 zeros of each partition, made and freed (:934-950);
+* backward: at the first gradient hook setup_buckets makes the two IPG buffers (reduce_bucket_size bf16 each,
+  :3256-3280), freed at the backward's end (independent_gradient_partition_epilogue -> _release_ipg_buffers). Each
+  parameter's gradient is made by autograd in bf16; a gradient of at most reduce_bucket_size elements is copied into
+  the IPG buffer and freed at once; a larger one stays until the next hook reduces it (extra_large_param_to_reduce,
+  :1414-1470). Reducing (reduce_ipg_grads, :2205) copies each gradient, on the reduction stream, into
+  ``grads_in_partition`` (all trainable parameters' bf16 gradients, made at the first copy, :2192; freed in the step);
+  with offload each gradient is instead cast on the reduction stream to fp64 for its norm
+  (set_norm_for_param_grad_in_gpu) and to fp32 for the host copy (async_inplace_copy_grad_to_fp32_buffer_from_gpu),
+  both freed at once, and no grads_in_partition is made;
+* step without offload: the gradient norm casts each parameter's gradient to fp64 in turn (get_grad_norm_direct, group
+  by group), then per group the flat bf16 copy of its gradients and its fp32 ``.grad`` (:3104-3110), the copy freed,
+  after the last group's the grads_in_partition, the torch optimizer's step (AdamW: its two fp32 states at step 0),
+  the fp32 gradient freed. With offload the step runs on the host.
+
+One GPU, full fine-tuning whose layers run the recorded backward patterns, one micro-step (ZeRO-2 accumulates later
+micro-steps' gradients differently); the rest keeps the closed-form rules (simulated.simulation_covers).
+A mixin of sequence._Builder (it uses m, s, seq, loaded_params, layer_groups, head_groups and zero).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...specs import ModelSpec, TrainingSetup
+from ..deepspeed import reduce_bucket_elements
+from ..stacks import stack_profile
+from ..trainable import trainable_groups
+from .ckpt_backward_layer import ckpt_backward_applies, ckpt_backward_patterns
+from .rules import block_bytes
+from .tensors import grouped_by_layer
+
+BF16, FP32, FP64 = 2, 4, 8
+#: DeepSpeed's side stream (overlap_comm's reduction_stream) in Sequence.streams
+REDUCTION_STREAM = 1
+#: the torch optimizers whose step on one flat fp32 partition makes only their two states (fused AdamW)
+ZERO_OPTIMIZERS = ("adamw_torch_fused",)
+
+
+def zero2_applies(setup: TrainingSetup) -> bool:
+    """ZeRO-2 on one GPU, full fine-tuning, one micro-step, fused AdamW, no offload or offload_optimizer."""
+    return (
+        setup.parallel == "zero2" and setup.num_gpus == 1 and setup.method == "full" and setup.grad_accum == 1
+        and setup.optimizer in ZERO_OPTIMIZERS and setup.offload in ("none", "optimizer") and setup.dtype == "bf16"
+    )  # fmt: skip
+
+
+def zero_sequence_applies(model: ModelSpec, setup: TrainingSetup) -> bool:
+    """Whether the sequence models the setup's DeepSpeed engine: zero2_applies, and the layers run the recorded
+    backward patterns as they would without the engine (ckpt_backward_layer.py)."""
+    if not zero2_applies(setup):
+        return False
+    plain = setup.model_copy(update={"parallel": None})
+    if not ckpt_backward_applies(model, plain, stack_profile(plain)):
+        return False
+    layers, head = grouped_by_layer(trainable_groups(model, plain), model.num_layers)
+    return ckpt_backward_patterns(model, layers, head) is not None
+
+
+@dataclass(frozen=True)
+class ZeroPlan:
+    """The engine's sizes: each param group's elements (decay, then none; with offload one group; the flat buffers
+    and partitions), the largest parameter's, the IPG bucket's, and whether the optimizer is offloaded."""
+
+    group_numels: tuple[int, ...]
+    largest_numel: int
+    bucket_numel: int
+    offload: bool
+
+
+def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
+    groups = trainable_groups(model, setup)
+    no_decay = sum(g.params for g in groups if g.name == "norms" or g.name.endswith(".bias"))
+    total = sum(g.params for g in groups)
+    offload = setup.offload == "optimizer"
+    return ZeroPlan(
+        group_numels=(total,) if offload else (total - no_decay, no_decay), largest_numel=max(g.numel for g in groups),
+        bucket_numel=reduce_bucket_elements(model), offload=offload,
+    )  # fmt: skip
+
+
+class ZeroSteps:
+    def zero_init(self) -> None:
+        """The engine's init after the Trainer's free_memory() (module docstring)."""
+        seq, z = self.seq, self.zero
+        self.zero_masters: list[int] = []
+        one_group = len(z.group_numels) == 1
+        for no_decay, numel in zip((False, True), z.group_numels):
+            seq.empty_cache()
+            flat = seq.alloc(block_bytes(-(-numel // 2) * 2 * BF16))  # aligned to nccl_start_alignment_factor 2
+            seq.free(*[i for i, nd in self.loaded_params if one_group or nd == no_decay])
+            clone = seq.alloc(seq.sizes[flat])
+            if not z.offload:
+                self.zero_masters.append(seq.alloc(block_bytes(numel * FP32)))
+            seq.free(clone)
+        if z.offload:
+            seq.alloc(block_bytes(z.largest_numel * BF16))
+        else:
+            seq.free(*[seq.alloc(block_bytes(n * FP32)) for n in z.group_numels])
+        self.zero_states: list[int] = []
+        self._zero_reset()
+
+    def _zero_reset(self) -> None:
+        self.zero_ipg: list[int] = []
+        self.zero_pending: int | None = None
+        self.zero_elements = 0
+        self.zero_partition: int | None = None
+
+    def zero_hook(self, grad: int) -> None:
+        """A parameter's gradient `grad` (a tensor id) reached its hook: into the IPG bucket (freed) or kept until the
+        next hook reduces it."""
+        seq, z = self.seq, self.zero
+        numel = seq.sizes[grad] // BF16
+        if not self.zero_ipg:  # setup_buckets
+            self.zero_ipg = [seq.alloc(block_bytes(z.bucket_numel * BF16)) for _ in range(2)]
+        if self.zero_elements + numel > z.bucket_numel:
+            self._zero_reduce()
+        if numel > z.bucket_numel:
+            self.zero_pending = grad
+        else:
+            self._zero_copy_out(grad)
+            seq.free(grad)
+        self.zero_elements += numel
+
+    def _zero_copy_out(self, grad: int) -> None:
+        """With offload, the copy to the host's fp32 partition: the fp64 norm copy and the fp32 cast on the reduction
+        stream, each freed at once (made when the gradient is reduced; modelled at its hook)."""
+        if self.zero.offload:
+            seq, nbytes = self.seq, self.seq.sizes[grad]
+            seq.free(seq.alloc_on(nbytes // BF16 * FP64, REDUCTION_STREAM))
+            seq.free(seq.alloc_on(nbytes // BF16 * FP32, REDUCTION_STREAM))
+
+    def _zero_reduce(self) -> None:
+        """reduce_ipg_grads: the bucket's gradients copied into grads_in_partition (made at the first copy), the
+        extra-large one (pending) freed."""
+        seq, z = self.seq, self.zero
+        if self.zero_elements and not z.offload and self.zero_partition is None:
+            self.zero_partition = seq.alloc_on(block_bytes(sum(z.group_numels) * BF16), REDUCTION_STREAM)
+        if self.zero_pending is not None:
+            self._zero_copy_out(self.zero_pending)
+            seq.free(self.zero_pending)
+            self.zero_pending = None
+        self.zero_elements = 0
+
+    def zero_backward_end(self) -> None:
+        """independent_gradient_partition_epilogue: the last bucket reduced, the IPG buffers freed."""
+        self._zero_reduce()
+        self.seq.free(*self.zero_ipg)
+        self.zero_ipg = []
+
+    def zero_step(self, first: bool) -> None:
+        """The gradient norm and the optimizer step (module docstring); nothing on the GPU with offload."""
+        seq, z = self.seq, self.zero
+        if not z.offload:
+            for group in self._param_groups():  # get_grad_norm_direct: g.data.double().norm(2), in group order
+                for g in group:
+                    nbytes = block_bytes(g.numel * FP64)
+                    for _ in range(g.count):
+                        seq.free(seq.alloc(nbytes))
+            for k, numel in enumerate(z.group_numels):
+                flat = seq.alloc(block_bytes(-(-numel // 2) * 2 * BF16))
+                grad = seq.alloc(block_bytes(numel * FP32))
+                seq.free(flat)
+                if k == len(z.group_numels) - 1:
+                    seq.free(self.zero_partition)
+                if first:
+                    self.zero_states += [seq.alloc(block_bytes(numel * FP32)) for _ in range(2)]
+                seq.free(grad)
+        self._zero_reset()
