@@ -131,8 +131,23 @@ def zero_holdout2_grid(num_gpus: int = 1) -> list[RunSpec]:
     ]
 
 
+def zero2_sequence_grid(num_gpus: int = 1) -> list[RunSpec]:
+    """A hold-out for ZeRO-2's simulated sequence (allocator/zero_steps.py, read from the four ZeRO-2 histories of
+    2026-12-02, all tied-embedding models at 2048 tokens): an untied lm_head (TinyLlama, with and without offload),
+    4096 tokens, Qwen2's biases at 3B and Qwen3's q/k norms; predicted and committed before they run."""
+    zero = partial(_zero, num_gpus=num_gpus)
+
+    return [
+        zero(single.full("z-tiny-zero2-full-gc-offopt", "tinyllama-1.1b-chat-v1.0", "ZeRO-2 offload, untied lm_head", grad_ckpt=True), "zero2", "optimizer"),
+        zero(single.full("z-tiny-zero2-full-gc-s4096", "tinyllama-1.1b-chat-v1.0", "ZeRO-2, untied lm_head, 4k", grad_ckpt=True, seq_len=4096), "zero2"),
+        zero(single.full("z-q3b-zero2-full-gc", "qwen2.5-3b", "ZeRO-2 full FT 3B, q/k/v biases", grad_ckpt=True), "zero2"),
+        zero(single.full("z-q3-17-zero2-full-gc", "qwen3-1.7b", "ZeRO-2 full FT Qwen3 1.7B", grad_ckpt=True), "zero2"),
+        zero(single.full("z-l1-zero2-full-gc-s4096", L1, "ZeRO-2 full FT 1B at 4k", grad_ckpt=True, seq_len=4096), "zero2"),
+    ]
+
+
 GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
-         "zero-holdout2": zero_holdout2_grid}
+         "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid}
 
 
 def settings(spec: RunSpec) -> str:
