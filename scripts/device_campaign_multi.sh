@@ -32,9 +32,9 @@ export VRAMPLAN_CHECKPOINT_CACHE="${VRAMPLAN_CHECKPOINT_CACHE:-/tmp/vramplan-che
 
 python3 -c "
 import importlib.metadata as m
-names = ('torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes', 'nvidia-ml-py')
+names = ('torch', 'transformers', 'peft', 'accelerate')
 print(' | '.join(f'{n} {m.version(n)}' for n in names))
-for n in ('deepspeed', 'pydantic'):
+for n in ('bitsandbytes', 'nvidia-ml-py', 'deepspeed', 'pydantic'):  # (a DeepSpeed-only campaign carries no bitsandbytes)
     try:
         print(n, m.version(n))
     except m.PackageNotFoundError:
