@@ -27,6 +27,8 @@ CASES = [
     ("llama-3.1-8b", TrainingSetup(method="lora", lora=LoraSpec(rank=16), grad_ckpt=True)),
     ("llama-3.1-8b", TrainingSetup(method="qlora", lora=LoraSpec(rank=16), quant="nf4", grad_ckpt=True)),
     ("qwen2.5-7b", TrainingSetup(method="lora", lora=LoraSpec(rank=16), batch_size=2)),
+    ("llama-3.1-8b", TrainingSetup(method="full", grad_ckpt=True)),
+    ("qwen3-8b", TrainingSetup(method="full", grad_ckpt=True)),
 ]
 REPEATS = 9
 

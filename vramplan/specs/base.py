@@ -152,8 +152,11 @@ class Spec:
         return type(self) is type(other) and self.__dict__ == other.__dict__
 
     def __hash__(self) -> int:
-        values = self.__dict__
-        return hash(tuple(_frozen(values[name]) for name in self._spec_schema_of().infos))
+        values, names = self.__dict__, self._spec_schema_of().infos
+        try:  # equal specs hold equal values, so both take the same branch
+            return hash(tuple(map(values.__getitem__, names)))
+        except TypeError:  # a dict or list field (a traced model's counts)
+            return hash(tuple(_frozen(values[name]) for name in names))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._spec_fields_text(', ')})"

@@ -15,11 +15,12 @@ How the loop holds the allocator (sizes and addresses in 512-byte units, kMinBlo
   comes out of the key's low bits. Each pool keeps its keys in a list between two sentinels, 0 (below any request,
   so ``keys[i - 1]`` always exists and ``keys[-2]`` is the largest free block, 0 if none) and INF (above every key:
   a bisect that lands on it found no block).
-* ``key[b]`` is block b's key while it is free and 0 while it is allocated (its key is then ``taken[b]``);
+* ``key[b]`` is block b's key while it is free and 0 while it is allocated (``taken[i]`` is then the key of
+  tensor i's block);
   ``prev[b]`` / ``nxt[b]`` its neighbours in its segment (the sentinel block, key 0, where there is none). A freed
   block merges with a neighbour whose key is not 0.
-* The block allocated for tensor i is block i (a found block keeps its id for the remainder it splits off, or gives
-  its place to i when it is used whole); segments made by cudaMalloc take ids after the tensors'.
+* A block split for tensor i is block i (the found block keeps its id for the remainder); a block used whole keeps
+  its id (no neighbour links to rewrite); segments made by cudaMalloc take ids after the tensors'.
 * A split whose remainder still sorts where the found block sat, and a merge whose block still sorts where its
   neighbour sat, overwrite that key in place instead of deleting and inserting one (the same sorted list).
 """
@@ -122,13 +123,10 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                     nxt[p] = op
                     nxt[op] = b
                     prev[b] = op
-                else:
+                else:  # the whole block, which keeps its id
                     del small_keys[i]
-                    taken[op] = k - b + op
-                    p = prev[op] = prev[b]
-                    nxt[p] = op
-                    after = nxt[op] = nxt[b]
-                    prev[after] = op
+                    taken[op] = k
+                    key[b] = 0
                 allocated += size
             else:  # the large pool
                 i = bisect_left(large_keys, sk)
@@ -163,22 +161,18 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                     nxt[op] = b
                     prev[b] = op
                     allocated += size
-                else:  # the whole block
+                else:  # the whole block, which keeps its id
                     del large_keys[i]
-                    taken[op] = k - b + op
-                    p = prev[op] = prev[b]
-                    nxt[p] = op
-                    after = nxt[op] = nxt[b]
-                    prev[after] = op
+                    taken[op] = k
+                    key[b] = 0
                     allocated += k >> sh
             if allocated > watch:
                 watch = allocated
                 if at_top:
                     at_alloc, at_small, at_large = allocated, small_keys[-2], large_keys[-2]
         else:  # free_block: merge with free neighbours (try_merge_blocks), back to the pool
-            b = ~op
             try:
-                k = taken[b]
+                k = taken[~op]
             except IndexError:  # ~empty_cache_op is past every block: release_cached_blocks, cudaFree every
                 if op != empty_cache_op:  # unsplit cached block, the large pool's first
                     raise
@@ -198,6 +192,7 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                 at_top = reserved == peak_reserved
                 watch = at_alloc if at_top else peak_allocated
                 continue
+            b = k & id_mask
             size = k >> sh
             allocated -= size
             keys = small_keys if size <= small_max else large_keys
