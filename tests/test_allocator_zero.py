@@ -13,7 +13,13 @@ from vramplan.estimator import CALIBRATED_DEFAULTS, _terms, estimate
 from vramplan.memory.allocator.ops import EMPTY_CACHE, Sequence
 from vramplan.memory.allocator.replay import replay
 from vramplan.memory.allocator.sequence import training_sequence
-from vramplan.memory.allocator.zero_steps import REDUCTION_STREAM, ZeroPlan, ZeroSteps, zero_sequence_applies
+from vramplan.memory.allocator.zero_steps import (
+    REDUCTION_STREAM,
+    ZeroPlan,
+    ZeroSteps,
+    zero_sequence_applies,
+)
+from vramplan.memory.parallel import OFFLOAD_MEASURED_NOTE, ZERO2_SIMULATED_NOTE
 from vramplan.models import resolve_model
 from vramplan.runs import load_runs, shipped_runs_dir
 from vramplan.specs import LoraSpec, TrainingSetup
@@ -115,6 +121,9 @@ def test_default_rule_simulates_the_zero2_setups_the_engine_model_covers():
     qwen = resolve_model("qwen2.5-0.5b")
     covered = TrainingSetup(method="full", grad_ckpt=True, parallel="zero2", optimizer="adamw_torch_fused")
     assert estimate(qwen, covered).memory.reserved_rule == "simulated"
+    offload = estimate(qwen, covered.model_copy(update={"offload": "optimizer"}))
+    assert offload.memory.reserved_rule == "simulated"
+    assert ZERO2_SIMULATED_NOTE in offload.assumptions and OFFLOAD_MEASURED_NOTE not in offload.assumptions
     not_covered = [
         covered.model_copy(update={"parallel": "zero3"}),
         covered.model_copy(update={"grad_ckpt": False}),

@@ -41,7 +41,7 @@ from .memory.constants import (
 )
 from .memory.allocator.tensors import grad_tensor, grouped_by_layer
 from .memory.optimizer import gradient_bytes, optimizer_state_bytes, optimizer_step_transient_bytes
-from .memory.parallel import check_parallel_supported, parallel_terms
+from .memory.parallel import check_parallel_supported, parallel_terms, zero2_simulated_assumptions
 from .memory.stacks import check_stack_supported, stack_profile
 from .memory.trainable import trainable_groups, trainable_params
 from .memory.transients import (
@@ -179,6 +179,9 @@ def estimate(
         raw = simulated_memory(model, setup, terms, raw, total)
         calibrated = simulated_memory(model, setup, terms, calibrated, total) if calibrated else None
         assumptions = (*assumptions, SIMULATED_ASSUMPTION)
+    setup_notes = estimate_assumptions(model, setup, gpu)
+    if raw.reserved_rule == RESERVED_BY_SIMULATION and setup.parallel == "zero2":
+        setup_notes = zero2_simulated_assumptions(setup_notes)
     shown = calibrated or raw
     verdict = _verdict(gpu, shown.device_peak_bytes, headroom) if gpu else None
     profile = stack_profile(setup)
@@ -191,7 +194,7 @@ def estimate(
         memory=raw,
         calibrated=calibrated,
         calibration_version=calibration.version if calibration else None,
-        assumptions=tuple(assumptions) + estimate_assumptions(model, setup, gpu),
+        assumptions=tuple(assumptions) + setup_notes,
         verdict=verdict,
     )
 
