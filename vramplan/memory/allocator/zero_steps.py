@@ -28,7 +28,7 @@ h-l3-zero2-full-gc-offopt-x1 and h2-q15-zero2-full-gc-offopt-x1 (offload_optimiz
 
 One GPU, full fine-tuning whose layers run the recorded backward patterns, one micro-step (ZeRO-2 accumulates later
 micro-steps' gradients differently); the rest keeps the closed-form rules (simulated.simulation_covers).
-A mixin of sequence._Builder (it uses m, s, seq, loaded_params, layer_groups, head_groups and zero).
+A mixin of sequence._Builder (it uses seq, zero, loaded_params and OptimizerSteps._param_groups).
 """
 
 from __future__ import annotations
