@@ -39,9 +39,9 @@ class LoadSteps:
             # each parameter's tensor with whether the Trainer gives it no weight decay (a bias or a norm weight),
             # in module order (a DeepSpeed engine frees them into its flat buffers: zero_steps.py)
             params = [(seq.alloc(embed), False)]
-            names = [name for layer in layers for name, pieces, _ in layer for _ in pieces]
-            pieces = seq.alloc_all([x for layer in layers for _, pieces, _ in layer for x in pieces])
-            params += [(i, name.endswith(".bias") or "norm" in name) for i, name in zip(pieces, names)]
+            named = [(name, x) for layer in layers for name, pieces, _ in layer for x in pieces]
+            ids = seq.alloc_all([x for _, x in named])
+            params += [(i, name.endswith(".bias") or "norm" in name) for i, (name, _) in zip(ids, named)]
             params += [(seq.alloc(final_norm), True), (seq.alloc(residual), False)]
             if lm_head:
                 params.append((seq.alloc(lm_head), False))

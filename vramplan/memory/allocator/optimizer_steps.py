@@ -43,8 +43,8 @@ class OptimizerSteps:
             first = [head["embed_tokens"]] if "embed_tokens" in head else []
             last = [head[n] for n in ("norms", "lm_head") if n in head]
             groups = first + [g for gs in self.layer_groups for g in gs] + last
-            no_decay = {id(g): _no_decay(g) for g in groups}  # the layers share their TensorGroups
-            self.param_groups = ([g for g in groups if not no_decay[id(g)]], [g for g in groups if no_decay[id(g)]])
+            undecayed = {id(g): no_decay(g) for g in groups}  # the layers share their TensorGroups
+            self.param_groups = ([g for g in groups if not undecayed[id(g)]], [g for g in groups if undecayed[id(g)]])
         return self.param_groups
 
     def zero_grad(self) -> None:
@@ -52,6 +52,6 @@ class OptimizerSteps:
         self.grads = []
 
 
-def _no_decay(g) -> bool:
+def no_decay(g) -> bool:
     """Trainer.get_decay_parameter_names: biases and norm weights get no weight decay (a second group)."""
     return g.name == "norms" or g.name.endswith(".bias")

@@ -89,7 +89,7 @@ from .tensors import (
     quantized_pieces,
     spread,
 )
-from .zero_steps import ZeroSteps, zero_plan, zero_sequence_applies
+from .zero_steps import ZeroSteps, zero2_applies, zero_plan
 
 BF16, FP32 = 2, 4
 
@@ -163,8 +163,6 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
         self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False, repeat_layers: bool = True
     ):
         self.m, self.s, self.t, self.seq = model, setup, t, seq
-        #: DeepSpeed ZeRO-2 on one GPU where the layers run the recorded backward (zero_steps.py)
-        zero = zero_sequence_applies(model, setup)
         self.L = model.num_layers
         # the stack's kernels, adapter dtype and QLoRA upcast (memory/stacks); hf: the setup's own eager activations
         self.profile = profile = stack_profile(setup)
@@ -228,7 +226,12 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
         self.no_grad = no_grad_pattern(model, setup, profile.liger)
         self.no_grad_sizes = no_grad_layer_sizes(model, setup) if self.no_grad else {}
         #: and its recorded backward, each layer's pattern (ckpt_backward_layer.py), or None
-        self.ckpt_bwd = ckpt_backward_patterns(model, self.layer_groups, self.head_groups) if zero or ckpt_backward_applies(model, setup, profile) else None
+        #: DeepSpeed ZeRO-2 on one GPU where the layers run the recorded backward as without the engine (zero_steps.py:
+        #: zero_sequence_applies, from the builder's own groups)
+        zero2 = zero2_applies(setup)
+        applies = ckpt_backward_applies(model, setup.model_copy(update={"parallel": None}) if zero2 else setup, profile)
+        self.ckpt_bwd = ckpt_backward_patterns(model, self.layer_groups, self.head_groups) if applies else None
+        zero = zero2 and self.ckpt_bwd is not None
         self.ckpt_bwd_sizes = ckpt_backward_sizes(model, setup) if self.ckpt_bwd else {}
         #: the engine's plan, and the hook each gradient goes to (None: kept as a tensor of self.grads)
         self.zero = zero_plan(model, setup) if zero else None
@@ -468,12 +471,12 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
                     continue
                 if g.name != "embed_tokens" or tied:
                     grad = seq.alloc(grad_tensor(g))
-                    if g.name == "embed_tokens":  # (a DeepSpeed hook runs on the sum: _ckpt_embedding_backward)
+                    if g.name == "embed_tokens":
                         self.tied_grad_id = grad
-                    if self.grad_hook is not None and g.name != "embed_tokens":
-                        self.grad_hook(grad)
-                    elif self.grad_hook is None:
+                    if self.grad_hook is None:
                         self.grads.append(grad)
+                    elif g.name != "embed_tokens":  # (a tied weight's hook runs on the sum: _ckpt_embedding_backward)
+                        self.grad_hook(grad)
                 if g.name == self._head_weight() and not self.loss_saved:  # the owned head ends with its weight's gradient
                     seq.free(*head, *self.head_saved)
             self._autograd_workspace()

@@ -40,6 +40,7 @@ from ..deepspeed import reduce_bucket_elements
 from ..stacks import stack_profile
 from ..trainable import trainable_groups
 from .ckpt_backward_layer import ckpt_backward_applies, ckpt_backward_patterns
+from .optimizer_steps import no_decay
 from .rules import block_bytes
 from .tensors import grouped_by_layer
 
@@ -83,34 +84,37 @@ class ZeroPlan:
 
 def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
     groups = trainable_groups(model, setup)
-    no_decay = sum(g.params for g in groups if g.name == "norms" or g.name.endswith(".bias"))
+    undecayed = sum(g.params for g in groups if no_decay(g))
     total = sum(g.params for g in groups)
     offload = setup.offload == "optimizer"
     return ZeroPlan(
-        group_numels=(total,) if offload else (total - no_decay, no_decay), largest_numel=max(g.numel for g in groups),
+        group_numels=(total,) if offload else (total - undecayed, undecayed), largest_numel=max(g.numel for g in groups),
         bucket_numel=reduce_bucket_elements(model), offload=offload,
     )  # fmt: skip
+
+
+def _flat_bytes(numel: int) -> int:
+    """A group's flat bf16 buffer (flatten_dense_tensors_aligned), aligned to nccl_start_alignment_factor 2."""
+    return block_bytes(-(-numel // 2) * 2 * BF16)
 
 
 class ZeroSteps:
     def zero_init(self) -> None:
         """The engine's init after the Trainer's free_memory() (module docstring)."""
         seq, z = self.seq, self.zero
-        self.zero_masters: list[int] = []
         one_group = len(z.group_numels) == 1
-        for no_decay, numel in zip((False, True), z.group_numels):
+        for undecayed, numel in zip((False, True), z.group_numels):
             seq.empty_cache()
-            flat = seq.alloc(block_bytes(-(-numel // 2) * 2 * BF16))  # aligned to nccl_start_alignment_factor 2
-            seq.free(*[i for i, nd in self.loaded_params if one_group or nd == no_decay])
+            flat = seq.alloc(_flat_bytes(numel))
+            seq.free(*[i for i, nd in self.loaded_params if one_group or nd == undecayed])
             clone = seq.alloc(seq.sizes[flat])
-            if not z.offload:
-                self.zero_masters.append(seq.alloc(block_bytes(numel * FP32)))
+            if not z.offload:  # the fp32 master, kept
+                seq.alloc(block_bytes(numel * FP32))
             seq.free(clone)
         if z.offload:
             seq.alloc(block_bytes(z.largest_numel * BF16))
         else:
             seq.free(*[seq.alloc(block_bytes(n * FP32)) for n in z.group_numels])
-        self.zero_states: list[int] = []
         self._zero_reset()
 
     def _zero_reset(self) -> None:
@@ -171,12 +175,12 @@ class ZeroSteps:
                     for _ in range(g.count):
                         seq.free(seq.alloc(nbytes))
             for k, numel in enumerate(z.group_numels):
-                flat = seq.alloc(block_bytes(-(-numel // 2) * 2 * BF16))
+                flat = seq.alloc(_flat_bytes(numel))
                 grad = seq.alloc(block_bytes(numel * FP32))
                 seq.free(flat)
                 if k == len(z.group_numels) - 1:
                     seq.free(self.zero_partition)
-                if first:
-                    self.zero_states += [seq.alloc(block_bytes(numel * FP32)) for _ in range(2)]
+                if first:  # AdamW's exp_avg and exp_avg_sq, kept
+                    seq.alloc_all([block_bytes(numel * FP32)] * 2)
                 seq.free(grad)
         self._zero_reset()
