@@ -1,5 +1,6 @@
-"""DeepSpeed ZeRO-2 on one GPU in the predicted sequence (vramplan/memory/allocator/zero_steps.py): the engine's hooks
-worked by hand, the predicted sequences against the four recorded ZeRO-2 histories, and the default rule's choice."""
+"""DeepSpeed ZeRO-2 and ZeRO-3 on one GPU in the predicted sequence (vramplan/memory/allocator/zero_steps.py,
+zero3_steps.py): the engine's hooks worked by hand, the predicted sequences against the recorded histories, and the
+default rule's choice."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from vramplan.memory.allocator.zero_steps import (
     ZeroSteps,
     zero_sequence_applies,
 )
-from vramplan.memory.parallel import OFFLOAD_MEASURED_NOTE, ZERO2_SIMULATED_NOTE
+from vramplan.memory.allocator.zero3_steps import Zero3Steps, sub_groups
+from vramplan.memory.parallel import OFFLOAD_MEASURED_NOTE, ZERO2_SIMULATED_NOTE, ZERO3_SIMULATED_NOTE
 from vramplan.models import resolve_model
 from vramplan.runs import load_runs, shipped_runs_dir
 from vramplan.specs import LoraSpec, TrainingSetup
@@ -34,10 +36,12 @@ PRE_RECORDING_SEGMENT = 2 * MIB
 ZERO2_HISTORIES = ("h-q05-zero2-full-gc-x1", "h-l3-zero2-full-gc-offopt-x1", "h2-q15-zero2-full-gc-offopt-x1",
                    "l1-zero2-full-gc-offopt-x1", "z-tiny-zero2-full-gc-offopt-x1", "z-tiny-zero2-full-gc-s4096-x1",
                    "z-q3b-zero2-full-gc-x1", "z-q3-17-zero2-full-gc-x1", "z-l1-zero2-full-gc-s4096-x1")  # fmt: skip
+#: the two ZeRO-3 histories without offload the engine's sequence was read from (2026-12-02; l1's has no streams)
+ZERO3_HISTORIES = ("h-q15-zero3-full-gc-x1", "l1-zero3-full-gc-x1")
 
 
-class _Engine(ZeroSteps):
-    """ZeroSteps on its own: a sequence, a plan, the loaded parameters (id, no decay)."""
+class _Engine(ZeroSteps, Zero3Steps):
+    """ZeroSteps (and Zero3Steps' reduce) on its own: a sequence, a plan, the loaded parameters (id, no decay)."""
 
     def __init__(self, plan: ZeroPlan, params: list[tuple[int, bool]], seq: Sequence):
         self.seq, self.zero, self.loaded_params = seq, plan, params
@@ -96,6 +100,26 @@ def test_init_frees_each_group_into_its_flat_buffer_and_makes_masters_without_of
     assert seq.ops.count(EMPTY_CACHE) == 2
 
 
+def test_zero3_sub_groups_close_where_their_sum_first_reaches_the_size():
+    assert sub_groups([6, 5, 4, 3], size=10) == [11, 7]  # 6+5 reaches 10: closed; the rest at the group's end
+    assert sub_groups([6, 4, 4], size=10) == [10, 4]
+    assert sub_groups([3, 3], size=10) == [6]  # a group no larger than the size is one sub-group
+    assert sub_groups([], size=10) == []
+
+
+def test_zero3_reduce_concatenates_a_bucket_of_several_gradients_on_the_reduction_stream():
+    seq = Sequence()
+    engine = _Engine(ZeroPlan(group_numels=(300,), largest_numel=200, bucket_numel=100, offload=False, stage=3), [],
+                     seq)  # fmt: skip
+    engine._zero_reset()
+    for numel in (30, 50, 200, 10):  # 30 + 50 share the bucket; 200 overflows it (cat of 80), then 10 reduces it alone
+        engine.zero_hook(seq.alloc(numel * 2))
+    engine.zero_backward_end()
+    assert engine.zero_ipg == [] and engine.zero_partition is None  # ZeRO-3's bucket and partitions are made at init
+    assert [seq.sizes[i] for i in seq.streams] == [512]  # one cat: 80 bf16 elements, block-rounded
+    assert not _live(seq)
+
+
 def _history_run(name: str):
     for r in load_runs([shipped_runs_dir()]):
         if (r.extra or {}).get("memory_snapshot", "").removesuffix(".pickle") == name:
@@ -103,8 +127,8 @@ def _history_run(name: str):
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name", ZERO2_HISTORIES)
-def test_predicted_zero2_sequence_reaches_the_recorded_peaks(name):
+@pytest.mark.parametrize("name", ZERO2_HISTORIES + ZERO3_HISTORIES)
+def test_predicted_zero_sequence_reaches_the_recorded_peaks(name):
     # every ZeRO-2 history (no offload, offload_optimizer): reserved within 2 MiB of the run's (the recorded peak plus
     # start_cuda's segment; on all but Qwen2.5-3B to the MiB, there 2 MiB of 69 GiB under), allocated within 0.05 %
     doc = json.loads(gzip.decompress((TRACES / f"{name}.events.json.gz").read_bytes()))
@@ -124,8 +148,10 @@ def test_default_rule_simulates_the_zero2_setups_the_engine_model_covers():
     offload = estimate(qwen, covered.model_copy(update={"offload": "optimizer"}))
     assert offload.memory.reserved_rule == "simulated"
     assert ZERO2_SIMULATED_NOTE in offload.assumptions and OFFLOAD_MEASURED_NOTE not in offload.assumptions
+    zero3 = estimate(qwen, covered.model_copy(update={"parallel": "zero3"}))
+    assert zero3.memory.reserved_rule == "simulated" and ZERO3_SIMULATED_NOTE in zero3.assumptions
     not_covered = [
-        covered.model_copy(update={"parallel": "zero3"}),
+        covered.model_copy(update={"parallel": "zero3", "offload": "all"}),
         covered.model_copy(update={"grad_ckpt": False}),
         covered.model_copy(update={"optimizer": "adamw_8bit"}),
         covered.model_copy(update={"grad_accum": 2}),

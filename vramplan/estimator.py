@@ -41,7 +41,7 @@ from .memory.constants import (
 )
 from .memory.allocator.tensors import grad_tensor, grouped_by_layer
 from .memory.optimizer import gradient_bytes, optimizer_state_bytes, optimizer_step_transient_bytes
-from .memory.parallel import check_parallel_supported, parallel_terms, zero2_simulated_assumptions
+from .memory.parallel import check_parallel_supported, parallel_terms, zero_simulated_assumptions
 from .memory.stacks import check_stack_supported, stack_profile
 from .memory.trainable import trainable_groups, trainable_params
 from .memory.transients import (
@@ -180,8 +180,8 @@ def estimate(
         calibrated = simulated_memory(model, setup, terms, calibrated, total) if calibrated else None
         assumptions = (*assumptions, SIMULATED_ASSUMPTION)
     setup_notes = estimate_assumptions(model, setup, gpu)
-    if raw.reserved_rule == RESERVED_BY_SIMULATION and setup.parallel == "zero2":
-        setup_notes = zero2_simulated_assumptions(setup_notes)
+    if raw.reserved_rule == RESERVED_BY_SIMULATION and setup.parallel in ("zero2", "zero3"):
+        setup_notes = zero_simulated_assumptions(setup_notes, setup.parallel)
     shown = calibrated or raw
     verdict = _verdict(gpu, shown.device_peak_bytes, headroom) if gpu else None
     profile = stack_profile(setup)

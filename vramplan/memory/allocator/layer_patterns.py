@@ -114,6 +114,9 @@ class LayerPatterns:
         seq.free(carry)
         if not new_grads or (tied and owned):
             seq.free(own)
+        elif tied and self.zero is not None and self.zero.stage == 3:  # added in place (h-q15-zero3-full-gc-x1)
+            seq.free(own)
+            self.grad_hook(self.tied_grad_id)
         elif tied:
             total = seq.alloc(seq.sizes[self.tied_grad_id])
             seq.free(self.tied_grad_id, own)

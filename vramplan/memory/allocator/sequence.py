@@ -89,7 +89,8 @@ from .tensors import (
     quantized_pieces,
     spread,
 )
-from .zero_steps import ZeroSteps, zero2_applies, zero_plan
+from .zero3_steps import Zero3Steps
+from .zero_steps import ZeroSteps, zero_engine_applies, zero_plan
 
 BF16, FP32 = 2, 4
 
@@ -158,7 +159,7 @@ def _training_sequence(
     return seq, b
 
 
-class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, LayerPatterns, ZeroSteps):
+class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, LayerPatterns, ZeroSteps, Zero3Steps):
     def __init__(
         self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False, repeat_layers: bool = True
     ):
@@ -226,12 +227,12 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
         self.no_grad = no_grad_pattern(model, setup, profile.liger)
         self.no_grad_sizes = no_grad_layer_sizes(model, setup) if self.no_grad else {}
         #: and its recorded backward, each layer's pattern (ckpt_backward_layer.py), or None
-        #: DeepSpeed ZeRO-2 on one GPU where the layers run the recorded backward as without the engine (zero_steps.py:
-        #: zero_sequence_applies, from the builder's own groups)
-        zero2 = zero2_applies(setup)
-        applies = ckpt_backward_applies(model, setup.model_copy(update={"parallel": None}) if zero2 else setup, profile)
+        #: DeepSpeed ZeRO-2 / ZeRO-3 on one GPU where the layers run the recorded backward as without the engine
+        #: (zero_steps.py: zero_sequence_applies, from the builder's own groups)
+        engine = zero_engine_applies(setup)
+        applies = ckpt_backward_applies(model, setup.model_copy(update={"parallel": None}) if engine else setup, profile)
         self.ckpt_bwd = ckpt_backward_patterns(model, self.layer_groups, self.head_groups) if applies else None
-        zero = zero2 and self.ckpt_bwd is not None
+        zero = engine and self.ckpt_bwd is not None
         self.ckpt_bwd_sizes = ckpt_backward_sizes(model, setup) if self.ckpt_bwd else {}
         #: the engine's plan, and the hook each gradient goes to (None: kept as a tensor of self.grads)
         self.zero = zero_plan(model, setup) if zero else None

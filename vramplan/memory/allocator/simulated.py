@@ -37,8 +37,8 @@ RESERVED_RULES = (AUTO, "rules", RESERVED_BY_SIMULATION)
 
 def simulation_covers(setup: TrainingSetup, model: ModelSpec | None = None) -> bool:
     """One GPU without a DeepSpeed engine, or DDP (each GPU runs the one-GPU sequence plus its Reducer's buckets,
-    sequence.py ddp_buckets), or ZeRO-2 on one GPU where zero_steps.py models the engine (`model` given): the
-    sequence has no FSDP gathers or ZeRO-3 partitions."""
+    sequence.py ddp_buckets), or ZeRO-2 / ZeRO-3 on one GPU where zero_steps.py / zero3_steps.py model the engine
+    (`model` given): the sequence has no FSDP gathers and no offloaded ZeRO-3 parameters."""
     if setup.parallel in ("zero2", "zero3"):
         return model is not None and zero_sequence_applies(model, setup)
     return setup.parallel == "ddp" or setup.num_gpus == 1
@@ -60,9 +60,9 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup, model: ModelSp
     ):
         raise VramplanError(
             f"--reserved-rule simulated with --parallel {setup.parallel}: the simulated sequence has DeepSpeed's engine "
-            "for ZeRO-2 on one GPU only (full fine-tuning with checkpointing of a Llama-family, Qwen2 or Qwen3 model, "
-            "fused AdamW, bf16, one micro-step, no offload or --offload optimizer); accepted: such a setup, no "
-            "--parallel, or --reserved-rule rules"
+            "on one GPU only, for full fine-tuning with checkpointing of a Llama-family, Qwen2 or Qwen3 model, fused "
+            "AdamW, bf16, one micro-step: ZeRO-2 with no offload or --offload optimizer, ZeRO-3 with no offload; "
+            "accepted: such a setup, no --parallel, or --reserved-rule rules"
         )
     if reserved_rule == RESERVED_BY_SIMULATION and setup.num_gpus > 1 and setup.parallel != "ddp":
         raise VramplanError(

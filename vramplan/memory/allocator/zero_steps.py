@@ -59,10 +59,23 @@ def zero2_applies(setup: TrainingSetup) -> bool:
     )  # fmt: skip
 
 
+def zero3_applies(setup: TrainingSetup) -> bool:
+    """ZeRO-3 on one GPU, full fine-tuning, one micro-step, fused AdamW, bf16, no offload (zero3_steps.py)."""
+    return (
+        setup.parallel == "zero3" and setup.num_gpus == 1 and setup.method == "full" and setup.grad_accum == 1
+        and setup.optimizer in ZERO_OPTIMIZERS and setup.offload == "none" and setup.dtype == "bf16"
+    )  # fmt: skip
+
+
+def zero_engine_applies(setup: TrainingSetup) -> bool:
+    """zero2_applies or zero3_applies: a DeepSpeed engine the sequence can model."""
+    return zero2_applies(setup) or zero3_applies(setup)
+
+
 def zero_sequence_applies(model: ModelSpec, setup: TrainingSetup) -> bool:
-    """Whether the sequence models the setup's DeepSpeed engine: zero2_applies, and the layers run the recorded
+    """Whether the sequence models the setup's DeepSpeed engine: zero_engine_applies, and the layers run the recorded
     backward patterns as they would without the engine (ckpt_backward_layer.py)."""
-    if not zero2_applies(setup):
+    if not zero_engine_applies(setup):
         return False
     plain = setup.model_copy(update={"parallel": None})
     if not ckpt_backward_applies(model, plain, stack_profile(plain)):
@@ -74,12 +87,14 @@ def zero_sequence_applies(model: ModelSpec, setup: TrainingSetup) -> bool:
 @dataclass(frozen=True)
 class ZeroPlan:
     """The engine's sizes: each param group's elements (decay, then none; with offload one group; the flat buffers
-    and partitions), the largest parameter's, the IPG bucket's, and whether the optimizer is offloaded."""
+    and partitions), the largest parameter's, the IPG bucket's, whether the optimizer is offloaded, and the ZeRO
+    stage (3: zero3_steps.py)."""
 
     group_numels: tuple[int, ...]
     largest_numel: int
     bucket_numel: int
     offload: bool
+    stage: int = 2
 
 
 def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
@@ -89,7 +104,7 @@ def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
     offload = setup.offload == "optimizer"
     return ZeroPlan(
         group_numels=(total,) if offload else (total - undecayed, undecayed), largest_numel=max(g.numel for g in groups),
-        bucket_numel=reduce_bucket_elements(model), offload=offload,
+        bucket_numel=reduce_bucket_elements(model), offload=offload, stage=3 if setup.parallel == "zero3" else 2,
     )  # fmt: skip
 
 
@@ -100,8 +115,10 @@ def _flat_bytes(numel: int) -> int:
 
 class ZeroSteps:
     def zero_init(self) -> None:
-        """The engine's init after the Trainer's free_memory() (module docstring)."""
+        """The engine's init after the Trainer's free_memory() (module docstring; ZeRO-3: Zero3Steps.zero3_init)."""
         seq, z = self.seq, self.zero
+        if z.stage == 3:
+            return self.zero3_init()
         one_group = len(z.group_numels) == 1
         for undecayed, numel in zip((False, True), z.group_numels):
             seq.empty_cache()
@@ -120,7 +137,7 @@ class ZeroSteps:
     def _zero_reset(self) -> None:
         self.zero_ipg: list[int] = []
         self.zero_pending: int | None = None
-        self.zero_elements = 0
+        self.zero_elements = self.zero_count = 0
         self.zero_partition: int | None = None
 
     def zero_hook(self, grad: int) -> None:
@@ -128,7 +145,7 @@ class ZeroSteps:
         next hook reduces it."""
         seq, z = self.seq, self.zero
         numel = seq.sizes[grad] // BF16
-        if not self.zero_ipg:  # setup_buckets
+        if not self.zero_ipg and z.stage == 2:  # setup_buckets (ZeRO-3's bucket is made at init)
             self.zero_ipg = [seq.alloc(block_bytes(z.bucket_numel * BF16)) for _ in range(2)]
         if self.zero_elements + numel > z.bucket_numel:
             self._zero_reduce()
@@ -138,6 +155,7 @@ class ZeroSteps:
             self._zero_copy_out(grad)
             seq.free(grad)
         self.zero_elements += numel
+        self.zero_count += 1
 
     def _zero_copy_out(self, grad: int) -> None:
         """With offload, the copy to the host's fp32 partition: the fp64 norm copy and the fp32 cast on the reduction
@@ -151,13 +169,15 @@ class ZeroSteps:
         """reduce_ipg_grads: the bucket's gradients copied into grads_in_partition (made at the first copy), the
         extra-large one (pending) freed."""
         seq, z = self.seq, self.zero
-        if self.zero_elements and not z.offload and self.zero_partition is None:
+        if z.stage == 3:
+            self.zero3_concat()
+        elif self.zero_elements and not z.offload and self.zero_partition is None:
             self.zero_partition = seq.alloc_on(block_bytes(sum(z.group_numels) * BF16), REDUCTION_STREAM)
         if self.zero_pending is not None:
             self._zero_copy_out(self.zero_pending)
             seq.free(self.zero_pending)
             self.zero_pending = None
-        self.zero_elements = 0
+        self.zero_elements = self.zero_count = 0
 
     def zero_backward_end(self) -> None:
         """independent_gradient_partition_epilogue: the last bucket reduced, the IPG buffers freed."""
@@ -166,8 +186,11 @@ class ZeroSteps:
         self.zero_ipg = []
 
     def zero_step(self, first: bool) -> None:
-        """The gradient norm and the optimizer step (module docstring); nothing on the GPU with offload."""
+        """The gradient norm and the optimizer step (module docstring); nothing on the GPU with offload. ZeRO-3:
+        Zero3Steps.zero3_step."""
         seq, z = self.seq, self.zero
+        if z.stage == 3:
+            return self.zero3_step(first)
         if not z.offload:
             for group in self._param_groups():  # get_grad_norm_direct: g.data.double().norm(2), in group order
                 for g in group:

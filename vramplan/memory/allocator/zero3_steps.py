@@ -1,0 +1,122 @@
+"""DeepSpeed ZeRO-3 on one GPU in the predicted sequence: the engine's init after the load, its gradient hooks and
+its sub-group optimizer step (DeepSpeed 0.19.8, runtime/zero/stage3.py, bf16, the config of
+vramplan/trainer/deepspeed_config.py: overlap_comm and contiguous_gradients on, HF's "auto" buckets and persistence
+threshold, no offload).
+
+Read from the recorded H200 history docs/allocator_traces/deepspeed/h-q15-zero3-full-gc-x1 (Qwen2.5-1.5B, each
+allocation on its stream) and DeepSpeed's source:
+
+* init: ``defragment`` (runtime/zero/utils.py:215-243) copies every parameter's partition (at world size 1 the
+  whole parameter) to host memory, drops it on the GPU and calls ``empty_cache``; then the one flat bf16 buffer of
+  all partitions comes back (``lp_param_buffer``, stage3.py:972). ``_create_fp32_partitions`` (:1170-1172) makes,
+  per sub-group, ``converted = flat.to(device, fp32)`` (the previous sub-group's ``converted`` freed when the name is
+  rebound, after the new one exists) and keeps its ``clone()``; the last ``converted`` is freed at its end.
+  ``initialize_optimizer_states`` makes and frees fp32 zeros of the largest sub-group (:1304-1306). Then the IPG
+  bucket (reduce_bucket_size bf16, kept, :780-784) and ``grad_partitions_flat_buffer`` (every trainable gradient in
+  bf16, kept, :791-793). Sub-groups: each of the Trainer's param groups (weight decay, then none) cut where the
+  partitions' sum first reaches sub_group_size (:1210-1233).
+* after the init, every parameter above the persistence threshold is made and freed once, in module order (the
+  history shows it at this point of every ZeRO-3 run; not read from the source);
+* forward: the layers as without the engine. At world size 1 a fetch is no all-gather (memory/deepspeed.py
+  zero3_gathers_copy): no allocation (the history's steady-step forward holds only activations);
+* backward: each gradient's hook (__add_grad_to_ipg_bucket, :1621-1646) as ZeRO-2's (zero_steps.ZeroSteps.zero_hook):
+  copied into the bucket and freed if it fits, else the bucket is reduced first; a gradient larger than the bucket
+  stays until the next reduce. A reduce of a bucket holding more than one gradient concatenates them on the
+  reduction stream (reduce_scatter_coalesced's ``torch.cat``, runtime/comm/coalesced_collectives.py:122, freed at
+  once); partition_grads copies into the flat gradient buffer (no allocation). A tied embedding's own gradient is
+  added in place into lm_head's, whose hook then runs;
+* step (:2873-2931): the gradient norm's fp64 copy of each gradient in turn (get_grad_norm_direct, :2454-2456), then
+  per sub-group the flattened bf16 gradients, their fp32 cast (the sub-group's ``.grad``), the bf16 copy freed, at
+  step 0 fused AdamW's two states, the fp32 gradient freed (_release_sub_group).
+
+One GPU, full fine-tuning whose layers run the recorded backward patterns, one micro-step, no offload.
+A mixin of sequence._Builder (it uses seq, zero, loaded_params, _param_groups and ZeroSteps' hook state).
+"""
+
+from __future__ import annotations
+
+from ...specs import ModelSpec
+from ..deepspeed import SUB_GROUP_SIZE
+from .rules import block_bytes
+from .zero_steps import BF16, FP32, FP64, REDUCTION_STREAM
+
+#: transformers integrations/deepspeed.py trainer_config_finalize: "auto" stage3_param_persistence_threshold is
+#: 10 * hidden_size; a parameter with fewer elements stays gathered (partition_parameters.py ``ds_persist``)
+PERSISTENCE_FACTOR = 10
+
+
+def sub_groups(numels: list[int], size: int = SUB_GROUP_SIZE) -> list[int]:
+    """_create_fp16_sub_groups (stage3.py:1210-1233): a param group's partitions cut into sub-groups, each closed when
+    its sum reaches `size` or at the group's last parameter; the elements of each."""
+    if sum(numels) <= size:
+        return [sum(numels)] if numels else []
+    out, acc = [], 0
+    for k, n in enumerate(numels):
+        acc += n
+        if acc >= size or k == len(numels) - 1:
+            out.append(acc)
+            acc = 0
+    return out
+
+
+def persistence_threshold(model: ModelSpec) -> int:
+    return PERSISTENCE_FACTOR * model.hidden_size
+
+
+class Zero3Steps:
+    def _zero3_sub_groups(self) -> list[int]:
+        """The engine's sub-groups' elements: the decay group's, then the no-decay group's (parameter order)."""
+        out: list[int] = []
+        for group in self._param_groups():
+            out += sub_groups([g.numel for g in group for _ in range(g.count)])
+        return out
+
+    def zero3_init(self) -> None:
+        """The engine's init after the Trainer's free_memory() (module docstring)."""
+        seq, z = self.seq, self.zero
+        subs = self._zero3_sub_groups()
+        total = sum(subs)
+        sizes = [seq.sizes[i] for i, _ in self.loaded_params]
+        seq.free(*[i for i, _ in self.loaded_params])  # defragment: to host memory, then empty_cache
+        seq.empty_cache()
+        seq.alloc(block_bytes(total * BF16))  # lp_param_buffer
+        converted = None
+        for n in subs:
+            new = seq.alloc(block_bytes(n * FP32))
+            if converted is not None:
+                seq.free(converted)
+            converted = new
+            seq.alloc(block_bytes(n * FP32))  # the fp32 master, kept
+        seq.free(converted)
+        seq.free(seq.alloc(block_bytes(max(subs) * FP32)))  # initialize_optimizer_states' gradient buffer
+        seq.alloc(block_bytes(z.bucket_numel * BF16))  # the IPG bucket, kept
+        seq.alloc(block_bytes(total * BF16))  # grad_partitions_flat_buffer, kept
+        threshold = persistence_threshold(self.m) * BF16
+        for nbytes in sizes:  # the parameter pass (module docstring)
+            if nbytes >= threshold:
+                seq.free(seq.alloc(nbytes))
+        self.zero3_subs = subs
+        self._zero_reset()
+
+    def zero3_concat(self) -> None:
+        """A reduce of a bucket holding several gradients: their concatenation on the reduction stream, freed."""
+        if self.zero_count > 1:
+            seq = self.seq
+            seq.free(seq.alloc_on(block_bytes(self.zero_elements * BF16), REDUCTION_STREAM))
+
+    def zero3_step(self, first: bool) -> None:
+        """The gradient norm and the sub-groups' steps (module docstring)."""
+        seq = self.seq
+        for group in self._param_groups():  # get_grad_norm_direct, sub-group by sub-group in parameter order
+            for g in group:
+                nbytes = block_bytes(g.numel * FP64)
+                for _ in range(g.count):
+                    seq.free(seq.alloc(nbytes))
+        for n in self.zero3_subs:
+            flat = seq.alloc(block_bytes(n * BF16))
+            grad = seq.alloc(block_bytes(n * FP32))
+            seq.free(flat)
+            if first:  # AdamW's exp_avg and exp_avg_sq, kept
+                seq.alloc_all([block_bytes(n * FP32)] * 2)
+            seq.free(grad)
+        self._zero_reset()
