@@ -146,8 +146,24 @@ def zero2_sequence_grid(num_gpus: int = 1) -> list[RunSpec]:
     ]
 
 
+def zero3_sequence_grid(num_gpus: int = 1) -> list[RunSpec]:
+    """A hold-out for ZeRO-3's simulated sequence without offload (allocator/zero3_steps.py, read from the Qwen2.5-1.5B
+    and Llama-3.2-1B histories at 2048 tokens): an untied lm_head (TinyLlama), 4096 tokens, Qwen2.5-3B's three
+    sub-groups and biases, Qwen3's q/k norms, a model under one sub-group (Qwen2.5-0.5B); predicted and committed
+    before they run."""
+    zero = partial(_zero, num_gpus=num_gpus)
+
+    return [
+        zero(single.full("z3-tiny-zero3-full-gc", "tinyllama-1.1b-chat-v1.0", "ZeRO-3, untied lm_head", grad_ckpt=True), "zero3"),
+        zero(single.full("z3-q3b-zero3-full-gc", "qwen2.5-3b", "ZeRO-3 full FT 3B, three sub-groups", grad_ckpt=True), "zero3"),
+        zero(single.full("z3-q3-17-zero3-full-gc", "qwen3-1.7b", "ZeRO-3 full FT Qwen3 1.7B", grad_ckpt=True), "zero3"),
+        zero(single.full("z3-l1-zero3-full-gc-s4096", L1, "ZeRO-3 full FT 1B at 4k", grad_ckpt=True, seq_len=4096), "zero3"),
+        zero(single.full("z3-q05-zero3-full-gc", "qwen2.5-0.5b", "ZeRO-3 full FT 0.5B, one sub-group", grad_ckpt=True), "zero3"),
+    ]
+
+
 GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
-         "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid}
+         "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid}
 
 
 def settings(spec: RunSpec) -> str:
