@@ -46,6 +46,13 @@ def test_llama_8b_lora_broadcast_peaks_at_its_last_two_bf16_buckets():
     assert ddp_broadcast_bytes(LLAMA_8B, lora_ddp(), estimate_weights(LLAMA_8B, lora_ddp())) == last + before
 
 
+def test_a_ddp_estimate_names_the_broadcast_and_a_single_gpu_one_has_no_such_phase():
+    e = estimate(LLAMA_8B, lora_ddp())
+    assert "engine_init" in e.memory.phases and any("broadcasts the parameters" in a for a in e.assumptions)
+    one = estimate(LLAMA_8B, lora_ddp().model_copy(update={"num_gpus": 1, "parallel": None})).memory
+    assert "engine_init" not in one.phases
+
+
 def estimate_weights(model, setup) -> dict[str, int]:
     from vramplan.estimator import CALIBRATED_DEFAULTS, _terms
 

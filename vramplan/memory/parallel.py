@@ -353,6 +353,10 @@ def parallel_assumptions(setup: TrainingSetup) -> tuple[str, ...]:
              f"NCCL buffers outside the allocator: {NCCL_BUFFERS_BYTES // MIB} MiB per process (measured on 2 x H200)"]  # fmt: skip
     if p == "ddp":
         lines.append("DDP gradient buckets cover every trainable gradient (gradient_as_bucket_view=False, the default)")
+        lines.append(
+            "DDP's construction broadcasts the parameters from rank 0 through flat copies of 250 MiB buckets, two at a "
+            "time (phase engine_init); their segments stay cached"
+        )
     if p == "fsdp":
         lines.append(
             "FSDP2 full shard via accelerate, bf16 param/reduce dtype; trainable bf16 parameters upcast to fp32 before "
