@@ -162,8 +162,23 @@ def zero3_sequence_grid(num_gpus: int = 1) -> list[RunSpec]:
     ]
 
 
+def ddp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
+    """A hold-out for DDP's construction broadcast (vramplan/memory/allocator/ddp_broadcast.py, read from torch's
+    source and checked on the three DDP runs of the multi grid, 2026-12-03): full fine-tuning (bf16 buckets only, the
+    Reducer's 16 GB of buckets after it), a tied 152k vocabulary (the embedding a bucket of its own, a view) and two
+    more LoRA models; predicted and committed before they run."""
+    ddp = lambda s: _multi(s, "ddp", num_gpus)
+    return [
+        ddp(single.full("hd-l8-ddp-full-gc", L8, "DDP full FT 8B", grad_ckpt=True)),
+        ddp(single.lora("hd-q15-ddp-lora-gc", "qwen2.5-1.5b", "DDP LoRA 1.5B, tied 152k vocabulary", grad_ckpt=True)),
+        ddp(single.lora("hd-l3-ddp-lora-gc", L3, "DDP LoRA 3B, tied", grad_ckpt=True)),
+        ddp(single.lora("hd-q7-ddp-lora-gc", Q7, "DDP LoRA 7B, untied 152k lm_head", grad_ckpt=True)),
+    ]
+
+
 GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
-         "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid}
+         "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
+         "ddp-holdout": ddp_holdout_grid}
 
 
 def settings(spec: RunSpec) -> str:

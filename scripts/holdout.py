@@ -36,7 +36,7 @@ PREDICTIONS = HOLDOUT_DIR / "predictions.json"
 #: grid -> its committed predictions
 PREDICTION_FILES = {
     "holdout": PREDICTIONS,
-    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim", "default", "nograd", "ckptbwd", "families", "qwen3", "unsloth-gemma", "unsloth-gemma2", "zero-x1", "zero-holdout", "zero-holdout2", "zero2-seq", "zero3-seq")},
+    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim", "default", "nograd", "ckptbwd", "families", "qwen3", "unsloth-gemma", "unsloth-gemma2", "zero-x1", "zero-holdout", "zero-holdout2", "zero2-seq", "zero3-seq", "ddp-holdout")},
 }
 GIB = 2**30
 
@@ -64,6 +64,10 @@ def grid_specs(grid: str) -> list:
 
         runs = campaign_multi.GRIDS["zero" if grid == "zero-x1" else grid](1)
         return [r for r in runs if r.setup.parallel in ("zero2", "zero3")]
+    if grid == "ddp-holdout":  # two GPUs (campaign_multi.py --grid ddp-holdout)
+        import campaign_multi
+
+        return campaign_multi.GRIDS[grid](2)
     return getattr(campaign, GRIDS[grid])()
 
 
@@ -88,6 +92,8 @@ def predictions(grid: str) -> dict:
                 "stack": e.stack,
                 "step_s_h200": _h200_step_s(spec.model, spec.setup),
                 **_simulated(spec),
+                # DDP's construction (its broadcast's flat copies with every weight): the record's load peak allocated
+                **({"load_peak_allocated": shown.phases["engine_init"]} if spec.setup.parallel == "ddp" else {}),
             }
         )
     return {"calibration_version": version, "grid": grid, "predictions": entries}

@@ -4,7 +4,9 @@ the weights, gradients and optimizer states live, plus communication buffers.
 
 * ddp   (torch DistributedDataParallel): everything replicated; the Reducer allocates contiguous bucket buffers
         covering every trainable gradient at construction (+1x G, persistent; gradient_as_bucket_view=False is the
-        default, also in accelerate/Trainer).
+        default, also in accelerate/Trainer). Before it, the construction broadcasts every parameter from rank 0
+        through flat copies of 250 MiB buckets, two in flight (allocator/ddp_broadcast.py): a phase of its own, and
+        cached segments in the simulated sequence.
 * fsdp  (FSDP2 fully_shard through accelerate 1.15, full shard, bf16 MixedPrecisionPolicy): W, G, S sharded 1/n.
         accelerate upcasts *trainable* low-precision parameters to fp32 before sharding, but not when the model
         holds bitsandbytes 4-bit parameters (utils/fsdp_utils.py::fsdp2_prepare_model). Unsharded bf16 copies
@@ -33,6 +35,7 @@ from ..errors import VramplanError
 from ..models.params import linear_shapes, moe_layers, param_counts
 from ..specs import ModelSpec, TrainingSetup
 from .allocator import block_bytes
+from .allocator.ddp_broadcast import broadcast_flat_bytes, broadcast_peak_bytes, module_states
 from .constants import MIB
 from .deepspeed import (
     zero2_engine_init,
@@ -126,6 +129,7 @@ def parallel_terms(
         return ParallelTerms(
             weights=dict(weights), states=states, managed_states=managed, grads=grads, embedding_grad=embedding_grad,
             opt_transient=opt_transient, persistent={"ddp.gradient_buckets": grads},
+            engine_init={"ddp.broadcast_buffers": ddp_broadcast_bytes(model, setup, weights)},
         )  # fmt: skip
     if setup.parallel == "fsdp":
         return _offload(_fsdp(model, setup, weights, groups, n), setup.offload)
@@ -133,6 +137,13 @@ def parallel_terms(
         stage = 3 if setup.parallel == "zero3" else 2
         return _offload(_zero(model, setup, weights, groups, n, stage=stage), setup.offload)
     raise VramplanError(f"--parallel {setup.parallel}: accepted: ddp | fsdp | zero2 | zero3")
+
+
+def ddp_broadcast_bytes(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int]) -> int:
+    """DDP's construction broadcasts every parameter from rank 0 through flat copies of 250 MiB buckets, two in
+    flight (allocator/ddp_broadcast.py): the most of them alive at once, with every weight loaded."""
+    states = module_states(model, setup, weights.get("weights.embeddings", 0), weights.get("weights.lm_head", 0))
+    return broadcast_peak_bytes(broadcast_flat_bytes(states))
 
 
 def _fsdp(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], groups: list[TensorGroup], n: int):
@@ -350,6 +361,10 @@ def parallel_assumptions(setup: TrainingSetup) -> tuple[str, ...]:
              f"NCCL buffers outside the allocator: {NCCL_BUFFERS_BYTES // MIB} MiB per process (measured on 2 x H200)"]  # fmt: skip
     if p == "ddp":
         lines.append("DDP gradient buckets cover every trainable gradient (gradient_as_bucket_view=False, the default)")
+        lines.append(
+            "DDP's construction broadcasts the parameters from rank 0 through flat copies of 250 MiB buckets, two at a "
+            "time (phase engine_init); their segments stay cached"
+        )
     if p == "fsdp":
         lines.append(
             "FSDP2 full shard via accelerate, bf16 param/reduce dtype; trainable bf16 parameters upcast to fp32 before "

@@ -23,6 +23,8 @@ Where each step comes from:
   its fp32 copy (PEFT's cast_adapter_dtype).
 * training start: Trainer._inner_training_loop calls accelerator.free_memory(), whose torch.cuda.empty_cache()
   releases every cached segment the load left unused (history r-l1-full: right after the tied lm_head copy's free).
+* DDP (stack_steps.py): after free_memory(), the construction's broadcast of the parameters through flat copies of
+  250 MiB buckets, two in flight (ddp_broadcast.py), then the Reducer's gradient buckets.
 * forward: the rotary embedding's cos and sin, kept to the end of the layers' backward, and the forward thread's cuBLAS
   workspace at the first matmul, the rotary embedding's freqs (the autograd thread's comes with the first
   backward matmul); per layer the saved tensors (or, with checkpointing, the

@@ -36,9 +36,10 @@ RESERVED_RULES = (AUTO, "rules", RESERVED_BY_SIMULATION)
 
 
 def simulation_covers(setup: TrainingSetup, model: ModelSpec | None = None) -> bool:
-    """One GPU without a DeepSpeed engine, or DDP (each GPU runs the one-GPU sequence plus its Reducer's buckets,
-    sequence.py ddp_buckets), or ZeRO-2 / ZeRO-3 on one GPU where zero_steps.py / zero3_steps.py model the engine
-    (`model` given): the sequence has no FSDP gathers and no offloaded ZeRO-3 parameters."""
+    """One GPU without a DeepSpeed engine, or DDP (each GPU runs the one-GPU sequence plus its construction's
+    broadcast and its Reducer's buckets, stack_steps.py ddp_buckets), or ZeRO-2 / ZeRO-3 on one GPU where zero_steps.py
+    / zero3_steps.py model the engine (`model` given): the sequence has no FSDP gathers and no offloaded ZeRO-3
+    parameters."""
     if setup.parallel in ("zero2", "zero3"):
         return model is not None and zero_sequence_applies(model, setup)
     return setup.parallel == "ddp" or setup.num_gpus == 1

@@ -1,11 +1,14 @@
 """Steps of the predicted sequence that a stack or a strategy adds (sequence.py's _Builder mixes them in): DDP's
-Reducer buckets, Unsloth's staging buffers for offloaded checkpoints and its kept buffers.
+construction (its broadcast's flat copies, then the Reducer's buckets), Unsloth's staging buffers for offloaded
+checkpoints and its kept buffers.
 
 A mixin of sequence._Builder (it uses the builder's m, s, t, seq, profile, staging, first_pass and double_buffered);
 kept apart so that sequence.py stays the training step's builder.
 """
 
 from __future__ import annotations
+
+from .ddp_broadcast import DDP_BROADCAST_IN_FLIGHT, broadcast_flat_bytes, module_states
 
 BF16 = 2
 #: DDP's Reducer buckets (torch/nn/parallel/distributed.py: _DEFAULT_FIRST_BUCKET_BYTES, bucket_cap_mb=25)
@@ -27,7 +30,26 @@ def ddp_bucket_sizes(t) -> list[int]:
     return sizes
 
 
+def ddp_broadcast_flat_bytes(m, s, t) -> list[int]:
+    """The flat copies DDP's construction broadcasts the module's states through (ddp_broadcast.py), in order; none
+    without DDP on more than one GPU."""
+    if s.parallel != "ddp" or s.num_gpus < 2:
+        return []
+    w = t.weights
+    return broadcast_flat_bytes(module_states(m, s, w.get("weights.embeddings", 0), w.get("weights.lm_head", 0)))
+
+
 class StackSteps:
+    def ddp_broadcast(self) -> None:
+        """DDP's _sync_module_states, before its Reducer is built (ddp_broadcast.py): each bucket's flat copy made,
+        the oldest freed once DDP_BROADCAST_IN_FLIGHT are in flight, the last ones freed at the end."""
+        seq, in_flight = self.seq, []
+        for nbytes in ddp_broadcast_flat_bytes(self.m, self.s, self.t):  # 0: a one-tensor bucket, a view (no op)
+            if len(in_flight) == DDP_BROADCAST_IN_FLIGHT:
+                seq.free(in_flight.pop(0))
+            in_flight.append(seq.alloc(nbytes))
+        seq.free(*in_flight)
+
     def ddp_buckets(self) -> None:
         """DDP (--parallel ddp): accelerator.prepare wraps the model after free_memory(); torch's Reducer
         (torch/csrc/distributed/c10d/reducer.cpp, initialize_buckets) allocates each bucket's contiguous gradient
@@ -35,6 +57,9 @@ class StackSteps:
         _DEFAULT_FIRST_BUCKET_BYTES, bucket_cap_mb), together the trainable gradients' bytes (estimator's
         ddp.gradient_buckets), kept to the end. Modelled in order of size caps, not of the parameters' dtypes."""
         if self.s.parallel == "ddp":
+            self.seq.mark("ddp.broadcast")
+            self.ddp_broadcast()
+            self.seq.mark("ddp.buckets")
             self.seq.alloc_all(ddp_bucket_sizes(self.t))
 
     def _staging_buffers(self) -> None:
