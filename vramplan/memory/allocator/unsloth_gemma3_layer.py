@@ -100,7 +100,8 @@ GRAD_GROUPS = {
     for leaf in leaves
     for side in ("A", "B")
 }
-#: the patterns by (method, one kv head), and for LoRA with more kv heads by tokens up to LONG_MIN_TOKENS - 1 or not
+#: the patterns by (method, one kv head), and for LoRA with more kv heads by tokens: from LONG_MIN_TOKENS on the s 4096
+#: one (the 4B LoRA histories: s 2048 ran the one, s 4096 the other; where between them they part is not known)
 LONG_MIN_TOKENS = 2049
 _PATTERNS = {
     ("lora", True): UNSLOTH_GEMMA3_LORA_ONE_KV_HEAD,
