@@ -20,7 +20,7 @@ the order of the attention's frees and of the q / k / v adapters' gradients diff
 gradient sits before the attention's backward (4B, 1B QLoRA s 4096) the history made a buffer of the gradient's
 exact bytes there and never freed it, and made no gradient of that size later: Inductor's compiled backward reusing
 a freed buffer of equal bytes is the likely mechanism (not read from its generated code), so which order a setup runs
-follows from its sizes; the patterns are picked by method, one kv head or more, and for LoRA with more kv heads the
+likely follows from its sizes; the patterns are picked by method, one kv head or more, and for LoRA with more kv heads the
 tokens (up to 2048: the s 2048 pattern; the histories do not say where between 2048 and 4096 the other starts).
 
 Each token allocates one tensor of a kind, frees the tensor allocated n ops earlier (-n) or frees the gradient carried
