@@ -102,11 +102,14 @@ def test_kinds_come_from_the_shapes():
     assert short["Ai"] == 16 * 10240 * 2 and short["Wi"] == 10240 * 2560 * 2
 
 
-@pytest.mark.parametrize("name,method,seq_len", [("gemma-3-27b-it", "qlora", 4096), ("gemma-3-27b-it", "lora", 1024),
-                                                 ("gemma-3-1b-it", "lora", 8192), ("gemma-3-4b-it", "qlora", 4096)])  # fmt: skip
-def test_a_gemma3_setup_no_history_covers_runs_the_pattern_at_the_estimators_peak(name, method, seq_len):
+@pytest.mark.parametrize("name,method,seq_len,more", [
+    ("gemma-3-27b-it", "qlora", 4096, {}), ("gemma-3-27b-it", "lora", 1024, {}), ("gemma-3-1b-it", "lora", 8192, {}),
+    ("gemma-3-4b-it", "qlora", 4096, {}), ("gemma-3-4b-it", "lora", 2048, {"grad_accum": 2}),
+    ("gemma-3-1b-it", "qlora", 3000, {"batch_size": 2, "lora": LoraSpec(rank=64, dropout=0.0)}),
+])  # fmt: skip
+def test_a_gemma3_setup_no_history_covers_runs_the_pattern_at_the_estimators_peak(name, method, seq_len, more):
     kbit = {"quant": "nf4", "double_quant": True} if method == "qlora" else {}
-    model, setup = resolve_model(name), _setup(method=method, seq_len=seq_len, **kbit)
+    model, setup = resolve_model(name), _setup(method=method, seq_len=seq_len, **kbit, **more)
     t = _terms(model, setup, None, dict(CALIBRATED_DEFAULTS))
     assert t.unsloth_gemma3 is not None
     seq = training_sequence(model, setup, t)
