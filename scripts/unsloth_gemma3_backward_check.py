@@ -1,16 +1,15 @@
 #!/usr/bin/env python3
-"""An experiment, not the model: Unsloth's Gemma 3 histories against their predicted sequences with each decoder
-layer's backward taken from the history itself.
+"""Unsloth's Gemma 3 histories against their predicted sequences: the layer backward and the reserved peak.
 
     python scripts/unsloth_gemma3_backward_check.py [docs/allocator_traces/u*-g3-*.events.json.gz]
 
-For each history: its step-1 layer backward (recompute and backward of one decoder layer, from the recomputed input
-norm's rsqrt to the next layer's, the last layer's left out) is cut out as the recorded allocations and frees with their recorded sizes; the script says
-how many of the step's layers run exactly that stretch, then builds the run's predicted sequence
-(allocator/sequence.py) with every layer's backward replaced by it (the incoming carried gradient and the layer's kept
-input freed at its end, the stretch's one tensor left alive carried on; the adapters' gradients made as the summary
-makes them) and replays both sequences. What it shows (docs/allocator_simulation.md, "What is not done"): the
-summary backward is what misses. Sizes come from the history, so this is no prediction for another setup.
+For each history: its step-1 layer backward passes (recompute and backward of one decoder layer, from the recomputed
+input norm's rsqrt to the next layer's, the last layer's left out) as the recorded allocations and frees with their
+sizes; how many of the step's layers run the history's most common one, and how many of the predicted sequence's
+run exactly that one (allocator/unsloth_gemma3_layer.py, sizes from the shapes); then the reserved and live peaks of
+the history's replay, of the predicted sequence, and of the summary backward the pattern replaced (the predicted
+sequence with the pattern switched off), and the history's reserved peak without step 0's autotuning L2-flush
+buffers (what the prediction leaves out). docs/allocator_simulation.md, "Unsloth on Gemma 3", has the numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "scripts"):
@@ -30,7 +30,7 @@ from trace_replay_check import TRACES, with_pre_recording_tensor  # noqa: E402
 
 from vramplan.estimator import CALIBRATED_DEFAULTS, _terms  # noqa: E402
 from vramplan.memory.allocator import sequence as sequence_module  # noqa: E402
-from vramplan.memory.allocator.ops import EMPTY_CACHE  # noqa: E402
+from vramplan.memory.allocator.ops import EMPTY_CACHE, Sequence  # noqa: E402
 from vramplan.memory.allocator.replay import replay  # noqa: E402
 from vramplan.models import resolve_model  # noqa: E402
 from vramplan.runs import load_runs, shipped_runs_dir  # noqa: E402
@@ -39,6 +39,9 @@ GIB = 2**30
 #: the loss's largest buffers (Unsloth's 512 MiB fp32 chunk): the fourth allocation this large is step 1's loss
 LOSS_CHUNK_MIN_BYTES = 500 * 2**20
 STEP1_LOSS = 3
+#: Inductor's autotuning flushes the L2 cache between timings with torch.empty(L2_cache_size // 4, dtype=torch.int)
+#: (torch/_inductor/runtime/benchmarking.py, benchmark_gpu): the H200's L2, as every Gemma 3 history records it
+L2_FLUSH_BYTES = 62_914_560
 
 
 def _run_for(trace: str):
@@ -77,29 +80,10 @@ def layer_stretches(seq, model, setup) -> list[list[tuple[str, int]]]:
     return out
 
 
-def _recorded_backward_layer(stretch):
-    """sequence._Builder._backward_layer running `stretch` (layer_stretches) instead of the summary."""
-
-    def backward_layer(self, k, carry, kept, cache, new_grads):
-        seq, made, alive = self.seq, [], []
-        for what, value in stretch:
-            if what == "a":
-                made.append(seq.alloc(value))
-                alive.append(made[-1])
-            else:
-                if what == "f":
-                    seq.free(made[len(made) - value])
-                    alive.remove(made[len(made) - value])
-                made.append(-1)
-        grads = []
-        if new_grads and k == self.L - 1:  # as the summary: every adapter's gradient at the last layer
-            grads = list(seq.alloc_all([x for xs in self.layer_grad_sizes for x in xs]))
-        seq.free(carry, *kept, *cache)
-        out = max(alive, key=lambda i: seq.sizes[i])  # the gradient of the layer's input, carried on
-        seq.free(*[i for i in alive if i != out])
-        return [out], grads
-
-    return backward_layer
+def without_l2_flush_buffers(rec: Sequence) -> Sequence:
+    """The history with its L2-flush buffers' allocations and frees left out."""
+    flush = {i for i, nbytes in enumerate(rec.sizes) if nbytes == L2_FLUSH_BYTES}
+    return Sequence(sizes=rec.sizes, ops=[op for op in rec.ops if op == EMPTY_CACHE or (op if op >= 0 else ~op) not in flush])
 
 
 def check(path: Path) -> dict | None:
@@ -110,32 +94,34 @@ def check(path: Path) -> dict | None:
     doc = json.loads(gzip.decompress(path.read_bytes()))
     rec = with_pre_recording_tensor(doc["sizes"], doc["ops"])
     model = resolve_model(run.model_source or run.model)
-    stretches = layer_stretches(rec, model, run.setup)
-    common, count = Counter(tuple(s) for s in stretches).most_common(1)[0]
+    common, count = Counter(tuple(s) for s in layer_stretches(rec, model, run.setup)).most_common(1)[0]
     t = _terms(model, run.setup, None, dict(CALIBRATED_DEFAULTS))
-    recorded = replay(rec, total_memory_bytes=150 * GIB).peak_reserved_bytes
-    summary = sequence_module.training_sequence(model, run.setup, t)
-    original = sequence_module._Builder._backward_layer
-    sequence_module._Builder._backward_layer = _recorded_backward_layer(list(common))
-    try:
-        patterned = sequence_module.training_sequence(model, run.setup, t)
-    finally:
-        sequence_module._Builder._backward_layer = original
+    patterned = sequence_module.training_sequence(model, run.setup, t)
+    predicted = layer_stretches(patterned, model, run.setup)
+    with mock.patch.object(sequence_module, "unsloth_gemma3_applies", return_value=False):
+        summary = sequence_module.training_sequence(model, run.setup, t)
     return {
-        "trace": name, "layers": len(stretches) + 1, "same": count, "ops": len(common), "recorded": recorded,
+        "trace": name, "layers": len(predicted) + 1, "same": count, "ops": len(common),
+        "predicted_same": sum(tuple(s) == common for s in predicted),
+        "recorded": replay(rec, total_memory_bytes=150 * GIB).peak_reserved_bytes,
+        "recorded_no_flush": replay(without_l2_flush_buffers(rec), total_memory_bytes=150 * GIB).peak_reserved_bytes,
+        "flush_buffers": rec.sizes.count(L2_FLUSH_BYTES),
         "summary": replay(summary, total_memory_bytes=150 * GIB).peak_reserved_bytes,
         "patterned": replay(patterned, total_memory_bytes=150 * GIB).peak_reserved_bytes,
-        "summary_live": summary.live_peak(), "patterned_live": patterned.live_peak(),
+        "recorded_live": rec.live_peak(), "summary_live": summary.live_peak(), "patterned_live": patterned.live_peak(),
     }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     paths = [Path(a) for a in (argv if argv is not None else sys.argv[1:])] or sorted(TRACES.glob("u*-g3-*.events.json.gz"))
     for row in filter(None, map(check, paths)):
-        print(f"{row['trace']:<26} {row['same']} of {row['layers'] - 1} step-1 layer backwards alike ({row['ops']} ops);"
-              f" reserved: summary {100 * (row['summary'] / row['recorded'] - 1):+6.2f} %,"
-              f" recorded layer backward {100 * (row['patterned'] / row['recorded'] - 1):+6.2f} %;"
-              f" live peak {row['summary_live'] / GIB:.3f} -> {row['patterned_live'] / GIB:.3f} GiB")
+        print(f"{row['trace']:<24} {row['same']} of {row['layers'] - 1} step-1 layer backwards alike ({row['ops']} ops),"
+              f" {row['predicted_same']} predicted as recorded; reserved: summary"
+              f" {100 * (row['summary'] / row['recorded'] - 1):+6.2f} %, pattern {100 * (row['patterned'] / row['recorded'] - 1):+6.2f} %;"
+              f" live peak {row['summary_live'] / GIB:.3f} -> {row['patterned_live'] / GIB:.3f} GiB (recorded"
+              f" {row['recorded_live'] / GIB:.3f}); without its {row['flush_buffers']} L2-flush buffers the history's reserved"
+              f" peak {100 * (row['recorded_no_flush'] / row['recorded'] - 1):+.2f} %, the pattern against it"
+              f" {100 * (row['patterned'] / row['recorded_no_flush'] - 1):+.2f} %")
     return 0
 
 

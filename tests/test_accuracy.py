@@ -54,23 +54,28 @@ NOGRAD_HOLDOUT_MISS = "qwen2.5-1.5b-full-s4096-b1-gc-adamwtorchfused-bf16-sdpa-0
 DEFAULT_HOLDOUT_MISS = ("llama-3.2-3b-full-s4096-b1-gc-adamwtorchfused-bf16-sdpa-aaf9bde4", "llama-3.2-3b-full-s4096-b1-gc-adamwtorchfused-bf16-sdpa-9aa8c654")
 WORST_UNDER = {"reserved": -0.03, "device": -0.035}
 #: Unsloth on Gemma 3 (session 9's unsloth-gemma grids, the second predicted with the outside-allocator term before it
-#: ran): Unsloth's sequence, read from its Llama-family histories, makes 40-52 % of these histories' segments in their
-#: order; reserved -8.1 % (1B QLoRA s4096: 0.18 GiB), -3.9 % (1B LoRA), -3.2 % (4B LoRA s4096). Not fixed: named,
-#: bounded as measured (reserved, device: device -5.6, -2.9, -2.9 %)
-UNSLOTH_GEMMA3_MISSES = {
-    "gemma-3-1b-it-qlora-nf4dq-r16-s4096-b1-gc-adamwtorchfused-bf16-sdpa-": {"reserved": (-0.085, -0.075),
-                                                                          "device": (-0.06, -0.05)},
-    "gemma-3-1b-it-lora-r16-s2048-b1-gc-adamwtorchfused-bf16-sdpa-": {"reserved": (-0.045, -0.025),
-                                                                     "device": (-0.035, -0.02)},
-    "gemma-3-4b-it-lora-r16-s4096-b1-gc-adamwtorchfused-bf16-sdpa-": {"reserved": (-0.04, -0.025),
-                                                                      "device": (-0.035, -0.02)},
+#: ran): with the summary backward reserved was -8.1 % (1B QLoRA s4096: 0.18 GiB), -3.9 % (1B LoRA), -3.2 % (4B LoRA
+#: s4096); with Unsloth's recorded Gemma 3 layer backward (allocator/unsloth_gemma3_layer.py, session 11) all five are
+#: within the targets. Bounded as reached (reserved, device), so that a change that moves them shows: what is left is
+#: step 0's autotuning L2-flush buffers (docs/allocator_simulation.md, "Unsloth on Gemma 3")
+UNSLOTH_GEMMA3_RUNS = {
+    "gemma-3-1b-it-qlora-nf4dq-r16-s4096-b1-gc-adamwtorchfused-bf16-sdpa-": {"reserved": (-0.027, -0.02),
+                                                                          "device": (-0.02, -0.013)},
+    "gemma-3-1b-it-lora-r16-s2048-b1-gc-adamwtorchfused-bf16-sdpa-": {"reserved": (-0.018, -0.012),
+                                                                     "device": (-0.014, -0.008)},
+    "gemma-3-4b-it-lora-r16-s4096-b1-gc-adamwtorchfused-bf16-sdpa-": {"reserved": (-0.014, -0.008),
+                                                                      "device": (-0.013, -0.007)},
+    "gemma-3-4b-it-lora-r16-s2048-b1-gc-adamwtorchfused-bf16-sdpa-": {"reserved": (-0.01, -0.004),
+                                                                      "device": (-0.009, -0.003)},
+    "gemma-3-4b-it-qlora-nf4dq-r16-s2048-b1-gc-adamwtorchfused-bf16-sdpa-": {"reserved": (-0.003, 0.003),
+                                                                          "device": (-0.003, 0.003)},
 }  # fmt: skip
 
 
-def _unsloth_gemma3_miss(run_id: str, stack: str = "unsloth") -> dict | None:
+def _unsloth_gemma3_bounds(run_id: str, stack: str = "unsloth") -> dict | None:
     if stack != "unsloth":
         return None
-    return next((b for prefix, b in UNSLOTH_GEMMA3_MISSES.items() if run_id.startswith(prefix)), None)
+    return next((b for prefix, b in UNSLOTH_GEMMA3_RUNS.items() if run_id.startswith(prefix)), None)
 
 
 @pytest.mark.parametrize("total", ["reserved", "device"])
@@ -80,9 +85,9 @@ def test_leave_one_out_median_and_worst_error(total):
     assert stats["median_abs"] <= 0.015, stats
     stack = {r.run_id: r.setup.stack for r in RUNS}
     errors = {c.run_id: c.error(total) for c in LOO.comparisons if c.error(total) is not None}
-    for run_id in [i for i in errors if _unsloth_gemma3_miss(i, stack[i])]:
-        lo, hi = _unsloth_gemma3_miss(run_id)[total]
-        assert lo <= errors.pop(run_id) <= hi, run_id  # as measured
+    for run_id in [i for i in errors if _unsloth_gemma3_bounds(i, stack[i])]:
+        lo, hi = _unsloth_gemma3_bounds(run_id)[total]
+        assert lo <= errors[run_id] <= hi, run_id  # as reached (and within the targets below)
     assert max(map(abs, errors.values())) <= 0.05
     assert min(errors.values()) >= WORST_UNDER[total]  # an under-prediction is an OOM for the user
     assert all(abs(errors[i]) <= 0.005 for i in (*DEFAULT_HOLDOUT_MISS, NOGRAD_HOLDOUT_MISS))  # the fixed misses
@@ -177,14 +182,6 @@ def test_weights_after_load_match_the_real_stack():
 RAW = validate(RUNS)
 
 
-def _loo_of(runs):
-    """LOO restricted to `runs` (the comparisons are per run, so a subset of the full leave-one-out)."""
-    from vramplan.validation import Validation
-
-    ids = {r.run_id for r in runs}
-    return Validation(comparisons=[c for c in LOO.comparisons if c.run_id in ids], skipped=LOO.skipped)
-
-
 @pytest.mark.parametrize("stack", LOO.stacks())
 def test_every_stack_meets_its_targets_on_its_shipped_runs(stack):
     # issue 10: per stack, allocated (raw) median <= 1 %, worst <= 3 %; reserved and device (leave-one-out)
@@ -192,7 +189,6 @@ def test_every_stack_meets_its_targets_on_its_shipped_runs(stack):
     alloc = RAW.stats("allocated", stack)
     assert alloc["median_abs"] <= 0.01 and alloc["worst_abs"] <= 0.03, (stack, alloc)
     for total in ("reserved", "device"):
-        kept = [r for r in RUNS if not _unsloth_gemma3_miss(r.run_id, r.setup.stack)]  # named and bounded above
-        s = _loo_of(kept).stats(total, stack)
+        s = LOO.stats(total, stack)
         worst, under = 0.08, -0.05
         assert s["median_abs"] <= 0.03 and s["worst_abs"] <= worst and s["worst_under"] >= under, (stack, total, s)

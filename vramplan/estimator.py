@@ -9,7 +9,9 @@ Phases (steady state: optimizer states exist from the first step on; memory_mode
 * optimizer    weights + states + gradients + optimizer-step temporaries
 A checkpointed full FT Llama-family layer runs its recorded backward (allocator/ckpt_backward_layer.py): its three
 backward phases come from the pattern's bytes instead of the fitted transients, and embedding_partial_sums adds the
-embedding backward's partial sums and the carried gradient (_recorded_backward_phases).
+embedding backward's partial sums and the carried gradient (_recorded_backward_phases). Unsloth's compiled Gemma 3
+LoRA / QLoRA layer runs its recorded backward too (allocator/unsloth_gemma3_layer.py): the last layer's and layer 0's
+backward phases are the pattern's excursion over the carried gradient (_unsloth_gemma3_backward_phases).
 The step-0 optimizer step creates the states while gradients exist; its total equals `optimizer`.
 Reserved is the larger of the fragmentation rule (peak allocated x (1 + f) + f_logits x 4 N V) and, for
 large-pool optimizer states, the steady-step loss-segment rule (memory.allocator.steady_loss_reserved).
@@ -40,6 +42,7 @@ from .memory.constants import (
     PRIOR_T_BWD_I_FACTOR,
 )
 from .memory.allocator.tensors import grad_tensor, grouped_by_layer
+from .memory.allocator.unsloth_gemma3_layer import UnslothGemma3Peaks, unsloth_gemma3_applies, unsloth_gemma3_peaks
 from .memory.optimizer import gradient_bytes, optimizer_state_bytes, optimizer_step_transient_bytes
 from .memory.parallel import check_parallel_supported, parallel_terms, zero_simulated_assumptions
 from .memory.stacks import check_stack_supported, stack_profile
@@ -143,6 +146,8 @@ class _Terms:
     ckpt_backward: CkptBackwardPeaks | None = None
     #: the decoder layers' gradients (all layers; with ckpt_backward only)
     layer_grads: int = 0
+    #: Unsloth's compiled Gemma 3 LoRA / QLoRA: its recorded layer backward's terms (allocator/unsloth_gemma3_layer.py)
+    unsloth_gemma3: UnslothGemma3Peaks | None = None
 
 
 def estimate(
@@ -260,6 +265,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         layer_groups, head_groups = grouped_by_layer(groups, model.num_layers)
         ckpt_bwd = ckpt_backward_peaks(model, setup, layer_groups, head_groups, ckpt, rotary)
         layer_grads = gradient_bytes(groups) - sum(grad_tensor(g) for g in head_groups)  # (the rest is the layers')
+    unsloth_g3 = _unsloth_gemma3(model, setup, profile, groups, ckpt)
     cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup, profile.lm_head_fp32(setup) and not owns_head)
     copies_fwd, copies_layer = adapter_autocast_copy_bytes(model, setup)
     terms = _Terms(
@@ -294,6 +300,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         stack_outside=profile.outside_allocator(model, setup, ckpt),
         ckpt_backward=ckpt_bwd,
         layer_grads=layer_grads,
+        unsloth_gemma3=unsloth_g3,
     )
     # DeepSpeed ZeRO runs (and offloads) at world size 1 too; DDP/FSDP on one GPU change nothing
     if setup.parallel is None or (setup.num_gpus == 1 and setup.parallel not in ("zero2", "zero3")):
@@ -306,6 +313,17 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         parallel_outside=p.outside_allocator_bytes, parallel_fragmentation=p.extra_fragmentation,
         parallel_stream_pools=p.stream_pools, parallel_init=p.engine_init, parallel_init_reserved=p.engine_init_reserved,
     )  # fmt: skip
+
+
+def _unsloth_gemma3(model: ModelSpec, setup: TrainingSetup, profile, groups, checkpoint: int) -> UnslothGemma3Peaks | None:
+    """The recorded Unsloth Gemma 3 layer backward's terms where the setup runs it (unsloth_gemma3_applies), else None."""
+    if profile.name != "unsloth":
+        return None
+    layer_groups, _ = grouped_by_layer(groups, model.num_layers)
+    offloaded = profile.offloaded(setup, checkpoint)
+    if not unsloth_gemma3_applies(model, setup, profile, offloaded, [g.name for g in layer_groups[0]]):
+        return None
+    return unsloth_gemma3_peaks(model, setup, layer_groups)
 
 
 def _autocast_cache_bytes(model: ModelSpec, setup: TrainingSetup, lm_head_fp32: bool) -> tuple[int, int]:
@@ -403,6 +421,8 @@ def _memory(t: _Terms, setup: TrainingSetup, constants: dict[str, float]) -> Mem
         }
     if t.ckpt_backward is not None:
         phase_terms |= _recorded_backward_phases(t, setup, common, bwd_extra)
+    if t.unsloth_gemma3 is not None:
+        phase_terms |= _unsloth_gemma3_backward_phases(t, setup, common, bwd_extra)
     phases = {name: sum(v for v in terms.values()) for name, terms in phase_terms.items()}
     peak_phase = max(phases, key=lambda p: phases[p])
     breakdown = {k: v for k, v in phase_terms[peak_phase].items() if v}
@@ -475,6 +495,22 @@ def _recorded_backward_phases(t: _Terms, setup: TrainingSetup, common: dict, bwd
             "carried_gradient": pk.carry, **bwd_extra,
         },
     }  # fmt: skip
+
+
+def _unsloth_gemma3_backward_phases(t: _Terms, setup: TrainingSetup, common: dict, bwd_extra: dict) -> dict[str, dict]:
+    """The backward phases of a setup whose layers run Unsloth's recorded Gemma 3 pattern
+    (allocator/unsloth_gemma3_layer.py), in place of the recompute and the fitted backward transients: the last layer's
+    backward (its kept input, the checkpoint; no gradient yet) and layer 0's (every other layer's gradients); each
+    with the carried gradient and the pattern's excursion (its own gradients among them). A later micro-step adds into
+    the gradients the first made (common holds them all)."""
+    pk = t.unsloth_gemma3
+    accum = setup.grad_accum > 1
+    layers = {"rotary_tables": t.rotary_tables, "carried_gradient": pk.carry, "int8_matmul_state": t.quant_state,
+              "backward_layer": pk.layer, **bwd_extra}  # fmt: skip
+    return {
+        "layer_backward": {**common, "activations.checkpoints": t.saved_layers, **layers},
+        "first_layer_backward": {**common, "gradients": t.grads if accum else t.grads - pk.first_layer_grads, **layers},
+    }
 
 
 def _params(model: ModelSpec, setup: TrainingSetup) -> ParamCounts:

@@ -197,8 +197,8 @@ def ckpt_backward_peaks(
         return None
     sizes = ckpt_backward_sizes(model, setup)
     keep = setup.grad_accum == 1
-    top = _excursion(patterns[-1], sizes, grad_token_sizes(layer_groups[-1]), checkpoint, keep)
-    first = _excursion(patterns[0], sizes, grad_token_sizes(layer_groups[0]), checkpoint + rotary, keep)
+    top = excursion(patterns[-1], sizes, grad_token_sizes(layer_groups[-1]), checkpoint, keep)
+    first = excursion(patterns[0], sizes, grad_token_sizes(layer_groups[0]), checkpoint + rotary, keep)
     return CkptBackwardPeaks(
         carry=sizes["X"], final_rsqrt=sizes["r"], top_layer=top, first_layer=first,
         first_layer_grads=sum(grad_tensor(g) for g in layer_groups[0]) if keep else 0,
@@ -222,7 +222,7 @@ def grad_token_sizes(groups) -> dict[str, list[int]]:
     return sizes
 
 
-def _excursion(tokens: list[str], sizes: dict[str, int], grads: dict[str, list[int]], inputs: int, keep: bool) -> int:
+def excursion(tokens: list[str], sizes: dict[str, int], grads: dict[str, list[int]], inputs: int, keep: bool) -> int:
     """The most bytes `tokens` hold at once above what was alive before them (x frees `inputs` bytes); a gradient
     token's tensor is kept, or with `keep` False freed at once."""
     live = top = 0

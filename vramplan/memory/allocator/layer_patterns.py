@@ -1,10 +1,11 @@
 """Steps of the predicted sequence that run a recorded layer pattern: a list of tokens, each allocating a tensor of a
 kind or freeing one made a few ops earlier, as torch ran that layer op by op. A checkpointed full fine-tuning
 Llama-family (or Qwen3) layer's first forward (no_grad_layer.py), its backward and the final norm's
-(ckpt_backward_layer.py).
+(ckpt_backward_layer.py); Unsloth's compiled Gemma 3 LoRA / QLoRA layer's backward (unsloth_gemma3_layer.py).
 
 A mixin of sequence._Builder (it uses the builder's m, s, t, seq, L, final, rotary, final_ids, head_groups,
-layer_groups, grads, no_grad_sizes and ckpt_bwd); kept apart so that sequence.py stays the training step's builder.
+layer_groups, grads, no_grad_sizes, ckpt_bwd and unsloth_g3); kept apart so that sequence.py stays the training step's
+builder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .ckpt_backward_layer import (
     grad_token_sizes,
 )
 from .tensors import grad_tensor
+from .unsloth_gemma3_layer import grad_token_sizes as unsloth_grad_token_sizes
 
 
 def run_pattern(
@@ -95,6 +97,16 @@ class LayerPatterns:
                                grads=grad_token_sizes(self.layer_groups[k]), keep_grads=new_grads,
                                hook=self.grad_hook)  # fmt: skip
         return (grads,)
+
+    def _unsloth_gemma3_backward_layer(self, k: int, carry: int, kept: list[int], cache: list[int], new_grads: bool):
+        """Layer k's backward as Unsloth's Gemma 3 pattern (unsloth_gemma3_layer.py) from the gradient of its output
+        (`carry`, freed at the pattern's x); what its forward kept (the last layer's input) and its weights' autocast
+        copies (`cache`) are freed at its end: ([the gradient of its input], the gradients it kept)."""
+        made, grads = run_pattern(self.seq, self.unsloth_g3, self.unsloth_g3_sizes, inputs=[carry],
+                                  grads=unsloth_grad_token_sizes(self.layer_groups[k]), keep_grads=new_grads,
+                                  hook=self.grad_hook)  # fmt: skip
+        self.seq.free(*kept, *cache)
+        return [made[self.unsloth_g3_out]], grads
 
     def _ckpt_embedding_backward(self, carry: int, new_grads: bool) -> None:
         """The embedding's backward (embedding_dense_backward): its gradient, then over 3072 tokens an fp32 buffer of

@@ -40,7 +40,9 @@ Where each step comes from:
   gradient; lm_head's gradient (full FT); then per layer from the last: the recompute (checkpointing), the
   backward transients, the layer's gradients (a checkpointed QLoRA layer's adapters': each target's as autograd
   reaches it, before its base weight is dequantized; LoRA otherwise: every adapter's in the last layer's, as the
-  estimator's layer_backward counts them), the layer's activations freed; the embedding's gradient.
+  estimator's layer_backward counts them), the layer's activations freed; the embedding's gradient. Recorded patterns
+  instead: a checkpointed full FT Llama-family / Qwen3 layer (ckpt_backward_layer.py), Unsloth's compiled Gemma 3
+  LoRA / QLoRA layer (unsloth_gemma3_layer.py: each adapter's gradient where autograd reaches it).
 * optimizer step: the states at step 0 (torch optimizers create them lazily in the first step()), the
   step's temporaries; zero_grad(set_to_none=True) frees the gradients.
 
@@ -91,6 +93,7 @@ from .tensors import (
     quantized_pieces,
     spread,
 )
+from .unsloth_gemma3_layer import carried_out, unsloth_gemma3_applies, unsloth_gemma3_pattern, unsloth_gemma3_sizes
 from .zero3_steps import Zero3Steps
 from .zero_steps import ZeroSteps, zero_engine_applies, zero_plan
 
@@ -220,6 +223,17 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
         self.layer_groups, self.head_groups = grouped_by_layer(groups, self.L)
         #: each layer's gradients' bytes, in layer_groups' order
         self.layer_grad_sizes = [[grad_tensor(g) for g in gs] for gs in self.layer_groups]
+        #: Unsloth's compiled Gemma 3 LoRA / QLoRA: its recorded layer backward (unsloth_gemma3_layer.py), its kinds'
+        #: bytes and the token that makes the gradient carried on; or None. Its backward makes each layer's gradients,
+        #: so no order of them is built; the gradient carried in from the head is the pattern's [n, h]
+        g3 = unsloth_gemma3_applies(model, setup, profile, profile.offloaded(setup, t.one_checkpoint),
+                                    [g.name for g in self.layer_groups[0]])  # fmt: skip
+        self.unsloth_g3 = unsloth_gemma3_pattern(model, setup) if g3 else None
+        if g3:
+            self.unsloth_g3_sizes = unsloth_gemma3_sizes(model, setup)
+            self.unsloth_g3_out = carried_out(self.unsloth_g3)
+            self.layer_grads = False
+            self.carry = self.unsloth_g3_sizes["X"]
         self.grads: list[int] = []
         self.param_groups: tuple[list, list] | None = None  # the optimizer's (OptimizerSteps._param_groups)
         #: op ranges of the decoder layers' backward passes that make gradients (training_sequence's bound)
@@ -503,9 +517,10 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
                 inputs = [*self.rotary, *kept] if k == 0 else kept  # layer 0 drops the rotary tables' last reference
                 (grads,) = self.repeated(("ckpt_backward", k == 0, new_grads), made_of, inputs,
                                          partial(self._ckpt_backward_layer, k, inputs, new_grads))  # fmt: skip
-            else:
+            else:  # Unsloth's Gemma 3: its recorded backward (unsloth_gemma3_layer.py); else the summary
+                layer = self._backward_layer if self.unsloth_g3 is None else self._unsloth_gemma3_backward_layer
                 (carry,), grads = self.repeated(("backward", k == self.L - 1, new_grads), made_of, [carry, *kept, *cache],
-                                                partial(self._backward_layer, k, carry, kept, cache, new_grads))  # fmt: skip
+                                                partial(layer, k, carry, kept, cache, new_grads))  # fmt: skip
             self.grads += grads
         if new_grads:
             self.grad_stretches.append((layers_start, len(seq.ops)))
