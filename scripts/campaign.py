@@ -62,7 +62,7 @@ from campaign_grids import (  # noqa: E402, F401  (re-exported: campaign_multi.p
     G2, G3_1, G3_4, L1, L3, L3B, L8, M7, OLMOE, PHI3, Q05, Q3_8, Q3_MOE, Q7, CapFrom, RunSpec, full, holdout_grid,
     ckpt_backward_holdout_grid, default_rule_holdout_grid, families_holdout_grid, issue3_grid, lora,
     no_grad_holdout_grid, qlora, qwen3_holdout_grid, simulated_holdout_grid, stacks_grid, tail_grid, timing_grid,
-    unsloth_gemma_grid, unsloth_gemma_holdout_grid, unsloth_grid,
+    unsloth_gemma3_pattern_holdout_grid, unsloth_gemma_grid, unsloth_gemma_holdout_grid, unsloth_grid,
 )
 
 #: grid name -> the function (looked up by name at run time, so tests can replace a grid)
@@ -71,7 +71,8 @@ GRIDS = {"issue3": "issue3_grid", "holdout": "holdout_grid", "stacks": "stacks_g
          "sim": "simulated_holdout_grid", "default": "default_rule_holdout_grid",
          "nograd": "no_grad_holdout_grid", "ckptbwd": "ckpt_backward_holdout_grid",
          "families": "families_holdout_grid", "qwen3": "qwen3_holdout_grid",
-         "unsloth-gemma": "unsloth_gemma_grid", "unsloth-gemma2": "unsloth_gemma_holdout_grid"}
+         "unsloth-gemma": "unsloth_gemma_grid", "unsloth-gemma2": "unsloth_gemma_holdout_grid",
+         "unsloth-gemma3": "unsloth_gemma3_pattern_holdout_grid"}
 
 
 # ============================================================================ GPU and size checks

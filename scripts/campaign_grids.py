@@ -521,3 +521,18 @@ def unsloth_gemma_holdout_grid() -> list[RunSpec]:
         uq("ug2-g3-1-qlora-gc-s4096", G3_1, "Unsloth Gemma 3 1B QLoRA at 4k", grad_ckpt=True, seq_len=4096, **fast),
     ]
 
+
+def unsloth_gemma3_pattern_holdout_grid() -> list[RunSpec]:
+    """A hold-out for Unsloth's Gemma 3 layer-backward patterns (allocator/unsloth_gemma3_layer.py, one read from each
+    of the five shipped Gemma 3 histories): the four setups between them that no history has (1B LoRA at 4k, 1B QLoRA
+    at 2k, 4B QLoRA at 4k, 4B LoRA rank 64), which take the nearest recorded pattern; predicted and committed before
+    they run (docs/holdout/unsloth-gemma3-predictions.json)."""
+    ul, uq = _stack(lora, "unsloth"), _stack(qlora, "unsloth")
+    fast = {"lora_dropout": 0.0, "steps": 5}
+    return [
+        ul("ug3-g3-1-lora-gc-s4096", G3_1, "Unsloth Gemma 3 1B LoRA at 4k", grad_ckpt=True, seq_len=4096, **fast),
+        uq("ug3-g3-1-qlora-gc", G3_1, "Unsloth Gemma 3 1B QLoRA at 2k", grad_ckpt=True, **fast),
+        uq("ug3-g3-4-qlora-gc-s4096", G3_4, "Unsloth Gemma 3 4B QLoRA at 4k", grad_ckpt=True, seq_len=4096, **fast),
+        ul("ug3-g3-4-lora-r64-gc", G3_4, "Unsloth Gemma 3 4B LoRA rank 64", grad_ckpt=True, lora_rank=64, **fast),
+    ]
+

@@ -36,7 +36,7 @@ PREDICTIONS = HOLDOUT_DIR / "predictions.json"
 #: grid -> its committed predictions
 PREDICTION_FILES = {
     "holdout": PREDICTIONS,
-    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim", "default", "nograd", "ckptbwd", "families", "qwen3", "unsloth-gemma", "unsloth-gemma2", "zero-x1", "zero-holdout", "zero-holdout2", "zero2-seq", "zero3-seq", "ddp-holdout")},
+    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim", "default", "nograd", "ckptbwd", "families", "qwen3", "unsloth-gemma", "unsloth-gemma2", "unsloth-gemma3", "zero-x1", "zero-holdout", "zero-holdout2", "zero2-seq", "zero3-seq", "ddp-holdout")},
 }
 GIB = 2**30
 
