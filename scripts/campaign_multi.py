@@ -162,6 +162,18 @@ def zero3_sequence_grid(num_gpus: int = 1) -> list[RunSpec]:
     ]
 
 
+def zero3_large_grid(num_gpus: int = 1) -> list[RunSpec]:
+    """A second hold-out for ZeRO-3's simulated sequence, at the size one H200 just holds (129 GiB reserved predicted
+    for Llama-3.1-8B): eight decay sub-groups, an untied 128k lm_head (Llama-3.1-8B), Qwen2.5-7B's untied 152k head
+    and biases; predicted and committed before they run."""
+    zero = partial(_zero, num_gpus=num_gpus)
+
+    return [
+        zero(single.full("z3b-l8-zero3-full-gc", L8, "ZeRO-3 full FT 8B on one H200", grad_ckpt=True), "zero3"),
+        zero(single.full("z3b-q7-zero3-full-gc", Q7, "ZeRO-3 full FT Qwen2.5-7B on one H200", grad_ckpt=True), "zero3"),
+    ]
+
+
 def ddp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     """A hold-out for DDP's construction broadcast (vramplan/memory/allocator/ddp_broadcast.py, read from torch's
     source and checked on the three DDP runs of the multi grid, 2026-12-03): full fine-tuning (bf16 buckets only, the
@@ -178,7 +190,7 @@ def ddp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
 
 GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
-         "ddp-holdout": ddp_holdout_grid}
+         "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid}
 
 
 def settings(spec: RunSpec) -> str:
