@@ -7,7 +7,7 @@ replay_default is one stream; replay_streams the same loop for a sequence with s
 stream, Sequence.streams), with a pool of each stream's own, kept apart so that the one-stream loop does no per-tensor
 look-up. Inlined into one function over integers (no object per block, so nothing for the cyclic garbage collector,
 which otherwise ran a few ms per 8B replay), it takes about 0.5 µs per event on a 7-8B sequence, 2.3 times as fast as
-the class (2.5-3 times on the ZeRO sequences); the result is the same to the byte (tests/test_allocator_fast_replay.py
+the class (2.1-2.4 times on the ZeRO sequences); the result is the same to the byte (tests/test_allocator_fast_replay.py
 replays every shipped run's sequence, every ZeRO-2 / ZeRO-3 one and a grid of synthetic ZeRO setups, hand-built and
 random traces, on one stream and on several, through both).
 
