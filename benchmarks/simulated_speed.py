@@ -29,6 +29,10 @@ CASES = [
     ("qwen2.5-7b", TrainingSetup(method="lora", lora=LoraSpec(rank=16), batch_size=2)),
     ("llama-3.1-8b", TrainingSetup(method="full", grad_ckpt=True)),
     ("qwen3-8b", TrainingSetup(method="full", grad_ckpt=True)),
+    # DeepSpeed ZeRO-2 / ZeRO-3 on one GPU: sequences with a side stream (the reduction stream's allocations)
+    ("llama-3.2-1b", TrainingSetup(method="full", grad_ckpt=True, parallel="zero2", optimizer="adamw_torch_fused")),
+    ("llama-3.2-1b", TrainingSetup(method="full", grad_ckpt=True, parallel="zero3", optimizer="adamw_torch_fused")),
+    ("llama-3.1-8b", TrainingSetup(method="full", grad_ckpt=True, parallel="zero3", optimizer="adamw_torch_fused")),
 ]
 REPEATS = 9
 
@@ -57,7 +61,8 @@ def main() -> None:
                 estimate(spec, setup, g, reserved_rule="simulated")
             t4 = time.perf_counter()
             rules.append(t1 - t0), cold.append(t2 - t1), cached.append(t3 - t2), catalog.append(t4 - t3)
-        print(f"{name:14s} {setup.method:5s}: rules {_ms(rules)}  simulated cold {_ms(cold)}  cached {_ms(cached)}  "
+        label = f"{setup.method} {setup.parallel}" if setup.parallel else setup.method
+        print(f"{name:14s} {label:11s}: rules {_ms(rules)}  simulated cold {_ms(cold)}  cached {_ms(cached)}  "
               f"catalog ({len(gpus)} GPUs) {_ms(catalog)}")  # fmt: skip
 
 

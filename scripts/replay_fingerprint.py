@@ -3,7 +3,8 @@
     python scripts/replay_fingerprint.py --save before.json     # on the commit before the change
     python scripts/replay_fingerprint.py --check before.json    # after it: exit 1 if any result or sequence differs
 
-Covers every shipped single-GPU run's sequence (and, for a capped run, its three-step replay under the cap), a fixed
+Covers every shipped single-GPU run's sequence (and, for a capped run, its three-step replay under the cap), every
+shipped DeepSpeed ZeRO-2 / ZeRO-3 run on one GPU and a grid of ZeRO setups (sequences with a side stream), a fixed
 random grid of setups (--grid, catalog models, full / LoRA / QLoRA, batch, sequence length, checkpointing, stack,
 Liger, attention, optimizer, dtype, expandable segments) on random catalog GPUs, and every recorded history in
 docs/allocator_traces as recorded and after start_cuda's tensor (trace_replay_check.with_pre_recording_tensor). Each
@@ -85,6 +86,20 @@ def _grid(n: int) -> list[tuple[str, str, TrainingSetup, object]]:
     return out
 
 
+def _zero_cases(runs) -> list[tuple[str, str, TrainingSetup, object]]:
+    """The one-GPU DeepSpeed runs (ZeRO-2 / ZeRO-3: the sequence's reduction stream where it models the engine) and
+    ZeRO setups of the histories' models, on the H100."""
+    h100 = find_gpu("h100-sxm")
+    out = [(f"zero-run:{r.run_id}", r.model_source or r.model, r.setup, h100) for r in runs]
+    for name in ("llama-3.2-1b", "qwen2.5-0.5b", "qwen2.5-3b", "tinyllama-1.1b-chat-v1.0", "qwen3-1.7b"):
+        for seq_len in (1024, 2048, 4096):
+            for parallel, offload in (("zero2", "none"), ("zero2", "optimizer"), ("zero3", "none")):
+                setup = TrainingSetup(method="full", grad_ckpt=True, seq_len=seq_len, parallel=parallel,
+                                      offload=offload, optimizer="adamw_torch_fused")  # fmt: skip
+                out.append((f"zero:{name}-{parallel}-{offload}-s{seq_len}", name, setup, h100))
+    return out
+
+
 def _fields(result) -> list:
     return list(result.__dict__.values())
 
@@ -115,6 +130,8 @@ def fingerprint(grid: int) -> dict[str, dict]:
                find_gpu(r.environment.gpu_id) if r.environment.gpu_id else find_gpu("h100-sxm"),
                r.measurements.memory_cap_bytes) for r in runs]  # fmt: skip
     setups += [(*case, None) for case in _grid(grid)]
+    setups += [(*case, None) for case in _zero_cases(runs=[r for r in load_runs([shipped_runs_dir()]) if
+                                                          r.environment.num_gpus == 1 and r.setup.parallel])]
     for case_id, name, setup, gpu, cap in setups:
         try:
             cases[case_id] = _setup_case(name, setup, gpu, cap)

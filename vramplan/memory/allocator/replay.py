@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .caching import AllocatorOOM, CachingAllocator
-from .fast_replay import replay_default
+from .fast_replay import replay_default, replay_streams
 from .ops import EMPTY_CACHE, Sequence
 
 
@@ -42,9 +42,14 @@ def replay(
     total_memory_bytes: int = 80 * 1024**3,
 ) -> ReplayResult:
     """Feed every allocation and free of `seq` to a CachingAllocator, each allocation on its stream (Sequence.streams);
-    the default settings on one stream take fast_replay.py's inlined loop (same rules, same result)."""
-    if not expandable_segments and allowed_bytes is None and not seq.streams:
-        peak, (alloc, free_bytes, largest), peak_alloc, segments = replay_default(seq.sizes, seq.ops, EMPTY_CACHE)
+    the default settings take fast_replay.py's inlined loop (same rules, same result): replay_default on one stream,
+    replay_streams with side streams (DeepSpeed ZeRO's reduction stream)."""
+    if not expandable_segments and allowed_bytes is None:
+        if seq.streams:
+            fast = replay_streams(seq.sizes, seq.ops, seq.streams, EMPTY_CACHE)
+        else:
+            fast = replay_default(seq.sizes, seq.ops, EMPTY_CACHE)
+        peak, (alloc, free_bytes, largest), peak_alloc, segments = fast
         return ReplayResult(peak, alloc, free_bytes, largest, peak_alloc, segments)
     a = CachingAllocator(
         expandable_segments=expandable_segments, allowed_bytes=allowed_bytes, total_memory_bytes=total_memory_bytes
