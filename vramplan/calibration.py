@@ -190,10 +190,13 @@ def _stack_versions(runs: list[MeasuredRun]) -> dict[str, str]:
 
 def leave_one_out(runs: list[MeasuredRun], reserved_rule: str = "auto") -> Validation:
     """Each usable run predicted by a calibration fitted on all the other runs (with reserved_rule "simulated"
-    only the CUDA context constant is used: the simulation has no fragmentation constant)."""
+    only the CUDA context constant is used: the simulation has no fragmentation constant). The runs no fit uses
+    (multi-GPU, DeepSpeed: usable_runs) are predicted with the calibration fitted on all the usable ones, as a user's
+    estimate is with the shipped one: none of them is in it."""
     usable = usable_runs(runs)
     others_of: Callable[[int], list[MeasuredRun]] = lambda i: usable[:i] + usable[i + 1 :]  # noqa: E731
-    result = validate([r for r in runs if r not in usable], reserved_rule=reserved_rule)
+    whole = fit(usable) if len(fitting_runs(usable)) >= MIN_RUNS else None
+    result = validate([r for r in runs if r not in usable], whole, reserved_rule=reserved_rule)
     for i, run in enumerate(usable):
         others = others_of(i)
         calibration = fit(others) if len(fitting_runs(others)) >= MIN_RUNS else None
