@@ -30,7 +30,7 @@ allocation on its stream) and DeepSpeed's source:
   step 0 fused AdamW's two states, the fp32 gradient freed (_release_sub_group).
 
 One GPU, full fine-tuning whose layers run the recorded backward patterns, one micro-step, no offload.
-A mixin of sequence._Builder (it uses seq, zero, loaded_params, _param_groups and ZeroSteps' hook state).
+A mixin of sequence._Builder (it uses seq, zero, m, loaded_params, _param_groups and ZeroSteps' hook state and norm).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from __future__ import annotations
 from ...specs import ModelSpec
 from ..deepspeed import SUB_GROUP_SIZE
 from .rules import block_bytes
-from .zero_steps import BF16, FP32, FP64, REDUCTION_STREAM
+from .zero_steps import BF16, FP32, REDUCTION_STREAM
 
 #: transformers integrations/deepspeed.py trainer_config_finalize: "auto" stage3_param_persistence_threshold is
 #: 10 * hidden_size; a parameter with fewer elements stays gathered (partition_parameters.py ``ds_persist``)
@@ -107,11 +107,7 @@ class Zero3Steps:
     def zero3_step(self, first: bool) -> None:
         """The gradient norm and the sub-groups' steps (module docstring)."""
         seq = self.seq
-        for group in self._param_groups():  # get_grad_norm_direct, sub-group by sub-group in parameter order
-            for g in group:
-                nbytes = block_bytes(g.numel * FP64)
-                for _ in range(g.count):
-                    seq.free(seq.alloc(nbytes))
+        self.zero_norm_copies()  # sub-group by sub-group, in parameter order
         for n in self.zero3_subs:
             flat = seq.alloc(block_bytes(n * BF16))
             grad = seq.alloc(block_bytes(n * FP32))

@@ -179,6 +179,16 @@ class ZeroSteps:
             self.zero_pending = None
         self.zero_elements = self.zero_count = 0
 
+    def zero_norm_copies(self) -> None:
+        """get_grad_norm_direct (ZeRO-2 and ZeRO-3 alike): an fp64 copy of each gradient in turn
+        (``g.data.double().norm(2)``), made and freed, in parameter-group order."""
+        seq = self.seq
+        for group in self._param_groups():
+            for g in group:
+                nbytes = block_bytes(g.numel * FP64)
+                for _ in range(g.count):
+                    seq.free(seq.alloc(nbytes))
+
     def zero_backward_end(self) -> None:
         """independent_gradient_partition_epilogue: the last bucket reduced, the IPG buffers freed."""
         self._zero_reduce()
@@ -192,11 +202,7 @@ class ZeroSteps:
         if z.stage == 3:
             return self.zero3_step(first)
         if not z.offload:
-            for group in self._param_groups():  # get_grad_norm_direct: g.data.double().norm(2), in group order
-                for g in group:
-                    nbytes = block_bytes(g.numel * FP64)
-                    for _ in range(g.count):
-                        seq.free(seq.alloc(nbytes))
+            self.zero_norm_copies()
             for k, numel in enumerate(z.group_numels):
                 flat = seq.alloc(_flat_bytes(numel))
                 grad = seq.alloc(block_bytes(numel * FP32))
