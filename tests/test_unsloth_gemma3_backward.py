@@ -121,3 +121,9 @@ def test_a_gemma3_setup_no_history_covers_runs_the_pattern_at_the_estimators_pea
 def test_setups_the_histories_did_not_run_keep_the_summary(change):
     model, setup = resolve_model("gemma-3-4b-it"), _setup(**change)
     assert _terms(model, setup, None, dict(CALIBRATED_DEFAULTS)).unsloth_gemma3 is None
+
+
+def test_the_estimate_says_when_gemma3_layers_run_the_recorded_backward():
+    setup = TrainingSetup(method="lora", lora=LoraSpec(rank=16, dropout=0.0), grad_ckpt=True, stack="unsloth")
+    said = lambda name: any("compiled Gemma 3" in a for a in estimate(resolve_model(name), setup).assumptions)  # noqa: E731
+    assert said("gemma-3-1b-it") and not said("llama-3.2-1b")

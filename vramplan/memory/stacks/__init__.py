@@ -282,6 +282,10 @@ def _assume_unsloth(spec: ModelSpec, setup: TrainingSetup) -> list[str]:
         if setup.lora is not None and setup.lora.dropout > 0:
             out.append("lora_dropout > 0 runs inside Unsloth's kernels (UNSLOTH_FUSED_LORA_DROPOUT=1, its default): "
                        "one bool mask saved per projection input, no global dequantization buffer")
+        elif spec.model_type in UNSLOTH_COMPILED_MODEL_TYPES and setup.grad_ckpt:
+            out.append("Unsloth's compiled Gemma 3: each layer's backward as recorded on the H200 (allocator/"
+                       "unsloth_gemma3_layer.py, five patterns; a setup between them takes the nearest); step 0's "
+                       "Inductor autotuning buffers (60 MiB each) are not modelled: reserved may be up to ~3 % higher")
     return out
 
 
