@@ -159,3 +159,27 @@ def test_default_rule_simulates_the_zero2_setups_the_engine_model_covers():
     ]
     for setup in not_covered:
         assert estimate(qwen, setup).memory.reserved_rule != "simulated", setup
+
+
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "tinyllama-1.1b-chat-v1.0", "qwen2.5-0.5b"])
+@pytest.mark.parametrize("parallel, offload", [("zero2", "none"), ("zero2", "optimizer"), ("zero3", "none")])
+def test_no_gradient_outlives_its_step_in_the_engines_sequence(name, parallel, offload):
+    # every gradient reaches a hook and is freed by the step (tied or untied embedding): what is alive after two steps
+    # is what the engine keeps, the same after step 0 as after step 1
+    model = resolve_model(name)
+    setup = TrainingSetup(method="full", grad_ckpt=True, parallel=parallel, offload=offload,
+                          optimizer="adamw_torch_fused")  # fmt: skip
+    one, two = (training_sequence(model, setup, _terms(model, setup, None, dict(CALIBRATED_DEFAULTS)), steps=n)
+                for n in (1, 2))  # fmt: skip
+    assert sum(one.sizes[i] for i in _live(one)) == sum(two.sizes[i] for i in _live(two))
+
+
+def test_the_engines_sequence_is_the_hf_trainers_only():
+    # no TRL or Liger run with DeepSpeed is recorded: those keep the rules
+    qwen = resolve_model("qwen2.5-0.5b")
+    for parallel in ("zero2", "zero3"):
+        hf = TrainingSetup(method="full", grad_ckpt=True, parallel=parallel, optimizer="adamw_torch_fused")
+        assert zero_sequence_applies(qwen, hf)
+        for other in (hf.model_copy(update={"stack": "trl"}), hf.model_copy(update={"liger": True})):
+            assert not zero_sequence_applies(qwen, other)
+            assert estimate(qwen, other).memory.reserved_rule != "simulated"

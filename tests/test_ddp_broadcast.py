@@ -118,3 +118,24 @@ def test_each_ddp_runs_reserved_peak_stays_in_its_bound(run):
     m = estimate(resolve_model(run.model_source or run.model), run.setup).memory
     assert m.reserved_rule == "simulated"
     assert low <= m.peak_reserved_bytes / run.measurements.max_reserved_bytes - 1 <= high
+
+
+def test_a_one_gpu_ddp_estimate_does_not_stand_in_for_a_two_gpu_one():
+    # one GPU has no broadcast and no buckets: the replay cache keeps the two apart, whichever is asked first
+    from vramplan.estimator import estimate
+    from vramplan.memory.allocator import simulated
+    from vramplan.models import resolve_model
+    from vramplan.specs import LoraSpec, TrainingSetup
+
+    model = resolve_model("llama-3.2-1b")
+    one = TrainingSetup(method="lora", lora=LoraSpec(rank=16), grad_ckpt=True, parallel="ddp", num_gpus=1)
+    two = one.model_copy(update={"num_gpus": 2})
+    alone = {}
+    for s in (one, two):
+        simulated._CACHE.clear()
+        alone[s.num_gpus] = estimate(model, s).memory.peak_reserved_bytes
+    assert alone[1] != alone[2]
+    for first, second in ((one, two), (two, one)):
+        simulated._CACHE.clear()
+        estimate(model, first)
+        assert estimate(model, second).memory.peak_reserved_bytes == alone[second.num_gpus]

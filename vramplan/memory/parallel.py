@@ -326,16 +326,16 @@ DEEPSPEED_MEASURED_NOTE = (
     "not modelled): keep that margin"
 )
 OFFLOAD_MEASURED_NOTE = (
-    "DeepSpeed offload, measured at world size 1 (H200, 7 runs): allocated within 1.3 %; reserved from 20 % above "
-    "this estimate (a hold-out: Qwen2.5-1.5B ZeRO-2 optimizer offload) to 9 % below it: the reserved number is not "
-    "reliable with offload, keep a wide margin"
+    "DeepSpeed offload not simulated (ZeRO-3 parameter offload, or offload on the closed-form rules), measured at "
+    "world size 1 (H200): allocated within 1.3 %; reserved from 7.4 % above this estimate to 9.4 % below it on the "
+    "three ZeRO-3 --offload all runs: the reserved number is not reliable here, keep a wide margin"
 )
 
 #: in place of the two notes above where the simulated sequence models the engine (allocator/zero_steps.py)
 ZERO2_SIMULATED_NOTE = (
     "DeepSpeed ZeRO-2 at world size 1, simulated (the engine's init, gradient hooks and step replayed on its "
     "streams): reserved within 2 MiB of measured on 9 H200 runs (5 of them predicted before they ran), device within "
-    "2.7 % (the memory outside the allocator varies by a few hundred MiB between sessions)"
+    "1.8 % (DeepSpeed's memory outside the allocator, 1.67 GiB with ZeRO-2 at world size 1, is above the NCCL term)"
 )
 ZERO3_SIMULATED_NOTE = (
     "DeepSpeed ZeRO-3 at world size 1 without offload, simulated (the engine's init, sub-group step and gradient "

@@ -80,8 +80,9 @@ _CACHE_MAX = 512
 def simulate(model: ModelSpec, setup: TrainingSetup, terms, total_memory_bytes: int) -> ReplayResult:
     """Replay the setup's predicted sequence; `terms` is estimator._Terms (a function of the key's parts)."""
     expandable = setup.expandable_segments
-    # DDP's sequence is the same on any number of GPUs (each holds everything plus its buckets): one replay for all
-    same = setup.model_copy(update={"num_gpus": 2}) if setup.parallel == "ddp" and setup.num_gpus != 2 else setup
+    # DDP's sequence is the same on any number of GPUs above one (each holds everything plus its broadcast's copies
+    # and its buckets): one replay for all; on one GPU there are neither
+    same = setup.model_copy(update={"num_gpus": 2}) if setup.parallel == "ddp" and setup.num_gpus > 2 else setup
     key = (model, same, terms.workspace, terms.t_bwd, total_memory_bytes if expandable else 0)
     hit = _CACHE.get(key)
     if hit is None:

@@ -41,7 +41,8 @@ from .rules import block_bytes
 from .zero_steps import BF16, FP32, REDUCTION_STREAM
 
 #: transformers integrations/deepspeed.py trainer_config_finalize: "auto" stage3_param_persistence_threshold is
-#: 10 * hidden_size; a parameter with fewer elements stays gathered (partition_parameters.py ``ds_persist``)
+#: 10 * hidden_size; a parameter of at most that many elements stays gathered (parameter_offload.py
+#: mark_persistent_parameters)
 PERSISTENCE_FACTOR = 10
 
 
@@ -92,8 +93,8 @@ class Zero3Steps:
         seq.alloc(block_bytes(z.bucket_numel * BF16))  # the IPG bucket, kept
         seq.alloc(block_bytes(total * BF16))  # grad_partitions_flat_buffer, kept
         threshold = persistence_threshold(self.m) * BF16
-        for nbytes in sizes:  # the parameter pass (module docstring)
-            if nbytes >= threshold:
+        for nbytes in sizes:  # the parameter pass (module docstring); ds_numel <= threshold persists
+            if nbytes > threshold:  # (parameter_offload.py mark_persistent_parameters: ds_numel <= threshold)
                 seq.free(seq.alloc(nbytes))
         self.zero3_subs = subs
         self._zero_reset()

@@ -51,20 +51,23 @@ REDUCTION_STREAM = 1
 ZERO_OPTIMIZERS = ("adamw_torch_fused",)
 
 
-def zero2_applies(setup: TrainingSetup) -> bool:
-    """ZeRO-2 on one GPU, full fine-tuning, one micro-step, fused AdamW, no offload or offload_optimizer."""
+def _measured_engine_setup(setup: TrainingSetup) -> bool:
+    """What every DeepSpeed history ran: one GPU, full fine-tuning, one micro-step, fused AdamW, bf16, the plain
+    transformers Trainer (the hf stack without Liger: no TRL or Liger run with DeepSpeed is recorded)."""
     return (
-        setup.parallel == "zero2" and setup.num_gpus == 1 and setup.method == "full" and setup.grad_accum == 1
-        and setup.optimizer in ZERO_OPTIMIZERS and setup.offload in ("none", "optimizer") and setup.dtype == "bf16"
+        setup.num_gpus == 1 and setup.method == "full" and setup.grad_accum == 1 and setup.dtype == "bf16"
+        and setup.optimizer in ZERO_OPTIMIZERS and setup.stack == "hf" and not setup.liger
     )  # fmt: skip
+
+
+def zero2_applies(setup: TrainingSetup) -> bool:
+    """ZeRO-2 with no offload or offload_optimizer on a measured engine setup (_measured_engine_setup)."""
+    return setup.parallel == "zero2" and setup.offload in ("none", "optimizer") and _measured_engine_setup(setup)
 
 
 def zero3_applies(setup: TrainingSetup) -> bool:
-    """ZeRO-3 on one GPU, full fine-tuning, one micro-step, fused AdamW, bf16, no offload (zero3_steps.py)."""
-    return (
-        setup.parallel == "zero3" and setup.num_gpus == 1 and setup.method == "full" and setup.grad_accum == 1
-        and setup.optimizer in ZERO_OPTIMIZERS and setup.offload == "none" and setup.dtype == "bf16"
-    )  # fmt: skip
+    """ZeRO-3 without offload on a measured engine setup (zero3_steps.py)."""
+    return setup.parallel == "zero3" and setup.offload == "none" and _measured_engine_setup(setup)
 
 
 def zero_engine_applies(setup: TrainingSetup) -> bool:
