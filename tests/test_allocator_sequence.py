@@ -688,7 +688,7 @@ def test_unsloth_sequence_reaches_the_reserved_peak_of_its_recorded_history(path
 
 
 @pytest.mark.parametrize("name, method", [("llama-3.2-1b", "full"), ("llama-3.1-8b", "lora"), ("qwen2.5-7b", "qlora")])
-def test_a_ddp_sequence_is_the_one_gpu_sequence_plus_the_reducers_buckets(name, method):
+def test_a_ddp_sequence_is_the_one_gpu_sequence_plus_its_broadcast_and_the_reducers_buckets(name, method):
     model = resolve_model(name)
     lora = LoraSpec(rank=16) if method != "full" else None
     one = TrainingSetup(method=method, lora=lora, quant="nf4" if method == "qlora" else None, grad_ckpt=True)
