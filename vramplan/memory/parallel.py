@@ -35,7 +35,7 @@ from ..errors import VramplanError
 from ..models.params import linear_shapes, moe_layers, param_counts
 from ..specs import ModelSpec, TrainingSetup
 from .allocator import block_bytes
-from .allocator.ddp_broadcast import broadcast_flat_bytes, broadcast_peak_bytes, module_states
+from .allocator.ddp_broadcast import broadcast_peak_bytes, ddp_flat_copies
 from .constants import MIB
 from .deepspeed import (
     zero2_engine_init,
@@ -142,8 +142,7 @@ def parallel_terms(
 def ddp_broadcast_bytes(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int]) -> int:
     """DDP's construction broadcasts every parameter from rank 0 through flat copies of 250 MiB buckets, two in
     flight (allocator/ddp_broadcast.py): the most of them alive at once, with every weight loaded."""
-    states = module_states(model, setup, weights.get("weights.embeddings", 0), weights.get("weights.lm_head", 0))
-    return broadcast_peak_bytes(broadcast_flat_bytes(states))
+    return broadcast_peak_bytes(ddp_flat_copies(model, setup, weights))
 
 
 def _fsdp(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], groups: list[TensorGroup], n: int):

@@ -83,6 +83,13 @@ def broadcast_flat_bytes(states: list[tuple[str, int]], cap: int = DDP_BROADCAST
     return [sum(sizes) if len(sizes) > 1 else 0 for _, sizes in sorted(buckets)]
 
 
+def ddp_flat_copies(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int]) -> list[int]:
+    """The flat copies of the setup's broadcast (broadcast_flat_bytes of module_states), from the estimator's weight
+    terms (`weights`: weights.embeddings, weights.lm_head)."""
+    embed, lm_head = weights.get("weights.embeddings", 0), weights.get("weights.lm_head", 0)
+    return broadcast_flat_bytes(module_states(model, setup, embed, lm_head))
+
+
 def broadcast_peak_bytes(flat: list[int]) -> int:
     """The most flat-copy bytes alive at once: each bucket with the one before it (DDP_BROADCAST_IN_FLIGHT = 2)."""
     return max((sum(flat[max(0, k - DDP_BROADCAST_IN_FLIGHT + 1) : k + 1]) for k in range(len(flat))), default=0)

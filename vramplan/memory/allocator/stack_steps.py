@@ -8,7 +8,7 @@ kept apart so that sequence.py stays the training step's builder.
 
 from __future__ import annotations
 
-from .ddp_broadcast import DDP_BROADCAST_IN_FLIGHT, broadcast_flat_bytes, module_states
+from .ddp_broadcast import DDP_BROADCAST_IN_FLIGHT, ddp_flat_copies
 
 BF16 = 2
 #: DDP's Reducer buckets (torch/nn/parallel/distributed.py: _DEFAULT_FIRST_BUCKET_BYTES, bucket_cap_mb=25)
@@ -33,10 +33,7 @@ def ddp_bucket_sizes(t) -> list[int]:
 def ddp_broadcast_flat_bytes(m, s, t) -> list[int]:
     """The flat copies DDP's construction broadcasts the module's states through (ddp_broadcast.py), in order; none
     without DDP on more than one GPU."""
-    if s.parallel != "ddp" or s.num_gpus < 2:
-        return []
-    w = t.weights
-    return broadcast_flat_bytes(module_states(m, s, w.get("weights.embeddings", 0), w.get("weights.lm_head", 0)))
+    return ddp_flat_copies(m, s, t.weights) if s.parallel == "ddp" and s.num_gpus > 1 else []
 
 
 class StackSteps:
