@@ -18,8 +18,8 @@ import gzip
 import json
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
-from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "scripts"):
@@ -98,8 +98,7 @@ def check(path: Path) -> dict | None:
     t = _terms(model, run.setup, None, dict(CALIBRATED_DEFAULTS))
     patterned = sequence_module.training_sequence(model, run.setup, t)
     predicted = layer_stretches(patterned, model, run.setup)
-    with mock.patch.object(sequence_module, "unsloth_gemma3_applies", return_value=False):
-        summary = sequence_module.training_sequence(model, run.setup, t)
+    summary = sequence_module.training_sequence(model, run.setup, replace(t, unsloth_gemma3=None))
     return {
         "trace": name, "layers": len(predicted) + 1, "same": count, "ops": len(common),
         "predicted_same": sum(tuple(s) == common for s in predicted),

@@ -212,10 +212,11 @@ def embedding_partial_sums_bytes(model: ModelSpec, setup: TrainingSetup) -> int:
     return (n + n // EMBEDDING_ROWS_PER_PARTIAL) * model.hidden_size * 4 if n > EMBEDDING_DIRECT_MAX_INDICES else 0
 
 
-def grad_token_sizes(groups) -> dict[str, list[int]]:
-    """A pattern's gradient tokens -> the bytes of the groups' gradients, the first to be made last (popped)."""
+def grad_token_sizes(groups, grad_groups: dict[str, str] = GRAD_GROUPS) -> dict[str, list[int]]:
+    """A pattern's gradient tokens -> the bytes of the groups' gradients, the first to be made last (popped);
+    `grad_groups`: the patterns' token -> trainable group (unsloth_gemma3_layer.py has its own)."""
     sizes: dict[str, list[int]] = {}
-    token = {name: tok for tok, name in GRAD_GROUPS.items()}
+    token = {name: tok for tok, name in grad_groups.items()}
     for g in reversed(groups):
         if g.name in token:
             sizes.setdefault(token[g.name], []).append(grad_tensor(g))

@@ -126,8 +126,6 @@ class LayerPatterns:
         seq.free(carry)
         if not new_grads or (tied and owned):
             seq.free(own)
-            if new_grads and self.grad_hook is not None:  # the owned head's gradient, summed in place, is hooked
-                self.grad_hook(self.tied_grad_id)
         elif tied and self.zero is not None and self.zero.stage == 3:  # added in place (h-q15-zero3-full-gc-x1)
             seq.free(own)
             self.grad_hook(self.tied_grad_id)

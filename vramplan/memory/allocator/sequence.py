@@ -93,7 +93,7 @@ from .tensors import (
     quantized_pieces,
     spread,
 )
-from .unsloth_gemma3_layer import carried_out, unsloth_gemma3_applies, unsloth_gemma3_pattern, unsloth_gemma3_sizes
+from .unsloth_gemma3_layer import carried_out, unsloth_gemma3_pattern, unsloth_gemma3_sizes
 from .zero3_steps import Zero3Steps
 from .zero_steps import ZeroSteps, zero_engine_applies, zero_plan
 
@@ -225,9 +225,9 @@ class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, La
         self.layer_grad_sizes = [[grad_tensor(g) for g in gs] for gs in self.layer_groups]
         #: Unsloth's compiled Gemma 3 LoRA / QLoRA: its recorded layer backward (unsloth_gemma3_layer.py), its kinds'
         #: bytes and the token that makes the gradient carried on; or None. Its backward makes each layer's gradients,
-        #: so no order of them is built; the gradient carried in from the head is the pattern's [n, h]
-        g3 = unsloth_gemma3_applies(model, setup, profile, profile.offloaded(setup, t.one_checkpoint),
-                                    [g.name for g in self.layer_groups[0]])  # fmt: skip
+        #: so no order of them is built; the gradient carried in from the head is the pattern's [n, h]. The terms have
+        #: its peaks exactly where it applies (estimator._unsloth_gemma3)
+        g3 = t.unsloth_gemma3 is not None
         self.unsloth_g3 = unsloth_gemma3_pattern(model, setup) if g3 else None
         if g3:
             self.unsloth_g3_sizes = unsloth_gemma3_sizes(model, setup)

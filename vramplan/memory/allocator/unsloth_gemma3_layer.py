@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from ...specs import ModelSpec, TrainingSetup
 from ..constants import BYTES_PER_DTYPE
 from ..stacks.kernels import UNSLOTH_COMPILED_MODEL_TYPES
-from .ckpt_backward_layer import excursion
+from .ckpt_backward_layer import excursion, grad_token_sizes as _grad_token_sizes
 from .tensors import grad_tensor
 
 #: ug2-g3-1-lora-gc (Gemma 3 1B, one kv head, s 2048), 154 ops
@@ -152,9 +152,8 @@ def carried_out(tokens: list[str]) -> int:
 
 
 def grad_token_sizes(groups) -> dict[str, list[int]]:
-    """The pattern's gradient tokens -> the bytes of the layer's gradients (one each)."""
-    token = {name: tok for tok, name in GRAD_GROUPS.items()}
-    return {token[g.name]: [grad_tensor(g)] for g in groups}
+    """The pattern's gradient tokens -> the bytes of the layer's gradients (one each: unsloth_gemma3_applies)."""
+    return _grad_token_sizes(groups, GRAD_GROUPS)
 
 
 @dataclass(frozen=True)
