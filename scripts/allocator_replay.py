@@ -272,6 +272,34 @@ def write_events(path: Path, out_dir: Path) -> Path:
     return target
 
 
+#: allocations at least this large keep their frames in write_frames' file
+FRAMES_MIN_BYTES = 1 * MIB
+
+
+def write_frames(path: Path, out_dir: Path, keep: int = 4) -> Path:
+    """The innermost frames of every allocation of at least FRAMES_MIN_BYTES, as ``DIR/<name>.frames.json.gz``:
+    ``{"frames": [distinct frame strings], "allocs": [[tensor index (as in the events file), frame string index]]}``
+    (which call made each tensor, for reading a history without its pickle)."""
+    import gzip
+
+    trace, _ = replayed(path)
+    names: dict[str, int] = {}
+    allocs: list[list[int]] = []
+    index = 0
+    for e in trace:
+        if e.get("action") != "alloc":
+            continue
+        if int(e.get("size", 0)) >= FRAMES_MIN_BYTES:
+            where = " <- ".join(frames_of(e, keep))
+            allocs.append([index, names.setdefault(where, len(names))])
+        index += 1
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / (path.name.removesuffix(".pickle") + ".frames.json.gz")
+    with gzip.open(target, "wt") as fh:
+        json.dump({"frames": list(names), "allocs": allocs}, fh, separators=(",", ":"))
+    return target
+
+
 def report(doc: dict) -> str:
     g = lambda b: f"{b / GIB:.3f}"  # noqa: E731
     lines = [
@@ -298,12 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("snapshots", nargs="+", type=Path)
     parser.add_argument("--json", type=Path, help="also write every analysis as one JSON file")
     parser.add_argument("--events", type=Path, help="write each trace as DIR/<name>.events.json.gz and report nothing")
+    parser.add_argument("--frames", type=Path, help="with --events, also write DIR/<name>.frames.json.gz (write_frames)")
     args = parser.parse_args(argv)
     docs = []
     for path in args.snapshots:
         try:
             if args.events:
                 print(write_events(path, args.events), flush=True)
+                if args.frames:
+                    print(write_frames(path, args.frames), flush=True)
                 continue
             doc = analyze(path)
         except (OSError, pickle.UnpicklingError, EOFError) as exc:

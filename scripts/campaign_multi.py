@@ -174,6 +174,22 @@ def zero3_large_grid(num_gpus: int = 1) -> list[RunSpec]:
     ]
 
 
+def zero3_offload_history_grid(num_gpus: int = 1) -> list[RunSpec]:
+    """Allocator histories with frames (``--snapshots``) for reading ZeRO-3's offload paths and ZeRO's LoRA engine
+    (2026-12-03): the two offload-all runs again (is the offload sequence deterministic?), Llama-3.2-3B's with its
+    streams, ZeRO-3 with the optimizer offloaded only, and LoRA under ZeRO-2 and ZeRO-3. Not a hold-out: read from."""
+    zero = partial(_zero, num_gpus=num_gpus)
+
+    return [
+        zero(single.full("o-l1-zero3-full-gc-offall", L1, "ZeRO-3 full offload 1B, again", grad_ckpt=True), "zero3", "all"),
+        zero(single.full("o-l1-zero3-full-gc-offopt", L1, "ZeRO-3 optimizer offload 1B", grad_ckpt=True), "zero3", "optimizer"),
+        zero(single.full("o-q05-zero3-full-gc-offall", "qwen2.5-0.5b", "ZeRO-3 full offload 0.5B, again", grad_ckpt=True), "zero3", "all"),
+        zero(single.lora("o-l1-zero3-lora-gc", L1, "ZeRO-3 LoRA 1B", grad_ckpt=True), "zero3"),
+        zero(single.lora("o-l1-zero2-lora-gc", L1, "ZeRO-2 LoRA 1B", grad_ckpt=True), "zero2"),
+        zero(single.full("o-l3-zero3-full-gc-offall", L3, "ZeRO-3 full offload 3B, with streams", grad_ckpt=True), "zero3", "all"),
+    ]
+
+
 def ddp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     """A hold-out for DDP's construction broadcast (vramplan/memory/allocator/ddp_broadcast.py, read from torch's
     source and checked on the three DDP runs of the multi grid, 2026-12-03): full fine-tuning (bf16 buckets only, the
@@ -190,7 +206,8 @@ def ddp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
 
 GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
-         "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid}
+         "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid,
+         "zero3-offload-hist": zero3_offload_history_grid}
 
 
 def settings(spec: RunSpec) -> str:

@@ -48,7 +48,7 @@ rc=${PIPESTATUS[0]}
 
 # allocator histories (--snapshots, world size 1) travel as compact event lists, not pickles
 if ls "$OUTDIR"/snapshots/*.pickle >/dev/null 2>&1; then
-  python3 scripts/allocator_replay.py "$OUTDIR"/snapshots/*.pickle --events "$OUTDIR/events" >/dev/null \
+  python3 scripts/allocator_replay.py "$OUTDIR"/snapshots/*.pickle --events "$OUTDIR/events" --frames "$OUTDIR/events" >/dev/null \
     && rm -f "$OUTDIR"/snapshots/*.pickle
 fi
 
