@@ -20,8 +20,14 @@ from vramplan.memory.allocator.zero_steps import (
     ZeroSteps,
     zero_sequence_applies,
 )
+from vramplan.memory.allocator.zero3_offload import Zero3OffloadSteps
 from vramplan.memory.allocator.zero3_steps import Zero3Steps, sub_groups
-from vramplan.memory.parallel import OFFLOAD_MEASURED_NOTE, ZERO2_SIMULATED_NOTE, ZERO3_SIMULATED_NOTE
+from vramplan.memory.parallel import (
+    OFFLOAD_MEASURED_NOTE,
+    ZERO2_SIMULATED_NOTE,
+    ZERO3_OFFLOAD_SIMULATED_NOTE,
+    ZERO3_SIMULATED_NOTE,
+)
 from vramplan.models import resolve_model
 from vramplan.runs import load_runs, shipped_runs_dir
 from vramplan.specs import LoraSpec, TrainingSetup
@@ -45,6 +51,10 @@ class _Engine(ZeroSteps, Zero3Steps):
 
     def __init__(self, plan: ZeroPlan, params: list[tuple[int, bool]], seq: Sequence):
         self.seq, self.zero, self.loaded_params = seq, plan, params
+
+
+class _Offload(_Engine, Zero3OffloadSteps):
+    """_Engine with ZeRO-3's offloaded reduce (zero3_offload.py)."""
 
 
 def _live(seq: Sequence) -> set[int]:
@@ -150,8 +160,11 @@ def test_default_rule_simulates_the_zero2_setups_the_engine_model_covers():
     assert ZERO2_SIMULATED_NOTE in offload.assumptions and OFFLOAD_MEASURED_NOTE not in offload.assumptions
     zero3 = estimate(qwen, covered.model_copy(update={"parallel": "zero3"}))
     assert zero3.memory.reserved_rule == "simulated" and ZERO3_SIMULATED_NOTE in zero3.assumptions
+    offall = estimate(qwen, covered.model_copy(update={"parallel": "zero3", "offload": "all"}))
+    assert offall.memory.reserved_rule == "simulated" and ZERO3_OFFLOAD_SIMULATED_NOTE in offall.assumptions
+    assert OFFLOAD_MEASURED_NOTE not in offall.assumptions
     not_covered = [
-        covered.model_copy(update={"parallel": "zero3", "offload": "all"}),
+        covered.model_copy(update={"parallel": "zero3", "offload": "optimizer"}),
         covered.model_copy(update={"grad_ckpt": False}),
         covered.model_copy(update={"optimizer": "adamw_8bit"}),
         covered.model_copy(update={"grad_accum": 2}),
@@ -183,3 +196,71 @@ def test_the_engines_sequence_is_the_hf_trainers_only():
         for other in (hf.model_copy(update={"stack": "trl"}), hf.model_copy(update={"liger": True})):
             assert not zero_sequence_applies(qwen, other)
             assert estimate(qwen, other).memory.reserved_rule != "simulated"
+
+
+#: the two ZeRO-3 histories with parameters and optimizer offloaded whose allocations carry their streams (2026-12-02:
+#: stream 1 the all-gather stream, 2 the reduction stream)
+ZERO3_OFFLOAD_HISTORIES = ("h-l1-zero3-full-gc-offall-x1", "h2-q05-zero3-full-gc-offall-x1")
+#: the histories' numbering of the reduction stream (their all-gather stream, 1, makes its first allocation earlier)
+RECORDED_REDUCTION_STREAM = 2
+
+
+def _pools(sizes: list[int], ops: list[int], streams: dict[int, int]) -> tuple[dict[int, int], dict[int, int]]:
+    """The bytes each stream's segments reserve at the end (a segment belongs to the stream of the request that made
+    it; none is released after the last empty_cache), and the most bytes each stream's tensors held at once."""
+    from vramplan.memory.allocator.caching import CachingAllocator
+
+    allocator = CachingAllocator(expandable_segments=False, total_memory_bytes=150 * 2**30)
+    blocks: list = [None] * len(sizes)
+    pools: dict[int, int] = {}
+    live: dict[int, int] = {}
+    peaks: dict[int, int] = {}
+    for op in ops:
+        if op == EMPTY_CACHE:
+            allocator.empty_cache()
+            pools = {0: allocator.reserved} if allocator.reserved else {}
+            continue
+        tensor = op if op >= 0 else ~op
+        stream = streams.get(tensor, 0)
+        if op >= 0:
+            before = allocator.reserved
+            blocks[op] = allocator.malloc(sizes[op], stream)
+            pools[stream] = pools.get(stream, 0) + allocator.reserved - before
+            live[stream] = live.get(stream, 0) + sizes[op]
+            peaks[stream] = max(peaks.get(stream, 0), live[stream])
+        else:
+            allocator.free(blocks[~op])
+            live[stream] -= sizes[~op]
+    return pools, peaks
+
+
+@pytest.mark.parametrize("name", ZERO3_OFFLOAD_HISTORIES)
+def test_offloaded_zero3_compute_and_reduction_pools_are_the_recorded_ones(name):
+    # the compute stream's and the reduction stream's segments, to the byte (the all-gather stream: zero3_fetch.py)
+    doc = json.loads(gzip.decompress((TRACES / f"{name}.events.json.gz").read_bytes()))
+    run = _history_run(name)
+    model = resolve_model(run.model_source or run.model)
+    assert zero_sequence_applies(model, run.setup)
+    seq = training_sequence(model, run.setup, _terms(model, run.setup, None, dict(CALIBRATED_DEFAULTS)))
+    recorded, recorded_peaks = _pools(doc["sizes"], doc["ops"], {i: s for i, s in doc["alloc_streams"]})
+    predicted, predicted_peaks = _pools(seq.sizes, seq.ops, seq.streams)
+    # (start_cuda's small segment, made before recording, is the one the recorded trace's first small request makes)
+    assert predicted[0] == recorded[0] and predicted[REDUCTION_STREAM] == recorded[RECORDED_REDUCTION_STREAM]
+    for ours, theirs in ((0, 0), (REDUCTION_STREAM, RECORDED_REDUCTION_STREAM)):
+        assert abs(predicted_peaks[ours] / recorded_peaks[theirs] - 1) < 0.0005
+
+
+def test_offloaded_zero3_reduce_copies_each_gradient_back_in_module_order_inside_the_concatenation():
+    seq = Sequence()
+    plan = ZeroPlan(group_numels=(300,), largest_numel=200, bucket_numel=100, offload=True, stage=3,
+                    offload_params=True)  # fmt: skip
+    engine = _Offload(plan, [], seq)
+    engine._zero_reset()
+    for numel in (30, 50):  # one bucket: reduced at the backward's end
+        engine.zero_hook(seq.alloc(numel * 2))
+    engine.zero_backward_end()
+    side = [(op >= 0, seq.sizes[op if op >= 0 else ~op]) for op in seq.ops if (op if op >= 0 else ~op) in seq.streams]
+    # the cat (80 bf16), then the later hook's gradient first in module order: its copy, fp64 norm, fp32 cast
+    assert side == [(True, 512), (True, 512), (True, 512), (False, 512), (True, 512), (False, 512), (False, 512),
+                    (True, 512), (True, 512), (False, 512), (True, 512), (False, 512), (False, 512), (False, 512)]
+    assert not _live(seq)

@@ -186,7 +186,7 @@ def estimate(
         assumptions = (*assumptions, SIMULATED_ASSUMPTION)
     setup_notes = estimate_assumptions(model, setup, gpu)
     if raw.reserved_rule == RESERVED_BY_SIMULATION and setup.parallel in ("zero2", "zero3"):
-        setup_notes = zero_simulated_assumptions(setup_notes, setup.parallel)
+        setup_notes = zero_simulated_assumptions(setup_notes, setup)
     shown = calibrated or raw
     verdict = _verdict(gpu, shown.device_peak_bytes, headroom) if gpu else None
     profile = stack_profile(setup)

@@ -35,6 +35,8 @@ class LoadSteps:
         embed, lm_head = t.weights.get("weights.embeddings", 0), t.weights.get("weights.lm_head", 0)
         if s.method == "qlora" or self.profile.loads_checkpoint:
             self._load_checkpoint(layers, embed, lm_head, final_norm, residual)
+        elif self.zero is not None and self.zero.offload_params:  # (the terms hold no weights: all on the host)
+            self.zero3_offloaded_load(layers, final_norm)
         else:
             # each parameter's tensor with whether the Trainer gives it no weight decay (a bias or a norm weight),
             # in module order (a DeepSpeed engine frees them into its flat buffers: zero_steps.py)

@@ -94,6 +94,7 @@ from .tensors import (
     spread,
 )
 from .unsloth_gemma3_layer import carried_out, unsloth_gemma3_pattern, unsloth_gemma3_sizes
+from .zero3_offload import Zero3OffloadSteps
 from .zero3_steps import Zero3Steps
 from .zero_steps import ZeroSteps, zero_engine_applies, zero_plan
 
@@ -164,7 +165,9 @@ def _training_sequence(
     return seq, b
 
 
-class _Builder(LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, LayerPatterns, ZeroSteps, Zero3Steps):
+class _Builder(
+    LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, LayerPatterns, ZeroSteps, Zero3Steps, Zero3OffloadSteps
+):
     def __init__(
         self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False, repeat_layers: bool = True
     ):

@@ -18,6 +18,7 @@ from .caching import allocation_size, round_size
 from .replay import ReplayResult, replay
 from .sequence import training_sequence
 from .stack_steps import ddp_bucket_sizes
+from .zero3_offload import gather_stream_sequence
 from .zero_steps import zero_sequence_applies
 
 RESERVED_BY_SIMULATION = "simulated"
@@ -38,8 +39,7 @@ RESERVED_RULES = (AUTO, "rules", RESERVED_BY_SIMULATION)
 def simulation_covers(setup: TrainingSetup, model: ModelSpec | None = None) -> bool:
     """One GPU without a DeepSpeed engine, or DDP (each GPU runs the one-GPU sequence plus its construction's
     broadcast and its Reducer's buckets, stack_steps.py ddp_buckets), or ZeRO-2 / ZeRO-3 on one GPU where zero_steps.py
-    / zero3_steps.py model the engine (`model` given): the sequence has no FSDP gathers and no offloaded ZeRO-3
-    parameters."""
+    / zero3_steps.py / zero3_offload.py model the engine (`model` given): the sequence has no FSDP gathers."""
     if setup.parallel in ("zero2", "zero3"):
         return model is not None and zero_sequence_applies(model, setup)
     return setup.parallel == "ddp" or setup.num_gpus == 1
@@ -62,7 +62,8 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup, model: ModelSp
         raise VramplanError(
             f"--reserved-rule simulated with --parallel {setup.parallel}: the simulated sequence has DeepSpeed's engine "
             "on one GPU only, for full fine-tuning with checkpointing of a Llama-family, Qwen2 or Qwen3 model, fused "
-            "AdamW, bf16, one micro-step: ZeRO-2 with no offload or --offload optimizer, ZeRO-3 with no offload; "
+            "AdamW, bf16, one micro-step: ZeRO-2 with no offload or --offload optimizer, ZeRO-3 with no offload or "
+            "--offload all; "
             "accepted: such a setup, no --parallel, or --reserved-rule rules"
         )
     if reserved_rule == RESERVED_BY_SIMULATION and setup.num_gpus > 1 and setup.parallel != "ddp":
@@ -90,10 +91,29 @@ def simulate(model: ModelSpec, setup: TrainingSetup, terms, total_memory_bytes: 
             _CACHE.clear()
         seq = training_sequence(model, setup, terms)
         hit = replay(seq, expandable_segments=expandable, total_memory_bytes=total_memory_bytes)
+        if setup.parallel == "zero3" and setup.offload == "all":
+            hit = _with_gather_stream(hit, replay(gather_stream_sequence(model), total_memory_bytes=total_memory_bytes))
         if setup.parallel == "ddp":
             hit = _at_least_one_gpu_plus_buckets(model, setup, terms, total_memory_bytes, hit)
         _CACHE[key] = hit
     return hit
+
+
+def _with_gather_stream(main: ReplayResult, gathers: ReplayResult) -> ReplayResult:
+    """ZeRO-3 with offloaded parameters: the all-gather stream's pool (zero3_offload.gather_stream_sequence) beside
+    the rest. The allocator gives a stream only blocks of its own (get_free_block), and after the engine's init no
+    segment is released, so the peaks add. Its parameters are in the closed-form allocated peak; here they count at
+    the reserved peak (the run's end, every pool at its most) as the stream then holds them: its allocated bytes at
+    its own peak."""
+    return _replace(
+        main,
+        peak_reserved_bytes=main.peak_reserved_bytes + gathers.peak_reserved_bytes,
+        allocated_at_peak_bytes=main.allocated_at_peak_bytes + gathers.allocated_at_peak_bytes,
+        free_in_segments_at_peak_bytes=main.free_in_segments_at_peak_bytes + gathers.free_in_segments_at_peak_bytes,
+        largest_free_block_at_peak_bytes=max(main.largest_free_block_at_peak_bytes,
+                                             gathers.largest_free_block_at_peak_bytes),
+        num_segments=main.num_segments + gathers.num_segments,
+    )  # fmt: skip
 
 
 def _at_least_one_gpu_plus_buckets(model, setup: TrainingSetup, terms, total_memory_bytes: int, ddp: ReplayResult):

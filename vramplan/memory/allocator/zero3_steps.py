@@ -73,8 +73,11 @@ class Zero3Steps:
         return out
 
     def zero3_init(self) -> None:
-        """The engine's init after the Trainer's free_memory() (module docstring)."""
+        """The engine's init after the Trainer's free_memory() (module docstring; offloaded parameters:
+        zero3_offload.py)."""
         seq, z = self.seq, self.zero
+        if z.offload_params:
+            return self.zero3_offload_init()
         subs = self._zero3_sub_groups()
         total = sum(subs)
         sizes = [seq.sizes[i] for i, _ in self.loaded_params]
@@ -100,14 +103,20 @@ class Zero3Steps:
         self._zero_reset()
 
     def zero3_concat(self) -> None:
-        """A reduce of a bucket holding several gradients: their concatenation on the reduction stream, freed."""
-        if self.zero_count > 1:
-            seq = self.seq
-            seq.free(seq.alloc_on(block_bytes(self.zero_elements * BF16), REDUCTION_STREAM))
+        """A reduce of a bucket holding several gradients: their concatenation on the reduction stream, freed after
+        partition_grads (which allocates nothing without offload; with it: zero3_offload.py)."""
+        seq = self.seq
+        cat = seq.alloc_on(block_bytes(self.zero_elements * BF16), REDUCTION_STREAM) if self.zero_count > 1 else None
+        if self.zero.offload:
+            self.zero3_offload_copies()
+        if cat is not None:
+            seq.free(cat)
 
     def zero3_step(self, first: bool) -> None:
-        """The gradient norm and the sub-groups' steps (module docstring)."""
+        """The gradient norm and the sub-groups' steps (module docstring); with offload both run on the host."""
         seq = self.seq
+        if self.zero.offload:
+            return self._zero_reset()
         self.zero_norm_copies()  # sub-group by sub-group, in parameter order
         for n in self.zero3_subs:
             flat = seq.alloc(block_bytes(n * BF16))

@@ -43,6 +43,7 @@ from .ckpt_backward_layer import ckpt_backward_applies, ckpt_backward_patterns
 from .optimizer_steps import no_decay
 from .rules import block_bytes
 from .tensors import grouped_by_layer
+from .zero3_fetch import decoder_modules
 
 BF16, FP32, FP64 = 2, 4, 8
 #: DeepSpeed's side stream (overlap_comm's reduction_stream) in Sequence.streams
@@ -66,8 +67,9 @@ def zero2_applies(setup: TrainingSetup) -> bool:
 
 
 def zero3_applies(setup: TrainingSetup) -> bool:
-    """ZeRO-3 without offload on a measured engine setup (zero3_steps.py)."""
-    return setup.parallel == "zero3" and setup.offload == "none" and _measured_engine_setup(setup)
+    """ZeRO-3 without offload or with everything offloaded (parameters and optimizer) on a measured engine setup
+    (zero3_steps.py, zero3_offload.py)."""
+    return setup.parallel == "zero3" and setup.offload in ("none", "all") and _measured_engine_setup(setup)
 
 
 def zero_engine_applies(setup: TrainingSetup) -> bool:
@@ -75,10 +77,21 @@ def zero_engine_applies(setup: TrainingSetup) -> bool:
     return zero2_applies(setup) or zero3_applies(setup)
 
 
+def gather_stream_covers(model: ModelSpec) -> bool:
+    """Whether zero3_fetch.decoder_modules describes the model's hooked modules (a plain Llama / Qwen2 / Qwen3 decoder:
+    what ZeRO-3's offloaded parameters' all-gather stream needs)."""
+    try:
+        decoder_modules(model)
+    except NotImplementedError:
+        return False
+    return True
+
+
 def zero_sequence_applies(model: ModelSpec, setup: TrainingSetup) -> bool:
-    """Whether the sequence models the setup's DeepSpeed engine: zero_engine_applies, and the layers run the recorded
-    backward patterns as they would without the engine (ckpt_backward_layer.py)."""
-    if not zero_engine_applies(setup):
+    """Whether the sequence models the setup's DeepSpeed engine: zero_engine_applies, the layers run the recorded
+    backward patterns as they would without the engine (ckpt_backward_layer.py), and with offloaded ZeRO-3 parameters
+    gather_stream_covers."""
+    if not zero_engine_applies(setup) or (setup.offload == "all" and not gather_stream_covers(model)):
         return False
     plain = setup.model_copy(update={"parallel": None})
     if not ckpt_backward_applies(model, plain, stack_profile(plain)):
@@ -90,24 +103,26 @@ def zero_sequence_applies(model: ModelSpec, setup: TrainingSetup) -> bool:
 @dataclass(frozen=True)
 class ZeroPlan:
     """The engine's sizes: each param group's elements (decay, then none; with offload one group; the flat buffers
-    and partitions), the largest parameter's, the IPG bucket's, whether the optimizer is offloaded, and the ZeRO
-    stage (3: zero3_steps.py)."""
+    and partitions), the largest parameter's, the IPG bucket's, whether the optimizer is offloaded, the ZeRO
+    stage (3: zero3_steps.py) and whether ZeRO-3's parameters are offloaded too (zero3_offload.py)."""
 
     group_numels: tuple[int, ...]
     largest_numel: int
     bucket_numel: int
     offload: bool
     stage: int = 2
+    offload_params: bool = False
 
 
 def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
     groups = trainable_groups(model, setup)
     undecayed = sum(g.params for g in groups if no_decay(g))
     total = sum(g.params for g in groups)
-    offload = setup.offload == "optimizer"
+    offload = setup.offload in ("optimizer", "all")
     return ZeroPlan(
         group_numels=(total,) if offload else (total - undecayed, undecayed), largest_numel=max(g.numel for g in groups),
         bucket_numel=reduce_bucket_elements(model), offload=offload, stage=3 if setup.parallel == "zero3" else 2,
+        offload_params=setup.offload == "all",
     )  # fmt: skip
 
 
@@ -141,6 +156,7 @@ class ZeroSteps:
         self.zero_ipg: list[int] = []
         self.zero_pending: int | None = None
         self.zero_elements = self.zero_count = 0
+        self.zero_numels: list[int] = []  # the bucket's gradients' elements, in the order their hooks ran
         self.zero_partition: int | None = None
 
     def zero_hook(self, grad: int) -> None:
@@ -159,11 +175,13 @@ class ZeroSteps:
             seq.free(grad)
         self.zero_elements += numel
         self.zero_count += 1
+        self.zero_numels.append(numel)
 
     def _zero_copy_out(self, grad: int) -> None:
-        """With offload, the copy to the host's fp32 partition: the fp64 norm copy and the fp32 cast on the reduction
-        stream, each freed at once (made when the gradient is reduced; modelled at its hook)."""
-        if self.zero.offload:
+        """ZeRO-2 with offload, the copy to the host's fp32 partition: the fp64 norm copy and the fp32 cast on the
+        reduction stream, each freed at once (made when the gradient is reduced; modelled at its hook). ZeRO-3 makes
+        its copies when the bucket is reduced (zero3_offload.py Zero3OffloadSteps.zero3_offload_copies)."""
+        if self.zero.offload and self.zero.stage == 2:
             seq, nbytes = self.seq, self.seq.sizes[grad]
             seq.free(seq.alloc_on(nbytes // BF16 * FP64, REDUCTION_STREAM))
             seq.free(seq.alloc_on(nbytes // BF16 * FP32, REDUCTION_STREAM))
@@ -181,6 +199,7 @@ class ZeroSteps:
             seq.free(self.zero_pending)
             self.zero_pending = None
         self.zero_elements = self.zero_count = 0
+        self.zero_numels = []
 
     def zero_norm_copies(self) -> None:
         """get_grad_norm_direct (ZeRO-2 and ZeRO-3 alike): an fp64 copy of each gradient in turn

@@ -1,0 +1,530 @@
+"""DeepSpeed ZeRO-3 parameter fetch / release order at world size 1 with ``offload_param`` (CPU), no torch.
+
+What the all-gather side stream allocates during Hugging Face Trainer steps 0, 1, 2 of a decoder trained with
+non-reentrant gradient checkpointing (``gradient_checkpointing_use_reentrant = false`` in the run records), read
+from DeepSpeed 0.19.8 (``runtime/zero/``; ``ppc`` = partitioned_param_coordinator.py, ``po`` =
+parameter_offload.py, ``pp`` = partition_parameters.py, ``s3`` = stage3.py). ``coordinator_events`` re-runs the
+coordinator's own state machine (trace modes, prefetch queue, reuse distance, inflight registry, active
+sub-modules) over the hook calls the model's forward / backward makes, so every rule below is the code's:
+
+* A fetch at world size 1 is ``NoGatherHandle`` / ``NoGatherCoalescedHandle`` (pp:61-120, chosen at pp:903-914
+  and pp:1559): ``param.ds_tensor.data.to(cuda)``, one allocation of the parameter's bf16 bytes per parameter,
+  in ds_id order within one gather (pp:910), made inside ``with stream(allgather_stream)`` (ppc:606): the
+  all-gather stream. Every parameter's partition is on the CPU (zero.Init at load made them before persistence
+  was marked, po:189, pp:1826-1836), so persistent (``ds_numel <= param_persistence_threshold``, po:317-335)
+  parameters are copied too.
+* A release is ``free_param`` (pp:314-330): ``record_stream(current)`` then drop ``param.data``; the block goes
+  back only when nothing else references its storage. Under non-reentrant checkpointing the recomputation saves
+  ``x.detach()`` of each saved tensor (torch/utils/checkpoint.py ``_recomputation_hook.pack_hook``), so a weight
+  saved by a recomputed linear / RMSNorm keeps its block alive until that module's backward node ran, even after
+  the coordinator released the parameter and fetched it again (a second block). Outside checkpointed blocks a
+  saved leaf parameter is the Parameter itself (no extra reference). The history places such a free at
+  ``free_completed``: after the compute stream passed the release point (record_stream), i.e. later than the
+  release, by GPU timing.
+* Trace modes (ppc:53-60, reset_step ppc:250-290, called by the root module's forward pre-hook po:303-308):
+  step 0 runs in RECORD (INVALID -> RECORD): every fetch gathers only the module's own parameters, every
+  release frees all of them, persistent ones included (ppc:498-499). Step 1's reset turns the recorded module
+  order into the parameter trace (ppc:244-248) and runs COMPLETE from then on: prefetch and reuse distance.
+* fetch_sub_module (ppc:306-490): gather the module's NOT_AVAILABLE params; wait; in COMPLETE pop them off the
+  queue (ppc:418-435); then prefetch: pop queue entries while the numel *being gathered* is below
+  ``min(max_live - n_available, prefetch_bucket)`` (ppc:452-476): entries whose parameter is already
+  available or in flight are popped for free, and every popped entry pushes that parameter's
+  ``most_recent_step_id_param_fetched_for`` to its future use (ppc:470-472).
+* release_sub_module (ppc:492-533) in COMPLETE frees ``__params_to_release`` (ppc:632-664, lru-cached per
+  (module, step id) for the whole run): the module's non-persistent params, minus those whose queue entry for a
+  later use was popped already, minus those used again within ``max_reuse_distance`` numel of trace
+  (``__submodule_order[step_id:]``, every module's params counted each time it appears). A param is only
+  partitioned when AVAILABLE and no other sub-module holds it (ppc:622-630).
+* Hooks (po:337-528): pre-forward fetch / post-forward release on every module; pre-backward fetch when grad
+  reaches a module's output, post-backward release when grads of all its grad-requiring inputs are done (never
+  for modules fed input_ids: root, model, embed_tokens). Non-reentrant recomputation re-runs a decoder layer's
+  forward hooks at its first saved-tensor unpack (down_proj's backward) and stops early (checkpoint.py
+  ``early_stop``, default True) inside the last saving op: down_proj's, mlp's and the layer's post-forward hooks
+  do not run in it.
+* Step end: ``backward_epilogue`` releases modules whose post-backward never fired (s3:3068, ppc:552-566:
+  embed_tokens), the optimizer step releases everything (s3:2878, po:238-245, ppc:535-550: persistent params
+  too) and ``_post_step`` re-gathers the persistent params on the compute stream (s3:2834-2841), so from step 1
+  on they are never fetched on the all-gather stream. The next forward's reset_step releases what is still in
+  flight (ppc:189-193, ppc:256).
+
+Defaults: stage3_max_live_parameters = stage3_max_reuse_distance = 1e9 (zero/config.py:245-255); HF fills
+prefetch_bucket_size = 0.9 h^2 and param_persistence_threshold = 10 h.
+
+Not modelled: set-iteration order of frees within one module (here: ds_id order), nvme, quantized weights,
+z3 leaf modules, world size > 1 (a real all-gather: other buffer sizes and a flat buffer).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, defaultdict, deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+BF16_BYTES = 2
+MAX_LIVE_PARAMETERS = 10**9  # zero/config.py:245 stage3_max_live_parameters default
+MAX_REUSE_DISTANCE = 10**9  # zero/config.py:251 stage3_max_reuse_distance default
+
+ALLGATHER, DEFAULT = 1, 0  # the all-gather side stream / the compute stream
+
+
+# ---------------------------------------------------------------------------------------------- model description
+@dataclass(frozen=True)
+class Z3Module:
+    """One nn.Module that carries ZeRO-3 hooks. ``params``: its direct parameters as (name, numel), a tied weight
+    under the name of the module that owns it; ``children``: the modules its forward calls, in call order;
+    ``grad_out``: its output requires grad (pre-backward hook fires); ``grad_in``: some input requires grad
+    (post-backward hook fires); ``saves_weight``: its forward saves its weight for backward (linear, RMSNorm);
+    ``checkpoint``: its forward runs under non-reentrant torch.utils.checkpoint."""
+
+    name: str
+    params: tuple[tuple[str, int], ...] = ()
+    children: tuple[str, ...] = ()
+    grad_out: bool = True
+    grad_in: bool = True
+    saves_weight: bool = False
+    checkpoint: bool = False
+
+
+@dataclass
+class Z3Model:
+    """Modules in registration order (po:337-356 assigns ds_id depth first), the root first; parameters in
+    creation order (their ds_id), a tied one once."""
+
+    modules: dict[str, Z3Module]
+    param_numel: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.param_numel:
+            for m in self.modules.values():
+                for name, numel in m.params:
+                    self.param_numel.setdefault(name, numel)
+
+    @property
+    def root(self) -> str:
+        return next(iter(self.modules))
+
+
+def decoder_modules(spec) -> Z3Model:
+    """The hooked modules of a Llama / Qwen2 / Qwen3-style *ForCausalLM (transformers 5 modeling_llama.py etc.):
+    root, model, embed_tokens, rotary_emb, layers.i.{input_layernorm, self_attn.{q,k,v,o}_proj (+ q_norm /
+    k_norm), post_attention_layernorm, mlp.{gate,up,down}_proj, mlp.act_fn}, norm, lm_head (tied: embed's
+    weight). ``spec``: a vramplan ModelSpec."""
+    if spec.moe or spec.fused_qkv or spec.fused_gate_up or spec.post_norm or spec.norms_per_layer != 2 or spec.mla:
+        raise NotImplementedError(f"{spec.name}: not a plain Llama/Qwen2/Qwen3 decoder")
+    h, hd, i = spec.hidden_size, spec.head_dim, spec.intermediate_size
+    q_out, kv_out = spec.num_heads * hd, spec.num_kv_heads * hd
+    mods: dict[str, Z3Module] = {}
+
+    def add(name, params=(), **kw):
+        mods[name] = Z3Module(name, tuple(params), **kw)
+
+    def linear(name, n_in, n_out, bias):
+        ps = [(f"{name}.weight", n_in * n_out)] + ([(f"{name}.bias", n_out)] if bias else [])
+        add(name, ps, saves_weight=True)
+
+    embed = "model.embed_tokens"
+    layers = [f"model.layers.{k}" for k in range(spec.num_layers)]
+    add("root", children=("model", "lm_head"), grad_in=False)  # input_ids, labels: no grad
+    add("model", children=(embed, "model.rotary_emb", *layers, "model.norm"), grad_in=False)
+    add(embed, [(f"{embed}.weight", spec.vocab_size * h)], grad_in=False)
+    # mods are registered in __init__ order (ds_id): the model's children first, lm_head last
+    qk_norm = bool(spec.qk_norm)
+    for L in layers:
+        a, m = f"{L}.self_attn", f"{L}.mlp"
+        attn_calls = [f"{a}.q_proj"] + ([f"{a}.q_norm"] if qk_norm else []) + [f"{a}.k_proj"] + (
+            [f"{a}.k_norm"] if qk_norm else []) + [f"{a}.v_proj", f"{a}.o_proj"]
+        add(L, children=(f"{L}.input_layernorm", a, f"{L}.post_attention_layernorm", m), checkpoint=True)
+        add(a, children=tuple(attn_calls))
+        linear(f"{a}.q_proj", h, q_out, spec.attention_bias)
+        linear(f"{a}.k_proj", h, kv_out, spec.attention_bias)
+        linear(f"{a}.v_proj", h, kv_out, spec.attention_bias)
+        linear(f"{a}.o_proj", q_out, h, spec.attention_out_bias)
+        if qk_norm:
+            add(f"{a}.q_norm", [(f"{a}.q_norm.weight", hd)], saves_weight=True)
+            add(f"{a}.k_norm", [(f"{a}.k_norm.weight", hd)], saves_weight=True)
+        add(m, children=(f"{m}.gate_proj", f"{m}.act_fn", f"{m}.up_proj", f"{m}.down_proj"))
+        linear(f"{m}.gate_proj", h, i, spec.mlp_bias)
+        linear(f"{m}.up_proj", h, i, spec.mlp_bias)
+        linear(f"{m}.down_proj", i, h, spec.mlp_bias)
+        add(f"{m}.act_fn")
+        add(f"{L}.input_layernorm", [(f"{L}.input_layernorm.weight", h)], saves_weight=True)
+        add(f"{L}.post_attention_layernorm", [(f"{L}.post_attention_layernorm.weight", h)], saves_weight=True)
+    add("model.norm", [("model.norm.weight", h)], saves_weight=True)
+    add("model.rotary_emb", grad_out=False, grad_in=False)  # @torch.no_grad forward: cos / sin need no grad
+    head = [(f"{embed}.weight", spec.vocab_size * h)] if spec.tie_word_embeddings else [
+        ("lm_head.weight", spec.vocab_size * h)]
+    add("lm_head", head, saves_weight=True)
+    return Z3Model(mods)
+
+
+# ---------------------------------------------------------------------------------------------- hook schedule
+def step_hooks(model: Z3Model) -> list[tuple]:
+    """The hook calls of one training step, in order: ("reset",), ("pre_fwd"|"post_fwd"|"pre_bwd"|"post_bwd",
+    module, recompute), ("hold"|"unhold", module) for a checkpointed module's saved weight, ("leftovers",),
+    ("optimizer",). Backward runs in reverse call order (autograd's ready queue takes the highest sequence number,
+    i.e. the most recently created node, first)."""
+    mods = model.modules
+    out: list[tuple] = [("reset",)]
+
+    def saving(name):  # modules whose forward saves a tensor, in call order, under `name`
+        m = mods[name]
+        return ([name] if m.saves_weight else []) + [s for c in m.children for s in saving(c)]
+
+    def forward(name, recompute=False, stop=None, held=False):
+        """returns True when the recomputation stopped early inside `stop`"""
+        m = mods[name]
+        out.append(("pre_fwd", name, recompute))
+        if held and m.saves_weight:
+            out.append(("hold", name))
+        if name == stop:
+            return True  # checkpoint early stop inside the last saving op: no post-forward hooks above it
+        for c in m.children:
+            if forward(c, recompute, stop, held):
+                return True
+        out.append(("post_fwd", name, recompute))
+        return False
+
+    def backward(name, ckpt=None):
+        m = mods[name]
+        if not m.grad_out:
+            return
+        out.append(("pre_bwd", name, False))
+        if m.checkpoint:
+            ckpt = {"root": name, "last": saving(name)[-1], "done": False}
+        for c in reversed(m.children):
+            backward(c, ckpt)
+        if ckpt is not None and m.saves_weight:
+            if not ckpt["done"]:  # first unpack in the block: recompute its forward (early stop at `last`)
+                ckpt["done"] = True
+                forward(ckpt["root"], recompute=True, stop=ckpt["last"], held=True)
+            out.append(("unhold", name))
+        if m.grad_in:
+            out.append(("post_bwd", name, False))
+
+    forward(model.root)
+    backward(model.root)
+    out += [("leftovers",), ("optimizer",)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- coordinator
+class Event(NamedTuple):
+    """("fetch", param, nbytes, block, stream) or ("release", param, nbytes, block, stream): a block allocated
+    for a parameter's gathered data / that block's last reference dropped (free requested; with record_stream the
+    allocator returns it to the stream's pool when the compute stream passed this point). ``where``: the hook."""
+
+    kind: str
+    param: str
+    nbytes: int
+    block: int
+    stream: int
+    where: str = ""
+
+
+NA, INFLIGHT, AVAIL = 0, 1, 2
+RECORD, COMPLETE, INVALID = 1, 2, 3
+
+
+class _Coordinator:
+    """PartitionedParameterCoordinator (ppc:73) at world size 1, with the parameter states it drives."""
+
+    def __init__(self, model: Z3Model, prefetch_bucket: int, persistence_threshold: int,
+                 max_live: int = MAX_LIVE_PARAMETERS, max_reuse: int = MAX_REUSE_DISTANCE):
+        self.model, self.bucket, self.max_live, self.max_reuse = model, prefetch_bucket, max_live, max_reuse
+        self.numel = model.param_numel
+        self.ds_id = {p: k for k, p in enumerate(self.numel)}
+        self.persist = {p for p, n in self.numel.items() if n <= persistence_threshold}  # po:317-335
+        self.mparams = {name: sorted({p for p, _ in m.params}, key=self.ds_id.get)
+                        for name, m in model.modules.items()}
+        self.status = dict.fromkeys(self.numel, NA)
+        self.active = {p: set() for p in self.numel}
+        self.data: dict[str, int | None] = dict.fromkeys(self.numel)  # the block param.data is
+        self.refs: dict[int, int] = {}  # block -> references (param.data, recompute saved tensors)
+        self.block_param: dict[int, str] = {}
+        self.held: dict[str, list[int]] = defaultdict(list)  # module -> blocks its recomputation saved
+        self.registry: OrderedDict[str, int] = OrderedDict()  # inflight param -> handle
+        self.handles: dict[int, list[str]] = {}
+        self.mode = INVALID  # ppc:108
+        self.step_id = 0
+        self.submodule_order: list[str] = []
+        self.param_order: list[tuple[str, int]] = []
+        self.fetched_for: dict[str, deque] = defaultdict(deque)
+        self.most_recent: dict[str, int] = defaultdict(lambda: int(-1e10))
+        self.queue: deque | None = None
+        self.n_available = 0
+        self.release_cache: dict[tuple[str, int], set] = {}  # lru_cache on __params_to_release (ppc:633)
+        self.active_bwd: OrderedDict[str, None] = OrderedDict()
+        self.events: list[Event] = []
+        self.where = ""
+        self.invalidations = 0
+        self._next_block = 0
+
+    # -- memory
+    def _alloc(self, p: str, stream: int = ALLGATHER) -> None:
+        b = self._next_block
+        self._next_block += 1
+        self.data[p], self.refs[b], self.block_param[b] = b, 1, p
+        self.events.append(Event("fetch", p, self.numel[p] * BF16_BYTES, b, stream, self.where))
+
+    def _unref(self, b: int) -> None:
+        self.refs[b] -= 1
+        if self.refs[b] == 0:
+            p = self.block_param[b]
+            self.events.append(Event("release", p, self.numel[p] * BF16_BYTES, b, -1, self.where))
+
+    def hold(self, module: str) -> None:
+        for p in self.mparams[module]:  # weight and bias: the Qwen2 histories free q/k/v biases at the backward too
+            b = self.data[p]
+            if b is not None:
+                self.refs[b] += 1
+                self.held[module].append(b)
+
+    def unhold(self, module: str) -> None:
+        for b in self.held.pop(module, []):
+            self._unref(b)
+
+    # -- ppc
+    def _gather(self, params) -> None:  # __all_gather_params_ ppc:582-613, handle pp:903-914
+        part = sorted((p for p in params if self.status[p] == NA), key=self.ds_id.get)
+        if not part:
+            return
+        self.n_available += sum(self.numel[p] for p in part)
+        h = len(self.handles)
+        self.handles[h] = part
+        for p in part:
+            self.status[p] = INFLIGHT
+            self._alloc(p)
+            self.registry[p] = h
+
+    def _wait(self, p: str) -> None:
+        h = self.registry.pop(p)
+        for q in self.handles[h]:
+            if self.status[q] == INFLIGHT:
+                self.status[q] = AVAIL
+
+    def _release_param(self, p: str) -> None:  # ppc:622-630, free_param pp:314
+        if self.status[p] == AVAIL and not self.active[p]:
+            self.status[p] = NA
+            b, self.data[p] = self.data[p], None
+            self.n_available -= self.numel[p]
+            self._unref(b)
+
+    def reset_step(self) -> None:  # ppc:250-290
+        self._clean_inflight()
+        if self.mode != COMPLETE:
+            if self.mode == RECORD:
+                self.param_order = []
+                for m in self.submodule_order:  # construct_parameter_trace_from_module_trace ppc:244
+                    s = self.fetched_for[m].popleft()
+                    self.param_order += [(p, s) for p in self.mparams[m]]
+                self.mode = COMPLETE
+            else:
+                self.mode = RECORD
+        self.queue = deque(self.param_order)
+        self.most_recent = defaultdict(lambda: int(-1e10))
+        self.fetched_for = defaultdict(deque)
+        self.step_id = 0
+        self.n_available = 0
+
+    def _clean_inflight(self) -> None:  # ppc:189-193
+        for p in list(self.registry):
+            if p in self.registry:
+                self._wait(p)
+            self._release_param(p)
+        self.registry.clear()
+
+    def _invalidate(self) -> None:  # ppc:195-200
+        self.invalidations += 1
+        self.mode = INVALID
+        self.submodule_order, self.param_order, self.queue = [], [], None
+        self.most_recent, self.fetched_for = defaultdict(lambda: int(-1e10)), defaultdict(deque)
+        self._clean_inflight()
+
+    def pre(self, module: str, forward: bool) -> None:  # po:531-543 / po:573-582
+        if self.mode == COMPLETE:  # trace_prologue ppc:202-219
+            if len(self.submodule_order) <= self.step_id or self.submodule_order[self.step_id] != module:
+                self._invalidate()
+        if self.mode == RECORD:  # record_module ppc:222-231
+            self.submodule_order.append(module)
+            self.fetched_for[module].append(self.step_id)
+        if not forward:
+            self.active_bwd[module] = None
+        self.fetch(module)
+
+    def fetch(self, module: str) -> None:  # _fetch_sub_module_impl ppc:350-490
+        params = self.mparams[module]
+        self._gather(params)
+        for p in params:
+            self.active[p].add(module)
+            if p in self.registry:
+                self._wait(p)
+            assert self.status[p] == AVAIL, (module, p)
+        if self.mode == COMPLETE:
+            todo = {p for p in params if self.most_recent[p] < self.step_id}
+            popped = set()
+            while self.queue and len(popped) < len(todo):
+                p, s = self.queue.popleft()
+                self.most_recent[p] = s
+                popped.add(p)
+            if popped != todo:
+                raise RuntimeError(f"tracing error at step {self.step_id}: {module}")
+            if self.bucket > 0:
+                limit = min(self.max_live - self.n_available, self.bucket)
+                pf, n = [], 0
+                while self.queue and n < limit:
+                    p, s = self.queue.popleft()
+                    do = self.status[p] == NA and p not in pf
+                    self.most_recent[p] = max(self.most_recent[p], s)
+                    if do:
+                        pf.append(p)
+                        n += self.numel[p]
+                if n > 0:
+                    self._gather(pf)
+        self.step_id += 1
+
+    def _params_to_release(self, module: str) -> set:  # ppc:632-664
+        key = (module, self.step_id)
+        if key not in self.release_cache:
+            params = self.mparams[module]
+            out = {p for p in params if p not in self.persist}
+            out -= {p for p in params if self.most_recent[p] > self.step_id}
+            traversed = 0
+            for m in self.submodule_order[self.step_id:]:
+                if traversed >= self.max_reuse:
+                    break
+                for p in self.mparams[m]:
+                    out.discard(p)
+                    traversed += self.numel[p]
+            self.release_cache[key] = out
+        return self.release_cache[key]
+
+    def release(self, module: str, forward: bool) -> None:  # ppc:492-533
+        params = self.mparams[module]
+        to_release = self._params_to_release(module) if self.mode == COMPLETE else set(params)
+        if not forward:
+            self.active_bwd.pop(module, None)
+        for p in params:
+            self.active[p].discard(module)
+            if p in to_release:
+                self._release_param(p)
+
+    def release_backward_leftovers(self) -> None:  # ppc:552-566
+        while self.active_bwd:
+            module, _ = self.active_bwd.popitem()
+            for p in self.mparams[module]:
+                self.active[p].discard(module)
+                if p not in self.persist:
+                    self._release_param(p)
+
+    def release_and_reset_all(self) -> None:  # ppc:535-550 via s3:2878 _partition_all_parameters
+        for p in self.numel:
+            if p in self.registry:
+                self._wait(p)
+            self.active[p].clear()
+            self._release_param(p)
+
+    def post_step(self) -> None:  # s3:2834-2841: persistent params all-gathered on the compute stream
+        for p in sorted(self.persist, key=self.ds_id.get):
+            if self.status[p] == NA:
+                self.status[p] = AVAIL
+                self.n_available += self.numel[p]
+                self._alloc(p, DEFAULT)
+
+
+def coordinator_events(model: Z3Model, *, prefetch_bucket: int, persistence_threshold: int, steps: int = 3,
+                       max_live: int = MAX_LIVE_PARAMETERS, max_reuse: int = MAX_REUSE_DISTANCE,
+                       ) -> tuple[list[list[Event]], _Coordinator]:
+    """Per training step, the ordered fetch / release events (Event) of a ZeRO-3 world-size-1 run, and the
+    coordinator after the last step (its ``mode``, ``invalidations``)."""
+    c = _Coordinator(model, prefetch_bucket, persistence_threshold, max_live, max_reuse)
+    hooks = step_hooks(model)
+    per_step = []
+    for _ in range(steps):
+        c.events = []
+        for h in hooks:
+            kind = h[0]
+            c.where = f"{kind}:{h[1]}{':recompute' if len(h) > 2 and h[2] else ''}" if len(h) > 1 else kind
+            if kind == "reset":
+                c.reset_step()
+            elif kind == "pre_fwd":
+                c.pre(h[1], forward=True)
+            elif kind == "post_fwd":
+                c.release(h[1], forward=True)
+            elif kind == "pre_bwd":
+                c.pre(h[1], forward=False)
+            elif kind == "post_bwd":
+                c.release(h[1], forward=False)
+            elif kind == "hold":
+                c.hold(h[1])
+            elif kind == "unhold":
+                c.unhold(h[1])
+            elif kind == "leftovers":
+                c.release_backward_leftovers()
+            elif kind == "optimizer":
+                c.release_and_reset_all()
+                c.post_step()
+        per_step.append(c.events)
+    return per_step, c
+
+
+def hf_zero3_events(spec, steps: int = 3) -> list[list[Event]]:
+    """coordinator_events for a ModelSpec with the HF Trainer's "auto" ZeRO-3 values (prefetch bucket 0.9 h^2,
+    persistence threshold 10 h) and DeepSpeed's defaults for max live parameters / reuse distance."""
+    h = spec.hidden_size
+    events, _ = coordinator_events(decoder_modules(spec), prefetch_bucket=int(0.9 * h * h),
+                                   persistence_threshold=10 * h, steps=steps)
+    return events
+
+
+# ---------------------------------------------------------------------------------------------- stream-1 replay
+def allgather_ops(events: list[Event], free_lag=0) -> list[tuple[str, int, int]]:
+    """The all-gather stream's ("A"|"F", block, nbytes) in order. ``free_lag``: an int, or a function of the
+    release Event giving one: a release completes only after that many later all-gather allocations (0: before
+    the next one). In the runs record_stream defers the free to the allocator's first malloc after the compute
+    stream passed the release: at once for all but the tied lm_head weight released after the lm_head backward
+    (HEAD_FREE_LAG)."""
+    lag_of = free_lag if callable(free_lag) else (lambda e: free_lag)
+    out: list[tuple[str, int, int]] = []
+    pending: list[list[int]] = []  # [allocations still to wait, block, nbytes]
+    on_allgather: set[int] = set()
+    for e in events:
+        if e.kind == "fetch":
+            if e.stream != ALLGATHER:
+                continue
+            on_allgather.add(e.block)
+            for x in pending:
+                x[0] -= 1
+            out += [("F", b, n) for k, b, n in pending if k < 0]
+            pending = [x for x in pending if x[0] >= 0]
+            out.append(("A", e.block, e.nbytes))
+        elif e.block in on_allgather:
+            lag = lag_of(e)
+            if lag <= 0:
+                out.append(("F", e.block, e.nbytes))
+            else:
+                pending.append([lag, e.block, e.nbytes])
+    out += [("F", b, n) for _, b, n in pending]
+    return out
+
+
+def head_free_lag(lag: int = 4):
+    """free_lag for allgather_ops: ``lag`` for the lm_head weight's release at lm_head's post-backward (the
+    compute stream is still busy with the vocab-sized matmuls when the CPU frees it), 0 for every other."""
+    return lambda e: lag if e.where == "post_bwd:lm_head" else 0
+
+
+def pool_peak(ops: list[tuple[str, int, int]], total_memory_bytes: int = 150 * 2**30) -> tuple[int, int]:
+    """(peak reserved, peak live bytes) of ``ops`` replayed alone through CachingAllocator on one stream."""
+    from .caching import CachingAllocator
+
+    a = CachingAllocator(total_memory_bytes=total_memory_bytes)
+    blocks, live, peak = {}, 0, 0
+    for kind, b, n in ops:
+        if kind == "A":
+            blocks[b] = a.malloc(n)
+            live += n
+            peak = max(peak, live)
+        else:
+            a.free(blocks.pop(b))
+            live -= n
+    return a.peak_reserved, peak

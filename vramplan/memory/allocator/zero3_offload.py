@@ -1,0 +1,110 @@
+"""DeepSpeed ZeRO-3 with parameters and optimizer offloaded to the CPU (``offload_param`` and ``offload_optimizer``,
+pinned) on one GPU: the compute and reduction streams of the predicted sequence (DeepSpeed 0.19.8, bf16, the config of
+vramplan/trainer/deepspeed_config.py). The all-gather stream's parameter copies are a sequence of their own
+(zero3_fetch.py): that stream's pool shares no block with the others (the allocator's get_free_block returns no block
+of another stream), so its reserved bytes add to theirs.
+
+Read from the recorded H200 histories docs/allocator_traces/deepspeed/h-l1-zero3-full-gc-offall-x1 (Llama-3.2-1B) and
+h2-q05-zero3-full-gc-offall-x1 (Qwen2.5-0.5B), each allocation on its stream, and DeepSpeed's source:
+
+* load: ``zero.Init`` (HF's from_pretrained under a ZeRO-3 config) makes each parameter on the GPU and partitions it
+  to host memory at once: each parameter made and freed, in module order; a tied lm_head's own weight as without
+  offload (LoadSteps.load);
+* engine init: two passes over the parameters in module order, each parameter made twice and both freed (both
+  histories; which calls make them was not read from the source), the first pass also at the tied lm_head, then
+  ``empty_cache`` (defragment, runtime/zero/utils.py:215-243) between them; the IPG bucket (reduce_bucket_size bf16,
+  stage3.py:780-784) made before the second and kept. No flat bf16 buffer, fp32 partition or gradient buffer on the
+  GPU: all three are host memory with offload (stage3.py:333, :791-793);
+* backward: the gradients' hooks as without offload (zero_steps.ZeroSteps.zero_hook); reducing a bucket
+  (__reduce_and_partition_ipg_grads, :1648) concatenates its gradients on the reduction stream when it holds more than
+  one (reduce_scatter_coalesced's ``torch.cat``), then partition_grads (:2006-2050) takes them in ds_id (module)
+  order, each: the host partition copied back to the GPU (``grad_buffer.to(device)``, bf16), its norm through fp64
+  copies of at most 250M elements (``_constant_buffered_norm2``, :1958-1964), its fp32 cast for the host's fp32
+  gradient (``_offload_grad_partition_at_boundary``, :1443-1457), each freed before the next gradient's; the
+  concatenation freed after the last;
+* step: DeepSpeed's CPU Adam on the host; nothing on the GPU.
+
+A mixin of sequence._Builder (it uses seq, zero, m and ZeroSteps' hook state).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ...models.params import param_counts
+from ...specs import ModelSpec
+from ..deepspeed import NORM_CHUNK_ELEMENTS
+from .ops import Sequence
+from .rules import block_bytes
+from .zero3_fetch import allgather_ops, head_free_lag, hf_zero3_events
+from .zero_steps import BF16, FP32, FP64, REDUCTION_STREAM
+
+
+def _twice(seq, sizes: list[int]) -> None:
+    """Each parameter made twice, the second freed first, then the first."""
+    for n in sizes:
+        if n:
+            a, b = seq.alloc(n), seq.alloc(n)
+            seq.free(b, a)
+
+
+class Zero3OffloadSteps:
+    def zero3_offloaded_load(self, layers, final_norm: int) -> None:
+        """zero.Init at load: each parameter made and partitioned to the host (module docstring). `layers`: the
+        builder's layer_weight_tensors; the embedding and an untied lm_head from the model's counts (bf16)."""
+        seq, t = self.seq, self.t
+        counts = param_counts(self.m)
+        embed, lm_head = block_bytes(counts["embed_tokens"] * BF16), block_bytes(counts["lm_head"] * BF16)
+        sizes = [embed, *[x for layer in layers for _, pieces, _ in layer for x in pieces], final_norm]
+        if lm_head:
+            sizes.append(lm_head)
+        for n in sizes:
+            if n:
+                seq.free(seq.alloc(n))
+        if not lm_head and t.tied_load:
+            seq.free(seq.alloc(t.tied_load))
+        self.offloaded_sizes = [n for n in sizes if n]
+        self.offloaded_tied = not lm_head and bool(t.tied_load)
+
+    def zero3_offload_init(self) -> None:
+        """The engine's init (module docstring)."""
+        seq, z = self.seq, self.zero
+        sizes = self.offloaded_sizes
+        _twice(seq, sizes + ([sizes[0]] if self.offloaded_tied else []))
+        seq.empty_cache()
+        seq.alloc(block_bytes(z.bucket_numel * BF16))  # the IPG bucket, kept
+        _twice(seq, sizes)
+        self._zero_reset()
+
+    def zero3_offload_copies(self) -> None:
+        """partition_grads of the bucket being reduced (module docstring): per gradient, in module order (the hooks ran
+        in reverse), its GPU copy, fp64 norm chunks and fp32 cast on the reduction stream."""
+        seq = self.seq
+        for numel in reversed(self.zero_numels):
+            copy = seq.alloc_on(block_bytes(numel * BF16), REDUCTION_STREAM)
+            for start in range(0, numel, NORM_CHUNK_ELEMENTS):
+                chunk = min(NORM_CHUNK_ELEMENTS, numel - start)
+                seq.free(seq.alloc_on(block_bytes(chunk * FP64), REDUCTION_STREAM))
+            seq.free(seq.alloc_on(block_bytes(numel * FP32), REDUCTION_STREAM))
+            seq.free(copy)
+
+
+#: the lm_head weight's free after lm_head's backward completes this many all-gather allocations late (record_stream:
+#: the compute stream is still in the vocabulary-sized matmuls): 1 in step 0 and 4 in steps 1 and 2 of the Llama-3.2-1B
+#: history (zero3_fetch.allgather_ops; 0 everywhere gives its pool 20 MiB under the recorded 2450 MiB)
+HEAD_FREE_LAGS = (1, 4, 4)
+
+
+@lru_cache(maxsize=32)
+def gather_stream_sequence(model: ModelSpec) -> Sequence:
+    """The all-gather stream's parameter copies and frees over steps 0, 1 and 2 (zero3_fetch.py), as a Sequence of
+    its own: the same for every batch, sequence length and GPU, so kept per model (the coordinator's state machine
+    takes 50-170 ms)."""
+    seq, blocks = Sequence(), {}
+    for step, events in enumerate(hf_zero3_events(model)):
+        for kind, block, nbytes in allgather_ops(events, head_free_lag(HEAD_FREE_LAGS[min(step, 2)])):
+            if kind == "A":
+                blocks[block] = seq.alloc(nbytes)
+            else:
+                seq.free(blocks.pop(block))
+    return seq
