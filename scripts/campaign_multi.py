@@ -190,6 +190,23 @@ def zero3_offload_history_grid(num_gpus: int = 1) -> list[RunSpec]:
     ]
 
 
+def zero3_offload_grid(num_gpus: int = 1) -> list[RunSpec]:
+    """A hold-out for ZeRO-3 with parameters and optimizer offloaded, simulated (allocator/zero3_offload.py and
+    zero3_fetch.py, read from the Llama-3.2-1B and Qwen2.5-0.5B histories at 2048 tokens): an untied lm_head
+    (TinyLlama), Qwen2.5-1.5B's biases and tied 152k vocabulary, Qwen3's q/k norms, 4096 tokens, Qwen2.5-3B's 36
+    layers; and the 1B run again (is it the same to the byte?). Predicted and committed before they run."""
+    zero = partial(_zero, num_gpus=num_gpus)
+
+    return [
+        zero(single.full("z3o-tiny-zero3-full-gc-offall", "tinyllama-1.1b-chat-v1.0", "ZeRO-3 offload, untied lm_head", grad_ckpt=True), "zero3", "all"),
+        zero(single.full("z3o-q15-zero3-full-gc-offall", "qwen2.5-1.5b", "ZeRO-3 offload, biases, tied 152k", grad_ckpt=True), "zero3", "all"),
+        zero(single.full("z3o-q3-17-zero3-full-gc-offall", "qwen3-1.7b", "ZeRO-3 offload, Qwen3 q/k norms", grad_ckpt=True), "zero3", "all"),
+        zero(single.full("z3o-l1-zero3-full-gc-offall-s4096", L1, "ZeRO-3 offload 1B at 4k", grad_ckpt=True, seq_len=4096), "zero3", "all"),
+        zero(single.full("z3o-l1-zero3-full-gc-offall", L1, "ZeRO-3 offload 1B, again", grad_ckpt=True), "zero3", "all"),
+        zero(single.full("z3o-q3b-zero3-full-gc-offall", "qwen2.5-3b", "ZeRO-3 offload 3B, 36 layers", grad_ckpt=True), "zero3", "all"),
+    ]
+
+
 def ddp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     """A hold-out for DDP's construction broadcast (vramplan/memory/allocator/ddp_broadcast.py, read from torch's
     source and checked on the three DDP runs of the multi grid, 2026-12-03): full fine-tuning (bf16 buckets only, the
@@ -207,7 +224,7 @@ def ddp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
 GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
          "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid,
-         "zero3-offload-hist": zero3_offload_history_grid}
+         "zero3-offload-hist": zero3_offload_history_grid, "zero3-offload": zero3_offload_grid}
 
 
 def settings(spec: RunSpec) -> str:
