@@ -26,6 +26,12 @@ HISTORIES = {
     "llama-3.2-1b": ("h-l1-zero3-full-gc-offall-x1", 2450.0, 2293.0),
     "qwen2.5-0.5b": ("h2-q05-zero3-full-gc-offall-x1", 992.0, 942.15625),
 }
+#: the zero3-offload hold-out's histories (2026-12-03, predicted before they ran): each one's stream-1 requests
+HOLDOUT_HISTORIES = {
+    "z3o-tiny-zero3-full-gc-offall-x1": "tinyllama-1.1b-chat-v1.0", "z3o-q15-zero3-full-gc-offall-x1": "qwen2.5-1.5b",
+    "z3o-q3-17-zero3-full-gc-offall-x1": "qwen3-1.7b", "z3o-q3b-zero3-full-gc-offall-x1": "qwen2.5-3b",
+    "z3o-l1-zero3-full-gc-offall-x1": "llama-3.2-1b", "z3o-l1-zero3-full-gc-offall-s4096-x1": "llama-3.2-1b",
+}
 
 
 def recorded_allgather(name: str) -> list[tuple[str, int, int]]:
@@ -129,3 +135,13 @@ def test_trace_modes_and_persistence():
     assert sum(e.nbytes == norm for e in fetched[0]) == 33 + 1 + 2 * 2 * spec.num_layers  # fwd, bwd, recompute
     assert all(e.nbytes != norm for s in fetched[1:] for e in s)  # re-gathered on stream 0 after each step
     assert [e.where for e in fetched[1][:1]] == ["pre_fwd:root"]  # COMPLETE: the root's prefetch takes embed
+
+
+@pytest.mark.parametrize("name", sorted(HOLDOUT_HISTORIES))
+def test_every_holdout_history_fetches_what_the_coordinator_predicts_and_never_frees_early(name):
+    # the all-gather stream's requests in order and size, steps 0-2, on models the coordinator was not read from
+    # (an untied head, biases, q/k norms, 36 layers, 4096 tokens); a free lands at its release or later
+    steps = hf_zero3_events(resolve_model(HOLDOUT_HISTORIES[name]))
+    rec = recorded_allgather(name)
+    assert [n for s in steps for k, _, n in allgather_ops(s) if k == "A"] == [n for k, _, n in rec if k == "A"]
+    assert min(_free_lags(steps, rec)) == 0

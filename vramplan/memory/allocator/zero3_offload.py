@@ -90,9 +90,10 @@ class Zero3OffloadSteps:
 
 
 #: the lm_head weight's free after lm_head's backward completes this many all-gather allocations late (record_stream:
-#: the compute stream is still in the vocabulary-sized matmuls): 1 in step 0 and 4 in steps 1 and 2 of the Llama-3.2-1B
-#: history (zero3_fetch.allgather_ops; 0 everywhere gives its pool 20 MiB under the recorded 2450 MiB)
-HEAD_FREE_LAGS = (1, 4, 4)
+#: the compute stream is still in the vocabulary-sized matmuls), by GPU timing: 1 in step 0 of every history, 2 to 26
+#: in steps 1 and 2 of the tied models' (zero3_fetch.allgather_ops). The least of those; 4 (the first history's) put
+#: the untied TinyLlama's pool 20 MiB over its hold-out run (+0.5 %), where the free did not lag after step 0
+HEAD_FREE_LAGS = (1, 2, 2)
 
 
 @lru_cache(maxsize=32)
