@@ -43,7 +43,7 @@ from .ckpt_backward_layer import ckpt_backward_applies, ckpt_backward_patterns
 from .optimizer_steps import no_decay
 from .rules import block_bytes
 from .tensors import grouped_by_layer
-from .zero3_fetch import decoder_modules
+from .zero3_modules import decoder_modules
 
 BF16, FP32, FP64 = 2, 4, 8
 #: DeepSpeed's side stream (overlap_comm's reduction_stream) in Sequence.streams
@@ -78,7 +78,7 @@ def zero_engine_applies(setup: TrainingSetup) -> bool:
 
 
 def gather_stream_covers(model: ModelSpec) -> bool:
-    """Whether zero3_fetch.decoder_modules describes the model's hooked modules (a plain Llama / Qwen2 / Qwen3 decoder:
+    """Whether zero3_modules.decoder_modules describes the model's hooked modules (a plain Llama / Qwen2 / Qwen3 decoder:
     what ZeRO-3's offloaded parameters' all-gather stream needs)."""
     try:
         decoder_modules(model)
