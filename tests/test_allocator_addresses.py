@@ -1,7 +1,11 @@
 """Where cudaMalloc puts segments (addresses.py), hand-worked, and the best-fit ties those addresses decide."""
 
+import random
+
+import pytest
+
 from vramplan.memory.allocator import CachingAllocator
-from vramplan.memory.allocator.addresses import CHUNK_BYTES, FIRST_RUN_BYTES, DeviceAddresses
+from vramplan.memory.allocator.addresses import CHUNK_BYTES, FIRST_RUN_BYTES, PAGE_BYTES, DeviceAddresses
 
 MIB = 2**20
 
@@ -83,3 +87,37 @@ def test_a_room_is_used_from_its_bottom_up_and_room_freed_next_to_it_joins_it():
     assert va.take(4 * MIB) == twenty + 26 * MIB  # the 2 MiB hole does not hold it
     va.give_back(smalls[2])  # joins the hole below it: 4 MiB of room, below the 2 MiB left at the chunk's top
     assert va.take(4 * MIB) == twenty + 22 * MIB
+
+
+class _ByThePieces(DeviceAddresses):
+    """take() through _take_chunks and _new_room for every new run (the steps that take() inlines for a run cut from
+    the top of the highest free range), as the reference for the inlined path."""
+
+    def take(self, nbytes: int) -> int:
+        size = -(-nbytes // PAGE_BYTES) * PAGE_BYTES
+        if (self._room_sizes and self._room_sizes[-1] >= size) or self._first:
+            return super().take(nbytes)
+        chunks = -(-size // CHUNK_BYTES) * CHUNK_BYTES
+        base = self._take_chunks(chunks)
+        if chunks > size:
+            self._new_room(base + size, chunks - size, base)
+        self._runs[base] = [base + chunks, 1]
+        self._segments[base] = (base, size)
+        return base
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_take_gives_the_addresses_of_taking_chunks_and_room_step_by_step(seed):
+    rng = random.Random(seed)
+    fast, plain, live = DeviceAddresses(), _ByThePieces(), []
+    for _ in range(300):
+        if live and rng.random() < 0.35:
+            addr = live.pop(rng.randrange(len(live)))
+            fast.give_back(addr)
+            plain.give_back(addr)
+        else:  # pages, a room's worth, whole chunks, several (a freed range of exactly the run's size included)
+            nbytes = rng.choice([2 * MIB, 20 * MIB, 32 * MIB, 64 * MIB, rng.randrange(1, 300) * MIB])
+            addr = fast.take(nbytes)
+            assert plain.take(nbytes) == addr
+            live.append(addr)
+        assert fast._free == plain._free and fast._rooms == plain._rooms and fast._room_sizes == plain._room_sizes

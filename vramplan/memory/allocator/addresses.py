@@ -80,9 +80,14 @@ class DeviceAddresses:
                 self._new_room(base, addr - base, base)
         else:  # rule 1: new chunks, the segment at their bottom, the rest room
             chunks = -(-size // CHUNK_BYTES) * CHUNK_BYTES
-            base = addr = self._take_chunks(chunks)
-            if chunks > size:
-                self._new_room(base + size, chunks - size, base)
+            top = self._free[-1] if self._free else (0, 0)
+            if top[1] - top[0] > chunks:  # the highest free range holds them with some left: _take_chunks, inlined
+                base = addr = top[1] = top[1] - chunks
+            else:
+                base = addr = self._take_chunks(chunks)
+            if chunks > size:  # _new_room, inlined
+                insort(self._rooms, (base + size, chunks - size, base))
+                insort(room_sizes, chunks - size)
         self._runs[base] = [base + chunks, 1]
         self._segments[addr] = (base, size)
         return addr

@@ -74,6 +74,9 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
     low_mask = (1 << sh) - 1  # a key's address and block
     one = 1 << sh  # a key of one unit
     large_split = small_max << sh | low_mask  # a large-pool remainder above it is split off
+    addr_mask = low_mask ^ id_mask  # a key's address bits
+    small_top = (small_max + 1) << sh  # a key below it is a small-pool block's
+    ab = _ADDRESS_BITS
     inf = 1 << (sh + 64)
     key = [0] * cap  # a free block's key; 0 for an allocated one (and the sentinel)
     taken = [0] * n  # an allocated block's key (allocated blocks are tensors')
@@ -115,14 +118,14 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                 b = k & id_mask
                 rest = k - sk
                 if rest >= one:  # should_split: >= kMinBlockSize left; the rest starts size units higher
-                    rest += sk >> _ADDRESS_BITS
+                    rest += sk >> ab
                     if rest > small_keys[i - 1]:
                         small_keys[i] = rest
                     else:
                         del small_keys[i]
                         insort(small_keys, rest, 1, i)
                     key[b] = rest
-                    taken[op] = sk + (k & low_mask) - b + op
+                    taken[op] = sk + (k & addr_mask) + op
                     p = prev[op] = prev[b]
                     nxt[p] = op
                     nxt[op] = b
@@ -152,14 +155,14 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                 b = k & id_mask
                 rest = k - sk
                 if rest > large_split:  # should_split: more than kSmallSize left
-                    rest += sk >> _ADDRESS_BITS
+                    rest += sk >> ab
                     if rest > large_keys[i - 1]:
                         large_keys[i] = rest
                     else:
                         del large_keys[i]
                         insort(large_keys, rest, 1, i)
                     key[b] = rest
-                    taken[op] = sk + (k & low_mask) - b + op
+                    taken[op] = sk + (k & addr_mask) + op
                     p = prev[op] = prev[b]
                     nxt[p] = op
                     nxt[op] = b
@@ -197,9 +200,8 @@ def replay_default(sizes: list[int], ops: list[int], empty_cache_op: int):
                 watch = at_alloc if at_top else peak_allocated
                 continue
             b = k & id_mask
-            size = k >> sh
-            allocated -= size
-            keys = small_keys if size <= small_max else large_keys
+            allocated -= k >> sh
+            keys = small_keys if k < small_top else large_keys
             after = nxt[b]
             k_after = key[after]
             p = prev[b]
@@ -265,6 +267,9 @@ def replay_streams(sizes: list[int], ops: list[int], streams: dict[int, int], em
     low_mask = (1 << sh) - 1  # a key's address and block
     one = 1 << sh  # a key of one unit
     large_split = small_max << sh | low_mask  # a large-pool remainder above it is split off
+    addr_mask = low_mask ^ id_mask  # a key's address bits
+    small_top = (small_max + 1) << sh  # a key below it is a small-pool block's
+    ab = _ADDRESS_BITS
     inf = 1 << (sh + 64)
     key = [0] * cap  # a free block's key; 0 for an allocated one (and the sentinel)
     taken = [0] * n  # an allocated block's key (allocated blocks are tensors')
@@ -318,14 +323,14 @@ def replay_streams(sizes: list[int], ops: list[int], streams: dict[int, int], em
                 b = k & id_mask
                 rest = k - sk
                 if rest >= one:  # should_split: >= kMinBlockSize left; the rest starts size units higher
-                    rest += sk >> _ADDRESS_BITS
+                    rest += sk >> ab
                     if rest > keys[i - 1]:
                         keys[i] = rest
                     else:
                         del keys[i]
                         insort(keys, rest, 1, i)
                     key[b] = rest
-                    taken[op] = sk + (k & low_mask) - b + op
+                    taken[op] = sk + (k & addr_mask) + op
                     p = prev[op] = prev[b]
                     nxt[p] = op
                     nxt[op] = b
@@ -356,14 +361,14 @@ def replay_streams(sizes: list[int], ops: list[int], streams: dict[int, int], em
                 b = k & id_mask
                 rest = k - sk
                 if rest > large_split:  # should_split: more than kSmallSize left
-                    rest += sk >> _ADDRESS_BITS
+                    rest += sk >> ab
                     if rest > keys[i - 1]:
                         keys[i] = rest
                     else:
                         del keys[i]
                         insort(keys, rest, 1, i)
                     key[b] = rest
-                    taken[op] = sk + (k & low_mask) - b + op
+                    taken[op] = sk + (k & addr_mask) + op
                     p = prev[op] = prev[b]
                     nxt[p] = op
                     nxt[op] = b
@@ -402,9 +407,8 @@ def replay_streams(sizes: list[int], ops: list[int], streams: dict[int, int], em
                 watch = at_alloc if at_top else peak_allocated
                 continue
             b = k & id_mask
-            size = k >> sh
-            allocated -= size
-            keys = small_of[t] if size <= small_max else large_of[t]
+            allocated -= k >> sh
+            keys = small_of[t] if k < small_top else large_of[t]
             after = nxt[b]
             k_after = key[after]
             p = prev[b]
