@@ -20,7 +20,7 @@ from vramplan.memory.allocator.zero_steps import (
     ZeroSteps,
     zero_sequence_applies,
 )
-from vramplan.memory.allocator.zero3_offload import Zero3OffloadSteps
+from vramplan.memory.allocator.zero3_offload import GATHER_STREAM, Zero3OffloadSteps
 from vramplan.memory.allocator.zero3_steps import Zero3Steps, sub_groups
 from vramplan.memory.parallel import (
     OFFLOAD_MEASURED_NOTE,
@@ -205,8 +205,8 @@ ZERO3_OFFLOAD_HISTORIES = ("h-l1-zero3-full-gc-offall-x1", "h2-q05-zero3-full-gc
                            "z3o-tiny-zero3-full-gc-offall-x1", "z3o-q15-zero3-full-gc-offall-x1",
                            "z3o-q3-17-zero3-full-gc-offall-x1", "z3o-q3b-zero3-full-gc-offall-x1",
                            "z3o-l1-zero3-full-gc-offall-x1", "z3o-l1-zero3-full-gc-offall-s4096-x1")  # fmt: skip
-#: the histories' numbering of the reduction stream (their all-gather stream, 1, makes its first allocation earlier)
-RECORDED_REDUCTION_STREAM = 2
+#: the histories' numbering of the reduction and all-gather streams (the all-gather stream's first allocation is earlier)
+RECORDED_REDUCTION_STREAM, RECORDED_GATHER_STREAM = 2, 1
 
 
 def _pools(sizes: list[int], ops: list[int], streams: dict[int, int]) -> tuple[dict[int, int], dict[int, int]]:
@@ -239,8 +239,9 @@ def _pools(sizes: list[int], ops: list[int], streams: dict[int, int]) -> tuple[d
 
 
 @pytest.mark.parametrize("name", ZERO3_OFFLOAD_HISTORIES)
-def test_offloaded_zero3_compute_and_reduction_pools_are_the_recorded_ones(name):
-    # the compute stream's and the reduction stream's segments, to the byte (the all-gather stream: zero3_fetch.py)
+def test_offloaded_zero3_pools_are_the_recorded_ones(name):
+    # each stream's segments to the byte (compute, reduction, all-gather), the compute and reduction streams' most
+    # live bytes within 0.05 %, and the whole sequence's live peak (the estimate's allocated) within 1 % of the run's
     doc = json.loads(gzip.decompress((TRACES / f"{name}.events.json.gz").read_bytes()))
     run = _history_run(name)
     model = resolve_model(run.model_source or run.model)
@@ -249,9 +250,14 @@ def test_offloaded_zero3_compute_and_reduction_pools_are_the_recorded_ones(name)
     recorded, recorded_peaks = _pools(doc["sizes"], doc["ops"], {i: s for i, s in doc["alloc_streams"]})
     predicted, predicted_peaks = _pools(seq.sizes, seq.ops, seq.streams)
     # (start_cuda's small segment, made before recording, is the one the recorded trace's first small request makes)
-    assert predicted[0] == recorded[0] and predicted[REDUCTION_STREAM] == recorded[RECORDED_REDUCTION_STREAM]
-    for ours, theirs in ((0, 0), (REDUCTION_STREAM, RECORDED_REDUCTION_STREAM)):
+    streams = ((0, 0), (REDUCTION_STREAM, RECORDED_REDUCTION_STREAM), (GATHER_STREAM, RECORDED_GATHER_STREAM))
+    for ours, theirs in streams:
+        assert predicted[ours] == recorded[theirs]
+    for ours, theirs in streams[:2]:
         assert abs(predicted_peaks[ours] / recorded_peaks[theirs] - 1) < 0.0005
+    # the all-gather stream's frees land late by GPU timing (the lm_head weight's: 2 to 26 allocations in steps 1-2)
+    assert 0 <= 1 - predicted_peaks[GATHER_STREAM] / recorded_peaks[RECORDED_GATHER_STREAM] < 0.03
+    assert abs(seq.live_peak() / run.measurements.max_allocated_bytes - 1) < 0.01
 
 
 def test_offloaded_zero3_reduce_copies_each_gradient_back_in_module_order_inside_the_concatenation():
@@ -272,7 +278,8 @@ def test_offloaded_zero3_reduce_copies_each_gradient_back_in_module_order_inside
 
 def test_every_offloaded_zero3_run_is_simulated_to_its_measured_reserved_peak():
     # the nine shipped --offload all runs (the three the rules had at -7.4 / +2.9 / +9.4 %, the hold-out's six):
-    # the compute, reduction and all-gather pools together are the run's reserved peak, to the byte
+    # the compute, reduction and all-gather pools together are the run's reserved peak, to the byte; allocated
+    # (the sequence's live peak) within 1 %
     runs = [r for r in load_runs([shipped_runs_dir()]) if r.setup.parallel == "zero3" and r.setup.offload == "all"]
     assert len(runs) == 9
     for run in runs:
@@ -280,3 +287,4 @@ def test_every_offloaded_zero3_run_is_simulated_to_its_measured_reserved_peak():
         memory = estimate(model, run.setup).memory
         assert memory.reserved_rule == "simulated"
         assert memory.peak_reserved_bytes == run.measurements.max_reserved_bytes, run.run_id
+        assert abs(memory.peak_allocated_bytes / run.measurements.max_allocated_bytes - 1) < 0.01, run.run_id

@@ -99,15 +99,22 @@ from .zero3_steps import Zero3Steps
 from .zero_steps import ZeroSteps, zero_engine_applies, zero_plan
 
 BF16, FP32 = 2, 4
+#: ZeRO-3 with offloaded parameters: the coordinator's step 1 and step 2 are the same, but the all-gather stream's pool
+#: still grows in step 2 on Qwen2.5-3B (2,572 -> 3,166 MiB, as its run recorded) and in none after it (6 steps tried on
+#: 7 models: zero3_offload.gather_phases)
+OFFLOADED_ZERO3_STEPS = 3
 
 
-def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int = 2) -> Sequence:
-    """The allocation sequence of loading and `steps` optimizer steps for one GPU; `t` is estimator._Terms.
+def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int | None = None) -> Sequence:
+    """The allocation sequence of loading and `steps` optimizer steps for one GPU (default 2: from step 1 on each step
+    is the one before it; ZeRO-3 with offloaded parameters 3, OFFLOADED_ZERO3_STEPS); `t` is estimator._Terms.
 
     A checkpointed QLoRA layer's backward makes its adapters' gradients as autograd reaches each target (_Builder.
     backward); where that would hold fewer bytes at once than the estimator's layer_backward, which counts every
     adapter's gradient in the last layer's backward (its peak allocated), they are all made there instead. That order
     is built only when it could hold more (_all_at_once_cannot_peak_higher)."""
+    if steps is None:
+        steps = OFFLOADED_ZERO3_STEPS if setup.parallel == "zero3" and setup.offload == "all" else 2
     seq, b = _training_sequence(model, setup, t, steps, layer_grads=True)
     if b.layer_grads and not _all_at_once_cannot_peak_higher(seq, b.grad_stretches, b.layer_grad_bytes()):
         whole, _ = _training_sequence(model, setup, t, steps, layer_grads=False)
@@ -290,6 +297,7 @@ class _Builder(
     # ------------------------------------------------------------------ one micro-step
     def forward(self, first: bool) -> None:
         s, t, seq = self.s, self.t, self.seq
+        self.zero3_gathers("fwd", "pre")  # ZeRO-3's offloaded parameters' copies (zero3_offload.py), phase by phase
         # with checkpointing each layer keeps its input: the embedding's output for layer 0, made before any matmul
         self.ckpt: list[int | None] = [seq.alloc(t.one_checkpoint)] if s.grad_ckpt else []
         self.rotary = self._rotary_tables(first)
@@ -303,9 +311,12 @@ class _Builder(
         self.cache: list[list[int]] = []
         self.copies: list[int] = []
         self.final_ids: list[int] = []
+        self.zero3_gathers("fwd", "pre", end=True)
         for k in range(self.L):
             made_of = (self.cache_layer[k], self.adapter_copies[k], self.dequant_fwd[k], self.layers[k])
+            self.zero3_gathers("fwd", k)
             cache, copies, kept = self.repeated(("forward", k == self.L - 1), made_of, [], partial(self._forward_layer, k))
+            self.zero3_gathers("fwd", k, end=True)
             self.cache.append(cache)
             self.copies += copies
             if offloads and (self.first_pass or k < self.L - 1):  # its input went to host memory: freed on return
@@ -319,8 +330,10 @@ class _Builder(
                 self.final_ids = kept
         if not s.grad_ckpt:
             self.final_ids = [seq.alloc(x) for x in self.final]
+        self.zero3_gathers("fwd", "head")
         self.lm_cache = seq.alloc(self.cache_lm)
         self._loss_forward()
+        self.zero3_gathers("fwd", "head", end=True)
         if s.grad_ckpt:  # autocast's per-layer weight copies are not saved through checkpointing
             seq.free(*[i for ids in self.cache for i in ids])
             self.cache = []
@@ -475,6 +488,7 @@ class _Builder(
         s, t, seq = self.s, self.t, self.seq
         full = s.method == "full"
         new_grads = first_micro
+        self.zero3_gathers("bwd", "head")
         if self.loss_saved:
             nv4 = t.logits_fp32
             nll_grad, lsm_grad = seq.alloc(nv4), seq.alloc(nv4)
@@ -512,14 +526,17 @@ class _Builder(
             seq.free(self.lm_cache)
         layers_start = len(seq.ops)
         self.first_pass = False
+        self.zero3_gathers("bwd", "head", end=True)
         for k in reversed(range(self.L)):
             kept = [x for x in self.ckpt[k : k + 1] if x is not None] if s.grad_ckpt else self.saved[k]
             cache = self.cache[k] if self.cache else []
             made_of = (self.adapter_copies[k], self.dequant[k], self.layers[k], self.layer_groups[k])
             if self.ckpt_bwd:  # its recorded backward; the carried gradient is added into in place
                 inputs = [*self.rotary, *kept] if k == 0 else kept  # layer 0 drops the rotary tables' last reference
+                self.zero3_gathers("bwd", k)
                 (grads,) = self.repeated(("ckpt_backward", k == 0, new_grads), made_of, inputs,
                                          partial(self._ckpt_backward_layer, k, inputs, new_grads))  # fmt: skip
+                self.zero3_gathers("bwd", k, end=True)
             else:  # Unsloth's Gemma 3: its recorded backward (unsloth_gemma3_layer.py); else the summary
                 layer = self._backward_layer if self.unsloth_g3 is None else self._unsloth_gemma3_backward_layer
                 (carry,), grads = self.repeated(("backward", k == self.L - 1, new_grads), made_of, [carry, *kept, *cache],
@@ -528,10 +545,12 @@ class _Builder(
         if new_grads:
             self.grad_stretches.append((layers_start, len(seq.ops)))
         if self.ckpt_bwd:
+            self.zero3_gathers("bwd", "embed")
             self._ckpt_embedding_backward(carry, new_grads)
             seq.free(self.quant)
             if self.zero is not None:
                 self.zero_backward_end()
+            self.zero3_gathers("bwd", "embed", end=True)
             return
         seq.free(*self.rotary)  # layer 0's backward drops the last reference (activations.rotary_tables)
         seq.free(carry)  # consumed by the embedding's backward

@@ -18,7 +18,6 @@ from .caching import allocation_size, round_size
 from .replay import ReplayResult, replay
 from .sequence import training_sequence
 from .stack_steps import ddp_bucket_sizes
-from .zero3_offload import gather_stream_sequence
 from .zero_steps import zero_sequence_applies
 
 RESERVED_BY_SIMULATION = "simulated"
@@ -91,29 +90,10 @@ def simulate(model: ModelSpec, setup: TrainingSetup, terms, total_memory_bytes: 
             _CACHE.clear()
         seq = training_sequence(model, setup, terms)
         hit = replay(seq, expandable_segments=expandable, total_memory_bytes=total_memory_bytes)
-        if setup.parallel == "zero3" and setup.offload == "all":
-            hit = _with_gather_stream(hit, replay(gather_stream_sequence(model), total_memory_bytes=total_memory_bytes))
         if setup.parallel == "ddp":
             hit = _at_least_one_gpu_plus_buckets(model, setup, terms, total_memory_bytes, hit)
         _CACHE[key] = hit
     return hit
-
-
-def _with_gather_stream(main: ReplayResult, gathers: ReplayResult) -> ReplayResult:
-    """ZeRO-3 with offloaded parameters: the all-gather stream's pool (zero3_offload.gather_stream_sequence) beside
-    the rest. The allocator gives a stream only blocks of its own (get_free_block), and after the engine's init no
-    segment is released, so the peaks add. Its parameters are in the closed-form allocated peak; here they count at
-    the reserved peak (the run's end, every pool at its most) as the stream then holds them: its allocated bytes at
-    its own peak."""
-    return _replace(
-        main,
-        peak_reserved_bytes=main.peak_reserved_bytes + gathers.peak_reserved_bytes,
-        allocated_at_peak_bytes=main.allocated_at_peak_bytes + gathers.allocated_at_peak_bytes,
-        free_in_segments_at_peak_bytes=main.free_in_segments_at_peak_bytes + gathers.free_in_segments_at_peak_bytes,
-        largest_free_block_at_peak_bytes=max(main.largest_free_block_at_peak_bytes,
-                                             gathers.largest_free_block_at_peak_bytes),
-        num_segments=main.num_segments + gathers.num_segments,
-    )  # fmt: skip
 
 
 def _at_least_one_gpu_plus_buckets(model, setup: TrainingSetup, terms, total_memory_bytes: int, ddp: ReplayResult):

@@ -343,28 +343,34 @@ def allgather_ops(events: list[Event], free_lag=0) -> list[tuple[str, int, int]]
     release Event giving one: a release completes only after that many later all-gather allocations (0: before
     the next one). In the runs record_stream defers the free to the allocator's first malloc after the compute
     stream passed the release: at once for all but the tied lm_head weight released after the lm_head backward
-    (HEAD_FREE_LAG)."""
+    (HEAD_FREE_LAGS in zero3_offload.py)."""
+    return [op[:3] for op in allgather_ops_at(events, free_lag)]
+
+
+def allgather_ops_at(events: list[Event], free_lag=0) -> list[tuple[str, int, int, int]]:
+    """allgather_ops with the index in `events` of the event each op comes at: a fetch's own, a free's release (or,
+    lagging, the fetch it precedes; the step's last event for one still pending at its end)."""
     lag_of = free_lag if callable(free_lag) else (lambda e: free_lag)
-    out: list[tuple[str, int, int]] = []
+    out: list[tuple[str, int, int, int]] = []
     pending: list[list[int]] = []  # [allocations still to wait, block, nbytes]
     on_allgather: set[int] = set()
-    for e in events:
+    for at, e in enumerate(events):
         if e.kind == "fetch":
             if e.stream != ALLGATHER:
                 continue
             on_allgather.add(e.block)
             for x in pending:
                 x[0] -= 1
-            out += [("F", b, n) for k, b, n in pending if k < 0]
+            out += [("F", b, n, at) for k, b, n in pending if k < 0]
             pending = [x for x in pending if x[0] >= 0]
-            out.append(("A", e.block, e.nbytes))
+            out.append(("A", e.block, e.nbytes, at))
         elif e.block in on_allgather:
             lag = lag_of(e)
             if lag <= 0:
-                out.append(("F", e.block, e.nbytes))
+                out.append(("F", e.block, e.nbytes, at))
             else:
                 pending.append([lag, e.block, e.nbytes])
-    out += [("F", b, n) for _, b, n in pending]
+    out += [("F", b, n, len(events) - 1) for _, b, n in pending]
     return out
 
 

@@ -34,9 +34,8 @@ from functools import lru_cache
 from ...models.params import param_counts
 from ...specs import ModelSpec
 from ..deepspeed import NORM_CHUNK_ELEMENTS
-from .ops import Sequence
 from .rules import block_bytes
-from .zero3_fetch import allgather_ops, head_free_lag, hf_zero3_events
+from .zero3_fetch import allgather_ops_at, head_free_lag, hf_zero3_events
 from .zero_steps import BF16, FP32, FP64, REDUCTION_STREAM
 
 
@@ -74,7 +73,24 @@ class Zero3OffloadSteps:
         seq.empty_cache()
         seq.alloc(block_bytes(z.bucket_numel * BF16))  # the IPG bucket, kept
         _twice(seq, sizes)
+        self.zero3_step_index = 0
+        self.zero3_blocks: dict[int, int] = {}  # the coordinator's block -> the sequence's tensor
         self._zero_reset()
+
+    def zero3_gathers(self, *phase, end: bool = False) -> None:
+        """The all-gather stream's ops of the current step's `phase` (gather_phases; nothing without offloaded
+        parameters): the part up to its most gathered bytes where the phase begins, the rest (`end`) where it ends."""
+        z = self.zero
+        if z is None or not z.offload_params:
+            return
+        seq, blocks = self.seq, self.zero3_blocks
+        steps = gather_phases(self.m)
+        head, tail = _split_at_most(steps[min(self.zero3_step_index, len(steps) - 1)].get(phase, []))
+        for alloc, block, nbytes in tail if end else head:
+            if alloc:
+                blocks[block] = seq.alloc_on(nbytes, GATHER_STREAM)
+            else:
+                seq.free(blocks.pop(block))
 
     def zero3_offload_copies(self) -> None:
         """partition_grads of the bucket being reduced (module docstring): per gradient, in module order (the hooks ran
@@ -96,16 +112,53 @@ class Zero3OffloadSteps:
 HEAD_FREE_LAGS = (1, 2, 2)
 
 
+#: the sequence's stream for the all-gather stream's parameter copies (REDUCTION_STREAM is 1)
+GATHER_STREAM = 2
+
+
+def _phase(where: str, state: dict) -> tuple:
+    """The builder's phase of a coordinator event from its hook (Event.where): ("fwd", "pre") up to the first layer,
+    ("fwd", k) / ("bwd", k) a decoder layer's forward / backward (its recomputation too), ("fwd", "head") after the
+    layers, ("bwd", "head") the lm_head and final norm's backward, ("bwd", "embed") after layer 0's, ("step",)."""
+    kind, _, rest = where.partition(":")
+    if kind in ("leftovers",):
+        return ("bwd", "embed")
+    if kind in ("optimizer",):
+        return ("step",)
+    module = rest.removesuffix(":recompute")
+    backward = kind in ("pre_bwd", "post_bwd", "hold", "unhold") or rest.endswith(":recompute")
+    if module.startswith("model.layers."):
+        k = int(module.split(".")[2])
+        state["layer_seen", backward] = True
+        return ("bwd" if backward else "fwd", k)
+    if backward:
+        return ("bwd", "embed" if state.get(("layer_seen", True)) else "head")
+    return ("fwd", "head" if state.get(("layer_seen", False)) else "pre")
+
+
 @lru_cache(maxsize=32)
-def gather_stream_sequence(model: ModelSpec) -> Sequence:
-    """The all-gather stream's parameter copies and frees over steps 0, 1 and 2 (zero3_fetch.py), as a Sequence of
-    its own: the same for every batch, sequence length and GPU, so kept per model (the coordinator's state machine
-    takes 50-170 ms)."""
-    seq, blocks = Sequence(), {}
+def gather_phases(model: ModelSpec) -> tuple[dict[tuple, list[tuple[bool, int, int]]], ...]:
+    """Per step (0, 1, 2), the all-gather stream's copies and frees (zero3_fetch.py) by the builder's phase (_phase):
+    [(allocate?, block, bytes)] in order. The same for every batch, sequence length and GPU, so kept per model (the
+    coordinator's state machine takes 50-170 ms)."""
+    out = []
     for step, events in enumerate(hf_zero3_events(model)):
-        for kind, block, nbytes in allgather_ops(events, head_free_lag(HEAD_FREE_LAGS[min(step, 2)])):
-            if kind == "A":
-                blocks[block] = seq.alloc(nbytes)
-            else:
-                seq.free(blocks.pop(block))
-    return seq
+        state: dict = {}
+        phase_of = [_phase(e.where, state) for e in events]
+        phases: dict[tuple, list[tuple[bool, int, int]]] = {}
+        for kind, block, nbytes, at in allgather_ops_at(events, head_free_lag(HEAD_FREE_LAGS[min(step, 2)])):
+            phases.setdefault(phase_of[at], []).append((kind == "A", block, nbytes))
+        out.append(phases)
+    return tuple(out)
+
+
+def _split_at_most(ops: list[tuple[bool, int, int]]) -> tuple[list, list]:
+    """A phase's ops cut where the stream holds the most: the builder makes the first part where the phase begins and
+    the rest where it ends, so its compute-stream tensors meet the phase's most gathered bytes (never fewer) and the
+    stream's own order, hence its pool, stays as the coordinator made it."""
+    live = best = cut = 0
+    for k, (alloc, _, nbytes) in enumerate(ops):
+        live += nbytes if alloc else -nbytes
+        if live > best:
+            best, cut = live, k + 1
+    return ops[:cut], ops[cut:]

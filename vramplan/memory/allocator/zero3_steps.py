@@ -116,6 +116,10 @@ class Zero3Steps:
         """The gradient norm and the sub-groups' steps (module docstring); with offload both run on the host."""
         seq = self.seq
         if self.zero.offload:
+            if self.zero.offload_params:  # the coordinator's release at the step (zero3_offload.py)
+                self.zero3_gathers("step")
+                self.zero3_gathers("step", end=True)
+                self.zero3_step_index += 1
             return self._zero_reset()
         self.zero_norm_copies()  # sub-group by sub-group, in parameter order
         for n in self.zero3_subs:
