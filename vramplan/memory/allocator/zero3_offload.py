@@ -1,8 +1,8 @@
 """DeepSpeed ZeRO-3 with parameters and optimizer offloaded to the CPU (``offload_param`` and ``offload_optimizer``,
-pinned) on one GPU: the compute and reduction streams of the predicted sequence (DeepSpeed 0.19.8, bf16, the config of
-vramplan/trainer/deepspeed_config.py). The all-gather stream's parameter copies are a sequence of their own
-(zero3_fetch.py): that stream's pool shares no block with the others (the allocator's get_free_block returns no block
-of another stream), so its reserved bytes add to theirs.
+pinned) on one GPU in the predicted sequence (DeepSpeed 0.19.8, bf16, the config of vramplan/trainer/deepspeed_config.py):
+the compute and reduction streams' allocations below, and the all-gather stream's parameter copies as the coordinator
+makes them (zero3_fetch.py), placed phase by phase (gather_phases, Zero3OffloadSteps.zero3_gathers). Each stream keeps
+a pool of its own (the allocator's get_free_block returns no block of another stream).
 
 Read from the recorded H200 histories docs/allocator_traces/deepspeed/h-l1-zero3-full-gc-offall-x1 (Llama-3.2-1B) and
 h2-q05-zero3-full-gc-offall-x1 (Qwen2.5-0.5B), each allocation on its stream, and DeepSpeed's source:
