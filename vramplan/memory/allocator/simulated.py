@@ -22,7 +22,8 @@ from .zero_steps import zero_sequence_applies
 
 RESERVED_BY_SIMULATION = "simulated"
 SIMULATED_ASSUMPTION = (
-    "reserved peak simulated: the predicted allocations of loading and two steps replayed through a model of "
+    "reserved peak simulated: the predicted allocations of loading and two steps (three with ZeRO-3 offload) replayed "
+    "through a model of "
     "torch's CUDACachingAllocator (docs/allocator_simulation.md), not the fitted fragmentation rules"
 )
 #: the breakdown term of the allocator's whole blocks: torch counts a block it did not split (a large-pool block with at
