@@ -137,15 +137,20 @@ def _history_run(name: str):
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name", ZERO2_HISTORIES + ZERO3_HISTORIES)
-def test_predicted_zero_sequence_reaches_the_recorded_peaks(name):
-    # every ZeRO-2 history (no offload, offload_optimizer): reserved within 2 MiB of the run's (the recorded peak plus
-    # start_cuda's segment; on all but Qwen2.5-3B to the MiB, there 2 MiB of 69 GiB under), allocated within 0.05 %
+def _history_sequence(name: str):
+    """A recorded history's compact events, its run, and the sequence predicted for the run's setup."""
     doc = json.loads(gzip.decompress((TRACES / f"{name}.events.json.gz").read_bytes()))
     run = _history_run(name)
     model = resolve_model(run.model_source or run.model)
     assert zero_sequence_applies(model, run.setup)
-    seq = training_sequence(model, run.setup, _terms(model, run.setup, None, dict(CALIBRATED_DEFAULTS)))
+    return doc, run, training_sequence(model, run.setup, _terms(model, run.setup, None, dict(CALIBRATED_DEFAULTS)))
+
+
+@pytest.mark.parametrize("name", ZERO2_HISTORIES + ZERO3_HISTORIES)
+def test_predicted_zero_sequence_reaches_the_recorded_peaks(name):
+    # every ZeRO-2 history (no offload, offload_optimizer): reserved within 2 MiB of the run's (the recorded peak plus
+    # start_cuda's segment; on all but Qwen2.5-3B to the MiB, there 2 MiB of 69 GiB under), allocated within 0.05 %
+    doc, _, seq = _history_sequence(name)
     result = replay(seq)
     assert abs(result.peak_reserved_bytes - (doc["recorded"]["peak_reserved"] + PRE_RECORDING_SEGMENT)) <= 2 * MIB
     assert abs(seq.live_peak() / doc["recorded"]["peak_allocated"] - 1) <= 0.0005
@@ -242,11 +247,7 @@ def _pools(sizes: list[int], ops: list[int], streams: dict[int, int]) -> tuple[d
 def test_offloaded_zero3_pools_are_the_recorded_ones(name):
     # each stream's segments to the byte (compute, reduction, all-gather), the compute and reduction streams' most
     # live bytes within 0.05 %, and the whole sequence's live peak (the estimate's allocated) within 1 % of the run's
-    doc = json.loads(gzip.decompress((TRACES / f"{name}.events.json.gz").read_bytes()))
-    run = _history_run(name)
-    model = resolve_model(run.model_source or run.model)
-    assert zero_sequence_applies(model, run.setup)
-    seq = training_sequence(model, run.setup, _terms(model, run.setup, None, dict(CALIBRATED_DEFAULTS)))
+    doc, run, seq = _history_sequence(name)
     recorded, recorded_peaks = _pools(doc["sizes"], doc["ops"], {i: s for i, s in doc["alloc_streams"]})
     predicted, predicted_peaks = _pools(seq.sizes, seq.ops, seq.streams)
     # (start_cuda's small segment, made before recording, is the one the recorded trace's first small request makes)

@@ -374,9 +374,10 @@ def allgather_ops_at(events: list[Event], free_lag=0) -> list[tuple[str, int, in
     return out
 
 
-def head_free_lag(lag: int = 4):
+def head_free_lag(lag: int):
     """free_lag for allgather_ops: ``lag`` for the lm_head weight's release at lm_head's post-backward (the
-    compute stream is still busy with the vocab-sized matmuls when the CPU frees it), 0 for every other."""
+    compute stream is still busy with the vocab-sized matmuls when the CPU frees it), 0 for every other (the lags the
+    histories show: zero3_offload.HEAD_FREE_LAGS)."""
     return lambda e: lag if e.where == "post_bwd:lm_head" else 0
 
 

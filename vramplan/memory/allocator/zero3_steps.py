@@ -106,7 +106,7 @@ class Zero3Steps:
         """A reduce of a bucket holding several gradients: their concatenation on the reduction stream, freed after
         partition_grads (which allocates nothing without offload; with it: zero3_offload.py)."""
         seq = self.seq
-        cat = seq.alloc_on(block_bytes(self.zero_elements * BF16), REDUCTION_STREAM) if self.zero_count > 1 else None
+        cat = seq.alloc_on(block_bytes(self.zero_elements * BF16), REDUCTION_STREAM) if len(self.zero_numels) > 1 else None
         if self.zero.offload:
             self.zero3_offload_copies()
         if cat is not None:

@@ -34,6 +34,7 @@ A mixin of sequence._Builder (it uses seq, zero, loaded_params and OptimizerStep
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ...specs import ModelSpec, TrainingSetup
 from ..deepspeed import reduce_bucket_elements
@@ -77,9 +78,11 @@ def zero_engine_applies(setup: TrainingSetup) -> bool:
     return zero2_applies(setup) or zero3_applies(setup)
 
 
+@lru_cache(maxsize=64)
 def gather_stream_covers(model: ModelSpec) -> bool:
     """Whether zero3_modules.decoder_modules describes the model's hooked modules (a plain Llama / Qwen2 / Qwen3 decoder:
-    what ZeRO-3's offloaded parameters' all-gather stream needs)."""
+    what ZeRO-3's offloaded parameters' all-gather stream needs); kept per model (building them takes ~1 ms, and an
+    estimate asks several times)."""
     try:
         decoder_modules(model)
     except NotImplementedError:
@@ -155,7 +158,7 @@ class ZeroSteps:
     def _zero_reset(self) -> None:
         self.zero_ipg: list[int] = []
         self.zero_pending: int | None = None
-        self.zero_elements = self.zero_count = 0
+        self.zero_elements = 0
         self.zero_numels: list[int] = []  # the bucket's gradients' elements, in the order their hooks ran
         self.zero_partition: int | None = None
 
@@ -174,7 +177,6 @@ class ZeroSteps:
             self._zero_copy_out(grad)
             seq.free(grad)
         self.zero_elements += numel
-        self.zero_count += 1
         self.zero_numels.append(numel)
 
     def _zero_copy_out(self, grad: int) -> None:
@@ -198,7 +200,7 @@ class ZeroSteps:
             self._zero_copy_out(self.zero_pending)
             seq.free(self.zero_pending)
             self.zero_pending = None
-        self.zero_elements = self.zero_count = 0
+        self.zero_elements = 0
         self.zero_numels = []
 
     def zero_norm_copies(self) -> None:
