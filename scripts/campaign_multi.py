@@ -177,7 +177,8 @@ def zero3_large_grid(num_gpus: int = 1) -> list[RunSpec]:
 def zero3_offload_history_grid(num_gpus: int = 1) -> list[RunSpec]:
     """Allocator histories with frames (``--snapshots``) for reading ZeRO-3's offload paths and ZeRO's LoRA engine
     (2026-12-03): the two offload-all runs again (is the offload sequence deterministic?), Llama-3.2-3B's with its
-    streams, ZeRO-3 with the optimizer offloaded only, and LoRA under ZeRO-2 and ZeRO-3. Not a hold-out: read from."""
+    streams, ZeRO-3 with the optimizer offloaded only, and LoRA under ZeRO-2 and ZeRO-3, with and without the optimizer offloaded.
+    Not a hold-out: read from."""
     zero = partial(_zero, num_gpus=num_gpus)
 
     return [
@@ -186,6 +187,8 @@ def zero3_offload_history_grid(num_gpus: int = 1) -> list[RunSpec]:
         zero(single.full("o-q05-zero3-full-gc-offall", "qwen2.5-0.5b", "ZeRO-3 full offload 0.5B, again", grad_ckpt=True), "zero3", "all"),
         zero(single.lora("o-l1-zero3-lora-gc", L1, "ZeRO-3 LoRA 1B", grad_ckpt=True), "zero3"),
         zero(single.lora("o-l1-zero2-lora-gc", L1, "ZeRO-2 LoRA 1B", grad_ckpt=True), "zero2"),
+        zero(single.lora("o-l1-zero3-lora-gc-offopt", L1, "ZeRO-3 LoRA 1B, optimizer offload", grad_ckpt=True), "zero3", "optimizer"),
+        zero(single.lora("o-l1-zero2-lora-gc-offopt", L1, "ZeRO-2 LoRA 1B, optimizer offload", grad_ckpt=True), "zero2", "optimizer"),
         zero(single.full("o-l3-zero3-full-gc-offall", L3, "ZeRO-3 full offload 3B, with streams", grad_ckpt=True), "zero3", "all"),
     ]
 
