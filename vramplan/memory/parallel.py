@@ -333,8 +333,10 @@ OFFLOAD_MEASURED_NOTE = (
 #: in place of the two notes above where the simulated sequence models the engine (allocator/zero_steps.py)
 ZERO2_SIMULATED_NOTE = (
     "DeepSpeed ZeRO-2 at world size 1, simulated (the engine's init, gradient hooks and step replayed on its "
-    "streams): reserved within 2 MiB of measured on 9 H200 runs (5 of them predicted before they ran), device within "
-    "1.8 % (DeepSpeed's memory outside the allocator, 1.67 GiB with ZeRO-2 at world size 1, is above the NCCL term)"
+    "streams): full fine-tuning reserved within 2 MiB of measured on 9 H200 runs (5 of them predicted before they "
+    "ran), device within 1.8 % (DeepSpeed's memory outside the allocator, 1.67 GiB with ZeRO-2 at world size 1, is "
+    "above the NCCL term); LoRA (the adapters cast to bf16 and flattened) reserved 0.7-1.2 % over on 3 runs, 2 of "
+    "them read from (its checkpointed forward is a summary)"
 )
 ZERO3_SIMULATED_NOTE = (
     "DeepSpeed ZeRO-3 at world size 1 without offload, simulated (the engine's init, sub-group step and gradient "

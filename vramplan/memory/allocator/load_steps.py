@@ -68,7 +68,7 @@ class LoadSteps:
         itemsize = self.profile.adapter_itemsize
         layers = layer_adapter_tensors(m, s, itemsize)
         if s.lora is None or itemsize != 4 or s.dtype not in ("bf16", "fp16") or s.quant == "int8":
-            seq.alloc_all([x for layer in layers for x in layer])
+            self.adapter_ids = list(seq.alloc_all([x for layer in layers for x in layer]))
             return
         halves = layer_adapter_tensors(m, s, 2)
         modules = adapter_pairs(m, s.lora)[: len(lora_targets(m, s.lora))]
@@ -77,7 +77,8 @@ class LoadSteps:
         moved = [list(seq.alloc_all(layer[:n_k])) for layer, n_k in zip(halves, n)]
         for ids, layer, n_k in zip(moved, halves, n):  # then the target parameters'
             ids += seq.alloc_all(layer[n_k:])
-        seq.replace_all([x for layer in layers for x in layer], [i for half in moved for i in half])
+        #: the adapters' tensors, in module order (a DeepSpeed engine casts and flattens them: zero_steps.py)
+        self.adapter_ids = list(seq.replace_all([x for layer in layers for x in layer], [i for half in moved for i in half]))
 
     def _load_checkpoint(
         self, layers: list[list[tuple[str, list[int], int]]], embed: int, lm_head: int, final_norm: int, residual: int

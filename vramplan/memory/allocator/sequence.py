@@ -258,7 +258,7 @@ class _Builder(
         engine = zero_engine_applies(setup)
         applies = ckpt_backward_applies(model, setup.model_copy(update={"parallel": None}) if engine else setup, profile)
         self.ckpt_bwd = ckpt_backward_patterns(model, self.layer_groups, self.head_groups) if applies else None
-        zero = engine and self.ckpt_bwd is not None
+        zero = engine and (self.ckpt_bwd is not None or setup.method == "lora")
         self.ckpt_bwd_sizes = ckpt_backward_sizes(model, setup) if self.ckpt_bwd else {}
         #: the engine's plan, and the hook each gradient goes to (None: kept as a tensor of self.grads)
         self.zero = zero_plan(model, setup) if zero else None
@@ -554,6 +554,8 @@ class _Builder(
             return
         seq.free(*self.rotary)  # layer 0's backward drops the last reference (activations.rotary_tables)
         seq.free(carry)  # consumed by the embedding's backward
+        if self.zero is not None:
+            self.zero_backward_end()
         if not s.grad_ckpt:
             seq.free(self.lm_cache)
         if full and new_grads:
@@ -577,7 +579,10 @@ class _Builder(
         recompute = seq.alloc_all([*self.adapter_copies[k], *self.saved_layer]) if s.grad_ckpt else ()
         tmp = seq.alloc_all(self.t_bwd)
         grads: list[int] = []
-        if new_grads and not self.layer_grads:  # full FT: this layer's; LoRA: every adapter's at once
+        if new_grads and self.grad_hook is not None:  # DeepSpeed's LoRA: each bf16 adapter gradient to its hook
+            for x in self.layer_grad_sizes[k][::-1]:
+                self.grad_hook(seq.alloc(x // 2))
+        elif new_grads and not self.layer_grads:  # full FT: this layer's; LoRA: every adapter's at once
             if s.method == "full":  # backward reaches the layer's modules last to first: down_proj's gradient first
                 sizes = self.layer_grad_sizes[k][::-1]
             else:  # (estimator's layer_backward)

@@ -54,10 +54,11 @@ ZERO_OPTIMIZERS = ("adamw_torch_fused",)
 
 
 def _measured_engine_setup(setup: TrainingSetup) -> bool:
-    """What every DeepSpeed history ran: one GPU, full fine-tuning, one micro-step, fused AdamW, bf16, the plain
-    transformers Trainer (the hf stack without Liger: no TRL or Liger run with DeepSpeed is recorded)."""
+    """What every DeepSpeed history ran: one GPU, full fine-tuning or checkpointed LoRA, one micro-step, fused AdamW,
+    bf16, the plain transformers Trainer (the hf stack without Liger: no TRL or Liger run with DeepSpeed is recorded)."""
+    method = setup.method == "full" or (setup.method == "lora" and setup.grad_ckpt)
     return (
-        setup.num_gpus == 1 and setup.method == "full" and setup.grad_accum == 1 and setup.dtype == "bf16"
+        setup.num_gpus == 1 and method and setup.grad_accum == 1 and setup.dtype == "bf16"
         and setup.optimizer in ZERO_OPTIMIZERS and setup.stack == "hf" and not setup.liger
     )  # fmt: skip
 
@@ -68,9 +69,12 @@ def zero2_applies(setup: TrainingSetup) -> bool:
 
 
 def zero3_applies(setup: TrainingSetup) -> bool:
-    """ZeRO-3 without offload or with everything offloaded (parameters and optimizer) on a measured engine setup
-    (zero3_steps.py, zero3_offload.py)."""
-    return setup.parallel == "zero3" and setup.offload in ("none", "all") and _measured_engine_setup(setup)
+    """ZeRO-3 full fine-tuning without offload or with everything offloaded (parameters and optimizer) on a measured
+    engine setup (zero3_steps.py, zero3_offload.py)."""
+    return (
+        setup.parallel == "zero3" and setup.method == "full" and setup.offload in ("none", "all")
+        and _measured_engine_setup(setup)
+    )  # fmt: skip
 
 
 def zero_engine_applies(setup: TrainingSetup) -> bool:
@@ -96,6 +100,8 @@ def zero_sequence_applies(model: ModelSpec, setup: TrainingSetup) -> bool:
     gather_stream_covers."""
     if not zero_engine_applies(setup) or (setup.offload == "all" and not gather_stream_covers(model)):
         return False
+    if setup.method == "lora":  # its layers' summary backward (sequence._Builder._backward_layer)
+        return True
     plain = setup.model_copy(update={"parallel": None})
     if not ckpt_backward_applies(model, plain, stack_profile(plain)):
         return False
@@ -107,7 +113,8 @@ def zero_sequence_applies(model: ModelSpec, setup: TrainingSetup) -> bool:
 class ZeroPlan:
     """The engine's sizes: each param group's elements (decay, then none; with offload one group; the flat buffers
     and partitions), the largest parameter's, the IPG bucket's, whether the optimizer is offloaded, the ZeRO
-    stage (3: zero3_steps.py) and whether ZeRO-3's parameters are offloaded too (zero3_offload.py)."""
+    stage (3: zero3_steps.py), whether ZeRO-3's parameters are offloaded too (zero3_offload.py) and whether the trainable
+    parameters are LoRA adapters (PEFT's fp32 ones, which the engine casts to bf16 before flattening them)."""
 
     group_numels: tuple[int, ...]
     largest_numel: int
@@ -115,6 +122,7 @@ class ZeroPlan:
     offload: bool
     stage: int = 2
     offload_params: bool = False
+    adapters: bool = False
 
 
 def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
@@ -122,10 +130,11 @@ def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
     undecayed = sum(g.params for g in groups if no_decay(g))
     total = sum(g.params for g in groups)
     offload = setup.offload in ("optimizer", "all")
-    return ZeroPlan(
-        group_numels=(total,) if offload else (total - undecayed, undecayed), largest_numel=max(g.numel for g in groups),
+    numels = (total,) if offload else (total - undecayed, undecayed)
+    return ZeroPlan(  # (LoRA's adapters all decay: the Trainer's empty group makes no buffers)
+        group_numels=tuple(n for n in numels if n), largest_numel=max(g.numel for g in groups),
         bucket_numel=reduce_bucket_elements(model), offload=offload, stage=3 if setup.parallel == "zero3" else 2,
-        offload_params=setup.offload == "all",
+        offload_params=setup.offload == "all", adapters=setup.method == "lora",
     )  # fmt: skip
 
 
@@ -141,10 +150,14 @@ class ZeroSteps:
         if z.stage == 3:
             return self.zero3_init()
         one_group = len(z.group_numels) == 1
+        params = self.loaded_params
+        if z.adapters:  # the engine's module.bfloat16(): each fp32 adapter replaced by its bf16 copy
+            adapters = self.adapter_ids
+            params = [(i, False) for i in seq.replace_all([seq.sizes[i] // 2 for i in adapters], adapters)]
         for undecayed, numel in zip((False, True), z.group_numels):
             seq.empty_cache()
             flat = seq.alloc(_flat_bytes(numel))
-            seq.free(*[i for i, nd in self.loaded_params if one_group or nd == undecayed])
+            seq.free(*[i for i, nd in params if one_group or nd == undecayed])
             clone = seq.alloc(seq.sizes[flat])
             if not z.offload:  # the fp32 master, kept
                 seq.alloc(block_bytes(numel * FP32))
