@@ -25,6 +25,7 @@ from vramplan.memory.allocator.zero3_steps import Zero3Steps, sub_groups
 from vramplan.memory.parallel import (
     OFFLOAD_MEASURED_NOTE,
     ZERO2_SIMULATED_NOTE,
+    ZERO3_OFFLOAD_OPTIMIZER_SIMULATED_NOTE,
     ZERO3_OFFLOAD_SIMULATED_NOTE,
     ZERO3_SIMULATED_NOTE,
 )
@@ -42,8 +43,9 @@ PRE_RECORDING_SEGMENT = 2 * MIB
 ZERO2_HISTORIES = ("h-q05-zero2-full-gc-x1", "h-l3-zero2-full-gc-offopt-x1", "h2-q15-zero2-full-gc-offopt-x1",
                    "l1-zero2-full-gc-offopt-x1", "z-tiny-zero2-full-gc-offopt-x1", "z-tiny-zero2-full-gc-s4096-x1",
                    "z-q3b-zero2-full-gc-x1", "z-q3-17-zero2-full-gc-x1", "z-l1-zero2-full-gc-s4096-x1")  # fmt: skip
-#: the two ZeRO-3 histories without offload the engine's sequence was read from (2026-12-02; l1's has no streams)
-ZERO3_HISTORIES = ("h-q15-zero3-full-gc-x1", "l1-zero3-full-gc-x1")
+#: the two ZeRO-3 histories without offload the engine's sequence was read from (2026-12-02; l1's has no streams), and
+#: the one with the optimizer offloaded (2026-12-04: the fp32 partitions and gradient buffer on the host)
+ZERO3_HISTORIES = ("h-q15-zero3-full-gc-x1", "l1-zero3-full-gc-x1", "o-l1-zero3-full-gc-offopt-x1")
 
 
 class _Engine(ZeroSteps, Zero3Steps):
@@ -187,8 +189,9 @@ def test_default_rule_simulates_the_zero2_setups_the_engine_model_covers():
     assert OFFLOAD_MEASURED_NOTE not in offall.assumptions
     lora = TrainingSetup(method="lora", lora=LoraSpec(rank=16), grad_ckpt=True, parallel="zero2")
     assert estimate(qwen, lora).memory.reserved_rule == "simulated"
+    offopt = estimate(qwen, covered.model_copy(update={"parallel": "zero3", "offload": "optimizer"}))
+    assert offopt.memory.reserved_rule == "simulated" and ZERO3_OFFLOAD_OPTIMIZER_SIMULATED_NOTE in offopt.assumptions
     not_covered = [
-        covered.model_copy(update={"parallel": "zero3", "offload": "optimizer"}),
         covered.model_copy(update={"grad_ckpt": False}),
         covered.model_copy(update={"optimizer": "adamw_8bit"}),
         covered.model_copy(update={"grad_accum": 2}),

@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO-3 on one GPU in the predicted sequence: the engine's init after the load, its gradient hooks and
 its sub-group optimizer step (DeepSpeed 0.19.8, runtime/zero/stage3.py, bf16, the config of
 vramplan/trainer/deepspeed_config.py: overlap_comm and contiguous_gradients on, HF's "auto" buckets and persistence
-threshold, no offload).
+threshold; no offload, or the optimizer's).
 
 Read from the recorded H200 history docs/allocator_traces/deepspeed/h-q15-zero3-full-gc-x1 (Qwen2.5-1.5B, each
 allocation on its stream) and DeepSpeed's source:
@@ -29,7 +29,13 @@ allocation on its stream) and DeepSpeed's source:
   per sub-group the flattened bf16 gradients, their fp32 cast (the sub-group's ``.grad``), the bf16 copy freed, at
   step 0 fused AdamW's two states, the fp32 gradient freed (_release_sub_group).
 
-One GPU, full fine-tuning whose layers run the recorded backward patterns, one micro-step, no offload.
+With the optimizer offloaded (``offload_optimizer``, read from o-l1-zero3-full-gc-offopt-x1, Llama-3.2-1B): the fp32
+partitions, initialize_optimizer_states' buffer and grad_partitions_flat_buffer are host memory (stage3.py:333,
+:791-793), so the init makes only lp_param_buffer and the IPG bucket; a reduce runs each gradient's host round trip on
+the reduction stream as with offloaded parameters (zero3_offload.Zero3OffloadSteps.zero3_offload_copies); the step
+runs on the host.
+
+One GPU, full fine-tuning whose layers run the recorded backward patterns, one micro-step.
 A mixin of sequence._Builder (it uses seq, zero, m, loaded_params, _param_groups and ZeroSteps' hook state and norm).
 """
 
@@ -84,17 +90,19 @@ class Zero3Steps:
         seq.free(*[i for i, _ in self.loaded_params])  # defragment: to host memory, then empty_cache
         seq.empty_cache()
         seq.alloc(block_bytes(total * BF16))  # lp_param_buffer
-        converted = None
-        for n in subs:
-            new = seq.alloc(block_bytes(n * FP32))
-            if converted is not None:
-                seq.free(converted)
-            converted = new
-            seq.alloc(block_bytes(n * FP32))  # the fp32 master, kept
-        seq.free(converted)
-        seq.free(seq.alloc(block_bytes(max(subs) * FP32)))  # initialize_optimizer_states' gradient buffer
+        if not z.offload:  # (with the optimizer offloaded the fp32 partitions and the gradient buffer are host memory)
+            converted = None
+            for n in subs:
+                new = seq.alloc(block_bytes(n * FP32))
+                if converted is not None:
+                    seq.free(converted)
+                converted = new
+                seq.alloc(block_bytes(n * FP32))  # the fp32 master, kept
+            seq.free(converted)
+            seq.free(seq.alloc(block_bytes(max(subs) * FP32)))  # initialize_optimizer_states' gradient buffer
         seq.alloc(block_bytes(z.bucket_numel * BF16))  # the IPG bucket, kept
-        seq.alloc(block_bytes(total * BF16))  # grad_partitions_flat_buffer, kept
+        if not z.offload:
+            seq.alloc(block_bytes(total * BF16))  # grad_partitions_flat_buffer, kept
         threshold = persistence_threshold(self.m) * BF16
         for nbytes in sizes:  # the parameter pass (module docstring); ds_numel <= threshold persists
             if nbytes > threshold:  # (parameter_offload.py mark_persistent_parameters: ds_numel <= threshold)

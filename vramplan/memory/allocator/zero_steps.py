@@ -72,7 +72,7 @@ def zero3_applies(setup: TrainingSetup) -> bool:
     """ZeRO-3 full fine-tuning without offload or with everything offloaded (parameters and optimizer) on a measured
     engine setup (zero3_steps.py, zero3_offload.py)."""
     return (
-        setup.parallel == "zero3" and setup.method == "full" and setup.offload in ("none", "all")
+        setup.parallel == "zero3" and setup.method == "full" and setup.offload in ("none", "optimizer", "all")
         and _measured_engine_setup(setup)
     )  # fmt: skip
 
