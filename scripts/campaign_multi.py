@@ -210,6 +210,24 @@ def zero3_offload_grid(num_gpus: int = 1) -> list[RunSpec]:
     ]
 
 
+def zero_lora_holdout_grid(num_gpus: int = 1) -> list[RunSpec]:
+    """A hold-out for ZeRO-2 under LoRA (zero_steps.py: the adapters cast to bf16 and flattened, read from the two
+    Llama-3.2-1B LoRA histories of 2026-12-04) and ZeRO-3 with the optimizer alone offloaded (zero3_steps.py, read from
+    the one Llama-3.2-1B run): Qwen2.5's biases and tied 152k vocabulary, TinyLlama's untied lm_head, Qwen3's q/k
+    norms, 4096 tokens on Llama-3.2-3B; predicted and committed before they run."""
+    zero = partial(_zero, num_gpus=num_gpus)
+
+    return [
+        zero(single.lora("hz-q15-zero2-lora-gc", "qwen2.5-1.5b", "ZeRO-2 LoRA, biases, tied 152k", grad_ckpt=True), "zero2"),
+        zero(single.lora("hz-tiny-zero2-lora-gc-offopt", "tinyllama-1.1b-chat-v1.0", "ZeRO-2 LoRA offopt, untied", grad_ckpt=True), "zero2", "optimizer"),
+        zero(single.lora("hz-q3-17-zero2-lora-gc", "qwen3-1.7b", "ZeRO-2 LoRA Qwen3 1.7B", grad_ckpt=True), "zero2"),
+        zero(single.lora("hz-l3-zero2-lora-gc-s4096", L3, "ZeRO-2 LoRA 3B at 4k", grad_ckpt=True, seq_len=4096), "zero2"),
+        zero(single.full("hz-q05-zero3-full-gc-offopt", "qwen2.5-0.5b", "ZeRO-3 offopt 0.5B, tied", grad_ckpt=True), "zero3", "optimizer"),
+        zero(single.full("hz-tiny-zero3-full-gc-offopt", "tinyllama-1.1b-chat-v1.0", "ZeRO-3 offopt, untied", grad_ckpt=True), "zero3", "optimizer"),
+        zero(single.full("hz-q15-zero3-full-gc-offopt", "qwen2.5-1.5b", "ZeRO-3 offopt 1.5B, biases", grad_ckpt=True), "zero3", "optimizer"),
+    ]
+
+
 def ddp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     """A hold-out for DDP's construction broadcast (vramplan/memory/allocator/ddp_broadcast.py, read from torch's
     source and checked on the three DDP runs of the multi grid, 2026-12-03): full fine-tuning (bf16 buckets only, the
@@ -227,7 +245,8 @@ def ddp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
 GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
          "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid,
-         "zero3-offload-hist": zero3_offload_history_grid, "zero3-offload": zero3_offload_grid}
+         "zero3-offload-hist": zero3_offload_history_grid, "zero3-offload": zero3_offload_grid,
+         "zero-lora-holdout": zero_lora_holdout_grid}
 
 
 def settings(spec: RunSpec) -> str:
