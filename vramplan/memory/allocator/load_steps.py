@@ -40,16 +40,17 @@ class LoadSteps:
         else:
             # each parameter's tensor with whether the Trainer gives it no weight decay (a bias or a norm weight),
             # in module order (a DeepSpeed engine frees them into its flat buffers: zero_steps.py)
-            params = [(seq.alloc(embed), False)]
             named = [(name, x) for layer in layers for name, pieces, _ in layer for x in pieces]
-            ids = seq.alloc_all([x for _, x in named])
-            params += [(i, name.endswith(".bias") or "norm" in name) for i, (name, _) in zip(ids, named)]
-            params += [(seq.alloc(final_norm), True), (seq.alloc(residual), False)]
-            if lm_head:
-                params.append((seq.alloc(lm_head), False))
-            self.loaded_params = params
-            if not lm_head and t.tied_load:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
-                seq.free(seq.alloc(t.tied_load))
+            listed = [(embed, False), *[(x, name.endswith(".bias") or "norm" in name) for name, x in named],
+                      (final_norm, True), (residual, False)] + ([(lm_head, False)] if lm_head else [])  # fmt: skip
+            tied = 0 if lm_head else t.tied_load
+            if self.zero is not None and self.zero.stage == 3 and self.zero.adapters:  # the frozen weights stay
+                ids = self.zero3_partitioned_load([n for n, _ in listed], tied)
+            else:
+                ids = seq.alloc_all([n for n, _ in listed])
+                if tied:  # tied: the lm_head Linear is built, then post_init ties it to the embedding
+                    seq.free(seq.alloc(tied))
+            self.loaded_params = [(i, nd) for i, (_, nd) in zip(ids, listed)]
         seq.mark("peft")
         self._peft_wrap()
 

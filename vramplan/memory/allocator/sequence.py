@@ -282,7 +282,7 @@ class _Builder(
         self.cache_lm = lm_copy
         # with checkpointing: autocast's copies of the adapters, made in each layer's forward, dropped when autocast
         # exits after the loss (its recompute makes them again, saved until the layer's backward)
-        self.adapter_copies = layer_adapter_copies(model, setup) if t.adapter_copies_fwd else [[]] * self.L
+        self.adapter_copies = layer_adapter_copies(model, setup) if t.adapter_copies_fwd and not zero else [[]] * self.L
         # a checkpointed QLoRA MLP's adapters are cast where each is used (lora_chain.CheckpointedMlp): MLP leaf ->
         # index of its lora_A copy in a layer's copies (lora_B's follows); the other targets' at the layer's start
         self.mlp_copies: dict[str, int] = {}
@@ -330,6 +330,10 @@ class _Builder(
                 self.final_ids = kept
         if not s.grad_ckpt:
             self.final_ids = [seq.alloc(x) for x in self.final]
+        if self.zero is not None and self.zero.stage == 3 and self.zero.adapters:
+            # ZeRO-3's LinearFunctionForZeroStage3 saves the frozen lm_head's input (the final norm's bf16 output),
+            # which torch's linear does not for a frozen weight: kept to the head's backward (history p-l1-zero3-lora)
+            self.final_ids.append(seq.alloc(s.batch_size * s.seq_len * self.m.hidden_size * BF16))
         self.zero3_gathers("fwd", "head")
         self.lm_cache = seq.alloc(self.cache_lm)
         self._loss_forward()
@@ -579,9 +583,9 @@ class _Builder(
         recompute = seq.alloc_all([*self.adapter_copies[k], *self.saved_layer]) if s.grad_ckpt else ()
         tmp = seq.alloc_all(self.t_bwd)
         grads: list[int] = []
-        if new_grads and self.grad_hook is not None:  # DeepSpeed's LoRA: each bf16 adapter gradient to its hook
-            for x in self.layer_grad_sizes[k][::-1]:
-                self.grad_hook(seq.alloc(x // 2))
+        if new_grads and self.grad_hook is not None:  # DeepSpeed's LoRA: each adapter's gradient to its hook
+            for x in self.layer_grad_sizes[k][::-1]:  # (fp32 sizes: PEFT's adapters; ZeRO-2's engine makes them bf16)
+                self.grad_hook(seq.alloc(x // FP32 * self.zero.grad_itemsize))
         elif new_grads and not self.layer_grads:  # full FT: this layer's; LoRA: every adapter's at once
             if s.method == "full":  # backward reaches the layer's modules last to first: down_proj's gradient first
                 sizes = self.layer_grad_sizes[k][::-1]

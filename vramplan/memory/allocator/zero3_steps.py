@@ -71,6 +71,25 @@ def persistence_threshold(model: ModelSpec) -> int:
 
 
 class Zero3Steps:
+    def zero3_partitioned_load(self, sizes: list[int], tied: int) -> list[int]:
+        """The load under zero.Init (HF's from_config under a ZeRO-3 config) where the frozen weights' partitions stay
+        (LoRA; full fine-tuning's defragment frees them all, so its load is the plain one): each parameter of `sizes`
+        made, its partition (at world size 1 the whole tensor, partition_parameters.py:1836) made, the parameter freed,
+        in module order, a tied lm_head's own weight (`tied` bytes) last; then every parameter made and freed once
+        more (partition_parameters.py:2142) and the tied lm_head's partition freed (history p-l1-zero3-lora,
+        Llama-3.2-1B). The partitions' ids, one per size (a 0-byte size's id makes nothing)."""
+        seq = self.seq
+        parts = []
+        for n in sizes + ([tied] if tied else []):
+            made = seq.alloc(n)
+            parts.append(seq.alloc(n))
+            seq.free(made)
+        for n in sizes + ([tied] if tied else []):
+            seq.free(seq.alloc(n))
+        if tied:
+            seq.free(parts.pop())
+        return parts
+
     def _zero3_sub_groups(self) -> list[int]:
         """The engine's sub-groups' elements: the decay group's, then the no-decay group's (parameter order)."""
         out: list[int] = []
@@ -86,6 +105,8 @@ class Zero3Steps:
             return self.zero3_offload_init()
         subs = self._zero3_sub_groups()
         total = sum(subs)
+        if z.adapters:
+            return self._zero3_adapters_init(subs)
         sizes = [seq.sizes[i] for i, _ in self.loaded_params]
         seq.free(*[i for i, _ in self.loaded_params])  # defragment: to host memory, then empty_cache
         seq.empty_cache()
@@ -107,6 +128,27 @@ class Zero3Steps:
         for nbytes in sizes:  # the parameter pass (module docstring); ds_numel <= threshold persists
             if nbytes > threshold:  # (parameter_offload.py mark_persistent_parameters: ds_numel <= threshold)
                 seq.free(seq.alloc(nbytes))
+        self.zero3_subs = subs
+        self._zero_reset()
+
+    def _zero3_adapters_init(self, subs: list[int]) -> None:
+        """The init under LoRA (history p-l1-zero3-lora, Llama-3.2-1B): the frozen weights keep their partitions; each
+        of PEFT's fp32 adapters is partitioned (_convert_to_zero_parameters: a copy made, the adapter freed), defragment
+        frees the copies and empties the cache, lp_param_buffer holds them in fp32 (the engine casts no ZeRO-3 module
+        to bf16), each sub-group's fp32 master is a clone (its ``.to(fp32)`` is the flat buffer itself), then
+        initialize_optimizer_states' buffer, the IPG bucket and the bf16 gradient buffer as in full fine-tuning; no
+        parameter pass after it."""
+        seq, z = self.seq, self.zero
+        adapters = self.adapter_ids
+        seq.free(*seq.replace_all([seq.sizes[i] for i in adapters], adapters))
+        seq.empty_cache()
+        seq.alloc(block_bytes(sum(subs) * FP32))  # lp_param_buffer
+        if not z.offload:
+            seq.alloc_all([block_bytes(n * FP32) for n in subs])  # the fp32 masters, kept
+            seq.free(seq.alloc(block_bytes(max(subs) * FP32)))
+        seq.alloc(block_bytes(z.bucket_numel * BF16))  # the IPG bucket, kept
+        if not z.offload:
+            seq.alloc(block_bytes(sum(subs) * BF16))  # grad_partitions_flat_buffer, kept
         self.zero3_subs = subs
         self._zero_reset()
 

@@ -69,10 +69,11 @@ def zero2_applies(setup: TrainingSetup) -> bool:
 
 
 def zero3_applies(setup: TrainingSetup) -> bool:
-    """ZeRO-3 full fine-tuning without offload or with everything offloaded (parameters and optimizer) on a measured
-    engine setup (zero3_steps.py, zero3_offload.py)."""
+    """ZeRO-3 without offload, with the optimizer offloaded or (full fine-tuning) with everything offloaded, on a
+    measured engine setup (zero3_steps.py, zero3_offload.py)."""
     return (
-        setup.parallel == "zero3" and setup.method == "full" and setup.offload in ("none", "optimizer", "all")
+        setup.parallel == "zero3" and setup.offload in ("none", "optimizer", "all")
+        and (setup.method == "full" or setup.offload != "all")
         and _measured_engine_setup(setup)
     )  # fmt: skip
 
@@ -113,8 +114,9 @@ def zero_sequence_applies(model: ModelSpec, setup: TrainingSetup) -> bool:
 class ZeroPlan:
     """The engine's sizes: each param group's elements (decay, then none; with offload one group; the flat buffers
     and partitions), the largest parameter's, the IPG bucket's, whether the optimizer is offloaded, the ZeRO
-    stage (3: zero3_steps.py), whether ZeRO-3's parameters are offloaded too (zero3_offload.py) and whether the trainable
-    parameters are LoRA adapters (PEFT's fp32 ones, which the engine casts to bf16 before flattening them)."""
+    stage (3: zero3_steps.py), whether ZeRO-3's parameters are offloaded too (zero3_offload.py), whether the trainable
+    parameters are LoRA adapters (PEFT's fp32 ones: ZeRO-2's engine casts them to bf16 before flattening them, ZeRO-3's
+    keeps them fp32) and the bytes per element of the gradients the hooks get."""
 
     group_numels: tuple[int, ...]
     largest_numel: int
@@ -123,6 +125,7 @@ class ZeroPlan:
     stage: int = 2
     offload_params: bool = False
     adapters: bool = False
+    grad_itemsize: int = BF16
 
 
 def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
@@ -135,6 +138,7 @@ def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
         group_numels=tuple(n for n in numels if n), largest_numel=max(g.numel for g in groups),
         bucket_numel=reduce_bucket_elements(model), offload=offload, stage=3 if setup.parallel == "zero3" else 2,
         offload_params=setup.offload == "all", adapters=setup.method == "lora",
+        grad_itemsize=FP32 if setup.method == "lora" and setup.parallel == "zero3" else BF16,
     )  # fmt: skip
 
 
@@ -179,7 +183,7 @@ class ZeroSteps:
         """A parameter's gradient `grad` (a tensor id) reached its hook: into the IPG bucket (freed) or kept until the
         next hook reduces it."""
         seq, z = self.seq, self.zero
-        numel = seq.sizes[grad] // BF16
+        numel = seq.sizes[grad] // z.grad_itemsize
         if not self.zero_ipg and z.stage == 2:  # setup_buckets (ZeRO-3's bucket is made at init)
             self.zero_ipg = [seq.alloc(block_bytes(z.bucket_numel * BF16)) for _ in range(2)]
         if self.zero_elements + numel > z.bucket_numel:
