@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from vramplan.estimator import CALIBRATED_DEFAULTS, _terms, estimate
+from vramplan.memory.allocator.lora_no_grad_layer import lora_no_grad_layer, lora_no_grad_sizes
 from vramplan.memory.allocator.ops import EMPTY_CACHE, Sequence
 from vramplan.memory.allocator.replay import replay
+from vramplan.memory.allocator.rules import block_bytes
 from vramplan.memory.allocator.sequence import training_sequence
 from vramplan.memory.allocator.zero_steps import (
     REDUCTION_STREAM,
@@ -158,21 +160,58 @@ def test_predicted_zero_sequence_reaches_the_recorded_peaks(name):
     assert abs(seq.live_peak() / doc["recorded"]["peak_allocated"] - 1) <= 0.0005
 
 
-#: ZeRO-2 under LoRA (2026-12-04, read from): the engine casts PEFT's fp32 adapters to bf16 and flattens those
-ZERO2_LORA_HISTORIES = ("o-l1-zero2-lora-gc-x1", "o-l1-zero2-lora-gc-offopt-x1")
+#: DeepSpeed under checkpointed LoRA (2026-12-04): ZeRO-2's two 1B histories and ZeRO-3's 1B and 8B ones (the 8B's
+#: optimizer offloaded, no streams) the engine's LoRA sequence was read from, then the zero-lora-holdout's four ZeRO-2
+#: runs (Qwen2.5's biases, TinyLlama's GQA, Qwen3's q/k norms, 3B at 4096 tokens)
+ZERO_LORA_HISTORIES = ("o-l1-zero2-lora-gc-x1", "o-l1-zero2-lora-gc-offopt-x1", "o-l1-zero3-lora-gc-x1",
+                       "l8-zero3-lora-gc-offopt-x1", "hz-q15-zero2-lora-gc-x1", "hz-tiny-zero2-lora-gc-offopt-x1",
+                       "hz-q3-17-zero2-lora-gc-x1", "hz-l3-zero2-lora-gc-s4096-x1")  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ZERO2_LORA_HISTORIES)
-def test_zero2_lora_sequence_casts_and_flattens_the_adapters_to_the_recorded_peaks(name):
-    # allocated to 0.1 MiB of 5.6 GiB (the bf16 cast, one flat group, the IPG buffers and the partition); reserved 76 MiB
-    # (1.2 %) over: the checkpointed LoRA forward is the summary's (its saved tensors held to the layer's end), which
-    # makes three 20 MiB segments the recorded no-grad forward does not
+@pytest.mark.parametrize("name", ZERO_LORA_HISTORIES)
+def test_zero_lora_sequence_reaches_the_recorded_peaks(name):
+    # reserved to the MiB on all but Qwen3-1.7B (6 MiB over of 7.8 GiB); allocated within 2.1 MiB (Qwen2.5-1.5B) and
+    # to 0.1 MiB on the rest. Before the no-grad LoRA layer (lora_no_grad_layer.py) the summary forward made up to
+    # 348 MiB (+2.4 %) of 20 MiB segments more; before ZeRO-3's zero.Init load and fp32 adapters, -1.5 GiB allocated
     doc, _, seq = _history_sequence(name)
-    assert abs(seq.live_peak() - doc["recorded"]["peak_allocated"]) < MIB
+    assert abs(seq.live_peak() - doc["recorded"]["peak_allocated"]) < 2.1 * MIB
     recorded = doc["recorded"]["peak_reserved"] + PRE_RECORDING_SEGMENT
-    assert 0 <= replay(seq).peak_reserved_bytes - recorded <= 80 * MIB
-    cast = [i for i in seq.ops[seq.marks["step0.forward"] - 400 : seq.marks["step0.forward"]] if i >= 0]
-    assert 22544384 in {seq.sizes[i] for i in cast}  # the flat bf16 group: 11.27M adapter elements
+    assert 0 <= replay(seq).peak_reserved_bytes - recorded <= 6 * MIB
+
+
+def _op_tokens(doc: dict) -> list[str]:
+    """A history's ops as run_pattern tokens: each allocation its block-rounded size, each free how many ops back the
+    freed tensor was made (empty_cache points skipped)."""
+    ops = [op for op in doc["ops"] if op != EMPTY_CACHE]
+    made, out = {}, []
+    for j, op in enumerate(ops):
+        if op >= 0:
+            made[op] = j
+            out.append(f"A{block_bytes(doc['sizes'][op])}")
+        else:
+            out.append(f"-{j - made.get(~op, -(10**9))}")
+    return out
+
+
+@pytest.mark.parametrize("name, first, later", [("o-l1-zero2-lora-gc-x1", 48, 48), ("o-l1-zero3-lora-gc-x1", 16, 32),
+                                                ("hz-q3-17-zero2-lora-gc-x1", 84, 84), ("hz-q15-zero2-lora-gc-x1", 83, 83)])
+def test_every_recorded_lora_layer_forward_is_the_no_grad_pattern(name, first, later):
+    # every decoder layer's checkpointed forward of every recorded step (3 steps) is the pattern, op for op: ZeRO-2's
+    # bf16 block in each step; ZeRO-3's fp32 block with lora_A's weight fetched as a copy in step 0's 16 layers, without
+    # it in steps 1 and 2; Qwen3's q/k norms; Qwen2.5's biases make nothing more, but its first biased projection makes
+    # cuBLASLt's 1 MiB workspace inside layer 0 of step 0 (small pool, not modelled: 83 of 84 layers)
+    doc = json.loads(gzip.decompress((TRACES / f"{name}.events.json.gz").read_bytes()))
+    run = _history_run(name)
+    model = resolve_model(run.model_source or run.model)
+    recorded = _op_tokens(doc)
+    counts = []
+    for step0 in (True, False):
+        tokens, _ = lora_no_grad_layer(model, run.setup, step0)
+        sizes = lora_no_grad_sizes(model, run.setup)
+        pattern = [t if t.startswith("-") else f"A{block_bytes(sizes[t])}" for t in tokens]
+        n = len(pattern)
+        counts.append(sum(1 for j in range(len(recorded) - n + 1) if recorded[j : j + n] == pattern))
+    assert counts == [first, later]
 
 
 def test_default_rule_simulates_the_zero2_setups_the_engine_model_covers():
@@ -201,21 +240,6 @@ def test_default_rule_simulates_the_zero2_setups_the_engine_model_covers():
     ]
     for setup in not_covered:
         assert estimate(qwen, setup).memory.reserved_rule != "simulated", setup
-
-
-#: ZeRO-3 under LoRA (2026-12-04, read from): the frozen weights' zero.Init partitions stay, the adapters stay fp32,
-#: LinearFunctionForZeroStage3 keeps lm_head's input; the 8B history (optimizer offloaded) has no streams
-ZERO3_LORA_HISTORIES = ("o-l1-zero3-lora-gc-x1", "l8-zero3-lora-gc-offopt-x1")
-
-
-@pytest.mark.parametrize("name", ZERO3_LORA_HISTORIES)
-def test_zero3_lora_sequence_keeps_the_frozen_partitions_and_reaches_the_recorded_peaks(name):
-    # allocated within 0.1 MiB (the lm_head input LinearFunctionForZeroStage3 saves was the last 8 / 16 MiB), reserved
-    # +16 / +144 MiB (0.25 / 0.72 %, the checkpointed LoRA forward's summary)
-    doc, _, seq = _history_sequence(name)
-    assert abs(seq.live_peak() - doc["recorded"]["peak_allocated"]) < 0.1 * MIB
-    recorded = doc["recorded"]["peak_reserved"] + PRE_RECORDING_SEGMENT
-    assert 0 <= replay(seq).peak_reserved_bytes - recorded <= 0.008 * recorded
 
 
 @pytest.mark.parametrize("name", ["llama-3.2-1b", "tinyllama-1.1b-chat-v1.0", "qwen2.5-0.5b"])

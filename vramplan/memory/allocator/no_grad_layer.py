@@ -54,18 +54,23 @@ def no_grad_pattern(model: ModelSpec, setup: TrainingSetup, liger: bool) -> tupl
     checkpointing, SDPA, the transformers modules (no Liger kernels), and a Llama-family layer (two RMSNorms, separate
     q / k / v and gate / up projections, SwiGLU, no MoE, no soft-capping): LLAMA_NO_GRAD_LAYER, or with Qwen3's per-head
     q/k norms QWEN3_NO_GRAD_LAYER (other q/k norms, OLMo 2's over the whole width: none); else None."""
-    applies = (
-        setup.method == "full" and setup.grad_ckpt and setup.dtype in ("bf16", "fp16") and setup.attn == "sdpa"
+    if setup.method != "full" or not llama_family_checkpointed(model, setup, liger):
+        return None
+    return (QWEN3_NO_GRAD_LAYER, QWEN3_NO_GRAD_OUTPUT) if model.qk_norm else (LLAMA_NO_GRAD_LAYER, NO_GRAD_OUTPUT)
+
+
+def llama_family_checkpointed(model: ModelSpec, setup: TrainingSetup, liger: bool) -> bool:
+    """Checkpointing in bf16 / fp16 with SDPA, the transformers modules (no Liger kernels), and a Llama-family layer
+    (two RMSNorms, separate q / k / v and gate / up projections, SwiGLU, no MoE, no soft-capping; q/k norms only
+    Qwen3's, over each head): the layers the no-grad patterns were read from."""
+    return (
+        setup.grad_ckpt and setup.dtype in ("bf16", "fp16") and setup.attn == "sdpa"
         and not liger and model.traced is None and model.moe is None and model.mla is None
         and model.norms_per_layer == 2 and not model.post_norm
         and not model.fused_qkv and not model.fused_gate_up and model.hidden_act == "silu"
         and model.attn_logit_softcapping is None and not model.attention_sinks
+        and (not model.qk_norm or model.model_type == "qwen3")
     )  # fmt: skip
-    if not applies:
-        return None
-    if not model.qk_norm:
-        return LLAMA_NO_GRAD_LAYER, NO_GRAD_OUTPUT
-    return (QWEN3_NO_GRAD_LAYER, QWEN3_NO_GRAD_OUTPUT) if model.model_type == "qwen3" else None
 
 
 def no_grad_pattern_applies(model: ModelSpec, setup: TrainingSetup, liger: bool) -> bool:

@@ -74,6 +74,7 @@ from .ckpt_backward_layer import ckpt_backward_applies, ckpt_backward_patterns, 
 from .layer_patterns import LayerPatterns
 from .load_steps import START_CUDA_TENSOR_BYTES, LoadSteps
 from .lora_chain import checkpointed_mlp, lora_chains
+from .lora_no_grad_layer import lora_no_grad_pattern, lora_no_grad_sizes
 from .no_grad_layer import no_grad_layer_sizes, no_grad_pattern
 from .ops import EMPTY_CACHE, Repeats, Sequence, live_peaks, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
 from .optimizer_steps import OptimizerSteps
@@ -263,6 +264,10 @@ class _Builder(
         #: the engine's plan, and the hook each gradient goes to (None: kept as a tensor of self.grads)
         self.zero = zero_plan(model, setup) if zero else None
         self.grad_hook = self.zero_hook if zero else None
+        #: a DeepSpeed engine's LoRA layer: its recorded no-grad forward in the first step and after (lora_no_grad_layer.py)
+        self.lora_no_grad = [lora_no_grad_pattern(model, setup, profile.liger, first) for first in (True, False)] if zero else None
+        if self.lora_no_grad and self.lora_no_grad[0]:
+            self.no_grad, self.no_grad_sizes = self.lora_no_grad[0], lora_no_grad_sizes(model, setup)
         #: a decoder layer like the last one recorded of its kind appends that one's ops again (ops.Repeats); not
         #: with DeepSpeed's hooks, whose state runs across the layers
         self.repeated = Repeats(seq, repeat_layers and not zero)
@@ -297,6 +302,8 @@ class _Builder(
     # ------------------------------------------------------------------ one micro-step
     def forward(self, first: bool) -> None:
         s, t, seq = self.s, self.t, self.seq
+        if self.lora_no_grad and self.lora_no_grad[0]:
+            self.no_grad = self.lora_no_grad[0 if first else 1]
         self.zero3_gathers("fwd", "pre")  # ZeRO-3's offloaded parameters' copies (zero3_offload.py), phase by phase
         # with checkpointing each layer keeps its input: the embedding's output for layer 0, made before any matmul
         self.ckpt: list[int | None] = [seq.alloc(t.one_checkpoint)] if s.grad_ckpt else []
