@@ -228,6 +228,23 @@ def zero_lora_holdout_grid(num_gpus: int = 1) -> list[RunSpec]:
     ]
 
 
+def zero_lora_holdout2_grid(num_gpus: int = 1) -> list[RunSpec]:
+    """A hold-out for DeepSpeed under LoRA after the engine's LoRA sequence and its no-grad layer were read (2026-12-04:
+    zero_steps.py, zero3_steps.py, lora_no_grad_layer.py): ZeRO-3 on Qwen2.5's biases and tied vocabulary, TinyLlama
+    with the optimizer offloaded, Qwen3's q/k norms, Llama-3.2-3B at 4096 tokens; ZeRO-2 on Qwen2.5-0.5B with the
+    optimizer offloaded and Qwen2.5-3B; predicted and committed before they run."""
+    zero = partial(_zero, num_gpus=num_gpus)
+
+    return [
+        zero(single.lora("hl-q15-zero3-lora-gc", "qwen2.5-1.5b", "ZeRO-3 LoRA, biases, tied 152k", grad_ckpt=True), "zero3"),
+        zero(single.lora("hl-tiny-zero3-lora-gc-offopt", "tinyllama-1.1b-chat-v1.0", "ZeRO-3 LoRA offopt, untied", grad_ckpt=True), "zero3", "optimizer"),
+        zero(single.lora("hl-q3-17-zero3-lora-gc", "qwen3-1.7b", "ZeRO-3 LoRA Qwen3 1.7B", grad_ckpt=True), "zero3"),
+        zero(single.lora("hl-l3-zero3-lora-gc-s4096", L3, "ZeRO-3 LoRA 3B at 4k", grad_ckpt=True, seq_len=4096), "zero3"),
+        zero(single.lora("hl-q05-zero2-lora-gc-offopt", "qwen2.5-0.5b", "ZeRO-2 LoRA offopt 0.5B", grad_ckpt=True), "zero2", "optimizer"),
+        zero(single.lora("hl-q3b-zero2-lora-gc", "qwen2.5-3b", "ZeRO-2 LoRA Qwen2.5-3B", grad_ckpt=True), "zero2"),
+    ]
+
+
 def ddp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     """A hold-out for DDP's construction broadcast (vramplan/memory/allocator/ddp_broadcast.py, read from torch's
     source and checked on the three DDP runs of the multi grid, 2026-12-03): full fine-tuning (bf16 buckets only, the
@@ -246,7 +263,7 @@ GRIDS = {"multi": multi_grid, "zero": zero_grid, "scale": scale_grid, "zero-hold
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
          "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid,
          "zero3-offload-hist": zero3_offload_history_grid, "zero3-offload": zero3_offload_grid,
-         "zero-lora-holdout": zero_lora_holdout_grid}
+         "zero-lora-holdout": zero_lora_holdout_grid, "zero-lora-holdout2": zero_lora_holdout2_grid}
 
 
 def settings(spec: RunSpec) -> str:
