@@ -63,6 +63,13 @@ from .trainable import TensorGroup
 #: (memory_model.md sections 7 and 9). H200 x2 runs (vramplan/runs/shipped/h200, DDP and FSDP): device peak -
 #: reserved = 1.57 GiB in all six, vs the 0.75 GiB CUDA context of one-GPU runs -> ~0.82 GiB of NCCL per process
 NCCL_BUFFERS_BYTES = 832 * MIB
+#: DeepSpeed at world size 1, outside the allocator beyond the CUDA context (device peak - reserved - 763.56 MiB, the
+#: context every plain H200 run shows): 950 MiB on all 20 ZeRO-2 runs of 2026-12-02..04 (full FT with the optimizer
+#: offloaded 38-80 MiB more), 558 MiB on all 15 ZeRO-3 runs without parameter offload (LoRA 2 MiB more, the
+#: optimizer offloaded 6-24 MiB more), 570-634 MiB with --offload all (growing with the parameters); constant in
+#: each, whatever the model (which of DeepSpeed's set-ups holds it was not read from the source). Several GPUs keep
+#: NCCL_BUFFERS_BYTES (not measured with DeepSpeed)
+DEEPSPEED_ONE_GPU_OUTSIDE_BYTES = {"zero2": 950 * MIB, "zero3": 558 * MIB}
 #: FSDP2 gathers and reduce-scatters on their own CUDA streams and the caching allocator keeps freed blocks per
 #: stream, so reserved exceeds allocated by more than on one GPU: H200 x2 FSDP full FT runs (llama-3.2-1b/3b,
 #: llama-3.1-8b; vramplan/runs/shipped/h200) measured reserved - allocated = 15-31 % of allocated vs ~4 % on one GPU
@@ -191,7 +198,8 @@ def _zero(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], group
             opt_transient=zero2_step_transient(trainable, n, adam_transient),
             persistent=master, reduce={"zero.reduce_bucket": zero2_ipg_buffers(model)}, stream_pools=pools,
             engine_init=zero2_engine_init(trainable, n, setup.offload),
-            engine_init_reserved=zero2_offload_init_reserved(trainable) if setup.offload != "none" else 0, **common,
+            engine_init_reserved=zero2_offload_init_reserved(trainable) if setup.offload != "none" else 0,
+            outside_allocator_bytes=_deepspeed_outside(setup, n), **common,
         )  # fmt: skip
     live = {}
     if zero3_gathers_copy(n, setup.offload):  # two fetched modules, or what the reuse distance keeps gathered
@@ -214,8 +222,14 @@ def _zero(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], group
         gather_forward=live,
         gather_backward=live,
         stream_pools=pools,
+        outside_allocator_bytes=_deepspeed_outside(setup, n),
         **common,
     )
+
+
+def _deepspeed_outside(setup: TrainingSetup, n: int) -> int:
+    """Memory outside the allocator beyond the CUDA context: DEEPSPEED_ONE_GPU_OUTSIDE_BYTES on one GPU, else NCCL's."""
+    return DEEPSPEED_ONE_GPU_OUTSIDE_BYTES[setup.parallel] if n == 1 else NCCL_BUFFERS_BYTES
 
 
 #: ZeRO's fp32 partitions that offload_optimizer moves to the CPU with the optimizer states
@@ -334,35 +348,35 @@ OFFLOAD_MEASURED_NOTE = (
 ZERO2_SIMULATED_NOTE = (
     "DeepSpeed ZeRO-2 at world size 1, simulated (the engine's init, gradient hooks and step replayed on its "
     "streams): full fine-tuning reserved within 2 MiB of measured on 9 H200 runs (5 of them predicted before they "
-    "ran), device within 1.8 % (DeepSpeed's memory outside the allocator, 1.67 GiB with ZeRO-2 at world size 1, is "
-    "above the NCCL term)"
+    "ran); device within 0.5 % with DeepSpeed's measured 950 MiB outside the allocator at world size 1"
 )
 ZERO3_SIMULATED_NOTE = (
     "DeepSpeed ZeRO-3 at world size 1 without offload, simulated (the engine's init, sub-group step and gradient "
     "hooks replayed on its streams; a fetch at world size 1 is a view, no all-gather): reserved within 4 MiB of "
-    "measured on 12 H200 runs (7 of them predicted before they ran, up to Llama-3.1-8B at 129 GiB), device within "
-    "1.8 % (DeepSpeed's memory outside the allocator, 1.29 GiB with ZeRO-3 at world size 1, is below the NCCL term)"
+    "measured on 12 H200 runs (7 of them predicted before they ran, up to Llama-3.1-8B at 129 GiB); device to 0.1 % "
+    "with DeepSpeed's measured 558 MiB outside the allocator at world size 1 (the first run, of 2026-12-01, had "
+    "392 MiB more there: -1.2 %)"
 )
 ZERO3_OFFLOAD_SIMULATED_NOTE = (
     "DeepSpeed ZeRO-3 at world size 1 with parameters and optimizer offloaded, simulated (the engine's init and "
     "gradient hooks on the compute and reduction streams, and the parameter coordinator's fetches, prefetch and "
     "reuse distance on the all-gather stream: allocator/zero3_offload.py, zero3_fetch.py; three steps): reserved to "
     "the byte on 9 H200 runs (6 of them a hold-out predicted before they ran: +0.0 % on five, +0.5 % on the sixth "
-    "before a rule change), allocated within 0.9 %, device 1.6-4.6 % over (the memory outside the allocator, "
-    "1.30-1.37 GiB with it, is below the NCCL term)"
+    "before a rule change), allocated within 0.9 %; device 0.1-0.6 % under (the memory outside the allocator "
+    "grows by 12-76 MiB with the parameters when they are offloaded, not modelled)"
 )
 ZERO3_OFFLOAD_OPTIMIZER_SIMULATED_NOTE = (
     "DeepSpeed ZeRO-3 at world size 1 with the optimizer offloaded, simulated (the engine's init as without offload "
     "less the fp32 partitions and gradient buffer, which are host memory, each gradient's host round trip on the "
-    "reduction stream, the step on the host): reserved to the byte on the one H200 run it was read from "
-    "(Llama-3.2-1B), allocated within 0.1 MiB"
+    "reduction stream, the step on the host): reserved to the byte on the H200 run it was read from (Llama-3.2-1B) "
+    "and on a hold-out of 3 predicted before they ran (Qwen2.5-0.5B, TinyLlama, Qwen2.5-1.5B), allocated within 0.5 %"
 )
 ZERO_LORA_SIMULATED_NOTE = (
     "DeepSpeed ZeRO-2 / ZeRO-3 under checkpointed LoRA at world size 1, simulated (ZeRO-2's engine casts the adapters "
     "to bf16 and flattens them; ZeRO-3 keeps the frozen weights' partitions and the adapters in fp32; each layer's "
-    "no-grad forward as recorded): reserved to the MiB on 9 of 10 H200 runs (4 of them ZeRO-2 runs a hold-out "
-    "predicted before this forward was read, then +1.1 ... +2.5 %), +0.07 % on Qwen3-1.7B; allocated within 0.5 %; "
-    "device -2.1 ... +3.5 % (DeepSpeed's memory outside the allocator)"
+    "no-grad forward as recorded): reserved to the MiB on 9 of 10 H200 runs it was read from, +0.07 % on Qwen3-1.7B, "
+    "and on all 6 of a hold-out predicted before they ran (ZeRO-3 on Qwen2.5-1.5B, TinyLlama, Qwen3-1.7B, 3B at 4096 "
+    "tokens; ZeRO-2 on Qwen2.5-0.5B and 3B); allocated within 0.5 %"
 )
 #: the note of each stage (and ZeRO-3 offload) the simulated sequence models (zero_steps.py, zero3_steps.py)
 ZERO_SIMULATED_NOTES = {("zero2", "none"): ZERO2_SIMULATED_NOTE, ("zero2", "optimizer"): ZERO2_SIMULATED_NOTE,
@@ -378,13 +392,20 @@ def zero_simulated_assumptions(lines: tuple[str, ...], setup: TrainingSetup) -> 
     return kept + (ZERO_SIMULATED_NOTES[setup.parallel, setup.offload],)
 
 
+def _outside_line(setup: TrainingSetup) -> str:
+    if setup.num_gpus == 1:  # DeepSpeed at world size 1
+        nbytes = DEEPSPEED_ONE_GPU_OUTSIDE_BYTES[setup.parallel]
+        return f"DeepSpeed {setup.parallel} at world size 1 outside the allocator: {nbytes // MIB} MiB (measured on 1 x H200)"
+    return f"NCCL buffers outside the allocator: {NCCL_BUFFERS_BYTES // MIB} MiB per process (measured on 2 x H200)"
+
+
 def parallel_assumptions(setup: TrainingSetup) -> tuple[str, ...]:
     """What the per-GPU numbers assume, one line each."""
     if setup.parallel is None or (setup.num_gpus <= 1 and setup.parallel not in ("zero2", "zero3")):
         return ()
     n, p = setup.num_gpus, setup.parallel
     lines = [f"{n} GPU{'s' if n > 1 else ''}, data parallel ({p}): micro-batch {setup.batch_size} per GPU; numbers are per GPU",
-             f"NCCL buffers outside the allocator: {NCCL_BUFFERS_BYTES // MIB} MiB per process (measured on 2 x H200)"]  # fmt: skip
+             _outside_line(setup)]  # fmt: skip
     if p == "ddp":
         lines.append("DDP gradient buckets cover every trainable gradient (gradient_as_bucket_view=False, the default)")
         lines.append(
