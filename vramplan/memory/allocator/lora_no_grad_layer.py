@@ -35,7 +35,7 @@ FP32_BLOCK = (("base", "o"), ("w", "wi"), ("xf", "iF"), ("mask", "Mi"), ("drop",
               ("-", "w"), ("-", "drop"), ("b", "oF"), ("-", "a"), ("scaled", "oF"), ("-", "b"), ("sumf", "oF"),
               ("-", "scaled"), ("-", "base"), ("sum", "o"), ("-", "sumf"), ("-", "xf"))  # fmt: skip
 #: after the first step lora_A's weight is fetched as a view: no copy
-FP32_LATER_BLOCK = tuple(x for x in FP32_BLOCK if "w" not in x)
+FP32_LATER_BLOCK = tuple(step for step in FP32_BLOCK if step not in (("w", "wi"), ("-", "w")))
 
 
 class _Layer:
@@ -71,11 +71,12 @@ class _Layer:
         """A projection from input kind `i` to output kind `o`: its LoRA block, or (block None) its output alone."""
         if block is None:
             return self.alloc(p, o)
+        kinds = {"o": o, "i": i, "Mi": f"M{i}", "wi": f"w{i}", "iF": f"{i}F", "oF": f"{o}F", "a": "a"}
         for name, what in block:
             if name == "-":
                 self.free(p + what)
             else:
-                self.alloc(p + name, what.replace("o", o, 1).replace("i", i, 1) if what not in ("a",) else what)
+                self.alloc(p + name, kinds[what])
         return p + "sum"
 
     def rotary(self, p: str, x: str, half: str) -> str:
