@@ -21,6 +21,36 @@ from .tensors import grad_tensor
 from .unsloth_gemma3_layer import grad_token_sizes as unsloth_grad_token_sizes
 
 
+#: a compiled token: allocate a kind, free the tensor made n tokens earlier, free the inputs, free a named tensor
+_KIND, _BACK, _INPUTS, _NAMED = range(4)
+#: tokens (as a tuple) -> their compiled form (_compile); patterns are per model and setup, a few per process
+_COMPILED: dict[tuple[str, ...], list[tuple[int, object]]] = {}
+
+
+def _compile(tokens) -> list[tuple[int, object]]:
+    """`tokens` as (what, argument) pairs, parsed once per pattern: run_pattern's per-token string tests and int()
+    were about half of its time, and under DeepSpeed (no layer templates: its gradient hooks keep state) it runs on
+    every layer (Llama-3.1-8B ZeRO-3: 132 patterns, 21,000 tokens, 9.4 ms of a 31.6 ms cold estimate)."""
+    key = tuple(tokens)
+    out = _COMPILED.get(key)
+    if out is None:
+        out = []
+        for tok in key:
+            c = tok[0]
+            if c == "-":
+                out.append((_BACK, int(tok[1:])))
+            elif c == "x":
+                out.append((_INPUTS, None))
+            elif c == "~":
+                out.append((_NAMED, tok[1:]))
+            else:
+                out.append((_KIND, tok))
+        if len(_COMPILED) >= 256:
+            _COMPILED.clear()
+        _COMPILED[key] = out
+    return out
+
+
 def run_pattern(
     seq, tokens: list[str], sizes: dict[str, int], inputs: list[int] = (), named: dict[str, int] | None = None,
     grads: dict[str, list[int]] | None = None, keep_grads: bool = True, hook=None,
@@ -28,30 +58,40 @@ def run_pattern(
     """Append a pattern's ops to `seq`: a kind allocates sizes[kind], -n frees the tensor allocated n ops earlier,
     x frees `inputs`, ~name frees named[name]; a gradient token allocates the next of grads[token], kept (or, when
     `keep_grads` is False, added into the existing gradient: freed at once; or handed to `hook`, a DeepSpeed engine's
-    gradient hook, zero_steps.py). The tensor of each token (-1 for a free) and the gradients kept."""
+    gradient hook, zero_steps.py). The tensor of each token (-1 for a free) and the gradients kept.
+
+    Sequence.alloc / free inlined on seq's lists (the same ops; a hook's own allocations go through them)."""
     made: list[int] = []
     kept: list[int] = []
-    for tok in tokens:
-        c = tok[0]
-        if c == "-":
-            seq.free(made[len(made) - int(tok[1:])])
-            made.append(-1)
-        elif c == "x":
-            seq.free(*inputs)
-            made.append(-1)
-        elif c == "~":
-            seq.free(named[tok[1:]])
-            made.append(-1)
-        elif grads is not None and tok in grads:
-            made.append(seq.alloc(grads[tok].pop()))
-            if hook is not None:
-                hook(made[-1])
-            elif keep_grads:
-                kept.append(made[-1])
+    known, ops = seq.sizes, seq.ops
+    grads = grads or {}
+    for what, arg in _compile(tokens):
+        if what == _KIND:
+            if arg in grads:
+                made.append(seq.alloc(grads[arg].pop()))
+                if hook is not None:
+                    hook(made[-1])
+                elif keep_grads:
+                    kept.append(made[-1])
+                else:
+                    seq.free(made[-1])
             else:
-                seq.free(made[-1])
+                i = len(known)
+                nbytes = sizes[arg]
+                known.append(nbytes)
+                if nbytes > 0:
+                    ops.append(i)
+                made.append(i)
+            continue
+        if what == _BACK:
+            i = made[len(made) - arg]
+            if known[i] > 0:
+                ops.append(~i)
+        elif what == _INPUTS:
+            seq.free(*inputs)
         else:
-            made.append(seq.alloc(sizes[tok]))
+            seq.free(named[arg])
+        made.append(-1)
     return made, kept
 
 
