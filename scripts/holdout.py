@@ -33,10 +33,15 @@ from vramplan.specs import TrainingSetup, setup_label  # noqa: E402
 
 HOLDOUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "holdout"
 PREDICTIONS = HOLDOUT_DIR / "predictions.json"
+#: the DeepSpeed grids at world size 1 (campaign_multi.py's GRIDS; zero-x1 is its "zero" grid's one-GPU runs)
+ZERO_ONE_GPU_GRIDS = ("zero-x1", "zero-holdout", "zero-holdout2", "zero2-seq", "zero3-seq", "zero3-large", "zero3-offload",
+                      "zero3-offload-hist", "zero-lora-holdout", "zero-lora-holdout2")  # fmt: skip
 #: grid -> its committed predictions
 PREDICTION_FILES = {
     "holdout": PREDICTIONS,
-    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim", "default", "nograd", "ckptbwd", "families", "qwen3", "unsloth-gemma", "unsloth-gemma2", "unsloth-gemma3", "zero-x1", "zero-holdout", "zero-holdout2", "zero2-seq", "zero3-seq", "zero3-large", "ddp-holdout", "zero3-offload", "zero3-offload-hist", "zero-lora-holdout", "zero-lora-holdout2")},
+    **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim", "default", "nograd",
+                                                          "ckptbwd", "families", "qwen3", "unsloth-gemma", "unsloth-gemma2",
+                                                          "unsloth-gemma3", "ddp-holdout", *ZERO_ONE_GPU_GRIDS)},
 }
 GIB = 2**30
 
@@ -59,7 +64,7 @@ def _simulated(spec) -> dict[str, int]:
 
 def grid_specs(grid: str) -> list:
     """The runs of `grid`: a campaign.py grid, or zero-x1 (campaign_multi.py's ZeRO runs at world size 1)."""
-    if grid in ("zero-x1", "zero-holdout", "zero-holdout2", "zero2-seq", "zero3-seq", "zero3-large", "zero3-offload", "zero3-offload-hist", "zero-lora-holdout", "zero-lora-holdout2"):
+    if grid in ZERO_ONE_GPU_GRIDS:
         import campaign_multi
 
         runs = campaign_multi.GRIDS["zero" if grid == "zero-x1" else grid](1)

@@ -9,7 +9,8 @@ lora_A has run; in the first step only), the adapter's chain runs in fp32 and th
 rest of the layer is the full fine-tuning one (no_grad_layer.LLAMA_NO_GRAD_LAYER: RMSNorms, rotary, SDPA, SwiGLU),
 except that the attention output goes to o_proj without a contiguous copy. A projection LoRA does not wrap makes its
 output alone. Read from the H200 histories o-l1-zero2-lora-gc-x1 (167 ops per layer, identical in every layer) and
-p-l1-zero3-lora (209), and checked against every ZeRO LoRA history with stacks (tests/test_allocator_zero.py).
+o-l1-zero3-lora-gc-x1 (209; read with Python stacks from the same run crashed in step 0's backward, not
+shipped), and checked op for op against every layer of the 14 ZeRO LoRA histories (tests/test_allocator_zero.py).
 
 The layer is built from named steps (``_Layer``) and written out as tokens for layer_patterns.run_pattern: a kind
 allocates, -n frees the tensor made n tokens earlier. Kinds beyond no_grad_layer's: M<k> a dropout mask of an input of
@@ -67,6 +68,12 @@ class _Layer:
         self.free(cast, normed, mean)
         return out
 
+    def normed(self, p: str, x: str, f: str, r: str, kind: str) -> str:
+        """norm() of the tensor `x`, then `x` freed."""
+        out = self.norm(p, f, r, kind)
+        self.free(x)
+        return out
+
     def linear(self, p: str, i: str, o: str, block) -> str:
         """A projection from input kind `i` to output kind `o`: its LoRA block, or (block None) its output alone."""
         if block is None:
@@ -91,7 +98,7 @@ class _Layer:
         return out
 
 
-def lora_no_grad_pattern(model: ModelSpec, setup: TrainingSetup, liger: bool, first: bool) -> tuple[list[str], int] | None:
+def lora_no_grad_pattern(model: ModelSpec, setup: TrainingSetup, liger: bool, first: bool) -> tuple[tuple[str, ...], int] | None:
     """lora_no_grad_layer where it applies: LoRA with dropout under ZeRO-2 / ZeRO-3 on a layer the no-grad patterns
     were read from (no_grad_layer.llama_family_checkpointed); else None."""
     applies = (
@@ -101,7 +108,7 @@ def lora_no_grad_pattern(model: ModelSpec, setup: TrainingSetup, liger: bool, fi
     return lora_no_grad_layer(model, setup, first) if applies else None
 
 
-def lora_no_grad_layer(model: ModelSpec, setup: TrainingSetup, first: bool = True) -> tuple[list[str], int]:
+def lora_no_grad_layer(model: ModelSpec, setup: TrainingSetup, first: bool = True) -> tuple[tuple[str, ...], int]:
     """The layer's tokens and the token of its output (the second residual sum, the only tensor left). ZeRO-3 fetches
     lora_A's weight as a copy in the `first` step's forward only (the later steps' histories make none)."""
     targets = frozenset(t.name.rsplit(".", 1)[-1] for t in lora_targets(model, setup.lora))
@@ -111,16 +118,16 @@ def lora_no_grad_layer(model: ModelSpec, setup: TrainingSetup, first: bool = Tru
 
 
 @lru_cache(maxsize=32)
-def _layer(targets: frozenset[str], block: tuple, qk_norm: bool) -> tuple[list[str], int]:
+def _layer(targets: frozenset[str], block: tuple, qk_norm: bool) -> tuple[tuple[str, ...], int]:
     on = lambda name: block if name in targets else None  # noqa: E731
     g = _Layer()
     hn = g.norm("n1")
     q = g.linear("q", "X", "Q", on("q_proj"))
-    if qk_norm:  # Qwen3's RMSNorm over each head, right after the projection
-        q, _ = g.norm("qn", "QF", "rQ", "Q"), g.free(q)
+    if qk_norm:  # Qwen3's RMSNorm over each head, right after the projection, which it frees
+        q = g.normed("qn", q, "QF", "rQ", "Q")
     k = g.linear("k", "X", "K", on("k_proj"))
     if qk_norm:
-        k, _ = g.norm("kn", "KF", "rK", "K"), g.free(k)
+        k = g.normed("kn", k, "KF", "rK", "K")
     v = g.linear("v", "X", "K", on("v_proj"))
     qr, kr = g.rotary("rq", "Q", "Qh"), g.rotary("rk", "K", "Kh")
     g.free(q, k)
@@ -142,7 +149,7 @@ def _layer(targets: frozenset[str], block: tuple, qk_norm: bool) -> tuple[list[s
     g.free(prod, hn2)
     out = g.alloc("out", "X")
     g.free(down, h2)
-    return g.tokens, g.at[out]
+    return tuple(g.tokens), g.at[out]
 
 
 def lora_no_grad_sizes(model: ModelSpec, setup: TrainingSetup) -> dict[str, int]:

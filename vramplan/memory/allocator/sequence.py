@@ -264,10 +264,12 @@ class _Builder(
         #: the engine's plan, and the hook each gradient goes to (None: kept as a tensor of self.grads)
         self.zero = zero_plan(model, setup) if zero else None
         self.grad_hook = self.zero_hook if zero else None
-        #: a DeepSpeed engine's LoRA layer: its recorded no-grad forward in the first step and after (lora_no_grad_layer.py)
-        self.lora_no_grad = [lora_no_grad_pattern(model, setup, profile.liger, first) for first in (True, False)] if zero else None
-        if self.lora_no_grad and self.lora_no_grad[0]:
-            self.no_grad, self.no_grad_sizes = self.lora_no_grad[0], lora_no_grad_sizes(model, setup)
+        #: a DeepSpeed engine's LoRA layer: its recorded no-grad forward in the first step, and in the later ones (ZeRO-3
+        #: fetches lora_A's weight as a copy in the first only: lora_no_grad_layer.py); forward() picks the step's
+        self.lora_no_grad_first = lora_no_grad_pattern(model, setup, profile.liger, True) if zero else None
+        if self.lora_no_grad_first:
+            self.lora_no_grad_later = lora_no_grad_pattern(model, setup, profile.liger, False)
+            self.no_grad, self.no_grad_sizes = self.lora_no_grad_first, lora_no_grad_sizes(model, setup)
         #: a decoder layer like the last one recorded of its kind appends that one's ops again (ops.Repeats); not
         #: with DeepSpeed's hooks, whose state runs across the layers
         self.repeated = Repeats(seq, repeat_layers and not zero)
@@ -302,8 +304,8 @@ class _Builder(
     # ------------------------------------------------------------------ one micro-step
     def forward(self, first: bool) -> None:
         s, t, seq = self.s, self.t, self.seq
-        if self.lora_no_grad and self.lora_no_grad[0]:
-            self.no_grad = self.lora_no_grad[0 if first else 1]
+        if self.lora_no_grad_first:
+            self.no_grad = self.lora_no_grad_first if first else self.lora_no_grad_later
         self.zero3_gathers("fwd", "pre")  # ZeRO-3's offloaded parameters' copies (zero3_offload.py), phase by phase
         # with checkpointing each layer keeps its input: the embedding's output for layer 0, made before any matmul
         self.ckpt: list[int | None] = [seq.alloc(t.one_checkpoint)] if s.grad_ckpt else []
@@ -339,7 +341,7 @@ class _Builder(
             self.final_ids = [seq.alloc(x) for x in self.final]
         if self.zero is not None and self.zero.stage == 3 and self.zero.adapters:
             # ZeRO-3's LinearFunctionForZeroStage3 saves the frozen lm_head's input (the final norm's bf16 output),
-            # which torch's linear does not for a frozen weight: kept to the head's backward (history p-l1-zero3-lora)
+            # which torch's linear does not for a frozen weight: kept to the head's backward (history o-l1-zero3-lora-gc-x1)
             self.final_ids.append(seq.alloc(s.batch_size * s.seq_len * self.m.hidden_size * BF16))
         self.zero3_gathers("fwd", "head")
         self.lm_cache = seq.alloc(self.cache_lm)

@@ -61,9 +61,9 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup, model: ModelSp
     ):
         raise VramplanError(
             f"--reserved-rule simulated with --parallel {setup.parallel}: the simulated sequence has DeepSpeed's engine "
-            "on one GPU only, for full fine-tuning with checkpointing of a Llama-family, Qwen2 or Qwen3 model, fused "
-            "AdamW, bf16, one micro-step: ZeRO-2 with no offload or --offload optimizer, ZeRO-3 with no offload or "
-            "--offload all; "
+            "on one GPU only, with checkpointing of a Llama-family, Qwen2 or Qwen3 model (SDPA), fused AdamW, bf16, one "
+            "micro-step, the hf stack: full fine-tuning (ZeRO-2 with no offload or --offload optimizer, ZeRO-3 with any "
+            "offload) or LoRA with dropout (ZeRO-2 or ZeRO-3, no offload or --offload optimizer); "
             "accepted: such a setup, no --parallel, or --reserved-rule rules"
         )
     if reserved_rule == RESERVED_BY_SIMULATION and setup.num_gpus > 1 and setup.parallel != "ddp":

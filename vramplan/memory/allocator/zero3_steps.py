@@ -35,7 +35,8 @@ partitions, initialize_optimizer_states' buffer and grad_partitions_flat_buffer 
 the reduction stream as with offloaded parameters (zero3_offload.Zero3OffloadSteps.zero3_offload_copies); the step
 runs on the host.
 
-One GPU, full fine-tuning whose layers run the recorded backward patterns, one micro-step.
+One GPU, full fine-tuning whose layers run the recorded backward patterns or checkpointed LoRA whose layers run the
+recorded no-grad forward (lora_no_grad_layer.py), one micro-step.
 A mixin of sequence._Builder (it uses seq, zero, m, loaded_params, _param_groups and ZeroSteps' hook state and norm).
 """
 
@@ -76,15 +77,16 @@ class Zero3Steps:
         (LoRA; full fine-tuning's defragment frees them all, so its load is the plain one): each parameter of `sizes`
         made, its partition (at world size 1 the whole tensor, partition_parameters.py:1836) made, the parameter freed,
         in module order, a tied lm_head's own weight (`tied` bytes) last; then every parameter made and freed once
-        more (partition_parameters.py:2142) and the tied lm_head's partition freed (history p-l1-zero3-lora,
-        Llama-3.2-1B). The partitions' ids, one per size (a 0-byte size's id makes nothing)."""
+        more (partition_parameters.py:2142) and the tied lm_head's partition freed (history o-l1-zero3-lora-gc-x1,
+        Llama-3.2-1B, and the same run with Python stacks up to its crash in step 0's backward, not shipped). The
+        partitions' ids, one per size (a 0-byte size's id makes nothing)."""
         seq = self.seq
-        parts = []
-        for n in sizes + ([tied] if tied else []):
-            made = seq.alloc(n)
+        parts, made = [], sizes + ([tied] if tied else [])
+        for n in made:
+            before = seq.alloc(n)
             parts.append(seq.alloc(n))
-            seq.free(made)
-        for n in sizes + ([tied] if tied else []):
+            seq.free(before)
+        for n in made:
             seq.free(seq.alloc(n))
         if tied:
             seq.free(parts.pop())
@@ -99,56 +101,44 @@ class Zero3Steps:
 
     def zero3_init(self) -> None:
         """The engine's init after the Trainer's free_memory() (module docstring; offloaded parameters:
-        zero3_offload.py)."""
+        zero3_offload.py). Under LoRA (history o-l1-zero3-lora-gc-x1, Llama-3.2-1B, read with Python stacks from the
+        same run crashed in step 0's backward) the frozen weights keep their partitions; each of PEFT's fp32 adapters
+        is partitioned (_convert_to_zero_parameters: a copy made, the adapter freed) and defragment frees the copies;
+        lp_param_buffer holds them in fp32 (the engine casts no ZeRO-3 module to bf16), each sub-group's master is a
+        clone alone (its ``.to(fp32)`` is the flat buffer itself), and no parameter pass follows."""
         seq, z = self.seq, self.zero
         if z.offload_params:
             return self.zero3_offload_init()
         subs = self._zero3_sub_groups()
         total = sum(subs)
         if z.adapters:
-            return self._zero3_adapters_init(subs)
-        sizes = [seq.sizes[i] for i, _ in self.loaded_params]
-        seq.free(*[i for i, _ in self.loaded_params])  # defragment: to host memory, then empty_cache
+            trainable = seq.replace_all([seq.sizes[i] for i in self.adapter_ids], self.adapter_ids)
+            passed = []
+        else:
+            trainable = [i for i, _ in self.loaded_params]
+            passed = [seq.sizes[i] for i in trainable]
+        seq.free(*trainable)  # defragment: to host memory, then empty_cache
         seq.empty_cache()
-        seq.alloc(block_bytes(total * BF16))  # lp_param_buffer
+        seq.alloc(block_bytes(total * (FP32 if z.adapters else BF16)))  # lp_param_buffer
         if not z.offload:  # (with the optimizer offloaded the fp32 partitions and the gradient buffer are host memory)
             converted = None
             for n in subs:
-                new = seq.alloc(block_bytes(n * FP32))
-                if converted is not None:
-                    seq.free(converted)
-                converted = new
+                if not z.adapters:  # `converted = flat.to(fp32)`, the previous one freed once the new one exists
+                    new = seq.alloc(block_bytes(n * FP32))
+                    if converted is not None:
+                        seq.free(converted)
+                    converted = new
                 seq.alloc(block_bytes(n * FP32))  # the fp32 master, kept
-            seq.free(converted)
+            if converted is not None:
+                seq.free(converted)
             seq.free(seq.alloc(block_bytes(max(subs) * FP32)))  # initialize_optimizer_states' gradient buffer
         seq.alloc(block_bytes(z.bucket_numel * BF16))  # the IPG bucket, kept
         if not z.offload:
             seq.alloc(block_bytes(total * BF16))  # grad_partitions_flat_buffer, kept
         threshold = persistence_threshold(self.m) * BF16
-        for nbytes in sizes:  # the parameter pass (module docstring); ds_numel <= threshold persists
+        for nbytes in passed:  # the parameter pass (module docstring); ds_numel <= threshold persists
             if nbytes > threshold:  # (parameter_offload.py mark_persistent_parameters: ds_numel <= threshold)
                 seq.free(seq.alloc(nbytes))
-        self.zero3_subs = subs
-        self._zero_reset()
-
-    def _zero3_adapters_init(self, subs: list[int]) -> None:
-        """The init under LoRA (history p-l1-zero3-lora, Llama-3.2-1B): the frozen weights keep their partitions; each
-        of PEFT's fp32 adapters is partitioned (_convert_to_zero_parameters: a copy made, the adapter freed), defragment
-        frees the copies and empties the cache, lp_param_buffer holds them in fp32 (the engine casts no ZeRO-3 module
-        to bf16), each sub-group's fp32 master is a clone (its ``.to(fp32)`` is the flat buffer itself), then
-        initialize_optimizer_states' buffer, the IPG bucket and the bf16 gradient buffer as in full fine-tuning; no
-        parameter pass after it."""
-        seq, z = self.seq, self.zero
-        adapters = self.adapter_ids
-        seq.free(*seq.replace_all([seq.sizes[i] for i in adapters], adapters))
-        seq.empty_cache()
-        seq.alloc(block_bytes(sum(subs) * FP32))  # lp_param_buffer
-        if not z.offload:
-            seq.alloc_all([block_bytes(n * FP32) for n in subs])  # the fp32 masters, kept
-            seq.free(seq.alloc(block_bytes(max(subs) * FP32)))
-        seq.alloc(block_bytes(z.bucket_numel * BF16))  # the IPG bucket, kept
-        if not z.offload:
-            seq.alloc(block_bytes(sum(subs) * BF16))  # grad_partitions_flat_buffer, kept
         self.zero3_subs = subs
         self._zero_reset()
 

@@ -26,8 +26,10 @@ h-l3-zero2-full-gc-offopt-x1 and h2-q15-zero2-full-gc-offopt-x1 (offload_optimiz
   after the last group's the grads_in_partition, the torch optimizer's step (AdamW: its two fp32 states at step 0),
   the fp32 gradient freed. With offload the step runs on the host.
 
-One GPU, full fine-tuning whose layers run the recorded backward patterns, one micro-step (ZeRO-2 accumulates later
-micro-steps' gradients differently); the rest keeps the closed-form rules (simulated.simulation_covers).
+One GPU, full fine-tuning whose layers run the recorded backward patterns or checkpointed LoRA whose layers run the
+recorded no-grad forward (the engine casts PEFT's fp32 adapters to bf16 first, one flat group: the Trainer's no-decay
+group is empty), one micro-step (ZeRO-2 accumulates later micro-steps' gradients differently); the rest keeps the
+closed-form rules (simulated.simulation_covers).
 A mixin of sequence._Builder (it uses seq, zero, loaded_params and OptimizerSteps._param_groups).
 """
 
@@ -41,6 +43,7 @@ from ..deepspeed import reduce_bucket_elements
 from ..stacks import stack_profile
 from ..trainable import trainable_groups
 from .ckpt_backward_layer import ckpt_backward_applies, ckpt_backward_patterns
+from .lora_no_grad_layer import lora_no_grad_pattern
 from .optimizer_steps import no_decay
 from .rules import block_bytes
 from .tensors import grouped_by_layer
@@ -96,13 +99,14 @@ def gather_stream_covers(model: ModelSpec) -> bool:
 
 
 def zero_sequence_applies(model: ModelSpec, setup: TrainingSetup) -> bool:
-    """Whether the sequence models the setup's DeepSpeed engine: zero_engine_applies, the layers run the recorded
-    backward patterns as they would without the engine (ckpt_backward_layer.py), and with offloaded ZeRO-3 parameters
-    gather_stream_covers."""
+    """Whether the sequence models the setup's DeepSpeed engine: zero_engine_applies, and the layers run as recorded:
+    full fine-tuning's backward patterns as they would without the engine (ckpt_backward_layer.py), LoRA's no-grad
+    forward (lora_no_grad_layer.py, with its layers' summary backward); with offloaded ZeRO-3 parameters
+    gather_stream_covers too."""
     if not zero_engine_applies(setup) or (setup.offload == "all" and not gather_stream_covers(model)):
         return False
-    if setup.method == "lora":  # its layers' summary backward (sequence._Builder._backward_layer)
-        return True
+    if setup.method == "lora":
+        return lora_no_grad_pattern(model, setup, stack_profile(setup).liger, True) is not None
     plain = setup.model_copy(update={"parallel": None})
     if not ckpt_backward_applies(model, plain, stack_profile(plain)):
         return False
@@ -126,6 +130,8 @@ class ZeroPlan:
     offload_params: bool = False
     adapters: bool = False
     grad_itemsize: int = BF16
+    #: whether each group of group_numels is the no-decay one (offload's single group frees every parameter)
+    group_no_decay: tuple[bool, ...] = (False, True)
 
 
 def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
@@ -133,9 +139,11 @@ def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
     undecayed = sum(g.params for g in groups if no_decay(g))
     total = sum(g.params for g in groups)
     offload = setup.offload in ("optimizer", "all")
-    numels = (total,) if offload else (total - undecayed, undecayed)
-    return ZeroPlan(  # (LoRA's adapters all decay: the Trainer's empty group makes no buffers)
-        group_numels=tuple(n for n in numels if n), largest_numel=max(g.numel for g in groups),
+    groups_ = [(False, total)] if offload else [(False, total - undecayed), (True, undecayed)]
+    kept = [(nd, n) for nd, n in groups_ if n]  # (LoRA's adapters all decay: the Trainer's empty group makes no buffers)
+    return ZeroPlan(
+        group_numels=tuple(n for _, n in kept), group_no_decay=tuple(nd for nd, _ in kept),
+        largest_numel=max(g.numel for g in groups),
         bucket_numel=reduce_bucket_elements(model), offload=offload, stage=3 if setup.parallel == "zero3" else 2,
         offload_params=setup.offload == "all", adapters=setup.method == "lora",
         grad_itemsize=FP32 if setup.method == "lora" and setup.parallel == "zero3" else BF16,
@@ -158,7 +166,7 @@ class ZeroSteps:
         if z.adapters:  # the engine's module.bfloat16(): each fp32 adapter replaced by its bf16 copy
             adapters = self.adapter_ids
             params = [(i, False) for i in seq.replace_all([seq.sizes[i] // 2 for i in adapters], adapters)]
-        for undecayed, numel in zip((False, True), z.group_numels):
+        for undecayed, numel in zip(z.group_no_decay, z.group_numels):
             seq.empty_cache()
             flat = seq.alloc(_flat_bytes(numel))
             seq.free(*[i for i, nd in params if one_group or nd == undecayed])
