@@ -259,14 +259,15 @@ class _Builder(
         engine = zero_engine_applies(setup)
         applies = ckpt_backward_applies(model, setup.model_copy(update={"parallel": None}) if engine else setup, profile)
         self.ckpt_bwd = ckpt_backward_patterns(model, self.layer_groups, self.head_groups) if applies else None
-        zero = engine and (self.ckpt_bwd is not None or setup.method == "lora")
+        #: a DeepSpeed engine's LoRA layer: its recorded no-grad forward in the first step, and in the later ones (ZeRO-3
+        #: fetches lora_A's weight as a copy in the first only: lora_no_grad_layer.py); forward() picks the step's. The
+        #: engine is modelled where its layers run as recorded, as zero_steps.zero_sequence_applies decides
+        self.lora_no_grad_first = lora_no_grad_pattern(model, setup, profile.liger, True) if engine else None
+        zero = engine and (self.ckpt_bwd is not None or self.lora_no_grad_first is not None)
         self.ckpt_bwd_sizes = ckpt_backward_sizes(model, setup) if self.ckpt_bwd else {}
         #: the engine's plan, and the hook each gradient goes to (None: kept as a tensor of self.grads)
         self.zero = zero_plan(model, setup) if zero else None
         self.grad_hook = self.zero_hook if zero else None
-        #: a DeepSpeed engine's LoRA layer: its recorded no-grad forward in the first step, and in the later ones (ZeRO-3
-        #: fetches lora_A's weight as a copy in the first only: lora_no_grad_layer.py); forward() picks the step's
-        self.lora_no_grad_first = lora_no_grad_pattern(model, setup, profile.liger, True) if zero else None
         if self.lora_no_grad_first:
             self.lora_no_grad_later = lora_no_grad_pattern(model, setup, profile.liger, False)
             self.no_grad, self.no_grad_sizes = self.lora_no_grad_first, lora_no_grad_sizes(model, setup)
