@@ -393,10 +393,11 @@ def zero_simulated_assumptions(lines: tuple[str, ...], setup: TrainingSetup) -> 
 
 
 def _outside_line(setup: TrainingSetup) -> str:
+    """What parallel_terms puts outside the allocator (_deepspeed_outside on one GPU, NCCL's buffers on several)."""
+    nbytes = _deepspeed_outside(setup, setup.num_gpus) // MIB
     if setup.num_gpus == 1:  # DeepSpeed at world size 1
-        nbytes = DEEPSPEED_ONE_GPU_OUTSIDE_BYTES[setup.parallel]
-        return f"DeepSpeed {setup.parallel} at world size 1 outside the allocator: {nbytes // MIB} MiB (measured on 1 x H200)"
-    return f"NCCL buffers outside the allocator: {NCCL_BUFFERS_BYTES // MIB} MiB per process (measured on 2 x H200)"
+        return f"DeepSpeed {setup.parallel} at world size 1 outside the allocator: {nbytes} MiB (measured on 1 x H200)"
+    return f"NCCL buffers outside the allocator: {nbytes} MiB per process (measured on 2 x H200)"
 
 
 def parallel_assumptions(setup: TrainingSetup) -> tuple[str, ...]:
