@@ -308,7 +308,8 @@ def entry_from_run(spec: RunSpec, run, record: Path, wall_s: float) -> dict[str,
     entry = single.entry_from_run(spec, run, record, wall_s, None)
     entry["settings"] = settings(spec)
     x = run.extra
-    entry["per_rank"] = [
+    fake = x.get("process_group") == "fake"  # one record of rank 0 alone (fake_rank.py): no per-rank values
+    entry["per_rank"] = [] if fake else [
         f"rank{r} alloc {single._gib(x.get(f'rank{r}_max_allocated_bytes'))} "
         f"resv {single._gib(x.get(f'rank{r}_max_reserved_bytes'))} "
         f"device {single._gib(x.get(f'rank{r}_device_peak_bytes'))} GiB"
@@ -344,9 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", choices=sorted(GRIDS), default="multi",
                         help="multi: DDP/FSDP (issue 5); zero: DeepSpeed ZeRO and QLoRA+FSDP (issue 15); "
                              "scale: 4 and 8 GPUs (issue 16)")  # fmt: skip
+    parser.add_argument("--fake-rank", action="store_true",
+                        help="run rank 0 alone on one GPU over torch's fake process group (allocator histories of "
+                             "--num-gpus N runs, no NCCL memory; vramplan/trainer/fake_rank.py)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.snapshots and args.num_gpus != 1:
-        parser.error("--snapshots records one process: use it with --num-gpus 1")
+    if args.snapshots and args.num_gpus != 1 and not args.fake_rank:
+        parser.error("--snapshots records one process: use it with --num-gpus 1 or --fake-rank")
+    if args.fake_rank and args.num_gpus < 2:
+        parser.error("--fake-rank stands in for a launch of 2 or more ranks: give --num-gpus 2 or more")
 
     grid = GRIDS[args.grid](args.num_gpus)
     if args.num_gpus == 1:  # FSDP needs two ranks; ZeRO runs at world size 1
@@ -360,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     gpu, count = single.gpu_info(), gpu_count()
     print(f"gpu: {gpu or 'none'} x {count}; out: {args.out}", flush=True)
-    if count is not None and count < args.num_gpus:
+    if count is not None and count < (1 if args.fake_rank else args.num_gpus):
         print(f"error: {args.num_gpus} GPUs needed, {count} visible", file=sys.stderr)
         return 2
     out: Path = args.out
@@ -404,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                     progress=lambda msg: print(f"    {msg}", flush=True),
                     log_path=out / "logs" / f"{spec.name}.log",
                     memory_snapshot=out / "snapshots" / f"{spec.name}.pickle" if args.snapshots else None,
+                    fake_rank=args.fake_rank,
                 )
                 entry = entry_from_run(spec, run, single._record_path(out, run), time.monotonic() - started)
             except MeasurementError as exc:

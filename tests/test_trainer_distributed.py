@@ -351,6 +351,65 @@ def test_two_process_ddp_run_on_cpu_through_torchrun(tmp_path):
     assert "-ddp-x2-" in run.run_id and len(list(tmp_path.rglob("*.json"))) == 1
 
 
+@pytest.mark.slow
+def test_a_fake_rank_runs_rank_zero_of_a_ddp_launch_alone_and_says_so(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    from vramplan.trainer.worker import measure_in_subprocess
+
+    run = measure_in_subprocess("tiny-llama", DDP_LORA, 2, config=TINY_LLAMA, timeout_s=120, fake_rank=True)
+    x = run.extra
+    assert run.environment.num_gpus == 2 and x["world_size"] == 2 and x["rank"] == 0
+    assert x["process_group"] == "fake" and x["trainer_wrapped_model"] == "DistributedDataParallel"
+    assert "not a multi-GPU measurement" in run.notes and "ranks_recorded" not in x  # one process, no merge
+    assert run.measurements.steps == 2 and not run.measurements.oom
+
+
+def test_fake_rank_comm_hook_divides_the_bucket_in_place_like_the_built_in_all_reduce():
+    pytest.importorskip("torch")
+    code = """
+import torch
+from vramplan.trainer.fake_rank import start_fake_world
+start_fake_world(4)
+from torch.nn.parallel import DistributedDataParallel as DDP
+torch.manual_seed(0)
+lin = torch.nn.Linear(3, 2)
+x = torch.randn(5, 3)
+lin(x).sum().backward()
+want = [p.grad.clone() / 4 for p in lin.parameters()]
+lin.zero_grad(set_to_none=True)
+ddp = DDP(lin)
+ddp(x).sum().backward()
+assert all(torch.allclose(p.grad, w) for p, w in zip(lin.parameters(), want)), "not divided by the world size"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_fake_rank_needs_a_world_of_two_or_more(monkeypatch):
+    from vramplan.trainer.fake_rank import fake_rank_env
+    from vramplan.trainer.worker import measure_in_subprocess
+
+    assert fake_rank_env(8)["WORLD_SIZE"] == "8" and fake_rank_env(8)["RANK"] == "0"
+    with pytest.raises(MeasurementError, match="2 or more"):
+        fake_rank_env(1)
+    with pytest.raises(MeasurementError, match="--num-gpus 2 or more"):
+        measure_in_subprocess("tiny", TrainingSetup(method="full"), fake_rank=True, python="/nonexistent/python")
+
+
+def test_a_fake_rank_may_record_an_allocator_history_of_a_multi_gpu_setup():
+    from vramplan.trainer.worker import measure_in_subprocess
+
+    with pytest.raises(MeasurementError, match="records one process"):
+        measure_in_subprocess("tiny", FSDP_FULL, memory_snapshot="x.pickle", python="/nonexistent/python")
+    with pytest.raises((MeasurementError, OSError)) as info:  # past the snapshot check, to the missing interpreter
+        measure_in_subprocess("tiny", FSDP_FULL, memory_snapshot="x.pickle", python="/nonexistent/python",
+                              fake_rank=True, timeout_s=5)  # fmt: skip
+    assert "records one process" not in str(info.value)
+
+
 # --------------------------------------------------------------------------- the campaign script
 @pytest.fixture(scope="module")
 def campaign_multi():

@@ -9,6 +9,7 @@ Entry point (used by ``measure_in_subprocess`` and scripts/campaign.py)::
 
     python -m vramplan.trainer.worker measure --request REQ.json --out RECORD.json
     torchrun ... -m vramplan.trainer.worker measure-rank --request REQ.json --out-dir DIR  # one rank
+    python -m vramplan.trainer.worker measure-fake-rank --request REQ.json --out RECORD.json --world-size N
     python -m vramplan.trainer.worker checkpoint --request REQ.json   # QLoRA random checkpoint
     python -m vramplan.trainer.worker params MODEL [MODEL ...]         # exact parameter counts (JSON)
 
@@ -42,7 +43,7 @@ from vramplan.errors import VramplanError
 from vramplan.specs import MeasuredRun, Spec, TrainingSetup
 from vramplan.specs.fields import Field
 
-from .distributed import OOM_EXIT_CODE, RANK_RECORD, DistContext, check_parallel, measure_ranks
+from .distributed import OOM_EXIT_CODE, RANK_RECORD, DistContext, check_parallel, launch_env, measure_ranks
 from .environment import allocator_env_for, default_checkpoint_cache
 from .errors import MeasurementError
 from .forkserver import ForkServer
@@ -131,6 +132,25 @@ def _cmd_measure_rank(request_path: str, out_dir: str) -> int:
     return 0
 
 
+def _cmd_measure_fake_rank(request_path: str, out_path: str, world_size: int) -> int:
+    """Rank 0 of a ``world_size``-process launch alone, over the fake process group (``fake_rank.py``)."""
+    from .fake_rank import FAKE_PROCESS_GROUP, FAKE_RANK_NOTE, start_fake_world
+
+    start_fake_world(world_size)
+    run = _measure_request(request_path, lambda message: print(f"[vramplan] {message}", file=sys.stderr, flush=True))
+    notes = "; ".join(n for n in (run.notes, FAKE_RANK_NOTE.format(world=world_size)) if n)
+    run = run.model_copy(update={"notes": notes, "extra": {**run.extra, "process_group": FAKE_PROCESS_GROUP}})
+    _write_record(run, Path(out_path))
+    m = run.measurements
+    print(
+        f"[vramplan] fake rank 0 of {world_size} done: oom={m.oom} max_allocated={m.max_allocated_bytes} "
+        f"max_reserved={m.max_reserved_bytes}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 0
+
+
 def _raw_config_for(req: MeasureRequest) -> dict[str, Any]:
     if req.config is not None:
         return req.config
@@ -176,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_rank = sub.add_parser("measure-rank", help="one rank of a multi-GPU measurement (started by torchrun)")
     p_rank.add_argument("--request", required=True)
     p_rank.add_argument("--out-dir", required=True)
+    p_fake = sub.add_parser("measure-fake-rank", help="rank 0 of an N-GPU launch alone, over a fake process group")
+    p_fake.add_argument("--request", required=True)
+    p_fake.add_argument("--out", required=True)
+    p_fake.add_argument("--world-size", type=int, required=True)
     p_ckpt = sub.add_parser("checkpoint", help="build (once) the random QLoRA checkpoint of a request")
     p_ckpt.add_argument("--request", required=True)
     p_params = sub.add_parser("params", help="print exact parameter counts of catalog models as JSON")
@@ -191,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_measure(args.request, args.out)
         if args.command == "measure-rank":
             return _cmd_measure_rank(args.request, args.out_dir)
+        if args.command == "measure-fake-rank":
+            return _cmd_measure_fake_rank(args.request, args.out, args.world_size)
         if args.command == "checkpoint":
             return _cmd_checkpoint(args.request)
         return _cmd_params(args.models)
@@ -270,6 +296,15 @@ def _supervise(args, *, env, timeout_s, progress, log, tail) -> tuple[int, list[
     return code, list(tail)
 
 
+def _read_child_record(code: int, tail: list[str], out_path: Path) -> MeasuredRun:
+    """The record a ``measure`` child wrote, or its error (its ``error:`` line on exit 2, else its output's tail)."""
+    if code != 0 or not out_path.is_file():
+        errors = [line for line in tail if line.startswith("error: ")]
+        detail = errors[-1].removeprefix("error: ") if code == 2 and errors else "\n".join(tail[-15:])
+        raise MeasurementError(f"measurement failed (exit {code}): {detail}")
+    return MeasuredRun.model_validate_json(out_path.read_text(encoding="utf-8"))
+
+
 def measure_in_subprocess(
     model: str,
     setup: TrainingSetup,
@@ -290,6 +325,7 @@ def measure_in_subprocess(
     log_path: str | Path | None = None,
     server: ForkServer | None = None,
     memory_snapshot: str | Path | None = None,
+    fake_rank: bool = False,
 ) -> MeasuredRun:
     """Measure in a fresh Python process with the allocator config of ``setup``; return the record
     (and save it under ``runs_dir`` when given, via ``vramplan.runs.save_run``).
@@ -306,7 +342,9 @@ def measure_in_subprocess(
 
     A setup with ``num_gpus > 1`` is launched with torchrun, one rank per GPU, each a new
     interpreter (the fork server is not used), and the ranks' records are merged into one
-    (``distributed.merge_rank_runs``: per-GPU peaks, per-rank values in ``extra``).
+    (``distributed.merge_rank_runs``: per-GPU peaks, per-rank values in ``extra``). With ``fake_rank``
+    only rank 0 runs, alone on one GPU over torch's fake process group (``fake_rank.py``): the
+    allocator history of a multi-GPU run (``memory_snapshot`` allowed), not a measurement of one.
 
     Raises:
         MeasurementError: the child could not measure (its message, or the tail of its output),
@@ -315,8 +353,10 @@ def measure_in_subprocess(
     """
     if setup.num_gpus > 1 or setup.parallel is not None:
         check_parallel(setup)
-        if memory_snapshot is not None and setup.num_gpus > 1:  # DeepSpeed at world size 1 is one process
+        if memory_snapshot is not None and setup.num_gpus > 1 and not fake_rank:  # ZeRO at world size 1: one process
             raise MeasurementError("--memory-snapshot records one process: measure a single-GPU setup")
+    if fake_rank and setup.num_gpus < 2:
+        raise MeasurementError("a fake rank stands in for a multi-GPU launch: the setup needs --num-gpus 2 or more")
     request = MeasureRequest(
         model=model,
         setup=setup,
@@ -357,7 +397,13 @@ def measure_in_subprocess(
             code, tail = run_worker(["checkpoint", "--request", str(req_path)], base_env)
             if code != 0:
                 raise MeasurementError("building the QLoRA checkpoint failed:\n" + "\n".join(tail[-15:]))
-        if setup.num_gpus > 1 or setup.parallel is not None:  # DeepSpeed runs under torchrun at world size 1 too
+        if fake_rank:
+            argv = ["measure-fake-rank", "--request", str(req_path), "--out", str(out_path)]
+            code, tail = _run_child([exe, "-m", "vramplan.trainer.worker", *argv, "--world-size", str(setup.num_gpus)],
+                                    env=launch_env(allocator_env_for(setup, base_env)), timeout_s=timeout_s,
+                                    progress=progress, log_path=log)  # fmt: skip
+            run = _read_child_record(code, tail, out_path)
+        elif setup.num_gpus > 1 or setup.parallel is not None:  # DeepSpeed runs under torchrun at world size 1 too
             run = measure_ranks(
                 setup,
                 req_path,
@@ -369,19 +415,11 @@ def measure_in_subprocess(
                 progress=progress,
                 log_path=log,
             )
-            if runs_dir is not None:
-                from vramplan.runs import save_run
-
-                save_run(run, runs_dir)
-            return run
-        code, tail = run_worker(
-            ["measure", "--request", str(req_path), "--out", str(out_path)], allocator_env_for(setup, base_env)
-        )
-        if code != 0 or not out_path.is_file():
-            errors = [line for line in tail if line.startswith("error: ")]
-            detail = errors[-1].removeprefix("error: ") if code == 2 and errors else "\n".join(tail[-15:])
-            raise MeasurementError(f"measurement failed (exit {code}): {detail}")
-        run = MeasuredRun.model_validate_json(out_path.read_text(encoding="utf-8"))
+        else:
+            code, tail = run_worker(
+                ["measure", "--request", str(req_path), "--out", str(out_path)], allocator_env_for(setup, base_env)
+            )
+            run = _read_child_record(code, tail, out_path)
     if runs_dir is not None:
         from vramplan.runs import save_run
 
