@@ -129,12 +129,17 @@ def compare(path: Path | None, runs_dir: Path, grid: str = "holdout") -> int:
             print(f"{p['name']:<24} not measured")
             continue
         m = run.measurements
-        measured = {"allocated": m.max_allocated_bytes, "reserved": m.max_reserved_bytes, "device": m.device_peak_bytes}
+        # a fake rank (vramplan/trainer/fake_rank.py) has the allocator of a multi-GPU rank but not NCCL's memory
+        fake = run.extra.get("process_group") == "fake"
+        device = None if fake else m.device_peak_bytes
+        measured = {"allocated": m.max_allocated_bytes, "reserved": m.max_reserved_bytes, "device": device}
         errs = {k: p[k] / v - 1 for k, v in measured.items() if v}
         for k, v in errs.items():
             errors[k].append(v)
-        cols = "".join(f" {p[k] / GIB:6.2f}/{measured[k] / GIB:6.2f}" for k in ("allocated", "reserved", "device"))
-        print(f"{p['name']:<24} {p['reserved_rule']:<21}{cols}   " + " ".join(f"{100 * errs[k]:+5.1f}%" for k in errs))
+        cols = "".join(f" {p[k] / GIB:6.2f}/{measured[k] / GIB:6.2f}" for k in ("allocated", "reserved", "device") if
+                       measured[k])  # fmt: skip
+        cols += "   fake rank: no device" if fake else ""
+        print(f"{p['name']:<24} {p['reserved_rule']:<21}{cols}   " + " ".join(f"{100 * errs[k]:+5.2f}%" for k in errs))
         for k in ("reserved", "device"):
             if f"{k}_simulated" in p and measured[k]:
                 errors.setdefault(f"{k} (simulated)", []).append(p[f"{k}_simulated"] / measured[k] - 1)
