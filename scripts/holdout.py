@@ -36,12 +36,16 @@ PREDICTIONS = HOLDOUT_DIR / "predictions.json"
 #: the DeepSpeed grids at world size 1 (campaign_multi.py's GRIDS; zero-x1 is its "zero" grid's one-GPU runs)
 ZERO_ONE_GPU_GRIDS = ("zero-x1", "zero-holdout", "zero-holdout2", "zero2-seq", "zero3-seq", "zero3-large", "zero3-offload",
                       "zero3-offload-hist", "zero-lora-holdout", "zero-lora-holdout2")  # fmt: skip
+#: multi-GPU grids (campaign_multi.py's GRIDS) -> the GPU count they are built for; measured on two or more GPUs, or as
+#: fake ranks on one (vramplan/trainer/fake_rank.py: allocated and reserved, no device peak)
+MULTI_GPU_GRIDS = {"ddp-holdout": ("ddp-holdout", 2), "zero-x2": ("zero", 2), "scale-x4": ("scale", 4),
+                   "scale-x8": ("scale", 8), "fsdp-ranks": ("fsdp-ranks", 2)}  # fmt: skip
 #: grid -> its committed predictions
 PREDICTION_FILES = {
     "holdout": PREDICTIONS,
     **{g: HOLDOUT_DIR / f"{g}-predictions.json" for g in ("stacks", "unsloth", "timing", "sim", "default", "nograd",
                                                           "ckptbwd", "families", "qwen3", "unsloth-gemma", "unsloth-gemma2",
-                                                          "unsloth-gemma3", "ddp-holdout", *ZERO_ONE_GPU_GRIDS)},
+                                                          "unsloth-gemma3", *MULTI_GPU_GRIDS, *ZERO_ONE_GPU_GRIDS)},
 }
 GIB = 2**30
 
@@ -69,10 +73,12 @@ def grid_specs(grid: str) -> list:
 
         runs = campaign_multi.GRIDS["zero" if grid == "zero-x1" else grid](1)
         return [r for r in runs if r.setup.parallel in ("zero2", "zero3")]
-    if grid == "ddp-holdout":  # two GPUs (campaign_multi.py --grid ddp-holdout)
+    if grid in MULTI_GPU_GRIDS:  # campaign_multi.py --grid G --num-gpus N
         import campaign_multi
 
-        return campaign_multi.GRIDS[grid](2)
+        name, n = MULTI_GPU_GRIDS[grid]
+        runs = campaign_multi.GRIDS[name](n)
+        return [r for r in runs if r.setup.num_gpus > 1]
     return getattr(campaign, GRIDS[grid])()
 
 
