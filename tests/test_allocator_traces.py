@@ -216,3 +216,44 @@ def test_the_predicted_sequence_of_a_recorded_run_makes_its_segments_in_order():
     qwen = trace_replay_check.compare_predicted(TRACES[0].parent / "t-q05-lora-fp32-s1024.events.json.gz",
                                                 runs["t-q05-lora-fp32-s1024.pickle"])  # fmt: skip
     assert abs(qwen["peak_error"]) < 0.01, qwen
+
+
+# --------------------------------------------------------------------------- fake ranks (multi-GPU histories)
+FAKE_RANK = ROOT / "docs" / "allocator_traces" / "fake_rank"
+FAKE_TRACES = sorted(FAKE_RANK.glob("*.events.json.gz"))
+
+
+def _records(folder: Path) -> list:
+    from vramplan.specs import MeasuredRun
+
+    return [MeasuredRun.model_validate_json(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+
+
+def test_fake_rank_histories_of_multi_gpu_runs_replay_to_their_reserved_peaks():
+    # rank 0 of DDP / FSDP / ZeRO-2 launches of 2 to 8 ranks over torch's fake process group (vramplan/trainer/
+    # fake_rank.py), FSDP's three streams each with its own cached blocks: every one to the byte (2026-12-04)
+    assert len(FAKE_TRACES) >= 20
+    rows = [trace_replay_check.check(p) for p in FAKE_TRACES]
+    assert all(r["error"] == 0 for r in rows), [r for r in rows if r["error"]]
+    assert sum(r["streams"] == 3 for r in rows if "fsdp" in r["trace"]) >= 10
+
+
+def test_a_fake_rank_has_the_allocator_of_a_real_two_gpu_launch_to_the_byte():
+    # the proof that a fake rank stands in for a real one: the five setups measured on 2 x H200 (2026-11, real NCCL
+    # launches, rank 0) and again as fake ranks on one H200 have the same peak allocated and reserved, byte for byte
+    from vramplan.runs import load_runs, shipped_runs_dir
+
+    def key(r):
+        return r.model, r.setup.model_dump_json()
+
+    real = {key(r): r.measurements for r in load_runs([shipped_runs_dir()]) if r.environment.num_gpus == 2}
+    fake = [r for r in _records(FAKE_RANK / "records") if r.setup.num_gpus == 2 and key(r) in real]
+    assert all(r.extra["process_group"] == "fake" and "not a multi-GPU measurement" in r.notes for r in fake)
+    assert {(r.model, r.setup.parallel) for r in fake} >= {
+        ("llama-3.2-1b", "fsdp"), ("llama-3.2-3b", "fsdp"), ("llama-3.1-8b", "fsdp"),
+        ("llama-3.2-1b", "ddp"), ("llama-3.1-8b", "ddp"),
+    }  # fmt: skip
+    for r in fake:
+        m = real[key(r)]
+        assert (r.measurements.max_allocated_bytes, r.measurements.max_reserved_bytes) == (
+            m.max_allocated_bytes, m.max_reserved_bytes), r.run_id  # fmt: skip
