@@ -168,15 +168,6 @@ def _build(raw: dict | None, setup: TrainingSetup, **kwargs):
     return build_model(raw, setup, **kwargs)
 
 
-def builds_on_cpu(setup: TrainingSetup) -> bool:
-    """FSDP full fine-tuning and LoRA build the model on the CPU, as users' ``from_pretrained`` (CPU by default) does:
-    the Trainer leaves an FSDP model where it is and accelerate's ``fsdp2_prepare_model`` upcasts the trainable
-    parameters there, then ``fully_shard`` moves each unit to the GPU and keeps its shard. Built on the GPU instead, every
-    GPU holds the whole model and then its fp32 copy before the shards (fake ranks of 2026-12-04: Llama-3.1-8B on 8 ranks
-    peaked at 33.65 GiB allocated, the fp32 model plus its shards). QLoRA is quantized on the GPU as it loads."""
-    return setup.parallel == "fsdp" and setup.method != "qlora"
-
-
 def _check_request(setup: TrainingSetup, steps: int, memory_cap_gib: float | None, ctx: DistContext) -> None:
     if steps < 1:
         raise MeasurementError(f"steps must be >= 1, got {steps}")
@@ -283,11 +274,8 @@ def run_measurement(
             zero3_load = zero3_load_config(setup)  # ZeRO-3 builds the model partitioned, as users' runs do
             if zero3_load is not None:
                 extra["deepspeed_zero3_init_at_load"] = True
-            device = f"cuda:{ctx.local_rank}" if on_cuda and not builds_on_cpu(setup) else "cpu"
-            if on_cuda and device == "cpu":
-                extra["fsdp_load_device"] = "cpu"
             built = _build(raw, setup, model_path=model_path, checkpoint_cache=checkpoint_cache, name=model,
-                           device=device)  # fmt: skip
+                           device=f"cuda:{ctx.local_rank}" if on_cuda else "cpu")  # fmt: skip
             extra.update(built.extra)
             del zero3_load  # the Trainer's TrainingArguments register their own DeepSpeed config
             t_loaded = time.perf_counter()
