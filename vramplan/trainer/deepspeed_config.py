@@ -97,6 +97,14 @@ def zero3_load_config(setup: TrainingSetup):
         return None
     from transformers.integrations.deepspeed import HfDeepSpeedConfig
 
+    if setup.num_gpus > 1:
+        # zero.Init reads the world size from deepspeed.comm (runtime/config.py: 1 when it is not set up), and checks
+        # train_batch_size against it: set it up first, as users' TrainingArguments(deepspeed=...) does through
+        # accelerate before the model is loaded (it keeps a torch process group that is already open). Without it a
+        # launch of 2 ranks failed the batch-size check (fake ranks of 2026-12-04; with it they ran)
+        import deepspeed
+
+        deepspeed.init_distributed()
     config = deepspeed_config(setup)
     config["bf16"] = {"enabled": setup.dtype == "bf16"}
     config["fp16"] = {"enabled": setup.dtype == "fp16"}
