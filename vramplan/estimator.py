@@ -25,6 +25,7 @@ from .memory.activations import rotary_tables
 from .memory.adapters import adapter_autocast_copy_bytes, adapter_bytes, check_lora_supported, lora_param_count
 from .memory.allocator import block_bytes, reserved_from_allocated, steady_loss_reserved, workspace_bytes
 from .memory.allocator.ckpt_backward_layer import CkptBackwardPeaks, ckpt_backward_applies, ckpt_backward_peaks
+from .memory.allocator.fsdp_steps import one_gpu_setup
 from .memory.allocator.simulated import (
     RESERVED_BY_SIMULATION,
     SIMULATED_ASSUMPTION,
@@ -181,8 +182,10 @@ def estimate(
         calibrated = _memory(terms, setup, constants)
     total = gpu.memory_bytes if gpu else SIMULATED_DEFAULT_TOTAL_BYTES
     if reserved_rule == RESERVED_BY_SIMULATION and not _beyond_simulation(raw, gpu if auto else None):
-        raw = simulated_memory(model, setup, terms, raw, total)
-        calibrated = simulated_memory(model, setup, terms, calibrated, total) if calibrated else None
+        # an FSDP rank runs the one-GPU layers: its sequence is built from the one-GPU setup's terms (fsdp_steps.py)
+        sim_terms = _terms(model, one_gpu_setup(setup), gpu, constants) if setup.parallel == "fsdp" else terms
+        raw = simulated_memory(model, setup, sim_terms, raw, total)
+        calibrated = simulated_memory(model, setup, sim_terms, calibrated, total) if calibrated else None
         assumptions = (*assumptions, SIMULATED_ASSUMPTION)
     setup_notes = estimate_assumptions(model, setup, gpu)
     if raw.reserved_rule == RESERVED_BY_SIMULATION and setup.parallel in ("zero2", "zero3"):

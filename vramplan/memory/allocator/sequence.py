@@ -77,6 +77,7 @@ from .lora_chain import checkpointed_mlp, lora_chains
 from .lora_no_grad_layer import lora_no_grad_pattern, lora_no_grad_sizes
 from .no_grad_layer import no_grad_layer_sizes, no_grad_pattern
 from .ops import EMPTY_CACHE, Repeats, Sequence, live_peaks, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
+from .fsdp_steps import FsdpSteps
 from .optimizer_steps import OptimizerSteps
 from .qlora_steps import CheckpointedQloraSteps
 from .rules import block_bytes
@@ -106,9 +107,10 @@ BF16, FP32 = 2, 4
 OFFLOADED_ZERO3_STEPS = 3
 
 
-def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int | None = None) -> Sequence:
+def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int | None = None, fsdp=None) -> Sequence:
     """The allocation sequence of loading and `steps` optimizer steps for one GPU (default 2: from step 1 on each step
-    is the one before it; ZeRO-3 with offloaded parameters 3, OFFLOADED_ZERO3_STEPS); `t` is estimator._Terms.
+    is the one before it; ZeRO-3 with offloaded parameters 3, OFFLOADED_ZERO3_STEPS); `t` is estimator._Terms. `fsdp`
+    (fsdp_steps.FsdpPlan): one rank of FSDP2, `setup` and `t` then the one-GPU setup's (the layers run as on one GPU).
 
     A checkpointed QLoRA layer's backward makes its adapters' gradients as autograd reaches each target (_Builder.
     backward); where that would hold fewer bytes at once than the estimator's layer_backward, which counts every
@@ -116,9 +118,9 @@ def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int | No
     is built only when it could hold more (_all_at_once_cannot_peak_higher)."""
     if steps is None:
         steps = OFFLOADED_ZERO3_STEPS if setup.parallel == "zero3" and setup.offload == "all" else 2
-    seq, b = _training_sequence(model, setup, t, steps, layer_grads=True)
+    seq, b = _training_sequence(model, setup, t, steps, layer_grads=True, fsdp=fsdp)
     if b.layer_grads and not _all_at_once_cannot_peak_higher(seq, b.grad_stretches, b.layer_grad_bytes()):
-        whole, _ = _training_sequence(model, setup, t, steps, layer_grads=False)
+        whole, _ = _training_sequence(model, setup, t, steps, layer_grads=False, fsdp=fsdp)
         if whole.live_peak() > seq.live_peak():
             return whole
     return seq
@@ -139,11 +141,12 @@ def _all_at_once_cannot_peak_higher(seq: Sequence, grad_stretches: list[tuple[in
 
 
 def _training_sequence(
-    model: ModelSpec, setup: TrainingSetup, t, steps: int, layer_grads: bool, repeat_layers: bool = True
+    model: ModelSpec, setup: TrainingSetup, t, steps: int, layer_grads: bool, repeat_layers: bool = True, fsdp=None
 ) -> tuple[Sequence, _Builder]:
     """The sequence and its builder; `repeat_layers` False builds every decoder layer's ops anew (ops.Repeats)."""
     seq = Sequence()
     b = _Builder(model, setup, t, seq, layer_grads, repeat_layers)
+    b.fsdp = fsdp
     seq.mark("start_cuda")
     seq.free(seq.alloc(START_CUDA_TENSOR_BYTES))
     seq.mark("load")
@@ -153,6 +156,7 @@ def _training_sequence(
     # left cached and unused go back (history r-l1-full: the tied lm_head copy's 501 MiB segment, then this)
     seq.empty_cache()
     b.ddp_buckets()
+    b.fsdp_prepare()  # FSDP2 (fsdp_steps.py): accelerate's upcast, fully_shard's shards
     if b.zero is not None:
         b.zero_init()
     for step in range(steps):
@@ -174,7 +178,8 @@ def _training_sequence(
 
 
 class _Builder(
-    LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, LayerPatterns, ZeroSteps, Zero3Steps, Zero3OffloadSteps
+    LoadSteps, CheckpointedQloraSteps, OptimizerSteps, StackSteps, LayerPatterns, ZeroSteps, Zero3Steps, Zero3OffloadSteps,
+    FsdpSteps,
 ):
     def __init__(
         self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False, repeat_layers: bool = True
@@ -307,7 +312,7 @@ class _Builder(
         s, t, seq = self.s, self.t, self.seq
         if self.lora_no_grad_first:
             self.no_grad = self.lora_no_grad_first if first else self.lora_no_grad_later
-        self.zero3_gathers("fwd", "pre")  # ZeRO-3's offloaded parameters' copies (zero3_offload.py), phase by phase
+        self.gathers("fwd", "pre")  # ZeRO-3's offloaded parameters' copies (zero3_offload.py), FSDP's units (fsdp_steps.py)
         # with checkpointing each layer keeps its input: the embedding's output for layer 0, made before any matmul
         self.ckpt: list[int | None] = [seq.alloc(t.one_checkpoint)] if s.grad_ckpt else []
         self.rotary = self._rotary_tables(first)
@@ -321,12 +326,12 @@ class _Builder(
         self.cache: list[list[int]] = []
         self.copies: list[int] = []
         self.final_ids: list[int] = []
-        self.zero3_gathers("fwd", "pre", end=True)
+        self.gathers("fwd", "pre", end=True)
         for k in range(self.L):
             made_of = (self.cache_layer[k], self.adapter_copies[k], self.dequant_fwd[k], self.layers[k])
-            self.zero3_gathers("fwd", k)
+            self.gathers("fwd", k)
             cache, copies, kept = self.repeated(("forward", k == self.L - 1), made_of, [], partial(self._forward_layer, k))
-            self.zero3_gathers("fwd", k, end=True)
+            self.gathers("fwd", k, end=True)
             self.cache.append(cache)
             self.copies += copies
             if offloads and (self.first_pass or k < self.L - 1):  # its input went to host memory: freed on return
@@ -344,10 +349,10 @@ class _Builder(
             # ZeRO-3's LinearFunctionForZeroStage3 saves the frozen lm_head's input (the final norm's bf16 output),
             # which torch's linear does not for a frozen weight: kept to the head's backward (history o-l1-zero3-lora-gc-x1)
             self.final_ids.append(seq.alloc(s.batch_size * s.seq_len * self.m.hidden_size * BF16))
-        self.zero3_gathers("fwd", "head")
+        self.gathers("fwd", "head")
         self.lm_cache = seq.alloc(self.cache_lm)
         self._loss_forward()
-        self.zero3_gathers("fwd", "head", end=True)
+        self.gathers("fwd", "head", end=True)
         if s.grad_ckpt:  # autocast's per-layer weight copies are not saved through checkpointing
             seq.free(*[i for ids in self.cache for i in ids])
             self.cache = []
@@ -502,13 +507,14 @@ class _Builder(
         s, t, seq = self.s, self.t, self.seq
         full = s.method == "full"
         new_grads = first_micro
-        self.zero3_gathers("bwd", "head")
+        self.gathers("bwd", "head")
         if self.loss_saved:
             nv4 = t.logits_fp32
             nll_grad, lsm_grad = seq.alloc(nv4), seq.alloc(nv4)
             seq.free(nll_grad, *self.loss_saved)
             logits_grad = seq.alloc(nv4 // 2)  # ToCopyBackward to bf16
             seq.free(lsm_grad)
+            self.fsdp_backward_start()
         else:  # the head's backward buffers; the lm_head weight's gradient is the last of them (full FT)
             head = [seq.alloc(x) for x in self._head_backward(new_grads)]
             self._autograd_workspace()
@@ -540,31 +546,35 @@ class _Builder(
             seq.free(self.lm_cache)
         layers_start = len(seq.ops)
         self.first_pass = False
-        self.zero3_gathers("bwd", "head", end=True)
+        self.gathers("bwd", "head", end=True)
         for k in reversed(range(self.L)):
             kept = [x for x in self.ckpt[k : k + 1] if x is not None] if s.grad_ckpt else self.saved[k]
             cache = self.cache[k] if self.cache else []
             made_of = (self.adapter_copies[k], self.dequant[k], self.layers[k], self.layer_groups[k])
             if self.ckpt_bwd:  # its recorded backward; the carried gradient is added into in place
                 inputs = [*self.rotary, *kept] if k == 0 else kept  # layer 0 drops the rotary tables' last reference
-                self.zero3_gathers("bwd", k)
+                self.gathers("bwd", k)
                 (grads,) = self.repeated(("ckpt_backward", k == 0, new_grads), made_of, inputs,
                                          partial(self._ckpt_backward_layer, k, inputs, new_grads))  # fmt: skip
-                self.zero3_gathers("bwd", k, end=True)
+                self.gathers("bwd", k, end=True)
             else:  # Unsloth's Gemma 3: its recorded backward (unsloth_gemma3_layer.py); else the summary
                 layer = self._backward_layer if self.unsloth_g3 is None else self._unsloth_gemma3_backward_layer
                 (carry,), grads = self.repeated(("backward", k == self.L - 1, new_grads), made_of, [carry, *kept, *cache],
                                                 partial(layer, k, carry, kept, cache, new_grads))  # fmt: skip
-            self.grads += grads
+            if self.fsdp is not None:  # reduce-scattered after the layer's backward (fsdp_steps.py)
+                self.fsdp_reduce(k, grads)
+            else:
+                self.grads += grads
         if new_grads:
             self.grad_stretches.append((layers_start, len(seq.ops)))
         if self.ckpt_bwd:
-            self.zero3_gathers("bwd", "embed")
+            self.gathers("bwd", "embed")
             self._ckpt_embedding_backward(carry, new_grads)
+            self.fsdp_reduce_root()
             seq.free(self.quant)
             if self.zero is not None:
                 self.zero_backward_end()
-            self.zero3_gathers("bwd", "embed", end=True)
+            self.gathers("bwd", "embed", end=True)
             return
         seq.free(*self.rotary)  # layer 0's backward drops the last reference (activations.rotary_tables)
         seq.free(carry)  # consumed by the embedding's backward

@@ -16,9 +16,11 @@ from ...errors import VramplanError
 from ...specs import MemoryBreakdown, ModelSpec, TrainingSetup
 from .caching import allocation_size, round_size
 from .replay import ReplayResult, replay
+from .fsdp_steps import fsdp_plan, fsdp_sequence_applies, one_gpu_setup
 from .sequence import training_sequence
 from .stack_steps import ddp_bucket_sizes
 from .zero_steps import zero_sequence_applies
+from ..trainable import trainable_groups
 
 RESERVED_BY_SIMULATION = "simulated"
 SIMULATED_ASSUMPTION = (
@@ -39,9 +41,12 @@ RESERVED_RULES = (AUTO, "rules", RESERVED_BY_SIMULATION)
 def simulation_covers(setup: TrainingSetup, model: ModelSpec | None = None) -> bool:
     """One GPU without a DeepSpeed engine, or DDP (each GPU runs the one-GPU sequence plus its construction's
     broadcast and its Reducer's buckets, stack_steps.py ddp_buckets), or ZeRO-2 / ZeRO-3 on one GPU where zero_steps.py
-    / zero3_steps.py / zero3_offload.py model the engine (`model` given): the sequence has no FSDP gathers."""
+    / zero3_steps.py / zero3_offload.py model the engine (`model` given), or FSDP2 where fsdp_steps.py models its units
+    (`model` given: fsdp_sequence_applies)."""
     if setup.parallel in ("zero2", "zero3"):
         return model is not None and zero_sequence_applies(model, setup)
+    if setup.parallel == "fsdp":
+        return model is not None and fsdp_sequence_applies(model, setup)
     return setup.parallel == "ddp" or setup.num_gpus == 1
 
 
@@ -66,10 +71,12 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup, model: ModelSp
             "offload) or LoRA with dropout (ZeRO-2 or ZeRO-3, no offload or --offload optimizer); "
             "accepted: such a setup, no --parallel, or --reserved-rule rules"
         )
-    if reserved_rule == RESERVED_BY_SIMULATION and setup.num_gpus > 1 and setup.parallel != "ddp":
+    if reserved_rule == RESERVED_BY_SIMULATION and setup.parallel == "fsdp" and not simulation_covers(setup, model):
         raise VramplanError(
-            f"--reserved-rule simulated with --num-gpus {setup.num_gpus} --parallel {setup.parallel}: the allocator "
-            "simulation has no FSDP gathers; accepted: --num-gpus 1, --parallel ddp, or --reserved-rule auto|rules"
+            f"--reserved-rule simulated with --num-gpus {setup.num_gpus} --parallel fsdp: the simulated sequence has FSDP2's "
+            "units for full fine-tuning in bf16 with checkpointing of a Llama-family, Qwen2 or Qwen3 model with tied "
+            "embeddings (SDPA), fused AdamW, one micro-step, no offload, the hf stack; accepted: such a setup, "
+            "--parallel ddp, or --reserved-rule auto|rules"
         )
 
 
@@ -89,7 +96,12 @@ def simulate(model: ModelSpec, setup: TrainingSetup, terms, total_memory_bytes: 
     if hit is None:
         if len(_CACHE) >= _CACHE_MAX:
             _CACHE.clear()
-        seq = training_sequence(model, setup, terms)
+        if setup.parallel == "fsdp":  # one rank: the one-GPU layers (`terms` the one-GPU setup's) and FSDP's units
+            one = one_gpu_setup(setup)
+            plan = fsdp_plan(model, one, trainable_groups(model, one, adapter_itemsize=4), setup.num_gpus)
+            seq = training_sequence(model, one, terms, fsdp=plan)
+        else:
+            seq = training_sequence(model, setup, terms)
         hit = replay(seq, expandable_segments=expandable, total_memory_bytes=total_memory_bytes)
         if setup.parallel == "ddp":
             hit = _at_least_one_gpu_plus_buckets(model, setup, terms, total_memory_bytes, hit)
