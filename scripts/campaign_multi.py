@@ -273,7 +273,24 @@ def fsdp_ranks_grid(num_gpus: int = 2) -> list[RunSpec]:
     ]
 
 
-GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
+def fsdp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
+    """A hold-out for the simulated FSDP2 sequence (vramplan/memory/allocator/fsdp_steps.py, read from the fake-rank
+    histories of 2026-12-04): untied embeddings with a 32k vocabulary, Qwen3's q/k norms, a 36-layer tied model, a longer
+    sequence, batch 2, 8 ranks of a 7B; each run its own GPU count (`num_gpus` unused), as fake ranks; predicted and
+    committed before they run."""
+    fsdp = lambda s, n: replace(_multi(s, "fsdp", n), name=f"{s.name}-x{n}")
+    return [
+        fsdp(single.full("fh-tiny-fsdp-full-gc", "tinyllama-1.1b-chat-v1.0", "untied, 32k vocabulary", grad_ckpt=True), 4),
+        fsdp(single.full("fh-q3-17-fsdp-full-gc", "qwen3-1.7b", "Qwen3 q/k norms, tied", grad_ckpt=True), 2),
+        fsdp(single.full("fh-q3b-fsdp-full-gc", "qwen2.5-3b", "36 layers, tied 152k", grad_ckpt=True), 4),
+        fsdp(single.full("fh-l1-fsdp-full-gc-s4096", L1, "4096 tokens", grad_ckpt=True, seq_len=4096), 2),
+        fsdp(single.full("fh-m7-fsdp-full-gc", single.M7, "Mistral 7B on 8", grad_ckpt=True), 8),
+        fsdp(single.full("fh-q7-fsdp-full-gc", Q7, "untied 152k lm_head", grad_ckpt=True), 4),
+        fsdp(single.full("fh-l3-fsdp-full-gc-b2", L3, "batch 2", grad_ckpt=True, batch_size=2), 2),
+    ]
+
+
+GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsdp_holdout_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
          "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid,
          "zero3-offload-hist": zero3_offload_history_grid, "zero3-offload": zero3_offload_grid,

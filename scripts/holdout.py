@@ -39,7 +39,8 @@ ZERO_ONE_GPU_GRIDS = ("zero-x1", "zero-holdout", "zero-holdout2", "zero2-seq", "
 #: multi-GPU grids (campaign_multi.py's GRIDS) -> the GPU count they are built for; measured on two or more GPUs, or as
 #: fake ranks on one (vramplan/trainer/fake_rank.py: allocated and reserved, no device peak)
 MULTI_GPU_GRIDS = {"ddp-holdout": ("ddp-holdout", 2), "zero-x2": ("zero", 2), "scale-x4": ("scale", 4),
-                   "scale-x8": ("scale", 8), "fsdp-ranks": ("fsdp-ranks", 2)}  # fmt: skip
+                   "scale-x8": ("scale", 8), "fsdp-ranks": ("fsdp-ranks", 2),
+                   "fsdp-holdout": ("fsdp-holdout", 2)}  # fmt: skip
 #: grid -> its committed predictions
 PREDICTION_FILES = {
     "holdout": PREDICTIONS,
