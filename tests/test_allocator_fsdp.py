@@ -14,7 +14,7 @@ from vramplan.memory.allocator.sequence import training_sequence
 from vramplan.memory.trainable import trainable_groups
 from vramplan.models import resolve_model
 from vramplan.runs import load_runs, shipped_runs_dir
-from vramplan.specs import MeasuredRun, TrainingSetup
+from vramplan.specs import LoraSpec, MeasuredRun, TrainingSetup
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "docs" / "allocator_traces" / "fake_rank" / "records"
@@ -32,15 +32,18 @@ def _predicted(run: MeasuredRun):
     return replay(training_sequence(model, one, _terms(model, one, None, dict(CALIBRATED_DEFAULTS)), fsdp=plan))
 
 
-#: the tied-embedding FSDP histories (the simulated ones): Llama-3.2-1B on 2, 4 and 8 ranks, -3B on 2 and 4, Qwen2.5-1.5B
-TIED = ["l1-fsdp-full-gc", "fr-l1-fsdp-full-gc-x4", "fr-l1-fsdp-full-gc-x8", "l3-fsdp-full-gc", "fr-l3-fsdp-full-gc-x4",
-        "fr-q15-fsdp-full-gc-x2"]  # fmt: skip
+#: every FSDP history: tied embeddings (Llama-3.2-1B on 2, 4 and 8 ranks, -3B on 2 and 4, Qwen2.5-1.5B on 2) and untied
+#: (Llama-3.1-8B on 2, 4 and 8, Qwen2.5-14B on 4 and 8: the embedding a unit of its own, the tail gathered after the last
+#: layer)
+HISTORIES = ["l1-fsdp-full-gc", "fr-l1-fsdp-full-gc-x4", "fr-l1-fsdp-full-gc-x8", "l3-fsdp-full-gc", "fr-l3-fsdp-full-gc-x4",
+             "fr-q15-fsdp-full-gc-x2", "l8-fsdp-full-gc", "l8-fsdp-full-gc-x4", "l8-fsdp-full-gc-x8", "q14-fsdp-full-gc-x4",
+             "q14-fsdp-full-gc-x8"]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", TIED)
+@pytest.mark.parametrize("name", HISTORIES)
 def test_the_fsdp_sequence_replays_to_each_recorded_rank_peak(name):
-    # 2026-12-04: the five Llama runs to the byte, Qwen2.5-1.5B -2 MiB of 18 GiB; at 4 and 8 ranks the allocated
-    # peak is accelerate's prepare (the fp32 model and its shards), at 2 the training step's
+    # 2026-12-04: nine to the byte, Qwen2.5-1.5B and -14B 2 MiB under; at 4 and 8 ranks the allocated peak is accelerate's
+    # prepare (the fp32 model and its shards on the GPU), at 2 the training step's
     run = _fake_records()[name]
     result = _predicted(run)
     m = run.measurements
@@ -50,8 +53,8 @@ def test_the_fsdp_sequence_replays_to_each_recorded_rank_peak(name):
 
 def test_the_real_two_gpu_fsdp_runs_are_simulated_to_their_reserved_peak():
     # the 1B run the closed forms put at -5.3 % reserved (the worst of issue 11's shipped runs before): now 0.0 %
-    runs = [r for r in load_runs([shipped_runs_dir()]) if r.setup.parallel == "fsdp" and r.model != "llama-3.1-8b"]
-    assert {r.model for r in runs} == {"llama-3.2-1b", "llama-3.2-3b"}
+    runs = [r for r in load_runs([shipped_runs_dir()]) if r.setup.parallel == "fsdp"]
+    assert {r.model for r in runs} == {"llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"}
     for r in runs:
         e = estimate_for(r.model, r.setup)
         shown = e.calibrated or e.memory
@@ -66,7 +69,7 @@ FSDP = TrainingSetup(method="full", grad_ckpt=True, num_gpus=2, parallel="fsdp")
 @pytest.mark.parametrize(
     "model, update",
     [
-        ("llama-3.1-8b", {}),  # untied: the embedding its own unit, the tail gathered after the last layer
+        ("llama-3.1-8b", {"method": "lora", "lora": LoraSpec(rank=16)}),
         ("llama-3.2-1b", {"grad_accum": 2}),  # a reduce-scatter per micro-step, added into the sharded gradients
         ("llama-3.2-1b", {"grad_ckpt": False}),
         ("llama-3.2-1b", {"offload": "all"}),
@@ -87,8 +90,8 @@ def test_shards_are_padded_to_the_first_chunk_rows_on_dim_zero():
     model = resolve_model("qwen2.5-1.5b")  # a 151,936-row embedding; k/v projections of 256 rows
     one = one_gpu_setup(FSDP)
     plan = fsdp_plan(model, one, trainable_groups(model, one, adapter_itemsize=4), 3)
-    embed = plan.root.numels.index(151936 * 1536)
-    assert plan.root.shards[embed] == 50646 * 1536  # ceil(151936 / 3) rows
+    embed = plan.tail.numels.index(151936 * 1536)
+    assert plan.tail.shards[embed] == 50646 * 1536  # ceil(151936 / 3) rows
     assert all(s * 3 >= n for s, n in zip(plan.layers[0].shards, plan.layers[0].numels))
     unit = FsdpUnit((10, 7), (4, 3))
     assert unit.shard_numel == 7

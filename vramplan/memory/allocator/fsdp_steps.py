@@ -54,9 +54,14 @@ class FsdpUnit:
 
 @dataclass(frozen=True)
 class FsdpPlan:
+    """accelerate's units (utils/fsdp_utils.py::fsdp2_prepare_model): each decoder layer, the embedding of an untied
+    model (`embed`), and the tail (the final norm with the lm_head, or with the tied embedding), reshard_after_forward
+    False; the root module keeps no parameter."""
+
     world: int
     layers: tuple[FsdpUnit, ...]
-    root: FsdpUnit
+    tail: FsdpUnit
+    embed: FsdpUnit | None = None
 
 
 def _unit(groups, world: int) -> FsdpUnit:
@@ -67,9 +72,12 @@ def _unit(groups, world: int) -> FsdpUnit:
 def fsdp_plan(model, setup, groups, world: int) -> FsdpPlan:
     """The units of `model` (its one-GPU trainable `groups`) on `world` ranks."""
     per_layer, head = grouped_by_layer(groups, model.num_layers)
-    order = {"embed_tokens": 0, "norms": 1, "lm_head": 2}  # the root module's parameters() order
-    root = sorted(head, key=lambda g: order.get(g.name, 3))
-    return FsdpPlan(world, tuple(_unit(gs, world) for gs in per_layer), _unit(root, world))
+    layers = tuple(_unit(gs, world) for gs in per_layer)
+    embed = [g for g in head if g.name == "embed_tokens"]
+    rest = [g for g in head if g.name != "embed_tokens"]  # the final norm, an untied lm_head
+    if model.tie_word_embeddings:
+        return FsdpPlan(world, layers, _unit(embed + rest, world))
+    return FsdpPlan(world, layers, _unit(rest, world), _unit(embed, world) if embed else None)
 
 
 class FsdpSteps:
@@ -92,13 +100,16 @@ class FsdpSteps:
         ids = [i for i, _ in self.loaded_params if seq.sizes[i]]
         counts = [len(u.numels) for u in plan.layers]
         starts = [1 + sum(counts[:k]) for k in range(len(counts))]
-        units = [ids[a : a + n] for a, n in zip(starts, counts)] + [[ids[0], *ids[1 + sum(counts) :]]]
+        units = [ids[a : a + n] for a, n in zip(starts, counts)]
+        rest = ids[1 + sum(counts) :]
+        units += [[ids[0]], rest] if plan.embed is not None else [[ids[0], *rest]]
         fp32 = {}
         for i in ids:  # named_parameters order
             fp32[i] = seq.alloc(seq.sizes[i] // BF16 * FP32)
             seq.free(i)
-        self.fsdp_shards = [[seq.alloc(block_bytes(n * FP32)) for n in u.shards] for u in (*plan.layers, plan.root)]
-        for unit in units:  # layers first, the root last
+        shards = [*plan.layers, *([plan.embed] if plan.embed is not None else []), plan.tail]
+        self.fsdp_shards = [[seq.alloc(block_bytes(n * FP32)) for n in u.shards] for u in shards]
+        for unit in units:  # the layers, the embedding, the tail: fully_shard's order
             seq.free(*[fp32[i] for i in unit])
         self.param_groups = self._fsdp_param_groups()
         self.fsdp_ag = None  # the all-gather output not yet freed
@@ -119,7 +130,12 @@ class FsdpSteps:
 
     # ------------------------------------------------------------------ gathers
     def _fsdp_unit(self, k):
-        return self.fsdp.root if k == "root" else self.fsdp.layers[k]
+        return self.fsdp.layers[k] if isinstance(k, int) else getattr(self.fsdp, k)
+
+    @property
+    def _fsdp_first(self) -> str:
+        """The unit the forward gathers first: the untied embedding, or the tail that holds the tied one."""
+        return "embed" if self.fsdp.embed is not None else "tail"
 
     def _fsdp_all_gather(self, k) -> int:
         """The unit's all-gather on its stream: the flat bf16 input made and freed, the output kept."""
@@ -140,8 +156,8 @@ class FsdpSteps:
     def _fsdp_gathers(self, *phase, end: bool) -> None:
         seq = self.seq
         where, k = (*phase, None)[:2]
-        if where == "fwd" and k == "pre" and not end:  # the root's unshard, before the embedding
-            self._fsdp_copy_out("root", self._fsdp_all_gather("root"))
+        if where == "fwd" and k == "pre" and not end:  # the embedding's unit, before the embedding
+            self._fsdp_copy_out(self._fsdp_first, self._fsdp_all_gather(self._fsdp_first))
         elif where == "fwd" and isinstance(k, int):
             if not end:
                 self._fsdp_copy_out(k, self._fsdp_all_gather(k))
@@ -155,7 +171,31 @@ class FsdpSteps:
             # the next layer's all-gather (prefetch)
             self.fsdp_params[k] = [seq.alloc(block_bytes(n * BF16)) for n in self._fsdp_unit(k).numels]
             seq.free(self.fsdp_next)
-            self.fsdp_next = self._fsdp_all_gather(k - 1) if k > 0 else None
+            if k > 0:
+                self.fsdp_next = self._fsdp_all_gather(k - 1)
+            else:  # an untied embedding was resharded after its forward
+                self.fsdp_next = self._fsdp_all_gather("embed") if self.fsdp.embed is not None else None
+        elif where == "bwd" and k == "embed" and not end and self.fsdp.embed is not None:
+            self.fsdp_params["embed"] = [seq.alloc(block_bytes(n * BF16)) for n in self.fsdp.embed.numels]
+            seq.free(self.fsdp_next)
+            self.fsdp_next = None
+
+    def fsdp_after_embedding(self) -> None:
+        """An untied embedding's unit resharded once the embedding's output is made (reshard_after_forward)."""
+        if self.fsdp is not None and self.fsdp.embed is not None:
+            self.seq.free(*self.fsdp_params.pop("embed"))
+
+    def fsdp_tail_gather(self) -> None:
+        """An untied model's tail (the final norm, the lm_head) gathered after the last layer, before the final norm."""
+        if self.fsdp is not None and self.fsdp.embed is not None:
+            self._fsdp_copy_out("tail", self._fsdp_all_gather("tail"))
+
+    def fsdp_tail_reduce(self) -> None:
+        """An untied model's tail reduce-scattered once the final norm's backward made its gradient (the head's
+        gradients so far in self.grads), before the last layer's copy-out."""
+        if self.fsdp is not None and self.fsdp.embed is not None:
+            head, self.grads = self.grads, []
+            self.fsdp_reduce("tail", head)
 
     def fsdp_backward_start(self) -> None:
         """The last layer's all-gather, once the loss's backward made the logits' gradient (history l1-fsdp-full-gc)."""
@@ -173,25 +213,35 @@ class FsdpSteps:
         if self.fsdp_rs is not None:
             seq.free(self.fsdp_rs)
         self.fsdp_rs = seq.alloc(block_bytes(self.fsdp.world * u.shard_numel * BF16))
-        if k != "root":
+        if isinstance(k, int):  # a layer's before the scatter, the embedding's and the tail's after it
             seq.free(*grads)
         out = seq.alloc_on(block_bytes(u.shard_numel * BF16), REDUCE_SCATTER_STREAM)
         self.fsdp_grads.append(seq.alloc_on(block_bytes(u.shard_numel * FP32), REDUCE_SCATTER_STREAM))
         seq.free(out)
-        if k == "root":
+        if not isinstance(k, int):
             seq.free(*grads)
 
     def fsdp_reduce_root(self) -> None:
-        """The root's reduce-scatter after the embedding's backward (its gradients: the head's, in self.grads); its
-        input freed when the backward ends; the units' sharded gradients become the ones zero_grad frees."""
+        """The embedding's unit reduce-scattered after the embedding's backward (its gradients: the rest of self.grads);
+        its input freed when the backward ends; the units' sharded gradients become the ones zero_grad frees."""
         if self.fsdp is None:
             return
         seq = self.seq
         head, self.grads = self.grads, []
-        self.fsdp_reduce("root", head)
+        self.fsdp_reduce(self._fsdp_first, head)
         seq.free(self.fsdp_rs)
         self.fsdp_rs = None
         self.grads, self.fsdp_grads = self.fsdp_grads, []
+
+
+def fsdp_prepare_breakdown(plan: FsdpPlan) -> dict[str, int]:
+    """What accelerate's prepare holds at its peak (fsdp_prepare): every parameter upcast to fp32 and every unit's fp32
+    shards, the full parameters not freed yet."""
+    units = [*plan.layers, plan.tail, *([plan.embed] if plan.embed is not None else [])]
+    return {
+        "fsdp.prepare.fp32_parameters": sum(block_bytes(n * FP32) for u in units for n in u.numels),
+        "fsdp.prepare.fp32_shards": sum(block_bytes(n * FP32) for u in units for n in u.shards),
+    }
 
 
 def one_gpu_setup(setup):
@@ -201,9 +251,8 @@ def one_gpu_setup(setup):
 
 def fsdp_sequence_applies(model, setup) -> bool:
     """Where the FSDP sequence was read and checked (docs/allocator_traces/fake_rank): full fine-tuning in bf16 with
-    checkpointing of a layer the recorded patterns cover (ckpt_backward_layer.py), tied embeddings (the tail unit holds
-    the embedding, gathered at the forward's start), the hf stack without Liger, fused AdamW, one micro-step, no offload.
-    Untied models (their embedding a unit of its own, the tail gathered after the last layer) keep the closed forms."""
+    checkpointing of a layer the recorded patterns cover (ckpt_backward_layer.py), tied or untied embeddings, the hf stack
+    without Liger, fused AdamW, one micro-step, no offload."""
     from ..stacks import stack_profile
     from .ckpt_backward_layer import ckpt_backward_applies
 
@@ -212,6 +261,21 @@ def fsdp_sequence_applies(model, setup) -> bool:
     one = one_gpu_setup(setup)
     return (
         setup.method == "full" and setup.dtype == "bf16" and setup.stack == "hf" and not setup.liger
-        and setup.optimizer == "adamw_torch_fused" and setup.grad_accum == 1 and model.tie_word_embeddings
+        and setup.optimizer == "adamw_torch_fused" and setup.grad_accum == 1
         and ckpt_backward_applies(model, one, stack_profile(one))
     )  # fmt: skip
+
+
+#: the estimate's line where FSDP is simulated
+FSDP_SIMULATED_NOTE = (
+    "FSDP2 simulated as the built-in trainer runs it (memory/allocator/fsdp_steps.py): the model is built on each GPU in "
+    "bf16 and accelerate upcasts it there to fp32 before fully_shard, so its prepare holds the fp32 model and its shards "
+    "on every GPU (4 + 4/n bytes per parameter), the peak from 4 GPUs on; a model loaded on the CPU (from_pretrained's "
+    "default) or with cpu_ram_efficient_loading skips that (not measured). Checked on rank 0 of 2, 4 and 8 ranks with "
+    "torch's fake process group (11 histories, reserved within 2 MiB) and on three real 2-GPU runs"
+)
+#: where FSDP keeps the closed forms
+FSDP_RULES_NOTE = (
+    "FSDP by the closed forms: accelerate's prepare with the model on each GPU (the whole model, upcast where trainable, "
+    "and its shards) is not counted: it assumes a model loaded on the CPU, which fully_shard moves to the GPUs unit by unit"
+)

@@ -104,6 +104,7 @@ class LayerPatterns:
         out = run_pattern(seq, tokens, self.no_grad_sizes)[0][output]
         if k < self.L - 1:
             return [out]
+        self.fsdp_tail_gather()  # an untied model's FSDP tail, before the final norm (fsdp_steps.py)
         if self.ckpt_bwd:  # the final norm's forward with autograd (FINAL_NORM_FORWARD): what it saves, in order,
             # then the rest of the estimator's final tensors (TRL with b > 1: its attention mask)
             made, _ = run_pattern(seq, FINAL_NORM_FORWARD, self.ckpt_bwd_sizes)

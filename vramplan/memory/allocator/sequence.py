@@ -145,8 +145,7 @@ def _training_sequence(
 ) -> tuple[Sequence, _Builder]:
     """The sequence and its builder; `repeat_layers` False builds every decoder layer's ops anew (ops.Repeats)."""
     seq = Sequence()
-    b = _Builder(model, setup, t, seq, layer_grads, repeat_layers)
-    b.fsdp = fsdp
+    b = _Builder(model, setup, t, seq, layer_grads, repeat_layers, fsdp)
     seq.mark("start_cuda")
     seq.free(seq.alloc(START_CUDA_TENSOR_BYTES))
     seq.mark("load")
@@ -182,9 +181,11 @@ class _Builder(
     FsdpSteps,
 ):
     def __init__(
-        self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False, repeat_layers: bool = True
+        self, model: ModelSpec, setup: TrainingSetup, t, seq: Sequence, layer_grads: bool = False, repeat_layers: bool = True,
+        fsdp=None,
     ):
         self.m, self.s, self.t, self.seq = model, setup, t, seq
+        self.fsdp = fsdp  # one rank of FSDP2 (fsdp_steps.FsdpPlan), or None
         self.L = model.num_layers
         # the stack's kernels, adapter dtype and QLoRA upcast (memory/stacks); hf: the setup's own eager activations
         self.profile = profile = stack_profile(setup)
@@ -278,7 +279,8 @@ class _Builder(
             self.no_grad, self.no_grad_sizes = self.lora_no_grad_first, lora_no_grad_sizes(model, setup)
         #: a decoder layer like the last one recorded of its kind appends that one's ops again (ops.Repeats); not
         #: with DeepSpeed's hooks, whose state runs across the layers
-        self.repeated = Repeats(seq, repeat_layers and not zero)
+        #: (nor with an untied model's FSDP tail, gathered inside the last layer's forward: fsdp_steps.py)
+        self.repeated = Repeats(seq, repeat_layers and not zero and not (fsdp is not None and fsdp.embed is not None))
         # Unsloth's offloaded checkpoints (_staging_buffers): the staging buffers, and whether a backward has run yet
         self.staging: list[int] = []
         self.first_pass, self.double_buffered = True, False
@@ -315,6 +317,7 @@ class _Builder(
         self.gathers("fwd", "pre")  # ZeRO-3's offloaded parameters' copies (zero3_offload.py), FSDP's units (fsdp_steps.py)
         # with checkpointing each layer keeps its input: the embedding's output for layer 0, made before any matmul
         self.ckpt: list[int | None] = [seq.alloc(t.one_checkpoint)] if s.grad_ckpt else []
+        self.fsdp_after_embedding()
         self.rotary = self._rotary_tables(first)
         self.quant = seq.alloc(t.quant_state)
         offloads = self.profile.offloaded(s, t.one_checkpoint)
@@ -538,6 +541,7 @@ class _Builder(
             seq.free(*head, *self.head_saved)
         if self.ckpt_bwd:  # the gradient of the last hidden state, then the final norm's recorded backward
             carry = self._ckpt_final_norm_backward([logits_grad] if self.loss_saved else [], new_grads)
+            self.fsdp_tail_reduce()
         else:
             carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
             self._autograd_workspace()

@@ -16,7 +16,7 @@ from ...errors import VramplanError
 from ...specs import MemoryBreakdown, ModelSpec, TrainingSetup
 from .caching import allocation_size, round_size
 from .replay import ReplayResult, replay
-from .fsdp_steps import fsdp_plan, fsdp_sequence_applies, one_gpu_setup
+from .fsdp_steps import fsdp_plan, fsdp_prepare_breakdown, fsdp_sequence_applies, one_gpu_setup
 from .sequence import training_sequence
 from .stack_steps import ddp_bucket_sizes
 from .zero_steps import zero_sequence_applies
@@ -125,6 +125,14 @@ def _at_least_one_gpu_plus_buckets(model, setup: TrainingSetup, terms, total_mem
                     free_in_segments_at_peak_bytes=floor - ddp.allocated_at_peak_bytes)  # fmt: skip
 
 
+def _fsdp_prepare(model: ModelSpec, setup: TrainingSetup) -> dict[str, int]:
+    """An FSDP rank's prepare (fsdp_steps.fsdp_prepare_breakdown), or empty for other setups."""
+    if setup.parallel != "fsdp":
+        return {}
+    one = one_gpu_setup(setup)
+    return fsdp_prepare_breakdown(fsdp_plan(model, one, trainable_groups(model, one, adapter_itemsize=4), setup.num_gpus))
+
+
 def simulated_memory(
     model: ModelSpec, setup: TrainingSetup, terms, memory: MemoryBreakdown, total_memory_bytes: int
 ) -> MemoryBreakdown:
@@ -133,11 +141,20 @@ def simulated_memory(
     result = simulate(model, setup, terms, total_memory_bytes)
     reserved = result.peak_reserved_bytes
     allocated = max(memory.peak_allocated_bytes, result.peak_allocated_bytes)
-    breakdown = dict(memory.breakdown)
-    if allocated > memory.peak_allocated_bytes:
+    breakdown, phase, phases = dict(memory.breakdown), memory.peak_phase, memory.phases
+    prepare = _fsdp_prepare(model, setup)
+    if prepare and sum(prepare.values()) >= memory.peak_allocated_bytes:  # accelerate's prepare is the peak
+        allocated = max(allocated, sum(prepare.values()))
+        phases = {**phases, "fsdp_prepare": sum(prepare.values())}
+        breakdown, phase = dict(prepare), "fsdp_prepare"
+        if allocated > sum(prepare.values()):
+            breakdown[WHOLE_BLOCKS] = allocated - sum(prepare.values())
+    elif allocated > memory.peak_allocated_bytes:
         breakdown[WHOLE_BLOCKS] = allocated - memory.peak_allocated_bytes
     return memory.model_copy(
         update={
+            "peak_phase": phase,
+            "phases": phases,
             "peak_allocated_bytes": allocated,
             "breakdown": breakdown,
             "peak_reserved_bytes": reserved,
