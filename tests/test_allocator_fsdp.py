@@ -95,3 +95,21 @@ def test_shards_are_padded_to_the_first_chunk_rows_on_dim_zero():
     assert all(s * 3 >= n for s, n in zip(plan.layers[0].shards, plan.layers[0].numels))
     unit = FsdpUnit((10, 7), (4, 3))
     assert unit.shard_numel == 7
+
+
+def test_where_the_gpu_built_prepare_would_be_the_peak_auto_keeps_the_cpu_loaded_closed_forms():
+    # 8B on 8 ranks: the trainer's model, built on each GPU, peaks at accelerate's prepare (the fp32 model and its
+    # shards: 33.65 GiB, as the fake rank measured); a model loaded on the CPU does not hold it, so "auto" plans with the
+    # closed forms and names the GPU-built figure; --reserved-rule simulated gives the trainer's way
+    setup = FSDP.model_copy(update={"num_gpus": 8})
+    auto = estimate_for("llama-3.1-8b", setup)
+    shown = auto.calibrated or auto.memory
+    assert shown.reserved_rule != "simulated" and shown.peak_allocated_bytes < 20 * 2**30
+    assert any("33.65 GiB per GPU" in a and "built on each GPU" in a for a in auto.assumptions)
+    sim = estimate_for("llama-3.1-8b", setup, reserved_rule="simulated")
+    shown = sim.calibrated or sim.memory
+    assert shown.peak_phase == "fsdp_prepare" and set(shown.breakdown) >= {"fsdp.prepare.fp32_parameters"}
+    assert abs(shown.peak_allocated_bytes / 36136325632 - 1) < 0.001  # the fake rank l8-fsdp-full-gc-x8
+    two = estimate_for("llama-3.1-8b", FSDP)  # on 2 the training step is the peak: simulated, no prepare line
+    assert (two.calibrated or two.memory).reserved_rule == "simulated"
+    assert not any("built on each GPU before" in a for a in two.assumptions)

@@ -268,14 +268,29 @@ def fsdp_sequence_applies(model, setup) -> bool:
 
 #: the estimate's line where FSDP is simulated
 FSDP_SIMULATED_NOTE = (
-    "FSDP2 simulated as the built-in trainer runs it (memory/allocator/fsdp_steps.py): the model is built on each GPU in "
-    "bf16 and accelerate upcasts it there to fp32 before fully_shard, so its prepare holds the fp32 model and its shards "
-    "on every GPU (4 + 4/n bytes per parameter), the peak from 4 GPUs on; a model loaded on the CPU (from_pretrained's "
-    "default) or with cpu_ram_efficient_loading skips that (not measured). Checked on rank 0 of 2, 4 and 8 ranks with "
-    "torch's fake process group (11 histories, reserved within 2 MiB) and on three real 2-GPU runs"
+    "FSDP2 simulated as the built-in trainer runs it (memory/allocator/fsdp_steps.py): the model built on each GPU in "
+    "bf16, upcast there to fp32 by accelerate before fully_shard (its prepare holds the fp32 model and its shards, 4 + 4/n "
+    "bytes per parameter); checked on rank 0 of 2, 4 and 8 ranks with torch's fake process group (18 histories, reserved "
+    "within 2 MiB, 7 of them a hold-out) and on three real 2-GPU runs"
 )
-#: where FSDP keeps the closed forms
+#: where FSDP keeps the closed forms; {prepare}: the prepare of a model built on each GPU, or None
 FSDP_RULES_NOTE = (
-    "FSDP by the closed forms: accelerate's prepare with the model on each GPU (the whole model, upcast where trainable, "
-    "and its shards) is not counted: it assumes a model loaded on the CPU, which fully_shard moves to the GPUs unit by unit"
+    "FSDP by the closed forms: the model loaded on the CPU (from_pretrained's default), which fully_shard moves to the "
+    "GPUs unit by unit (not measured)"
 )
+FSDP_PREPARE_NOTE = (
+    "built on each GPU before accelerate's prepare (as the built-in trainer runs it), the model would need {gib:.2f} GiB "
+    "per GPU there, the fp32 model and its shards: more than training; simulated with --reserved-rule simulated "
+    "(exact on fake ranks of 4 and 8 GPUs)"
+)
+
+
+def fsdp_prepare_bytes(model, setup) -> int:
+    """The prepare peak of an FSDP rank whose model was built on the GPU (fsdp_prepare_breakdown), 0 for other setups."""
+    from ..trainable import trainable_groups
+
+    if setup.parallel != "fsdp" or setup.num_gpus < 2:
+        return 0
+    one = one_gpu_setup(setup)
+    plan = fsdp_plan(model, one, trainable_groups(model, one, adapter_itemsize=4), setup.num_gpus)
+    return sum(fsdp_prepare_breakdown(plan).values())
