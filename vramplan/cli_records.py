@@ -45,7 +45,7 @@ def validate(
         str,
         typer.Option(
             "--reserved-rule",
-            help="auto (default: allocator replay for single-GPU runs, closed forms for the others) | simulated | rules",
+            help="auto (default: allocator replay wherever the simulation covers the setup, closed forms elsewhere) | simulated | rules",
         ),
     ] = "auto",
 ) -> None:

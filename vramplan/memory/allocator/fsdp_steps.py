@@ -4,24 +4,27 @@ rank: accelerate's prepare, each unit's all-gather and reshard, each unit's redu
 Read from the allocator histories of rank 0 recorded as fake ranks (vramplan/trainer/fake_rank.py; the five with a real
 two-GPU counterpart equal it to the byte) in docs/allocator_traces/fake_rank, with their Python stacks for Llama-3.2-1B and
 -3B on two ranks (l1-fsdp-full-gc, l3-fsdp-full-gc), and from torch 2.11's ``_fully_shard`` and accelerate's
-``utils/fsdp_utils.py::fsdp2_prepare_model``. The units are the decoder layers and the root (the embedding, the final
-norm and an untied lm_head), each parameter sharded on dim 0 into ``world`` chunks, padded to the first chunk's rows:
+``utils/fsdp_utils.py::fsdp2_prepare_model``. The units are the decoder layers, an untied model's embedding and the tail
+(the final norm with the lm_head, or with the tied embedding; reshard_after_forward False), each parameter sharded on dim
+0 into ``world`` chunks, padded to the first chunk's rows:
 
 * prepare (after the Trainer's ``free_memory``): the model was built on the GPU in bf16 (as the trainer and the shipped
   two-GPU records do); accelerate upcasts each trainable parameter to fp32 (``param.data = param.data.to(float32)``:
   the fp32 tensor made, the bf16 one freed, in ``named_parameters`` order) and keeps the state dict; ``fully_shard``
-  makes every unit's fp32 shards (``_fsdp_param.py`` ``_init_sharded_param``: layers first, the root last), then the
-  full fp32 parameters are freed in the same unit order;
+  makes every unit's fp32 shards (``_fsdp_param.py`` ``_init_sharded_param``: the layers, the embedding, the tail),
+  then the full fp32 parameters are freed in the same unit order;
 * forward, per unit: the all-gather input (the unit's bf16 shards, flat) and output (``world`` times it) on the
   all-gather stream, the input freed; each parameter's unsharded bf16 tensor on the compute stream (copy-out); the
   previous unit's all-gather output freed only then; after a decoder layer's forward its unsharded parameters are freed
-  (reshard_after_forward; the root stays gathered into the backward);
+  (reshard_after_forward; an untied embedding's after the embedding's output; an untied model's tail is gathered after
+  the last layer and, like a tied one, stays gathered into the backward);
 * backward: the last layer's all-gather once the loss's backward has made the logits' gradient; before each layer's
   backward its copy-out, the previous all-gather output freed and the next layer's all-gather (prefetch); after it its
   unsharded parameters freed, the previous reduce-scatter input freed and this unit's made (bf16, ``world`` shards, on
   the compute stream), the layer's bf16 gradients freed, then on the reduce-scatter stream its output (one bf16 shard)
-  and the fp32 copy that stays as the unit's sharded gradient, the output freed; the root last, its reduce-scatter input
-  freed at the end of the backward;
+  and the fp32 copy that stays as the unit's sharded gradient, the output freed (the tail's and the embedding's
+  gradients only after it); an untied tail right after the final norm's backward, the embedding's unit last, its
+  reduce-scatter input freed at the end of the backward;
 * optimizer: each parameter's states at step 0 at its shard's fp32 size; zero_grad frees the units' sharded gradients.
 
 A mixin of sequence._Builder (it uses the builder's seq, layer_groups, head_groups, grads and param_groups); the layers'
@@ -108,7 +111,7 @@ class FsdpSteps:
             fp32[i] = seq.alloc(seq.sizes[i] // BF16 * FP32)
             seq.free(i)
         shards = [*plan.layers, *([plan.embed] if plan.embed is not None else []), plan.tail]
-        self.fsdp_shards = [[seq.alloc(block_bytes(n * FP32)) for n in u.shards] for u in shards]
+        self.fsdp_shards = [[seq.alloc(block_bytes(n * FP32)) for n in u.shards] for u in shards]  # kept: the parameters
         for unit in units:  # the layers, the embedding, the tail: fully_shard's order
             seq.free(*[fp32[i] for i in unit])
         self.param_groups = self._fsdp_param_groups()
@@ -145,10 +148,14 @@ class FsdpSteps:
         seq.free(copy_in)
         return out
 
+    def _fsdp_unshard(self, k) -> None:
+        """The copy-out: each of unit k's parameters as its unsharded bf16 tensor, on the compute stream."""
+        self.fsdp_params[k] = [self.seq.alloc(block_bytes(n * BF16)) for n in self._fsdp_unit(k).numels]
+
     def _fsdp_copy_out(self, k, gathered: int) -> None:
-        """Each parameter's unsharded bf16 tensor, then the previous all-gather output freed; `gathered` is kept."""
+        """The forward's copy-out, then the previous all-gather output freed; `gathered` (unit k's) is kept."""
         seq = self.seq
-        self.fsdp_params[k] = [seq.alloc(block_bytes(n * BF16)) for n in self._fsdp_unit(k).numels]
+        self._fsdp_unshard(k)
         if self.fsdp_ag is not None:
             seq.free(self.fsdp_ag)
         self.fsdp_ag = gathered
@@ -169,14 +176,14 @@ class FsdpSteps:
         elif where == "bwd" and isinstance(k, int) and not end:
             # its copy-out and its own all-gather output freed (the forward frees the one before, a unit late), then
             # the next layer's all-gather (prefetch)
-            self.fsdp_params[k] = [seq.alloc(block_bytes(n * BF16)) for n in self._fsdp_unit(k).numels]
+            self._fsdp_unshard(k)
             seq.free(self.fsdp_next)
             if k > 0:
                 self.fsdp_next = self._fsdp_all_gather(k - 1)
             else:  # an untied embedding was resharded after its forward
                 self.fsdp_next = self._fsdp_all_gather("embed") if self.fsdp.embed is not None else None
         elif where == "bwd" and k == "embed" and not end and self.fsdp.embed is not None:
-            self.fsdp_params["embed"] = [seq.alloc(block_bytes(n * BF16)) for n in self.fsdp.embed.numels]
+            self._fsdp_unshard("embed")
             seq.free(self.fsdp_next)
             self.fsdp_next = None
 
@@ -206,7 +213,7 @@ class FsdpSteps:
     # ------------------------------------------------------------------ reduce-scatter
     def fsdp_reduce(self, k, grads: list[int]) -> None:
         """After unit k's backward: its unsharded parameters freed (reshard), the previous reduce-scatter input freed and
-        this one's made, the unit's bf16 gradients freed (the root's only after the scatter), its output and the fp32
+        this one's made, the unit's bf16 gradients freed (the embedding's and the tail's only after the scatter), its output and the fp32
         sharded gradient on the reduce-scatter stream (the gradient kept to zero_grad)."""
         seq, u = self.seq, self._fsdp_unit(k)
         seq.free(*self.fsdp_params.pop(k))

@@ -3,8 +3,8 @@
 No fitted fragmentation constant: the predicted allocation sequence of loading and two optimizer steps
 (sequence.py) is replayed through CachingAllocator (caching.py); the reserved peak is the model's
 max_memory_reserved, and at that moment it reports the allocated bytes, the free bytes inside segments
-and the largest free block. Single GPU only (the sequence has no DDP buckets or FSDP gathers, and no DeepSpeed
-partitions). Every stack (hf, trl, each with or without Liger, and Unsloth: its offloaded checkpoints, checkpoint
+and the largest free block. One GPU, DDP (its broadcast and buckets), DeepSpeed on one GPU (zero_steps.py ...) and
+FSDP2 full fine-tuning (fsdp_steps.py, one rank); simulation_covers says which. Every stack (hf, trl, each with or without Liger, and Unsloth: its offloaded checkpoints, checkpoint
 load and first-backward empty_cache in sequence.py) is simulated from its profile's terms (memory/stacks).
 """
 
