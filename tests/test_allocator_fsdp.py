@@ -113,3 +113,14 @@ def test_where_the_gpu_built_prepare_would_be_the_peak_auto_keeps_the_cpu_loaded
     two = estimate_for("llama-3.1-8b", FSDP)  # on 2 the training step is the peak: simulated, no prepare line
     assert (two.calibrated or two.memory).reserved_rule == "simulated"
     assert not any("built on each GPU before" in a for a in two.assumptions)
+
+
+def test_validate_skips_fake_ranks_with_the_reason():
+    # a fake rank's record (its GPU count the launch's, its device peak without NCCL's memory) must not pass for a
+    # multi-GPU measurement, even in a runs folder of its own
+    from vramplan.validation import validate
+
+    records = list(_fake_records().values())
+    out = validate(records)
+    assert not out.comparisons and len(out.skipped) == len(records) >= 25
+    assert all("fake rank" in why for _, why in out.skipped)

@@ -114,6 +114,10 @@ def validate(runs: list[MeasuredRun], calibration: Calibration | None = None, re
         if m.memory_cap_bytes is not None:
             out.skipped.append((run.run_id, "capped run (memory fraction), checked separately"))
             continue
+        if (run.extra or {}).get("process_group") == "fake":  # vramplan/trainer/fake_rank.py
+            out.skipped.append((run.run_id, "fake rank: a multi-GPU run's allocator history without NCCL's memory, "
+                                            "not a measurement (scripts/holdout.py compares its allocated and reserved)"))  # fmt: skip
+            continue
         try:
             out.comparisons.append(compare_run(run, calibration, reserved_rule))
         except VramplanError as exc:
