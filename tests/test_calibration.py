@@ -62,7 +62,7 @@ def test_validate_skips_a_corrupt_record_with_a_warning_and_keeps_it(tmp_path):
     assert "skipped run record" in res.stderr
     assert bad.read_text() == '{"schema_version": 1, "run_id": '
     doc = json.loads(res.stdout)
-    assert doc["mode"] == "raw model, reserved simulated on one GPU"
+    assert doc["mode"] == "raw model, reserved simulated where the simulation covers the setup"
     assert len(doc["runs"]) + len(doc["skipped"]) == 1
 
 
@@ -70,7 +70,7 @@ def test_validate_json_reports_errors_and_stats():
     res = CliRunner().invoke(app, ["validate", "--format", "json"])
     assert res.exit_code == 0
     doc = json.loads(res.stdout)
-    assert doc["mode"] == "leave-one-out calibrated, reserved simulated on one GPU"
+    assert doc["mode"] == "leave-one-out calibrated, reserved simulated where the simulation covers the setup"
     first = doc["runs"][0]
     assert set(first["error"]) == {"allocated", "reserved", "device"}
     assert doc["stats"]["device"]["runs"] == len(doc["runs"])

@@ -64,7 +64,7 @@ def validate(
     if reserved_rule == "simulated":
         mode += ", reserved simulated"
     elif reserved_rule == "auto":
-        mode += ", reserved simulated on one GPU"
+        mode += ", reserved simulated where the simulation covers the setup"
     if fmt == "json":
         typer.echo(_json({"mode": mode, **validation_doc(result)}))
         return
