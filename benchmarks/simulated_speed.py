@@ -33,6 +33,9 @@ CASES = [
     ("llama-3.2-1b", TrainingSetup(method="full", grad_ckpt=True, parallel="zero2", optimizer="adamw_torch_fused")),
     ("llama-3.2-1b", TrainingSetup(method="full", grad_ckpt=True, parallel="zero3", optimizer="adamw_torch_fused")),
     ("llama-3.1-8b", TrainingSetup(method="full", grad_ckpt=True, parallel="zero3", optimizer="adamw_torch_fused")),
+    # FSDP2 on two ranks (fsdp_steps.py: the one-GPU layers plus the units' gathers and scatters on their streams)
+    ("llama-3.2-1b", TrainingSetup(method="full", grad_ckpt=True, parallel="fsdp", num_gpus=2)),
+    ("llama-3.1-8b", TrainingSetup(method="full", grad_ckpt=True, parallel="fsdp", num_gpus=2)),
 ]
 REPEATS = 9
 
@@ -61,7 +64,7 @@ def main() -> None:
                 estimate(spec, setup, g, reserved_rule="simulated")
             t4 = time.perf_counter()
             rules.append(t1 - t0), cold.append(t2 - t1), cached.append(t3 - t2), catalog.append(t4 - t3)
-        label = f"{setup.method} {setup.parallel}" if setup.parallel else setup.method
+        label = f"{setup.method} {setup.num_gpus}x{setup.parallel}" if setup.parallel else setup.method
         print(f"{name:14s} {label:11s}: rules {_ms(rules)}  simulated cold {_ms(cold)}  cached {_ms(cached)}  "
               f"catalog ({len(gpus)} GPUs) {_ms(catalog)}")  # fmt: skip
 
