@@ -51,6 +51,11 @@ def _multi(spec: RunSpec, parallel: str, num_gpus: int) -> RunSpec:
     return replace(spec, setup=spec.setup.model_copy(update={"parallel": parallel, "num_gpus": num_gpus}))
 
 
+def _multi_on(spec: RunSpec, num_gpus: int, parallel: str) -> RunSpec:
+    """`spec` as a `parallel` run on `num_gpus` GPUs, its name ending in -x<num_gpus>."""
+    return replace(_multi(spec, parallel, num_gpus), name=f"{spec.name}-x{num_gpus}")
+
+
 def _zero(spec: RunSpec, stage: str, offload: str = "none", *, num_gpus: int) -> RunSpec:
     """`spec` as a DeepSpeed run (ZeRO `stage`, CPU `offload`) on `num_gpus` GPUs, its name ending in -x<num_gpus>."""
     update = {"parallel": stage, "num_gpus": num_gpus, "offload": offload}
@@ -76,8 +81,8 @@ def multi_grid(num_gpus: int = 2) -> list[RunSpec]:
 def scale_grid(num_gpus: int = 4) -> list[RunSpec]:
     """Issue 16: FSDP full fine-tuning of an 8B and a 14B model and DDP LoRA of an 8B model on `num_gpus`
     (4 or 8) GPUs, and a 70B LoRA with FSDP (8 GPUs), for per-GPU memory and step time at scale."""
-    fsdp = lambda s: replace(_multi(s, "fsdp", num_gpus), name=f"{s.name}-x{num_gpus}")
-    ddp = lambda s: replace(_multi(s, "ddp", num_gpus), name=f"{s.name}-x{num_gpus}")
+    fsdp = partial(_multi_on, parallel="fsdp", num_gpus=num_gpus)
+    ddp = partial(_multi_on, parallel="ddp", num_gpus=num_gpus)
     grid = [
         fsdp(single.full("l8-fsdp-full-gc", L8, "FSDP2 full FT 8B", grad_ckpt=True)),
         fsdp(single.full("q14-fsdp-full-gc", "qwen2.5-14b", "FSDP2 full FT 14B", grad_ckpt=True)),
@@ -264,7 +269,7 @@ def fsdp_ranks_grid(num_gpus: int = 2) -> list[RunSpec]:
     (vramplan/trainer/fake_rank.py: rank 0 alone over torch's fake process group on one GPU): the 1B run the closed
     forms miss most (2 GPUs: -5.3 % reserved) on more ranks, the 3B on four, and a tied 152k vocabulary on two;
     predicted and committed before they run."""
-    fsdp = lambda s, n: replace(_multi(s, "fsdp", n), name=f"{s.name}-x{n}")
+    fsdp = partial(_multi_on, parallel="fsdp")
     return [
         fsdp(single.full("fr-l1-fsdp-full-gc", L1, "FSDP2 full FT 1B on 4", grad_ckpt=True), 4),
         fsdp(single.full("fr-l1-fsdp-full-gc", L1, "FSDP2 full FT 1B on 8", grad_ckpt=True), 8),
@@ -278,7 +283,7 @@ def fsdp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     histories of 2026-12-04): untied embeddings with a 32k vocabulary, Qwen3's q/k norms, a 36-layer tied model, a longer
     sequence, batch 2, 8 ranks of a 7B; each run its own GPU count (`num_gpus` unused), as fake ranks; predicted and
     committed before they run."""
-    fsdp = lambda s, n: replace(_multi(s, "fsdp", n), name=f"{s.name}-x{n}")
+    fsdp = partial(_multi_on, parallel="fsdp")
     return [
         fsdp(single.full("fh-tiny-fsdp-full-gc", "tinyllama-1.1b-chat-v1.0", "untied, 32k vocabulary", grad_ckpt=True), 4),
         fsdp(single.full("fh-q3-17-fsdp-full-gc", "qwen3-1.7b", "Qwen3 q/k norms, tied", grad_ckpt=True), 2),

@@ -8,7 +8,13 @@ import pytest
 from vramplan.api import estimate_for
 from vramplan.errors import VramplanError
 from vramplan.estimator import CALIBRATED_DEFAULTS, _terms
-from vramplan.memory.allocator.fsdp_steps import FsdpUnit, fsdp_plan, fsdp_sequence_applies, one_gpu_setup
+from vramplan.memory.allocator.fsdp_steps import (
+    FsdpUnit,
+    fsdp_plan,
+    fsdp_rank_plan,
+    fsdp_sequence_applies,
+    one_gpu_setup,
+)
 from vramplan.memory.allocator.replay import replay
 from vramplan.memory.allocator.sequence import training_sequence
 from vramplan.memory.trainable import trainable_groups
@@ -28,7 +34,7 @@ def _fake_records() -> dict[str, MeasuredRun]:
 def _predicted(run: MeasuredRun):
     model = resolve_model(run.model)
     one = one_gpu_setup(run.setup)
-    plan = fsdp_plan(model, one, trainable_groups(model, one, adapter_itemsize=4), run.setup.num_gpus)
+    plan = fsdp_rank_plan(model, run.setup)
     return replay(training_sequence(model, one, _terms(model, one, None, dict(CALIBRATED_DEFAULTS)), fsdp=plan))
 
 

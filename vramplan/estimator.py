@@ -189,7 +189,7 @@ def estimate(
     total = gpu.memory_bytes if gpu else SIMULATED_DEFAULT_TOTAL_BYTES
     # FSDP's simulated sequence builds the model on each GPU (the trainer's way); where its prepare would be the peak,
     # "auto" keeps the closed forms (a model loaded on the CPU) and says what the GPU-built one needs
-    prepare = fsdp_prepare_bytes(model, setup) if setup.parallel == "fsdp" else 0
+    prepare = fsdp_prepare_bytes(model, setup)
     gpu_prepare_notes: tuple[str, ...] = ()
     if prepare > raw.peak_allocated_bytes:
         gpu_prepare_notes = (FSDP_PREPARE_NOTE.format(gib=prepare / 2**30),)

@@ -34,6 +34,7 @@ own forward and backward are the one-GPU sequence's (the builder runs with the o
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from .rules import block_bytes
 from .tensors import grouped_by_layer
@@ -81,6 +82,16 @@ def fsdp_plan(model, setup, groups, world: int) -> FsdpPlan:
     if model.tie_word_embeddings:
         return FsdpPlan(world, layers, _unit(embed + rest, world))
     return FsdpPlan(world, layers, _unit(rest, world), _unit(embed, world) if embed else None)
+
+
+@lru_cache(maxsize=64)
+def fsdp_rank_plan(model, setup) -> FsdpPlan:
+    """The units of an FSDP `setup` (its GPU count the world), from its one-GPU trainable groups; one per setup: the
+    estimate asks for the prepare and the sequence for the plan."""
+    from ..trainable import trainable_groups
+
+    one = one_gpu_setup(setup)
+    return fsdp_plan(model, one, trainable_groups(model, one, adapter_itemsize=4), setup.num_gpus)
 
 
 class FsdpSteps:
@@ -280,7 +291,7 @@ FSDP_SIMULATED_NOTE = (
     "bytes per parameter); checked on rank 0 of 2, 4 and 8 ranks with torch's fake process group (18 histories, reserved "
     "within 2 MiB, 7 of them a hold-out) and on three real 2-GPU runs"
 )
-#: where FSDP keeps the closed forms; {prepare}: the prepare of a model built on each GPU, or None
+#: where FSDP keeps the closed forms
 FSDP_RULES_NOTE = (
     "FSDP by the closed forms: the model loaded on the CPU (from_pretrained's default), which fully_shard moves to the "
     "GPUs unit by unit (not measured)"
@@ -289,15 +300,11 @@ FSDP_PREPARE_NOTE = (
     "built on each GPU before accelerate's prepare (as the built-in trainer runs it), the model would need {gib:.2f} GiB "
     "per GPU there, the fp32 model and its shards: more than training; simulated with --reserved-rule simulated "
     "(exact on fake ranks of 4 and 8 GPUs)"
-)
+)  # {gib}: fsdp_prepare_bytes
 
 
 def fsdp_prepare_bytes(model, setup) -> int:
     """The prepare peak of an FSDP rank whose model was built on the GPU (fsdp_prepare_breakdown), 0 for other setups."""
-    from ..trainable import trainable_groups
-
     if setup.parallel != "fsdp" or setup.num_gpus < 2:
         return 0
-    one = one_gpu_setup(setup)
-    plan = fsdp_plan(model, one, trainable_groups(model, one, adapter_itemsize=4), setup.num_gpus)
-    return sum(fsdp_prepare_breakdown(plan).values())
+    return sum(fsdp_prepare_breakdown(fsdp_rank_plan(model, setup)).values())

@@ -16,11 +16,10 @@ from ...errors import VramplanError
 from ...specs import MemoryBreakdown, ModelSpec, TrainingSetup
 from .caching import allocation_size, round_size
 from .replay import ReplayResult, replay
-from .fsdp_steps import fsdp_plan, fsdp_prepare_breakdown, fsdp_sequence_applies, one_gpu_setup
+from .fsdp_steps import fsdp_prepare_breakdown, fsdp_rank_plan, fsdp_sequence_applies, one_gpu_setup
 from .sequence import training_sequence
 from .stack_steps import ddp_bucket_sizes
 from .zero_steps import zero_sequence_applies
-from ..trainable import trainable_groups
 
 RESERVED_BY_SIMULATION = "simulated"
 SIMULATED_ASSUMPTION = (
@@ -74,8 +73,8 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup, model: ModelSp
     if reserved_rule == RESERVED_BY_SIMULATION and setup.parallel == "fsdp" and not simulation_covers(setup, model):
         raise VramplanError(
             f"--reserved-rule simulated with --num-gpus {setup.num_gpus} --parallel fsdp: the simulated sequence has FSDP2's "
-            "units for full fine-tuning in bf16 with checkpointing of a Llama-family, Qwen2 or Qwen3 model with tied "
-            "embeddings (SDPA), fused AdamW, one micro-step, no offload, the hf stack; accepted: such a setup, "
+            "units for full fine-tuning in bf16 with checkpointing of a Llama-family, Qwen2 or Qwen3 model (SDPA), fused "
+            "AdamW, one micro-step, no offload, the hf stack; accepted: such a setup, "
             "--parallel ddp, or --reserved-rule auto|rules"
         )
 
@@ -97,9 +96,7 @@ def simulate(model: ModelSpec, setup: TrainingSetup, terms, total_memory_bytes: 
         if len(_CACHE) >= _CACHE_MAX:
             _CACHE.clear()
         if setup.parallel == "fsdp":  # one rank: the one-GPU layers (`terms` the one-GPU setup's) and FSDP's units
-            one = one_gpu_setup(setup)
-            plan = fsdp_plan(model, one, trainable_groups(model, one, adapter_itemsize=4), setup.num_gpus)
-            seq = training_sequence(model, one, terms, fsdp=plan)
+            seq = training_sequence(model, one_gpu_setup(setup), terms, fsdp=fsdp_rank_plan(model, setup))
         else:
             seq = training_sequence(model, setup, terms)
         hit = replay(seq, expandable_segments=expandable, total_memory_bytes=total_memory_bytes)
@@ -125,14 +122,6 @@ def _at_least_one_gpu_plus_buckets(model, setup: TrainingSetup, terms, total_mem
                     free_in_segments_at_peak_bytes=floor - ddp.allocated_at_peak_bytes)  # fmt: skip
 
 
-def _fsdp_prepare(model: ModelSpec, setup: TrainingSetup) -> dict[str, int]:
-    """An FSDP rank's prepare (fsdp_steps.fsdp_prepare_breakdown), or empty for other setups."""
-    if setup.parallel != "fsdp":
-        return {}
-    one = one_gpu_setup(setup)
-    return fsdp_prepare_breakdown(fsdp_plan(model, one, trainable_groups(model, one, adapter_itemsize=4), setup.num_gpus))
-
-
 def simulated_memory(
     model: ModelSpec, setup: TrainingSetup, terms, memory: MemoryBreakdown, total_memory_bytes: int
 ) -> MemoryBreakdown:
@@ -142,13 +131,14 @@ def simulated_memory(
     reserved = result.peak_reserved_bytes
     allocated = max(memory.peak_allocated_bytes, result.peak_allocated_bytes)
     breakdown, phase, phases = dict(memory.breakdown), memory.peak_phase, memory.phases
-    prepare = _fsdp_prepare(model, setup)
-    if prepare and sum(prepare.values()) >= memory.peak_allocated_bytes:  # accelerate's prepare is the peak
-        allocated = max(allocated, sum(prepare.values()))
-        phases = {**phases, "fsdp_prepare": sum(prepare.values())}
+    prepare = fsdp_prepare_breakdown(fsdp_rank_plan(model, setup)) if setup.parallel == "fsdp" else {}
+    held = sum(prepare.values())
+    if prepare and held >= memory.peak_allocated_bytes:  # accelerate's prepare (fsdp_steps.py) is the peak
+        allocated = max(allocated, held)
+        phases = {**phases, "fsdp_prepare": held}
         breakdown, phase = dict(prepare), "fsdp_prepare"
-        if allocated > sum(prepare.values()):
-            breakdown[WHOLE_BLOCKS] = allocated - sum(prepare.values())
+        if allocated > held:
+            breakdown[WHOLE_BLOCKS] = allocated - held
     elif allocated > memory.peak_allocated_bytes:
         breakdown[WHOLE_BLOCKS] = allocated - memory.peak_allocated_bytes
     return memory.model_copy(
