@@ -295,11 +295,46 @@ def fsdp_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     ]
 
 
+def fsdp_lora_grid(num_gpus: int = 2) -> list[RunSpec]:
+    """Allocator histories to read FSDP2 beyond full fine-tuning from (session 15, as fake ranks): LoRA (frozen bf16
+    weights in the units, fp32 adapters), QLoRA with bf16 quant storage (issue 15 item 2), and two micro-steps of full
+    fine-tuning; tied and untied, 1B to 8B. Each run its own GPU count (`num_gpus` unused)."""
+    fsdp = partial(_multi_on, parallel="fsdp")
+    return [
+        fsdp(single.lora("fl-l1-fsdp-lora-gc", L1, "FSDP2 LoRA 1B, tied", grad_ckpt=True), 2),
+        fsdp(single.qlora("fl-l1-fsdp-qlora-gc", L1, "QLoRA + FSDP 1B, bf16 quant storage", grad_ckpt=True), 2),
+        fsdp(single.full("fl-l1-fsdp-full-gc-ga2", L1, "FSDP2 full FT 1B, two micro-steps", grad_ckpt=True, grad_accum=2), 2),
+        fsdp(single.lora("fl-tiny-fsdp-lora-gc", "tinyllama-1.1b-chat-v1.0", "FSDP2 LoRA, untied 32k", grad_ckpt=True), 2),
+        fsdp(single.lora("fl-l8-fsdp-lora-gc", L8, "FSDP2 LoRA 8B, untied 128k", grad_ckpt=True), 2),
+        fsdp(single.qlora("fl-l8-fsdp-qlora-gc", L8, "QLoRA + FSDP 8B, bf16 quant storage (issue 15)", grad_ckpt=True), 2),
+        fsdp(single.lora("fl-l3-fsdp-lora-gc", L3, "FSDP2 LoRA 3B on 4", grad_ckpt=True), 4),
+    ]
+
+
+def fsdp_cpu_grid(num_gpus: int = 2) -> list[RunSpec]:
+    """FSDP2 with the model built on the CPU, as users' from_pretrained loads it (the trainer's way since session 15,
+    run.builds_on_cpu): full fine-tuning and LoRA, 1B to 8B on 2, 4 and 8 ranks, as fake ranks; the closed forms'
+    predictions (a CPU-loaded model) committed before they run. Each run its own GPU count (`num_gpus` unused)."""
+    fsdp = partial(_multi_on, parallel="fsdp")
+    return [
+        fsdp(single.full("fc-l1-fsdp-full-gc", L1, "CPU-loaded FSDP2 full FT 1B", grad_ckpt=True), 2),
+        fsdp(single.lora("fc-l1-fsdp-lora-gc", L1, "CPU-loaded FSDP2 LoRA 1B, tied", grad_ckpt=True), 2),
+        fsdp(single.lora("fc-l8-fsdp-lora-gc", L8, "CPU-loaded FSDP2 LoRA 8B", grad_ckpt=True), 2),
+        fsdp(single.full("fc-l8-fsdp-full-gc", L8, "CPU-loaded FSDP2 full FT 8B on 8 (GPU-built: 33.65 GiB at prepare)", grad_ckpt=True), 8),
+        fsdp(single.lora("fc-l3-fsdp-lora-gc", L3, "CPU-loaded FSDP2 LoRA 3B on 4", grad_ckpt=True), 4),
+        fsdp(single.lora("fc-tiny-fsdp-lora-gc", "tinyllama-1.1b-chat-v1.0", "CPU-loaded FSDP2 LoRA, untied 32k", grad_ckpt=True), 2),
+        fsdp(single.full("fc-q7-fsdp-full-gc", Q7, "CPU-loaded FSDP2 full FT 7B on 4, untied 152k", grad_ckpt=True), 4),
+        fsdp(single.full("fc-l1-fsdp-full-gc-ga2", L1, "CPU-loaded FSDP2 full FT 1B, two micro-steps", grad_ckpt=True, grad_accum=2), 2),
+        fsdp(single.full("fc-l8-fsdp-full-gc", L8, "CPU-loaded FSDP2 full FT 8B", grad_ckpt=True), 2),
+    ]
+
+
 GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsdp_holdout_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
          "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid,
          "zero3-offload-hist": zero3_offload_history_grid, "zero3-offload": zero3_offload_grid,
-         "zero-lora-holdout": zero_lora_holdout_grid, "zero-lora-holdout2": zero_lora_holdout2_grid}
+         "zero-lora-holdout": zero_lora_holdout_grid, "zero-lora-holdout2": zero_lora_holdout2_grid,
+         "fsdp-lora": fsdp_lora_grid, "fsdp-cpu": fsdp_cpu_grid}
 
 
 def settings(spec: RunSpec) -> str:

@@ -26,6 +26,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,31 @@ def _build(raw: dict | None, setup: TrainingSetup, **kwargs):
     return build_model(raw, setup, **kwargs)
 
 
+def builds_on_cpu(setup: TrainingSetup) -> bool:
+    """FSDP full fine-tuning and LoRA build the model on the CPU, as users' ``from_pretrained`` (CPU by default) does:
+    the Trainer leaves an FSDP model where it is (``place_model_on_device`` is False under FSDP), accelerate's
+    ``fsdp2_prepare_model`` upcasts the trainable parameters there, and ``fully_shard`` moves each unit to the GPU and
+    keeps its shard. Built on the GPU instead, every GPU holds the whole model and then its fp32 copy before the shards
+    (fake ranks of 2026-12-04: Llama-3.1-8B on 8 ranks peaked at 33.65 GiB allocated). QLoRA is quantized on the GPU
+    as it loads (transformers puts a 4-bit model without a device_map on the current GPU), as for users."""
+    return setup.parallel == "fsdp" and setup.method != "qlora"
+
+
+@contextmanager
+def _cpu_build_threads(ctx: DistContext):
+    """More than torchrun's one OpenMP thread per rank while a model is built on the CPU: its random init (users load
+    weights from disk instead) took past a run's timeout on one thread (2026-12-04); the GPU's allocations do not
+    depend on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(ctx.world_size, 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _check_request(setup: TrainingSetup, steps: int, memory_cap_gib: float | None, ctx: DistContext) -> None:
     if steps < 1:
         raise MeasurementError(f"steps must be >= 1, got {steps}")
@@ -274,8 +300,12 @@ def run_measurement(
             zero3_load = zero3_load_config(setup)  # ZeRO-3 builds the model partitioned, as users' runs do
             if zero3_load is not None:
                 extra["deepspeed_zero3_init_at_load"] = True
-            built = _build(raw, setup, model_path=model_path, checkpoint_cache=checkpoint_cache, name=model,
-                           device=f"cuda:{ctx.local_rank}" if on_cuda else "cpu")  # fmt: skip
+            device = f"cuda:{ctx.local_rank}" if on_cuda and not builds_on_cpu(setup) else "cpu"
+            if on_cuda and device == "cpu":
+                extra["fsdp_load_device"] = "cpu"
+            with _cpu_build_threads(ctx) if device == "cpu" else nullcontext():
+                built = _build(raw, setup, model_path=model_path, checkpoint_cache=checkpoint_cache, name=model,
+                               device=device)  # fmt: skip
             extra.update(built.extra)
             del zero3_load  # the Trainer's TrainingArguments register their own DeepSpeed config
             t_loaded = time.perf_counter()
