@@ -163,6 +163,7 @@ def _build(raw: dict | None, setup: TrainingSetup, **kwargs):
         from .unsloth_build import build_unsloth_model
 
         kwargs.pop("device")
+        kwargs.pop("fast_init", None)
         return build_unsloth_model(raw, setup, **kwargs)
     from .build import build_model
 
@@ -305,7 +306,7 @@ def run_measurement(
                 extra["fsdp_load_device"] = "cpu"
             with _cpu_build_threads(ctx) if device == "cpu" else nullcontext():
                 built = _build(raw, setup, model_path=model_path, checkpoint_cache=checkpoint_cache, name=model,
-                               device=device)  # fmt: skip
+                               device=device, **({"fast_init": True} if device == "cpu" and on_cuda else {}))  # fmt: skip
             extra.update(built.extra)
             del zero3_load  # the Trainer's TrainingArguments register their own DeepSpeed config
             t_loaded = time.perf_counter()
