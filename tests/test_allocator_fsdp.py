@@ -32,9 +32,10 @@ def _fake_records() -> dict[str, MeasuredRun]:
 
 
 def _predicted(run: MeasuredRun):
+    """The sequence of the run's rank, its model loaded the way the trainer loaded it (on the CPU since 2026-12-04)."""
     model = resolve_model(run.model)
     one = one_gpu_setup(run.setup)
-    plan = fsdp_rank_plan(model, run.setup)
+    plan = fsdp_rank_plan(model, run.setup, cpu_loaded=run.extra.get("fsdp_load_device") == "cpu")
     return replay(training_sequence(model, one, _terms(model, one, None, dict(CALIBRATED_DEFAULTS)), fsdp=plan))
 
 
@@ -43,7 +44,9 @@ def _predicted(run: MeasuredRun):
 #: layer)
 HISTORIES = ["l1-fsdp-full-gc", "fr-l1-fsdp-full-gc-x4", "fr-l1-fsdp-full-gc-x8", "l3-fsdp-full-gc", "fr-l3-fsdp-full-gc-x4",
              "fr-q15-fsdp-full-gc-x2", "l8-fsdp-full-gc", "l8-fsdp-full-gc-x4", "l8-fsdp-full-gc-x8", "q14-fsdp-full-gc-x4",
-             "q14-fsdp-full-gc-x8"]  # fmt: skip
+             "q14-fsdp-full-gc-x8",
+             # loaded on the CPU (fully_shard moves each unit to the GPU): tied 1B, untied 8B on 2 and 8, Qwen2.5-7B on 4
+             "fc-l1-fsdp-full-gc-x2", "fc-l8-fsdp-full-gc-x2", "fc-l8-fsdp-full-gc-x8", "fc-q7-fsdp-full-gc-x4"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", HISTORIES)
@@ -57,16 +60,18 @@ def test_the_fsdp_sequence_replays_to_each_recorded_rank_peak(name):
     assert abs(result.peak_allocated_bytes / m.max_allocated_bytes - 1) <= 0.0005, name
 
 
-def test_the_real_two_gpu_fsdp_runs_are_simulated_to_their_reserved_peak():
-    # the 1B run the closed forms put at -5.3 % reserved (the worst of issue 11's shipped runs before): now 0.0 %
+def test_the_real_two_gpu_fsdp_runs_are_simulated_near_their_reserved_peak():
+    # the three real 2-GPU runs (2026-11) built the model on the GPU; the estimate loads it on the CPU, as users do:
+    # the 1B's reserved peak is 3.1 % higher that way (fake ranks fc-l1 14.67 vs l1 14.23 GiB), the 8B's 0.2 % lower;
+    # the closed forms had put the 1B at -5.3 %
     runs = [r for r in load_runs([shipped_runs_dir()]) if r.setup.parallel == "fsdp"]
     assert {r.model for r in runs} == {"llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"}
     for r in runs:
         e = estimate_for(r.model, r.setup)
         shown = e.calibrated or e.memory
         assert shown.reserved_rule == "simulated"
-        assert abs(shown.peak_reserved_bytes / r.measurements.max_reserved_bytes - 1) <= 0.001, r.model
-        assert abs(shown.device_peak_bytes / r.measurements.device_peak_bytes - 1) <= 0.005, r.model
+        assert -0.003 <= shown.peak_reserved_bytes / r.measurements.max_reserved_bytes - 1 <= 0.035, r.model
+        assert -0.003 <= shown.device_peak_bytes / r.measurements.device_peak_bytes - 1 <= 0.035, r.model
 
 
 FSDP = TrainingSetup(method="full", grad_ckpt=True, num_gpus=2, parallel="fsdp")
@@ -103,22 +108,24 @@ def test_shards_are_padded_to_the_first_chunk_rows_on_dim_zero():
     assert unit.shard_numel == 7
 
 
-def test_where_the_gpu_built_prepare_would_be_the_peak_auto_keeps_the_cpu_loaded_closed_forms():
-    # 8B on 8 ranks: the trainer's model, built on each GPU, peaks at accelerate's prepare (the fp32 model and its
-    # shards: 33.65 GiB, as the fake rank measured); a model loaded on the CPU does not hold it, so "auto" plans with the
-    # closed forms and names the GPU-built figure; --reserved-rule simulated gives the trainer's way
+def test_a_cpu_loaded_model_on_eight_ranks_is_simulated_to_its_fake_rank():
+    # 8B on 8 ranks: built on each GPU first, accelerate's prepare held the fp32 model and its shards (33.65 GiB, fake
+    # rank l8-fsdp-full-gc-x8); loaded on the CPU, as users and now the trainer do, fully_shard moves one unit at a time
+    # and the training step is the peak: "auto" simulates it, to the byte of fake rank fc-l8-fsdp-full-gc-x8
     setup = FSDP.model_copy(update={"num_gpus": 8})
+    run = _fake_records()["fc-l8-fsdp-full-gc-x8"]
+    assert run.setup == setup and run.extra["fsdp_load_device"] == "cpu"
     auto = estimate_for("llama-3.1-8b", setup)
     shown = auto.calibrated or auto.memory
-    assert shown.reserved_rule != "simulated" and shown.peak_allocated_bytes < 20 * 2**30
-    assert any("33.65 GiB per GPU" in a and "built on each GPU" in a for a in auto.assumptions)
-    sim = estimate_for("llama-3.1-8b", setup, reserved_rule="simulated")
-    shown = sim.calibrated or sim.memory
-    assert shown.peak_phase == "fsdp_prepare" and set(shown.breakdown) >= {"fsdp.prepare.fp32_parameters"}
-    assert abs(shown.peak_allocated_bytes / 36136325632 - 1) < 0.001  # the fake rank l8-fsdp-full-gc-x8
-    two = estimate_for("llama-3.1-8b", FSDP)  # on 2 the training step is the peak: simulated, no prepare line
-    assert (two.calibrated or two.memory).reserved_rule == "simulated"
-    assert not any("built on each GPU before" in a for a in two.assumptions)
+    assert shown.reserved_rule == "simulated" and shown.peak_phase != "fsdp_prepare"
+    assert abs(shown.peak_reserved_bytes / run.measurements.max_reserved_bytes - 1) < 0.0005
+    # allocated: the closed form's training peak, kept where it is above the sequence's (+3.1 % here)
+    assert 0 <= shown.peak_allocated_bytes / run.measurements.max_allocated_bytes - 1 < 0.035
+    assert any("loaded on the CPU" in a for a in auto.assumptions)
+    gpu_built = replay(training_sequence(resolve_model("llama-3.1-8b"), one_gpu_setup(setup), _terms(
+        resolve_model("llama-3.1-8b"), one_gpu_setup(setup), None, dict(CALIBRATED_DEFAULTS)),
+        fsdp=fsdp_rank_plan(resolve_model("llama-3.1-8b"), setup, cpu_loaded=False)))  # fmt: skip
+    assert gpu_built.peak_allocated_bytes > 1.9 * shown.peak_allocated_bytes  # the GPU-built prepare's 33.65 GiB
 
 
 def test_validate_skips_fake_ranks_with_the_reason():

@@ -25,13 +25,7 @@ from .memory.activations import rotary_tables
 from .memory.adapters import adapter_autocast_copy_bytes, adapter_bytes, check_lora_supported, lora_param_count
 from .memory.allocator import block_bytes, reserved_from_allocated, steady_loss_reserved, workspace_bytes
 from .memory.allocator.ckpt_backward_layer import CkptBackwardPeaks, ckpt_backward_applies, ckpt_backward_peaks
-from .memory.allocator.fsdp_steps import (
-    FSDP_PREPARE_NOTE,
-    FSDP_RULES_NOTE,
-    FSDP_SIMULATED_NOTE,
-    fsdp_prepare_bytes,
-    one_gpu_setup,
-)
+from .memory.allocator.fsdp_steps import FSDP_RULES_NOTE, FSDP_SIMULATED_NOTE, one_gpu_setup
 from .memory.allocator.simulated import (
     RESERVED_BY_SIMULATION,
     SIMULATED_ASSUMPTION,
@@ -187,14 +181,6 @@ def estimate(
             terms = _terms(model, setup, gpu, constants)
         calibrated = _memory(terms, setup, constants)
     total = gpu.memory_bytes if gpu else SIMULATED_DEFAULT_TOTAL_BYTES
-    # FSDP's simulated sequence builds the model on each GPU (the trainer's way); where its prepare would be the peak,
-    # "auto" keeps the closed forms (a model loaded on the CPU) and says what the GPU-built one needs
-    prepare = fsdp_prepare_bytes(model, setup)
-    gpu_prepare_notes: tuple[str, ...] = ()
-    if prepare > raw.peak_allocated_bytes:
-        gpu_prepare_notes = (FSDP_PREPARE_NOTE.format(gib=prepare / 2**30),)
-        if auto and reserved_rule == RESERVED_BY_SIMULATION:
-            reserved_rule = "rules"
     if reserved_rule == RESERVED_BY_SIMULATION and not _beyond_simulation(raw, gpu if auto else None):
         # an FSDP rank runs the one-GPU layers: its sequence is built from the one-GPU setup's terms (fsdp_steps.py)
         sim_terms = _terms(model, one_gpu_setup(setup), gpu, constants) if setup.parallel == "fsdp" else terms
@@ -206,7 +192,6 @@ def estimate(
         setup_notes = zero_simulated_assumptions(setup_notes, setup)
     if setup.parallel == "fsdp" and setup.num_gpus > 1:
         setup_notes += (FSDP_SIMULATED_NOTE if raw.reserved_rule == RESERVED_BY_SIMULATION else FSDP_RULES_NOTE,)
-        setup_notes += gpu_prepare_notes if raw.reserved_rule != RESERVED_BY_SIMULATION else ()
     shown = calibrated or raw
     verdict = _verdict(gpu, shown.device_peak_bytes, headroom) if gpu else None
     profile = stack_profile(setup)

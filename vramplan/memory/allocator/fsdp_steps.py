@@ -8,11 +8,13 @@ two-GPU counterpart equal it to the byte) in docs/allocator_traces/fake_rank, wi
 (the final norm with the lm_head, or with the tied embedding; reshard_after_forward False), each parameter sharded on dim
 0 into ``world`` chunks, padded to the first chunk's rows:
 
-* prepare (after the Trainer's ``free_memory``): the model was built on the GPU in bf16 (as the trainer and the shipped
-  two-GPU records do); accelerate upcasts each trainable parameter to fp32 (``param.data = param.data.to(float32)``:
-  the fp32 tensor made, the bf16 one freed, in ``named_parameters`` order) and keeps the state dict; ``fully_shard``
-  makes every unit's fp32 shards (``_fsdp_param.py`` ``_init_sharded_param``: the layers, the embedding, the tail),
-  then the full fp32 parameters are freed in the same unit order;
+* prepare (after the Trainer's ``free_memory``), a model loaded on the CPU (``from_pretrained``'s default; the built-in
+  trainer's since 2026-12-04, histories fc-*): accelerate upcasts the trainable parameters to fp32 there, and
+  ``fully_shard`` moves each unit to the GPU whole, makes its padded fp32 shards and frees the whole tensors
+  (``_fsdp_prepare_from_cpu``); a model built on the GPU first (the histories and the three real two-GPU records
+  recorded before, ``FsdpPlan.cpu_loaded`` False): every parameter upcast to fp32 on the GPU (the fp32 tensor made,
+  the bf16 one freed, in ``named_parameters`` order), every unit's fp32 shards (``_fsdp_param.py``
+  ``_init_sharded_param``), then the full fp32 parameters freed in the same unit order;
 * forward, per unit: the all-gather input (the unit's bf16 shards, flat) and output (``world`` times it) on the
   all-gather stream, the input freed; each parameter's unsharded bf16 tensor on the compute stream (copy-out); the
   previous unit's all-gather output freed only then; after a decoder layer's forward its unsharded parameters are freed
@@ -66,6 +68,11 @@ class FsdpPlan:
     layers: tuple[FsdpUnit, ...]
     tail: FsdpUnit
     embed: FsdpUnit | None = None
+    #: the model loaded on the CPU (from_pretrained's default, the built-in trainer's since 2026-12-04): fully_shard
+    #: moves each unit to the GPU; False: built on the GPU first (the histories recorded before, fsdp_prepare_on_gpu)
+    cpu_loaded: bool = True
+    #: bytes of the root module's buffers fully_shard moves with the tail (the rotary inv_freq and its original copy)
+    buffers: tuple[int, ...] = ()
 
 
 def _unit(groups, world: int) -> FsdpUnit:
@@ -73,25 +80,26 @@ def _unit(groups, world: int) -> FsdpUnit:
     return FsdpUnit(tuple(g.numel for g in groups), tuple(-(-g.rows // world) * g.cols for g in groups))
 
 
-def fsdp_plan(model, setup, groups, world: int) -> FsdpPlan:
+def fsdp_plan(model, setup, groups, world: int, cpu_loaded: bool = True) -> FsdpPlan:
     """The units of `model` (its one-GPU trainable `groups`) on `world` ranks."""
     per_layer, head = grouped_by_layer(groups, model.num_layers)
     layers = tuple(_unit(gs, world) for gs in per_layer)
     embed = [g for g in head if g.name == "embed_tokens"]
     rest = [g for g in head if g.name != "embed_tokens"]  # the final norm, an untied lm_head
+    buffers = (model.head_dim // 2 * FP32,) * 2  # rotary inv_freq, original_inv_freq (histories fc-*: 128 B at 1B)
     if model.tie_word_embeddings:
-        return FsdpPlan(world, layers, _unit(embed + rest, world))
-    return FsdpPlan(world, layers, _unit(rest, world), _unit(embed, world) if embed else None)
+        return FsdpPlan(world, layers, _unit(embed + rest, world), cpu_loaded=cpu_loaded, buffers=buffers)
+    embed_unit = _unit(embed, world) if embed else None
+    return FsdpPlan(world, layers, _unit(rest, world), embed_unit, cpu_loaded=cpu_loaded, buffers=buffers)
 
 
 @lru_cache(maxsize=64)
-def fsdp_rank_plan(model, setup) -> FsdpPlan:
-    """The units of an FSDP `setup` (its GPU count the world), from its one-GPU trainable groups; one per setup: the
-    estimate asks for the prepare and the sequence for the plan."""
+def fsdp_rank_plan(model, setup, cpu_loaded: bool = True) -> FsdpPlan:
+    """The units of an FSDP `setup` (its GPU count the world), from its one-GPU trainable groups; one per setup."""
     from ..trainable import trainable_groups
 
     one = one_gpu_setup(setup)
-    return fsdp_plan(model, one, trainable_groups(model, one, adapter_itemsize=4), setup.num_gpus)
+    return fsdp_plan(model, one, trainable_groups(model, one, adapter_itemsize=4), setup.num_gpus, cpu_loaded)
 
 
 class FsdpSteps:
@@ -104,11 +112,53 @@ class FsdpSteps:
             self._fsdp_gathers(*phase, end=end)
 
     # ------------------------------------------------------------------ prepare
+    @property
+    def fsdp_loads_on_cpu(self) -> bool:
+        """The model is loaded on the CPU (LoadSteps.load puts no parameter on the GPU)."""
+        return self.fsdp is not None and self.fsdp.cpu_loaded
+
     def fsdp_prepare(self) -> None:
-        """accelerate's upcast of every parameter, fully_shard's fp32 shards, the full fp32 parameters freed."""
-        plan, seq = self.fsdp, self.seq
-        if plan is None:
+        """fully_shard's fp32 shards, unit by unit, then the state the training steps use."""
+        if self.fsdp is None:
             return
+        if self.fsdp.cpu_loaded:
+            self._fsdp_prepare_from_cpu()
+        else:
+            self._fsdp_prepare_on_gpu()
+        self.param_groups = self._fsdp_param_groups()
+        self.fsdp_ag = None  # the all-gather output not yet freed
+        self.fsdp_rs = None  # the reduce-scatter input not yet freed
+        self.fsdp_params: dict[object, list[int]] = {}  # unit -> its unsharded parameters
+        self.fsdp_grads: list[int] = []
+
+    def _fsdp_prepare_from_cpu(self) -> None:
+        """A CPU-loaded model (accelerate upcast it to fp32 there): per unit in fully_shard's order, each parameter moved
+        to the GPU whole, then each one's padded fp32 shard, then the whole ones freed (torch 2.11 _fully_shard
+        ``_move_states_to_device``, then ``FSDPParam._init_sharded_param``). The root's turn (histories fc-l1-fsdp-full-gc,
+        fc-l8-fsdp-full-gc): an untied embedding's unit moved and sharded, the tail's parameters (the final norm first,
+        then the lm_head or the tied embedding) moved, their shards, the root's rotary buffers, then the untied
+        embedding's whole tensor freed and the tail's in reverse order."""
+        plan, seq = self.fsdp, self.seq
+
+        def move_and_shard(unit: FsdpUnit) -> list[int]:
+            whole = [seq.alloc(n * FP32) for n in unit.numels]
+            self.fsdp_shards.append([seq.alloc(block_bytes(n * FP32)) for n in unit.shards])
+            return whole
+
+        self.fsdp_shards: list[list[int]] = []
+        for unit in plan.layers:
+            seq.free(*move_and_shard(unit))
+        embed = move_and_shard(plan.embed) if plan.embed is not None else []
+        tail = sorted(zip(plan.tail.numels, plan.tail.shards))  # the final norm's vector first
+        tail_whole = move_and_shard(FsdpUnit(tuple(n for n, _ in tail), tuple(x for _, x in tail)))
+        for nbytes in plan.buffers:
+            seq.alloc(nbytes)  # kept: the model's buffers
+        seq.free(*embed, *reversed(tail_whole))
+
+    def _fsdp_prepare_on_gpu(self) -> None:
+        """A model built on the GPU: accelerate's upcast of every parameter, fully_shard's fp32 shards, the full fp32
+        parameters freed."""
+        plan, seq = self.fsdp, self.seq
         # LoadSteps.loaded_params in module order: the embedding, each layer's parameters, the final norm, the rest
         # (none for the models simulated), an untied lm_head
         ids = [i for i, _ in self.loaded_params if seq.sizes[i]]
@@ -125,11 +175,6 @@ class FsdpSteps:
         self.fsdp_shards = [[seq.alloc(block_bytes(n * FP32)) for n in u.shards] for u in shards]  # kept: the parameters
         for unit in units:  # the layers, the embedding, the tail: fully_shard's order
             seq.free(*[fp32[i] for i in unit])
-        self.param_groups = self._fsdp_param_groups()
-        self.fsdp_ag = None  # the all-gather output not yet freed
-        self.fsdp_rs = None  # the reduce-scatter input not yet freed
-        self.fsdp_params: dict[object, list[int]] = {}  # unit -> its unsharded parameters
-        self.fsdp_grads: list[int] = []
 
     def _fsdp_param_groups(self) -> tuple[list, list]:
         """The optimizer's groups (OptimizerSteps._param_groups) with each parameter its fp32 shard."""
@@ -252,16 +297,6 @@ class FsdpSteps:
         self.grads, self.fsdp_grads = self.fsdp_grads, []
 
 
-def fsdp_prepare_breakdown(plan: FsdpPlan) -> dict[str, int]:
-    """What accelerate's prepare holds at its peak (fsdp_prepare): every parameter upcast to fp32 and every unit's fp32
-    shards, the full parameters not freed yet."""
-    units = [*plan.layers, plan.tail, *([plan.embed] if plan.embed is not None else [])]
-    return {
-        "fsdp.prepare.fp32_parameters": sum(block_bytes(n * FP32) for u in units for n in u.numels),
-        "fsdp.prepare.fp32_shards": sum(block_bytes(n * FP32) for u in units for n in u.shards),
-    }
-
-
 def one_gpu_setup(setup):
     """The setup each FSDP rank runs its layers with: one GPU, no engine (the builder's setup and terms)."""
     return setup.model_copy(update={"num_gpus": 1, "parallel": None, "offload": "none"})
@@ -286,25 +321,13 @@ def fsdp_sequence_applies(model, setup) -> bool:
 
 #: the estimate's line where FSDP is simulated
 FSDP_SIMULATED_NOTE = (
-    "FSDP2 simulated as the built-in trainer runs it (memory/allocator/fsdp_steps.py): the model built on each GPU in "
-    "bf16, upcast there to fp32 by accelerate before fully_shard (its prepare holds the fp32 model and its shards, 4 + 4/n "
-    "bytes per parameter); checked on rank 0 of 2, 4 and 8 ranks with torch's fake process group (18 histories, reserved "
-    "within 2 MiB, 7 of them a hold-out) and on three real 2-GPU runs"
+    "FSDP2 simulated as users and the built-in trainer run it (memory/allocator/fsdp_steps.py): the model loaded on the "
+    "CPU, upcast there to fp32 by accelerate, each unit moved to the GPU by fully_shard and sharded; checked on rank 0 of "
+    "2, 4 and 8 ranks with torch's fake process group (4 CPU-loaded histories to the byte, and 18 of models built on the "
+    "GPU first) and on three real 2-GPU runs"
 )
 #: where FSDP keeps the closed forms
 FSDP_RULES_NOTE = (
     "FSDP by the closed forms: the model loaded on the CPU (from_pretrained's default), which fully_shard moves to the "
-    "GPUs unit by unit (not measured)"
+    "GPUs unit by unit (fake ranks of 2026-12-04, CPU-loaded: allocated within -0.8 ... +3.1 %, reserved -14 ... +8 %)"
 )
-FSDP_PREPARE_NOTE = (
-    "built on each GPU before accelerate's prepare (as the built-in trainer runs it), the model would need {gib:.2f} GiB "
-    "per GPU there, the fp32 model and its shards: more than training; simulated with --reserved-rule simulated "
-    "(exact on fake ranks of 4 and 8 GPUs)"
-)  # {gib}: fsdp_prepare_bytes
-
-
-def fsdp_prepare_bytes(model, setup) -> int:
-    """The prepare peak of an FSDP rank whose model was built on the GPU (fsdp_prepare_breakdown), 0 for other setups."""
-    if setup.parallel != "fsdp" or setup.num_gpus < 2:
-        return 0
-    return sum(fsdp_prepare_breakdown(fsdp_rank_plan(model, setup)).values())

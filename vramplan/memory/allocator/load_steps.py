@@ -37,6 +37,8 @@ class LoadSteps:
             self._load_checkpoint(layers, embed, lm_head, final_norm, residual)
         elif self.zero is not None and self.zero.offload_params:  # (the terms hold no weights: all on the host)
             self.zero3_offloaded_load(layers, final_norm)
+        elif self.fsdp_loads_on_cpu:  # FSDP moves each unit to the GPU in its prepare (fsdp_steps.py)
+            self.loaded_params = []
         else:
             # each parameter's tensor with whether the Trainer gives it no weight decay (a bias or a norm weight),
             # in module order (a DeepSpeed engine frees them into its flat buffers: zero_steps.py)

@@ -16,7 +16,7 @@ from ...errors import VramplanError
 from ...specs import MemoryBreakdown, ModelSpec, TrainingSetup
 from .caching import allocation_size, round_size
 from .replay import ReplayResult, replay
-from .fsdp_steps import fsdp_prepare_breakdown, fsdp_rank_plan, fsdp_sequence_applies, one_gpu_setup
+from .fsdp_steps import fsdp_rank_plan, fsdp_sequence_applies, one_gpu_setup
 from .sequence import training_sequence
 from .stack_steps import ddp_bucket_sizes
 from .zero_steps import zero_sequence_applies
@@ -131,15 +131,7 @@ def simulated_memory(
     reserved = result.peak_reserved_bytes
     allocated = max(memory.peak_allocated_bytes, result.peak_allocated_bytes)
     breakdown, phase, phases = dict(memory.breakdown), memory.peak_phase, memory.phases
-    prepare = fsdp_prepare_breakdown(fsdp_rank_plan(model, setup)) if setup.parallel == "fsdp" else {}
-    held = sum(prepare.values())
-    if prepare and held >= memory.peak_allocated_bytes:  # accelerate's prepare (fsdp_steps.py) is the peak
-        allocated = max(allocated, held)
-        phases = {**phases, "fsdp_prepare": held}
-        breakdown, phase = dict(prepare), "fsdp_prepare"
-        if allocated > held:
-            breakdown[WHOLE_BLOCKS] = allocated - held
-    elif allocated > memory.peak_allocated_bytes:
+    if allocated > memory.peak_allocated_bytes:
         breakdown[WHOLE_BLOCKS] = allocated - memory.peak_allocated_bytes
     return memory.model_copy(
         update={
