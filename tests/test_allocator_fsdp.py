@@ -46,7 +46,9 @@ HISTORIES = ["l1-fsdp-full-gc", "fr-l1-fsdp-full-gc-x4", "fr-l1-fsdp-full-gc-x8"
              "fr-q15-fsdp-full-gc-x2", "l8-fsdp-full-gc", "l8-fsdp-full-gc-x4", "l8-fsdp-full-gc-x8", "q14-fsdp-full-gc-x4",
              "q14-fsdp-full-gc-x8",
              # loaded on the CPU (fully_shard moves each unit to the GPU): tied 1B, untied 8B on 2 and 8, Qwen2.5-7B on 4
-             "fc-l1-fsdp-full-gc-x2", "fc-l8-fsdp-full-gc-x2", "fc-l8-fsdp-full-gc-x8", "fc-q7-fsdp-full-gc-x4"]  # fmt: skip
+             "fc-l1-fsdp-full-gc-x2", "fc-l8-fsdp-full-gc-x2", "fc-l8-fsdp-full-gc-x8", "fc-q7-fsdp-full-gc-x4",
+             # two micro-steps: no_sync keeps the unsharded gradients of the first, the second reduce-scatters their sum
+             "fc-l1-fsdp-full-gc-ga2-x2", "fl-l1-fsdp-full-gc-ga2-x2"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", HISTORIES)
@@ -81,7 +83,6 @@ FSDP = TrainingSetup(method="full", grad_ckpt=True, num_gpus=2, parallel="fsdp")
     "model, update",
     [
         ("llama-3.1-8b", {"method": "lora", "lora": LoraSpec(rank=16)}),
-        ("llama-3.2-1b", {"grad_accum": 2}),  # a reduce-scatter per micro-step, added into the sharded gradients
         ("llama-3.2-1b", {"grad_ckpt": False}),
         ("llama-3.2-1b", {"offload": "all"}),
         ("llama-3.2-1b", {"optimizer": "adamw_torch"}),

@@ -104,6 +104,9 @@ def fsdp_rank_plan(model, setup, cpu_loaded: bool = True) -> FsdpPlan:
 
 class FsdpSteps:
     fsdp: FsdpPlan | None = None
+    #: False in a micro-step before the last of a gradient accumulation: accelerate's ``no_sync`` (FSDP2
+    #: ``set_requires_gradient_sync(False)``) keeps each unit's unsharded gradients, reduce-scattered in the last one
+    fsdp_sync: bool = True
 
     def gathers(self, *phase, end: bool = False) -> None:
         """The parameter gathers at `phase` of the step: ZeRO-3's offloaded copies (zero3_offload.py) or FSDP's units."""
@@ -130,6 +133,7 @@ class FsdpSteps:
         self.fsdp_rs = None  # the reduce-scatter input not yet freed
         self.fsdp_params: dict[object, list[int]] = {}  # unit -> its unsharded parameters
         self.fsdp_grads: list[int] = []
+        self.fsdp_unsynced: dict[object, list[int]] = {}  # unit -> its unsharded gradients kept by no_sync
 
     def _fsdp_prepare_from_cpu(self) -> None:
         """A CPU-loaded model (accelerate upcast it to fp32 there): per unit in fully_shard's order, each parameter moved
@@ -273,6 +277,10 @@ class FsdpSteps:
         sharded gradient on the reduce-scatter stream (the gradient kept to zero_grad)."""
         seq, u = self.seq, self._fsdp_unit(k)
         seq.free(*self.fsdp_params.pop(k))
+        if not self.fsdp_sync:  # resharded, its gradients kept unsharded to the last micro-step (fc-l1-...-ga2)
+            self.fsdp_unsynced.setdefault(k, []).extend(grads)
+            return
+        grads = [*self.fsdp_unsynced.pop(k, []), *grads]
         if self.fsdp_rs is not None:
             seq.free(self.fsdp_rs)
         self.fsdp_rs = seq.alloc(block_bytes(self.fsdp.world * u.shard_numel * BF16))
@@ -292,9 +300,11 @@ class FsdpSteps:
         seq = self.seq
         head, self.grads = self.grads, []
         self.fsdp_reduce(self._fsdp_first, head)
-        seq.free(self.fsdp_rs)
+        if self.fsdp_rs is not None:
+            seq.free(self.fsdp_rs)
         self.fsdp_rs = None
-        self.grads, self.fsdp_grads = self.fsdp_grads, []
+        if self.fsdp_sync:
+            self.grads, self.fsdp_grads = self.fsdp_grads, []
 
 
 def one_gpu_setup(setup):
@@ -305,7 +315,7 @@ def one_gpu_setup(setup):
 def fsdp_sequence_applies(model, setup) -> bool:
     """Where the FSDP sequence was read and checked (docs/allocator_traces/fake_rank): full fine-tuning in bf16 with
     checkpointing of a layer the recorded patterns cover (ckpt_backward_layer.py), tied or untied embeddings, the hf stack
-    without Liger, fused AdamW, one micro-step, no offload."""
+    without Liger, fused AdamW, no offload; any number of micro-steps."""
     from ..stacks import stack_profile
     from .ckpt_backward_layer import ckpt_backward_applies
 
@@ -314,7 +324,7 @@ def fsdp_sequence_applies(model, setup) -> bool:
     one = one_gpu_setup(setup)
     return (
         setup.method == "full" and setup.dtype == "bf16" and setup.stack == "hf" and not setup.liger
-        and setup.optimizer == "adamw_torch_fused" and setup.grad_accum == 1
+        and setup.optimizer == "adamw_torch_fused"
         and ckpt_backward_applies(model, one, stack_profile(one))
     )  # fmt: skip
 

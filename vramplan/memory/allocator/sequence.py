@@ -165,6 +165,7 @@ def _training_sequence(
             if step == 0 and micro == 0 and b.profile.empties_cache_before_first_backward:
                 seq.empty_cache()
             seq.mark(f"step{step}.backward" if micro == 0 else f"step{step}.micro{micro}.backward")
+            b.fsdp_sync = micro == setup.grad_accum - 1  # FSDP: no_sync before the last micro-step (fsdp_steps.py)
             b.backward(first_micro=micro == 0)
         seq.mark(f"step{step}.optimizer")
         if b.zero is not None:
