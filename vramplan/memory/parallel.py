@@ -171,7 +171,19 @@ def _fsdp(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], group
         gather_backward={"fsdp.all_gather_buffers": layer + max(layer, embed)},
         reduce={"fsdp.reduce_scatter_buffer": block_bytes(reduce_params * BF16)},
         extra_fragmentation=FSDP_EXTRA_FRAGMENTATION,
+        engine_init=_fsdp_qlora_prepare(setup, weights),
     )
+
+
+def _fsdp_qlora_prepare(setup: TrainingSetup, weights: dict[str, int]) -> dict[str, int]:
+    """QLoRA is quantized on the GPU as it loads (transformers gives a 4-bit model without a device_map the current
+    GPU), so each rank holds the whole loaded model when accelerate's prepare makes its shards: the engine_init phase
+    is these whole weights plus the shards (the phase adds the sharded weights). Fake ranks of 2026-12-04
+    (docs/allocator_simulation.md, session 15): 8B x2 peaked there, 7.27 GiB loaded + 3.82 GiB of shards = 11.09 GiB,
+    nothing freed before the last shard."""
+    if setup.method != "qlora":
+        return {}
+    return {"fsdp.qlora_prepare.loaded_model": sum(weights.values())}
 
 
 def _zero(model: ModelSpec, setup: TrainingSetup, weights: dict[str, int], groups: list[TensorGroup], n: int, stage: int):

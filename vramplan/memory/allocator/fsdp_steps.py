@@ -339,5 +339,6 @@ FSDP_SIMULATED_NOTE = (
 #: where FSDP keeps the closed forms
 FSDP_RULES_NOTE = (
     "FSDP by the closed forms: the model loaded on the CPU (from_pretrained's default), which fully_shard moves to the "
-    "GPUs unit by unit (fake ranks of 2026-12-04, CPU-loaded: allocated within -0.8 ... +3.1 %, reserved -14 ... +8 %)"
+    "GPUs unit by unit (fake ranks of 2026-12-04, CPU-loaded: allocated within -0.8 ... +3.1 %, reserved -4 ... +8 %); "
+    "QLoRA is quantized on each GPU as it loads and held whole while accelerate shards it (engine_init)"
 )
