@@ -345,13 +345,21 @@ def fsdp_cpu_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     ]
 
 
+def fsdp_qlora_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
+    """A hold-out for FSDP QLoRA's closed forms as read from the two fsdp-lora QLoRA fake ranks (session 15: the whole
+    loaded 4-bit model held while accelerate shards it, no autocast copy of the fp32 lm_head under FSDP's bf16
+    all-gathers): a tied 152k vocabulary, predicted and committed before it runs."""
+    return [_multi_on(single.qlora("qh-q15-fsdp-qlora-gc", "qwen2.5-1.5b", "QLoRA + FSDP, tied 152k", grad_ckpt=True), 2, "fsdp")]
+
+
 GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsdp_holdout_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
          "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid,
          "zero3-offload-hist": zero3_offload_history_grid, "zero3-offload": zero3_offload_grid,
          "zero-lora-holdout": zero_lora_holdout_grid, "zero-lora-holdout2": zero_lora_holdout2_grid,
          "fsdp-lora": fsdp_lora_grid, "fsdp-cpu": fsdp_cpu_grid,
-         "fsdp-cpu-holdout": fsdp_cpu_holdout_grid}
+         "fsdp-cpu-holdout": fsdp_cpu_holdout_grid,
+         "fsdp-qlora-holdout": fsdp_qlora_holdout_grid}
 
 
 def settings(spec: RunSpec) -> str:

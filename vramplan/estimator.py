@@ -341,6 +341,10 @@ def _autocast_cache_bytes(model: ModelSpec, setup: TrainingSetup, lm_head_fp32: 
     without checkpointing the copies stay saved for backward. QLoRA: prepare_model_for_kbit_training makes
     lm_head fp32, and its bf16 copy is saved for backward (memory_model.md 1.3: V*h*2 bytes).
     """
+    if setup.parallel == "fsdp" and setup.num_gpus > 1:
+        # FSDP2's MixedPrecisionPolicy (param_dtype bf16, accelerate) gathers every parameter in bf16: autocast finds
+        # no fp32 weight to copy (fake ranks fl-l1/fl-l8-fsdp-qlora-gc-x2: the fp32 lm_head's copy is not there)
+        return 0, 0
     lm_head_copy = block_bytes(lm_head_params(model) * 2) if lm_head_fp32 else 0
     if setup.method == "qlora":
         return lm_head_copy, lm_head_copy
