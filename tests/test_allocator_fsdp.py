@@ -150,5 +150,6 @@ def test_qlora_with_fsdp_holds_the_whole_loaded_model_while_it_shards():
     shown = e.calibrated or e.memory
     assert shown.peak_phase == "engine_init" and "fsdp.qlora_prepare.loaded_model" in shown.breakdown
     assert 0 <= shown.peak_allocated_bytes / run.measurements.max_allocated_bytes - 1 < 0.02
+    assert any("fsdp_cpu_ram_efficient_loading" in a and "11.19 GiB per GPU" in a for a in e.assumptions)
     lora = estimate_for(run.model, run.setup.model_copy(update={"method": "lora", "quant": None}))
     assert "engine_init" not in (lora.calibrated or lora.memory).phases  # LoRA loads on the CPU: no such phase

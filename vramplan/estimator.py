@@ -25,7 +25,7 @@ from .memory.activations import rotary_tables
 from .memory.adapters import adapter_autocast_copy_bytes, adapter_bytes, check_lora_supported, lora_param_count
 from .memory.allocator import block_bytes, reserved_from_allocated, steady_loss_reserved, workspace_bytes
 from .memory.allocator.ckpt_backward_layer import CkptBackwardPeaks, ckpt_backward_applies, ckpt_backward_peaks
-from .memory.allocator.fsdp_steps import FSDP_RULES_NOTE, FSDP_SIMULATED_NOTE, one_gpu_setup
+from .memory.allocator.fsdp_steps import FSDP_QLORA_NOTE, FSDP_RULES_NOTE, FSDP_SIMULATED_NOTE, one_gpu_setup
 from .memory.allocator.simulated import (
     RESERVED_BY_SIMULATION,
     SIMULATED_ASSUMPTION,
@@ -192,6 +192,8 @@ def estimate(
         setup_notes = zero_simulated_assumptions(setup_notes, setup)
     if setup.parallel == "fsdp" and setup.num_gpus > 1:
         setup_notes += (FSDP_SIMULATED_NOTE if raw.reserved_rule == RESERVED_BY_SIMULATION else FSDP_RULES_NOTE,)
+        if "engine_init" in raw.phases and setup.method == "qlora":
+            setup_notes += (FSDP_QLORA_NOTE.format(gib=raw.phases["engine_init"] / 2**30),)
     shown = calibrated or raw
     verdict = _verdict(gpu, shown.device_peak_bytes, headroom) if gpu else None
     profile = stack_profile(setup)
