@@ -7,7 +7,7 @@ import pytest
 
 from vramplan.api import estimate_for
 from vramplan.errors import VramplanError
-from vramplan.estimator import CALIBRATED_DEFAULTS, _terms
+from vramplan.estimator import CALIBRATED_DEFAULTS, _terms, fsdp_rank_terms
 from vramplan.memory.allocator.fsdp_steps import (
     FsdpUnit,
     fsdp_plan,
@@ -36,7 +36,7 @@ def _predicted(run: MeasuredRun):
     model = resolve_model(run.model)
     one = one_gpu_setup(run.setup)
     plan = fsdp_rank_plan(model, run.setup, cpu_loaded=run.extra.get("fsdp_load_device") == "cpu")
-    return replay(training_sequence(model, one, _terms(model, one, None, dict(CALIBRATED_DEFAULTS)), fsdp=plan))
+    return replay(training_sequence(model, one, fsdp_rank_terms(model, run.setup, None, dict(CALIBRATED_DEFAULTS)), fsdp=plan))
 
 
 #: every FSDP history: tied embeddings (Llama-3.2-1B on 2, 4 and 8 ranks, -3B on 2 and 4, Qwen2.5-1.5B on 2) and untied
@@ -62,6 +62,25 @@ def test_the_fsdp_sequence_replays_to_each_recorded_rank_peak(name):
     assert abs(result.peak_allocated_bytes / m.max_allocated_bytes - 1) <= 0.0005, name
 
 
+#: LoRA loaded on the CPU: the sequence was read from the 1B (tied) and the 8B (untied) on 2 ranks; the 3B on 4 and
+#: TinyLlama (untied, 32k) were recorded with them and checked only once it was built (session 15)
+LORA_HISTORIES = ["fc-l1-fsdp-lora-gc-x2", "fc-l8-fsdp-lora-gc-x2", "fc-l3-fsdp-lora-gc-x4", "fc-tiny-fsdp-lora-gc-x2"]
+
+
+@pytest.mark.parametrize("name", LORA_HISTORIES)
+def test_the_fsdp_lora_sequence_replays_near_each_recorded_rank_peak(name):
+    # 2026-12-04: allocated to the byte on all four; reserved +0.31 / +0.48 / +0.57 / +1.38 % (the layers' backward is
+    # the summary, not a recorded pattern; TinyLlama's history itself replays +0.73 % through the address model); the
+    # closed forms had +7.6 / -4.2 / +1.9 / -3.8 %
+    run = _fake_records()[name]
+    assert run.setup.method == "lora" and run.extra["fsdp_load_device"] == "cpu"
+    assert fsdp_sequence_applies(resolve_model(run.model), run.setup)
+    result = _predicted(run)
+    m = run.measurements
+    assert abs(result.peak_allocated_bytes / m.max_allocated_bytes - 1) <= 0.0005, name
+    assert 0 <= result.peak_reserved_bytes / m.max_reserved_bytes - 1 <= 0.015, name
+
+
 def test_the_real_two_gpu_fsdp_runs_are_simulated_near_their_reserved_peak():
     # the three real 2-GPU runs (2026-11) built the model on the GPU; the estimate loads it on the CPU, as users do:
     # the 1B's reserved peak is 3.1 % higher that way (fake ranks fc-l1 14.67 vs l1 14.23 GiB), the 8B's 0.2 % lower;
@@ -82,7 +101,9 @@ FSDP = TrainingSetup(method="full", grad_ckpt=True, num_gpus=2, parallel="fsdp")
 @pytest.mark.parametrize(
     "model, update",
     [
-        ("llama-3.1-8b", {"method": "lora", "lora": LoraSpec(rank=16)}),
+        ("llama-3.1-8b", {"method": "lora", "lora": LoraSpec(rank=16), "grad_accum": 2}),  # LoRA: one micro-step measured
+        ("llama-3.1-8b", {"method": "lora", "lora": LoraSpec(rank=16, dropout=0.0)}),  # (no dropout: no layer pattern)
+        ("llama-3.1-8b", {"method": "qlora", "lora": LoraSpec(rank=16), "quant": "nf4"}),
         ("llama-3.2-1b", {"grad_ckpt": False}),
         ("llama-3.2-1b", {"offload": "all"}),
         ("llama-3.2-1b", {"optimizer": "adamw_torch"}),

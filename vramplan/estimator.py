@@ -183,7 +183,7 @@ def estimate(
     total = gpu.memory_bytes if gpu else SIMULATED_DEFAULT_TOTAL_BYTES
     if reserved_rule == RESERVED_BY_SIMULATION and not _beyond_simulation(raw, gpu if auto else None):
         # an FSDP rank runs the one-GPU layers: its sequence is built from the one-GPU setup's terms (fsdp_steps.py)
-        sim_terms = _terms(model, one_gpu_setup(setup), gpu, constants) if setup.parallel == "fsdp" else terms
+        sim_terms = fsdp_rank_terms(model, setup, gpu, constants) if setup.parallel == "fsdp" else terms
         raw = simulated_memory(model, setup, sim_terms, raw, total)
         calibrated = simulated_memory(model, setup, sim_terms, calibrated, total) if calibrated else None
         assumptions = (*assumptions, SIMULATED_ASSUMPTION)
@@ -239,8 +239,18 @@ def _check_supported(model: ModelSpec, setup: TrainingSetup, headroom: float) ->
         raise VramplanError("--method qlora with --dtype fp32 is not a supported combination; accepted: --dtype bf16|fp16")
 
 
-def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constants: dict[str, float]) -> _Terms:
+def fsdp_rank_terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constants: dict[str, float]) -> _Terms:
+    """The terms an FSDP rank's layers run with (fsdp_steps.py): the one-GPU setup's, with LoRA's adapters in bf16 as
+    FSDP2's mixed precision gathers them (no autocast copies of them)."""
+    return _terms(model, one_gpu_setup(setup), gpu, constants, bf16_adapters=setup.method == "lora")
+
+
+def _terms(
+    model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constants: dict[str, float], bf16_adapters: bool = False
+) -> _Terms:
     profile = stack_profile(setup)
+    if bf16_adapters:
+        profile = replace(profile, adapter_itemsize=BYTES_PER_DTYPE["bf16"])
     weights = weight_bytes(model, setup, kbit_fp32_upcast=profile.kbit_fp32_upcast) | profile.buffers(model, setup)
     if setup.lora is not None:
         weights["weights.adapters"] = adapter_bytes(model, setup.lora, itemsize=profile.adapter_itemsize)
@@ -274,7 +284,7 @@ def _terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constant
         layer_grads = gradient_bytes(groups) - sum(grad_tensor(g) for g in head_groups)  # (the rest is the layers')
     unsloth_g3 = _unsloth_gemma3(model, setup, profile, groups, ckpt)
     cache_fwd, cache_bwd = _autocast_cache_bytes(model, setup, profile.lm_head_fp32(setup) and not owns_head)
-    copies_fwd, copies_layer = adapter_autocast_copy_bytes(model, setup)
+    copies_fwd, copies_layer = (0, 0) if bf16_adapters else adapter_autocast_copy_bytes(model, setup)
     terms = _Terms(
         weights=weights,
         states=states,

@@ -165,6 +165,12 @@ def ckpt_backward_sizes(model: ModelSpec, setup: TrainingSetup) -> dict[str, int
 FINAL_NORM_FORWARD = "F F r -2 r r -2 F X X -3 -9".split()
 #: the tensors it saves for its backward, by token: the fp32 input, the rsqrt, the normalised bf16 copy, the output
 FINAL_NORM_SAVED = (0, 5, 8, 9)
+#: with a frozen norm weight (LoRA under FSDP, fc-l1-fsdp-lora-gc-x2): the normalised copy is freed too, and saved are
+#: the fp32 input, the rsqrt and the output (which a frozen lm_head does not keep: freed after the logits)
+FROZEN_FINAL_NORM_FORWARD = "F F r -2 r r -2 F X X -2 -4 -10".split()
+FROZEN_FINAL_NORM_SAVED = (0, 5, 9)
+#: and its backward from the gradient of its output (g): LLAMA_FINAL_NORM_BACKWARD without the weight's gradient
+FROZEN_FINAL_NORM_BACKWARD = "X ~g F -3 F F r -3 -6 r r r -2 -4 -8 ~r F -6 F F F -2 -4 -7 ~h -5 X -22".split()
 #: EmbeddingBackwardKernel.cu NROWS_PER_THREAD: the partial segments' bound is n / 10 + n
 EMBEDDING_ROWS_PER_PARTIAL = 10
 #: Embedding.cu embedding_dense_backward_cuda: up to this many indices one kernel adds into the zeroed gradient, no

@@ -13,7 +13,11 @@ from __future__ import annotations
 from .ckpt_backward_layer import (
     FINAL_NORM_FORWARD,
     FINAL_NORM_SAVED,
+    FROZEN_FINAL_NORM_BACKWARD,
+    FROZEN_FINAL_NORM_FORWARD,
+    FROZEN_FINAL_NORM_SAVED,
     LLAMA_FINAL_NORM_BACKWARD,
+    ckpt_backward_sizes,
     embedding_partial_sums_bytes,
     grad_token_sizes,
 )
@@ -105,7 +109,11 @@ class LayerPatterns:
         if k < self.L - 1:
             return [out]
         self.fsdp_tail_gather()  # an untied model's FSDP tail, before the final norm (fsdp_steps.py)
-        if self.ckpt_bwd:  # the final norm's forward with autograd (FINAL_NORM_FORWARD): what it saves, in order,
+        if self.fsdp is not None and self.fsdp.lora:  # resharded first, then the frozen norm (fsdp_steps.py)
+            self.fsdp_reshard_last()
+            made, _ = run_pattern(seq, FROZEN_FINAL_NORM_FORWARD, ckpt_backward_sizes(self.m, self.s))
+            final = [made[j] for j in FROZEN_FINAL_NORM_SAVED]
+        elif self.ckpt_bwd:  # the final norm's forward with autograd (FINAL_NORM_FORWARD): what it saves, in order,
             # then the rest of the estimator's final tensors (TRL with b > 1: its attention mask)
             made, _ = run_pattern(seq, FINAL_NORM_FORWARD, self.ckpt_bwd_sizes)
             final = [made[j] for j in FINAL_NORM_SAVED]
@@ -129,6 +137,19 @@ class LayerPatterns:
         made, grads = run_pattern(seq, LLAMA_FINAL_NORM_BACKWARD, self.ckpt_bwd_sizes, named=named,
                                   grads=grad_token_sizes(norms), keep_grads=new_grads, hook=self.grad_hook)  # fmt: skip
         self.grads += grads
+        return made[-2]
+
+    def _frozen_final_norm_backward(self, logits_grad: list[int]) -> int:
+        """LoRA under FSDP: lm_head's gradient of the hidden state, the logits' gradient freed, an untied lm_head's unit
+        resharded, then the frozen final norm's backward (FROZEN_FINAL_NORM_BACKWARD; fc-l1-, fc-l8-fsdp-lora-gc-x2):
+        the gradient carried through the layers (the pattern's last X)."""
+        seq, sizes = self.seq, ckpt_backward_sizes(self.m, self.s)
+        grad = seq.alloc(sizes["X"])
+        self._autograd_workspace()
+        h, r = self.final_ids
+        seq.free(*logits_grad)
+        self.fsdp_tail_reduce()
+        made, _ = run_pattern(seq, FROZEN_FINAL_NORM_BACKWARD, sizes, named={"g": grad, "r": r, "h": h})
         return made[-2]
 
     def _ckpt_backward_layer(self, k: int, inputs: list[int], new_grads: bool) -> tuple[list[int]]:

@@ -54,7 +54,8 @@ class LoadSteps:
                     seq.free(seq.alloc(tied))
             self.loaded_params = [(i, nd) for i, (_, nd) in zip(ids, listed)]
         seq.mark("peft")
-        self._peft_wrap()
+        if not self.fsdp_loads_on_cpu:  # (PEFT wraps a CPU-loaded model on the CPU)
+            self._peft_wrap()
 
     def _peft_wrap(self) -> None:
         """lora_A, lora_B per target module, in module order, first in the base layer's dtype, then each replaced by its

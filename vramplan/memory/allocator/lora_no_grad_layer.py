@@ -98,11 +98,14 @@ class _Layer:
         return out
 
 
-def lora_no_grad_pattern(model: ModelSpec, setup: TrainingSetup, liger: bool, first: bool) -> tuple[tuple[str, ...], int] | None:
-    """lora_no_grad_layer where it applies: LoRA with dropout under ZeRO-2 / ZeRO-3 on a layer the no-grad patterns
-    were read from (no_grad_layer.llama_family_checkpointed); else None."""
+def lora_no_grad_pattern(
+    model: ModelSpec, setup: TrainingSetup, liger: bool, first: bool, fsdp: bool = False
+) -> tuple[tuple[str, ...], int] | None:
+    """lora_no_grad_layer where it applies: LoRA with dropout under ZeRO-2 / ZeRO-3, or on an FSDP rank (`fsdp`: the
+    one-GPU setup, bf16 adapters as FSDP2 gathers them, the ZeRO-2 chain), on a layer the no-grad patterns were read
+    from (no_grad_layer.llama_family_checkpointed); else None."""
     applies = (
-        setup.method == "lora" and setup.parallel in ("zero2", "zero3") and setup.lora.dropout > 0
+        setup.method == "lora" and (fsdp or setup.parallel in ("zero2", "zero3")) and setup.lora.dropout > 0
         and llama_family_checkpointed(model, setup, liger)
     )  # fmt: skip
     return lora_no_grad_layer(model, setup, first) if applies else None

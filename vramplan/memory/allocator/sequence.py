@@ -55,6 +55,7 @@ tied gradient is accumulated in place.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 from ...models.params import linear_shapes
@@ -190,6 +191,8 @@ class _Builder(
         self.L = model.num_layers
         # the stack's kernels, adapter dtype and QLoRA upcast (memory/stacks); hf: the setup's own eager activations
         self.profile = profile = stack_profile(setup)
+        if fsdp is not None and fsdp.lora:  # FSDP2's copy-out gives the layers bf16 adapters (fsdp_steps.py)
+            self.profile = profile = replace(profile, adapter_itemsize=2)
         act_setup = profile.activation_setup(setup)
         unit = setup.batch_size * setup.seq_len * model.hidden_size
         act = profile.activations(model, setup)
@@ -269,14 +272,17 @@ class _Builder(
         #: a DeepSpeed engine's LoRA layer: its recorded no-grad forward in the first step, and in the later ones (ZeRO-3
         #: fetches lora_A's weight as a copy in the first only: lora_no_grad_layer.py); forward() picks the step's. The
         #: engine is modelled where its layers run as recorded, as zero_steps.zero_sequence_applies decides
-        self.lora_no_grad_first = lora_no_grad_pattern(model, setup, profile.liger, True) if engine else None
+        fsdp_lora = fsdp is not None and fsdp.lora  # an FSDP rank's bf16 adapters run the ZeRO-2 chain
+        self.lora_no_grad_first = (
+            lora_no_grad_pattern(model, setup, profile.liger, True, fsdp=fsdp_lora) if engine or fsdp_lora else None
+        )
         zero = engine and (self.ckpt_bwd is not None or self.lora_no_grad_first is not None)
         self.ckpt_bwd_sizes = ckpt_backward_sizes(model, setup) if self.ckpt_bwd else {}
         #: the engine's plan, and the hook each gradient goes to (None: kept as a tensor of self.grads)
         self.zero = zero_plan(model, setup) if zero else None
         self.grad_hook = self.zero_hook if zero else None
         if self.lora_no_grad_first:
-            self.lora_no_grad_later = lora_no_grad_pattern(model, setup, profile.liger, False)
+            self.lora_no_grad_later = lora_no_grad_pattern(model, setup, profile.liger, False, fsdp=fsdp_lora)
             self.no_grad, self.no_grad_sizes = self.lora_no_grad_first, lora_no_grad_sizes(model, setup)
         #: a decoder layer like the last one recorded of its kind appends that one's ops again (ops.Repeats); not
         #: with DeepSpeed's hooks, whose state runs across the layers
@@ -492,9 +498,11 @@ class _Builder(
             self.logsm = seq.alloc(nv4)  # log_softmax output, saved for backward
             seq.free(extra_tmp, upcast)
             seq.free(*self.copies)  # autocast exits: its cache is cleared
+            self.fsdp_after_logits()
             # accelerate convert_outputs_to_fp32 (not for a DeepSpeed engine: accelerate's _prepare_deepspeed does not
-            # wrap its forward; h-q05-zero2-full-gc-x1 frees the bf16 logits right after the log_softmax)
-            fp32_copy = seq.alloc(nv4) if self.zero is None else None
+            # wrap its forward; h-q05-zero2-full-gc-x1 frees the bf16 logits right after the log_softmax; nor under
+            # FSDP2: fc-l1-fsdp-full-gc-x2 and fc-l1-fsdp-lora-gc-x2 make no fp32 copy)
+            fp32_copy = seq.alloc(nv4) if self.zero is None and self.fsdp is None else None
             seq.free(bf16)
             if fp32_copy is not None:
                 seq.free(fp32_copy)  # Trainer.compute_loss drops outputs before backward
@@ -543,10 +551,13 @@ class _Builder(
         if self.ckpt_bwd:  # the gradient of the last hidden state, then the final norm's recorded backward
             carry = self._ckpt_final_norm_backward([logits_grad] if self.loss_saved else [], new_grads)
             self.fsdp_tail_reduce()
+        elif self.fsdp is not None and self.fsdp.lora and self.loss_saved:  # its frozen final norm (layer_patterns.py)
+            carry = self._frozen_final_norm_backward([logits_grad])
         else:
             carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
             self._autograd_workspace()
             seq.free(*([logits_grad] if self.loss_saved else []), *self.final_ids)
+            self.fsdp_tail_reduce()
         if s.grad_ckpt:  # estimator: no autocast copy through a checkpointed backward
             seq.free(self.lm_cache)
         layers_start = len(seq.ops)
@@ -564,8 +575,10 @@ class _Builder(
                 self.gathers("bwd", k, end=True)
             else:  # Unsloth's Gemma 3: its recorded backward (unsloth_gemma3_layer.py); else the summary
                 layer = self._backward_layer if self.unsloth_g3 is None else self._unsloth_gemma3_backward_layer
+                self.gathers("bwd", k)
                 (carry,), grads = self.repeated(("backward", k == self.L - 1, new_grads), made_of, [carry, *kept, *cache],
                                                 partial(layer, k, carry, kept, cache, new_grads))  # fmt: skip
+                self.gathers("bwd", k, end=True)
             if self.fsdp is not None:  # reduce-scattered after the layer's backward (fsdp_steps.py)
                 self.fsdp_reduce(k, grads)
             else:
@@ -582,7 +595,9 @@ class _Builder(
             self.gathers("bwd", "embed", end=True)
             return
         seq.free(*self.rotary)  # layer 0's backward drops the last reference (activations.rotary_tables)
+        self.gathers("bwd", "embed")
         seq.free(carry)  # consumed by the embedding's backward
+        self.fsdp_reduce_root()
         if self.zero is not None:
             self.zero_backward_end()
         if not s.grad_ckpt:
