@@ -352,6 +352,22 @@ def fsdp_qlora_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     return [_multi_on(single.qlora("qh-q15-fsdp-qlora-gc", "qwen2.5-1.5b", "QLoRA + FSDP, tied 152k", grad_ckpt=True), 2, "fsdp")]
 
 
+def fsdp_lora_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
+    """A hold-out for the simulated FSDP2 LoRA sequence (fsdp_steps.fsdp_lora_plan, read from fc-l1- and
+    fc-l8-fsdp-lora-gc-x2 on 2026-12-04): Qwen2's biases and an untied 152k vocabulary on 4, Qwen3's q/k norms, Mistral
+    on 8, a longer sequence, a tied 152k vocabulary, batch 2; CPU-loaded fake ranks, predicted and committed before they
+    run. Each run its own GPU count (`num_gpus` unused)."""
+    fsdp = partial(_multi_on, parallel="fsdp")
+    return [
+        fsdp(single.lora("lh-q7-fsdp-lora-gc", Q7, "Qwen2 biases, untied 152k, on 4", grad_ckpt=True), 4),
+        fsdp(single.lora("lh-q3-8-fsdp-lora-gc", single.Q3_8, "Qwen3 q/k norms", grad_ckpt=True), 2),
+        fsdp(single.lora("lh-m7-fsdp-lora-gc", single.M7, "Mistral 7B on 8", grad_ckpt=True), 8),
+        fsdp(single.lora("lh-l1-fsdp-lora-gc-s4096", L1, "4096 tokens", grad_ckpt=True, seq_len=4096), 2),
+        fsdp(single.lora("lh-q15-fsdp-lora-gc", "qwen2.5-1.5b", "tied 152k vocabulary", grad_ckpt=True), 2),
+        fsdp(single.lora("lh-l8-fsdp-lora-gc-b2", L8, "batch 2 on 4", grad_ckpt=True, batch_size=2), 4),
+    ]
+
+
 GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsdp_holdout_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
          "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid,
@@ -359,7 +375,8 @@ GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsd
          "zero-lora-holdout": zero_lora_holdout_grid, "zero-lora-holdout2": zero_lora_holdout2_grid,
          "fsdp-lora": fsdp_lora_grid, "fsdp-cpu": fsdp_cpu_grid,
          "fsdp-cpu-holdout": fsdp_cpu_holdout_grid,
-         "fsdp-qlora-holdout": fsdp_qlora_holdout_grid}
+         "fsdp-qlora-holdout": fsdp_qlora_holdout_grid,
+         "fsdp-lora-holdout": fsdp_lora_holdout_grid}
 
 
 def settings(spec: RunSpec) -> str:
