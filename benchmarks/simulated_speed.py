@@ -36,6 +36,8 @@ CASES = [
     # FSDP2 on two ranks (fsdp_steps.py: the one-GPU layers plus the units' gathers and scatters on their streams)
     ("llama-3.2-1b", TrainingSetup(method="full", grad_ckpt=True, parallel="fsdp", num_gpus=2)),
     ("llama-3.1-8b", TrainingSetup(method="full", grad_ckpt=True, parallel="fsdp", num_gpus=2)),
+    # FSDP2 LoRA (bf16 adapters, the embedding and lm_head units) on eight ranks, as plans for 70B jobs ask
+    ("llama-3.1-8b", TrainingSetup(method="lora", lora=LoraSpec(rank=16), grad_ckpt=True, parallel="fsdp", num_gpus=8)),
 ]
 REPEATS = 9
 
