@@ -331,18 +331,10 @@ def fsdp_cpu_grid(num_gpus: int = 2) -> list[RunSpec]:
 
 def fsdp_cpu_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     """A hold-out for the CPU-loaded FSDP2 prepare (fsdp_steps._fsdp_prepare_from_cpu, read from the fsdp-cpu histories of
-    2026-12-04): the fsdp-holdout setups (measured before with the model built on the GPU) loaded on the CPU, and a 14B on
-    8; as fake ranks, predicted and committed before they run. Each run its own GPU count (`num_gpus` unused)."""
-    fsdp = partial(_multi_on, parallel="fsdp")
-    return [
-        fsdp(single.full("ch-tiny-fsdp-full-gc", "tinyllama-1.1b-chat-v1.0", "untied, 32k vocabulary", grad_ckpt=True), 4),
-        fsdp(single.full("ch-q3-17-fsdp-full-gc", "qwen3-1.7b", "Qwen3 q/k norms, tied", grad_ckpt=True), 2),
-        fsdp(single.full("ch-q3b-fsdp-full-gc", "qwen2.5-3b", "36 layers, tied 152k", grad_ckpt=True), 4),
-        fsdp(single.full("ch-l1-fsdp-full-gc-s4096", L1, "4096 tokens", grad_ckpt=True, seq_len=4096), 2),
-        fsdp(single.full("ch-m7-fsdp-full-gc", single.M7, "Mistral 7B on 8", grad_ckpt=True), 8),
-        fsdp(single.full("ch-l3-fsdp-full-gc-b2", L3, "batch 2", grad_ckpt=True, batch_size=2), 2),
-        fsdp(single.full("ch-q14-fsdp-full-gc", "qwen2.5-14b", "14B on 8", grad_ckpt=True), 8),
-    ]
+    2026-12-04): the fsdp-holdout setups but Qwen2.5-7B (measured before with the model built on the GPU) loaded on the
+    CPU, and a 14B on 8; as fake ranks, predicted and committed before they run."""
+    again = [replace(r, name="ch-" + r.name.removeprefix("fh-")) for r in fsdp_holdout_grid() if r.model != Q7]
+    return [*again, _multi_on(single.full("ch-q14-fsdp-full-gc", "qwen2.5-14b", "14B on 8", grad_ckpt=True), 8, "fsdp")]
 
 
 def fsdp_qlora_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:

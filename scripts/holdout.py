@@ -122,13 +122,28 @@ def predict(path: Path, grid: str = "holdout") -> int:
     return 0
 
 
+#: grids whose FSDP runs load the model on the CPU, the built-in trainer's way since 2026-12-04 (run.builds_on_cpu); the
+#: FSDP grids before them built it on each GPU: each grid's predictions are compared with records of its own way
+CPU_LOADED_GRIDS = frozenset({"fsdp-cpu", "fsdp-cpu-holdout", "fsdp-lora-holdout"})
+
+
+def _fsdp_load_device(run) -> str | None:
+    """Where an FSDP record's model was loaded ("cpu" / "gpu"); None for other strategies."""
+    if run.setup.parallel != "fsdp":
+        return None
+    return (run.extra or {}).get("fsdp_load_device", "gpu")
+
+
 def compare(path: Path | None, runs_dir: Path, grid: str = "holdout") -> int:
     """Measured runs against the committed predictions in `path`, or (path None) the current model's."""
     doc = json.loads(path.read_text()) if path is not None else predictions(grid)
     if path is None:
         print("the current model's predictions (not the committed ones)")
-    runs = load_runs([runs_dir])
-    by_key = {(r.model, r.setup.model_dump_json()): r for r in runs if not r.measurements.oom}
+    # FSDP records of the grid's own way of loading (CPU_LOADED_GRIDS), the newest of a setup measured twice
+    want = "cpu" if grid in CPU_LOADED_GRIDS else "gpu"
+    runs = sorted(load_runs([runs_dir]), key=lambda r: r.created_utc or "")
+    by_key = {(r.model, r.setup.model_dump_json()): r for r in runs
+              if not r.measurements.oom and _fsdp_load_device(r) in (None, want)}  # fmt: skip
     errors: dict[str, list[float]] = {"allocated": [], "reserved": [], "device": []}
     print(f"predictions made with {doc['calibration_version']}")
     print(f"{'run':<24} {'rule':<21} {'alloc':>14} {'reserved':>14} {'device':>14}   errors (alloc/reserved/device)")

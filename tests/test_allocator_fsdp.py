@@ -174,3 +174,18 @@ def test_qlora_with_fsdp_holds_the_whole_loaded_model_while_it_shards():
     assert any("fsdp_cpu_ram_efficient_loading" in a and "11.19 GiB per GPU" in a for a in e.assumptions)
     lora = estimate_for(run.model, run.setup.model_copy(update={"method": "lora", "quant": None}))
     assert "engine_init" not in (lora.calibrated or lora.memory).phases  # LoRA loads on the CPU: no such phase
+
+
+def test_holdout_compare_pairs_each_grid_with_records_of_its_own_loading(capsys):
+    # the CPU-loaded hold-out's setups were also measured built on the GPU (fsdp-holdout, 2026-12-04): each grid's
+    # committed predictions meet the records of its own way of loading (scripts/holdout.py CPU_LOADED_GRIDS)
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import holdout
+
+    for grid in ("fsdp-cpu-holdout", "fsdp-holdout"):
+        holdout.compare(holdout.PREDICTION_FILES[grid], RECORDS, grid)
+    cpu, gpu = capsys.readouterr().out.split("predictions made with")[1:]
+    assert "reserved : 6 runs, median |error| 0.0%, worst 0.7%" in cpu  # Qwen2.5-14B x8 not measured loaded on the CPU
+    assert "reserved : 7 runs, median |error| 0.0%, worst 0.0%" in gpu
