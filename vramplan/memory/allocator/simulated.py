@@ -73,9 +73,9 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup, model: ModelSp
     if reserved_rule == RESERVED_BY_SIMULATION and setup.parallel == "fsdp" and not simulation_covers(setup, model):
         raise VramplanError(
             f"--reserved-rule simulated with --num-gpus {setup.num_gpus} --parallel fsdp: the simulated sequence has FSDP2's "
-            "units for full fine-tuning in bf16 with checkpointing of a Llama-family, Qwen2 or Qwen3 model (SDPA), fused "
-            "AdamW, one micro-step, no offload, the hf stack; accepted: such a setup, "
-            "--parallel ddp, or --reserved-rule auto|rules"
+            "units for full fine-tuning (any --grad-accum) or LoRA with dropout (--grad-accum 1) in bf16 with checkpointing "
+            "of a Llama-family, Qwen2 or Qwen3 model (SDPA), fused AdamW, no offload, the hf stack; accepted: such a "
+            "setup, --parallel ddp, or --reserved-rule auto|rules"
         )
 
 
