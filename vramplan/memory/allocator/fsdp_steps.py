@@ -106,13 +106,18 @@ def _unit(groups, world: int) -> FsdpUnit:
     return FsdpUnit(tuple(g.numel for g in groups), tuple(-(-g.rows // world) * g.cols for g in groups))
 
 
+def _rotary_buffers(model) -> tuple[int, ...]:
+    """The root's buffers fully_shard moves: the rotary inv_freq and original_inv_freq (histories fc-*: 128 B at 1B)."""
+    return (model.head_dim // 2 * FP32,) * 2
+
+
 def fsdp_plan(model, setup, groups, world: int, cpu_loaded: bool = True) -> FsdpPlan:
     """The units of `model` (its one-GPU trainable `groups`) on `world` ranks."""
     per_layer, head = grouped_by_layer(groups, model.num_layers)
     layers = tuple(_unit(gs, world) for gs in per_layer)
     embed = [g for g in head if g.name == "embed_tokens"]
     rest = [g for g in head if g.name != "embed_tokens"]  # the final norm, an untied lm_head
-    buffers = (model.head_dim // 2 * FP32,) * 2  # rotary inv_freq, original_inv_freq (histories fc-*: 128 B at 1B)
+    buffers = _rotary_buffers(model)
     if model.tie_word_embeddings:
         return FsdpPlan(world, layers, _unit(embed + rest, world), cpu_loaded=cpu_loaded, buffers=buffers)
     embed_unit = _unit(embed, world) if embed else None
@@ -140,18 +145,19 @@ def fsdp_lora_plan(model, setup, world: int, cpu_loaded: bool = True) -> FsdpPla
         for g in adapters:  # lora_A.<target>, lora_B.<target>
             by_target.setdefault(g.name.split(".", 1)[1], []).append(g)
         ordered = []
-        for g in base:
+        for j, g in enumerate(base):  # PEFT's LoRA Linear: base_layer.weight, base_layer.bias, lora_A, lora_B
             ordered.append((g, BF16, False))
-            ordered += [(a, FP32, True) for a in by_target.get(g.name, [])]
+            module = g.name.removesuffix(".bias")
+            if j + 1 == len(base) or base[j + 1].name != f"{module}.bias":
+                ordered += [(a, FP32, True) for a in by_target.get(module, [])]
         u = _unit([g for g, _, _ in ordered], world)
         layers.append(replace(u, itemsizes=tuple(i for _, i, _ in ordered), trainable=tuple(t for _, _, t in ordered)))
     embed = [g for g in head if g.name == "embed_tokens"]
     lm_head = [g for g in head if g.name == "lm_head"]
     norm = [g for g in head if g.name == "norms"]
-    buffers = (model.head_dim // 2 * FP32,) * 2
     return FsdpPlan(
         world, tuple(layers), _frozen_unit(norm, world), _frozen_unit(embed, world), cpu_loaded=cpu_loaded,
-        buffers=buffers, lora=True, lm_head=_frozen_unit(lm_head, world) if lm_head else None,
+        buffers=_rotary_buffers(model), lora=True, lm_head=_frozen_unit(lm_head, world) if lm_head else None,
     )  # fmt: skip
 
 
