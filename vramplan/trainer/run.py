@@ -306,7 +306,7 @@ def run_measurement(
                 extra["fsdp_load_device"] = "cpu"
             with _cpu_build_threads(ctx) if device == "cpu" else nullcontext():
                 built = _build(raw, setup, model_path=model_path, checkpoint_cache=checkpoint_cache, name=model,
-                               device=device, **({"fast_init": True} if device == "cpu" and on_cuda else {}))  # fmt: skip
+                               device=device, fast_init=device == "cpu" and on_cuda)  # fmt: skip
             extra.update(built.extra)
             del zero3_load  # the Trainer's TrainingArguments register their own DeepSpeed config
             t_loaded = time.perf_counter()

@@ -76,8 +76,9 @@ class FsdpUnit:
         return sum(x for j, x in enumerate(self.shards) if self.itemsize(j) != BF16)
 
     @property
-    def trained_shards(self) -> tuple[int, ...]:
-        return tuple(x for j, x in enumerate(self.shards) if not self.trainable or self.trainable[j])
+    def trained_shard_numel(self) -> int:
+        """Elements of the shards of the trainable parameters (what the unit reduce-scatters)."""
+        return sum(x for j, x in enumerate(self.shards) if not self.trainable or self.trainable[j])
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,11 @@ class FsdpSteps:
 
     # ------------------------------------------------------------------ prepare
     @property
+    def fsdp_lora(self) -> bool:
+        """An FSDP rank of LoRA (FsdpPlan.lora: its own units, bf16 adapters in the layers)."""
+        return self.fsdp is not None and self.fsdp.lora
+
+    @property
     def fsdp_loads_on_cpu(self) -> bool:
         """The model is loaded on the CPU (LoadSteps.load puts no parameter on the GPU)."""
         return self.fsdp is not None and self.fsdp.cpu_loaded
@@ -215,16 +221,11 @@ class FsdpSteps:
         then the lm_head or the tied embedding) moved, their shards, the root's rotary buffers, then the untied
         embedding's whole tensor freed and the tail's in reverse order."""
         plan, seq = self.fsdp, self.seq
-
-        def move_and_shard(unit: FsdpUnit) -> list[int]:
-            whole = [seq.alloc(n * unit.itemsize(j)) for j, n in enumerate(unit.numels)]
-            self.fsdp_shards.append([seq.alloc(block_bytes(n * unit.itemsize(j))) for j, n in enumerate(unit.shards)])
-            return whole
-
         self.fsdp_shards: list[list[int]] = []
         if plan.lora:
-            self._fsdp_lora_prepare_from_cpu(move_and_shard)
+            self._fsdp_lora_prepare_from_cpu()
             return
+        move_and_shard = self._fsdp_move_and_shard
         for unit in plan.layers:
             seq.free(*move_and_shard(unit))
         embed = move_and_shard(plan.embed) if plan.embed is not None else []
@@ -234,12 +235,25 @@ class FsdpSteps:
             seq.alloc(nbytes)  # kept: the model's buffers
         seq.free(*embed, *reversed(tail_whole))
 
-    def _fsdp_lora_prepare_from_cpu(self, move_and_shard) -> None:
+    def _fsdp_move(self, unit: FsdpUnit) -> list[int]:
+        """A unit's parameters moved to the GPU whole (fully_shard's ``_move_states_to_device``): their ids."""
+        return [self.seq.alloc(n * unit.itemsize(j)) for j, n in enumerate(unit.numels)]
+
+    def _fsdp_shard(self, unit: FsdpUnit) -> None:
+        """A unit's padded shards (``FSDPParam._init_sharded_param``), kept as the parameters."""
+        self.fsdp_shards.append([self.seq.alloc(block_bytes(n * unit.itemsize(j))) for j, n in enumerate(unit.shards)])
+
+    def _fsdp_move_and_shard(self, unit: FsdpUnit) -> list[int]:
+        whole = self._fsdp_move(unit)
+        self._fsdp_shard(unit)
+        return whole
+
+    def _fsdp_lora_prepare_from_cpu(self) -> None:
         """LoRA's units moved and sharded (histories fc-l1-fsdp-lora-gc-x2, fc-l8-fsdp-lora-gc-x2): each layer as in full
         FT, but the last layer's last trainable tensor (down_proj's lora_B) keeps its whole copy to the end; the root's
         turn: the embedding's unit, an untied lm_head's, the final norm moved, the rotary buffers, the norm's shard, then
         the norm's, the embedding's, the lm_head's and that lora_B's whole tensors freed."""
-        plan, seq = self.fsdp, self.seq
+        plan, seq, move_and_shard = self.fsdp, self.seq, self._fsdp_move_and_shard
         held = []
         for k, unit in enumerate(plan.layers):
             whole = move_and_shard(unit)
@@ -249,10 +263,10 @@ class FsdpSteps:
             seq.free(*whole)
         embed = move_and_shard(plan.embed)
         lm_head = move_and_shard(plan.lm_head) if plan.lm_head is not None else []
-        norm = [seq.alloc(n * plan.tail.itemsize(j)) for j, n in enumerate(plan.tail.numels)]
+        norm = self._fsdp_move(plan.tail)
         for nbytes in plan.buffers:
             seq.alloc(nbytes)  # kept: the model's buffers
-        self.fsdp_shards.append([seq.alloc(block_bytes(n * plan.tail.itemsize(j))) for j, n in enumerate(plan.tail.shards)])
+        self._fsdp_shard(plan.tail)
         seq.free(*norm, *embed, *lm_head, *held)
 
     def _fsdp_prepare_on_gpu(self) -> None:
@@ -373,7 +387,7 @@ class FsdpSteps:
     def fsdp_after_logits(self) -> None:
         """LoRA, once the log_softmax is made and the upcast logits freed: the final norm's output (a frozen lm_head keeps
         no input) and the last all-gather output (the root's post-forward) freed, before the bf16 logits."""
-        if self.fsdp is None or not self.fsdp.lora:
+        if not self.fsdp_lora:
             return
         self.seq.free(self.final_ids.pop())
         self.seq.free(self.fsdp_ag)
@@ -382,7 +396,7 @@ class FsdpSteps:
     def fsdp_tail_reduce(self) -> None:
         """An untied model's tail reduce-scattered once the final norm's backward made its gradient (the head's
         gradients so far in self.grads), before the last layer's copy-out; LoRA's frozen lm_head is only resharded."""
-        if self.fsdp is not None and self.fsdp.lora:
+        if self.fsdp_lora:
             if self.fsdp.lm_head is not None:
                 self.seq.free(*self.fsdp_params.pop("lm_head"))
         elif self.fsdp is not None and self.fsdp.embed is not None:
@@ -402,7 +416,7 @@ class FsdpSteps:
         sharded gradient on the reduce-scatter stream (the gradient kept to zero_grad)."""
         seq, u = self.seq, self._fsdp_unit(k)
         seq.free(*self.fsdp_params.pop(k))
-        trained = sum(u.trained_shards)
+        trained = u.trained_shard_numel
         if not trained:  # a frozen unit: resharded, nothing to scatter
             seq.free(*grads)
             return

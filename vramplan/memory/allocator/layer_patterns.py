@@ -109,7 +109,7 @@ class LayerPatterns:
         if k < self.L - 1:
             return [out]
         self.fsdp_tail_gather()  # an untied model's FSDP tail, before the final norm (fsdp_steps.py)
-        if self.fsdp is not None and self.fsdp.lora:  # resharded first, then the frozen norm (fsdp_steps.py)
+        if self.fsdp_lora:  # resharded first, then the frozen norm (fsdp_steps.py)
             self.fsdp_reshard_last()
             made, _ = run_pattern(seq, FROZEN_FINAL_NORM_FORWARD, ckpt_backward_sizes(self.m, self.s))
             final = [made[j] for j in FROZEN_FINAL_NORM_SAVED]

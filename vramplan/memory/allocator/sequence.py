@@ -191,8 +191,8 @@ class _Builder(
         self.L = model.num_layers
         # the stack's kernels, adapter dtype and QLoRA upcast (memory/stacks); hf: the setup's own eager activations
         self.profile = profile = stack_profile(setup)
-        if fsdp is not None and fsdp.lora:  # FSDP2's copy-out gives the layers bf16 adapters (fsdp_steps.py)
-            self.profile = profile = replace(profile, adapter_itemsize=2)
+        if self.fsdp_lora:  # FSDP2's copy-out gives the layers bf16 adapters (fsdp_steps.py)
+            self.profile = profile = replace(profile, adapter_itemsize=BF16)
         act_setup = profile.activation_setup(setup)
         unit = setup.batch_size * setup.seq_len * model.hidden_size
         act = profile.activations(model, setup)
@@ -272,7 +272,7 @@ class _Builder(
         #: a DeepSpeed engine's LoRA layer: its recorded no-grad forward in the first step, and in the later ones (ZeRO-3
         #: fetches lora_A's weight as a copy in the first only: lora_no_grad_layer.py); forward() picks the step's. The
         #: engine is modelled where its layers run as recorded, as zero_steps.zero_sequence_applies decides
-        fsdp_lora = fsdp is not None and fsdp.lora  # an FSDP rank's bf16 adapters run the ZeRO-2 chain
+        fsdp_lora = self.fsdp_lora  # an FSDP rank's bf16 adapters run the ZeRO-2 chain
         self.lora_no_grad_first = (
             lora_no_grad_pattern(model, setup, profile.liger, True, fsdp=fsdp_lora) if engine or fsdp_lora else None
         )
@@ -551,7 +551,7 @@ class _Builder(
         if self.ckpt_bwd:  # the gradient of the last hidden state, then the final norm's recorded backward
             carry = self._ckpt_final_norm_backward([logits_grad] if self.loss_saved else [], new_grads)
             self.fsdp_tail_reduce()
-        elif self.fsdp is not None and self.fsdp.lora and self.loss_saved:  # its frozen final norm (layer_patterns.py)
+        elif self.fsdp_lora and self.loss_saved:  # its frozen final norm (layer_patterns.py)
             carry = self._frozen_final_norm_backward([logits_grad])
         else:
             carry = seq.alloc(self.carry)  # lm_head backward: the gradient of the last hidden state
