@@ -7,7 +7,7 @@ import pytest
 
 from vramplan.api import estimate_for
 from vramplan.errors import VramplanError
-from vramplan.estimator import CALIBRATED_DEFAULTS, _terms, fsdp_rank_terms
+from vramplan.estimator import CALIBRATED_DEFAULTS, fsdp_rank_terms
 from vramplan.memory.allocator.fsdp_steps import (
     FsdpUnit,
     fsdp_plan,
@@ -31,12 +31,17 @@ def _fake_records() -> dict[str, MeasuredRun]:
     return {r.extra["memory_snapshot"].removesuffix(".pickle"): r for r in runs}
 
 
+def _replayed_rank(model_name: str, setup: TrainingSetup, cpu_loaded: bool):
+    """The replay of one FSDP rank's predicted sequence, its model loaded on the CPU or built on the GPU."""
+    model = resolve_model(model_name)
+    terms = fsdp_rank_terms(model, setup, None, dict(CALIBRATED_DEFAULTS))
+    plan = fsdp_rank_plan(model, setup, cpu_loaded=cpu_loaded)
+    return replay(training_sequence(model, one_gpu_setup(setup), terms, fsdp=plan))
+
+
 def _predicted(run: MeasuredRun):
     """The sequence of the run's rank, its model loaded the way the trainer loaded it (on the CPU since 2026-12-04)."""
-    model = resolve_model(run.model)
-    one = one_gpu_setup(run.setup)
-    plan = fsdp_rank_plan(model, run.setup, cpu_loaded=run.extra.get("fsdp_load_device") == "cpu")
-    return replay(training_sequence(model, one, fsdp_rank_terms(model, run.setup, None, dict(CALIBRATED_DEFAULTS)), fsdp=plan))
+    return _replayed_rank(run.model, run.setup, cpu_loaded=run.extra.get("fsdp_load_device") == "cpu")
 
 
 #: every FSDP history: tied embeddings (Llama-3.2-1B on 2, 4 and 8 ranks, -3B on 2 and 4, Qwen2.5-1.5B on 2) and untied
@@ -144,9 +149,7 @@ def test_a_cpu_loaded_model_on_eight_ranks_is_simulated_to_its_fake_rank():
     # allocated: the closed form's training peak, kept where it is above the sequence's (+3.1 % here)
     assert 0 <= shown.peak_allocated_bytes / run.measurements.max_allocated_bytes - 1 < 0.035
     assert any("loaded on the CPU" in a for a in auto.assumptions)
-    gpu_built = replay(training_sequence(resolve_model("llama-3.1-8b"), one_gpu_setup(setup), _terms(
-        resolve_model("llama-3.1-8b"), one_gpu_setup(setup), None, dict(CALIBRATED_DEFAULTS)),
-        fsdp=fsdp_rank_plan(resolve_model("llama-3.1-8b"), setup, cpu_loaded=False)))  # fmt: skip
+    gpu_built = _replayed_rank("llama-3.1-8b", setup, cpu_loaded=False)
     assert gpu_built.peak_allocated_bytes > 1.9 * shown.peak_allocated_bytes  # the GPU-built prepare's 33.65 GiB
 
 
