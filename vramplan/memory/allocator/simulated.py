@@ -64,11 +64,12 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup, model: ModelSp
         setup, model
     ):
         raise VramplanError(
-            f"--reserved-rule simulated with --parallel {setup.parallel}: the simulated sequence has DeepSpeed's engine "
-            "on one GPU only, with checkpointing of a Llama-family, Qwen2 or Qwen3 model (SDPA), fused AdamW, bf16, one "
-            "micro-step, the hf stack: full fine-tuning (ZeRO-2 with no offload or --offload optimizer, ZeRO-3 with any "
-            "offload) or LoRA with dropout (ZeRO-2 or ZeRO-3, no offload or --offload optimizer); "
-            "accepted: such a setup, no --parallel, or --reserved-rule rules"
+            f"--reserved-rule simulated with --num-gpus {setup.num_gpus} --parallel {setup.parallel}: the simulated "
+            "sequence has DeepSpeed's engine (ZeRO-2 on any number of GPUs, ZeRO-3 on one GPU only) with checkpointing "
+            "of a Llama-family, Qwen2 or Qwen3 model (SDPA), fused AdamW, bf16, one micro-step, the hf stack: full "
+            "fine-tuning (ZeRO-2 with no offload or --offload optimizer, ZeRO-3 with any offload) or LoRA with dropout "
+            "(ZeRO-2 or ZeRO-3, no offload or --offload optimizer); accepted: such a setup, no --parallel, or "
+            "--reserved-rule rules"
         )
     if reserved_rule == RESERVED_BY_SIMULATION and setup.parallel == "fsdp" and not simulation_covers(setup, model):
         raise VramplanError(

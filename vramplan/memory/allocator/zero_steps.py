@@ -57,25 +57,28 @@ ZERO_OPTIMIZERS = ("adamw_torch_fused",)
 
 
 def _measured_engine_setup(setup: TrainingSetup) -> bool:
-    """What every DeepSpeed history ran: one GPU, full fine-tuning or checkpointed LoRA, one micro-step, fused AdamW,
-    bf16, the plain transformers Trainer (the hf stack without Liger: no TRL or Liger run with DeepSpeed is recorded)."""
+    """What every DeepSpeed history ran: full fine-tuning or checkpointed LoRA, one micro-step, fused AdamW, bf16, the
+    plain transformers Trainer (the hf stack without Liger: no TRL or Liger run with DeepSpeed is recorded)."""
     method = setup.method == "full" or (setup.method == "lora" and setup.grad_ckpt)
     return (
-        setup.num_gpus == 1 and method and setup.grad_accum == 1 and setup.dtype == "bf16"
+        method and setup.grad_accum == 1 and setup.dtype == "bf16"
         and setup.optimizer in ZERO_OPTIMIZERS and setup.stack == "hf" and not setup.liger
     )  # fmt: skip
 
 
 def zero2_applies(setup: TrainingSetup) -> bool:
-    """ZeRO-2 with no offload or offload_optimizer on a measured engine setup (_measured_engine_setup)."""
+    """ZeRO-2 with no offload or offload_optimizer on a measured engine setup (_measured_engine_setup), on any number
+    of GPUs (rank 0's partition: read from the fake-rank histories docs/allocator_traces/fake_rank/l1-zero2-full-gc-x2,
+    l1-zero2-full-gc-offopt-x2 and l8-zero2-lora-gc-x2)."""
     return setup.parallel == "zero2" and setup.offload in ("none", "optimizer") and _measured_engine_setup(setup)
 
 
 def zero3_applies(setup: TrainingSetup) -> bool:
-    """ZeRO-3 without offload, with the optimizer offloaded or (full fine-tuning) with everything offloaded, on a
-    measured engine setup (zero3_steps.py, zero3_offload.py)."""
+    """ZeRO-3 on one GPU without offload, with the optimizer offloaded or (full fine-tuning) with everything offloaded,
+    on a measured engine setup (zero3_steps.py, zero3_offload.py). Over more GPUs a fetch is an all-gather into new
+    buffers, which the sequence does not model."""
     return (
-        setup.parallel == "zero3" and setup.offload in ("none", "optimizer", "all")
+        setup.parallel == "zero3" and setup.offload in ("none", "optimizer", "all") and setup.num_gpus == 1
         and (setup.method == "full" or setup.offload != "all")
         and _measured_engine_setup(setup)
     )  # fmt: skip
@@ -132,6 +135,31 @@ class ZeroPlan:
     grad_itemsize: int = BF16
     #: whether each group of group_numels is the no-decay one (offload's single group frees every parameter)
     group_no_decay: tuple[bool, ...] = (False, True)
+    #: the data-parallel world size (the sequence is rank 0's)
+    ranks: int = 1
+
+    @property
+    def partitions(self) -> tuple[int, ...]:
+        """Each group's partition per rank (rank_partition)."""
+        return tuple(rank_partition(n, self.ranks) for n in self.group_numels)
+
+
+def rank_partition(numel: int, ranks: int) -> int:
+    """A ZeRO-2 group's elements per rank: its flat buffer aligned to nccl_start_alignment_factor (2) x the world size
+    (stage_1_and_2.py:441, flatten_dense_tensors_aligned), cut into equal parts (get_data_parallel_partitions)."""
+    return -(-numel // (2 * ranks)) * 2
+
+
+def first_rank_pieces(numels: list[int], part: int) -> list[tuple[int, int]]:
+    """Rank 0's params_in_partition of a group whose parameters have `numels` elements, in order: each as (its
+    elements, those inside the rank's first `part` elements); a parameter across the boundary is in both ranks'."""
+    out, start = [], 0
+    for n in numels:
+        if start >= part:
+            break
+        out.append((n, min(n, part - start)))
+        start += n
+    return out
 
 
 def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
@@ -146,13 +174,13 @@ def zero_plan(model: ModelSpec, setup: TrainingSetup) -> ZeroPlan:
         largest_numel=max(g.numel for g in groups),
         bucket_numel=reduce_bucket_elements(model), offload=offload, stage=3 if setup.parallel == "zero3" else 2,
         offload_params=setup.offload == "all", adapters=setup.method == "lora",
-        grad_itemsize=FP32 if setup.method == "lora" and setup.parallel == "zero3" else BF16,
+        grad_itemsize=FP32 if setup.method == "lora" and setup.parallel == "zero3" else BF16, ranks=setup.num_gpus,
     )  # fmt: skip
 
 
-def _flat_bytes(numel: int) -> int:
-    """A group's flat bf16 buffer (flatten_dense_tensors_aligned), aligned to nccl_start_alignment_factor 2."""
-    return block_bytes(-(-numel // 2) * 2 * BF16)
+def _flat_bytes(numel: int, ranks: int = 1) -> int:
+    """A group's flat bf16 buffer (flatten_dense_tensors_aligned), aligned to nccl_start_alignment_factor 2 x ranks."""
+    return block_bytes(rank_partition(numel, ranks) * ranks * BF16)
 
 
 class ZeroSteps:
@@ -166,19 +194,33 @@ class ZeroSteps:
         if z.adapters:  # the engine's module.bfloat16(): each fp32 adapter replaced by its bf16 copy
             adapters = self.adapter_ids
             params = [(i, False) for i in seq.replace_all([seq.sizes[i] // 2 for i in adapters], adapters)]
-        for undecayed, numel in zip(z.group_no_decay, z.group_numels):
+        for undecayed, numel, part in zip(z.group_no_decay, z.group_numels, z.partitions):
             seq.empty_cache()
-            flat = seq.alloc(_flat_bytes(numel))
+            seq.alloc(_flat_bytes(numel, z.ranks))
             seq.free(*[i for i, nd in params if one_group or nd == undecayed])
-            clone = seq.alloc(seq.sizes[flat])
+            clone = seq.alloc(block_bytes(part * BF16))  # rank 0's partition's .clone()
             if not z.offload:  # the fp32 master, kept
-                seq.alloc(block_bytes(numel * FP32))
+                seq.alloc(block_bytes(part * FP32))
             seq.free(clone)
         if z.offload:
             seq.alloc(block_bytes(z.largest_numel * BF16))
         else:
-            seq.free(*[seq.alloc(block_bytes(n * FP32)) for n in z.group_numels])
+            seq.free(*[seq.alloc(block_bytes(n * FP32)) for n in z.partitions])
         self._zero_reset()
+
+    def _zero_pieces(self) -> list[list[tuple[int, int]]]:
+        """Rank 0's params_in_partition per group (first_rank_pieces): with offload the one group over
+        model.parameters() in module order (embed_tokens, each layer's tensors, the final norm, lm_head), else the
+        Trainer's two param groups (OptimizerSteps._param_groups)."""
+        z = self.zero
+        if z.offload and len(z.group_numels) == 1:
+            head = {g.name: g for g in self.head_groups}
+            order = [head[n] for n in ("embed_tokens",) if n in head] + [g for gs in self.layer_groups for g in gs]
+            groups = [order + [head[n] for n in ("norms", "lm_head") if n in head]]
+        else:
+            groups = [gs for gs in self._param_groups() if gs]
+        numels = [[g.numel for g in gs for _ in range(g.count)] for gs in groups]
+        return [first_rank_pieces(ns, part) for ns, part in zip(numels, z.partitions)]
 
     def _zero_reset(self) -> None:
         self.zero_ipg: list[int] = []
@@ -186,12 +228,18 @@ class ZeroSteps:
         self.zero_elements = 0
         self.zero_numels: list[int] = []  # the bucket's gradients' elements, in the order their hooks ran
         self.zero_partition: int | None = None
+        self.zero_hooked = 0  # the elements whose hooks ran this backward
+        self.zero_piece: dict[int, int] = {}  # a gradient (tensor id) -> its elements in rank 0's partition
 
     def zero_hook(self, grad: int) -> None:
         """A parameter's gradient `grad` (a tensor id) reached its hook: into the IPG bucket (freed) or kept until the
         next hook reduces it."""
         seq, z = self.seq, self.zero
         numel = seq.sizes[grad] // z.grad_itemsize
+        # hooks run in about the reverse of parameter order: this one's parameter ends where the hooked ones begin
+        end = sum(z.group_numels) - self.zero_hooked
+        self.zero_piece[grad] = max(0, min(end, z.partitions[0]) - (end - numel))
+        self.zero_hooked += numel
         if not self.zero_ipg and z.stage == 2:  # setup_buckets (ZeRO-3's bucket is made at init)
             self.zero_ipg = [seq.alloc(block_bytes(z.bucket_numel * BF16)) for _ in range(2)]
         if self.zero_elements + numel > z.bucket_numel:
@@ -209,9 +257,10 @@ class ZeroSteps:
         reduction stream, each freed at once (made when the gradient is reduced; modelled at its hook). ZeRO-3 makes
         its copies when the bucket is reduced (zero3_offload.py Zero3OffloadSteps.zero3_offload_copies)."""
         if self.zero.offload and self.zero.stage == 2:
-            seq, nbytes = self.seq, self.seq.sizes[grad]
-            seq.free(seq.alloc_on(nbytes // BF16 * FP64, REDUCTION_STREAM))
-            seq.free(seq.alloc_on(nbytes // BF16 * FP32, REDUCTION_STREAM))
+            seq, numel = self.seq, self.zero_piece.pop(grad)  # (only rank 0's elements of it: grad_position)
+            if numel:
+                seq.free(seq.alloc_on(numel * FP64, REDUCTION_STREAM))
+                seq.free(seq.alloc_on(numel * FP32, REDUCTION_STREAM))
 
     def _zero_reduce(self) -> None:
         """reduce_ipg_grads: the bucket's gradients copied into grads_in_partition (made at the first copy), the
@@ -219,8 +268,10 @@ class ZeroSteps:
         seq, z = self.seq, self.zero
         if z.stage == 3:
             self.zero3_concat()
-        elif self.zero_elements and not z.offload and self.zero_partition is None:
-            self.zero_partition = seq.alloc_on(block_bytes(sum(z.group_numels) * BF16), REDUCTION_STREAM)
+        elif self.zero_elements and not z.offload and self.zero_partition is None:  # every parameter in rank 0's
+            # partition, whole (:2192); on one GPU all of them
+            whole = sum(n for pieces in self._zero_pieces() for n, _ in pieces) if z.ranks > 1 else sum(z.group_numels)
+            self.zero_partition = seq.alloc_on(block_bytes(whole * BF16), REDUCTION_STREAM)
         if self.zero_pending is not None:
             self._zero_copy_out(self.zero_pending)
             seq.free(self.zero_pending)
@@ -230,13 +281,15 @@ class ZeroSteps:
 
     def zero_norm_copies(self) -> None:
         """get_grad_norm_direct (ZeRO-2 and ZeRO-3 alike): an fp64 copy of each gradient in turn
-        (``g.data.double().norm(2)``), made and freed, in parameter-group order."""
-        seq = self.seq
-        for group in self._param_groups():
-            for g in group:
-                nbytes = block_bytes(g.numel * FP64)
-                for _ in range(g.count):
-                    seq.free(seq.alloc(nbytes))
+        (``g.data.double().norm(2)``), made and freed, in parameter-group order; over more ranks ZeRO-2's of each
+        piece of rank 0's partition (averaged_gradients), ZeRO-3's of each parameter's partition."""
+        seq, z = self.seq, self.zero
+        if z.ranks > 1 and z.stage == 2:
+            numels = [piece for pieces in self._zero_pieces() for _, piece in pieces]
+        else:
+            numels = [-(-g.numel // z.ranks) for group in self._param_groups() for g in group for _ in range(g.count)]
+        for n in numels:
+            seq.free(seq.alloc(block_bytes(n * FP64)))
 
     def zero_backward_end(self) -> None:
         """independent_gradient_partition_epilogue: the last bucket reduced, the IPG buffers freed."""
@@ -252,13 +305,13 @@ class ZeroSteps:
             return self.zero3_step(first)
         if not z.offload:
             self.zero_norm_copies()
-            for k, numel in enumerate(z.group_numels):
-                flat = seq.alloc(_flat_bytes(numel))
-                grad = seq.alloc(block_bytes(numel * FP32))
+            for k, part in enumerate(z.partitions):  # rank 0's partition of each group
+                flat = seq.alloc(block_bytes(part * BF16))
+                grad = seq.alloc(block_bytes(part * FP32))
                 seq.free(flat)
-                if k == len(z.group_numels) - 1:
+                if k == len(z.partitions) - 1:
                     seq.free(self.zero_partition)
                 if first:  # AdamW's exp_avg and exp_avg_sq, kept
-                    seq.alloc_all([block_bytes(numel * FP32)] * 2)
+                    seq.alloc_all([block_bytes(part * FP32)] * 2)
                 seq.free(grad)
         self._zero_reset()
