@@ -360,6 +360,26 @@ def fsdp_lora_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     ]
 
 
+def zero2_ranks_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
+    """A hold-out for ZeRO-2 over more ranks in the simulated sequence (zero_steps.py: rank 0's partition, read from
+    the three zero-x2 ZeRO-2 fake ranks on 2026-12-04): a tied 152k vocabulary with biases on 4, 28 layers on 2, an untied
+    lm_head with the optimizer offloaded on 4, Qwen3 on 8, an 8B on 8, a 7B LoRA on 4, 4096 tokens offloaded, Mistral
+    LoRA offloaded; fake ranks, predicted and committed before they run. Each run its own GPU count."""
+    return [
+        _zero(single.full("zr-q15-zero2-full-gc", "qwen2.5-1.5b", "tied 152k, biases, on 4", grad_ckpt=True), "zero2", num_gpus=4),
+        _zero(single.full("zr-l3-zero2-full-gc", L3, "28 layers on 2", grad_ckpt=True), "zero2", num_gpus=2),
+        _zero(single.full("zr-tiny-zero2-full-gc-offopt", "tinyllama-1.1b-chat-v1.0", "untied lm_head, offload, on 4",
+                          grad_ckpt=True), "zero2", "optimizer", num_gpus=4),
+        _zero(single.full("zr-q3-17-zero2-full-gc", "qwen3-1.7b", "Qwen3 on 8", grad_ckpt=True), "zero2", num_gpus=8),
+        _zero(single.full("zr-l8-zero2-full-gc", L8, "8B full FT on 8", grad_ckpt=True), "zero2", num_gpus=8),
+        _zero(single.lora("zr-q7-zero2-lora-gc", Q7, "7B LoRA on 4", grad_ckpt=True), "zero2", num_gpus=4),
+        _zero(single.full("zr-l1-zero2-full-gc-offopt-s4096", L1, "4096 tokens, offload, on 2", grad_ckpt=True,
+                          seq_len=4096), "zero2", "optimizer", num_gpus=2),
+        _zero(single.lora("zr-m7-zero2-lora-gc-offopt", single.M7, "Mistral LoRA, offload, on 2", grad_ckpt=True),
+              "zero2", "optimizer", num_gpus=2),
+    ]  # fmt: skip
+
+
 GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsdp_holdout_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
          "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid,
@@ -368,7 +388,7 @@ GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsd
          "fsdp-lora": fsdp_lora_grid, "fsdp-cpu": fsdp_cpu_grid,
          "fsdp-cpu-holdout": fsdp_cpu_holdout_grid,
          "fsdp-qlora-holdout": fsdp_qlora_holdout_grid,
-         "fsdp-lora-holdout": fsdp_lora_holdout_grid}
+         "fsdp-lora-holdout": fsdp_lora_holdout_grid, "zero2-ranks-holdout": zero2_ranks_holdout_grid}
 
 
 def settings(spec: RunSpec) -> str:
