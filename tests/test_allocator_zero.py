@@ -406,3 +406,19 @@ def test_zero2_on_two_ranks_is_simulated_to_its_fake_rank_history(name, reserved
     m = run.measurements
     assert abs(shown.peak_reserved_bytes / m.max_reserved_bytes - 1) < reserved_within
     assert abs(shown.peak_allocated_bytes / m.max_allocated_bytes - 1) < 0.001
+
+
+def test_zero2_ranks_holdout_predicted_before_its_runs_meets_them(capsys):
+    # zero2-ranks-holdout was predicted at 31d6c00 (ZeRO-2 on 2, 4 and 8 ranks, none of them a setup the sequence was
+    # read from), then measured as fake ranks on one H200 (2026-12-04)
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import holdout
+
+    records = ROOT / "docs" / "allocator_traces" / "fake_rank" / "records"
+    holdout.compare(holdout.PREDICTION_FILES["zero2-ranks-holdout"], records, "zero2-ranks-holdout")
+    out = capsys.readouterr().out
+    assert "not measured" not in out
+    assert "reserved : 8 runs, median |error| 0.1%, worst 0.4%, worst under-prediction -0.4%" in out
+    assert "allocated: 8 runs, median |error| 0.0%, worst 0.0%" in out
