@@ -46,7 +46,8 @@ class LoadSteps:
             listed = [(embed, False), *[(x, name.endswith(".bias") or "norm" in name) for name, x in named],
                       (final_norm, True), (residual, False)] + ([(lm_head, False)] if lm_head else [])  # fmt: skip
             tied = 0 if lm_head else t.tied_load
-            if self.zero is not None and self.zero.stage == 3 and self.zero.adapters:  # the frozen weights stay
+            if self.zero is not None and self.zero.stage == 3 and (self.zero.adapters or self.zero.ranks > 1):
+                # zero.Init's partitions: the frozen weights' stay under LoRA, all of them over more ranks
                 ids = self.zero3_partitioned_load([n for n, _ in listed], tied)
             else:
                 ids = seq.alloc_all([n for n, _ in listed])

@@ -87,11 +87,14 @@ RECORD, COMPLETE, INVALID = 1, 2, 3
 
 
 class _Coordinator:
-    """PartitionedParameterCoordinator (ppc:73) at world size 1, with the parameter states it drives."""
+    """PartitionedParameterCoordinator (ppc:73), with the parameter states it drives: at world size 1 with offloaded
+    parameters (module docstring), or over `world` ranks without offload, where a fetch is an all-gather into new
+    buffers (_gather)."""
 
     def __init__(self, model: Z3Model, prefetch_bucket: int, persistence_threshold: int,
-                 max_live: int = MAX_LIVE_PARAMETERS, max_reuse: int = MAX_REUSE_DISTANCE):
+                 max_live: int = MAX_LIVE_PARAMETERS, max_reuse: int = MAX_REUSE_DISTANCE, world: int = 1):
         self.model, self.bucket, self.max_live, self.max_reuse = model, prefetch_bucket, max_live, max_reuse
+        self.world = world
         self.numel = model.param_numel
         self.ds_id = {p: k for k, p in enumerate(self.numel)}
         self.persist = {p for p, n in self.numel.items() if n <= persistence_threshold}  # po:317-335
@@ -102,6 +105,8 @@ class _Coordinator:
         self.data: dict[str, int | None] = dict.fromkeys(self.numel)  # the block param.data is
         self.refs: dict[int, int] = {}  # block -> references (param.data, recompute saved tensors)
         self.block_param: dict[int, str] = {}
+        self.block_bytes: dict[int, int] = {}
+        self.flat: dict[int, list] = {}  # a coalesced all-gather's handle -> [its flat buffer's block, params not waited]
         self.held: dict[str, list[int]] = defaultdict(list)  # module -> blocks its recomputation saved
         self.registry: OrderedDict[str, int] = OrderedDict()  # inflight param -> handle
         self.handles: dict[int, list[str]] = {}
@@ -121,17 +126,24 @@ class _Coordinator:
         self._next_block = 0
 
     # -- memory
-    def _alloc(self, p: str, stream: int = ALLGATHER) -> None:
+    def _new_block(self, p: str, nbytes: int, stream: int) -> int:
         b = self._next_block
         self._next_block += 1
-        self.data[p], self.refs[b], self.block_param[b] = b, 1, p
-        self.events.append(Event("fetch", p, self.numel[p] * BF16_BYTES, b, stream, self.where))
+        self.refs[b], self.block_param[b], self.block_bytes[b] = 1, p, nbytes
+        self.events.append(Event("fetch", p, nbytes, b, stream, self.where))
+        return b
+
+    def _alloc(self, p: str, stream: int = ALLGATHER, padded: bool = False) -> None:
+        """param.data's new block: the parameter's bf16 bytes, or (`padded`) its all-gather buffer's, the partition
+        rounded up to whole elements on every rank (pp:1388 _all_gather_sequential, pp:2052)."""
+        n = self.numel[p]
+        self.data[p] = self._new_block(p, (-(-n // self.world) * self.world if padded else n) * BF16_BYTES, stream)
 
     def _unref(self, b: int) -> None:
         self.refs[b] -= 1
         if self.refs[b] == 0:
             p = self.block_param[b]
-            self.events.append(Event("release", p, self.numel[p] * BF16_BYTES, b, -1, self.where))
+            self.events.append(Event("release", p, self.block_bytes[b], b, -1, self.where))
 
     def hold(self, module: str) -> None:
         for p in self.mparams[module]:  # weight and bias: the Qwen2 histories free q/k/v biases at the backward too
@@ -152,9 +164,13 @@ class _Coordinator:
         self.n_available += sum(self.numel[p] for p in part)
         h = len(self.handles)
         self.handles[h] = part
+        if self.world > 1 and len(part) > 1:  # pp:1329-1371 _all_gather_dtype: one flat buffer of the partitions
+            nbytes = sum(-(-self.numel[p] // self.world) for p in part) * self.world * BF16_BYTES
+            self.flat[h] = [self._new_block(f"flat:{h}", nbytes, ALLGATHER), len(part)]
         for p in part:
             self.status[p] = INFLIGHT
-            self._alloc(p)
+            if h not in self.flat:  # world size 1: a copy per parameter; more: _all_gather_sequential's buffer (pp:1388)
+                self._alloc(p, padded=self.world > 1)
             self.registry[p] = h
 
     def _wait(self, p: str) -> None:
@@ -162,6 +178,12 @@ class _Coordinator:
         for q in self.handles[h]:
             if self.status[q] == INFLIGHT:
                 self.status[q] = AVAIL
+                if h in self.flat:  # AllGatherCoalescedHandle.wait (pp:786-800): each param.data a torch.cat of its
+                    self._alloc(q)  # pieces, made within the all-gather stream's context (ppc:395-404)
+        if h in self.flat:  # the handle (and its flat buffer) lives while a parameter's registry entry holds it
+            self.flat[h][1] -= 1
+            if self.flat[h][1] == 0:
+                self._unref(self.flat.pop(h)[0])
 
     def _release_param(self, p: str) -> None:  # ppc:622-630, free_param pp:314
         if self.status[p] == AVAIL and not self.active[p]:
@@ -289,15 +311,15 @@ class _Coordinator:
             if self.status[p] == NA:
                 self.status[p] = AVAIL
                 self.n_available += self.numel[p]
-                self._alloc(p, DEFAULT)
+                self._alloc(p, DEFAULT, padded=self.world > 1)  # (pp:2022 _allgather_params_coalesced: a view each)
 
 
 def coordinator_events(model: Z3Model, *, prefetch_bucket: int, persistence_threshold: int, steps: int = 3,
-                       max_live: int = MAX_LIVE_PARAMETERS, max_reuse: int = MAX_REUSE_DISTANCE,
+                       max_live: int = MAX_LIVE_PARAMETERS, max_reuse: int = MAX_REUSE_DISTANCE, world: int = 1,
                        ) -> tuple[list[list[Event]], _Coordinator]:
-    """Per training step, the ordered fetch / release events (Event) of a ZeRO-3 world-size-1 run, and the
-    coordinator after the last step (its ``mode``, ``invalidations``)."""
-    c = _Coordinator(model, prefetch_bucket, persistence_threshold, max_live, max_reuse)
+    """Per training step, the ordered fetch / release events (Event) of a ZeRO-3 run (world size 1 with offloaded
+    parameters, or `world` ranks), and the coordinator after the last step (its ``mode``, ``invalidations``)."""
+    c = _Coordinator(model, prefetch_bucket, persistence_threshold, max_live, max_reuse, world)
     hooks = step_hooks(model)
     per_step = []
     for _ in range(steps):
@@ -328,12 +350,12 @@ def coordinator_events(model: Z3Model, *, prefetch_bucket: int, persistence_thre
     return per_step, c
 
 
-def hf_zero3_events(spec, steps: int = 3) -> list[list[Event]]:
+def hf_zero3_events(spec, steps: int = 3, world: int = 1) -> list[list[Event]]:
     """coordinator_events for a ModelSpec with the HF Trainer's "auto" ZeRO-3 values (prefetch bucket 0.9 h^2,
     persistence threshold 10 h) and DeepSpeed's defaults for max live parameters / reuse distance."""
     h = spec.hidden_size
     events, _ = coordinator_events(decoder_modules(spec), prefetch_bucket=int(0.9 * h * h),
-                                   persistence_threshold=10 * h, steps=steps)
+                                   persistence_threshold=10 * h, steps=steps, world=world)
     return events
 
 

@@ -81,10 +81,10 @@ class Zero3OffloadSteps:
         """The all-gather stream's ops of the current step's `phase` (gather_phases; nothing without offloaded
         parameters): the part up to its most gathered bytes where the phase begins, the rest (`end`) where it ends."""
         z = self.zero
-        if z is None or not z.offload_params:
+        if z is None or not (z.offload_params or (z.stage == 3 and z.ranks > 1)):
             return
         seq, blocks = self.seq, self.zero3_blocks
-        steps = gather_phases(self.m)
+        steps = gather_phases(self.m, z.ranks)
         head, tail = _split_at_most(steps[min(self.zero3_step_index, len(steps) - 1)].get(phase, []))
         for alloc, block, nbytes in tail if end else head:
             if alloc:
@@ -137,12 +137,12 @@ def _phase(where: str, state: dict) -> tuple:
 
 
 @lru_cache(maxsize=32)
-def gather_phases(model: ModelSpec) -> tuple[dict[tuple, list[tuple[bool, int, int]]], ...]:
+def gather_phases(model: ModelSpec, world: int = 1) -> tuple[dict[tuple, list[tuple[bool, int, int]]], ...]:
     """Per step (0, 1, 2), the all-gather stream's copies and frees (zero3_fetch.py) by the builder's phase (_phase):
-    [(allocate?, block, bytes)] in order. The same for every batch, sequence length and GPU, so kept per model (the
-    coordinator's state machine takes 50-170 ms)."""
+    [(allocate?, block, bytes)] in order, over `world` ranks. The same for every batch, sequence length and GPU, so
+    kept per model (the coordinator's state machine takes 50-170 ms)."""
     out = []
-    for step, events in enumerate(hf_zero3_events(model)):
+    for step, events in enumerate(hf_zero3_events(model, world=world)):
         state: dict = {}
         phase_of = [_phase(e.where, state) for e in events]
         phases: dict[tuple, list[tuple[bool, int, int]]] = {}

@@ -80,11 +80,12 @@ class Zero3Steps:
         more (partition_parameters.py:2142) and the tied lm_head's partition freed (history o-l1-zero3-lora-gc-x1,
         Llama-3.2-1B, and the same run with Python stacks up to its crash in step 0's backward, not shipped). The
         partitions' ids, one per size (a 0-byte size's id makes nothing)."""
-        seq = self.seq
+        seq, ranks = self.seq, self.zero.ranks
         parts, made = [], sizes + ([tied] if tied else [])
+        self.zero3_full_sizes = list(sizes)
         for n in made:
             before = seq.alloc(n)
-            parts.append(seq.alloc(n))
+            parts.append(seq.alloc(n if ranks == 1 else block_bytes(-(-n // (BF16 * ranks)) * BF16)))  # rank 0's
             seq.free(before)
         for n in made:
             seq.free(seq.alloc(n))
@@ -95,8 +96,9 @@ class Zero3Steps:
     def _zero3_sub_groups(self) -> list[int]:
         """The engine's sub-groups' elements: the decay group's, then the no-decay group's (parameter order)."""
         out: list[int] = []
-        for group in self._param_groups():
-            out += sub_groups([g.numel for g in group for _ in range(g.count)])
+        ranks = self.zero.ranks
+        for group in self._param_groups():  # each parameter's partition (ds_tensor: its elements / ranks, rounded up)
+            out += sub_groups([-(-g.numel // ranks) for g in group for _ in range(g.count)])
         return out
 
     def zero3_init(self) -> None:
@@ -114,9 +116,9 @@ class Zero3Steps:
         if z.adapters:
             trainable = seq.replace_all([seq.sizes[i] for i in self.adapter_ids], self.adapter_ids)
             passed = []
-        else:
+        else:  # (over more ranks the load left rank 0's partitions: zero3_partitioned_load)
             trainable = [i for i, _ in self.loaded_params]
-            passed = [seq.sizes[i] for i in trainable]
+            passed = self.zero3_full_sizes if z.ranks > 1 else [seq.sizes[i] for i in trainable]
         seq.free(*trainable)  # defragment: to host memory, then empty_cache
         seq.empty_cache()
         seq.alloc(block_bytes(total * (FP32 if z.adapters else BF16)))  # lp_param_buffer
@@ -140,6 +142,8 @@ class Zero3Steps:
             if nbytes > threshold:  # (parameter_offload.py mark_persistent_parameters: ds_numel <= threshold)
                 seq.free(seq.alloc(nbytes))
         self.zero3_subs = subs
+        self.zero3_step_index = 0  # (over more ranks the fetches are all-gathers: zero3_offload.py's gathers)
+        self.zero3_blocks: dict[int, int] = {}
         self._zero_reset()
 
     def zero3_concat(self) -> None:
@@ -161,6 +165,10 @@ class Zero3Steps:
                 self.zero3_gathers("step", end=True)
                 self.zero3_step_index += 1
             return self._zero_reset()
+        if self.zero.ranks > 1:  # the coordinator's release at the step (zero3_fetch.py release_and_reset_all)
+            self.zero3_gathers("step")
+            self.zero3_gathers("step", end=True)
+            self.zero3_step_index += 1
         self.zero_norm_copies()  # sub-group by sub-group, in parameter order
         for n in self.zero3_subs:
             flat = seq.alloc(block_bytes(n * BF16))

@@ -78,7 +78,8 @@ def zero3_applies(setup: TrainingSetup) -> bool:
     on a measured engine setup (zero3_steps.py, zero3_offload.py). Over more GPUs a fetch is an all-gather into new
     buffers, which the sequence does not model."""
     return (
-        setup.parallel == "zero3" and setup.offload in ("none", "optimizer", "all") and setup.num_gpus == 1
+        setup.parallel == "zero3" and setup.offload in ("none", "optimizer", "all")
+        and (setup.num_gpus == 1 or (setup.method == "full" and setup.offload == "none"))
         and (setup.method == "full" or setup.offload != "all")
         and _measured_engine_setup(setup)
     )  # fmt: skip
