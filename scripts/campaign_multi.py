@@ -380,6 +380,24 @@ def zero2_ranks_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     ]  # fmt: skip
 
 
+def zero3_ranks_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
+    """A hold-out for ZeRO-3 full fine-tuning over more ranks in the simulated sequence (the all-gathers of
+    zero3_fetch.py, rank 0's partitions; read from l1-zero3-full-gc-x2 alone on 2026-12-04): a tied 152k vocabulary with
+    biases, 28 layers on 4, an untied lm_head, Qwen3 on 4, an 8B on 8, a 7B on 4, 4096 tokens, 36 layers on 8; fake
+    ranks, predicted and committed before they run. Each run its own GPU count."""
+    z3 = lambda name, model, why, n, **kw: _zero(single.full(name, model, why, grad_ckpt=True, **kw), "zero3", num_gpus=n)
+    return [
+        z3("zq-q15-zero3-full-gc", "qwen2.5-1.5b", "tied 152k, biases", 2),
+        z3("zq-l3-zero3-full-gc", L3, "28 layers on 4", 4),
+        z3("zq-tiny-zero3-full-gc", "tinyllama-1.1b-chat-v1.0", "untied lm_head", 2),
+        z3("zq-q3-17-zero3-full-gc", "qwen3-1.7b", "Qwen3 q/k norms on 4", 4),
+        z3("zq-l8-zero3-full-gc", L8, "8B on 8", 8),
+        z3("zq-q7-zero3-full-gc", Q7, "7B on 4", 4),
+        z3("zq-l1-zero3-full-gc-s4096", L1, "4096 tokens", 2, seq_len=4096),
+        z3("zq-q3b-zero3-full-gc", "qwen2.5-3b", "36 layers on 8", 8),
+    ]
+
+
 GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsdp_holdout_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
          "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid,
@@ -388,7 +406,8 @@ GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsd
          "fsdp-lora": fsdp_lora_grid, "fsdp-cpu": fsdp_cpu_grid,
          "fsdp-cpu-holdout": fsdp_cpu_holdout_grid,
          "fsdp-qlora-holdout": fsdp_qlora_holdout_grid,
-         "fsdp-lora-holdout": fsdp_lora_holdout_grid, "zero2-ranks-holdout": zero2_ranks_holdout_grid}
+         "fsdp-lora-holdout": fsdp_lora_holdout_grid, "zero2-ranks-holdout": zero2_ranks_holdout_grid,
+         "zero3-ranks-holdout": zero3_ranks_holdout_grid}
 
 
 def settings(spec: RunSpec) -> str:
