@@ -14,6 +14,7 @@ from functools import partial
 from ...models.params import param_counts, quantizable_params
 from ..adapters import adapter_pairs, lora_targets
 from ..constants import BYTES_PER_DTYPE
+from .rules import block_bytes
 from .tensors import layer_adapter_tensors, spread
 
 BF16 = 2
@@ -33,6 +34,10 @@ class LoadSteps:
         listed = sum(sum(x) for layer in layers for _, x, _ in layer) + final_norm - t.weights.get(linear_key, 0)
         residual = t.weights.get("weights.other", 0) - listed  # 0 unless a parameter kind is missing above
         embed, lm_head = t.weights.get("weights.embeddings", 0), t.weights.get("weights.lm_head", 0)
+        if self.zero is not None and self.zero.stage == 3 and self.zero.ranks > 1:  # the terms hold rank 0's shards;
+            counts = param_counts(m)  # zero.Init makes each parameter whole before partitioning it
+            embed, lm_head = (block_bytes(counts[k] * BF16) if counts[k] else 0 for k in ("embed_tokens", "lm_head"))
+            residual = 0
         if s.method == "qlora" or self.profile.loads_checkpoint:
             self._load_checkpoint(layers, embed, lm_head, final_norm, residual)
         elif self.zero is not None and self.zero.offload_params:  # (the terms hold no weights: all on the host)

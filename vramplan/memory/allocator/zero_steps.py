@@ -75,8 +75,9 @@ def zero2_applies(setup: TrainingSetup) -> bool:
 
 def zero3_applies(setup: TrainingSetup) -> bool:
     """ZeRO-3 on one GPU without offload, with the optimizer offloaded or (full fine-tuning) with everything offloaded,
-    on a measured engine setup (zero3_steps.py, zero3_offload.py). Over more GPUs a fetch is an all-gather into new
-    buffers, which the sequence does not model."""
+    on a measured engine setup (zero3_steps.py, zero3_offload.py); over more GPUs full fine-tuning without offload (each
+    fetch an all-gather into new buffers: zero3_fetch.py; read from l1-zero3-full-gc-x2). LoRA's adapter modules and
+    offloaded partitions over more GPUs are not modelled."""
     return (
         setup.parallel == "zero3" and setup.offload in ("none", "optimizer", "all")
         and (setup.num_gpus == 1 or (setup.method == "full" and setup.offload == "none"))
