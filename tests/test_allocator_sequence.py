@@ -740,3 +740,27 @@ def test_a_checkpointed_full_ft_layer_runs_its_recorded_no_grad_forward(history,
     seq = training_sequence(model, setup, _terms_of(model, setup))
     mine = [block(seq.sizes[op]) for op in seq.ops if op >= 0]
     assert sum(1 for i in range(len(mine)) if mine[i : i + 3] == wanted[:3]) >= model.num_layers  # the sequence uses it
+
+
+def test_an_expandable_segments_replay_serves_every_gpu_and_equals_each_gpus_own():
+    # the planner's near-miss --expandable-segments try asked one replay per GPU; a segment's virtual range is the
+    # only thing the GPU's memory sizes, so one replay (made with EXPANDABLE_REPLAY_MEMORY_BYTES) serves them all
+    from gpu_catalog import find_gpu
+    from vramplan.estimator import CALIBRATED_DEFAULTS, _terms
+    from vramplan.memory.allocator import simulated
+    from vramplan.memory.allocator.replay import replay
+    from vramplan.memory.allocator.sequence import training_sequence
+    from vramplan.models import resolve_model
+    from vramplan.specs import LoraSpec, TrainingSetup
+
+    model = resolve_model("llama-3.2-1b")
+    setup = TrainingSetup(method="lora", lora=LoraSpec(), grad_ckpt=True, expandable_segments=True)
+    simulated._CACHE.clear()
+    results = []
+    for gpu in (find_gpu("rtx-4090"), find_gpu("h100-sxm"), find_gpu("h200")):
+        t = _terms(model, setup, gpu, dict(CALIBRATED_DEFAULTS))
+        results.append(simulated.simulate(model, setup, t, gpu.memory_bytes))
+        own = replay(training_sequence(model, setup, t), expandable_segments=True, total_memory_bytes=gpu.memory_bytes)
+        assert results[-1].peak_reserved_bytes == own.peak_reserved_bytes
+        assert results[-1].peak_allocated_bytes == own.peak_allocated_bytes
+    assert len({id(r) for r in results[1:]}) == 1  # (the 4090's cuBLAS workspace differs: a replay of its own)

@@ -81,9 +81,17 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup, model: ModelSp
         )
 
 
-#: replays by (model, setup, workspace, backward transients, GPU memory): the planner asks for one setup on many GPUs
+#: replays by (model, setup, workspace, backward transients): the planner asks for one setup on many GPUs
 _CACHE: dict[tuple, ReplayResult] = {}
 _CACHE_MAX = 512
+#: the GPU memory an expandable-segments replay is made with, whatever the GPU's: it sizes only each segment's virtual
+#: address range (caching.py address_space, 1.125 x), and with every segment that size (both pools expand) the best-fit
+#: choices and the address order are the same on any GPU until one stream's segment outgrows it, i.e. past the GPU's
+#: memory, where the setup does not fit anyway. One replay then serves every GPU (the planner's near-miss
+#: --expandable-segments tries asked one per GPU: 60 ms each on a 7-8B model). Checked on 143 replays of the shipped
+#: histories and the fingerprint grid that fit their GPU: every field equal but one history's largest free block at the
+#: peak (a 14B fake rank at 69 of 80 GiB: 15 MiB larger with the wider range); the peaks equal on all
+EXPANDABLE_REPLAY_MEMORY_BYTES = 2 * 1024**4
 
 
 def simulate(model: ModelSpec, setup: TrainingSetup, terms, total_memory_bytes: int) -> ReplayResult:
@@ -92,7 +100,9 @@ def simulate(model: ModelSpec, setup: TrainingSetup, terms, total_memory_bytes: 
     # DDP's sequence is the same on any number of GPUs above one (each holds everything plus its broadcast's copies
     # and its buckets): one replay for all; on one GPU there are neither
     same = setup.model_copy(update={"num_gpus": 2}) if setup.parallel == "ddp" and setup.num_gpus > 2 else setup
-    key = (model, same, terms.workspace, terms.t_bwd, total_memory_bytes if expandable else 0)
+    key = (model, same, terms.workspace, terms.t_bwd)
+    if expandable:
+        total_memory_bytes = max(total_memory_bytes, EXPANDABLE_REPLAY_MEMORY_BYTES)
     hit = _CACHE.get(key)
     if hit is None:
         if len(_CACHE) >= _CACHE_MAX:

@@ -85,7 +85,7 @@ class Zero3OffloadSteps:
             return
         seq, blocks = self.seq, self.zero3_blocks
         steps = gather_phases(self.m, z.ranks)
-        head, tail = _split_at_most(steps[min(self.zero3_step_index, len(steps) - 1)].get(phase, []))
+        head, tail = steps[min(self.zero3_step_index, len(steps) - 1)].get(phase, ((), ()))
         for alloc, block, nbytes in tail if end else head:
             if alloc:
                 blocks[block] = seq.alloc_on(nbytes, GATHER_STREAM)
@@ -137,10 +137,11 @@ def _phase(where: str, state: dict) -> tuple:
 
 
 @lru_cache(maxsize=32)
-def gather_phases(model: ModelSpec, world: int = 1) -> tuple[dict[tuple, list[tuple[bool, int, int]]], ...]:
+def gather_phases(model: ModelSpec, world: int = 1) -> tuple[dict[tuple, tuple[list, list]], ...]:
     """Per step (0, 1, 2), the all-gather stream's copies and frees (zero3_fetch.py) by the builder's phase (_phase):
-    [(allocate?, block, bytes)] in order, over `world` ranks. The same for every batch, sequence length and GPU, so
-    kept per model (the coordinator's state machine takes 50-170 ms)."""
+    [(allocate?, block, bytes)] in order, over `world` ranks, cut where the builder places them (_split_at_most). The
+    same for every batch, sequence length and GPU, so kept per model (the coordinator's state machine takes 50-170
+    ms)."""
     out = []
     for step, events in enumerate(hf_zero3_events(model, world=world)):
         state: dict = {}
@@ -148,7 +149,7 @@ def gather_phases(model: ModelSpec, world: int = 1) -> tuple[dict[tuple, list[tu
         phases: dict[tuple, list[tuple[bool, int, int]]] = {}
         for kind, block, nbytes, at in allgather_ops_at(events, head_free_lag(HEAD_FREE_LAGS[min(step, 2)])):
             phases.setdefault(phase_of[at], []).append((kind == "A", block, nbytes))
-        out.append(phases)
+        out.append({k: _split_at_most(ops) for k, ops in phases.items()})
     return tuple(out)
 
 
