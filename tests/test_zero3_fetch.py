@@ -147,10 +147,14 @@ def test_every_holdout_history_fetches_what_the_coordinator_predicts_and_never_f
     assert min(_free_lags(steps, rec)) == 0
 
 
-@pytest.mark.parametrize("name, model, world", [("l1-zero3-full-gc-x2", "llama-3.2-1b", 2),
-                                                ("zq-q3-17-zero3-full-gc-x4", "qwen3-1.7b", 4),
-                                                ("zq-q7-zero3-full-gc-x4", "qwen2.5-7b", 4)])  # fmt: skip
-def test_over_more_ranks_every_all_gather_buffer_is_the_recorded_one(name, model, world):
+ALL_LINEAR = (16, frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}))
+
+
+@pytest.mark.parametrize("name, model, world, lora", [("l1-zero3-full-gc-x2", "llama-3.2-1b", 2, None),
+                                                      ("zq-q3-17-zero3-full-gc-x4", "qwen3-1.7b", 4, None),
+                                                      ("zq-q7-zero3-full-gc-x4", "qwen2.5-7b", 4, None),
+                                                      ("l8-zero3-lora-gc-x2", "llama-3.1-8b", 2, ALL_LINEAR)])  # fmt: skip
+def test_over_more_ranks_every_all_gather_buffer_is_the_recorded_one(name, model, world, lora):
     # ZeRO-3 over 2 and 4 ranks without offload (fake ranks on one H200, 2026-12-04): a single parameter's fetch is
     # _all_gather_sequential's padded buffer, a coalesced prefetch one flat buffer of the partitions and then a
     # torch.cat per parameter; three steps, every allocation on the all-gather stream in the recorded order and size
@@ -160,7 +164,7 @@ def test_over_more_ranks_every_all_gather_buffer_is_the_recorded_one(name, model
     sizes, ops, stream = doc["sizes"], doc["ops"], dict(map(tuple, doc["alloc_streams"]))
     start = max(k for k, op in enumerate(ops) if op == EMPTY_CACHE) + 1
     recorded = [block_bytes(sizes[op]) for op in ops[start:] if op >= 0 and stream.get(op) == 1]
-    events = hf_zero3_events(resolve_model(model), world=world)
+    events = hf_zero3_events(resolve_model(model), world=world, lora=lora)
     made = [block_bytes(e.nbytes) for step in events for e in step if e.kind == "fetch" and e.stream == ALLGATHER]
     assert len(made) == len(recorded) > 700
     assert made == recorded

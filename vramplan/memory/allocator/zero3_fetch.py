@@ -96,8 +96,11 @@ class _Coordinator:
         self.model, self.bucket, self.max_live, self.max_reuse = model, prefetch_bucket, max_live, max_reuse
         self.world = world
         self.numel = model.param_numel
+        self.itemsize = {p: model.param_itemsize.get(p, BF16_BYTES) for p in self.numel}
         self.ds_id = {p: k for k, p in enumerate(self.numel)}
         self.persist = {p for p, n in self.numel.items() if n <= persistence_threshold}  # po:317-335
+        self.frozen = model.frozen
+        self.recompute_params: dict[str, set] = defaultdict(set)  # ds_recompute_parameters of a backward module
         self.mparams = {name: sorted({p for p, _ in m.params}, key=self.ds_id.get)
                         for name, m in model.modules.items()}
         self.status = dict.fromkeys(self.numel, NA)
@@ -137,7 +140,7 @@ class _Coordinator:
         """param.data's new block: the parameter's bf16 bytes, or (`padded`) its all-gather buffer's, the partition
         rounded up to whole elements on every rank (pp:1388 _all_gather_sequential, pp:2052)."""
         n = self.numel[p]
-        self.data[p] = self._new_block(p, (-(-n // self.world) * self.world if padded else n) * BF16_BYTES, stream)
+        self.data[p] = self._new_block(p, (-(-n // self.world) * self.world if padded else n) * self.itemsize[p], stream)
 
     def _unref(self, b: int) -> None:
         self.refs[b] -= 1
@@ -163,13 +166,18 @@ class _Coordinator:
             return
         self.n_available += sum(self.numel[p] for p in part)
         h = len(self.handles)
-        self.handles[h] = part
-        if self.world > 1 and len(part) > 1:  # pp:1329-1371 _all_gather_dtype: one flat buffer of the partitions
-            nbytes = sum(-(-self.numel[p] // self.world) for p in part) * self.world * BF16_BYTES
-            self.flat[h] = [self._new_block(f"flat:{h}", nbytes, ALLGATHER), len(part)]
-        for p in part:
+        if self.world > 1 and len(part) > 1:  # pp:1446-1470: per dtype (sort_dtypes: by name, bf16 first) one flat
+            sizes = sorted({self.itemsize[p] for p in part}, key=lambda k: k != BF16_BYTES)  # buffer of the partitions
+            groups = [[p for p in part if self.itemsize[p] == k] for k in sizes]  # (_all_gather_dtype), one handle
+            self.handles[h] = [p for g in groups for p in g]  # (MultipleAllGatherHandles) for all of them
+            flats = [self._new_block(f"flat:{h}:{k}", sum(-(-self.numel[p] // self.world) for p in g) * self.world * k,
+                                     ALLGATHER) for k, g in zip(sizes, groups)]  # fmt: skip
+            self.flat[h] = [flats, len(part)]
+        else:  # world size 1: a copy per parameter; more: _all_gather_sequential's buffer (pp:1388)
+            self.handles[h] = part
+        for p in self.handles[h]:
             self.status[p] = INFLIGHT
-            if h not in self.flat:  # world size 1: a copy per parameter; more: _all_gather_sequential's buffer (pp:1388)
+            if h not in self.flat:
                 self._alloc(p, padded=self.world > 1)
             self.registry[p] = h
 
@@ -180,10 +188,11 @@ class _Coordinator:
                 self.status[q] = AVAIL
                 if h in self.flat:  # AllGatherCoalescedHandle.wait (pp:786-800): each param.data a torch.cat of its
                     self._alloc(q)  # pieces, made within the all-gather stream's context (ppc:395-404)
-        if h in self.flat:  # the handle (and its flat buffer) lives while a parameter's registry entry holds it
+        if h in self.flat:  # the handle (and its flat buffers) lives while a parameter's registry entry holds it
             self.flat[h][1] -= 1
             if self.flat[h][1] == 0:
-                self._unref(self.flat.pop(h)[0])
+                for b in self.flat.pop(h)[0]:
+                    self._unref(b)
 
     def _release_param(self, p: str) -> None:  # ppc:622-630, free_param pp:314
         if self.status[p] == AVAIL and not self.active[p]:
@@ -223,7 +232,7 @@ class _Coordinator:
         self.most_recent, self.fetched_for = defaultdict(lambda: int(-1e10)), defaultdict(deque)
         self._clean_inflight()
 
-    def pre(self, module: str, forward: bool) -> None:  # po:531-543 / po:573-582
+    def pre(self, module: str, forward: bool, recompute: bool = False) -> None:  # po:531-543 / po:573-582
         if self.mode == COMPLETE:  # trace_prologue ppc:202-219
             if len(self.submodule_order) <= self.step_id or self.submodule_order[self.step_id] != module:
                 self._invalidate()
@@ -233,6 +242,24 @@ class _Coordinator:
         if not forward:
             self.active_bwd[module] = None
         self.fetch(module)
+        if recompute and self.active_bwd:  # ppc:390-394: a frozen parameter fetched by a checkpoint recomputation
+            owner = next(reversed(self.active_bwd))  # belongs to the innermost module in backward until its release
+            for p in self.mparams[module]:
+                if p in self.frozen:
+                    self.active[p].add(owner)
+                    self.recompute_params[owner].add(p)
+
+    def access(self, module: str, p: str, recompute: bool) -> None:  # po:58-95 ZeROOrderedDict.__getitem__
+        """`module`'s forward reads another module's parameter `p`: within the engine's forward (not a recomputation
+        in the backward) a partitioned one is registered as `module`'s external parameter (gathered with it from now
+        on) and gathered at once, synchronously on the compute stream (pp:1723 _all_gather, sequential)."""
+        if recompute or self.world == 1 or self.status[p] != NA:
+            return
+        if p not in self.mparams[module]:
+            self.mparams[module] = sorted([*self.mparams[module], p], key=self.ds_id.get)
+        self.status[p] = AVAIL
+        self.n_available += self.numel[p]
+        self._alloc(p, DEFAULT, padded=True)
 
     def fetch(self, module: str) -> None:  # _fetch_sub_module_impl ppc:350-490
         params = self.mparams[module]
@@ -284,8 +311,11 @@ class _Coordinator:
     def release(self, module: str, forward: bool) -> None:  # ppc:492-533
         params = self.mparams[module]
         to_release = self._params_to_release(module) if self.mode == COMPLETE else set(params)
-        if not forward:
+        if not forward:  # ppc:502-522: with the frozen parameters its recomputation fetched (persistent ones stay)
             self.active_bwd.pop(module, None)
+            extra = self.recompute_params.pop(module, set())
+            to_release = to_release | {p for p in extra if p not in self.persist}
+            params = params + sorted(extra - set(params), key=self.ds_id.get)
         for p in params:
             self.active[p].discard(module)
             if p in to_release:
@@ -294,7 +324,7 @@ class _Coordinator:
     def release_backward_leftovers(self) -> None:  # ppc:552-566
         while self.active_bwd:
             module, _ = self.active_bwd.popitem()
-            for p in self.mparams[module]:
+            for p in [*self.mparams[module], *sorted(self.recompute_params.pop(module, set()), key=self.ds_id.get)]:
                 self.active[p].discard(module)
                 if p not in self.persist:
                     self._release_param(p)
@@ -326,17 +356,20 @@ def coordinator_events(model: Z3Model, *, prefetch_bucket: int, persistence_thre
         c.events = []
         for h in hooks:
             kind = h[0]
-            c.where = f"{kind}:{h[1]}{':recompute' if len(h) > 2 and h[2] else ''}" if len(h) > 1 else kind
+            recompute = h[-1] is True if len(h) > 2 else False  # (an access's last field is its flag too)
+            c.where = f"{kind}:{h[1]}{':recompute' if recompute else ''}" if len(h) > 1 else kind
             if kind == "reset":
                 c.reset_step()
             elif kind == "pre_fwd":
-                c.pre(h[1], forward=True)
+                c.pre(h[1], forward=True, recompute=recompute)
             elif kind == "post_fwd":
                 c.release(h[1], forward=True)
             elif kind == "pre_bwd":
                 c.pre(h[1], forward=False)
             elif kind == "post_bwd":
                 c.release(h[1], forward=False)
+            elif kind == "access":
+                c.access(h[1], h[2], h[3])
             elif kind == "hold":
                 c.hold(h[1])
             elif kind == "unhold":
@@ -350,11 +383,12 @@ def coordinator_events(model: Z3Model, *, prefetch_bucket: int, persistence_thre
     return per_step, c
 
 
-def hf_zero3_events(spec, steps: int = 3, world: int = 1) -> list[list[Event]]:
+def hf_zero3_events(spec, steps: int = 3, world: int = 1, lora: tuple[int, frozenset] | None = None) -> list[list[Event]]:
     """coordinator_events for a ModelSpec with the HF Trainer's "auto" ZeRO-3 values (prefetch bucket 0.9 h^2,
-    persistence threshold 10 h) and DeepSpeed's defaults for max live parameters / reuse distance."""
+    persistence threshold 10 h) and DeepSpeed's defaults for max live parameters / reuse distance (``lora``:
+    zero3_modules.decoder_modules')."""
     h = spec.hidden_size
-    events, _ = coordinator_events(decoder_modules(spec), prefetch_bucket=int(0.9 * h * h),
+    events, _ = coordinator_events(decoder_modules(spec, lora), prefetch_bucket=int(0.9 * h * h),
                                    persistence_threshold=10 * h, steps=steps, world=world)
     return events
 

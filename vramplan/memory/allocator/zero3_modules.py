@@ -34,6 +34,10 @@ class Z3Model:
 
     modules: dict[str, Z3Module]
     param_numel: dict[str, int] = field(default_factory=dict)
+    #: bytes per element of the parameters that are not bf16 (PEFT's fp32 adapters under ZeRO-3)
+    param_itemsize: dict[str, int] = field(default_factory=dict)
+    #: the parameters that need no gradient (LoRA's base model)
+    frozen: frozenset = frozenset()
 
     def __post_init__(self):
         if not self.param_numel:
@@ -46,23 +50,43 @@ class Z3Model:
         return next(iter(self.modules))
 
 
-def decoder_modules(spec) -> Z3Model:
+def decoder_modules(spec, lora: tuple[int, frozenset] | None = None) -> Z3Model:
     """The hooked modules of a Llama / Qwen2 / Qwen3-style *ForCausalLM (transformers 5 modeling_llama.py etc.):
     root, model, embed_tokens, rotary_emb, layers.i.{input_layernorm, self_attn.{q,k,v,o}_proj (+ q_norm /
     k_norm), post_attention_layernorm, mlp.{gate,up,down}_proj, mlp.act_fn}, norm, lm_head (tied: embed's
-    weight). ``spec``: a vramplan ModelSpec."""
+    weight). ``spec``: a vramplan ModelSpec. ``lora``: (rank, the wrapped Linears' names such as "q_proj"): PEFT's
+    LoRA Linear in their place (peft tuners/lora/layer.py Linear.forward: base_layer, then lora_dropout, lora_A and
+    lora_B of the adapter, each a module of its own), under PeftModelForCausalLM and LoraModel; the adapters fp32,
+    made after the model (their ds_ids after every base parameter: the engine's _convert_to_zero_parameters)."""
     if spec.moe or spec.fused_qkv or spec.fused_gate_up or spec.post_norm or spec.norms_per_layer != 2 or spec.mla:
         raise NotImplementedError(f"{spec.name}: not a plain Llama/Qwen2/Qwen3 decoder")
     h, hd, i = spec.hidden_size, spec.head_dim, spec.intermediate_size
     q_out, kv_out = spec.num_heads * hd, spec.num_kv_heads * hd
     mods: dict[str, Z3Module] = {}
+    rank, targets = lora if lora else (0, frozenset())
+    adapters: list[tuple[str, int]] = []
 
     def add(name, params=(), **kw):
         mods[name] = Z3Module(name, tuple(params), **kw)
 
+    if lora:
+        add("peft", children=("peft.base_model",), grad_in=False)
+        add("peft.base_model", children=("root",), grad_in=False)
+
     def linear(name, n_in, n_out, bias):
         ps = [(f"{name}.weight", n_in * n_out)] + ([(f"{name}.bias", n_out)] if bias else [])
-        add(name, ps, saves_weight=True)
+        if name.rsplit(".", 1)[-1] not in targets:
+            return add(name, ps, saves_weight=True)
+        base, drop, a, b = (f"{name}.{m}" for m in ("base_layer", "lora_dropout.default", "lora_A.default",
+                                                    "lora_B.default"))  # fmt: skip
+        # the wrapper's forward reads lora_A's weight (_cast_input_dtype(x, lora_A.weight.dtype)) before lora_A runs:
+        # an access ("@" child) that ZeRO-3's ZeROOrderedDict turns into an external parameter of the wrapper
+        add(name, children=(base, f"@{a}.weight", drop, a, b))
+        add(base, [(f"{base}.{k.rsplit('.', 1)[-1]}", n) for k, n in ps], saves_weight=True)
+        add(drop)
+        for m, n in ((a, rank * n_in), (b, n_out * rank)):
+            add(m, [(f"{m}.weight", n)], saves_weight=True)
+            adapters.append((f"{m}.weight", n))
 
     embed = "model.embed_tokens"
     layers = [f"model.layers.{k}" for k in range(spec.num_layers)]
@@ -96,7 +120,11 @@ def decoder_modules(spec) -> Z3Model:
     head = [(f"{embed}.weight", spec.vocab_size * h)] if spec.tie_word_embeddings else [
         ("lm_head.weight", spec.vocab_size * h)]
     add("lm_head", head, saves_weight=True)
-    return Z3Model(mods)
+    if not lora:
+        return Z3Model(mods)
+    lora_names = {n for n, _ in adapters}
+    numel = {n: k for m in mods.values() for n, k in m.params if n not in lora_names}
+    return Z3Model(mods, {**numel, **dict(adapters)}, dict.fromkeys(lora_names, 4), frozenset(numel))
 
 
 # ---------------------------------------------------------------------------------------------- hook schedule
@@ -110,7 +138,7 @@ def step_hooks(model: Z3Model) -> list[tuple]:
 
     def saving(name):  # modules whose forward saves a tensor, in call order, under `name`
         m = mods[name]
-        return ([name] if m.saves_weight else []) + [s for c in m.children for s in saving(c)]
+        return ([name] if m.saves_weight else []) + [s for c in m.children if c[0] != "@" for s in saving(c)]
 
     def forward(name, recompute=False, stop=None, held=False):
         """returns True when the recomputation stopped early inside `stop`"""
@@ -121,7 +149,9 @@ def step_hooks(model: Z3Model) -> list[tuple]:
         if name == stop:
             return True  # checkpoint early stop inside the last saving op: no post-forward hooks above it
         for c in m.children:
-            if forward(c, recompute, stop, held):
+            if c[0] == "@":  # a read of another module's parameter inside this one's forward
+                out.append(("access", name, c[1:], recompute))
+            elif forward(c, recompute, stop, held):
                 return True
         out.append(("post_fwd", name, recompute))
         return False
@@ -134,7 +164,8 @@ def step_hooks(model: Z3Model) -> list[tuple]:
         if m.checkpoint:
             ckpt = {"root": name, "last": saving(name)[-1], "done": False}
         for c in reversed(m.children):
-            backward(c, ckpt)
+            if c[0] != "@":
+                backward(c, ckpt)
         if ckpt is not None and m.saves_weight:
             if not ckpt["done"]:  # first unpack in the block: recompute its forward (early stop at `last`)
                 ckpt["done"] = True

@@ -33,6 +33,7 @@ from functools import lru_cache
 
 from ...models.params import param_counts
 from ...specs import ModelSpec
+from ..adapters import lora_targets
 from ..deepspeed import NORM_CHUNK_ELEMENTS
 from .rules import block_bytes
 from .zero3_fetch import allgather_ops_at, head_free_lag, hf_zero3_events
@@ -84,7 +85,7 @@ class Zero3OffloadSteps:
         if z is None or not (z.offload_params or (z.stage == 3 and z.ranks > 1)):
             return
         seq, blocks = self.seq, self.zero3_blocks
-        steps = gather_phases(self.m, z.ranks)
+        steps = gather_phases(self.m, z.ranks, zero3_lora_key(self.m, self.s))
         head, tail = steps[min(self.zero3_step_index, len(steps) - 1)].get(phase, ((), ()))
         for alloc, block, nbytes in tail if end else head:
             if alloc:
@@ -95,8 +96,9 @@ class Zero3OffloadSteps:
     def zero3_offload_copies(self) -> None:
         """partition_grads of the bucket being reduced (module docstring): per gradient, in module order (the hooks ran
         in reverse), its GPU copy, fp64 norm chunks and fp32 cast on the reduction stream."""
-        seq = self.seq
-        for numel in reversed(self.zero_numels):
+        seq, ranks = self.seq, self.zero.ranks
+        for whole in reversed(self.zero_numels):  # (over more ranks each gradient's partition: rank 0's elements)
+            numel = -(-whole // ranks)
             copy = seq.alloc_on(block_bytes(numel * BF16), REDUCTION_STREAM)
             for start in range(0, numel, NORM_CHUNK_ELEMENTS):
                 chunk = min(NORM_CHUNK_ELEMENTS, numel - start)
@@ -136,14 +138,22 @@ def _phase(where: str, state: dict) -> tuple:
     return ("fwd", "head" if state.get(("layer_seen", False)) else "pre")
 
 
+def zero3_lora_key(model: ModelSpec, setup) -> tuple[int, frozenset] | None:
+    """zero3_modules.decoder_modules' `lora` for the setup: its rank and the wrapped Linears' names (None: full)."""
+    if setup.method != "lora":
+        return None
+    return setup.lora.rank, frozenset(s.name.rsplit(".", 1)[-1] for s in lora_targets(model, setup.lora))
+
+
 @lru_cache(maxsize=32)
-def gather_phases(model: ModelSpec, world: int = 1) -> tuple[dict[tuple, tuple[list, list]], ...]:
+def gather_phases(model: ModelSpec, world: int = 1, lora: tuple[int, frozenset] | None = None,
+                  ) -> tuple[dict[tuple, tuple[list, list]], ...]:
     """Per step (0, 1, 2), the all-gather stream's copies and frees (zero3_fetch.py) by the builder's phase (_phase):
     [(allocate?, block, bytes)] in order, over `world` ranks, cut where the builder places them (_split_at_most). The
     same for every batch, sequence length and GPU, so kept per model (the coordinator's state machine takes 50-170
     ms)."""
     out = []
-    for step, events in enumerate(hf_zero3_events(model, world=world)):
+    for step, events in enumerate(hf_zero3_events(model, world=world, lora=lora)):
         state: dict = {}
         phase_of = [_phase(e.where, state) for e in events]
         phases: dict[tuple, list[tuple[bool, int, int]]] = {}
@@ -156,10 +166,13 @@ def gather_phases(model: ModelSpec, world: int = 1) -> tuple[dict[tuple, tuple[l
 def _split_at_most(ops: list[tuple[bool, int, int]]) -> tuple[list, list]:
     """A phase's ops cut where the stream holds the most: the builder makes the first part where the phase begins and
     the rest where it ends, so its compute-stream tensors meet the phase's most gathered bytes (never fewer) and the
-    stream's own order, hence its pool, stays as the coordinator made it."""
-    live = best = cut = 0
+    stream's own order, hence its pool, stays as the coordinator made it. Frees before the phase's first allocation
+    (a release at its first hook: the lm_head's prefetched flat buffer over more ranks) go where it begins."""
+    lead = next((k for k, (alloc, _, _) in enumerate(ops) if alloc), len(ops))
+    live = best = 0
+    cut = lead
     for k, (alloc, _, nbytes) in enumerate(ops):
         live += nbytes if alloc else -nbytes
-        if live > best:
+        if k >= lead and live > best:
             best, cut = live, k + 1
     return ops[:cut], ops[cut:]

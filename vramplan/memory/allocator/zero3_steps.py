@@ -113,8 +113,10 @@ class Zero3Steps:
             return self.zero3_offload_init()
         subs = self._zero3_sub_groups()
         total = sum(subs)
-        if z.adapters:
-            trainable = seq.replace_all([seq.sizes[i] for i in self.adapter_ids], self.adapter_ids)
+        if z.adapters:  # (each adapter's partition: rank 0's elements of it, fp32)
+            parts = [seq.sizes[i] if z.ranks == 1 else block_bytes(-(-seq.sizes[i] // (FP32 * z.ranks)) * FP32)
+                     for i in self.adapter_ids]  # fmt: skip
+            trainable = seq.replace_all(parts, self.adapter_ids)
             passed = []
         else:  # (over more ranks the load left rank 0's partitions: zero3_partitioned_load)
             trainable = [i for i, _ in self.loaded_params]
@@ -159,16 +161,12 @@ class Zero3Steps:
     def zero3_step(self, first: bool) -> None:
         """The gradient norm and the sub-groups' steps (module docstring); with offload both run on the host."""
         seq = self.seq
-        if self.zero.offload:
-            if self.zero.offload_params:  # the coordinator's release at the step (zero3_offload.py)
-                self.zero3_gathers("step")
-                self.zero3_gathers("step", end=True)
-                self.zero3_step_index += 1
-            return self._zero_reset()
-        if self.zero.ranks > 1:  # the coordinator's release at the step (zero3_fetch.py release_and_reset_all)
-            self.zero3_gathers("step")
+        if self.zero.offload_params or self.zero.ranks > 1:  # the coordinator's release at the step (zero3_fetch.py
+            self.zero3_gathers("step")  # release_and_reset_all; zero3_offload.py)
             self.zero3_gathers("step", end=True)
             self.zero3_step_index += 1
+        if self.zero.offload:
+            return self._zero_reset()
         self.zero_norm_copies()  # sub-group by sub-group, in parameter order
         for n in self.zero3_subs:
             flat = seq.alloc(block_bytes(n * BF16))

@@ -75,12 +75,12 @@ def zero2_applies(setup: TrainingSetup) -> bool:
 
 def zero3_applies(setup: TrainingSetup) -> bool:
     """ZeRO-3 on one GPU without offload, with the optimizer offloaded or (full fine-tuning) with everything offloaded,
-    on a measured engine setup (zero3_steps.py, zero3_offload.py); over more GPUs full fine-tuning without offload (each
-    fetch an all-gather into new buffers: zero3_fetch.py; read from l1-zero3-full-gc-x2). LoRA's adapter modules and
-    offloaded partitions over more GPUs are not modelled."""
+    on a measured engine setup (zero3_steps.py, zero3_offload.py); over more GPUs without offload or with the optimizer
+    offloaded (each fetch an all-gather into new buffers: zero3_fetch.py; read from l1-zero3-full-gc-x2 and, for LoRA,
+    l8-zero3-lora-gc-x2 and -offopt-x2). Offloaded parameters over more GPUs are not modelled."""
     return (
         setup.parallel == "zero3" and setup.offload in ("none", "optimizer", "all")
-        and (setup.num_gpus == 1 or (setup.method == "full" and setup.offload == "none"))
+        and (setup.num_gpus == 1 or setup.offload in ("none", "optimizer"))
         and (setup.method == "full" or setup.offload != "all")
         and _measured_engine_setup(setup)
     )  # fmt: skip
