@@ -398,6 +398,25 @@ def zero3_ranks_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     ]
 
 
+def zero3_lora_ranks_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
+    """A hold-out for ZeRO-3 LoRA over more ranks in the simulated sequence (PEFT's modules in zero3_modules.py, lora_A's
+    external parameter and the recomputation's frozen weights in zero3_fetch.py; read from the two 8B histories of
+    zero-x2 on 2026-12-04): 1B, Qwen2.5-7B on 4, Qwen3-8B, a tied 152k vocabulary, an 8B on 8, 4096 tokens, and the
+    optimizer offloaded on Mistral and Qwen2.5-3B x4; fake ranks, predicted and committed before they run."""
+    z3 = lambda name, model, why, n, offload="none", **kw: _zero(
+        single.lora(name, model, why, grad_ckpt=True, **kw), "zero3", offload, num_gpus=n)
+    return [
+        z3("zl-l1-zero3-lora-gc", L1, "1B on 2", 2),
+        z3("zl-q7-zero3-lora-gc", Q7, "Qwen2 biases, untied 152k, on 4", 4),
+        z3("zl-q3-8-zero3-lora-gc", single.Q3_8, "Qwen3 q/k norms", 2),
+        z3("zl-q15-zero3-lora-gc", "qwen2.5-1.5b", "tied 152k vocabulary", 2),
+        z3("zl-l8-zero3-lora-gc", L8, "8B on 8", 8),
+        z3("zl-l3-zero3-lora-gc-s4096", L3, "4096 tokens", 2, seq_len=4096),
+        z3("zl-m7-zero3-lora-gc-offopt", single.M7, "Mistral, optimizer offloaded", 2, "optimizer"),
+        z3("zl-q3b-zero3-lora-gc-offopt", "qwen2.5-3b", "36 layers, optimizer offloaded, on 4", 4, "optimizer"),
+    ]
+
+
 GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsdp_holdout_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
          "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid,
@@ -407,7 +426,7 @@ GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsd
          "fsdp-cpu-holdout": fsdp_cpu_holdout_grid,
          "fsdp-qlora-holdout": fsdp_qlora_holdout_grid,
          "fsdp-lora-holdout": fsdp_lora_holdout_grid, "zero2-ranks-holdout": zero2_ranks_holdout_grid,
-         "zero3-ranks-holdout": zero3_ranks_holdout_grid}
+         "zero3-ranks-holdout": zero3_ranks_holdout_grid, "zero3-lora-ranks-holdout": zero3_lora_ranks_holdout_grid}
 
 
 def settings(spec: RunSpec) -> str:
