@@ -153,7 +153,9 @@ ALL_LINEAR = (16, frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"
 @pytest.mark.parametrize("name, model, world, lora", [("l1-zero3-full-gc-x2", "llama-3.2-1b", 2, None),
                                                       ("zq-q3-17-zero3-full-gc-x4", "qwen3-1.7b", 4, None),
                                                       ("zq-q7-zero3-full-gc-x4", "qwen2.5-7b", 4, None),
-                                                      ("l8-zero3-lora-gc-x2", "llama-3.1-8b", 2, ALL_LINEAR)])  # fmt: skip
+                                                      ("l8-zero3-lora-gc-x2", "llama-3.1-8b", 2, ALL_LINEAR),
+                                                      ("l3-zero3-full-gc-offall-x2", "llama-3.2-3b", 2, "offloaded"),
+                                                      ("l8-zero3-full-gc-offall-x2", "llama-3.1-8b", 2, "offloaded")])  # fmt: skip
 def test_over_more_ranks_every_all_gather_buffer_is_the_recorded_one(name, model, world, lora):
     # ZeRO-3 over 2 and 4 ranks without offload (fake ranks on one H200, 2026-12-04): a single parameter's fetch is
     # _all_gather_sequential's padded buffer, a coalesced prefetch one flat buffer of the partitions and then a
@@ -164,7 +166,9 @@ def test_over_more_ranks_every_all_gather_buffer_is_the_recorded_one(name, model
     sizes, ops, stream = doc["sizes"], doc["ops"], dict(map(tuple, doc["alloc_streams"]))
     start = max(k for k, op in enumerate(ops) if op == EMPTY_CACHE) + 1
     recorded = [block_bytes(sizes[op]) for op in ops[start:] if op >= 0 and stream.get(op) == 1]
-    events = hf_zero3_events(resolve_model(model), world=world, lora=lora)
+    # (offloaded: each partition is copied to the GPU after the all-gather's buffer is made, and freed at once)
+    offloaded = lora == "offloaded"
+    events = hf_zero3_events(resolve_model(model), world=world, lora=None if offloaded else lora, offloaded=offloaded)
     made = [block_bytes(e.nbytes) for step in events for e in step if e.kind == "fetch" and e.stream == ALLGATHER]
     assert len(made) == len(recorded) > 700
     assert made == recorded

@@ -65,8 +65,7 @@ def check_reserved_rule(reserved_rule: str, setup: TrainingSetup, model: ModelSp
     ):
         raise VramplanError(
             f"--reserved-rule simulated with --num-gpus {setup.num_gpus} --parallel {setup.parallel}: the simulated "
-            "sequence has DeepSpeed's engine (ZeRO-2 on any number of GPUs, ZeRO-3 on one GPU or, without --offload all, "
-            "on more) with checkpointing "
+            "sequence has DeepSpeed's engine (ZeRO-2 and ZeRO-3 on any number of GPUs) with checkpointing "
             "of a Llama-family, Qwen2 or Qwen3 model (SDPA), fused AdamW, bf16, one micro-step, the hf stack: full "
             "fine-tuning (ZeRO-2 with no offload or --offload optimizer, ZeRO-3 with any offload) or LoRA with dropout "
             "(ZeRO-2 or ZeRO-3, no offload or --offload optimizer); accepted: such a setup, no --parallel, or "

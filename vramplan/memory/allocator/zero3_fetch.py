@@ -92,9 +92,12 @@ class _Coordinator:
     buffers (_gather)."""
 
     def __init__(self, model: Z3Model, prefetch_bucket: int, persistence_threshold: int,
-                 max_live: int = MAX_LIVE_PARAMETERS, max_reuse: int = MAX_REUSE_DISTANCE, world: int = 1):
+                 max_live: int = MAX_LIVE_PARAMETERS, max_reuse: int = MAX_REUSE_DISTANCE, world: int = 1,
+                 offloaded: bool = False):
         self.model, self.bucket, self.max_live, self.max_reuse = model, prefetch_bucket, max_live, max_reuse
         self.world = world
+        #: over more ranks with offloaded parameters each all-gather's input is the partition copied to the GPU first
+        self.staged = offloaded and world > 1
         self.numel = model.param_numel
         self.itemsize = {p: model.param_itemsize.get(p, BF16_BYTES) for p in self.numel}
         self.ds_id = {p: k for k, p in enumerate(self.numel)}
@@ -170,8 +173,11 @@ class _Coordinator:
             sizes = sorted({self.itemsize[p] for p in part}, key=lambda k: k != BF16_BYTES)  # buffer of the partitions
             groups = [[p for p in part if self.itemsize[p] == k] for k in sizes]  # (_all_gather_dtype), one handle
             self.handles[h] = [p for g in groups for p in g]  # (MultipleAllGatherHandles) for all of them
-            flats = [self._new_block(f"flat:{h}:{k}", sum(-(-self.numel[p] // self.world) for p in g) * self.world * k,
-                                     ALLGATHER) for k, g in zip(sizes, groups)]  # fmt: skip
+            flats = []
+            for k, g in zip(sizes, groups):
+                flats.append(self._new_block(f"flat:{h}:{k}", sum(-(-self.numel[p] // self.world) for p in g)
+                                             * self.world * k, ALLGATHER))  # fmt: skip
+                self._staged(g)  # torch.cat([p.ds_tensor.to(device) ...], out=...) (pp:1359-1361)
             self.flat[h] = [flats, len(part)]
         else:  # world size 1: a copy per parameter; more: _all_gather_sequential's buffer (pp:1388)
             self.handles[h] = part
@@ -179,7 +185,18 @@ class _Coordinator:
             self.status[p] = INFLIGHT
             if h not in self.flat:
                 self._alloc(p, padded=self.world > 1)
+                self._staged([p])  # the all-gather's input, made after its buffer (pp:1388-1398)
             self.registry[p] = h
+
+    def _staged(self, params) -> None:
+        """With offloaded parameters over more ranks: each partition's GPU copy, made in turn, freed (in reverse, as
+        the list holding them goes) once the all-gather or cat has read them."""
+        if not self.staged:
+            return
+        blocks = [self._new_block(f"staged:{p}", -(-self.numel[p] // self.world) * self.itemsize[p], ALLGATHER)
+                  for p in params]  # fmt: skip
+        for b in reversed(blocks):
+            self._unref(b)
 
     def _wait(self, p: str) -> None:
         h = self.registry.pop(p)
@@ -346,10 +363,10 @@ class _Coordinator:
 
 def coordinator_events(model: Z3Model, *, prefetch_bucket: int, persistence_threshold: int, steps: int = 3,
                        max_live: int = MAX_LIVE_PARAMETERS, max_reuse: int = MAX_REUSE_DISTANCE, world: int = 1,
-                       ) -> tuple[list[list[Event]], _Coordinator]:
+                       offloaded: bool = False) -> tuple[list[list[Event]], _Coordinator]:
     """Per training step, the ordered fetch / release events (Event) of a ZeRO-3 run (world size 1 with offloaded
     parameters, or `world` ranks), and the coordinator after the last step (its ``mode``, ``invalidations``)."""
-    c = _Coordinator(model, prefetch_bucket, persistence_threshold, max_live, max_reuse, world)
+    c = _Coordinator(model, prefetch_bucket, persistence_threshold, max_live, max_reuse, world, offloaded)
     hooks = step_hooks(model)
     per_step = []
     for _ in range(steps):
@@ -383,13 +400,14 @@ def coordinator_events(model: Z3Model, *, prefetch_bucket: int, persistence_thre
     return per_step, c
 
 
-def hf_zero3_events(spec, steps: int = 3, world: int = 1, lora: tuple[int, frozenset] | None = None) -> list[list[Event]]:
+def hf_zero3_events(spec, steps: int = 3, world: int = 1, lora: tuple[int, frozenset] | None = None,
+                    offloaded: bool = False) -> list[list[Event]]:
     """coordinator_events for a ModelSpec with the HF Trainer's "auto" ZeRO-3 values (prefetch bucket 0.9 h^2,
     persistence threshold 10 h) and DeepSpeed's defaults for max live parameters / reuse distance (``lora``:
     zero3_modules.decoder_modules')."""
     h = spec.hidden_size
     events, _ = coordinator_events(decoder_modules(spec, lora), prefetch_bucket=int(0.9 * h * h),
-                                   persistence_threshold=10 * h, steps=steps, world=world)
+                                   persistence_threshold=10 * h, steps=steps, world=world, offloaded=offloaded)
     return events
 
 

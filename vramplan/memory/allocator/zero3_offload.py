@@ -40,11 +40,13 @@ from .zero3_fetch import allgather_ops_at, head_free_lag, hf_zero3_events
 from .zero_steps import BF16, FP32, FP64, REDUCTION_STREAM
 
 
-def _twice(seq, sizes: list[int]) -> None:
-    """Each parameter made twice, the second freed first, then the first."""
+def _twice(seq, sizes: list[int], ranks: int = 1) -> None:
+    """Each parameter made twice, the second freed first, then the first; over more ranks the second is rank 0's
+    partition (fake-rank history l8-zero3-full-gc-offall-x2)."""
     for n in sizes:
         if n:
-            a, b = seq.alloc(n), seq.alloc(n)
+            a = seq.alloc(n)
+            b = seq.alloc(n if ranks == 1 else block_bytes(-(-n // (BF16 * ranks)) * BF16))
             seq.free(b, a)
 
 
@@ -70,10 +72,10 @@ class Zero3OffloadSteps:
         """The engine's init (module docstring)."""
         seq, z = self.seq, self.zero
         sizes = self.offloaded_sizes
-        _twice(seq, sizes + ([sizes[0]] if self.offloaded_tied else []))
+        _twice(seq, sizes + ([sizes[0]] if self.offloaded_tied else []), z.ranks)
         seq.empty_cache()
         seq.alloc(block_bytes(z.bucket_numel * BF16))  # the IPG bucket, kept
-        _twice(seq, sizes)
+        _twice(seq, sizes, z.ranks)
         self.zero3_step_index = 0
         self.zero3_blocks: dict[int, int] = {}  # the coordinator's block -> the sequence's tensor
         self._zero_reset()
@@ -85,7 +87,7 @@ class Zero3OffloadSteps:
         if z is None or not (z.offload_params or (z.stage == 3 and z.ranks > 1)):
             return
         seq, blocks = self.seq, self.zero3_blocks
-        steps = gather_phases(self.m, z.ranks, zero3_lora_key(self.m, self.s))
+        steps = gather_phases(self.m, z.ranks, zero3_lora_key(self.m, self.s), z.offload_params)
         head, tail = steps[min(self.zero3_step_index, len(steps) - 1)].get(phase, ((), ()))
         for alloc, block, nbytes in tail if end else head:
             if alloc:
@@ -147,27 +149,29 @@ def zero3_lora_key(model: ModelSpec, setup) -> tuple[int, frozenset] | None:
 
 @lru_cache(maxsize=32)
 def gather_phases(model: ModelSpec, world: int = 1, lora: tuple[int, frozenset] | None = None,
-                  ) -> tuple[dict[tuple, tuple[list, list]], ...]:
+                  offloaded: bool = False) -> tuple[dict[tuple, tuple[list, list]], ...]:
     """Per step (0, 1, 2), the all-gather stream's copies and frees (zero3_fetch.py) by the builder's phase (_phase):
     [(allocate?, block, bytes)] in order, over `world` ranks, cut where the builder places them (_split_at_most). The
     same for every batch, sequence length and GPU, so kept per model (the coordinator's state machine takes 50-170
     ms)."""
     out = []
-    for step, events in enumerate(hf_zero3_events(model, world=world, lora=lora)):
+    for step, events in enumerate(hf_zero3_events(model, world=world, lora=lora, offloaded=offloaded)):
+        staged = {e.block for e in events if e.param.startswith("staged:")}
         state: dict = {}
         phase_of = [_phase(e.where, state) for e in events]
         phases: dict[tuple, list[tuple[bool, int, int]]] = {}
         for kind, block, nbytes, at in allgather_ops_at(events, head_free_lag(HEAD_FREE_LAGS[min(step, 2)])):
             phases.setdefault(phase_of[at], []).append((kind == "A", block, nbytes))
-        out.append({k: _split_at_most(ops) for k, ops in phases.items()})
+        out.append({k: _split_at_most(ops, staged) for k, ops in phases.items()})
     return tuple(out)
 
 
-def _split_at_most(ops: list[tuple[bool, int, int]]) -> tuple[list, list]:
+def _split_at_most(ops: list[tuple[bool, int, int]], transient: frozenset | set = frozenset()) -> tuple[list, list]:
     """A phase's ops cut where the stream holds the most: the builder makes the first part where the phase begins and
     the rest where it ends, so its compute-stream tensors meet the phase's most gathered bytes (never fewer) and the
     stream's own order, hence its pool, stays as the coordinator made it. Frees before the phase's first allocation
-    (a release at its first hook: the lm_head's prefetched flat buffer over more ranks) go where it begins."""
+    (a release at its first hook: the lm_head's prefetched flat buffer over more ranks) go where it begins, and the
+    frees of `transient` blocks right after the cut (offloaded partitions staged for an all-gather) with it."""
     lead = next((k for k, (alloc, _, _) in enumerate(ops) if alloc), len(ops))
     live = best = 0
     cut = lead
@@ -175,4 +179,6 @@ def _split_at_most(ops: list[tuple[bool, int, int]]) -> tuple[list, list]:
         live += nbytes if alloc else -nbytes
         if k >= lead and live > best:
             best, cut = live, k + 1
+    while cut < len(ops) and not ops[cut][0] and ops[cut][1] in transient:  # a staged partition's free follows it
+        cut += 1
     return ops[:cut], ops[cut:]

@@ -75,12 +75,12 @@ def zero2_applies(setup: TrainingSetup) -> bool:
 
 def zero3_applies(setup: TrainingSetup) -> bool:
     """ZeRO-3 on one GPU without offload, with the optimizer offloaded or (full fine-tuning) with everything offloaded,
-    on a measured engine setup (zero3_steps.py, zero3_offload.py); over more GPUs without offload or with the optimizer
-    offloaded (each fetch an all-gather into new buffers: zero3_fetch.py; read from l1-zero3-full-gc-x2 and, for LoRA,
-    l8-zero3-lora-gc-x2 and -offopt-x2). Offloaded parameters over more GPUs are not modelled."""
+    on a measured engine setup (zero3_steps.py, zero3_offload.py); over more GPUs too (each fetch an all-gather into new
+    buffers, an offloaded partition staged on the GPU first: zero3_fetch.py; read from l1-zero3-full-gc-x2, for LoRA
+    l8-zero3-lora-gc-x2 and -offopt-x2, with offloaded parameters l3- and l8-zero3-full-gc-offall-x2)."""
     return (
         setup.parallel == "zero3" and setup.offload in ("none", "optimizer", "all")
-        and (setup.num_gpus == 1 or setup.offload in ("none", "optimizer"))
+        and (setup.num_gpus == 1 or setup.offload in ("none", "optimizer", "all"))
         and (setup.method == "full" or setup.offload != "all")
         and _measured_engine_setup(setup)
     )  # fmt: skip
