@@ -175,3 +175,14 @@ def test_over_more_ranks_every_all_gather_buffer_is_the_recorded_one(name, model
     # at world size 1 the same coordinator makes one copy per parameter, no flat buffer
     one = hf_zero3_events(resolve_model(model))
     assert not any(e.param.startswith("flat:") for step in one for e in step)
+
+
+def test_one_coordinator_run_serves_every_world_size_above_one():
+    # the coordinator's decisions count elements, so 4 and 8 ranks are 2 ranks' events with other bytes (sized_for);
+    # a direct run at 4 ranks makes the same events
+    from vramplan.memory.allocator.zero3_fetch import _events
+
+    model = resolve_model("qwen3-1.7b")
+    direct = _events(model, 3, 4, None, False)
+    assert hf_zero3_events(model, world=4) == direct
+    assert hf_zero3_events(model, world=4) != hf_zero3_events(model, world=2)

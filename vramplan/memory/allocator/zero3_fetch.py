@@ -57,6 +57,7 @@ z3 leaf modules, world size > 1 (a real all-gather: other buffer sizes and a fla
 from __future__ import annotations
 
 from collections import OrderedDict, defaultdict, deque
+from functools import lru_cache
 from typing import NamedTuple
 
 from .zero3_modules import Z3Model, decoder_modules, step_hooks
@@ -72,7 +73,9 @@ ALLGATHER, DEFAULT = 1, 0  # the all-gather side stream / the compute stream
 class Event(NamedTuple):
     """("fetch", param, nbytes, block, stream) or ("release", param, nbytes, block, stream): a block allocated
     for a parameter's gathered data / that block's last reference dropped (free requested; with record_stream the
-    allocator returns it to the stream's pool when the compute stream passed this point). ``where``: the hook."""
+    allocator returns it to the stream's pool when the compute stream passed this point). ``where``: the hook;
+    ``recipe``: the block's bytes as ((numel, itemsize, WHOLE | PADDED | PARTITION), ...) summed, so that one run of
+    the coordinator serves every world size above 1 (sized_for)."""
 
     kind: str
     param: str
@@ -80,6 +83,26 @@ class Event(NamedTuple):
     block: int
     stream: int
     where: str = ""
+    recipe: tuple = ()
+
+
+WHOLE, PADDED, PARTITION = 0, 1, 2
+
+
+def recipe_bytes(recipe: tuple, world: int) -> int:
+    """A block's bytes at `world` ranks: a whole parameter, its all-gather buffer (the partition rounded up to whole
+    elements on every rank) or rank 0's partition, per (numel, itemsize, kind)."""
+    total = 0
+    for n, k, kind in recipe:
+        part = -(-n // world)
+        total += (n if kind == WHOLE else part * world if kind == PADDED else part) * k
+    return total
+
+
+def sized_for(events: list[Event], world: int) -> list[Event]:
+    """`events` with each block's bytes at `world` ranks (the coordinator's decisions count elements, not bytes, and
+    are the same at every world size above 1)."""
+    return [e._replace(nbytes=recipe_bytes(e.recipe, world)) if e.recipe else e for e in events]
 
 
 NA, INFLIGHT, AVAIL = 0, 1, 2
@@ -112,6 +135,7 @@ class _Coordinator:
         self.refs: dict[int, int] = {}  # block -> references (param.data, recompute saved tensors)
         self.block_param: dict[int, str] = {}
         self.block_bytes: dict[int, int] = {}
+        self.block_recipe: dict[int, tuple] = {}
         self.flat: dict[int, list] = {}  # a coalesced all-gather's handle -> [its flat buffer's block, params not waited]
         self.held: dict[str, list[int]] = defaultdict(list)  # module -> blocks its recomputation saved
         self.registry: OrderedDict[str, int] = OrderedDict()  # inflight param -> handle
@@ -132,24 +156,24 @@ class _Coordinator:
         self._next_block = 0
 
     # -- memory
-    def _new_block(self, p: str, nbytes: int, stream: int) -> int:
+    def _new_block(self, p: str, recipe: tuple, stream: int) -> int:
         b = self._next_block
         self._next_block += 1
-        self.refs[b], self.block_param[b], self.block_bytes[b] = 1, p, nbytes
-        self.events.append(Event("fetch", p, nbytes, b, stream, self.where))
+        nbytes = recipe_bytes(recipe, self.world)
+        self.refs[b], self.block_param[b], self.block_bytes[b], self.block_recipe[b] = 1, p, nbytes, recipe
+        self.events.append(Event("fetch", p, nbytes, b, stream, self.where, recipe))
         return b
 
     def _alloc(self, p: str, stream: int = ALLGATHER, padded: bool = False) -> None:
         """param.data's new block: the parameter's bf16 bytes, or (`padded`) its all-gather buffer's, the partition
         rounded up to whole elements on every rank (pp:1388 _all_gather_sequential, pp:2052)."""
-        n = self.numel[p]
-        self.data[p] = self._new_block(p, (-(-n // self.world) * self.world if padded else n) * self.itemsize[p], stream)
+        self.data[p] = self._new_block(p, ((self.numel[p], self.itemsize[p], PADDED if padded else WHOLE),), stream)
 
     def _unref(self, b: int) -> None:
         self.refs[b] -= 1
         if self.refs[b] == 0:
             p = self.block_param[b]
-            self.events.append(Event("release", p, self.block_bytes[b], b, -1, self.where))
+            self.events.append(Event("release", p, self.block_bytes[b], b, -1, self.where, self.block_recipe[b]))
 
     def hold(self, module: str) -> None:
         for p in self.mparams[module]:  # weight and bias: the Qwen2 histories free q/k/v biases at the backward too
@@ -175,8 +199,7 @@ class _Coordinator:
             self.handles[h] = [p for g in groups for p in g]  # (MultipleAllGatherHandles) for all of them
             flats = []
             for k, g in zip(sizes, groups):
-                flats.append(self._new_block(f"flat:{h}:{k}", sum(-(-self.numel[p] // self.world) for p in g)
-                                             * self.world * k, ALLGATHER))  # fmt: skip
+                flats.append(self._new_block(f"flat:{h}:{k}", tuple((self.numel[p], k, PADDED) for p in g), ALLGATHER))
                 self._staged(g)  # torch.cat([p.ds_tensor.to(device) ...], out=...) (pp:1359-1361)
             self.flat[h] = [flats, len(part)]
         else:  # world size 1: a copy per parameter; more: _all_gather_sequential's buffer (pp:1388)
@@ -193,7 +216,7 @@ class _Coordinator:
         the list holding them goes) once the all-gather or cat has read them."""
         if not self.staged:
             return
-        blocks = [self._new_block(f"staged:{p}", -(-self.numel[p] // self.world) * self.itemsize[p], ALLGATHER)
+        blocks = [self._new_block(f"staged:{p}", ((self.numel[p], self.itemsize[p], PARTITION),), ALLGATHER)
                   for p in params]  # fmt: skip
         for b in reversed(blocks):
             self._unref(b)
@@ -405,10 +428,24 @@ def hf_zero3_events(spec, steps: int = 3, world: int = 1, lora: tuple[int, froze
     """coordinator_events for a ModelSpec with the HF Trainer's "auto" ZeRO-3 values (prefetch bucket 0.9 h^2,
     persistence threshold 10 h) and DeepSpeed's defaults for max live parameters / reuse distance (``lora``:
     zero3_modules.decoder_modules')."""
+    if world > 2:  # the same decisions as on 2 ranks, other bytes
+        return [sized_for(step, world) for step in _multi_rank_events(spec, steps, lora, offloaded)]
+    if world == 2:
+        return list(_multi_rank_events(spec, steps, lora, offloaded))
+    return _events(spec, steps, 1, lora, offloaded)
+
+
+def _events(spec, steps: int, world: int, lora, offloaded: bool) -> list[list[Event]]:
     h = spec.hidden_size
     events, _ = coordinator_events(decoder_modules(spec, lora), prefetch_bucket=int(0.9 * h * h),
                                    persistence_threshold=10 * h, steps=steps, world=world, offloaded=offloaded)
     return events
+
+
+@lru_cache(maxsize=16)
+def _multi_rank_events(spec, steps: int, lora, offloaded: bool) -> tuple[list[Event], ...]:
+    """The coordinator's events on 2 ranks (kept: they serve every world size above 1)."""
+    return tuple(_events(spec, steps, 2, lora, offloaded))
 
 
 # ---------------------------------------------------------------------------------------------- stream-1 replay
