@@ -183,6 +183,7 @@ def test_one_coordinator_run_serves_every_world_size_above_one():
     from vramplan.memory.allocator.zero3_fetch import _events
 
     model = resolve_model("qwen3-1.7b")
-    direct = _events(model, 3, 4, None, False)
-    assert hf_zero3_events(model, world=4) == direct
-    assert hf_zero3_events(model, world=4) != hf_zero3_events(model, world=2)
+    for offloaded in (False, True):
+        assert hf_zero3_events(model, world=4, offloaded=offloaded) == _events(model, 3, 4, None, offloaded)
+    # (offloaded, each staged partition is a quarter of a parameter on 4 ranks, a half on 2)
+    assert hf_zero3_events(model, world=4, offloaded=True) != hf_zero3_events(model, world=2, offloaded=True)
