@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +22,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+FAKE_RANK_RECORDS = Path(__file__).resolve().parent.parent / "docs" / "allocator_traces" / "fake_rank" / "records"
+
+
+def fake_holdout_compare(grid: str) -> str:
+    """scripts/holdout.py compare of a multi-GPU grid's committed predictions against the fake-rank records: what it
+    prints."""
+    import contextlib
+    import io
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import holdout
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        holdout.compare(holdout.PREDICTION_FILES[grid], FAKE_RANK_RECORDS, grid)
+    return out.getvalue()

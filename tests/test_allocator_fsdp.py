@@ -194,16 +194,12 @@ def test_holdout_compare_pairs_each_grid_with_records_of_its_own_loading(capsys)
     assert "reserved : 7 runs, median |error| 0.0%, worst 0.0%" in gpu
 
 
-def test_fsdp_lora_holdout_predicted_before_its_runs_meets_them(capsys):
+def test_fsdp_lora_holdout_predicted_before_its_runs_meets_them():
     # fsdp-lora-holdout was predicted at b708d02 with the simulated FSDP2 LoRA sequence, then measured as fake ranks
     # (session 16): Qwen2 biases, Qwen3 q/k norms, Mistral on 8, 4096 tokens, a tied 152k vocabulary, batch 2 on 4
-    import sys
+    from conftest import fake_holdout_compare
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import holdout
-
-    holdout.compare(holdout.PREDICTION_FILES["fsdp-lora-holdout"], RECORDS, "fsdp-lora-holdout")
-    out = capsys.readouterr().out
+    out = fake_holdout_compare("fsdp-lora-holdout")
     assert "not measured" not in out
     assert "reserved : 6 runs, median |error| 0.5%, worst 1.5%, worst under-prediction +0.2%" in out
     assert "allocated: 6 runs, median |error| 0.7%, worst 3.2%, worst under-prediction -0.0%" in out

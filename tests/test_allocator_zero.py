@@ -381,6 +381,16 @@ def test_every_offloaded_zero3_run_is_simulated_to_its_measured_reserved_peak():
         assert abs(memory.peak_allocated_bytes / run.measurements.max_allocated_bytes - 1) < 0.01, run.run_id
 
 
+def _fake_rank_simulated(name: str):
+    """The fake-rank record whose history is `name`, and its estimate, checked to be the simulated one."""
+    from conftest import FAKE_RANK_RECORDS
+
+    run = next(r for r in load_runs([FAKE_RANK_RECORDS]) if r.extra.get("memory_snapshot") == f"{name}.pickle")
+    shown = estimate(resolve_model(run.model), run.setup).memory
+    assert shown.reserved_rule == "simulated"
+    return run, shown
+
+
 def test_a_zero2_partition_per_rank_is_aligned_to_twice_the_world_size_and_rank_0_keeps_whole_parameters():
     from vramplan.memory.allocator.zero_steps import first_rank_pieces, rank_partition
 
@@ -397,49 +407,33 @@ def test_zero2_on_two_ranks_is_simulated_to_its_fake_rank_history(name, reserved
     # rank 0's partition on 2 ranks (fake ranks on one H200, 2026-12-04, the histories the change was read from): the
     # clone, fp32 master and Adam states of its half, grads_in_partition of its parameters whole (1197 of Llama-3.2-1B's
     # 2357 MiB), the norm and host copies of its pieces only
-    records = ROOT / "docs" / "allocator_traces" / "fake_rank" / "records"
-    run = next(r for r in load_runs([records]) if r.extra.get("memory_snapshot") == f"{name}.pickle")
+    run, shown = _fake_rank_simulated(name)
     assert run.setup.num_gpus == 2 and run.setup.parallel == "zero2"
-    e = estimate(resolve_model(run.model), run.setup)
-    shown = e.calibrated or e.memory
-    assert shown.reserved_rule == "simulated"
     m = run.measurements
     assert abs(shown.peak_reserved_bytes / m.max_reserved_bytes - 1) < reserved_within
     assert abs(shown.peak_allocated_bytes / m.max_allocated_bytes - 1) < 0.001
 
 
-def test_zero2_ranks_holdout_predicted_before_its_runs_meets_them(capsys):
+def test_zero2_ranks_holdout_predicted_before_its_runs_meets_them():
     # zero2-ranks-holdout was predicted at 31d6c00 (ZeRO-2 on 2, 4 and 8 ranks, none of them a setup the sequence was
     # read from), then measured as fake ranks on one H200 (2026-12-04)
-    import sys
+    from conftest import fake_holdout_compare
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import holdout
-
-    records = ROOT / "docs" / "allocator_traces" / "fake_rank" / "records"
-    holdout.compare(holdout.PREDICTION_FILES["zero2-ranks-holdout"], records, "zero2-ranks-holdout")
-    out = capsys.readouterr().out
+    out = fake_holdout_compare("zero2-ranks-holdout")
     assert "not measured" not in out
     assert "reserved : 8 runs, median |error| 0.1%, worst 0.4%, worst under-prediction -0.4%" in out
     assert "allocated: 8 runs, median |error| 0.0%, worst 0.0%" in out
 
 
-def test_zero3_over_more_ranks_is_simulated_and_its_holdout_meets_the_runs(capsys):
+def test_zero3_over_more_ranks_is_simulated_and_its_holdout_meets_the_runs():
     # read from l1-zero3-full-gc-x2 alone (reserved -18.1 % on the closed forms, +0.06 % simulated); the hold-out of 8
     # was predicted at 8596600 before it ran: to the byte on 6, -2.4 % on Qwen2.5-7B x4 (its step 2 takes a new 1 GiB
     # all-gather segment the sequence's two steps do not), -0.5 % at 4096 tokens
-    import sys
+    from conftest import fake_holdout_compare
 
-    records = ROOT / "docs" / "allocator_traces" / "fake_rank" / "records"
-    run = next(r for r in load_runs([records]) if r.extra.get("memory_snapshot") == "l1-zero3-full-gc-x2.pickle")
-    shown = estimate(resolve_model(run.model), run.setup).memory
-    assert shown.reserved_rule == "simulated"
+    run, shown = _fake_rank_simulated("l1-zero3-full-gc-x2")
     assert abs(shown.peak_reserved_bytes / run.measurements.max_reserved_bytes - 1) < 0.001
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import holdout
-
-    holdout.compare(holdout.PREDICTION_FILES["zero3-ranks-holdout"], records, "zero3-ranks-holdout")
-    out = capsys.readouterr().out
+    out = fake_holdout_compare("zero3-ranks-holdout")
     assert "not measured" not in out
     assert "reserved : 8 runs, median |error| 0.0%, worst 2.4%, worst under-prediction -2.4%" in out
     assert "allocated: 8 runs, median |error| 0.3%, worst 0.4%, worst under-prediction -0.0%" in out
@@ -451,11 +445,8 @@ def test_zero3_with_offloaded_parameters_over_more_ranks_is_simulated_to_its_res
     # two histories, 2026-12-04; the closed forms were +4.3 / +1.1 % reserved). Allocated is the sequence's live bytes,
     # which keep a record_stream'd block until its free completes, as the history's own count does (5.95 GiB on the
     # 8B); torch's max_memory_allocated drops it at the free request (5.49 GiB): 8 % over on the 8B
-    records = ROOT / "docs" / "allocator_traces" / "fake_rank" / "records"
-    run = next(r for r in load_runs([records]) if r.extra.get("memory_snapshot") == f"{name}.pickle")
+    run, shown = _fake_rank_simulated(name)
     assert run.setup.offload == "all" and run.setup.num_gpus == 2
-    shown = estimate(resolve_model(run.model), run.setup).memory
-    assert shown.reserved_rule == "simulated"
     assert abs(shown.peak_reserved_bytes / run.measurements.max_reserved_bytes - 1) < 0.001
     assert 0 <= shown.peak_allocated_bytes / run.measurements.max_allocated_bytes - 1 < allocated_over
 
@@ -466,10 +457,7 @@ def test_zero3_lora_over_more_ranks_is_simulated_to_its_fake_rank_history(name):
     # the wrapper's forward becomes its external parameter (gathered on the compute stream in step 0, with the wrapper
     # from then on), the frozen weights a recomputation fetches belong to the module in backward until its release;
     # the closed forms were -10.7 / -11.7 % reserved
-    records = ROOT / "docs" / "allocator_traces" / "fake_rank" / "records"
-    run = next(r for r in load_runs([records]) if r.extra.get("memory_snapshot") == f"{name}.pickle")
+    run, shown = _fake_rank_simulated(name)
     assert run.setup.method == "lora" and run.setup.num_gpus == 2
-    shown = estimate(resolve_model(run.model), run.setup).memory
-    assert shown.reserved_rule == "simulated"
     assert abs(shown.peak_reserved_bytes / run.measurements.max_reserved_bytes - 1) < 0.001
     assert 0 <= shown.peak_allocated_bytes / run.measurements.max_allocated_bytes - 1 < 0.01
