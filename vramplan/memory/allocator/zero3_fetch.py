@@ -51,7 +51,9 @@ Defaults: stage3_max_live_parameters = stage3_max_reuse_distance = 1e9 (zero/con
 prefetch_bucket_size = 0.9 h^2 and param_persistence_threshold = 10 h.
 
 Not modelled: set-iteration order of frees within one module (here: ds_id order), nvme, quantized weights,
-z3 leaf modules, world size > 1 (a real all-gather: other buffer sizes and a flat buffer).
+z3 leaf modules. Over more ranks (world > 1, fake-rank histories of 2026-12-04) a fetch is an all-gather into new
+buffers: _gather's docstring and the coordinator's; the decisions are the same at every world size above 1, the
+bytes differ (Event.recipe, sized_for).
 """
 
 from __future__ import annotations
@@ -111,8 +113,9 @@ RECORD, COMPLETE, INVALID = 1, 2, 3
 
 class _Coordinator:
     """PartitionedParameterCoordinator (ppc:73), with the parameter states it drives: at world size 1 with offloaded
-    parameters (module docstring), or over `world` ranks without offload, where a fetch is an all-gather into new
-    buffers (_gather)."""
+    parameters (module docstring), or over `world` ranks, where a fetch is an all-gather into new buffers (_gather;
+    `offloaded`: each partition staged on the GPU first), PEFT's lora_A read by its wrapper an external parameter
+    (access) and a recomputation's frozen weights held by the module in backward (pre, release)."""
 
     def __init__(self, model: Z3Model, prefetch_bucket: int, persistence_threshold: int,
                  max_live: int = MAX_LIVE_PARAMETERS, max_reuse: int = MAX_REUSE_DISTANCE, world: int = 1,
@@ -136,7 +139,7 @@ class _Coordinator:
         self.block_param: dict[int, str] = {}
         self.block_bytes: dict[int, int] = {}
         self.block_recipe: dict[int, tuple] = {}
-        self.flat: dict[int, list] = {}  # a coalesced all-gather's handle -> [its flat buffer's block, params not waited]
+        self.flat: dict[int, list] = {}  # a coalesced all-gather's handle -> [its flat buffers' blocks, params not waited]
         self.held: dict[str, list[int]] = defaultdict(list)  # module -> blocks its recomputation saved
         self.registry: OrderedDict[str, int] = OrderedDict()  # inflight param -> handle
         self.handles: dict[int, list[str]] = {}
