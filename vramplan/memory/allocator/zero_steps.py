@@ -80,7 +80,6 @@ def zero3_applies(setup: TrainingSetup) -> bool:
     l8-zero3-lora-gc-x2 and -offopt-x2, with offloaded parameters l3- and l8-zero3-full-gc-offall-x2)."""
     return (
         setup.parallel == "zero3" and setup.offload in ("none", "optimizer", "all")
-        and (setup.num_gpus == 1 or setup.offload in ("none", "optimizer", "all"))
         and (setup.method == "full" or setup.offload != "all")
         and _measured_engine_setup(setup)
     )  # fmt: skip
@@ -238,10 +237,11 @@ class ZeroSteps:
         next hook reduces it."""
         seq, z = self.seq, self.zero
         numel = seq.sizes[grad] // z.grad_itemsize
-        # hooks run in about the reverse of parameter order: this one's parameter ends where the hooked ones begin
-        end = sum(z.group_numels) - self.zero_hooked
-        self.zero_piece[grad] = max(0, min(end, z.partitions[0]) - (end - numel))
-        self.zero_hooked += numel
+        if z.offload and z.stage == 2:  # (_zero_copy_out's host copies: rank 0's elements of the gradient)
+            # hooks run in about the reverse of parameter order: this one's parameter ends where the hooked ones begin
+            end = sum(z.group_numels) - self.zero_hooked
+            self.zero_piece[grad] = max(0, min(end, z.partitions[0]) - (end - numel))
+            self.zero_hooked += numel
         if not self.zero_ipg and z.stage == 2:  # setup_buckets (ZeRO-3's bucket is made at init)
             self.zero_ipg = [seq.alloc(block_bytes(z.bucket_numel * BF16)) for _ in range(2)]
         if self.zero_elements + numel > z.bucket_numel:
