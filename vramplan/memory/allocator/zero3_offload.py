@@ -37,7 +37,7 @@ from ..adapters import lora_targets
 from ..deepspeed import NORM_CHUNK_ELEMENTS
 from .rules import block_bytes
 from .zero3_fetch import allgather_ops_at, head_free_lag, hf_zero3_events
-from .zero_steps import BF16, FP32, FP64, REDUCTION_STREAM
+from .zero_steps import BF16, FP32, FP64, REDUCTION_STREAM, partition_bytes
 
 
 def _twice(seq, sizes: list[int], ranks: int = 1) -> None:
@@ -46,7 +46,7 @@ def _twice(seq, sizes: list[int], ranks: int = 1) -> None:
     for n in sizes:
         if n:
             a = seq.alloc(n)
-            b = seq.alloc(n if ranks == 1 else block_bytes(-(-n // (BF16 * ranks)) * BF16))
+            b = seq.alloc(partition_bytes(n, BF16, ranks))
             seq.free(b, a)
 
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 from ...specs import ModelSpec
 from ..deepspeed import SUB_GROUP_SIZE
 from .rules import block_bytes
-from .zero_steps import BF16, FP32, REDUCTION_STREAM
+from .zero_steps import BF16, FP32, REDUCTION_STREAM, partition_bytes
 
 #: transformers integrations/deepspeed.py trainer_config_finalize: "auto" stage3_param_persistence_threshold is
 #: 10 * hidden_size; a parameter of at most that many elements stays gathered (parameter_offload.py
@@ -85,7 +85,7 @@ class Zero3Steps:
         self.zero3_full_sizes = list(sizes)
         for n in made:
             before = seq.alloc(n)
-            parts.append(seq.alloc(n if ranks == 1 else block_bytes(-(-n // (BF16 * ranks)) * BF16)))  # rank 0's
+            parts.append(seq.alloc(partition_bytes(n, BF16, ranks)))  # rank 0's
             seq.free(before)
         for n in made:
             seq.free(seq.alloc(n))
@@ -114,8 +114,7 @@ class Zero3Steps:
         subs = self._zero3_sub_groups()
         total = sum(subs)
         if z.adapters:  # (each adapter's partition: rank 0's elements of it, fp32)
-            parts = [seq.sizes[i] if z.ranks == 1 else block_bytes(-(-seq.sizes[i] // (FP32 * z.ranks)) * FP32)
-                     for i in self.adapter_ids]  # fmt: skip
+            parts = [partition_bytes(seq.sizes[i], FP32, z.ranks) for i in self.adapter_ids]
             trainable = seq.replace_all(parts, self.adapter_ids)
             passed = []
         else:  # (over more ranks the load left rank 0's partitions: zero3_partitioned_load)

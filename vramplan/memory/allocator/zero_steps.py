@@ -151,6 +151,12 @@ def rank_partition(numel: int, ranks: int) -> int:
     return -(-numel // (2 * ranks)) * 2
 
 
+def partition_bytes(nbytes: int, itemsize: int, ranks: int) -> int:
+    """Rank 0's ZeRO-3 partition of a tensor of `nbytes` (ds_tensor: its elements / ranks, rounded up, block-rounded);
+    on one GPU the tensor itself."""
+    return nbytes if ranks == 1 else block_bytes(-(-nbytes // (itemsize * ranks)) * itemsize)
+
+
 def first_rank_pieces(numels: list[int], part: int) -> list[tuple[int, int]]:
     """Rank 0's params_in_partition of a group whose parameters have `numels` elements, in order: each as (its
     elements, those inside the rank's first `part` elements); a parameter across the boundary is in both ranks'."""
