@@ -25,7 +25,13 @@ from .memory.activations import rotary_tables
 from .memory.adapters import adapter_autocast_copy_bytes, adapter_bytes, check_lora_supported, lora_param_count
 from .memory.allocator import block_bytes, reserved_from_allocated, steady_loss_reserved, workspace_bytes
 from .memory.allocator.ckpt_backward_layer import CkptBackwardPeaks, ckpt_backward_applies, ckpt_backward_peaks
-from .memory.allocator.fsdp_steps import FSDP_QLORA_NOTE, FSDP_RULES_NOTE, FSDP_SIMULATED_NOTE, one_gpu_setup
+from .memory.allocator.fsdp_steps import (
+    FSDP_QLORA_NOTE,
+    FSDP_RULES_NOTE,
+    FSDP_SIMULATED_NOTE,
+    fsdp_layer_profile,
+    one_gpu_setup,
+)
 from .memory.allocator.simulated import (
     RESERVED_BY_SIMULATION,
     SIMULATED_ASSUMPTION,
@@ -240,17 +246,16 @@ def _check_supported(model: ModelSpec, setup: TrainingSetup, headroom: float) ->
 
 
 def fsdp_rank_terms(model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constants: dict[str, float]) -> _Terms:
-    """The terms an FSDP rank's layers run with (fsdp_steps.py): the one-GPU setup's, with LoRA's adapters in bf16 as
-    FSDP2's mixed precision gathers them (no autocast copies of them)."""
-    return _terms(model, one_gpu_setup(setup), gpu, constants, bf16_adapters=setup.method == "lora")
+    """The terms an FSDP rank's layers run with (fsdp_steps.py): the one-GPU setup's with its layers' profile
+    (fsdp_layer_profile: LoRA's adapters in bf16 as FSDP2's mixed precision gathers them, so no autocast copies)."""
+    return _terms(model, one_gpu_setup(setup), gpu, constants, fsdp_rank=True)
 
 
 def _terms(
-    model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constants: dict[str, float], bf16_adapters: bool = False
+    model: ModelSpec, setup: TrainingSetup, gpu: GpuSpec | None, constants: dict[str, float], fsdp_rank: bool = False
 ) -> _Terms:
-    profile = stack_profile(setup)
-    if bf16_adapters:
-        profile = replace(profile, adapter_itemsize=BYTES_PER_DTYPE["bf16"])
+    profile = fsdp_layer_profile(setup) if fsdp_rank else stack_profile(setup)
+    bf16_adapters = fsdp_rank and setup.method == "lora"
     weights = weight_bytes(model, setup, kbit_fp32_upcast=profile.kbit_fp32_upcast) | profile.buffers(model, setup)
     if setup.lora is not None:
         weights["weights.adapters"] = adapter_bytes(model, setup.lora, itemsize=profile.adapter_itemsize)

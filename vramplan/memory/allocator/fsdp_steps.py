@@ -457,6 +457,15 @@ def one_gpu_setup(setup):
     return setup.model_copy(update={"num_gpus": 1, "parallel": None, "offload": "none"})
 
 
+def fsdp_layer_profile(setup):
+    """The stack profile an FSDP rank's layers run with (`setup`: the one-GPU setup, one_gpu_setup): LoRA's adapters
+    in bf16, as FSDP2's MixedPrecisionPolicy gathers them (fc-l1-, fc-l8-fsdp-lora-gc-x2)."""
+    from ..stacks import stack_profile
+
+    profile = stack_profile(setup)
+    return replace(profile, adapter_itemsize=BF16) if setup.method == "lora" else profile
+
+
 def fsdp_sequence_applies(model, setup) -> bool:
     """Where the FSDP sequence was read and checked (docs/allocator_traces/fake_rank): in bf16, the hf stack without
     Liger, fused AdamW, no offload, tied or untied embeddings; full fine-tuning with checkpointing of a layer the recorded

@@ -55,7 +55,6 @@ tied gradient is accumulated in place.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import partial
 
 from ...models.params import linear_shapes
@@ -78,7 +77,7 @@ from .lora_chain import checkpointed_mlp, lora_chains
 from .lora_no_grad_layer import lora_no_grad_pattern, lora_no_grad_sizes
 from .no_grad_layer import no_grad_layer_sizes, no_grad_pattern
 from .ops import EMPTY_CACHE, Repeats, Sequence, live_peaks, live_peaks_by_stretch  # noqa: F401  (re-exported: replay, tests, scripts)
-from .fsdp_steps import FsdpSteps
+from .fsdp_steps import FsdpSteps, fsdp_layer_profile
 from .optimizer_steps import OptimizerSteps
 from .qlora_steps import CheckpointedQloraSteps
 from .rules import block_bytes
@@ -190,9 +189,8 @@ class _Builder(
         self.fsdp = fsdp  # one rank of FSDP2 (fsdp_steps.FsdpPlan), or None
         self.L = model.num_layers
         # the stack's kernels, adapter dtype and QLoRA upcast (memory/stacks); hf: the setup's own eager activations
-        self.profile = profile = stack_profile(setup)
-        if self.fsdp_lora:  # FSDP2's copy-out gives the layers bf16 adapters (fsdp_steps.py)
-            self.profile = profile = replace(profile, adapter_itemsize=BF16)
+        # (an FSDP rank's layers: FSDP2's copy-out gives LoRA bf16 adapters, fsdp_steps.fsdp_layer_profile)
+        self.profile = profile = fsdp_layer_profile(setup) if fsdp is not None else stack_profile(setup)
         act_setup = profile.activation_setup(setup)
         unit = setup.batch_size * setup.seq_len * model.hidden_size
         act = profile.activations(model, setup)
