@@ -598,7 +598,7 @@ class _Builder(
         self.fsdp_reduce_root()
         if self.zero is not None:
             self.zero_backward_end()
-            self.zero3_gathers("bwd", "embed", end=True)  # (the embedding's release: the coordinator's leftovers)
+        self.gathers("bwd", "embed", end=True)  # (ZeRO-3: the embedding's release, the coordinator's leftovers)
         if not s.grad_ckpt:
             seq.free(self.lm_cache)
         if full and new_grads:
