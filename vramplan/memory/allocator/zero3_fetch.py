@@ -137,7 +137,6 @@ class _Coordinator:
         self.data: dict[str, int | None] = dict.fromkeys(self.numel)  # the block param.data is
         self.refs: dict[int, int] = {}  # block -> references (param.data, recompute saved tensors)
         self.block_param: dict[int, str] = {}
-        self.block_bytes: dict[int, int] = {}
         self.block_recipe: dict[int, tuple] = {}
         self.flat: dict[int, list] = {}  # a coalesced all-gather's handle -> [its flat buffers' blocks, params not waited]
         self.held: dict[str, list[int]] = defaultdict(list)  # module -> blocks its recomputation saved
@@ -163,7 +162,7 @@ class _Coordinator:
         b = self._next_block
         self._next_block += 1
         nbytes = recipe_bytes(recipe, self.world)
-        self.refs[b], self.block_param[b], self.block_bytes[b], self.block_recipe[b] = 1, p, nbytes, recipe
+        self.refs[b], self.block_param[b], self.block_recipe[b] = 1, p, recipe
         self.events.append(Event("fetch", p, nbytes, b, stream, self.where, recipe))
         return b
 
@@ -176,7 +175,8 @@ class _Coordinator:
         self.refs[b] -= 1
         if self.refs[b] == 0:
             p = self.block_param[b]
-            self.events.append(Event("release", p, self.block_bytes[b], b, -1, self.where, self.block_recipe[b]))
+            recipe = self.block_recipe[b]
+            self.events.append(Event("release", p, recipe_bytes(recipe, self.world), b, -1, self.where, recipe))
 
     def hold(self, module: str) -> None:
         for p in self.mparams[module]:  # weight and bias: the Qwen2 histories free q/k/v biases at the backward too
