@@ -31,10 +31,15 @@ import trace_replay_check  # noqa: E402
 from gpu_catalog import find_gpu, list_gpus  # noqa: E402
 
 from vramplan.errors import VramplanError  # noqa: E402
-from vramplan.estimator import CALIBRATED_DEFAULTS, _terms  # noqa: E402
+from vramplan.estimator import CALIBRATED_DEFAULTS, _terms, fsdp_rank_terms  # noqa: E402
 from vramplan.memory.allocator.replay import replay  # noqa: E402
 from vramplan.memory.allocator.sequence import Sequence, training_sequence  # noqa: E402
-from vramplan.memory.allocator.simulated import check_reserved_rule  # noqa: E402
+from vramplan.memory.allocator.simulated import (  # noqa: E402
+    EXPANDABLE_REPLAY_MEMORY_BYTES,
+    check_reserved_rule,
+    rank_sequence,
+    simulation_covers,
+)
 from vramplan.models import list_models, resolve_model  # noqa: E402
 from vramplan.runs import load_runs, shipped_runs_dir, single_gpu_run  # noqa: E402
 from vramplan.specs import LoraSpec, TrainingSetup  # noqa: E402
@@ -100,6 +105,53 @@ def _zero_cases(runs) -> list[tuple[str, str, TrainingSetup, object]]:
     return out
 
 
+#: the plan's multi-GPU options (its strategies on 2, 4 and 8 GPUs) and their near-miss tries: models and setups
+MULTI_MODELS = ("llama-3.2-1b", "llama-3.1-8b", "qwen2.5-7b", "qwen3-8b", "llama-3.1-70b")
+
+
+def _multi_rank_cases() -> list[tuple[str, str, TrainingSetup, object]]:
+    """Setups over more GPUs that the simulation covers (DDP, FSDP, ZeRO-2, ZeRO-3 with each offload) on an H100
+    and an A100 (the two cuBLAS workspaces), at the plan's default and its shorter near-miss length."""
+    out = []
+    for name in MULTI_MODELS:
+        model = resolve_model(name)
+        for method in ("full", "lora"):
+            for parallel in ("ddp", "fsdp", "zero2", "zero3"):
+                for offload in ("none", "optimizer", "all"):
+                    for n in (2, 4, 8):
+                        for seq_len, expandable in ((2048, False), (2048, True), (1536, False)):
+                            try:
+                                setup = TrainingSetup(
+                                    method=method, lora=LoraSpec(rank=16) if method == "lora" else None,
+                                    grad_ckpt=True, seq_len=seq_len, num_gpus=n, parallel=parallel, offload=offload,
+                                    expandable_segments=expandable,
+                                )  # fmt: skip
+                            except ValueError:  # an offload the strategy does not offer
+                                continue
+                            if not simulation_covers(setup, model) or (name == "llama-3.1-70b" and n == 4):
+                                continue
+                            for gpu in ("h100-sxm", "a100-80gb"):
+                                case = f"multi:{name}-{method}-{parallel}-{offload}-x{n}-s{seq_len}-e{int(expandable)}-{gpu}"
+                                out.append((case, name, setup, find_gpu(gpu)))
+    return out
+
+
+def _rank_case(name: str, setup: TrainingSetup, gpu) -> dict:
+    """The sequence and replay simulated.simulate makes for one GPU of a multi-GPU setup."""
+    model = resolve_model(name)
+    constants = dict(CALIBRATED_DEFAULTS)
+    t = fsdp_rank_terms(model, setup, gpu, constants) if setup.parallel == "fsdp" else _terms(model, setup, gpu, constants)
+    seq = rank_sequence(model, setup, t)
+    total = max(gpu.memory_bytes, EXPANDABLE_REPLAY_MEMORY_BYTES) if setup.expandable_segments else gpu.memory_bytes
+    return {"sequence": _digest(seq), "result": _fields(replay(seq, expandable_segments=setup.expandable_segments,
+                                                              total_memory_bytes=total))}  # fmt: skip
+
+
+def _digest(seq) -> str:
+    return hashlib.sha1(array("q", seq.sizes).tobytes() + b"|" + array("q", seq.ops).tobytes() + b"|" +
+                        repr(sorted(seq.streams.items())).encode()).hexdigest()  # fmt: skip
+
+
 def _fields(result) -> list:
     return list(result.__dict__.values())
 
@@ -108,8 +160,7 @@ def _setup_case(name: str, setup: TrainingSetup, gpu, cap: int | None) -> dict:
     model = resolve_model(name)
     t = _terms(model, setup, gpu, dict(CALIBRATED_DEFAULTS))
     seq = training_sequence(model, setup, t)
-    digest = hashlib.sha1(array("q", seq.sizes).tobytes() + b"|" + array("q", seq.ops).tobytes()).hexdigest()
-    out = {"sequence": digest, "result": _fields(replay(seq, expandable_segments=setup.expandable_segments,
+    out = {"sequence": _digest(seq), "result": _fields(replay(seq, expandable_segments=setup.expandable_segments,
                                                          total_memory_bytes=gpu.memory_bytes))}  # fmt: skip
     if cap is not None:
         three = training_sequence(model, setup, t, steps=CAPPED_STEPS)
@@ -117,8 +168,11 @@ def _setup_case(name: str, setup: TrainingSetup, gpu, cap: int | None) -> dict:
     return out
 
 
-def fingerprint(grid: int) -> dict[str, dict]:
+def fingerprint(grid: int, multi: bool = False) -> dict[str, dict]:
     cases: dict[str, dict] = {}
+    if multi:
+        for case_id, name, setup, gpu in _multi_rank_cases():
+            cases[case_id] = _rank_case(name, setup, gpu)
     for path in sorted((ROOT / "docs" / "allocator_traces").glob("**/*.events.json.gz")):
         doc = json.loads(gzip.decompress(path.read_bytes()))
         cases[f"trace:{path.relative_to(ROOT / 'docs' / 'allocator_traces')}"] = {
@@ -146,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--save", type=Path)
     action.add_argument("--check", type=Path)
     parser.add_argument("--grid", type=int, default=1200, help="random setups (default 1200)")
+    parser.add_argument("--multi", action="store_true", help="also the multi-GPU setups the plan simulates")
     args = parser.parse_args(argv)
-    cases = fingerprint(args.grid)
+    cases = fingerprint(args.grid, multi=args.multi)
     if args.save:
         args.save.write_text(json.dumps(cases, indent=0, sort_keys=True))
         print(f"{len(cases)} cases saved to {args.save}")

@@ -106,15 +106,19 @@ def simulate(model: ModelSpec, setup: TrainingSetup, terms, total_memory_bytes: 
     if hit is None:
         if len(_CACHE) >= _CACHE_MAX:
             _CACHE.clear()
-        if setup.parallel == "fsdp":  # one rank: the one-GPU layers (`terms` the one-GPU setup's) and FSDP's units
-            seq = training_sequence(model, one_gpu_setup(setup), terms, fsdp=fsdp_rank_plan(model, setup))
-        else:
-            seq = training_sequence(model, setup, terms)
-        hit = replay(seq, expandable_segments=expandable, total_memory_bytes=total_memory_bytes)
+        hit = replay(rank_sequence(model, setup, terms), expandable_segments=expandable,
+                     total_memory_bytes=total_memory_bytes)  # fmt: skip
         if setup.parallel == "ddp":
             hit = _at_least_one_gpu_plus_buckets(model, setup, terms, total_memory_bytes, hit)
         _CACHE[key] = hit
     return hit
+
+
+def rank_sequence(model: ModelSpec, setup: TrainingSetup, terms):
+    """The predicted sequence of one GPU (rank 0) of `setup`."""
+    if setup.parallel == "fsdp":  # one rank: the one-GPU layers (`terms` the one-GPU setup's) and FSDP's units
+        return training_sequence(model, one_gpu_setup(setup), terms, fsdp=fsdp_rank_plan(model, setup))
+    return training_sequence(model, setup, terms)
 
 
 def _at_least_one_gpu_plus_buckets(model, setup: TrainingSetup, terms, total_memory_bytes: int, ddp: ReplayResult):

@@ -58,6 +58,7 @@ bytes differ (Event.recipe, sized_for).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import OrderedDict, defaultdict, deque
 from functools import lru_cache
 from typing import NamedTuple
@@ -151,6 +152,9 @@ class _Coordinator:
         self.queue: deque | None = None
         self.n_available = 0
         self.release_cache: dict[tuple[str, int], set] = {}  # lru_cache on __params_to_release (ppc:633)
+        #: the trace's reuse index (_reuse_index) and the version of submodule_order / mparams it was built for
+        self._trace_version, self._index_version = 0, -1
+        self._index: tuple[list[int], dict[str, list[int]]] = ([0], {})
         self.active_bwd: OrderedDict[str, None] = OrderedDict()
         self.events: list[Event] = []
         self.where = ""
@@ -272,6 +276,7 @@ class _Coordinator:
         self.invalidations += 1
         self.mode = INVALID
         self.submodule_order, self.param_order, self.queue = [], [], None
+        self._trace_version += 1
         self.most_recent, self.fetched_for = defaultdict(lambda: int(-1e10)), defaultdict(deque)
         self._clean_inflight()
 
@@ -281,6 +286,7 @@ class _Coordinator:
                 self._invalidate()
         if self.mode == RECORD:  # record_module ppc:222-231
             self.submodule_order.append(module)
+            self._trace_version += 1
             self.fetched_for[module].append(self.step_id)
         if not forward:
             self.active_bwd[module] = None
@@ -300,6 +306,7 @@ class _Coordinator:
             return
         if p not in self.mparams[module]:
             self.mparams[module] = sorted([*self.mparams[module], p], key=self.ds_id.get)
+            self._trace_version += 1
         self.status[p] = AVAIL
         self.n_available += self.numel[p]
         self._alloc(p, DEFAULT, padded=True)
@@ -336,20 +343,39 @@ class _Coordinator:
         self.step_id += 1
 
     def _params_to_release(self, module: str) -> set:  # ppc:632-664
+        """The module's non-persistent params, minus those whose later queue entry was popped, minus those used again
+        within max_reuse numel of ``submodule_order[step_id:]`` (whole modules: the loop stops before the first module
+        reached with max_reuse traversed). The same set as the loop over the trace, found by bisection in
+        _reuse_index (the loop took 0.2 s of a 2-GPU 8B LoRA sequence)."""
         key = (module, self.step_id)
         if key not in self.release_cache:
-            params = self.mparams[module]
-            out = {p for p in params if p not in self.persist}
-            out -= {p for p in params if self.most_recent[p] > self.step_id}
-            traversed = 0
-            for m in self.submodule_order[self.step_id:]:
-                if traversed >= self.max_reuse:
-                    break
-                for p in self.mparams[m]:
-                    out.discard(p)
-                    traversed += self.numel[p]
+            cum, occurrences = self._reuse_index()
+            s = self.step_id
+            n = len(cum) - 1
+            end = n if s >= n else min(n, bisect_left(cum, cum[s] + self.max_reuse, s))
+            out = set()
+            for p in self.mparams[module]:
+                if p in self.persist or self.most_recent[p] > s:
+                    continue
+                at = occurrences.get(p, ())
+                k = bisect_left(at, s)
+                if not (k < len(at) and at[k] < end):
+                    out.add(p)
             self.release_cache[key] = out
         return self.release_cache[key]
+
+    def _reuse_index(self) -> tuple[list[int], dict[str, list[int]]]:
+        """(cumulative numel of submodule_order's modules' params before each position, each param's positions in
+        it), rebuilt when the trace or a module's params change."""
+        if self._index_version != self._trace_version:
+            cum, occurrences = [0], defaultdict(list)
+            for j, m in enumerate(self.submodule_order):
+                ps = self.mparams[m]
+                cum.append(cum[-1] + sum(self.numel[p] for p in ps))
+                for p in ps:
+                    occurrences[p].append(j)
+            self._index, self._index_version = (cum, dict(occurrences)), self._trace_version
+        return self._index
 
     def release(self, module: str, forward: bool) -> None:  # ppc:492-533
         params = self.mparams[module]
