@@ -48,14 +48,12 @@ def cold_plan_ms(model_name: str, kwargs: dict) -> float:
     """One plan after clearing the replay, sequence-phase and coordinator caches (as in a new process)."""
     from gpu_catalog import list_gpus
     from vramplan.api import default_calibration
-    from vramplan.memory.allocator import simulated, zero3_fetch, zero3_offload
+    from vramplan.memory.allocator import simulated
     from vramplan.models import resolve_model
     from vramplan.planner import plan
     from vramplan.specs import LoraSpec, TrainingSetup
 
-    simulated._CACHE.clear()
-    zero3_offload.gather_phases.cache_clear()
-    zero3_fetch._multi_rank_events.cache_clear()
+    simulated.clear_caches()
     setup = TrainingSetup(lora=LoraSpec(rank=16) if kwargs["method"] != "full" else None, **kwargs)
     model, gpus, calibration = resolve_model(model_name), list_gpus(), default_calibration()
     t0 = time.perf_counter()

@@ -755,7 +755,7 @@ def test_an_expandable_segments_replay_serves_every_gpu_and_equals_each_gpus_own
 
     model = resolve_model("llama-3.2-1b")
     setup = TrainingSetup(method="lora", lora=LoraSpec(), grad_ckpt=True, expandable_segments=True)
-    simulated._CACHE.clear()
+    simulated.clear_caches()
     results = []
     for gpu in (find_gpu("rtx-4090"), find_gpu("h100-sxm"), find_gpu("h200")):
         t = _terms(model, setup, gpu, dict(CALIBRATED_DEFAULTS))
@@ -764,3 +764,41 @@ def test_an_expandable_segments_replay_serves_every_gpu_and_equals_each_gpus_own
         assert results[-1].peak_reserved_bytes == own.peak_reserved_bytes
         assert results[-1].peak_allocated_bytes == own.peak_allocated_bytes
     assert len({id(r) for r in results[1:]}) == 1  # (the 4090's cuBLAS workspace differs: a replay of its own)
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("llama-3.2-1b", {"method": "full"}),
+        ("llama-3.2-1b", {"method": "lora", "lora": LoraSpec(), "num_gpus": 2, "parallel": "zero3"}),
+        ("qwen2.5-0.5b", {"method": "full", "num_gpus": 4, "parallel": "fsdp"}),
+    ],
+)
+def test_a_sequence_built_for_one_workspace_size_serves_the_other_gpus_exactly(name, kw):
+    # the planner asks for each setup on Hopper (2 x 32 MiB cuBLAS workspaces) and older GPUs (2 x 8.125 MiB): the
+    # second sequence is the first with the two workspace sizes replaced, and must equal a build of its own
+    from vramplan.memory.allocator import simulated
+
+    model = resolve_model(name)
+    setup = TrainingSetup(grad_ckpt=True, **kw)
+    simulated.clear_caches()
+    seqs = {}
+    for gpu_id in ("h100-sxm", "a100-80gb", "h200"):
+        gpu = find_gpu(gpu_id)
+        t = simulated_terms(model, setup, gpu)
+        seqs[gpu_id] = simulated.rank_sequence(model, setup, t)
+        simulated.clear_caches()
+        own = simulated.rank_sequence(model, setup, t)
+        assert (seqs[gpu_id].sizes, seqs[gpu_id].ops, seqs[gpu_id].streams) == (own.sizes, own.ops, own.streams)
+        # (`own` is kept: the next GPU's sequence comes from it)
+    assert seqs["h100-sxm"].sizes != seqs["a100-80gb"].sizes
+    assert seqs["h100-sxm"].sizes == seqs["h200"].sizes
+    changed = [i for i, (a, b) in enumerate(zip(seqs["h100-sxm"].sizes, seqs["a100-80gb"].sizes)) if a != b]
+    assert changed == sorted(seqs["h100-sxm"].workspace) and len(changed) == 2
+
+
+def simulated_terms(model, setup, gpu):
+    from vramplan.estimator import fsdp_rank_terms
+
+    constants = dict(CALIBRATED_DEFAULTS)
+    return fsdp_rank_terms(model, setup, gpu, constants) if setup.parallel == "fsdp" else _terms(model, setup, gpu, constants)

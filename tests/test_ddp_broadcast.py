@@ -132,10 +132,10 @@ def test_a_one_gpu_ddp_estimate_does_not_stand_in_for_a_two_gpu_one():
     two = one.model_copy(update={"num_gpus": 2})
     alone = {}
     for s in (one, two):
-        simulated._CACHE.clear()
+        simulated.clear_caches()
         alone[s.num_gpus] = estimate(model, s).memory.peak_reserved_bytes
     assert alone[1] != alone[2]
     for first, second in ((one, two), (two, one)):
-        simulated._CACHE.clear()
+        simulated.clear_caches()
         estimate(model, first)
         assert estimate(model, second).memory.peak_reserved_bytes == alone[second.num_gpus]

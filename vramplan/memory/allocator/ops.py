@@ -28,6 +28,9 @@ class Sequence:
     repeats: list[tuple[int, Template]] = field(default_factory=list, compare=False, repr=False)
     #: the CUDA stream (1, 2, ...) of each tensor allocated off the default one (alloc_on); empty: one stream
     streams: dict[int, int] = field(default_factory=dict)
+    #: the cuBLAS workspaces' tensor ids (forward thread's, autograd thread's) where they are the only allocations the
+    #: GPU's workspace size decides (simulated.rank_sequence then reuses the sequence for the other size); empty: unknown
+    workspace: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     def alloc_on(self, nbytes: int, stream: int) -> int:
         """alloc() on a side stream (DeepSpeed's reduction stream): its block comes from, and goes back to, that

@@ -119,7 +119,9 @@ def training_sequence(model: ModelSpec, setup: TrainingSetup, t, steps: int | No
     if steps is None:
         steps = OFFLOADED_ZERO3_STEPS if setup.parallel == "zero3" and setup.offload == "all" else 2
     seq, b = _training_sequence(model, setup, t, steps, layer_grads=True, fsdp=fsdp)
-    if b.layer_grads and not _all_at_once_cannot_peak_higher(seq, b.grad_stretches, b.layer_grad_bytes()):
+    if not b.layer_grads:  # no choice between orders below, whose live peaks include the workspaces
+        seq.workspace = tuple(b.workspace)
+    elif not _all_at_once_cannot_peak_higher(seq, b.grad_stretches, b.layer_grad_bytes()):
         whole, _ = _training_sequence(model, setup, t, steps, layer_grads=False, fsdp=fsdp)
         if whole.live_peak() > seq.live_peak():
             return whole

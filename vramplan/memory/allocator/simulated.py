@@ -17,6 +17,7 @@ from ...specs import MemoryBreakdown, ModelSpec, TrainingSetup
 from .caching import allocation_size, round_size
 from .replay import ReplayResult, replay
 from .fsdp_steps import fsdp_rank_plan, fsdp_sequence_applies, one_gpu_setup
+from .ops import Sequence
 from .sequence import training_sequence
 from .stack_steps import ddp_bucket_sizes
 from .zero_steps import zero_sequence_applies
@@ -114,11 +115,51 @@ def simulate(model: ModelSpec, setup: TrainingSetup, terms, total_memory_bytes: 
     return hit
 
 
-def rank_sequence(model: ModelSpec, setup: TrainingSetup, terms):
-    """The predicted sequence of one GPU (rank 0) of `setup`."""
+#: sequences by (model, setup, backward transients), for the GPUs of the other cuBLAS workspace size (the planner asks
+#: for every setup on both kinds: a 70B ZeRO-3 sequence takes 20 ms to build, its replay 40 ms); a few, as a 70B
+#: sequence holds a few MB
+_SEQUENCES: dict[tuple, Sequence] = {}
+_SEQUENCES_MAX = 16
+
+
+def clear_caches() -> None:
+    """Forget every replay, sequence and ZeRO-3 coordinator run kept so far (a new process's state: benchmarks, tests)."""
+    from . import zero3_fetch, zero3_offload
+
+    _CACHE.clear()
+    _SEQUENCES.clear()
+    zero3_offload.gather_phases.cache_clear()
+    zero3_fetch._multi_rank_events.cache_clear()
+
+
+def rank_sequence(model: ModelSpec, setup: TrainingSetup, terms) -> Sequence:
+    """The predicted sequence of one GPU (rank 0) of `setup`: built, or one built for a GPU of another cuBLAS
+    workspace size with the two workspaces' sizes replaced (Sequence.workspace: the only sizes the GPU decides)."""
+    key = (model, setup, terms.t_bwd)
+    known = _SEQUENCES.get(key)
+    if known is not None:
+        return with_workspace(known, terms.workspace)
     if setup.parallel == "fsdp":  # one rank: the one-GPU layers (`terms` the one-GPU setup's) and FSDP's units
-        return training_sequence(model, one_gpu_setup(setup), terms, fsdp=fsdp_rank_plan(model, setup))
-    return training_sequence(model, setup, terms)
+        seq = training_sequence(model, one_gpu_setup(setup), terms, fsdp=fsdp_rank_plan(model, setup))
+    else:
+        seq = training_sequence(model, setup, terms)
+    if seq.workspace:
+        if len(_SEQUENCES) >= _SEQUENCES_MAX:
+            del _SEQUENCES[next(iter(_SEQUENCES))]
+        _SEQUENCES[key] = seq
+    return seq
+
+
+def with_workspace(seq: Sequence, workspace: int) -> Sequence:
+    """`seq` with its cuBLAS workspaces (the forward thread's half first, as sequence.py makes them) `workspace` bytes
+    in all; the ops and streams shared."""
+    halves = (workspace // 2, workspace - workspace // 2)
+    if all(seq.sizes[i] == h for i, h in zip(seq.workspace, halves)):
+        return seq
+    sizes = list(seq.sizes)
+    for i, h in zip(seq.workspace, halves):
+        sizes[i] = h
+    return _replace(seq, sizes=sizes)
 
 
 def _at_least_one_gpu_plus_buckets(model, setup: TrainingSetup, terms, total_memory_bytes: int, ddp: ReplayResult):
