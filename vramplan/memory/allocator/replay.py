@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .caching import AllocatorOOM, CachingAllocator
+from .fast_expandable import replay_expandable
 from .fast_replay import replay_default, replay_streams
 from .ops import EMPTY_CACHE, Sequence
 
@@ -43,7 +44,8 @@ def replay(
 ) -> ReplayResult:
     """Feed every allocation and free of `seq` to a CachingAllocator, each allocation on its stream (Sequence.streams);
     the default settings take fast_replay.py's inlined loop (same rules, same result): replay_default on one stream,
-    replay_streams with side streams (DeepSpeed ZeRO's reduction stream)."""
+    replay_streams with side streams (DeepSpeed ZeRO's reduction stream); expandable segments with no cap
+    fast_expandable.py's. The class replays the rest (a memory cap, which can run out of memory)."""
     if not expandable_segments and allowed_bytes is None:
         if seq.streams:
             fast = replay_streams(seq.sizes, seq.ops, seq.streams, EMPTY_CACHE)
@@ -51,6 +53,15 @@ def replay(
             fast = replay_default(seq.sizes, seq.ops, EMPTY_CACHE)
         peak, (alloc, free_bytes, largest), peak_alloc, segments = fast
         return ReplayResult(peak, alloc, free_bytes, largest, peak_alloc, segments)
+    if expandable_segments and allowed_bytes is None:
+        try:
+            peak, (alloc, free_bytes, largest), peak_alloc = replay_expandable(
+                seq.sizes, seq.ops, seq.streams, EMPTY_CACHE, total_memory_bytes
+            )
+        except ValueError:  # off the 512-byte grid: the class below
+            pass
+        else:  # (expandable segments map pages into segments that are never cudaMalloc'd: no segment is counted)
+            return ReplayResult(peak, alloc, free_bytes, largest, peak_alloc, 0)
     a = CachingAllocator(
         expandable_segments=expandable_segments, allowed_bytes=allowed_bytes, total_memory_bytes=total_memory_bytes
     )
