@@ -37,9 +37,12 @@ def _class(seq: Sequence, total: int) -> ReplayResult:
 
 
 def _agree(seq: Sequence, total: int = EXPANDABLE_REPLAY_MEMORY_BYTES) -> ReplayResult:
-    fast = replay(seq, expandable_segments=True, total_memory_bytes=total)
-    assert fast == _class(seq, total)
-    return fast
+    own = _class(seq, total)
+    peak, at, peak_alloc = replay_expandable(seq.sizes, seq.ops, seq.streams, EMPTY_CACHE, total)
+    at_peak = (own.allocated_at_peak_bytes, own.free_in_segments_at_peak_bytes, own.largest_free_block_at_peak_bytes)
+    assert (peak, at, peak_alloc) == (own.peak_reserved_bytes, at_peak, own.peak_allocated_bytes)
+    assert replay(seq, expandable_segments=True, total_memory_bytes=total) == own  # replay() takes the loop
+    return own
 
 
 @pytest.mark.parametrize("run", RUNS[::6], ids=[r.run_id for r in RUNS[::6]])

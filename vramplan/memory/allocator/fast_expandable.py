@@ -54,7 +54,6 @@ def replay_expandable(sizes: list[int], ops: list[int], streams: dict[int, int],
         raise ValueError(f"an expandable segment of {space_bytes} bytes is off the {MIN_BLOCK_BYTES}-byte grid")
     space = space_bytes >> unit
     sh, ib, id_mask, inf = _SH, _IB, _ID_MASK, _INF
-    low_mask = (1 << sh) - 1
     # blocks: the sentinel 0 (ALLOCATED, so nothing merges with it or walks past it), then ids from 1 (`top` the next)
     room = 2 * len(sizes) + 64  # a split per allocation, a few ranges: grown when not enough
     arrays = addr, size_of, state, prev, nxt = tuple([0] * room for _ in range(5))
