@@ -32,7 +32,9 @@ pack() {  # pack NAME TARGET WHEEL...
   rm -rf "$tmp"
   echo ".sites/$name.tar.xz $(du -h ".sites/$name.tar.xz" | cut -f1) -> /tmp/$target"
 }
-pack stack site .whl/*.whl
+if ls .whl/*.whl >/dev/null 2>&1; then
+  pack stack site .whl/*.whl
+fi
 if ls .whl-unsloth/*.whl >/dev/null 2>&1; then
   shared=$(ls .whl/*.whl | grep -v -e '/trl-' -e '/liger_kernel-')
   # shellcheck disable=SC2086

@@ -417,6 +417,29 @@ def zero3_lora_ranks_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
     ]
 
 
+def zero3_offload_ranks_holdout_grid(num_gpus: int = 2) -> list[RunSpec]:
+    """A hold-out for ZeRO-3 with CPU offload over more ranks in the simulated sequence (2026-12-06): the optimizer
+    offloaded under full fine-tuning on 2, 4 and 8 ranks (zero3_steps.py read from the one-GPU runs alone: no
+    multi-rank history had it), parameters and optimizer offloaded on 2, 4 and 8 ranks (zero3_offload.py, read from
+    the two 2-rank histories l3- and l8-zero3-full-gc-offall-x2), and one LoRA with everything offloaded, which the
+    closed forms still estimate; fake ranks, predicted and committed before they run."""
+    z3 = lambda name, model, why, n, offload, **kw: _zero(
+        single.full(name, model, why, grad_ckpt=True, **kw), "zero3", offload, num_gpus=n)
+    lora = _zero(single.lora("zo-l8-zero3-lora-gc-offall", L8, "LoRA, everything offloaded (closed forms)",
+                             grad_ckpt=True), "zero3", "all", num_gpus=2)
+    return [
+        z3("zo-l8-zero3-full-gc-offopt", L8, "8B, optimizer offloaded, on 2", 2, "optimizer"),
+        z3("zo-l3-zero3-full-gc-offopt", L3, "3B, optimizer offloaded, on 4", 4, "optimizer"),
+        z3("zo-q15-zero3-full-gc-offopt", "qwen2.5-1.5b", "tied 152k, optimizer offloaded, on 8", 8, "optimizer"),
+        z3("zo-q7-zero3-full-gc-offall", Q7, "7B, everything offloaded, on 4", 4, "all"),
+        z3("zo-l1-zero3-full-gc-offall", L1, "1B, everything offloaded, on 8", 8, "all"),
+        z3("zo-q3-17-zero3-full-gc-offall", "qwen3-1.7b", "Qwen3 q/k norms, everything offloaded", 2, "all"),
+        z3("zo-tiny-zero3-full-gc-offall-s4096", "tinyllama-1.1b-chat-v1.0", "untied, 4096 tokens, offloaded, on 4", 4,
+           "all", seq_len=4096),
+        lora,
+    ]
+
+
 GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsdp_holdout_grid, "zero": zero_grid, "scale": scale_grid, "zero-holdout": zero_holdout_grid,
          "zero-holdout2": zero_holdout2_grid, "zero2-seq": zero2_sequence_grid, "zero3-seq": zero3_sequence_grid,
          "zero3-large": zero3_large_grid, "ddp-holdout": ddp_holdout_grid,
@@ -426,7 +449,8 @@ GRIDS = {"multi": multi_grid, "fsdp-ranks": fsdp_ranks_grid, "fsdp-holdout": fsd
          "fsdp-cpu-holdout": fsdp_cpu_holdout_grid,
          "fsdp-qlora-holdout": fsdp_qlora_holdout_grid,
          "fsdp-lora-holdout": fsdp_lora_holdout_grid, "zero2-ranks-holdout": zero2_ranks_holdout_grid,
-         "zero3-ranks-holdout": zero3_ranks_holdout_grid, "zero3-lora-ranks-holdout": zero3_lora_ranks_holdout_grid}
+         "zero3-ranks-holdout": zero3_ranks_holdout_grid, "zero3-lora-ranks-holdout": zero3_lora_ranks_holdout_grid,
+         "zero3-offload-ranks-holdout": zero3_offload_ranks_holdout_grid}
 
 
 def settings(spec: RunSpec) -> str:

@@ -46,7 +46,8 @@ MULTI_GPU_GRIDS = {"ddp-holdout": ("ddp-holdout", 2), "zero-x2": ("zero", 2), "s
                    "fsdp-lora-holdout": ("fsdp-lora-holdout", 2),
                    "zero2-ranks-holdout": ("zero2-ranks-holdout", 2),
                    "zero3-ranks-holdout": ("zero3-ranks-holdout", 2),
-                   "zero3-lora-ranks-holdout": ("zero3-lora-ranks-holdout", 2)}  # fmt: skip
+                   "zero3-lora-ranks-holdout": ("zero3-lora-ranks-holdout", 2),
+                   "zero3-offload-ranks-holdout": ("zero3-offload-ranks-holdout", 2)}  # fmt: skip
 #: grid -> its committed predictions
 PREDICTION_FILES = {
     "holdout": PREDICTIONS,
