@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import sys
 import time
 from dataclasses import replace
@@ -506,6 +507,21 @@ def entry_from_run(spec: RunSpec, run, record: Path, wall_s: float) -> dict[str,
     return entry
 
 
+def frames_off_for_zero3() -> None:
+    """Record ZeRO-3 histories without Python stacks: with them (VRAMPLAN_MEMORY_HISTORY_FRAMES=1, the trainer's
+    default) every ZeRO-3 run fails in step 0's backward, in DeepSpeed's LinearFunctionForZeroStage3 under the
+    checkpoint recomputation ("SystemError: <built-in method apply of FunctionMeta object> returned NULL without
+    setting an exception", torch 2.11, DeepSpeed 0.19.8: 2026-12-03 and again on 16 fake-rank runs of 2026-12-06).
+    An explicit VRAMPLAN_MEMORY_HISTORY_FRAMES=1 is kept, with a warning."""
+    if os.environ.get("VRAMPLAN_MEMORY_HISTORY_FRAMES", "0") != "0":
+        print("warning: ZeRO-3 runs with the allocator history's Python stacks fail in backward (SystemError in "
+              "LinearFunctionForZeroStage3 under checkpointing); unset VRAMPLAN_MEMORY_HISTORY_FRAMES to record "
+              "them without", file=sys.stderr, flush=True)  # fmt: skip
+        return
+    os.environ["VRAMPLAN_MEMORY_HISTORY_FRAMES"] = "0"
+    print("ZeRO-3 runs: allocator histories recorded without Python stacks (VRAMPLAN_MEMORY_HISTORY_FRAMES=0)", flush=True)
+
+
 def select(grid: list[RunSpec], only: str | None) -> list[RunSpec]:
     if not only:
         return grid
@@ -549,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in chosen:
             print(f"{grid.index(r):>3} {r.name:<20} {r.model:<16} {settings(r):<64} {r.why}")
         return 0
+
+    if args.snapshots and any(r.setup.parallel == "zero3" for r in chosen):
+        frames_off_for_zero3()
 
     t0 = time.monotonic()
     gpu, count = single.gpu_info(), gpu_count()

@@ -3,6 +3,7 @@ and a real 2-process DDP run on CPU (gloo) through torchrun."""
 
 import importlib.util
 import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -444,3 +445,15 @@ def test_multi_campaign_driver_never_imports_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_zero3_snapshots_record_without_python_stacks_unless_asked(campaign_multi, monkeypatch, capsys):
+    """Python stacks in the allocator history break every ZeRO-3 run in backward (campaign_multi.frames_off_for_zero3):
+    the campaign turns them off for ZeRO-3 grids, and keeps an explicit request with a warning."""
+    monkeypatch.delenv("VRAMPLAN_MEMORY_HISTORY_FRAMES", raising=False)
+    campaign_multi.frames_off_for_zero3()
+    assert os.environ["VRAMPLAN_MEMORY_HISTORY_FRAMES"] == "0"
+    monkeypatch.setenv("VRAMPLAN_MEMORY_HISTORY_FRAMES", "1")
+    campaign_multi.frames_off_for_zero3()
+    assert os.environ["VRAMPLAN_MEMORY_HISTORY_FRAMES"] == "1"
+    assert "fail in backward" in capsys.readouterr().err
