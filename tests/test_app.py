@@ -34,6 +34,16 @@ def test_chart_rows_add_up_to_the_device_peak():
     assert total_gib * whatif.GIB == pytest.approx(m.device_peak_bytes, rel=1e-9)
 
 
+def test_a_sharded_ranks_chart_has_no_segment_below_zero_and_keeps_the_device_peak():
+    # 8B full FT on 8 GPUs with FSDP: the rank's simulated sequence holds less than the closed-form terms add up to (a
+    # negative allocator_sharded_rank term), spread over the other terms in the chart
+    m = whatif.shown_memory(whatif.estimate(FULL_4090.with_(num_gpus=8, parallel="fsdp", gpu="h100-sxm")))
+    assert m.breakdown["allocator_sharded_rank"] < 0
+    rows = whatif.chart_rows(m)
+    assert all(r["GiB"] > 0 for r in rows) and "allocator_sharded_rank" not in {r["term"] for r in rows}
+    assert sum(r["GiB"] for r in rows) * whatif.GIB == pytest.approx(m.device_peak_bytes, rel=1e-9)
+
+
 def test_chart_rows_are_grouped_weights_first_runtime_last():
     groups = [r["group"] for r in whatif.chart_rows(whatif.shown_memory(whatif.estimate(FULL_4090)))]
     assert groups == sorted(groups, key=whatif.GROUPS.index)

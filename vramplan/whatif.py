@@ -134,7 +134,7 @@ def term_group(term: str) -> str:
 def chart_rows(memory: MemoryBreakdown) -> list[dict]:
     """Stacked-bar rows (term, group, GiB, order) that add up to the device peak: the allocated terms
     at the peak, then allocator fragmentation, memory outside the allocator and the CUDA context."""
-    terms = list(memory.breakdown.items())
+    terms = _without_negative_terms(list(memory.breakdown.items()))
     terms.append(("allocator fragmentation", memory.fragmentation_bytes))
     if memory.outside_allocator_bytes:
         terms.append(("outside allocator (paged states)", memory.outside_allocator_bytes))
@@ -142,6 +142,18 @@ def chart_rows(memory: MemoryBreakdown) -> list[dict]:
     terms = [(name, nbytes) for name, nbytes in terms if nbytes]
     terms.sort(key=lambda t: GROUPS.index(term_group(t[0])))  # stable: keeps the estimator's order in a group
     return [{"term": name, "group": term_group(name), "GiB": nbytes / GIB, "order": i} for i, (name, nbytes) in enumerate(terms)]
+
+
+def _without_negative_terms(terms: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The breakdown's terms with a negative one (a sharded rank whose simulated sequence holds less at its peak than the
+    closed-form terms add up to: allocator_sharded_rank) spread over the others in proportion, so that the stacked bar
+    keeps the allocated peak's height without a segment below zero."""
+    short = -sum(n for _, n in terms if n < 0)
+    if not short:
+        return terms
+    positive = [(name, n) for name, n in terms if n > 0]
+    scale = 1 - short / sum(n for _, n in positive)
+    return [(name, n * scale) for name, n in positive]
 
 
 def capacity_lines(gpu_ids: list[str], headroom: float) -> list[dict]:
