@@ -42,3 +42,15 @@ def test_estimate_text_holds_every_number_the_json_has():
     text = estimate_text(e, "t")
     assert "peak phase: " + e.memory.peak_phase in text and "stack: hf" in text
     assert f"{e.params.total:,}" in text and all(a[:40] in text.replace("\n    ", " ") for a in e.assumptions)
+
+
+def test_a_sharded_ranks_phase_table_says_its_phases_are_the_closed_forms_and_its_peak_the_sequences():
+    from vramplan.memory.allocator.simulated import SHARDED_RANK
+    from vramplan.report import estimate_view
+
+    assert estimate_view._SHARDED_RANK == SHARDED_RANK
+    fsdp = estimate(resolve_model("llama-3.1-8b"), TrainingSetup(method="full", grad_ckpt=True, num_gpus=8, parallel="fsdp"))
+    one = estimate(resolve_model("llama-3.1-8b"), TrainingSetup(method="full", grad_ckpt=True))
+    titles = lambda e: [t for t, _, _ in _tables(e, "x")]  # noqa: E731
+    assert titles(fsdp)[-1].startswith("allocated per phase (steady state, closed-form terms")
+    assert titles(one)[-1] == "allocated per phase (steady state)"

@@ -95,6 +95,18 @@ def _footer_lines(e: Estimate) -> list[str]:
     ]
 
 
+#: the breakdown term of a sharded rank's simulated count (memory/allocator/simulated.py SHARDED_RANK; not imported: the
+#: report stays off the allocator's modules)
+_SHARDED_RANK = "allocator_sharded_rank"
+
+
+def _phases_title(m) -> str:
+    """The per-phase table's title: on a sharded rank its phases are the closed-form terms', its peak the sequence's."""
+    if _SHARDED_RANK in m.breakdown:
+        return "allocated per phase (steady state, closed-form terms; the peak is the rank's simulated sequence)"
+    return "allocated per phase (steady state)"
+
+
 def _tables(e: Estimate, title: str) -> list[tuple[str, list[tuple[str, str]], list[list[str]]]]:
     """The three tables of an estimate as (title, columns (header, justify), rows): breakdown at the peak,
     totals raw and calibrated, allocated per phase."""
@@ -121,7 +133,7 @@ def _tables(e: Estimate, title: str) -> list[tuple[str, list[tuple[str, str]], l
         (f"{title} — peak phase: {m.peak_phase}", [("term at the peak", "left"), ("memory", "right"),
                                                    ("share", "right")], breakdown),
         ("totals", totals_cols, totals),
-        ("allocated per phase (steady state)", [("phase", "left"), ("allocated", "right")], phases),
+        (_phases_title(m), [("phase", "left"), ("allocated", "right")], phases),
     ]  # fmt: skip
 
 
