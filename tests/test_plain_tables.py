@@ -48,7 +48,7 @@ def test_a_sharded_ranks_phase_table_says_its_phases_are_the_closed_forms_and_it
     from vramplan.memory.allocator.simulated import SHARDED_RANK
     from vramplan.report import estimate_view
 
-    assert estimate_view._SHARDED_RANK == SHARDED_RANK
+    assert estimate_view.SHARDED_RANK is SHARDED_RANK  # the term the estimator writes, not a copy of its name
     fsdp = estimate(resolve_model("llama-3.1-8b"), TrainingSetup(method="full", grad_ckpt=True, num_gpus=8, parallel="fsdp"))
     one = estimate(resolve_model("llama-3.1-8b"), TrainingSetup(method="full", grad_ckpt=True))
     titles = lambda e: [t for t, _, _ in _tables(e, "x")]  # noqa: E731

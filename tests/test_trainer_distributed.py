@@ -2,8 +2,8 @@
 and a real 2-process DDP run on CPU (gloo) through torchrun."""
 
 import importlib.util
-import subprocess
 import os
+import subprocess
 import sys
 from pathlib import Path
 

@@ -3,6 +3,7 @@
 
 from typing import TYPE_CHECKING
 
+from ..memory.allocator.simulated import SHARDED_RANK
 from ..specs import Estimate, MemoryBreakdown
 from .units import gib, human_bytes
 
@@ -95,14 +96,9 @@ def _footer_lines(e: Estimate) -> list[str]:
     ]
 
 
-#: the breakdown term of a sharded rank's simulated count (memory/allocator/simulated.py SHARDED_RANK; not imported: the
-#: report stays off the allocator's modules)
-_SHARDED_RANK = "allocator_sharded_rank"
-
-
 def _phases_title(m) -> str:
     """The per-phase table's title: on a sharded rank its phases are the closed-form terms', its peak the sequence's."""
-    if _SHARDED_RANK in m.breakdown:
+    if SHARDED_RANK in m.breakdown:
         return "allocated per phase (steady state, closed-form terms; the peak is the rank's simulated sequence)"
     return "allocated per phase (steady state)"
 
